@@ -42,6 +42,12 @@ class Settings(BaseSettings):
     id_separator: str = Field(default="-", validation_alias="CASAVI_ID_SEPARATOR")
     erp_export_encoding: str = Field(default="utf-8", validation_alias="ERP_EXPORT_ENCODING")
     snapshot_dir: Path = Field(default=DEFAULT_DATA_DIR / "snapshots", validation_alias="CASAVI_SNAPSHOT_DB")
+    # Guards of the sync (see casavi_pipeline.sync.guards)
+    max_delete_share: float = Field(default=0.10, ge=0, le=1, validation_alias="CASAVI_MAX_DELETE_SHARE")
+    delete_guard_min_count: int = Field(default=0, ge=0, validation_alias="CASAVI_DELETE_GUARD_MIN_COUNT")
+    allow_mass_delete: bool = Field(default=False, validation_alias="CASAVI_ALLOW_MASS_DELETE")
+    allow_separator_change: bool = Field(default=False, validation_alias="CASAVI_ALLOW_SEPARATOR_CHANGE")
+    dry_run: bool = Field(default=False, validation_alias="CASAVI_DRY_RUN")
 
     @field_validator("id_separator")
     @classmethod
