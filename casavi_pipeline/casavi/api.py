@@ -35,6 +35,7 @@ LIST_KEY = "list"
 LINKS_KEY = "_links"
 NEXT_LINK_KEY = "next"
 INTERNAL_ID_FIELD = "internalId"  # casavi's database id: returned on reads, never sent
+MODIFIED_FIELD = "modified"  # [model] last change (ISO UTC) that modifiedAfter filters on: read-only
 
 ERROR_MESSAGE_KEY = "message"
 ERROR_DETAILS_KEY = "errors"

@@ -1,0 +1,89 @@
+"""Run the casavi sandbox: `python -m casavi_pipeline.casavi.sandbox --port 8765 --db data/sandbox.sqlite3`.
+
+Credentials come from CASAVI_API_KEY / CASAVI_API_SECRET; without them the sandbox accepts the fixed
+local pair `sandbox-key` / `sandbox-secret` (a fake for a local process, not a secret) and says so.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import uvicorn
+
+from casavi_pipeline.casavi.sandbox.app import create_app
+from casavi_pipeline.casavi.sandbox.chaos import Controls, Knobs
+from casavi_pipeline.casavi.sandbox.process import DEFAULT_KEY, DEFAULT_SECRET
+from casavi_pipeline.casavi.sandbox.store import SandboxStore
+
+DEFAULT_DB = Path("data") / "sandbox.sqlite3"
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m casavi_pipeline.casavi.sandbox",
+        description="A local stand-in for the casavi API v2, with knobs to make it misbehave.",
+    )
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8765)
+    parser.add_argument("--db", type=Path, default=DEFAULT_DB, help="SQLite file (default: %(default)s)")
+    parser.add_argument("--rate-limit", type=float, default=None, help="requests per minute (default: off)")
+    parser.add_argument("--latency-ms", type=float, default=0.0, help="added to every API answer")
+    parser.add_argument("--error-rate", type=float, default=0.0, help="fraction of requests answered 500")
+    parser.add_argument(
+        "--token-ttl", type=float, default=None, help="token lifetime in seconds (default 30 days)"
+    )
+    parser.add_argument(
+        "--drop-rate", type=float, default=0.0, help="fraction of answers dropped (socket closed)"
+    )
+    parser.add_argument("--seed", type=int, default=0, help="seed for the random 500s and drops")
+    parser.add_argument(
+        "--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"]
+    )
+    parser.add_argument(
+        "--access-log", action=argparse.BooleanOptionalAction, default=True, help="one log line per request"
+    )
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = parse_args(argv)
+    try:
+        knobs = Knobs().updated(
+            {
+                "rate_limit": args.rate_limit,
+                "latency_ms": args.latency_ms,
+                "error_rate": args.error_rate,
+                "token_ttl": args.token_ttl,
+                "drop_rate": args.drop_rate,
+                "seed": args.seed,
+            }
+        )
+    except ValueError as exc:
+        sys.exit(f"casavi sandbox: {exc}")
+    api_key, api_secret = os.environ.get("CASAVI_API_KEY"), os.environ.get("CASAVI_API_SECRET")
+    if not (api_key and api_secret):
+        api_key, api_secret = DEFAULT_KEY, DEFAULT_SECRET
+        print(
+            f"casavi sandbox: CASAVI_API_KEY/CASAVI_API_SECRET not set, accepting the local pair "
+            f"{DEFAULT_KEY} / {DEFAULT_SECRET}",
+            file=sys.stderr,
+        )
+    store = SandboxStore(args.db)
+    print(f"casavi sandbox: database {args.db.resolve()}", file=sys.stderr)
+    app = create_app(store, Controls(knobs), api_key, api_secret)
+    uvicorn.run(
+        app,
+        host=args.host,
+        port=args.port,
+        log_level=args.log_level,
+        access_log=args.access_log,
+        timeout_graceful_shutdown=3,  # idle keep-alive connections must not hold up a restart
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,218 @@
+"""The casavi API v2 as the sandbox serves it: authentication, paged reads, PUT/DELETE by reference ID.
+
+Every casavi path, field name, status code and validation rule comes from `casavi_pipeline.casavi.api`,
+so the sandbox and the client implement one model (`shared/casavi-api.md`). Beyond `FIELD_RULES`
+(400) it enforces the reference rules: `api.REFERENCES` must resolve (422) and keep their targets from
+being deleted (409), and a unit's address must be one of its property's addresses (422).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import hmac
+import secrets
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from casavi_pipeline.casavi import api
+from casavi_pipeline.casavi.sandbox.admin import admin_routes
+from casavi_pipeline.casavi.sandbox.chaos import ASGIApp, Controls, Misbehaviour
+from casavi_pipeline.casavi.sandbox.store import SandboxStore, StoredObject
+from casavi_pipeline.casavi.sandbox.wire import Problem, json_object, paging, utc_timestamp
+
+#: casavi's tokens last about a month when no token TTL knob is set.
+DEFAULT_TOKEN_TTL_SECONDS = 30 * 24 * 3600
+_KINDS = {kind.collection: kind for kind in api.ObjectKind}
+
+
+@functools.cache
+def wire_name(kind: api.ObjectKind, domain_name: str) -> str:
+    """casavi's field name for a domain field of `kind` (the adapter owns the mapping)."""
+    return next(rule.casavi for rule in api.FIELD_RULES[kind] if rule.name == domain_name)
+
+
+_ADDRESS_ID = dict(api.ADDRESS_FIELDS)["id"]
+#: A unit's address must belong to the unit's property: (kind, address field, parent field, parent
+#: kind, parent's address-list field), in domain names.
+_ADDRESS_RULES = ((api.ObjectKind.UNIT, "address_id", "property_id", api.ObjectKind.PROPERTY, "addresses"),)
+
+
+def create_app(store: SandboxStore, controls: Controls, api_key: str, api_secret: str) -> ASGIApp:
+    """The sandbox as an ASGI app: the casavi API wrapped in the misbehaviour layer, plus admin routes."""
+    handlers = _Handlers(store, controls, api_key, api_secret)
+    routes = [
+        Route(api.AUTH_PATH, handlers.authenticate, methods=["POST"]),
+        Route(api.API_PREFIX + "/{collection}", handlers.list_objects, methods=["GET"]),
+        Route(
+            api.API_PREFIX + "/{collection}/{ref_id:path}",  # `path`: reference IDs may hold `/`
+            handlers.one_object,
+            methods=["GET", "PUT", "DELETE"],
+        ),
+        *admin_routes(store, controls),
+    ]
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_app: Starlette) -> AsyncIterator[None]:
+        yield
+        store.close()  # checkpoints the WAL into the database file
+
+    app = Starlette(routes=routes, exception_handlers={Problem: _problem_response}, lifespan=lifespan)
+    return Misbehaviour(app, controls)
+
+
+async def _problem_response(_request: Request, exc: Exception) -> Response:
+    # async on purpose: Starlette runs a sync exception handler in its thread pool
+    if not isinstance(exc, Problem):  # pragma: no cover - registered for Problem only
+        raise exc
+    return exc.response()
+
+
+class _Handlers:
+    def __init__(self, store: SandboxStore, controls: Controls, api_key: str, api_secret: str) -> None:
+        self.store = store
+        self.controls = controls
+        self._key = api_key.encode()
+        self._secret = api_secret.encode()
+
+    # --- authentication ----------------------------------------------------------------------------
+    async def authenticate(self, request: Request) -> Response:
+        body = await json_object(request)
+        if not (
+            _same(body.get(api.AUTH_KEY_FIELD), self._key)
+            and _same(body.get(api.AUTH_SECRET_FIELD), self._secret)
+        ):
+            raise Problem(api.STATUS_UNAUTHORIZED, "wrong key or secret")
+        expires_at = time.time() + (self.controls.knobs.token_ttl or DEFAULT_TOKEN_TTL_SECONDS)
+        token = secrets.token_urlsafe(32)
+        self.store.add_token(token, expires_at)
+        return JSONResponse({api.AUTH_TOKEN_FIELD: token, api.AUTH_EXPIRES_FIELD: utc_timestamp(expires_at)})
+
+    def _require_token(self, request: Request) -> None:
+        token = request.headers.get(api.TOKEN_HEADER)
+        if not token:
+            raise Problem(api.STATUS_UNAUTHORIZED, f"missing {api.TOKEN_HEADER} header")
+        expires_at = self.store.token_expiry(token)
+        if expires_at is None:
+            raise Problem(api.STATUS_UNAUTHORIZED, "unknown token")
+        if expires_at <= time.time():
+            raise Problem(api.STATUS_UNAUTHORIZED, "token expired")
+
+    def _kind(self, request: Request) -> api.ObjectKind:
+        self._require_token(request)
+        kind = _KINDS.get(request.path_params["collection"])
+        if kind is None:
+            raise Problem(api.STATUS_NOT_FOUND, "unknown collection")
+        return kind
+
+    # --- reads -------------------------------------------------------------------------------------
+    async def list_objects(self, request: Request) -> Response:
+        kind = self._kind(request)
+        page, size, modified_after = paging(request)
+        rows = self.store.page(
+            kind.collection, offset=(page - 1) * size, limit=size + 1, modified_after=modified_after
+        )
+        links = {}
+        if len(rows) > size:  # one row more than a page: there is a next page
+            links[api.NEXT_LINK_KEY] = str(request.url.include_query_params(**{api.PAGE_PARAM: page + 1}))
+        return JSONResponse({api.LIST_KEY: [_read_shape(row) for row in rows[:size]], api.LINKS_KEY: links})
+
+    async def one_object(self, request: Request) -> Response:
+        kind = self._kind(request)
+        ref_id = request.path_params["ref_id"]
+        if request.method == "PUT":
+            return await self._put(request, kind, ref_id)
+        if request.method == "DELETE":
+            return self._delete(kind, ref_id)
+        stored = self.store.get(kind.collection, ref_id)
+        if stored is None:
+            raise Problem(api.STATUS_NOT_FOUND, f"no {kind.value} with id {ref_id}")
+        return JSONResponse(_read_shape(stored))
+
+    # --- writes ------------------------------------------------------------------------------------
+    async def _put(self, request: Request, kind: api.ObjectKind, ref_id: str) -> Response:
+        body = await json_object(request)
+        id_field = wire_name(kind, "id")
+        errors = []
+        if isinstance(body.get(id_field), str) and body[id_field] != ref_id:
+            errors.append(api.FieldError(id_field, "must equal the id in the path"))
+        errors += api.validate_payload(kind, body)
+        if errors:
+            raise Problem(api.STATUS_INVALID, f"invalid {kind.value}", errors)
+        payload = _stored_shape(kind, body)
+        with self.store.atomic():  # the references checked are the ones in place when it is written
+            links = self._resolve_references(kind, payload)
+            stored, created = self.store.upsert(
+                kind.collection, ref_id, payload, links, utc_timestamp(time.time())
+            )
+        status = api.STATUS_CREATED if created else api.STATUS_UPDATED
+        return JSONResponse(_read_shape(stored), status_code=status)
+
+    def _resolve_references(self, kind: api.ObjectKind, payload: dict[str, Any]) -> list[tuple[str, str]]:
+        """The (collection, id) pairs the payload references; 422 if any of them does not exist."""
+        links, errors = [], []
+        for source_kind, field, target_kind in api.REFERENCES:
+            if source_kind is not kind:
+                continue
+            name = wire_name(kind, field)
+            value = payload[name]
+            for target in value if isinstance(value, list) else [value]:
+                if self.store.exists(target_kind.collection, target):
+                    links.append((target_kind.collection, target))
+                else:
+                    errors.append(api.FieldError(name, f"unknown {target_kind.value} {target}"))
+        for source_kind, field, parent_field, parent_kind, list_field in _ADDRESS_RULES:
+            if source_kind is not kind:
+                continue
+            parent_id = payload[wire_name(kind, parent_field)]
+            parent = self.store.get(parent_kind.collection, parent_id)
+            if parent is None:
+                continue  # already reported as an unknown parent
+            addresses = parent.payload.get(wire_name(parent_kind, list_field)) or []
+            name = wire_name(kind, field)
+            if payload[name] not in {address.get(_ADDRESS_ID) for address in addresses}:
+                errors.append(api.FieldError(name, f"not an address of {parent_kind.value} {parent_id}"))
+        if errors:
+            raise Problem(api.STATUS_UNKNOWN_REFERENCE, f"{kind.value} references unknown objects", errors)
+        return links
+
+    def _delete(self, kind: api.ObjectKind, ref_id: str) -> Response:
+        with self.store.atomic():
+            if not self.store.exists(kind.collection, ref_id):
+                raise Problem(api.STATUS_NOT_FOUND, f"no {kind.value} with id {ref_id}")
+            referrers = self.store.referrers(kind.collection, ref_id)
+            if referrers:
+                held_by = ", ".join(
+                    f"{count} {collection}" for collection, count in sorted(referrers.items())
+                )
+                raise Problem(
+                    api.STATUS_CONFLICT, f"{kind.value} {ref_id} is still referenced by {held_by}", []
+                )
+            self.store.delete(kind.collection, ref_id)
+        return Response(status_code=api.STATUS_DELETED)
+
+
+def _same(given: Any, expected: bytes) -> bool:
+    return isinstance(given, str) and hmac.compare_digest(given.encode(), expected)
+
+
+def _stored_shape(kind: api.ObjectKind, body: dict[str, Any]) -> dict[str, Any]:
+    """PUT replaces the object: every field of the kind, absent ones as null, unknown ones dropped."""
+    payload = {rule.casavi: body.get(rule.casavi) for rule in api.FIELD_RULES[kind]}
+    for rule in api.FIELD_RULES[kind]:
+        if rule.type == "address_list" and payload[rule.casavi] is not None:
+            payload[rule.casavi] = [
+                {casavi: address.get(casavi) for _, casavi in api.ADDRESS_FIELDS}
+                for address in payload[rule.casavi]
+            ]
+    return payload
+
+
+def _read_shape(stored: StoredObject) -> dict[str, Any]:
+    return {**stored.payload, api.INTERNAL_ID_FIELD: stored.internal_id, api.MODIFIED_FIELD: stored.modified}

@@ -1,0 +1,221 @@
+"""The sandbox's misbehaviour knobs and the ASGI middleware that applies them and counts requests.
+
+Everything under the API prefix passes through `Misbehaviour`: rate limit (429 + Retry-After), added
+latency, injected 500s, dropped connections. The admin endpoints (`/_sandbox/...`) bypass it, so tests
+can inspect and reconfigure a misbehaving server. All knobs are off by default.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import math
+import random
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable, Mapping, MutableMapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from casavi_pipeline.casavi import api
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+#: The status recorded for a request whose connection was dropped instead of answered.
+DROPPED = "dropped"
+_STATUS_SERVER_ERROR = 500  # plain HTTP: casavi's contract only says "5xx is transient"
+_COLLECTIONS = frozenset(kind.collection for kind in api.ObjectKind)
+
+
+@dataclass(frozen=True)
+class Knobs:
+    """How the sandbox misbehaves; the defaults are a well-behaved casavi."""
+
+    rate_limit: float | None = None  # requests per minute over all /v2 calls; None = unlimited
+    latency_ms: float = 0.0  # added before every /v2 answer
+    error_rate: float = 0.0  # fraction of /v2 requests answered 500 (before they are processed)
+    token_ttl: float | None = None  # seconds a new token lives; None = casavi's default (30 days)
+    drop_rate: float = 0.0  # fraction of /v2 requests processed, then closed without an answer
+    seed: int = 0  # seeds the random choice of 500s and drops, so a run can be repeated
+
+    def updated(self, changes: Mapping[str, Any]) -> Knobs:
+        """A copy with the given knobs changed; ValueError names an unknown knob or a bad value."""
+        names = {field.name for field in dataclasses.fields(self)}
+        unknown = sorted(set(changes) - names)
+        if unknown:
+            raise ValueError(f"unknown knobs {unknown}; known: {sorted(names)}")
+        knobs = dataclasses.replace(self, **changes)
+        knobs._check()
+        # 0 means "off" for the optional limits, the same as null
+        return dataclasses.replace(
+            knobs, rate_limit=knobs.rate_limit or None, token_ttl=knobs.token_ttl or None
+        )
+
+    def _check(self) -> None:
+        for name in ("rate_limit", "token_ttl"):
+            value = getattr(self, name)
+            if value is not None and (not _is_number(value) or value < 0):
+                raise ValueError(f"{name} must be a number >= 0 or null")
+        if not _is_number(self.latency_ms) or self.latency_ms < 0:
+            raise ValueError("latency_ms must be a number >= 0")
+        for name in ("error_rate", "drop_rate"):
+            value = getattr(self, name)
+            if not _is_number(value) or not 0 <= value <= 1:
+                raise ValueError(f"{name} must be a fraction between 0 and 1")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
+            raise ValueError("seed must be an integer")
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+class TokenBucket:
+    """`per_minute` requests a minute, with a burst of one second's worth (at least one request)."""
+
+    def __init__(self, per_minute: float) -> None:
+        self._rate = per_minute / 60.0
+        self._capacity = max(1.0, self._rate)
+        self._tokens = self._capacity
+        self._updated = time.monotonic()
+
+    def take(self) -> float:
+        """Take one token: 0.0 if allowed, else the seconds until one is available."""
+        now = time.monotonic()
+        self._tokens = min(self._capacity, self._tokens + (now - self._updated) * self._rate)
+        self._updated = now
+        if self._tokens >= 1.0:
+            self._tokens -= 1.0
+            return 0.0
+        return (1.0 - self._tokens) / self._rate
+
+
+class RequestCounter:
+    """Counts per route template ("PUT /v2/units/{id}") and status, the way the admin endpoint shows them."""
+
+    def __init__(self) -> None:
+        self._counts: Counter[tuple[str, str]] = Counter()
+
+    def record(self, route: str, status: int | str) -> None:
+        self._counts[route, str(status)] += 1
+
+    def snapshot(self) -> dict[str, Any]:
+        routes: dict[str, dict[str, int]] = {}
+        statuses: Counter[str] = Counter()
+        for (route, status), count in sorted(self._counts.items()):
+            routes.setdefault(route, {})[status] = count
+            statuses[status] += count
+        return {"total": sum(statuses.values()), "routes": routes, "statuses": dict(sorted(statuses.items()))}
+
+    def reset(self) -> None:
+        self._counts.clear()
+
+
+def route_template(method: str, path: str) -> str:
+    """'PUT /v2/units/0001-12%2F3' → 'PUT /v2/units/{id}': counts must not grow with every id."""
+    if path == api.AUTH_PATH:
+        return f"{method} {api.AUTH_PATH}"
+    collection, has_id, _ = path.removeprefix(api.API_PREFIX + "/").partition("/")
+    if collection not in _COLLECTIONS:
+        return f"{method} {api.API_PREFIX}/*"
+    return f"{method} {api.API_PREFIX}/{collection}" + ("/{id}" if has_id else "")
+
+
+class Controls:
+    """The live knobs plus the state they need (rate-limit bucket, random source, request counts)."""
+
+    def __init__(self, knobs: Knobs | None = None) -> None:
+        self.counter = RequestCounter()
+        self.knobs = Knobs()
+        self.configure(dataclasses.asdict(knobs or Knobs()))
+
+    def configure(self, changes: Mapping[str, Any]) -> Knobs:
+        self.knobs = self.knobs.updated(changes)
+        self.bucket = TokenBucket(self.knobs.rate_limit) if self.knobs.rate_limit else None
+        self.random = random.Random(self.knobs.seed)
+        return self.knobs
+
+    def reset_counters(self) -> None:
+        self.counter.reset()
+        if self.knobs.rate_limit:  # a fresh start: a full bucket
+            self.bucket = TokenBucket(self.knobs.rate_limit)
+
+
+class Misbehaviour:
+    """ASGI middleware around the whole app. It must be the outermost layer: dropping a connection
+    needs uvicorn's own `send`, whose owner holds the socket's transport."""
+
+    def __init__(self, app: ASGIApp, controls: Controls) -> None:
+        self.app = app
+        self.controls = controls
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or not scope["path"].startswith(api.API_PREFIX + "/"):
+            await self.app(scope, receive, send)
+            return
+        controls, knobs = self.controls, self.controls.knobs
+        route = route_template(scope["method"], scope["path"])
+        wait = controls.bucket.take() if controls.bucket else 0.0
+        if knobs.latency_ms:
+            await asyncio.sleep(knobs.latency_ms / 1000.0)
+        if wait:
+            retry_after = str(max(1, math.ceil(wait)))
+            await _answer(
+                send, api.STATUS_RATE_LIMITED, "rate limit exceeded", [(api.RETRY_AFTER_HEADER, retry_after)]
+            )
+            controls.counter.record(route, api.STATUS_RATE_LIMITED)
+            return
+        if knobs.error_rate and controls.random.random() < knobs.error_rate:
+            await _answer(send, _STATUS_SERVER_ERROR, "injected server error")
+            controls.counter.record(route, _STATUS_SERVER_ERROR)
+            return
+        drop = bool(knobs.drop_rate) and controls.random.random() < knobs.drop_rate
+        statuses: list[int] = []
+
+        async def answer_or_drop(message: Message) -> None:
+            # The request is processed (a write is stored); only its answer is lost: the case that
+            # makes a client retry a write that already happened.
+            if message["type"] == "http.response.start":
+                statuses.append(message["status"])
+                if drop:
+                    await _drop_connection(send, message)
+                    return
+            if not drop:
+                await send(message)
+
+        await self.app(scope, receive, answer_or_drop)
+        controls.counter.record(
+            route, DROPPED if drop else (statuses[0] if statuses else _STATUS_SERVER_ERROR)
+        )
+
+
+async def _answer(send: Send, status: int, message: str, headers: Sequence[tuple[str, str]] = ()) -> None:
+    body = json.dumps({api.ERROR_MESSAGE_KEY: message}).encode()
+    raw_headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    raw_headers += [(name.lower().encode(), value.encode()) for name, value in headers]
+    await send({"type": "http.response.start", "status": status, "headers": raw_headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+async def _drop_connection(send: Send, start: Message) -> None:
+    """Close the socket without answering, so the client sees a connection error.
+
+    Raising in the app would not do it: uvicorn answers an exception with a 500. uvicorn's `send` is a
+    bound method of its request cycle, which holds the transport; closing it and letting the loop run
+    `connection_lost` marks the cycle disconnected, so uvicorn neither answers nor logs an error.
+    """
+    cycle = getattr(send, "__self__", None)
+    transport = getattr(cycle, "transport", None)
+    if transport is None:  # another server: start the answer and never finish it (the server closes)
+        await send(start)
+        return
+    transport.close()
+    for _ in range(10):
+        if getattr(cycle, "disconnected", True):
+            break
+        await asyncio.sleep(0)
