@@ -34,6 +34,7 @@ MAX_PAGE_SIZE = 500
 LIST_KEY = "list"
 LINKS_KEY = "_links"
 NEXT_LINK_KEY = "next"
+ID_FIELD = "id"  # the reference id, in every body and path
 INTERNAL_ID_FIELD = "internalId"  # casavi's database id: returned on reads, never sent
 MODIFIED_FIELD = "modified"  # [model] last change (ISO UTC) that modifiedAfter filters on: read-only
 

@@ -1,0 +1,397 @@
+"""The casavi manager API v2 client over httpx: auth, paging, upserts and deletes by reference id.
+
+Transient trouble (429, 5xx, timeouts, dropped connections) is retried with exponential backoff and
+jitter through tenacity, honouring `Retry-After`. That is safe for writes too: PUT and DELETE by
+reference id are idempotent, so resending a write whose answer was lost leaves one object. Answers that
+will not change on retry (400, 404, 409, 422) are never retried. Every request, retries and
+authentication included, passes one shared token bucket, so concurrency never multiplies the rate
+casavi sees.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+from importlib.metadata import PackageNotFoundError, version
+from typing import Any, Literal
+
+import httpx
+from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, stop_after_delay
+from tenacity.wait import wait_exponential_jitter
+
+from casavi_pipeline.casavi import api
+from casavi_pipeline.casavi.api import ObjectKind
+from casavi_pipeline.casavi.errors import (
+    CasaviAuthError,
+    CasaviError,
+    CasaviRejectedError,
+    CasaviUnavailableError,
+)
+from casavi_pipeline.casavi.ratelimit import RateLimiter
+
+try:
+    USER_AGENT = f"casavi_pipeline/{version('casavi_pipeline')}"
+except PackageNotFoundError:  # pragma: no cover - running from a source tree
+    USER_AGENT = "casavi_pipeline"
+
+#: Longest wait a `Retry-After` may impose on one retry; beyond it the attempt budget decides.
+MAX_RETRY_AFTER_SECONDS = 120.0
+_REJECTED = {api.STATUS_INVALID, api.STATUS_NOT_FOUND, api.STATUS_CONFLICT, api.STATUS_UNKNOWN_REFERENCE}
+
+
+@dataclass(frozen=True)
+class Operation:
+    """One write to casavi."""
+
+    kind: ObjectKind
+    action: Literal["upsert", "delete"]
+    ref_id: str
+    payload: dict[str, Any] | None = None  # casavi body (`api.to_payload`) for upserts
+
+
+@dataclass(frozen=True)
+class WriteResult:
+    operation: Operation
+    ok: bool  # confirmed by casavi (a 404 on delete counts: the object is gone either way)
+    status: int | None
+    created: bool = False
+    error: CasaviError | None = None
+
+
+@dataclass
+class ClientStats:
+    """What the client sent; thread-safe counters."""
+
+    requests: int = 0
+    retries: int = 0
+    rate_limited: int = 0  # 429 answers
+    server_errors: int = 0  # 5xx answers
+    transport_errors: int = 0  # timeouts, refused or dropped connections
+    authentications: int = 0
+    by_status: Counter[int] = field(default_factory=Counter)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def count(self, attribute: str, n: int = 1) -> None:
+        with self._lock:
+            setattr(self, attribute, getattr(self, attribute) + n)
+
+    def answered(self, status: int) -> None:
+        with self._lock:
+            self.requests += 1
+            self.by_status[status] += 1
+            if status == api.STATUS_RATE_LIMITED:
+                self.rate_limited += 1
+            elif status >= 500:
+                self.server_errors += 1
+
+
+class _Transient(Exception):
+    """A failure worth retrying; carries casavi's `Retry-After` when it sent one."""
+
+    def __init__(self, reason: str, *, status: int | None = None, retry_after: float | None = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.status = status
+        self.retry_after = retry_after
+
+
+def _retry_after_seconds(response: httpx.Response) -> float | None:
+    value = response.headers.get(api.RETRY_AFTER_HEADER)
+    if value is None:
+        return None
+    try:
+        return min(max(float(value), 0.0), MAX_RETRY_AFTER_SECONDS)
+    except ValueError:  # an HTTP date: rare enough to fall back to our own backoff
+        return None
+
+
+def _error_from(
+    response: httpx.Response, cls: type[CasaviError], *, call: str, ref_id: str | None
+) -> CasaviError:
+    message, fields = response.reason_phrase or "error", []
+    try:
+        body = response.json()
+    except ValueError:
+        body = None
+    if isinstance(body, dict):
+        message = str(body.get(api.ERROR_MESSAGE_KEY) or message)
+        for detail in body.get(api.ERROR_DETAILS_KEY) or []:
+            if isinstance(detail, dict):
+                fields.append((str(detail.get(api.ERROR_FIELD_KEY)), str(detail.get(api.ERROR_MESSAGE_KEY))))
+    return cls(message, call=call, ref_id=ref_id, status=response.status_code, field_errors=fields)
+
+
+class CasaviClient:
+    """A casavi API client for one account. Thread-safe; use as a context manager."""
+
+    def __init__(
+        self,
+        base_url: str,
+        api_key: str,
+        api_secret: str,
+        *,
+        timeout: float = 30.0,
+        max_concurrency: int = 4,
+        requests_per_minute: float | None = 80.0,
+        max_attempts: int = 6,
+        max_retry_seconds: float = 300.0,
+        backoff_seconds: float = 0.5,
+        transport: httpx.BaseTransport | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        if max_concurrency < 1:
+            raise ValueError("max_concurrency must be at least 1")
+        self.base_url = base_url.rstrip("/")
+        self.max_concurrency = max_concurrency
+        self.max_attempts = max_attempts
+        self.max_retry_seconds = max_retry_seconds
+        self.backoff_seconds = backoff_seconds  # first retry's base wait; doubles per attempt up to 30 s
+        self._key = api_key
+        self._secret = api_secret
+        self._sleep = sleep
+        self._http = httpx.Client(
+            base_url=self.base_url,
+            timeout=timeout,
+            transport=transport,
+            headers={"User-Agent": USER_AGENT},
+            limits=httpx.Limits(
+                max_connections=max_concurrency + 1, max_keepalive_connections=max_concurrency + 1
+            ),
+        )
+        burst = max(1.0, min(float(max_concurrency), (requests_per_minute or 60.0) / 60.0))
+        self._limiter = (
+            RateLimiter(requests_per_minute, burst=burst, sleep=sleep) if requests_per_minute else None
+        )
+        self._auth_lock = threading.Lock()
+        self._token: str | None = None
+        self._refresh_at = 0.0
+        self.stats = ClientStats()
+
+    def __repr__(self) -> str:  # never the key, secret or token
+        return f"CasaviClient({self.base_url!r})"
+
+    def __enter__(self) -> CasaviClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._http.close()
+
+    # --- transport ---------------------------------------------------------------------------------
+    def _send(self, method: str, url: str, **kwargs: Any) -> httpx.Response:
+        """One HTTP exchange through the rate limiter; transport failures become `_Transient`."""
+        if self._limiter is not None:
+            self._limiter.acquire()
+        try:
+            response = self._http.request(method, url, **kwargs)
+        except (httpx.TimeoutException, httpx.TransportError) as exc:
+            self.stats.count("requests")
+            self.stats.count("transport_errors")
+            raise _Transient(f"{type(exc).__name__} talking to casavi") from exc
+        self.stats.answered(response.status_code)
+        if response.status_code == api.STATUS_RATE_LIMITED:
+            raise _Transient("429 too many requests", status=429, retry_after=_retry_after_seconds(response))
+        if response.status_code >= 500:
+            raise _Transient(f"{response.status_code} server error", status=response.status_code)
+        return response
+
+    def _retrying(self) -> Retrying:
+        backoff = wait_exponential_jitter(
+            initial=self.backoff_seconds, max=30.0, jitter=2 * self.backoff_seconds
+        )
+
+        def wait_for(retry_state: Any) -> float:
+            exc = retry_state.outcome.exception()
+            if isinstance(exc, _Transient) and exc.retry_after is not None:
+                return exc.retry_after
+            return backoff(retry_state)
+
+        def before_sleep(_: Any) -> None:
+            self.stats.count("retries")
+
+        return Retrying(
+            stop=stop_after_attempt(self.max_attempts) | stop_after_delay(self.max_retry_seconds),
+            wait=wait_for,
+            retry=retry_if_exception_type(_Transient),
+            before_sleep=before_sleep,
+            sleep=self._sleep,
+            reraise=True,
+        )
+
+    def _with_retries(
+        self, fn: Callable[[], httpx.Response], *, call: str, ref_id: str | None
+    ) -> httpx.Response:
+        try:
+            for attempt in self._retrying():
+                with attempt:
+                    return fn()
+        except _Transient as exc:
+            raise CasaviUnavailableError(
+                f"casavi kept failing ({exc.reason}); gave up after {self.max_attempts} attempts "
+                f"or {self.max_retry_seconds:g}s",
+                call=call,
+                ref_id=ref_id,
+                status=exc.status,
+            ) from exc
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    # --- authentication ----------------------------------------------------------------------------
+    def _current_token(self) -> str:
+        with self._auth_lock:
+            if self._token is None or time.time() >= self._refresh_at:
+                self._authenticate()
+            assert self._token is not None
+            return self._token
+
+    def _authenticate(self) -> None:
+        call = f"POST {api.AUTH_PATH}"
+        body = {api.AUTH_KEY_FIELD: self._key, api.AUTH_SECRET_FIELD: self._secret}
+        self.stats.count("authentications")
+        response = self._with_retries(
+            lambda: self._send("POST", api.AUTH_PATH, json=body), call=call, ref_id=None
+        )
+        if response.status_code == api.STATUS_UNAUTHORIZED:
+            raise CasaviAuthError(
+                "casavi refused the API key/secret; check CASAVI_API_KEY and CASAVI_API_SECRET",
+                call=call,
+                status=response.status_code,
+            )
+        if response.status_code != 200:
+            raise _error_from(response, CasaviError, call=call, ref_id=None)
+        answer = response.json()
+        self._token = answer[api.AUTH_TOKEN_FIELD]
+        now = time.time()
+        try:
+            expires = dt.datetime.fromisoformat(
+                answer[api.AUTH_EXPIRES_FIELD].replace("Z", "+00:00")
+            ).timestamp()
+        except (KeyError, TypeError, ValueError):
+            expires = now + 3600.0
+        # Renew shortly before casavi would refuse the token: 5 minutes, or a tenth of a short lifetime.
+        self._refresh_at = expires - min(300.0, max(0.0, expires - now) / 10.0)
+
+    def _forget_token(self, token: str) -> None:
+        with self._auth_lock:
+            if self._token == token:  # another thread may have renewed it already
+                self._token = None
+
+    def _request(
+        self, method: str, url: str, *, call: str, ref_id: str | None = None, **kwargs: Any
+    ) -> httpx.Response:
+        """An authenticated call with retries; on 401 authenticate again once and repeat it."""
+
+        def attempt() -> httpx.Response:
+            token = self._current_token()
+            response = self._send(method, url, headers={api.TOKEN_HEADER: token}, **kwargs)
+            if response.status_code == api.STATUS_UNAUTHORIZED:
+                self._forget_token(token)
+                response = self._send(
+                    method, url, headers={api.TOKEN_HEADER: self._current_token()}, **kwargs
+                )
+                if response.status_code == api.STATUS_UNAUTHORIZED:
+                    raise _error_from(response, CasaviAuthError, call=call, ref_id=ref_id)
+            return response
+
+        return self._with_retries(attempt, call=call, ref_id=ref_id)
+
+    # --- reads -------------------------------------------------------------------------------------
+    def list_objects(
+        self,
+        kind: ObjectKind,
+        *,
+        page_size: int = api.MAX_PAGE_SIZE,
+        modified_after: dt.datetime | None = None,
+    ) -> Iterator[dict[str, Any]]:
+        """Every object of a kind, following `_links.next` through all pages."""
+        call = f"GET {kind.collection_path}"
+        params: dict[str, Any] | None = {api.PAGE_PARAM: 1, api.PAGE_SIZE_PARAM: page_size}
+        if modified_after is not None:
+            stamp = (
+                modified_after.astimezone(dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+            )
+            params[api.MODIFIED_AFTER_PARAM] = stamp  # type: ignore[index]
+        url: str | None = kind.collection_path
+        while url:
+            response = self._request("GET", url, call=call, params=params)
+            if response.status_code != 200:
+                raise _error_from(response, CasaviError, call=call, ref_id=None)
+            body = response.json()
+            yield from body.get(api.LIST_KEY, [])
+            url = (body.get(api.LINKS_KEY) or {}).get(api.NEXT_LINK_KEY)
+            params = None  # the next link carries its own query
+
+    def get_object(self, kind: ObjectKind, ref_id: str) -> dict[str, Any] | None:
+        call = f"GET {kind.collection_path}/{{id}}"
+        response = self._request("GET", kind.object_path(ref_id), call=call, ref_id=ref_id)
+        if response.status_code == api.STATUS_NOT_FOUND:
+            return None
+        if response.status_code != 200:
+            raise _error_from(response, CasaviError, call=call, ref_id=ref_id)
+        return response.json()
+
+    # --- writes ------------------------------------------------------------------------------------
+    def upsert(self, kind: ObjectKind, payload: dict[str, Any]) -> WriteResult:
+        ref_id = str(payload[api.ID_FIELD])
+        return self._write(Operation(kind, "upsert", ref_id, payload))
+
+    def delete(self, kind: ObjectKind, ref_id: str) -> WriteResult:
+        return self._write(Operation(kind, "delete", ref_id))
+
+    def _write(self, op: Operation) -> WriteResult:
+        method = "PUT" if op.action == "upsert" else "DELETE"
+        call = f"{method} {op.kind.collection_path}/{{id}}"
+        kwargs = {"json": op.payload} if op.action == "upsert" else {}
+        response = self._request(
+            method, op.kind.object_path(op.ref_id), call=call, ref_id=op.ref_id, **kwargs
+        )
+        status = response.status_code
+        if op.action == "delete" and status in (api.STATUS_DELETED, api.STATUS_NOT_FOUND, 200):
+            return WriteResult(op, ok=True, status=status)
+        if op.action == "upsert" and status in (api.STATUS_UPDATED, api.STATUS_CREATED):
+            return WriteResult(op, ok=True, status=status, created=status == api.STATUS_CREATED)
+        if status in _REJECTED:
+            error = _error_from(response, CasaviRejectedError, call=call, ref_id=op.ref_id)
+            return WriteResult(op, ok=False, status=status, error=error)
+        raise _error_from(response, CasaviError, call=call, ref_id=op.ref_id)
+
+    def execute(self, operations: Iterable[Operation]) -> Iterator[WriteResult]:
+        """Send writes with at most `max_concurrency` in flight; yield each result as it completes.
+
+        Results are yielded in the calling thread, so the caller can record each confirmed write
+        before the next. Rejections are results; when casavi is unavailable or refuses the
+        credentials, no new writes start, the ones in flight finish and are yielded, then the error
+        is raised.
+        """
+        pending = iter(operations)
+        failure: CasaviError | None = None
+        in_flight: set[Future[WriteResult]] = set()
+        with ThreadPoolExecutor(max_workers=self.max_concurrency, thread_name_prefix="casavi") as pool:
+            try:
+                while True:
+                    while failure is None and len(in_flight) < self.max_concurrency:
+                        op = next(pending, None)
+                        if op is None:
+                            break
+                        in_flight.add(pool.submit(self._write, op))
+                    if not in_flight:
+                        break
+                    done, in_flight = wait(in_flight, return_when=FIRST_COMPLETED)
+                    for future in done:
+                        try:
+                            result = future.result()
+                        except (CasaviUnavailableError, CasaviAuthError, CasaviError) as exc:
+                            failure = failure or exc
+                            continue
+                        yield result
+            finally:
+                for future in in_flight:
+                    future.cancel()
+        if failure is not None:
+            raise failure
