@@ -204,7 +204,7 @@ class CasaviClient:
 
     def _retrying(self) -> Retrying:
         backoff = wait_exponential_jitter(
-            initial=self.backoff_seconds, max=30.0, jitter=2 * self.backoff_seconds
+            multiplier=self.backoff_seconds, max=30.0, jitter=2 * self.backoff_seconds
         )
 
         def wait_for(retry_state: Any) -> float:
