@@ -152,6 +152,9 @@ class Snapshot:
         rows = self._con.execute("SELECT kind, change, count(*) FROM pending GROUP BY ALL").fetchall()
         return {(kind, change): count for kind, change, count in rows}
 
+    def pending_total(self) -> int:
+        return self._con.execute("SELECT count(*) FROM pending").fetchone()[0]  # type: ignore[index]
+
     def pending_ops(self, kind: ObjectKind, action: str, *, page_size: int = 5_000) -> Iterator[PendingOp]:
         """Pending operations of one kind and action, in changeset order, read page by page.
 
