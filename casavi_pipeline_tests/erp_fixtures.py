@@ -62,7 +62,7 @@ _DEFAULT_ROWS: dict[str, list[Row]] = {
             "plz": "01067",
             "ort": "Dresden",
         },
-    ],  # fmt: skip
+    ],
     "verwaltungseinheiten": [
         {
             "we_nr": "001",
@@ -82,7 +82,7 @@ _DEFAULT_ROWS: dict[str, list[Row]] = {
             "flaeche_m2": "80",
         },
         {"we_nr": "001", "ve_nr": "0003", "geb_nr": "02", "nutzungsart": "STELLPLATZ"},
-    ],  # fmt: skip
+    ],
     "mietvertraege": [
         {"vertrag_nr": "100001", "we_nr": "001", "ve_nr": "0001", "beginn": "2020-01-01"},
         {
@@ -92,7 +92,7 @@ _DEFAULT_ROWS: dict[str, list[Row]] = {
             "beginn": "2019-05-01",
             "ende": "2024-12-31",
         },
-    ],  # fmt: skip
+    ],
     "mieter": [
         {
             "vertrag_nr": "100001",
@@ -122,7 +122,7 @@ _DEFAULT_ROWS: dict[str, list[Row]] = {
             "plz": "01067",
             "ort": "Dresden",
         },
-    ],  # fmt: skip
+    ],
     "eigentuemervertraege": [
         {"ev_nr": "200001", "we_nr": "001", "ve_nr": "0003", "beginn": "2018-07-01"},
     ],
@@ -139,7 +139,7 @@ _DEFAULT_ROWS: dict[str, list[Row]] = {
             "plz": "04109",
             "ort": "Leipzig",
         },
-    ],  # fmt: skip
+    ],
 }
 
 
