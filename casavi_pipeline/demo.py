@@ -14,6 +14,7 @@ import contextlib
 import os
 import secrets
 import sys
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,6 +22,8 @@ SANDBOX_PORT = 8765
 #: The sandbox has no casavi-sized rate limit by default: the demo should take seconds, not an hour.
 DEMO_REQUESTS_PER_MINUTE = "6000"
 KIND_ORDER = ("property", "unit", "contact", "contract")
+#: The demo prints a summary; the full event log of each run is in the Dagster UI (./run dev).
+QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
 
 
 @contextlib.contextmanager
@@ -75,6 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     os.environ.setdefault("CASAVI_SNAPSHOT_DB", str((args.data_dir / "snapshots").resolve()))
 
+    warnings.filterwarnings("ignore", category=UserWarning, module="dagster")  # beta/preview notices
     with _casavi_target(args.data_dir.resolve(), args.port):
         # Imported only now: the code location reads its settings (and the credentials) when it loads.
         import dagster as dg

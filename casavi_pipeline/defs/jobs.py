@@ -8,7 +8,7 @@ SYNC_JOB_NAME = "casavi_sync_job"
 
 casavi_sync_job = dg.define_asset_job(
     SYNC_JOB_NAME,
-    selection=dg.AssetSelection.all(include_sources=False),
+    selection=dg.AssetSelection.all(),
     partitions_def=mandant_partitions,
     description="Reads one Mandant's ERP export, maps it to casavi objects, checks them, diffs against the "
     "snapshot and writes only what changed to casavi. One run per Mandant (partition).",
