@@ -78,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     os.environ.setdefault("CASAVI_SNAPSHOT_DB", str((args.data_dir / "snapshots").resolve()))
 
-    warnings.filterwarnings("ignore", category=UserWarning, module="dagster")  # beta/preview notices
+    warnings.filterwarnings("ignore", message=".*(beta|preview).*", category=Warning)  # dagster notices
     with _casavi_target(args.data_dir.resolve(), args.port):
         # Imported only now: the code location reads its settings (and the credentials) when it loads.
         import dagster as dg
