@@ -56,7 +56,7 @@ def _check(asset: dg.AssetsDefinition, *, blocking: bool = True, **kwargs):
 def _unique_ids_check(asset: dg.AssetsDefinition, noun: str, singular: str) -> dg.AssetChecksDefinition:
     @_check(
         asset,
-        name=f"unique_{noun}_ids",
+        name=f"unique_{singular}_ids",
         description=f"No two ERP records compose to the same {singular} reference id (an ERP number "
         "containing the separator); names both records and a separator that would work.",
     )
