@@ -1,12 +1,12 @@
 """The code location: every domain's definitions, merged, with the resources bound once.
 
 Each module under `casavi_pipeline.defs` owns one concern (ERP ingestion, casavi mapping, data
-quality, changeset & sync, jobs) and exposes `defs`; this file only puts them together.
+quality, changeset & sync, jobs, automation) and exposes `defs`; this file only puts them together.
 """
 
 import dagster as dg
 
-from casavi_pipeline.defs import casavi, erp, jobs, quality, sync
+from casavi_pipeline.defs import automation, casavi, erp, jobs, quality, sync
 from casavi_pipeline.defs.resources import casavi_resource_from_env
 
 defs = dg.Definitions.merge(
@@ -15,5 +15,6 @@ defs = dg.Definitions.merge(
     quality.defs,
     sync.defs,
     jobs.defs,
+    automation.defs,
     dg.Definitions(resources={"casavi": casavi_resource_from_env()}),
 )

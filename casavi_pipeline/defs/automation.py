@@ -1,0 +1,117 @@
+"""Running unattended: a nightly schedule, a sensor for new ERP deliveries, and failure reporting.
+
+All three are off by default in code (switch them on in the UI under Automation), so a fresh
+deployment never writes to casavi before someone decided it should. Settings are read when they
+evaluate, not at import, so a changed export folder is picked up without a code change.
+"""
+
+import json
+import os
+
+import dagster as dg
+
+from casavi_pipeline.defs.jobs import casavi_sync_job
+from casavi_pipeline.settings import get_settings
+from casavi_pipeline.sync.deliveries import scan_delivery
+
+NIGHTLY_CRON = "0 2 * * *"
+TIMEZONE = "Europe/Berlin"
+#: A delivery must be unchanged this long before it runs (files may still be copying).
+DEFAULT_SETTLE_SECONDS = 60.0
+
+
+def _tags(mandant: str, trigger: str) -> dict[str, str]:
+    return {"casavi/mandant": mandant, "casavi/trigger": trigger}
+
+
+@dg.schedule(
+    job=casavi_sync_job,
+    cron_schedule=NIGHTLY_CRON,
+    execution_timezone=TIMEZONE,
+    default_status=dg.DefaultScheduleStatus.STOPPED,
+    description="Every night, one run per configured Mandant (the instance runs at most one per Mandant at once).",
+)
+def casavi_nightly_sync(context: dg.ScheduleEvaluationContext):
+    scheduled = context.scheduled_execution_time.isoformat() if context.scheduled_execution_time else "now"
+    for mandant in get_settings().mandanten:
+        yield dg.RunRequest(
+            run_key=f"nightly-{mandant}-{scheduled}",
+            partition_key=mandant,
+            tags=_tags(mandant, "schedule"),
+        )
+
+
+@dg.sensor(
+    job=casavi_sync_job,
+    minimum_interval_seconds=60,
+    default_status=dg.DefaultSensorStatus.STOPPED,
+    description="Requests a run for a Mandant when a complete new ERP delivery (all seven files, newer than "
+    "the last one requested, unchanged for CASAVI_DELIVERY_SETTLE_SECONDS) appears in its export folder.",
+)
+def casavi_export_delivery_sensor(context: dg.SensorEvaluationContext):
+    settings = get_settings()
+    settle = float(os.environ.get("CASAVI_DELIVERY_SETTLE_SECONDS") or DEFAULT_SETTLE_SECONDS)
+    seen: dict[str, float] = json.loads(context.cursor) if context.cursor else {}
+    requests, waiting = [], []
+    for mandant in settings.mandanten:
+        delivery = scan_delivery(settings.erp_export_dir, mandant)
+        if not delivery.complete:
+            waiting.append(f"{mandant}: missing {', '.join(delivery.missing_files)}")
+            continue
+        if delivery.newest_mtime <= seen.get(mandant, 0.0):
+            continue
+        if not delivery.settled(settle):
+            waiting.append(f"{mandant}: delivery still settling")
+            continue
+        seen[mandant] = delivery.newest_mtime
+        requests.append(
+            dg.RunRequest(
+                run_key=f"delivery-{mandant}-{delivery.newest_mtime:.0f}",
+                partition_key=mandant,
+                tags=_tags(mandant, "sensor"),
+            )
+        )
+    if not requests:
+        return dg.SkipReason("no new complete delivery" + (f" ({'; '.join(waiting)})" if waiting else ""))
+    return dg.SensorResult(run_requests=requests, cursor=json.dumps(seen, sort_keys=True))
+
+
+def failure_reason(instance: dg.DagsterInstance, run_id: str) -> str:
+    """One line: the failing blocking check's description, else the failed step's description."""
+    records = instance.get_records_for_run(run_id).records
+    for record in records:
+        event = record.event_log_entry.dagster_event
+        if event is None or event.event_type_value != "ASSET_CHECK_EVALUATION":
+            continue
+        evaluation = event.event_specific_data
+        if not evaluation.passed and evaluation.severity == dg.AssetCheckSeverity.ERROR:
+            return f"check {evaluation.check_name} failed: {evaluation.description}"
+    for record in records:
+        event = record.event_log_entry.dagster_event
+        if event is not None and event.event_type_value == "STEP_FAILURE":
+            data = event.step_failure_data
+            user = data.user_failure_data if data else None
+            if user and user.description:
+                return f"{event.step_key}: {user.description.splitlines()[0]}"
+            if data and data.error:
+                return f"{event.step_key}: {data.error.message.strip().splitlines()[0]}"
+    return "see the run's event log"
+
+
+@dg.run_failure_sensor(
+    monitored_jobs=[casavi_sync_job],
+    default_status=dg.DefaultSensorStatus.STOPPED,
+    description="Logs one line per failed casavi run: Mandant, run id and why (reference ids and counts only).",
+)
+def casavi_run_failure_report(context: dg.RunFailureSensorContext) -> None:
+    run = context.dagster_run
+    mandant = run.tags.get("dagster/partition", "?")
+    context.log.error(
+        f"casavi sync of Mandant {mandant} failed (run {run.run_id}): {failure_reason(context.instance, run.run_id)}"
+    )
+
+
+defs = dg.Definitions(
+    schedules=[casavi_nightly_sync],
+    sensors=[casavi_export_delivery_sensor, casavi_run_failure_report],
+)
