@@ -1,0 +1,127 @@
+"""`./run bench`: per-stage wall time and peak RSS on generated exports, printed as a table.
+
+    python -m benchmarks                         # 10k (2 Mandanten) and 100k (1 Mandant), all stages
+    python -m benchmarks --scale 500000:20 --no-sync     # ingest/map/changeset only at 500k
+    python -m benchmarks --scale 10000:2 --rate-limit 3000   # sync paced by a sandbox rate limit
+
+Each stage is a separate process (`benchmarks.stages`); its peak RSS is read with os.wait4. The
+sandbox runs as a real process on 127.0.0.1. Not a test: it prints figures, it asserts nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from casavi_pipeline.casavi.sandbox import SandboxProcess
+
+OUT = Path(__file__).resolve().parent / "out"
+PREPARE = ["ingest", "map_checks", "changeset"]
+SYNC = ["sync_first", "sync_unchanged", "change_1pct", "sync_1pct", "naive_full_put"]
+
+
+def run_measured(command: list[str]) -> tuple[dict, float, float]:
+    """Run a command; return its JSON line (if any), wall seconds and peak RSS in MiB."""
+    started = time.perf_counter()
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    stdout = process.stdout.read() if process.stdout else ""
+    _, status, usage = os.wait4(process.pid, 0)
+    process.returncode = os.waitstatus_to_exitcode(status)
+    wall = time.perf_counter() - started
+    if process.returncode != 0:
+        raise SystemExit(f"{' '.join(command)} failed with exit code {process.returncode}")
+    lines = [line for line in stdout.splitlines() if line.startswith("{")]
+    return (json.loads(lines[-1]) if lines else {}), wall, usage.ru_maxrss / 1024
+
+
+def bench_scale(units: int, mandanten: int, *, sync: bool, rate_limit: float, rows: list[dict]) -> None:
+    label = f"{units // 1000}k units / {mandanten} M"
+    work = OUT / f"{units}_{mandanten}"
+    shutil.rmtree(work, ignore_errors=True)
+    (work / "snapshots").mkdir(parents=True)
+    export = work / "export"
+    numbers = [f"{i:04d}" for i in range(1, mandanten + 1)]
+    _, wall, rss = run_measured(
+        [sys.executable, "-m", "casavi_pipeline.sample", "--out", str(export), "--units", str(units),
+         "--mandanten", ",".join(numbers)]
+    )  # fmt: skip
+    rows.append({"scale": label, "stage": "generate", "seconds": wall, "rss": rss})
+    base = [sys.executable, "-m", "benchmarks.stages"]
+    for stage in PREPARE:
+        result, wall, rss = run_measured([*base, stage, str(export), str(work), ",".join(numbers)])
+        rows.append({"scale": label, "stage": stage, "seconds": wall, "rss": rss, **result})
+        print(rows[-1], file=sys.stderr)
+    if not sync:
+        return
+    with SandboxProcess(work / "sandbox.sqlite3", rate_limit=rate_limit or None, access_log=False) as sandbox:
+        for stage in SYNC:
+            args = [sandbox.base_url, sandbox.api_key, sandbox.api_secret, str(rate_limit)]
+            result, wall, rss = run_measured([*base, stage, str(export), str(work), ",".join(numbers), *args])
+            row = {"scale": label, "stage": stage, "seconds": wall, "rss": rss, **result}
+            if result.get("writes") and stage != "change_1pct":
+                row["writes_per_s"] = result["writes"] / result["seconds"]
+                if rate_limit:
+                    row["of_limit"] = result.get("requests", 0) / result["seconds"] / (rate_limit / 60)
+            rows.append(row)
+            print(rows[-1], file=sys.stderr)
+        by_stage = {r["stage"]: r for r in rows if r["scale"] == label}
+        naive, unchanged = by_stage["naive_full_put"]["seconds"], by_stage["sync_unchanged"]["seconds"]
+        rows.append({"scale": label, "stage": "naive ÷ unchanged", "ratio": naive / unchanged})
+
+
+def table(rows: list[dict]) -> str:
+    header = "| scale | stage | wall s | peak RSS MiB | writes | requests | writes/s | of rate limit |"
+    lines = [header, "|---|---|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        if "ratio" in r:
+            lines.append(
+                f"| {r['scale']} | **naive full PUT ÷ unchanged re-run** | **{r['ratio']:.0f}×** | | | | | |"
+            )
+            continue
+        cells = [
+            r["scale"], r["stage"], f"{r['seconds']:.1f}", f"{r['rss']:.0f}",
+            str(r.get("writes", "")), str(r.get("requests", "")),
+            f"{r['writes_per_s']:.0f}" if "writes_per_s" in r else "",
+            f"{r['of_limit']:.0%}" if "of_limit" in r else "",
+        ]  # fmt: skip
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def machine() -> str:
+    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    return (
+        f"{platform.machine()}, {os.cpu_count()} cores, {memory:.0f} GiB, Python {platform.python_version()}"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--scale", action="append", help="UNITS:MANDANTEN (repeatable); default 10000:2 and 100000:1"
+    )
+    parser.add_argument("--no-sync", action="store_true", help="only generate, ingest, map+checks, changeset")
+    parser.add_argument(
+        "--rate-limit", type=float, default=0, help="sandbox and client requests/minute (0 = none)"
+    )
+    args = parser.parse_args()
+    rows: list[dict] = []
+    for scale in args.scale or ["10000:2", "100000:1"]:
+        units, mandanten = map(int, scale.split(":"))
+        bench_scale(units, mandanten, sync=not args.no_sync, rate_limit=args.rate_limit, rows=rows)
+    print(f"\nMachine: {machine()}; sandbox rate limit: {args.rate_limit or 'none'}\n")
+    print(table(rows))
+    (OUT / "last_results.json").write_text(json.dumps(rows, indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,155 @@
+"""One benchmark stage, run in its own process so its wall time and peak RSS are its own.
+
+    python -m benchmarks.stages STAGE EXPORT_DIR WORK_DIR MANDANTEN [SANDBOX_URL KEY SECRET RPM]
+
+Stages hand data on through pickles in WORK_DIR, like Dagster's IO manager does between steps.
+Prints one JSON line: {"stage", "seconds", "requests", "writes", ...}.
+"""
+
+from __future__ import annotations
+
+import json
+import pickle
+import sys
+import time
+from pathlib import Path
+
+from casavi_pipeline.casavi import api
+from casavi_pipeline.casavi.api import ObjectKind
+from casavi_pipeline.casavi.client import CasaviClient, Operation
+from casavi_pipeline.erp.contract import ENTITIES
+from casavi_pipeline.erp.reader import read_entity
+from casavi_pipeline.mapping import quality
+from casavi_pipeline.mapping.contracts import map_contracts
+from casavi_pipeline.mapping.people import conflicting_persons, map_contacts
+from casavi_pipeline.mapping.real_estate import map_addresses, map_properties, map_units
+from casavi_pipeline.mapping.schemas import payload_problems
+from casavi_pipeline.sync.apply import apply_changeset
+from casavi_pipeline.sync.changeset import compute_changeset
+from casavi_pipeline.sync.snapshot import Snapshot
+
+SEPARATOR = "-"
+KINDS = {
+    "properties": ObjectKind.PROPERTY,
+    "units": ObjectKind.UNIT,
+    "contacts": ObjectKind.CONTACT,
+    "contracts": ObjectKind.CONTRACT,
+}
+
+
+def ingest(export: Path, work: Path, mandant: str) -> dict:
+    frames = {e.name: read_entity(export, mandant, e).frame for e in ENTITIES}
+    (work / f"erp_{mandant}.pkl").write_bytes(pickle.dumps(frames))
+    return {"rows": sum(len(f) for f in frames.values())}
+
+
+def map_and_check(work: Path, mandant: str) -> dict:
+    erp = pickle.loads((work / f"erp_{mandant}.pkl").read_bytes())
+    ids = {"mandant": mandant, "separator": SEPARATOR}
+    people = (erp["mieter"], erp["mietvertraege"], erp["eigentuemer"], erp["eigentuemervertraege"])
+    addresses = map_addresses(erp["gebaeude"], **ids)
+    out = {
+        "addresses": addresses,
+        "properties": map_properties(erp["wirtschaftseinheiten"], addresses, **ids),
+        "units": map_units(erp["verwaltungseinheiten"], **ids),
+        "contacts": map_contacts(*people, **ids),
+        "contracts": map_contracts(
+            erp["mietvertraege"],
+            erp["mieter"],
+            erp["eigentuemervertraege"],
+            erp["eigentuemer"],
+            erp["verwaltungseinheiten"],
+            **ids,
+        ),
+    }
+    outcomes = [quality.unique_ids(name, frame, SEPARATOR) for name, frame in out.items()]
+    outcomes += [
+        quality.unit_references(out["units"], out["properties"]),
+        quality.contract_references(out["contracts"], out["units"], out["contacts"]),
+        quality.erp_foreign_keys(erp),
+        quality.email_rule(out["contracts"], out["contacts"], api.ContractType.RENTER.value),
+    ]
+    conflicting_persons(*people, **ids)
+    problems = sum(len(payload_problems(kind, out[name])) for name, kind in KINDS.items())
+    (work / f"casavi_{mandant}.pkl").write_bytes(pickle.dumps(out))
+    return {
+        "objects": sum(len(out[n]) for n in KINDS),
+        "failed_checks": sum(not o.passed for o in outcomes) + (problems > 0),
+    }
+
+
+def _frames(work: Path, mandant: str) -> dict[ObjectKind, object]:
+    out = pickle.loads((work / f"casavi_{mandant}.pkl").read_bytes())
+    return {kind: out[name] for name, kind in KINDS.items()}
+
+
+def changeset(work: Path, mandant: str) -> dict:
+    with Snapshot(work / "snapshots" / f"snapshot_{mandant}.duckdb", mandant) as snap:
+        return {"writes": compute_changeset(snap, _frames(work, mandant)).total_writes}
+
+
+def change_one_percent(work: Path, mandant: str) -> dict:
+    """1 % of contacts get a new phone number (as if the ERP changed them)."""
+    path = work / f"casavi_{mandant}.pkl"
+    out = pickle.loads(path.read_bytes())
+    contacts = out["contacts"]
+    step = 100
+    contacts.loc[contacts.index[::step], "telephone"] = "0800 1234567"
+    path.write_bytes(pickle.dumps(out))
+    return {"changed": len(contacts.index[::step])}
+
+
+def sync(work: Path, mandant: str, client: CasaviClient) -> dict:
+    """Changeset + apply: what the sync asset does (the changeset is recomputed: a rerun sees new data)."""
+    with Snapshot(work / "snapshots" / f"snapshot_{mandant}.duckdb", mandant) as snap:
+        compute_changeset(snap, _frames(work, mandant))
+        report = apply_changeset(snap, client)
+    return {"writes": report.total_confirmed, "rejected": len(report.rejections)}
+
+
+def naive_put_all(work: Path, mandant: str, client: CasaviClient) -> dict:
+    """The baseline without a snapshot: PUT every object, every time."""
+    sent = 0
+    for kind, frame in _frames(work, mandant).items():
+        ops = (
+            Operation(kind, "upsert", row["id"], api.to_payload(kind, row))
+            for row in frame.to_dict("records")
+        )
+        sent += sum(1 for result in client.execute(ops) if result.ok)
+    return {"writes": sent}
+
+
+def main(argv: list[str]) -> None:
+    stage, export, work, mandanten = argv[0], Path(argv[1]), Path(argv[2]), argv[3].split(",")
+    client = None
+    if len(argv) > 4:
+        url, key, secret, rpm = argv[4], argv[5], argv[6], float(argv[7])
+        client = CasaviClient(url, key, secret, requests_per_minute=rpm or None, max_concurrency=8)
+    started = time.perf_counter()
+    totals: dict[str, int] = {}
+    for mandant in mandanten:
+        if stage == "ingest":
+            result = ingest(export, work, mandant)
+        elif stage == "map_checks":
+            result = map_and_check(work, mandant)
+        elif stage == "changeset":
+            result = changeset(work, mandant)
+        elif stage == "change_1pct":
+            result = change_one_percent(work, mandant)
+        elif stage in ("sync_first", "sync_unchanged", "sync_1pct"):
+            result = sync(work, mandant, client)
+        elif stage == "naive_full_put":
+            result = naive_put_all(work, mandant, client)
+        else:
+            raise SystemExit(f"unknown stage {stage}")
+        for key, value in result.items():
+            totals[key] = totals.get(key, 0) + value
+    seconds = time.perf_counter() - started
+    if client is not None:
+        totals["requests"] = client.stats.requests
+        client.close()
+    print(json.dumps({"stage": stage, "seconds": round(seconds, 2), **totals}))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
