@@ -1,0 +1,111 @@
+"""The Dagster UI as a user meets it: `dagster dev` (webserver + daemon) on a free loopback port, asked
+through its GraphQL API for the asset graph, partitions and checks, then a partitioned run of the whole
+graph launched the way the UI launches it, against the casavi sandbox."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+from dagster_graphql import DagsterGraphQLClient
+
+from casavi_pipeline.casavi.sandbox.process import free_port
+from casavi_pipeline.settings import SAMPLE_EXPORT_DIR
+
+ROOT = Path(__file__).resolve().parents[1]
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+
+ASSETS_QUERY = """
+{
+  assetNodes {
+    assetKey { path }
+    groupName
+    partitionKeysByDimension { partitionKeys }
+    assetChecksOrError { ... on AssetChecks { checks { name blocking } } }
+  }
+}
+"""
+
+
+@pytest.fixture(scope="module")
+def dagster_dev(tmp_path_factory, sandbox_server):
+    home = tmp_path_factory.mktemp("dagster_home")
+    shutil.copy(ROOT / "dagster.yaml", home / "dagster.yaml")
+    port = free_port()
+    env = {
+        **os.environ,
+        "DAGSTER_HOME": str(home),
+        "ERP_EXPORT_DIR": str(SAMPLE_EXPORT_DIR),
+        "CASAVI_MANDANTEN": "0001,0002,0420",
+        "CASAVI_SNAPSHOT_DB": str(home / "snapshots"),
+        "CASAVI_BASE_URL": sandbox_server.base_url,
+        "CASAVI_API_KEY": sandbox_server.api_key,
+        "CASAVI_API_SECRET": sandbox_server.api_secret,
+        "CASAVI_REQUESTS_PER_MINUTE": "60000",
+    }
+    log = (home / "dagster_dev.log").open("wb")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "dagster", "dev", "-w", str(ROOT / "workspace.yaml"), "-h", "127.0.0.1", "-p", str(port)],
+        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+    )  # fmt: skip
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/server_info", timeout=2).status_code == 200:
+                break
+        except httpx.TransportError:
+            pass
+        if process.poll() is not None:
+            pytest.fail(f"dagster dev exited; see {log.name}")
+        time.sleep(0.5)
+    else:
+        os.killpg(process.pid, signal.SIGTERM)
+        pytest.fail(f"dagster dev did not start within 120 s; see {log.name}")
+    yield port
+    os.killpg(process.pid, signal.SIGTERM)
+    try:
+        process.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+    log.close()
+
+
+def graphql(port: int, query: str) -> dict:
+    deadline = time.monotonic() + 60  # the code location may still be loading
+    while True:
+        body = httpx.post(f"http://127.0.0.1:{port}/graphql", json={"query": query}, timeout=30).json()
+        if body.get("data", {}).get("assetNodes") or time.monotonic() > deadline:
+            return body["data"]
+        time.sleep(1)
+
+
+def test_ui_shows_the_graph_partitions_and_checks_and_runs_a_partition(dagster_dev, sandbox_server):
+    nodes = {"/".join(n["assetKey"]["path"]): n for n in graphql(dagster_dev, ASSETS_QUERY)["assetNodes"]}
+    assert {n["groupName"] for n in nodes.values()} == {"erp", "casavi", "sync"}
+    assert len(nodes) == 14
+    assert nodes["casavi_sync"]["partitionKeysByDimension"][0]["partitionKeys"] == ["0001", "0002", "0420"]
+    checks = {c["name"]: c["blocking"] for c in nodes["casavi_contracts"]["assetChecksOrError"]["checks"]}
+    assert checks["tenants_have_valid_email"] is True and checks["email_rule_dropped"] is False
+    assert {c["name"] for c in nodes["casavi_changeset"]["assetChecksOrError"]["checks"]} == {
+        "mass_deletion_guard_check", "separator_change_guard_check"
+    }  # fmt: skip
+
+    sandbox_server.reset()
+    client = DagsterGraphQLClient("127.0.0.1", port_number=dagster_dev)
+    run_id = client.submit_job_execution("casavi_sync_job", tags={"dagster/partition": "0420"})
+    deadline, status = time.monotonic() + 300, None
+    while time.monotonic() < deadline:
+        status = client.get_run_status(run_id).value
+        if status in ("SUCCESS", "FAILURE", "CANCELED"):
+            break
+        time.sleep(2)
+    assert status == "SUCCESS"
+    held = sandbox_server.state()
+    assert len(held["units"]) == 100 and all(ref.startswith("0420-") for ref in held["units"])
