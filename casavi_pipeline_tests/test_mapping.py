@@ -287,3 +287,15 @@ def test_payload_schema_names_row_and_field_never_the_value(tmp_path):
     units.loc[1, "usage"] = "BUERO"
     problems = {(p.row, p.field) for p in payload_problems(api.ObjectKind.UNIT, units)}
     assert problems == {(0, "name"), (1, "usage")}
+
+
+def test_payload_schema_keeps_the_cross_field_rules(tmp_path):
+    out = mapped(erp(tmp_path))
+    contacts = out["contacts"].copy()
+    contacts.loc[1, ["last_name", "company_name"]] = None  # neither lastName nor companyName
+    assert {(p.row, p.field) for p in payload_problems(api.ObjectKind.CONTACT, contacts)} == {(1, "lastName")}
+    contracts = out["contracts"].copy()
+    contracts.loc[2, "end_date"] = "2001-01-01"  # before its start
+    assert {(p.row, p.field) for p in payload_problems(api.ObjectKind.CONTRACT, contracts)} == {
+        (2, "endDate")
+    }

@@ -4,7 +4,7 @@ casavi's field rules live once, in the API adapter. The column rules (required, 
 number ≥ 0, date, non-empty list) become a pandera schema here, checked vectorised over a whole
 Mandant. What pandera cannot express from those rules (the address list's shape, "lastName or
 companyName", endDate ≥ startDate) is not re-implemented: `payload_problems` runs the adapter's own
-`api.validate_payload` over every row, exactly what the sandbox answers 400 with.
+`api.validate_payload` over the rows that can break those, exactly what the sandbox answers 400 with.
 """
 
 from __future__ import annotations
@@ -135,12 +135,32 @@ def _address_payloads(addresses: Any) -> Any:
     ]
 
 
+def _rows_for_row_rules(kind: ObjectKind, frame: pd.DataFrame) -> pd.DataFrame:
+    """The rows that can break a rule pandera does not cover (the cross-field ones), found vectorised.
+
+    The per-row pass costs ~50 µs a row (1.8 M rows at 500 000 units: a minute and a half), so only
+    rows that could fail it go through it: every property (few; its address list is checked row-wise),
+    contacts with neither lastName nor companyName, contracts whose endDate precedes startDate. The
+    column rules are pandera's; together they are exactly `api.validate_payload`.
+    """
+    if kind is ObjectKind.CONTACT:
+        return frame[frame["last_name"].isna() & frame["company_name"].isna()]
+    if kind is ObjectKind.CONTRACT:
+        ended = frame["end_date"].notna() & frame["start_date"].notna()
+        return frame[ended & (frame["end_date"].astype(str) < frame["start_date"].astype(str))]
+    if kind is ObjectKind.PROPERTY:
+        return frame
+    return frame.iloc[0:0]
+
+
 def validate_payload_problems(kind: ObjectKind, frame: pd.DataFrame) -> list[RowProblem]:
-    """`api.validate_payload` over every row (~3 µs a row): the adapter's rules, cross-field ones too."""
+    """`api.validate_payload` over the rows that may break a cross-field rule (see `_rows_for_row_rules`)."""
+    frame = frame.reset_index(drop=True)
+    candidates = _rows_for_row_rules(kind, frame)
     problems = []
-    for row, payload in enumerate(payload_records(kind, frame)):
+    for row, payload in zip(candidates.index, payload_records(kind, candidates), strict=True):
         for error in api.validate_payload(kind, payload):
-            problems.append(RowProblem(row, error.field, error.message))
+            problems.append(RowProblem(int(row), error.field, error.message))
     return problems
 
 
