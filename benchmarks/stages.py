@@ -19,10 +19,8 @@ from casavi_pipeline.casavi.api import ObjectKind
 from casavi_pipeline.casavi.client import CasaviClient, Operation
 from casavi_pipeline.erp.contract import ENTITIES
 from casavi_pipeline.erp.reader import read_entity
-from casavi_pipeline.mapping import quality
-from casavi_pipeline.mapping.contracts import map_contracts
-from casavi_pipeline.mapping.people import conflicting_persons, map_contacts
-from casavi_pipeline.mapping.real_estate import map_addresses, map_properties, map_units
+from casavi_pipeline.mapping import map_mandant, quality
+from casavi_pipeline.mapping.people import conflicting_persons
 from casavi_pipeline.mapping.schemas import payload_problems
 from casavi_pipeline.sync.apply import apply_changeset
 from casavi_pipeline.sync.changeset import compute_changeset
@@ -47,21 +45,7 @@ def map_and_check(work: Path, mandant: str) -> dict:
     erp = pickle.loads((work / f"erp_{mandant}.pkl").read_bytes())
     ids = {"mandant": mandant, "separator": SEPARATOR}
     people = (erp["mieter"], erp["mietvertraege"], erp["eigentuemer"], erp["eigentuemervertraege"])
-    addresses = map_addresses(erp["gebaeude"], **ids)
-    out = {
-        "addresses": addresses,
-        "properties": map_properties(erp["wirtschaftseinheiten"], addresses, **ids),
-        "units": map_units(erp["verwaltungseinheiten"], **ids),
-        "contacts": map_contacts(*people, **ids),
-        "contracts": map_contracts(
-            erp["mietvertraege"],
-            erp["mieter"],
-            erp["eigentuemervertraege"],
-            erp["eigentuemer"],
-            erp["verwaltungseinheiten"],
-            **ids,
-        ),
-    }
+    out = map_mandant(erp, **ids)
     outcomes = [quality.unique_ids(name, frame, SEPARATOR) for name, frame in out.items()]
     outcomes += [
         quality.unit_references(out["units"], out["properties"]),

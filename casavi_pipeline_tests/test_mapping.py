@@ -8,11 +8,9 @@ import pytest
 from casavi_pipeline.casavi import api
 from casavi_pipeline.erp.contract import ENTITIES
 from casavi_pipeline.erp.reader import read_entity
-from casavi_pipeline.mapping import quality
-from casavi_pipeline.mapping.contracts import map_contracts
+from casavi_pipeline.mapping import map_mandant, quality
 from casavi_pipeline.mapping.email import first_valid_email, is_valid_email
-from casavi_pipeline.mapping.people import conflicting_persons, map_contacts
-from casavi_pipeline.mapping.real_estate import map_addresses, map_properties, map_units
+from casavi_pipeline.mapping.people import conflicting_persons
 from casavi_pipeline.mapping.schemas import payload_problems
 from casavi_pipeline_tests.erp_fixtures import Append, default_rows, write_export
 
@@ -25,28 +23,7 @@ def erp(tmp_path, rows=None) -> dict[str, pd.DataFrame]:
 
 
 def mapped(frames: dict[str, pd.DataFrame], separator: str = "-") -> dict[str, pd.DataFrame]:
-    ids = {"mandant": M, "separator": separator}
-    addresses = map_addresses(frames["gebaeude"], **ids)
-    people = (
-        frames["mieter"],
-        frames["mietvertraege"],
-        frames["eigentuemer"],
-        frames["eigentuemervertraege"],
-    )
-    return {
-        "addresses": addresses,
-        "properties": map_properties(frames["wirtschaftseinheiten"], addresses, **ids),
-        "units": map_units(frames["verwaltungseinheiten"], **ids),
-        "contacts": map_contacts(*people, **ids),
-        "contracts": map_contracts(
-            frames["mietvertraege"],
-            frames["mieter"],
-            frames["eigentuemervertraege"],
-            frames["eigentuemer"],
-            frames["verwaltungseinheiten"],
-            **ids,
-        ),
-    }
+    return map_mandant(frames, mandant=M, separator=separator)
 
 
 @pytest.mark.parametrize("s", ["-", "_", ".", "/", "|"])

@@ -92,4 +92,6 @@ def test_committed_sample_is_what_the_documented_command_generates(tmp_path, mon
         matched, mismatch, errors = filecmp.cmpfiles(
             SAMPLE_EXPORT_DIR / mandant, out / mandant, names, shallow=False
         )
-        assert (matched, mismatch, errors) == (names, [], []), f"regenerate the sample: {' '.join(SAMPLE_ARGS)}"
+        assert (matched, mismatch, errors) == (names, [], []), (
+            f"regenerate the sample: {' '.join(SAMPLE_ARGS)}"
+        )

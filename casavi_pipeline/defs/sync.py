@@ -95,32 +95,37 @@ def _guard_check_result(result: GuardResult) -> dg.AssetCheckResult:
     )
 
 
-@dg.asset_check(
-    asset=casavi_changeset,
-    blocking=True,
-    partitions_def=mandant_partitions,
-    description="Stops the sync when it would delete more than CASAVI_MAX_DELETE_SHARE of a kind's "
-    "synced objects, or all of them (a truncated export looks exactly like that).",
-)
-def mass_deletion_guard_check(context: dg.AssetCheckExecutionContext) -> dg.AssetCheckResult:
-    settings = get_settings()
-    mandant = context.partition_key
-    with Snapshot(settings.snapshot_path(mandant), mandant, read_only=True) as snapshot:
-        return _guard_check_result(_evaluate_guards(settings, snapshot)[1])
+def _guard_check(name: str, which: int, description: str) -> dg.AssetChecksDefinition:
+    """A blocking check on the changeset that evaluates guard `which` of `_evaluate_guards`."""
+
+    @dg.asset_check(
+        asset=casavi_changeset,
+        name=name,
+        blocking=True,
+        partitions_def=mandant_partitions,
+        description=description,
+    )
+    def _guard(context: dg.AssetCheckExecutionContext) -> dg.AssetCheckResult:
+        settings = get_settings()
+        mandant = context.partition_key
+        with Snapshot(settings.snapshot_path(mandant), mandant, read_only=True) as snapshot:
+            return _guard_check_result(_evaluate_guards(settings, snapshot)[which])
+
+    return _guard
 
 
-@dg.asset_check(
-    asset=casavi_changeset,
-    blocking=True,
-    partitions_def=mandant_partitions,
-    description="Stops the sync when CASAVI_ID_SEPARATOR differs from the one the snapshot was built "
-    "with: every reference id would change (set CASAVI_ALLOW_SEPARATOR_CHANGE to migrate).",
+separator_change_guard_check = _guard_check(
+    "separator_change_guard_check",
+    0,
+    "Stops the sync when CASAVI_ID_SEPARATOR differs from the one the snapshot was built with: every "
+    "reference id would change (set CASAVI_ALLOW_SEPARATOR_CHANGE to migrate).",
 )
-def separator_change_guard_check(context: dg.AssetCheckExecutionContext) -> dg.AssetCheckResult:
-    settings = get_settings()
-    mandant = context.partition_key
-    with Snapshot(settings.snapshot_path(mandant), mandant, read_only=True) as snapshot:
-        return _guard_check_result(_evaluate_guards(settings, snapshot)[0])
+mass_deletion_guard_check = _guard_check(
+    "mass_deletion_guard_check",
+    1,
+    "Stops the sync when it would delete more than CASAVI_MAX_DELETE_SHARE of a kind's synced objects, "
+    "or all of them (a truncated export looks exactly like that).",
+)
 
 
 class SyncConfig(dg.Config):

@@ -22,16 +22,7 @@ from pathlib import Path
 
 from faker import Faker
 
-from casavi_pipeline.erp.contract import (
-    EIGENTUEMER,
-    EIGENTUEMERVERTRAEGE,
-    GEBAEUDE,
-    MIETER,
-    MIETVERTRAEGE,
-    VERWALTUNGSEINHEITEN,
-    WIRTSCHAFTSEINHEITEN,
-    Entity,
-)
+from casavi_pipeline.erp.contract import ENTITIES, Entity
 
 Row = dict[str, str]
 TODAY = dt.date(2026, 11, 1)  # fixed, so output does not depend on the day it is generated
@@ -94,7 +85,7 @@ class MandantBuilder:
         self.units = units
         self.pools = pools
         self.rng = random.Random(f"{seed}-{mandant}")
-        self.rows: dict[str, list[Row]] = {e.name: [] for e in _ENTITIES}
+        self.rows: dict[str, list[Row]] = {e.name: [] for e in ENTITIES}
         self._person_seq = 0
         self._contract_seq = 0
         self._owner_seq = 0
@@ -257,17 +248,6 @@ class MandantBuilder:
             self.rows["eigentuemer"].append({"ev_nr": ev_nr, **owner})
 
 
-_ENTITIES: tuple[Entity, ...] = (
-    WIRTSCHAFTSEINHEITEN,
-    GEBAEUDE,
-    VERWALTUNGSEINHEITEN,
-    MIETVERTRAEGE,
-    MIETER,
-    EIGENTUEMERVERTRAEGE,
-    EIGENTUEMER,
-)
-
-
 def write_rows(path: Path, entity: Entity, rows: Iterable[Row], encoding: str = "utf-8") -> None:
     with path.open("w", encoding=encoding, newline="") as handle:
         writer = csv.writer(handle, delimiter=";", quotechar='"', lineterminator="\n")
@@ -292,6 +272,6 @@ def generate(
         rows = MandantBuilder(mandant, count, pools, seed).build()
         folder = out / mandant
         folder.mkdir(parents=True, exist_ok=True)
-        for entity in _ENTITIES:
+        for entity in ENTITIES:
             write_rows(folder / entity.file_name, entity, rows[entity.name], encoding)
     return per_mandant
