@@ -72,6 +72,20 @@ def changeset(work: Path, mandant: str) -> dict:
         return {"writes": compute_changeset(snap, _frames(work, mandant)).total_writes}
 
 
+def confirm_all(work: Path, mandant: str) -> dict:
+    """Benchmark only: record every pending write as confirmed, as if casavi had taken them all.
+
+    Lets the unchanged re-run be measured at scales whose first sync would take too long to send.
+    """
+    confirmed = 0
+    with Snapshot(work / "snapshots" / f"snapshot_{mandant}.duckdb", mandant) as snap:
+        for kind in api.UPSERT_ORDER:
+            for op in snap.pending_ops(kind, "upsert"):
+                snap.confirm(kind, "upsert", op.ref_id, op.content_hash)
+                confirmed += 1
+    return {"confirmed": confirmed}
+
+
 def change_one_percent(work: Path, mandant: str) -> dict:
     """1 % of contacts get a new phone number (as if the ERP changed them)."""
     path = work / f"casavi_{mandant}.pkl"
@@ -118,6 +132,8 @@ def main(argv: list[str]) -> None:
             result = map_and_check(work, mandant)
         elif stage == "changeset":
             result = changeset(work, mandant)
+        elif stage == "confirm_all":
+            result = confirm_all(work, mandant)
         elif stage == "change_1pct":
             result = change_one_percent(work, mandant)
         elif stage in ("sync_first", "sync_unchanged", "sync_1pct"):
