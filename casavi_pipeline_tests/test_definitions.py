@@ -102,6 +102,16 @@ def test_on_the_sample_every_blocking_check_passes(env, monkeypatch):
     assert not checks["email_rule_dropped"].passed
     assert checks["email_rule_dropped"].severity == dg.AssetCheckSeverity.WARN
     assert checks["email_rule_dropped"].metadata["tenants_dropped"].value > 0
+    # Dry run: the sync shows what it would send and sends nothing.
+    sync = next(
+        e for e in result.get_asset_materialization_events() if e.asset_key.to_user_string() == "casavi_sync"
+    )
+    metadata = sync.step_materialization_data.materialization.metadata
+    assert metadata["dry_run"].value is True
+    assert metadata["writes"].value == metadata["unit/create"].value + metadata["contact/create"].value + (
+        metadata["property/create"].value + metadata["contract/create"].value
+    )
+    assert metadata["unit/create"].value == 100
 
 
 def test_a_failing_blocking_check_stops_the_sync_of_that_mandant(env, monkeypatch):

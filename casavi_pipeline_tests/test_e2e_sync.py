@@ -231,3 +231,29 @@ def test_killed_sync_resumes_without_duplicate_creates(env, sandbox, tmp_path):
     assert created == objects  # every object created exactly once
     # Only writes in flight at the kill (answer lost) may be sent again: at most the concurrency.
     assert resent <= 2
+
+
+def test_changed_separator_is_stopped_unless_a_migration_is_allowed(env, sandbox, monkeypatch):
+    export(env)
+    assert run_job(env).success
+    before = sandbox.state()
+    monkeypatch.setenv("CASAVI_ID_SEPARATOR", "_")
+    get_settings.cache_clear()
+    sandbox.reset(objects=False)
+
+    blocked = run_job(env)
+    evaluation = next(
+        e.event_specific_data
+        for e in blocked.all_events
+        if e.event_type_value == "ASSET_CHECK_EVALUATION"
+        and e.event_specific_data.check_name == "separator_change_guard_check"
+    )
+    assert not evaluation.passed and "CASAVI_ALLOW_SEPARATOR_CHANGE" in evaluation.description
+    assert sandbox.write_count() == 0 and sandbox.state() == before
+
+    monkeypatch.setenv("CASAVI_ALLOW_SEPARATOR_CHANGE", "true")
+    get_settings.cache_clear()
+    migrated = run_job(env)
+    assert migrated.success
+    assert_sandbox_holds(sandbox, migrated)  # only the new ids remain
+    assert set(sandbox.state()["units"]) == {"0001_001_01_0001", "0001_001_01_0002", "0001_001_02_0003"}
