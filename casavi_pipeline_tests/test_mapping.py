@@ -262,8 +262,10 @@ def test_payload_schema_names_row_and_field_never_the_value(tmp_path):
     units = mapped(erp(tmp_path))["units"].copy()
     units.loc[0, "name"] = ""
     units.loc[1, "usage"] = "BUERO"
+    units.loc[2, "number"] = "9" * 65  # one over casavi's 64
+    units.loc[1, "name"] = 42  # not a string at all
     problems = {(p.row, p.field) for p in payload_problems(api.ObjectKind.UNIT, units)}
-    assert problems == {(0, "name"), (1, "usage")}
+    assert problems == {(0, "name"), (1, "usage"), (2, "number"), (1, "name")}
 
 
 def test_payload_schema_keeps_the_cross_field_rules(tmp_path):

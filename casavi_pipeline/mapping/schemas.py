@@ -23,12 +23,34 @@ from casavi_pipeline.casavi.api import FieldRule, ObjectKind
 _DATE_PATTERN = r"^\d{4}-\d{2}-\d{2}$"
 
 
-def _is_string(series: pd.Series) -> pd.Series:
-    """Element-wise: is the value a str (nulls are skipped by pandera)."""
+def _string_lengths(series: pd.Series) -> pd.Series:
+    """Length of each str value, NaN for anything else (nulls are skipped by pandera)."""
     try:
-        return series.str.len().notna()  # the .str accessor yields NaN for non-str values
+        return series.str.len()  # the .str accessor yields NaN for non-str values
     except AttributeError:  # no string at all in the column (e.g. all numbers)
-        return pd.Series(False, index=series.index)
+        return pd.Series(float("nan"), index=series.index)
+
+
+def _is_string(series: pd.Series) -> pd.Series:
+    return _string_lengths(series).notna()
+
+
+def _string_check(min_length: int, max_length: int | None) -> pa.Check:
+    """"A str of allowed length" in one pass: `.str.len()` over object columns is the costly part."""
+    if not min_length and max_length is None:
+        return pa.Check(_is_string, name="is_string")
+
+    def check(series: pd.Series) -> pd.Series:
+        lengths = _string_lengths(series)
+        ok = lengths.notna()
+        if min_length:
+            ok &= lengths >= min_length
+        if max_length is not None:
+            ok &= lengths <= max_length
+        return ok
+
+    bounds = f"{min_length or 0}..{max_length if max_length is not None else ''}"
+    return pa.Check(check, name=f"string_of_length_{bounds}", error=f"a string of length {bounds}")
 
 
 def _is_calendar_date(series: pd.Series) -> pd.Series:
@@ -52,9 +74,7 @@ def _column(rule: FieldRule) -> pa.Column:
     checks: list[pa.Check] = []
     dtype: Any = None  # strings are object columns; their type is checked value by value
     if rule.type == "string":
-        checks.append(pa.Check(_is_string, name="is_string"))
-        if rule.min_length or rule.max_length is not None:
-            checks.append(pa.Check.str_length(rule.min_length or None, rule.max_length))
+        checks.append(_string_check(rule.min_length, rule.max_length))
         if rule.enum is not None:
             checks.append(pa.Check.isin(list(rule.enum)))
     elif rule.type == "number":
