@@ -16,5 +16,11 @@ defs = dg.Definitions.merge(
     sync.defs,
     jobs.defs,
     automation.defs,
-    dg.Definitions(resources={"casavi": casavi_resource_from_env()}),
+    dg.Definitions(
+        resources={"casavi": casavi_resource_from_env()},
+        # One run = one Mandant, and its steps form a chain: parallelism comes from Mandant runs side by
+        # side (queued under dagster.yaml's limits), not from steps. A process per step would re-import
+        # dagster and pandas ~30 times per run for nothing.
+        executor=dg.in_process_executor,
+    ),
 )

@@ -4,6 +4,7 @@ graph launched the way the UI launches it, against the casavi sandbox."""
 
 from __future__ import annotations
 
+import itertools
 import os
 import shutil
 import signal
@@ -35,8 +36,13 @@ ASSETS_QUERY = """
 
 
 @pytest.fixture(scope="module")
-def dagster_dev(tmp_path_factory, sandbox_server):
-    home = tmp_path_factory.mktemp("dagster_home")
+def dagster_home(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("dagster_home")
+
+
+@pytest.fixture(scope="module")
+def dagster_dev(dagster_home, sandbox_server):
+    home = dagster_home
     shutil.copy(ROOT / "dagster.yaml", home / "dagster.yaml")
     port = free_port()
     env = {
@@ -109,3 +115,64 @@ def test_ui_shows_the_graph_partitions_and_checks_and_runs_a_partition(dagster_d
     assert status == "SUCCESS"
     held = sandbox_server.state()
     assert len(held["units"]) == 100 and all(ref.startswith("0420-") for ref in held["units"])
+
+
+BACKFILL_MUTATION = """
+mutation ($params: LaunchBackfillParams!) {
+  launchPartitionBackfill(backfillParams: $params) {
+    __typename
+    ... on LaunchBackfillSuccess { backfillId }
+    ... on PythonError { message }
+  }
+}
+"""
+
+RUNS_QUERY = """
+query ($filter: RunsFilter) {
+  runsOrError(filter: $filter) {
+    ... on Runs { results { runId status startTime endTime tags { key value } } }
+  }
+}
+"""
+
+
+def graphql_vars(port: int, query: str, variables: dict) -> dict:
+    body = httpx.post(
+        f"http://127.0.0.1:{port}/graphql", json={"query": query, "variables": variables}, timeout=30
+    ).json()
+    assert "errors" not in body, body["errors"]
+    return body["data"]
+
+
+def test_backfill_of_every_mandant_runs_them_side_by_side(dagster_dev, dagster_home, sandbox_server):
+    """What "Launch backfill" does in the UI: one run per Mandant, queued and run in parallel by the daemon
+    under dagster.yaml's limits. Each Mandant has its own snapshot file, so no DuckDB lock error."""
+    # Start from an empty casavi *and* an empty snapshot, so every Mandant has a full first sync to send.
+    sandbox_server.reset()
+    shutil.rmtree(dagster_home / "snapshots", ignore_errors=True)
+    launched = graphql_vars(dagster_dev, BACKFILL_MUTATION, {"params": {
+        "selector": {
+            "partitionSetName": "casavi_sync_job_partition_set",
+            "repositorySelector": {"repositoryLocationName": "casavi_pipeline", "repositoryName": "__repository__"},
+        },
+        "partitionNames": ["0001", "0002", "0420"],
+    }})["launchPartitionBackfill"]  # fmt: skip
+    assert launched["__typename"] == "LaunchBackfillSuccess", launched
+    backfill_filter = {"filter": {"tags": [{"key": "dagster/backfill", "value": launched["backfillId"]}]}}
+
+    deadline, runs = time.monotonic() + 300, []
+    while time.monotonic() < deadline:
+        runs = graphql_vars(dagster_dev, RUNS_QUERY, backfill_filter)["runsOrError"]["results"]
+        if len(runs) == 3 and all(r["status"] in ("SUCCESS", "FAILURE", "CANCELED") for r in runs):
+            break
+        time.sleep(2)
+    assert sorted(r["status"] for r in runs) == ["SUCCESS"] * 3, runs
+    partitions = {t["value"] for r in runs for t in r["tags"] if t["key"] == "dagster/partition"}
+    assert partitions == {"0001", "0002", "0420"}
+    # side by side, not one after another: some run started before another had ended
+    spans = [(r["startTime"], r["endTime"]) for r in runs]
+    assert any(a[0] < b[1] and b[0] < a[1] for a, b in itertools.combinations(spans, 2)), spans
+
+    held = sandbox_server.state()
+    assert len(held["units"]) == 300
+    assert {ref.split("-", 1)[0] for ref in held["units"]} == {"0001", "0002", "0420"}

@@ -36,7 +36,7 @@ def _is_string(series: pd.Series) -> pd.Series:
 
 
 def _string_check(min_length: int, max_length: int | None) -> pa.Check:
-    """"A str of allowed length" in one pass: `.str.len()` over object columns is the costly part."""
+    """Type and length of a string column in one pass: `.str.len()` over object columns is the costly part."""
     if not min_length and max_length is None:
         return pa.Check(_is_string, name="is_string")
 
