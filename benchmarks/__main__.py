@@ -4,6 +4,7 @@
     python -m benchmarks --scale 500000:20 --no-sync     # ingest/map/changeset only at 500k
     python -m benchmarks --workers 1                     # one process for all Mandanten (default: 1 per core)
     python -m benchmarks --scale 10000:2 --rate-limit 3000   # sync paced by a sandbox rate limit
+    python -m benchmarks --scale 500000:20 --sync-stages sync_first,sync_unchanged   # skip the rest
 
 Each stage is a separate process (`benchmarks.stages`); its peak RSS is read with os.wait4. The
 sandbox runs as a real process on 127.0.0.1. Not a test: it prints figures, it asserts nothing.
@@ -63,7 +64,13 @@ def run_parallel(commands: list[list[str]]) -> tuple[dict, float, float]:
 
 
 def bench_scale(
-    units: int, mandanten: int, *, sync: bool, rate_limit: float, workers: int, rows: list[dict]
+    units: int,
+    mandanten: int,
+    *,
+    sync_stages: list[str],
+    rate_limit: float,
+    workers: int,
+    rows: list[dict],
 ) -> None:
     label = f"{units // 1000}k units / {mandanten} M" if units >= 1000 else f"{units} units / {mandanten} M"
     work = OUT / f"{units}_{mandanten}"
@@ -88,10 +95,10 @@ def bench_scale(
         "scale": label, "stage": "map_checks + changeset", "seconds": sum(r["seconds"] for r in prepared),
         "rss": max(r["rss"] for r in prepared),
     })  # fmt: skip
-    if not sync:
+    if not sync_stages:
         return
     with SandboxProcess(work / "sandbox.sqlite3", rate_limit=rate_limit or None, access_log=False) as sandbox:
-        for stage in SYNC:
+        for stage in (s for s in SYNC if s in sync_stages):
             args = [sandbox.base_url, sandbox.api_key, sandbox.api_secret, str(rate_limit)]
             result, wall, rss = run_measured([*base, stage, str(export), str(work), ",".join(numbers), *args])
             row = {"scale": label, "stage": stage, "seconds": wall, "rss": rss, **result}
@@ -102,6 +109,8 @@ def bench_scale(
             rows.append(row)
             print(rows[-1], file=sys.stderr)
         by_stage = {r["stage"]: r for r in rows if r["scale"] == label}
+        if not {"naive_full_put", "sync_unchanged"} <= by_stage.keys():
+            return
         naive, unchanged = by_stage["naive_full_put"]["seconds"], by_stage["sync_unchanged"]["seconds"]
         rows.append({"scale": label, "stage": "naive ÷ unchanged", "ratio": naive / unchanged})
 
@@ -141,6 +150,10 @@ def main() -> None:
     )
     parser.add_argument("--no-sync", action="store_true", help="only generate, ingest, map+checks, changeset")
     parser.add_argument(
+        "--sync-stages", default=",".join(SYNC),
+        help=f"comma-separated sync stages to run, in their fixed order (default: {','.join(SYNC)})",
+    )  # fmt: skip
+    parser.add_argument(
         "--rate-limit", type=float, default=0, help="sandbox and client requests/minute (0 = none)"
     )
     parser.add_argument(
@@ -149,13 +162,16 @@ def main() -> None:
         "(default: one per core; peak RSS is then their sum)",
     )  # fmt: skip
     args = parser.parse_args()
+    sync_stages = [] if args.no_sync else args.sync_stages.split(",")
+    if unknown := set(sync_stages) - set(SYNC):
+        parser.error(f"unknown sync stage(s) {sorted(unknown)}; choose from {','.join(SYNC)}")
     rows: list[dict] = []
     for scale in args.scale or ["10000:2", "100000:1"]:
         units, mandanten = map(int, scale.split(":"))
         bench_scale(
             units,
             mandanten,
-            sync=not args.no_sync,
+            sync_stages=sync_stages,
             rate_limit=args.rate_limit,
             workers=args.workers,
             rows=rows,
