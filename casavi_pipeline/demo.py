@@ -96,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
         with dg.DagsterInstance.get() as instance:
             for mandant in mandanten:
                 result = job.execute_in_process(
-                    partition_key=mandant, instance=instance, raise_on_error=False
+                    run_config=QUIET, partition_key=mandant, instance=instance, raise_on_error=False
                 )
                 rows += _summary_rows(result, mandant)
                 if not result.success or not _summary_rows(result, mandant):

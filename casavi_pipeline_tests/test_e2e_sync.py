@@ -130,6 +130,29 @@ def test_dagsters_own_cli_runs_the_whole_graph_against_casavi_from_the_environme
     assert_sandbox_holds(sandbox, rerun)
 
 
+def test_demo_prints_what_casavi_confirmed_per_kind_and_not_the_event_log(env, sandbox):
+    """README: the main job's summary (created/updated/deleted per Mandant and kind), then 0 writes."""
+    export(env)
+    demo = [sys.executable, "-m", "casavi_pipeline.demo", "--mandant", MANDANT]
+    first = subprocess.run(demo, capture_output=True, text=True, timeout=300)
+    assert first.returncode == 0, first.stderr[-3000:]
+    rows = {
+        tuple(line.split()[:2]): line.split()[2:]
+        for line in first.stdout.splitlines()
+        if line.startswith(MANDANT)
+    }
+    assert rows == {
+        (MANDANT, "property"): ["1", "0", "0"], (MANDANT, "unit"): ["3", "0", "0"],
+        (MANDANT, "contact"): ["3", "0", "0"], (MANDANT, "contract"): ["3", "0", "0"],
+    }  # fmt: skip
+    assert "10 writes confirmed by casavi." in first.stdout
+    assert "DEBUG" not in first.stdout + first.stderr  # the summary, not Dagster's event log
+
+    second = subprocess.run(demo, capture_output=True, text=True, timeout=300)
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert "0 writes confirmed by casavi." in second.stdout
+
+
 def test_changed_phone_number_is_exactly_one_write(env, sandbox):
     export(env)
     assert run_job(env).success
