@@ -23,7 +23,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from casavi_pipeline.casavi.sandbox import SandboxProcess
+from casavi_sandbox import SandboxProcess
 
 OUT = Path(__file__).resolve().parent / "out"
 PREPARE = ["ingest", "map_checks", "changeset"]
@@ -79,7 +79,7 @@ def bench_scale(
     export = work / "export"
     numbers = [f"{i:04d}" for i in range(1, mandanten + 1)]
     _, wall, rss = run_measured(
-        [sys.executable, "-m", "casavi_pipeline.sample", "--out", str(export), "--units", str(units),
+        [sys.executable, "-m", "casavi_sandbox.sample", "--out", str(export), "--units", str(units),
          "--mandanten", ",".join(numbers)]
     )  # fmt: skip
     rows.append({"scale": label, "stage": "generate", "seconds": wall, "rss": rss})

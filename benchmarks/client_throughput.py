@@ -13,7 +13,7 @@ from pathlib import Path
 
 from casavi_pipeline.casavi.api import ObjectKind
 from casavi_pipeline.casavi.client import CasaviClient, Operation
-from casavi_pipeline.casavi.sandbox import SandboxProcess
+from casavi_sandbox import SandboxProcess
 
 
 def ops(n: int, prefix: str):

@@ -1,35 +1,43 @@
-"""The user's settings, in one typed and validated place.
+"""The user's settings, in one typed and validated place: the only reader of the environment.
 
-Read from the environment (and a `.env` file in the working directory, the way `dagster dev` honours
-it: real environment variables win over `.env`). They are read when the code location loads, because
-the Mandanten define the partitions: change `CASAVI_MANDANTEN`, reload the code location, and the
-partitions follow. casavi credentials are not settings here: they are resource config read through
-`dagster.EnvVar` (see `casavi_pipeline.defs.resources`) so they never land in run config or storage.
+Settings flow one way: environment → `Settings` (validated here, when the code location loads) →
+Dagster resources (`casavi_pipeline.defs.resources`) → assets. Nothing else reads the environment.
+They are read when the code location loads because the Mandanten define the partitions: change
+`CASAVI_MANDANTEN`, reload the code location, and the partitions follow. A `.env` file in the working
+directory is honoured the way `dagster dev` honours it (real environment variables win).
+
+There are no defaults for *what* to sync and *where to*: a deployment that forgot `ERP_EXPORT_DIR`
+must fail at load time, not sync the bundled fake sample into a real casavi. The sample and the local
+sandbox are defaults of the demo and the tests only (`casavi_sandbox`). The casavi credentials are
+checked here for presence only; their values reach the casavi resource through `dagster.EnvVar`, so they
+never land in run config, the UI or the event log.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import re
-from functools import cache
 from pathlib import Path
+from urllib.parse import urlsplit
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-PACKAGE_DIR = Path(__file__).resolve().parent
-#: The small generated export committed with the project: the embedded default.
-SAMPLE_EXPORT_DIR = PACKAGE_DIR / "sample_export"
-SAMPLE_MANDANTEN = "0001,0002,0420"
-#: Local run state (snapshots, sandbox database) lives here unless configured otherwise.
-DEFAULT_DATA_DIR = Path.cwd() / "data"
+#: Local run state (snapshots) lives here unless configured otherwise (relative to the working directory).
+DEFAULT_SNAPSHOT_DIR = Path("data") / "snapshots"
 
 ALLOWED_SEPARATORS = ("-", "_", ".", "/", "|")
 ALLOWED_ENCODINGS = ("utf-8", "cp1252")
 _MANDANT_RE = re.compile(r"^[0-9A-Za-z]{1,16}$")
 
 
+
 class SettingsError(ValueError):
     """The settings cannot be used; the message says which one and what is allowed."""
+
+
+def _env(name: str, **kw: object) -> object:
+    return Field(validation_alias=name, **kw)  # type: ignore[arg-type]
 
 
 class Settings(BaseSettings):
@@ -37,17 +45,43 @@ class Settings(BaseSettings):
         env_file=".env", env_file_encoding="utf-8", extra="ignore", populate_by_name=True
     )
 
-    erp_export_dir: Path = Field(default=SAMPLE_EXPORT_DIR, validation_alias="ERP_EXPORT_DIR")
-    mandanten_csv: str = Field(default=SAMPLE_MANDANTEN, validation_alias="CASAVI_MANDANTEN")
-    id_separator: str = Field(default="-", validation_alias="CASAVI_ID_SEPARATOR")
-    erp_export_encoding: str = Field(default="utf-8", validation_alias="ERP_EXPORT_ENCODING")
-    snapshot_dir: Path = Field(default=DEFAULT_DATA_DIR / "snapshots", validation_alias="CASAVI_SNAPSHOT_DB")
+    # What to sync, and where to: required, no defaults (see the module docstring).
+    erp_export_dir: Path = _env("ERP_EXPORT_DIR")
+    mandanten_csv: str = _env("CASAVI_MANDANTEN")
+    casavi_base_url: str = _env("CASAVI_BASE_URL")
+    casavi_api_key: SecretStr = _env("CASAVI_API_KEY", repr=False, exclude=True)
+    casavi_api_secret: SecretStr = _env("CASAVI_API_SECRET", repr=False, exclude=True)
+    # The mapping
+    id_separator: str = _env("CASAVI_ID_SEPARATOR", default="-")
+    erp_export_encoding: str = _env("ERP_EXPORT_ENCODING", default="utf-8")
+    snapshot_dir: Path = _env("CASAVI_SNAPSHOT_DB", default=DEFAULT_SNAPSHOT_DIR)
+    # The casavi client
+    requests_per_minute: float = _env("CASAVI_REQUESTS_PER_MINUTE", default=80.0, ge=0)
+    max_concurrency: int = _env("CASAVI_MAX_CONCURRENCY", default=4, ge=1, le=64)
     # Guards of the sync (see casavi_pipeline.sync.guards)
-    max_delete_share: float = Field(default=0.10, ge=0, le=1, validation_alias="CASAVI_MAX_DELETE_SHARE")
-    delete_guard_min_count: int = Field(default=0, ge=0, validation_alias="CASAVI_DELETE_GUARD_MIN_COUNT")
-    allow_mass_delete: bool = Field(default=False, validation_alias="CASAVI_ALLOW_MASS_DELETE")
-    allow_separator_change: bool = Field(default=False, validation_alias="CASAVI_ALLOW_SEPARATOR_CHANGE")
-    dry_run: bool = Field(default=False, validation_alias="CASAVI_DRY_RUN")
+    max_delete_share: float = _env("CASAVI_MAX_DELETE_SHARE", default=0.10, ge=0, le=1)
+    delete_guard_min_count: int = _env("CASAVI_DELETE_GUARD_MIN_COUNT", default=0, ge=0)
+    allow_mass_delete: bool = _env("CASAVI_ALLOW_MASS_DELETE", default=False)
+    allow_separator_change: bool = _env("CASAVI_ALLOW_SEPARATOR_CHANGE", default=False)
+    dry_run: bool = _env("CASAVI_DRY_RUN", default=False)
+    # Automation
+    delivery_settle_seconds: float = _env("CASAVI_DELIVERY_SETTLE_SECONDS", default=60.0, ge=0)
+
+    @field_validator("casavi_base_url")
+    @classmethod
+    def _url_valid(cls, value: str) -> str:
+        parts = urlsplit(value.strip())
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(
+                f"CASAVI_BASE_URL={value!r} is not an http(s) URL; use the casavi host root, "
+                "e.g. https://api.mycasavi.com"
+            )
+        if parts.scheme == "http" and not is_loopback(value):
+            raise ValueError(
+                f"CASAVI_BASE_URL={value!r} uses plain http to a remote host; the API key would travel "
+                "unencrypted: use https"
+            )
+        return value.strip().rstrip("/")
 
     @field_validator("id_separator")
     @classmethod
@@ -92,21 +126,39 @@ class Settings(BaseSettings):
         """The Mandanten numbers to sync, as strings with their leading zeros."""
         return self.mandanten_csv.split(",")
 
-    def snapshot_path(self, mandant: str) -> Path:
-        """One DuckDB file per Mandant, so partitions run in parallel without DuckDB's writer lock."""
-        return self.snapshot_dir / f"snapshot_{mandant}.duckdb"
+    @property
+    def sandbox_target(self) -> bool:
+        """True when casavi is on this machine (the local sandbox), never a customer's account."""
+        return is_loopback(self.casavi_base_url)
+
+
+def is_loopback(url: str) -> bool:
+    """Does the URL point at this machine (127.0.0.0/8, ::1 or localhost)?"""
+    host = urlsplit(url).hostname or ""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _problem(error: dict) -> str:
+    """One pydantic error as the user sees it: the variable, and what is wrong with it."""
+    variable = ".".join(map(str, error.get("loc", ())))  # the variable's name: fields are read by alias
+    if error["type"] == "missing":
+        return f"{variable} is not set"
+    message = error["msg"].removeprefix("Value error, ")
+    return message if variable in message else f"{variable}: {message}"
 
 
 def load_settings(**overrides: object) -> Settings:
-    """Read and validate the settings; raise `SettingsError` with a readable message when invalid."""
+    """Read and validate the settings; raise `SettingsError` with one readable line when invalid."""
     try:
         return Settings(**overrides)  # type: ignore[arg-type]
     except ValidationError as exc:
-        problems = "; ".join(err["msg"].removeprefix("Value error, ") for err in exc.errors())
-        raise SettingsError(f"Invalid casavi_pipeline settings: {problems}") from None
-
-
-@cache
-def get_settings() -> Settings:
-    """The settings of this process (cached: the code location reads them once when it loads)."""
-    return load_settings()
+        problems = "; ".join(_problem(err) for err in exc.errors())
+        raise SettingsError(
+            f"casavi_pipeline settings: {problems}. Set them in the environment or in .env "
+            "(README, section Settings)."
+        ) from None

@@ -6,7 +6,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from casavi_pipeline.casavi.sandbox import SandboxProcess
+from casavi_sandbox import SandboxProcess
 
 
 @pytest.fixture(scope="session")

@@ -12,8 +12,8 @@ import pytest
 
 from casavi_pipeline.casavi import api
 from casavi_pipeline.casavi.api import ObjectKind
-from casavi_pipeline.casavi.sandbox import SandboxProcess
-from casavi_pipeline.casavi.sandbox.__main__ import DEFAULT_DB, parse_args
+from casavi_sandbox import SandboxProcess
+from casavi_sandbox.__main__ import DEFAULT_DB, parse_args
 
 pytestmark = pytest.mark.e2e
 

@@ -17,7 +17,7 @@ import httpx
 import pytest
 from dagster_graphql import DagsterGraphQLClient
 
-from casavi_pipeline.casavi.sandbox.process import free_port
+from casavi_sandbox.process import free_port
 from casavi_pipeline.settings import SAMPLE_EXPORT_DIR
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -14,7 +14,7 @@ import dagster as dg
 from pydantic import Field, PrivateAttr
 
 from casavi_pipeline.casavi.client import CasaviClient
-from casavi_pipeline.casavi.fake import FakeCasaviClient
+from casavi_sandbox.fake import FakeCasaviClient
 
 SANDBOX_URL = "http://127.0.0.1:8765"
 

@@ -18,13 +18,13 @@ from typing import IO, Any
 
 import httpx
 
-from casavi_pipeline.casavi.sandbox.admin import ADMIN_PREFIX
-from casavi_pipeline.casavi.sandbox.chaos import DROPPED, Knobs
+from casavi_sandbox.admin import ADMIN_PREFIX
+from casavi_sandbox.chaos import DROPPED, Knobs
 
 #: The credentials a sandbox accepts when none are configured: a fake for a local process, not a secret.
 DEFAULT_KEY = "sandbox-key"
 DEFAULT_SECRET = "sandbox-secret"
-_PROJECT_ROOT = Path(__file__).resolve().parents[3]  # the folder holding the casavi_pipeline package
+_SOURCE_ROOT = Path(__file__).resolve().parents[1]  # the folder holding the casavi_sandbox package
 _KNOB_FLAGS = {name: "--" + name.replace("_", "-") for name in (f.name for f in dataclasses.fields(Knobs))}
 
 
@@ -36,7 +36,7 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 
 class SandboxProcess:
-    """Starts `python -m casavi_pipeline.casavi.sandbox` on a free port and talks to its admin endpoints.
+    """Starts `python -m casavi_sandbox` on a free port and talks to its admin endpoints.
 
     Knobs (`rate_limit`, `latency_ms`, `error_rate`, `token_ttl`, `drop_rate`, `seed`) given here or via
     `configure` are kept and passed again on `restart`. The port stays the same across restarts, so
@@ -82,7 +82,7 @@ class SandboxProcess:
         if self._process is not None:
             raise RuntimeError("the sandbox is already running")
         self.db_path.parent.mkdir(parents=True, exist_ok=True)
-        command = [sys.executable, "-m", "casavi_pipeline.casavi.sandbox", "--host", self.host]
+        command = [sys.executable, "-m", "casavi_sandbox", "--host", self.host]
         command += ["--port", str(self.port), "--db", str(self.db_path), "--log-level", "info"]
         command += ["--access-log"] if self.access_log else ["--no-access-log"]
         for name, value in self._knobs.items():
@@ -93,7 +93,7 @@ class SandboxProcess:
             # always the sandbox's own pair: real credentials in the environment must not leak into it
             "CASAVI_API_KEY": self.api_key,
             "CASAVI_API_SECRET": self.api_secret,
-            "PYTHONPATH": os.pathsep.join(filter(None, [str(_PROJECT_ROOT), os.environ.get("PYTHONPATH")])),
+            "PYTHONPATH": os.pathsep.join(filter(None, [str(_SOURCE_ROOT), os.environ.get("PYTHONPATH")])),
             "PYTHONUNBUFFERED": "1",
         }
         self._log = self.log_path.open("ab")

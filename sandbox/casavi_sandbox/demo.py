@@ -31,7 +31,7 @@ def _casavi_target(data_dir: Path, port: int) -> Iterator[str]:
     if os.environ.get("CASAVI_BASE_URL"):
         yield os.environ["CASAVI_BASE_URL"]
         return
-    from casavi_pipeline.casavi.sandbox.process import SandboxProcess
+    from casavi_sandbox.process import SandboxProcess
 
     key, secret = secrets.token_urlsafe(16), secrets.token_urlsafe(24)
     sandbox = SandboxProcess(data_dir / "sandbox.sqlite3", port=port, api_key=key, api_secret=secret)

@@ -1,4 +1,4 @@
-"""Run the casavi sandbox: `python -m casavi_pipeline.casavi.sandbox --port 8765 --db data/sandbox.sqlite3`.
+"""Run the casavi sandbox: `python -m casavi_sandbox --port 8765 --db data/sandbox.sqlite3`.
 
 Credentials come from CASAVI_API_KEY / CASAVI_API_SECRET; without them the sandbox accepts the fixed
 local pair `sandbox-key` / `sandbox-secret` (a fake for a local process, not a secret) and says so.
@@ -14,17 +14,17 @@ from pathlib import Path
 
 import uvicorn
 
-from casavi_pipeline.casavi.sandbox.app import create_app
-from casavi_pipeline.casavi.sandbox.chaos import Controls, Knobs
-from casavi_pipeline.casavi.sandbox.process import DEFAULT_KEY, DEFAULT_SECRET
-from casavi_pipeline.casavi.sandbox.store import SandboxStore
+from casavi_sandbox.app import create_app
+from casavi_sandbox.chaos import Controls, Knobs
+from casavi_sandbox.process import DEFAULT_KEY, DEFAULT_SECRET
+from casavi_sandbox.store import SandboxStore
 
 DEFAULT_DB = Path("data") / "sandbox.sqlite3"
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="python -m casavi_pipeline.casavi.sandbox",
+        prog="python -m casavi_sandbox",
         description="A local stand-in for the casavi API v2, with knobs to make it misbehave.",
     )
     parser.add_argument("--host", default="127.0.0.1")

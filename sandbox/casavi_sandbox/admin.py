@@ -15,8 +15,8 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from casavi_pipeline.casavi import api
-from casavi_pipeline.casavi.sandbox.chaos import Controls
-from casavi_pipeline.casavi.sandbox.store import SandboxStore
+from casavi_sandbox.chaos import Controls
+from casavi_sandbox.store import SandboxStore
 
 ADMIN_PREFIX = "/_sandbox"
 

@@ -1,11 +1,11 @@
 """A local stand-in for casavi's API v2 (Starlette on uvicorn, SQLite), with knobs to make it misbehave.
 
-Run it with `./run sandbox` or `python -m casavi_pipeline.casavi.sandbox`; drive it from tests, the demo
+Run it with `./run sandbox` or `python -m casavi_sandbox`; drive it from tests, the demo
 and benchmarks with `SandboxProcess`. It implements the model of `shared/casavi-api.md` through the
 adapter `casavi_pipeline.casavi.api`, so the sandbox cannot drift from what the client sends.
 """
 
-from casavi_pipeline.casavi.sandbox.chaos import Knobs
-from casavi_pipeline.casavi.sandbox.process import DEFAULT_KEY, DEFAULT_SECRET, SandboxProcess
+from casavi_sandbox.chaos import Knobs
+from casavi_sandbox.process import DEFAULT_KEY, DEFAULT_SECRET, SandboxProcess
 
 __all__ = ["DEFAULT_KEY", "DEFAULT_SECRET", "Knobs", "SandboxProcess"]

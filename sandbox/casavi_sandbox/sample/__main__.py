@@ -1,4 +1,4 @@
-"""`python -m casavi_pipeline.sample --out DIR --units N --mandanten K`: write a generated ERP export."""
+"""`python -m casavi_sandbox.sample --out DIR --units N --mandanten K`: write a generated ERP export."""
 
 from __future__ import annotations
 
@@ -8,10 +8,10 @@ import sys
 import time
 from pathlib import Path
 
-from casavi_pipeline.sample.generator import generate, mandant_numbers
+from casavi_sandbox.sample.generator import generate, mandant_numbers
 
-#: The command that regenerates the committed sample (`casavi_pipeline/sample_export`), seed 42 (default).
-SAMPLE_ARGS = ["--out", "casavi_pipeline/sample_export", "--units", "300", "--mandanten", "0001,0002,0420"]
+#: The command that regenerates the committed sample (`sandbox/casavi_sandbox/sample_export`), seed 42 (default).
+SAMPLE_ARGS = ["--out", "sandbox/casavi_sandbox/sample_export", "--units", "300", "--mandanten", "0001,0002,0420"]
 _MANDANT_NR = re.compile(r"[0-9A-Za-z]+")  # an ERP number: none of the id separators - _ . / |
 
 
@@ -35,7 +35,7 @@ def _non_negative(value: str) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m casavi_pipeline.sample", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m casavi_sandbox.sample", description=__doc__)
     parser.add_argument(
         "--out", type=Path, required=True, help="export folder to write (one sub-folder per Mandant)"
     )

@@ -22,10 +22,10 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from casavi_pipeline.casavi import api
-from casavi_pipeline.casavi.sandbox.admin import admin_routes
-from casavi_pipeline.casavi.sandbox.chaos import ASGIApp, Controls, Misbehaviour
-from casavi_pipeline.casavi.sandbox.store import SandboxStore, StoredObject
-from casavi_pipeline.casavi.sandbox.wire import Problem, json_object, paging, utc_timestamp
+from casavi_sandbox.admin import admin_routes
+from casavi_sandbox.chaos import ASGIApp, Controls, Misbehaviour
+from casavi_sandbox.store import SandboxStore, StoredObject
+from casavi_sandbox.wire import Problem, json_object, paging, utc_timestamp
 
 #: casavi's tokens last about a month when no token TTL knob is set.
 DEFAULT_TOKEN_TTL_SECONDS = 30 * 24 * 3600
