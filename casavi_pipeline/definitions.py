@@ -1,26 +1,21 @@
-"""The code location: every domain's definitions, merged, with the resources bound once.
+"""The code location: every module under `casavi_pipeline/defs/` autoloaded (dg's project layout).
 
-Each module under `casavi_pipeline.defs` owns one concern (ERP ingestion, casavi mapping, data
-quality, changeset & sync, jobs, automation) and exposes `defs`; this file only puts them together.
+Each module owns one concern (ERP ingestion, casavi mapping, data quality, changeset & sync, jobs,
+automation, resources) and exposes one `dg.Definitions` (or a `@dg.definitions` function); this file
+only loads them. `workspace.yaml`, `dagster dev -m casavi_pipeline.definitions` and `dg` all point here.
 """
+
+from pathlib import Path
 
 import dagster as dg
 
-from casavi_pipeline.defs import automation, casavi, erp, jobs, quality, sync
-from casavi_pipeline.defs.resources import casavi_resource_from_env
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
 
 defs = dg.Definitions.merge(
-    erp.defs,
-    casavi.defs,
-    quality.defs,
-    sync.defs,
-    jobs.defs,
-    automation.defs,
-    dg.Definitions(
-        resources={"casavi": casavi_resource_from_env()},
-        # One run = one Mandant, and its steps form a chain: parallelism comes from Mandant runs side by
-        # side (queued under dagster.yaml's limits), not from steps. A process per step would re-import
-        # dagster and pandas ~30 times per run for nothing.
-        executor=dg.in_process_executor,
-    ),
+    dg.load_from_defs_folder(project_root=PROJECT_ROOT),
+    # One run = one Mandant, and its steps form a chain: parallelism comes from Mandant runs side by side
+    # (queued under dagster.yaml's limits), not from steps. A process per step would re-import dagster
+    # and pandas ~30 times per run for nothing.
+    dg.Definitions(executor=dg.in_process_executor),
 )

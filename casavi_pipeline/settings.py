@@ -31,7 +31,6 @@ ALLOWED_ENCODINGS = ("utf-8", "cp1252")
 _MANDANT_RE = re.compile(r"^[0-9A-Za-z]{1,16}$")
 
 
-
 class SettingsError(ValueError):
     """The settings cannot be used; the message says which one and what is allowed."""
 
@@ -64,6 +63,8 @@ class Settings(BaseSettings):
     allow_mass_delete: bool = _env("CASAVI_ALLOW_MASS_DELETE", default=False)
     allow_separator_change: bool = _env("CASAVI_ALLOW_SEPARATOR_CHANGE", default=False)
     dry_run: bool = _env("CASAVI_DRY_RUN", default=False)
+    # Data quality: warn when more than this share of a Mandant's tenants has no valid email
+    email_drop_warn_share: float = _env("CASAVI_EMAIL_DROP_WARN_SHARE", default=0.25, ge=0, le=1)
     # Automation
     delivery_settle_seconds: float = _env("CASAVI_DELIVERY_SETTLE_SECONDS", default=60.0, ge=0)
 

@@ -6,39 +6,27 @@ evaluate, not at import, so a changed export folder is picked up without a code 
 """
 
 import json
-import os
 
 import dagster as dg
 
 from casavi_pipeline.defs.jobs import casavi_sync_job
-from casavi_pipeline.settings import get_settings
-from casavi_pipeline.sync.deliveries import scan_delivery
+from casavi_pipeline.defs.partitions import mandant_partitions
+from casavi_pipeline.defs.resources import ErpExport, SyncPolicy
 
 NIGHTLY_CRON = "0 2 * * *"
 TIMEZONE = "Europe/Berlin"
-#: A delivery must be unchanged this long before it runs (files may still be copying).
-DEFAULT_SETTLE_SECONDS = 60.0
 
 
-def _tags(mandant: str, trigger: str) -> dict[str, str]:
-    return {"casavi/mandant": mandant, "casavi/trigger": trigger}
-
-
-@dg.schedule(
-    job=casavi_sync_job,
+# One run per Mandant at 02:00 (Dagster's own builder: for static partitions it requests every key).
+casavi_nightly_sync = dg.build_schedule_from_partitioned_job(
+    casavi_sync_job,
+    name="casavi_nightly_sync",
     cron_schedule=NIGHTLY_CRON,
     execution_timezone=TIMEZONE,
     default_status=dg.DefaultScheduleStatus.STOPPED,
+    tags={"casavi/trigger": "schedule"},
     description="Every night, one run per configured Mandant (the instance runs at most one per Mandant at once).",
 )
-def casavi_nightly_sync(context: dg.ScheduleEvaluationContext):
-    scheduled = context.scheduled_execution_time.isoformat() if context.scheduled_execution_time else "now"
-    for mandant in get_settings().mandanten:
-        yield dg.RunRequest(
-            run_key=f"nightly-{mandant}-{scheduled}",
-            partition_key=mandant,
-            tags=_tags(mandant, "schedule"),
-        )
 
 
 @dg.sensor(
@@ -48,19 +36,19 @@ def casavi_nightly_sync(context: dg.ScheduleEvaluationContext):
     description="Requests a run for a Mandant when a complete new ERP delivery (all seven files, newer than "
     "the last one requested, unchanged for CASAVI_DELIVERY_SETTLE_SECONDS) appears in its export folder.",
 )
-def casavi_export_delivery_sensor(context: dg.SensorEvaluationContext):
-    settings = get_settings()
-    settle = float(os.environ.get("CASAVI_DELIVERY_SETTLE_SECONDS") or DEFAULT_SETTLE_SECONDS)
+def casavi_export_delivery_sensor(
+    context: dg.SensorEvaluationContext, erp_export: ErpExport, sync_policy: SyncPolicy
+):
     seen: dict[str, float] = json.loads(context.cursor) if context.cursor else {}
     requests, waiting = [], []
-    for mandant in settings.mandanten:
-        delivery = scan_delivery(settings.erp_export_dir, mandant)
+    for mandant in mandant_partitions.get_partition_keys():
+        delivery = erp_export.delivery(mandant)
         if not delivery.complete:
             waiting.append(f"{mandant}: missing {', '.join(delivery.missing_files)}")
             continue
         if delivery.newest_mtime <= seen.get(mandant, 0.0):
             continue
-        if not delivery.settled(settle):
+        if not delivery.settled(sync_policy.delivery_settle_seconds):
             waiting.append(f"{mandant}: delivery still settling")
             continue
         seen[mandant] = delivery.newest_mtime
@@ -68,7 +56,7 @@ def casavi_export_delivery_sensor(context: dg.SensorEvaluationContext):
             dg.RunRequest(
                 run_key=f"delivery-{mandant}-{delivery.newest_mtime:.0f}",
                 partition_key=mandant,
-                tags=_tags(mandant, "sensor"),
+                tags={"casavi/trigger": "sensor"},
             )
         )
     if not requests:

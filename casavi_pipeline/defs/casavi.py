@@ -8,10 +8,10 @@ import dagster as dg
 import pandas as pd
 
 from casavi_pipeline.defs.partitions import mandant_partitions
+from casavi_pipeline.defs.resources import SyncPolicy
 from casavi_pipeline.mapping.contracts import map_contracts
 from casavi_pipeline.mapping.people import map_contacts
 from casavi_pipeline.mapping.real_estate import map_addresses, map_properties, map_units
-from casavi_pipeline.settings import get_settings
 
 PREVIEW_ROWS = 5
 
@@ -22,26 +22,32 @@ def _result(frame: pd.DataFrame) -> dg.Output[pd.DataFrame]:
     return dg.Output(frame, metadata={"dagster/row_count": len(frame), "first_reference_ids": preview})
 
 
-def _ids() -> dict[str, str]:
-    return {"separator": get_settings().id_separator}
-
-
 _COMMON = {"partitions_def": mandant_partitions, "group_name": "casavi", "kinds": {"duckdb", "pandas"}}
 
 
 @dg.asset(**_COMMON, description="Gebäude → the addresses of their casavi property (one per building).")
-def casavi_addresses(context: dg.AssetExecutionContext, gebaeude: pd.DataFrame) -> dg.Output[pd.DataFrame]:
-    return _result(map_addresses(gebaeude, mandant=context.partition_key, **_ids()))
+def casavi_addresses(
+    context: dg.AssetExecutionContext, sync_policy: SyncPolicy, gebaeude: pd.DataFrame
+) -> dg.Output[pd.DataFrame]:
+    return _result(map_addresses(gebaeude, mandant=context.partition_key, separator=sync_policy.id_separator))
 
 
 @dg.asset(
     **_COMMON, description="Wirtschaftseinheiten → casavi properties (Liegenschaften) with their addresses."
 )
 def casavi_properties(
-    context: dg.AssetExecutionContext, wirtschaftseinheiten: pd.DataFrame, casavi_addresses: pd.DataFrame
+    context: dg.AssetExecutionContext,
+    sync_policy: SyncPolicy,
+    wirtschaftseinheiten: pd.DataFrame,
+    casavi_addresses: pd.DataFrame,
 ) -> dg.Output[pd.DataFrame]:
     return _result(
-        map_properties(wirtschaftseinheiten, casavi_addresses, mandant=context.partition_key, **_ids())
+        map_properties(
+            wirtschaftseinheiten,
+            casavi_addresses,
+            mandant=context.partition_key,
+            separator=sync_policy.id_separator,
+        )
     )
 
 
@@ -49,9 +55,11 @@ def casavi_properties(
     **_COMMON, description="Verwaltungseinheiten → casavi units (Einheiten), linked to property and address."
 )
 def casavi_units(
-    context: dg.AssetExecutionContext, verwaltungseinheiten: pd.DataFrame
+    context: dg.AssetExecutionContext, sync_policy: SyncPolicy, verwaltungseinheiten: pd.DataFrame
 ) -> dg.Output[pd.DataFrame]:
-    return _result(map_units(verwaltungseinheiten, mandant=context.partition_key, **_ids()))
+    return _result(
+        map_units(verwaltungseinheiten, mandant=context.partition_key, separator=sync_policy.id_separator)
+    )
 
 
 @dg.asset(
@@ -61,13 +69,19 @@ def casavi_units(
 )
 def casavi_contacts(
     context: dg.AssetExecutionContext,
+    sync_policy: SyncPolicy,
     mieter: pd.DataFrame,
     mietvertraege: pd.DataFrame,
     eigentuemer: pd.DataFrame,
     eigentuemervertraege: pd.DataFrame,
 ) -> dg.Output[pd.DataFrame]:
     frame = map_contacts(
-        mieter, mietvertraege, eigentuemer, eigentuemervertraege, mandant=context.partition_key, **_ids()
+        mieter,
+        mietvertraege,
+        eigentuemer,
+        eigentuemervertraege,
+        mandant=context.partition_key,
+        separator=sync_policy.id_separator,
     )
     return _result(frame)
 
@@ -79,6 +93,7 @@ def casavi_contacts(
 )
 def casavi_contracts(
     context: dg.AssetExecutionContext,
+    sync_policy: SyncPolicy,
     mietvertraege: pd.DataFrame,
     mieter: pd.DataFrame,
     eigentuemervertraege: pd.DataFrame,
@@ -92,7 +107,7 @@ def casavi_contracts(
         eigentuemer,
         verwaltungseinheiten,
         mandant=context.partition_key,
-        **_ids(),
+        separator=sync_policy.id_separator,
     )
     return _result(frame)
 

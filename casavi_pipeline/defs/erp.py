@@ -8,10 +8,9 @@ import dagster as dg
 import pandas as pd
 
 from casavi_pipeline.defs.partitions import mandant_partitions
+from casavi_pipeline.defs.resources import ErpExport
 from casavi_pipeline.erp.contract import ENTITIES, Entity
 from casavi_pipeline.erp.errors import ErpExportError
-from casavi_pipeline.erp.reader import read_entity
-from casavi_pipeline.settings import get_settings
 
 _DAGSTER_TYPES = {"string": "string", "date": "date (YYYY-MM-DD)", "decimal": "float"}
 
@@ -40,12 +39,9 @@ def _erp_asset(entity: Entity) -> dg.AssetsDefinition:
         description=f"{entity.description}. Read from `<ERP_EXPORT_DIR>/<Mandant>/{entity.file_name}`.",
         metadata={"dagster/column_schema": _column_schema(entity), "key": ", ".join(entity.key)},
     )
-    def _read(context: dg.AssetExecutionContext) -> dg.Output[pd.DataFrame]:
-        settings = get_settings()
+    def _read(context: dg.AssetExecutionContext, erp_export: ErpExport) -> dg.Output[pd.DataFrame]:
         try:
-            table = read_entity(
-                settings.erp_export_dir, context.partition_key, entity, settings.erp_export_encoding
-            )
+            table = erp_export.read(context.partition_key, entity)
         except ErpExportError as exc:
             # The message already names file, row, key and what to fix; no traceback is needed.
             raise dg.Failure(description=str(exc), allow_retries=False) from None

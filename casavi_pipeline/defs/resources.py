@@ -1,73 +1,127 @@
-"""The casavi resource: an abstract `ConfigurableResource` with a real (httpx) and a fake implementation.
+"""The resources: what the assets, checks, schedules and sensors get from the settings.
 
-Credentials are bound through `dg.EnvVar`, so they are read from the environment when a run starts and
-never stored in run config, the UI or the event log.
+Settings flow one way: environment → `Settings` (validated once, when the code location loads) → the
+resources built here → assets. This module is the one place that loads the settings; everything else
+receives what it needs as a resource (or, for the partitions, as `SETTINGS.mandanten` at import,
+because Dagster needs static partitions when the code location loads). Tests hand in their own
+resources instead of patching the environment.
+
+The casavi resource is an abstract `ConfigurableResource` with a real (httpx) implementation here and a
+fake in the test harness (`casavi_sandbox.fake`). Its credentials are bound through `dg.EnvVar`, so they
+are read from the environment when a run starts and never stored in run config, the UI or the event log.
 """
 
 from __future__ import annotations
 
 import contextlib
-import os
 from collections.abc import Iterator
+from pathlib import Path
 
 import dagster as dg
-from pydantic import Field, PrivateAttr
+from pydantic import Field
 
 from casavi_pipeline.casavi.client import CasaviClient
-from casavi_sandbox.fake import FakeCasaviClient
+from casavi_pipeline.erp.contract import Entity
+from casavi_pipeline.erp.reader import ErpTable, read_entity
+from casavi_pipeline.settings import Settings, load_settings
+from casavi_pipeline.sync.deliveries import Delivery, scan_delivery
+from casavi_pipeline.sync.guards import GuardPolicy
+from casavi_pipeline.sync.snapshot import Snapshot
 
-SANDBOX_URL = "http://127.0.0.1:8765"
+#: The settings of this code location, read once when it loads (a bad setting fails the load in one line).
+SETTINGS: Settings = load_settings()
+
+
+class ErpExport(dg.ConfigurableResource):
+    """The ERP export folder: one sub-folder per Mandant with the seven CSV files."""
+
+    directory: str = Field(description="the export folder (ERP_EXPORT_DIR)")
+    encoding: str = Field(default="utf-8", description="utf-8 or cp1252 (ERP_EXPORT_ENCODING)")
+
+    def read(self, mandant: str, entity: Entity) -> ErpTable:
+        return read_entity(Path(self.directory), mandant, entity, self.encoding)
+
+    def delivery(self, mandant: str) -> Delivery:
+        return scan_delivery(Path(self.directory), mandant)
+
+
+class SnapshotStore(dg.ConfigurableResource):
+    """Where the snapshots live: one DuckDB file per Mandant, so Mandanten run in parallel."""
+
+    directory: str = Field(description="folder of the snapshot files (CASAVI_SNAPSHOT_DB)")
+
+    def path(self, mandant: str) -> Path:
+        return Path(self.directory) / f"snapshot_{mandant}.duckdb"
+
+    def open(self, mandant: str, *, read_only: bool = False) -> Snapshot:
+        return Snapshot(self.path(mandant), mandant, read_only=read_only)
+
+
+class SyncPolicy(dg.ConfigurableResource):
+    """How reference ids are composed and what the sync may do on its own."""
+
+    id_separator: str = Field(default="-", description="separator of composite ids (CASAVI_ID_SEPARATOR)")
+    max_delete_share: float = Field(default=0.10, ge=0, le=1, description="CASAVI_MAX_DELETE_SHARE")
+    delete_guard_min_count: int = Field(default=0, ge=0, description="CASAVI_DELETE_GUARD_MIN_COUNT")
+    allow_mass_delete: bool = Field(default=False, description="CASAVI_ALLOW_MASS_DELETE")
+    allow_separator_change: bool = Field(default=False, description="CASAVI_ALLOW_SEPARATOR_CHANGE")
+    email_drop_warn_share: float = Field(default=0.25, ge=0, le=1, description="CASAVI_EMAIL_DROP_WARN_SHARE")
+    delivery_settle_seconds: float = Field(default=60.0, ge=0, description="CASAVI_DELIVERY_SETTLE_SECONDS")
+
+    @property
+    def guards(self) -> GuardPolicy:
+        return GuardPolicy(
+            separator=self.id_separator,
+            max_delete_share=self.max_delete_share,
+            delete_guard_min_count=self.delete_guard_min_count,
+            allow_mass_delete=self.allow_mass_delete,
+            allow_separator_change=self.allow_separator_change,
+        )
 
 
 class CasaviResource(dg.ConfigurableResource):
-    """Hands out a casavi client for the duration of one sync."""
+    """Hands out a casavi client for the duration of one step."""
 
     @contextlib.contextmanager
-    def get_client(self) -> Iterator[CasaviClient | FakeCasaviClient]:
+    def get_client(self) -> Iterator[CasaviClient]:
         raise NotImplementedError
         yield  # pragma: no cover
 
+    @property
+    def target(self) -> str:
+        """Where the writes go, for messages (a URL, never credentials)."""
+        raise NotImplementedError
+
 
 class HttpCasaviResource(CasaviResource):
-    """casavi's manager API v2 over HTTP (or the local sandbox, which speaks the same API).
-
-    Unset fields fall back to the environment when a run starts (`CASAVI_BASE_URL`,
-    `CASAVI_REQUESTS_PER_MINUTE`, `CASAVI_MAX_CONCURRENCY`), then to the defaults, so changing the
-    environment needs no code change and config set in the launchpad still wins.
-    """
+    """casavi's manager API v2 over HTTP (or the local sandbox, which speaks the same API)."""
 
     api_key: str = Field(description="casavi API key (bound to EnvVar('CASAVI_API_KEY'))")
     api_secret: str = Field(description="casavi API secret (bound to EnvVar('CASAVI_API_SECRET'))")
-    base_url: str | None = Field(
-        default=None, description=f"casavi host root (default $CASAVI_BASE_URL or {SANDBOX_URL})"
+    base_url: str = Field(description="casavi host root (CASAVI_BASE_URL)")
+    requests_per_minute: float = Field(
+        default=80.0, ge=0, description="client-side rate limit, 0 = none (CASAVI_REQUESTS_PER_MINUTE)"
     )
-    requests_per_minute: float | None = Field(
-        default=None,
-        ge=0,
-        description="client-side rate limit, 0 = none (default $CASAVI_REQUESTS_PER_MINUTE or 80)",
-    )
-    max_concurrency: int | None = Field(
-        default=None,
-        ge=1,
-        le=64,
-        description="writes in flight at once (default $CASAVI_MAX_CONCURRENCY or 4)",
+    max_concurrency: int = Field(
+        default=4, ge=1, le=64, description="writes in flight (CASAVI_MAX_CONCURRENCY)"
     )
     timeout_seconds: float = Field(default=30.0, gt=0)
     max_attempts: int = Field(default=6, ge=1, description="tries per request on 429/5xx/timeouts")
     max_retry_seconds: float = Field(default=300.0, gt=0, description="retry budget per request")
 
+    @property
+    def target(self) -> str:
+        return self.base_url
+
     @contextlib.contextmanager
     def get_client(self) -> Iterator[CasaviClient]:
-        rate = self.requests_per_minute
-        if rate is None:
-            rate = float(os.environ.get("CASAVI_REQUESTS_PER_MINUTE") or 80.0)
         client = CasaviClient(
-            self.base_url or os.environ.get("CASAVI_BASE_URL") or SANDBOX_URL,
+            self.base_url,
             self.api_key,
             self.api_secret,
             timeout=self.timeout_seconds,
-            max_concurrency=self.max_concurrency or int(os.environ.get("CASAVI_MAX_CONCURRENCY") or 4),
-            requests_per_minute=rate or None,
+            max_concurrency=self.max_concurrency,
+            requests_per_minute=self.requests_per_minute or None,
             max_attempts=self.max_attempts,
             max_retry_seconds=self.max_retry_seconds,
         )
@@ -75,20 +129,32 @@ class HttpCasaviResource(CasaviResource):
             yield client
 
 
-class FakeCasaviResource(CasaviResource):
-    """An in-memory casavi for unit tests of the Dagster wiring; keeps its objects across runs."""
+def build_resources(settings: Settings) -> dict[str, dg.ConfigurableResource]:
+    """The resources of the code location, from validated settings; secrets only through EnvVar."""
+    return {
+        "erp_export": ErpExport(
+            directory=str(settings.erp_export_dir), encoding=settings.erp_export_encoding
+        ),
+        "snapshots": SnapshotStore(directory=str(settings.snapshot_dir.resolve())),
+        "sync_policy": SyncPolicy(
+            id_separator=settings.id_separator,
+            max_delete_share=settings.max_delete_share,
+            delete_guard_min_count=settings.delete_guard_min_count,
+            allow_mass_delete=settings.allow_mass_delete,
+            allow_separator_change=settings.allow_separator_change,
+            email_drop_warn_share=settings.email_drop_warn_share,
+            delivery_settle_seconds=settings.delivery_settle_seconds,
+        ),
+        "casavi": HttpCasaviResource(
+            api_key=dg.EnvVar("CASAVI_API_KEY"),
+            api_secret=dg.EnvVar("CASAVI_API_SECRET"),
+            base_url=settings.casavi_base_url,
+            requests_per_minute=settings.requests_per_minute,
+            max_concurrency=settings.max_concurrency,
+        ),
+    }
 
-    _client: FakeCasaviClient = PrivateAttr(default_factory=FakeCasaviClient)
 
-    @property
-    def client(self) -> FakeCasaviClient:
-        return self._client
-
-    @contextlib.contextmanager
-    def get_client(self) -> Iterator[FakeCasaviClient]:
-        yield self._client
-
-
-def casavi_resource_from_env() -> HttpCasaviResource:
-    """The resource as the code location binds it: secrets through EnvVar, the rest at run time."""
-    return HttpCasaviResource(api_key=dg.EnvVar("CASAVI_API_KEY"), api_secret=dg.EnvVar("CASAVI_API_SECRET"))
+@dg.definitions
+def resources() -> dg.Definitions:
+    return dg.Definitions(resources=build_resources(SETTINGS))

@@ -11,12 +11,10 @@ from pydantic import Field
 from casavi_pipeline.casavi.api import ObjectKind
 from casavi_pipeline.casavi.errors import CasaviUnavailableError
 from casavi_pipeline.defs.partitions import mandant_partitions
-from casavi_pipeline.defs.resources import CasaviResource
-from casavi_pipeline.settings import Settings, get_settings
+from casavi_pipeline.defs.resources import SETTINGS, CasaviResource, SnapshotStore, SyncPolicy
 from casavi_pipeline.sync.apply import SyncReport, apply_changeset
 from casavi_pipeline.sync.changeset import ChangesetSummary, compute_changeset, summarize
-from casavi_pipeline.sync.guards import GuardResult, mass_deletion_guard, separator_guard
-from casavi_pipeline.sync.snapshot import Snapshot
+from casavi_pipeline.sync.guards import GuardResult, GuardResults, evaluate_guards
 
 CASAVI_POOL = "casavi_api"
 REJECTIONS_LISTED = 50
@@ -48,12 +46,12 @@ def _changeset_metadata(summary: ChangesetSummary) -> dict[str, object]:
 )
 def casavi_changeset(
     context: dg.AssetExecutionContext,
+    snapshots: SnapshotStore,
     casavi_properties,
     casavi_units,
     casavi_contacts,
     casavi_contracts,
 ) -> dg.MaterializeResult:
-    settings = get_settings()
     mandant = context.partition_key
     frames = {
         ObjectKind.PROPERTY: casavi_properties,
@@ -61,29 +59,10 @@ def casavi_changeset(
         ObjectKind.CONTACT: casavi_contacts,
         ObjectKind.CONTRACT: casavi_contracts,
     }
-    with Snapshot(settings.snapshot_path(mandant), mandant) as snapshot:
+    with snapshots.open(mandant) as snapshot:
         summary = compute_changeset(snapshot, frames)
     context.log.info(f"Mandant {mandant}: {summary.total_writes} writes pending ({summary.counts()})")
     return dg.MaterializeResult(metadata=_changeset_metadata(summary))
-
-
-def _evaluate_guards(settings: Settings, snapshot: Snapshot) -> list[GuardResult]:
-    summary = summarize(snapshot)
-    separator = separator_guard(
-        snapshot.separator,
-        settings.id_separator,
-        synced_total=snapshot.synced_total(),
-        allow_change=settings.allow_separator_change,
-    )
-    migrating = separator.passed and snapshot.separator not in (None, settings.id_separator)
-    deletion = mass_deletion_guard(
-        summary,
-        max_share=settings.max_delete_share,
-        min_count=settings.delete_guard_min_count,
-        # A separator migration deletes every old id by design; the explicit setting covers it.
-        allow=settings.allow_mass_delete or migrating,
-    )
-    return [separator, deletion]
 
 
 def _guard_check_result(result: GuardResult) -> dg.AssetCheckResult:
@@ -95,42 +74,44 @@ def _guard_check_result(result: GuardResult) -> dg.AssetCheckResult:
     )
 
 
-def _guard_check(name: str, which: int, description: str) -> dg.AssetChecksDefinition:
-    """A blocking check on the changeset that evaluates guard `which` of `_evaluate_guards`."""
-
-    @dg.asset_check(
-        asset=casavi_changeset,
-        name=name,
-        blocking=True,
-        partitions_def=mandant_partitions,
-        description=description,
-    )
-    def _guard(context: dg.AssetCheckExecutionContext) -> dg.AssetCheckResult:
-        settings = get_settings()
-        mandant = context.partition_key
-        with Snapshot(settings.snapshot_path(mandant), mandant, read_only=True) as snapshot:
-            return _guard_check_result(_evaluate_guards(settings, snapshot)[which])
-
-    return _guard
+def _guards(
+    context: dg.AssetCheckExecutionContext, snapshots: SnapshotStore, policy: SyncPolicy
+) -> GuardResults:
+    with snapshots.open(context.partition_key, read_only=True) as snapshot:
+        return evaluate_guards(policy.guards, snapshot)
 
 
-separator_change_guard_check = _guard_check(
-    "separator_change_guard_check",
-    0,
-    "Stops the sync when CASAVI_ID_SEPARATOR differs from the one the snapshot was built with: every "
-    "reference id would change (set CASAVI_ALLOW_SEPARATOR_CHANGE to migrate).",
+@dg.asset_check(
+    asset=casavi_changeset,
+    name="separator_change_guard_check",
+    blocking=True,
+    partitions_def=mandant_partitions,
+    description="Stops the sync when CASAVI_ID_SEPARATOR differs from the one the snapshot was built with: "
+    "every reference id would change (set CASAVI_ALLOW_SEPARATOR_CHANGE to migrate).",
 )
-mass_deletion_guard_check = _guard_check(
-    "mass_deletion_guard_check",
-    1,
-    "Stops the sync when it would delete more than CASAVI_MAX_DELETE_SHARE of a kind's synced objects, "
-    "or all of them (a truncated export looks exactly like that).",
+def separator_change_guard_check(
+    context: dg.AssetCheckExecutionContext, snapshots: SnapshotStore, sync_policy: SyncPolicy
+) -> dg.AssetCheckResult:
+    return _guard_check_result(_guards(context, snapshots, sync_policy).separator)
+
+
+@dg.asset_check(
+    asset=casavi_changeset,
+    name="mass_deletion_guard_check",
+    blocking=True,
+    partitions_def=mandant_partitions,
+    description="Stops the sync when it would delete more than CASAVI_MAX_DELETE_SHARE of a kind's synced "
+    "objects, or all of them (a truncated export looks exactly like that).",
 )
+def mass_deletion_guard_check(
+    context: dg.AssetCheckExecutionContext, snapshots: SnapshotStore, sync_policy: SyncPolicy
+) -> dg.AssetCheckResult:
+    return _guard_check_result(_guards(context, snapshots, sync_policy).mass_deletion)
 
 
 class SyncConfig(dg.Config):
     dry_run: bool = Field(
-        default_factory=lambda: get_settings().dry_run,
+        default=SETTINGS.dry_run,
         description="Compute and show the changeset, write nothing to casavi (default: CASAVI_DRY_RUN).",
     )
 
@@ -169,22 +150,24 @@ def _sync_metadata(report: SyncReport, requests: int) -> dict[str, object]:
     "and advances the snapshot with every confirmed write, so an interrupted run resumes where it stopped.",
 )
 def casavi_sync(
-    context: dg.AssetExecutionContext, config: SyncConfig, casavi: CasaviResource
+    context: dg.AssetExecutionContext,
+    config: SyncConfig,
+    casavi: CasaviResource,
+    snapshots: SnapshotStore,
+    sync_policy: SyncPolicy,
 ) -> dg.MaterializeResult:
-    settings = get_settings()
     mandant = context.partition_key
-    with Snapshot(settings.snapshot_path(mandant), mandant) as snapshot:
+    with snapshots.open(mandant) as snapshot:
         # The guards run as blocking checks too; repeating them here means materializing the sync
         # alone cannot bypass them.
-        for guard in _evaluate_guards(settings, snapshot):
-            if not guard.passed:
-                raise dg.Failure(description=guard.reason, metadata=guard.metadata, allow_retries=False)
+        for guard in evaluate_guards(sync_policy.guards, snapshot).failures:
+            raise dg.Failure(description=guard.reason, metadata=guard.metadata, allow_retries=False)
         summary = summarize(snapshot)
         if config.dry_run:
             context.log.info(f"Dry run for Mandant {mandant}: {summary.total_writes} writes not sent")
             return dg.MaterializeResult(metadata={"dry_run": True, **_changeset_metadata(summary)})
-        if snapshot.synced_total() == 0 or settings.allow_separator_change:
-            snapshot.set_separator(settings.id_separator)
+        if snapshot.synced_total() == 0 or sync_policy.allow_separator_change:
+            snapshot.set_separator(sync_policy.id_separator)
 
         def progress(report: SyncReport) -> None:
             context.log.info(f"Mandant {mandant}: {report.total_confirmed} confirmed so far")

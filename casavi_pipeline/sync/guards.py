@@ -11,7 +11,19 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from casavi_pipeline.sync.changeset import ChangesetSummary
+from casavi_pipeline.sync.changeset import ChangesetSummary, summarize
+from casavi_pipeline.sync.snapshot import Snapshot
+
+
+@dataclass(frozen=True)
+class GuardPolicy:
+    """What the guards allow: the user's settings, as the sync sees them."""
+
+    separator: str
+    max_delete_share: float = 0.10
+    delete_guard_min_count: int = 0
+    allow_mass_delete: bool = False
+    allow_separator_change: bool = False
 
 
 @dataclass(frozen=True)
@@ -73,3 +85,34 @@ def mass_deletion_guard(
         "rerun with CASAVI_ALLOW_MASS_DELETE=true or raise CASAVI_MAX_DELETE_SHARE.",
         meta,
     )
+
+
+@dataclass(frozen=True)
+class GuardResults:
+    """Both guards' verdicts on a Mandant's pending changeset."""
+
+    separator: GuardResult
+    mass_deletion: GuardResult
+
+    @property
+    def failures(self) -> list[GuardResult]:
+        return [result for result in (self.separator, self.mass_deletion) if not result.passed]
+
+
+def evaluate_guards(policy: GuardPolicy, snapshot: Snapshot) -> GuardResults:
+    """Judge the snapshot's pending changeset: the one place the guard policy is applied."""
+    separator = separator_guard(
+        snapshot.separator,
+        policy.separator,
+        synced_total=snapshot.synced_total(),
+        allow_change=policy.allow_separator_change,
+    )
+    migrating = separator.passed and snapshot.separator not in (None, policy.separator)
+    deletion = mass_deletion_guard(
+        summarize(snapshot),
+        max_share=policy.max_delete_share,
+        min_count=policy.delete_guard_min_count,
+        # A separator migration deletes every old id by design; the explicit setting covers it.
+        allow=policy.allow_mass_delete or migrating,
+    )
+    return GuardResults(separator=separator, mass_deletion=deletion)

@@ -2,53 +2,24 @@
 
 Without `CASAVI_BASE_URL` in the environment it starts the local casavi sandbox (its database under
 `data/`, so a second demo run finds what the first wrote and sends nothing) with a fresh random key and
-secret for this run. Runs go through the real Dagster instance in `$DAGSTER_HOME`, so they show in
-`./run dev` afterwards. With `CASAVI_BASE_URL` set it syncs to that casavi instead, with the
-credentials from the environment.
+secret for this run, and syncs the bundled sample export. Runs go through the real Dagster instance in
+`$DAGSTER_HOME`, so they show in `./run dev` afterwards. With `CASAVI_BASE_URL` set it syncs to that
+casavi with the settings from the environment — never the bundled sample to a casavi off this machine.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
-import secrets
 import sys
 import warnings
-from collections.abc import Iterator
 from pathlib import Path
 
-SANDBOX_PORT = 8765
-#: The sandbox has no casavi-sized rate limit by default: the demo should take seconds, not an hour.
-DEMO_REQUESTS_PER_MINUTE = "6000"
+from casavi_sandbox.local import SANDBOX_PORT, LocalSetupError, local_environment
+
 KIND_ORDER = ("property", "unit", "contact", "contract")
 #: The demo prints a summary; the full event log of each run is in the Dagster UI (./run dev).
 QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
-
-
-@contextlib.contextmanager
-def _casavi_target(data_dir: Path, port: int) -> Iterator[str]:
-    if os.environ.get("CASAVI_BASE_URL"):
-        yield os.environ["CASAVI_BASE_URL"]
-        return
-    from casavi_sandbox.process import SandboxProcess
-
-    key, secret = secrets.token_urlsafe(16), secrets.token_urlsafe(24)
-    sandbox = SandboxProcess(data_dir / "sandbox.sqlite3", port=port, api_key=key, api_secret=secret)
-    with sandbox:
-        os.environ.update(
-            {
-                "CASAVI_BASE_URL": sandbox.base_url,
-                "CASAVI_API_KEY": key,
-                "CASAVI_API_SECRET": secret,
-            }
-        )
-        os.environ.setdefault("CASAVI_REQUESTS_PER_MINUTE", DEMO_REQUESTS_PER_MINUTE)
-        print(f"casavi sandbox on {sandbox.base_url} (database {sandbox.db_path})")
-        try:
-            yield sandbox.base_url
-        finally:
-            os.environ.pop("CASAVI_BASE_URL")
 
 
 def _summary_rows(result, mandant: str) -> list[tuple[str, ...]]:
@@ -76,31 +47,39 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--port", type=int, default=SANDBOX_PORT, help="sandbox port (default %(default)s)")
     parser.add_argument("--mandant", action="append", help="only these Mandanten (default: all configured)")
     args = parser.parse_args(argv)
-    os.environ.setdefault("CASAVI_SNAPSHOT_DB", str((args.data_dir / "snapshots").resolve()))
 
     warnings.filterwarnings("ignore", message=".*(beta|preview).*", category=Warning)  # dagster notices
-    with _casavi_target(args.data_dir.resolve(), args.port):
-        # Imported only now: the code location reads its settings (and the credentials) when it loads.
-        import dagster as dg
+    try:
+        with local_environment(args.data_dir.resolve(), args.port) as environ:
+            os.environ.update(environ)
+            return _run(args.mandant)
+    except LocalSetupError as exc:
+        print(f"demo: {exc}", file=sys.stderr)
+        return 2
 
-        from casavi_pipeline.definitions import defs
-        from casavi_pipeline.defs.jobs import SYNC_JOB_NAME
-        from casavi_pipeline.settings import get_settings
 
-        settings = get_settings()
-        mandanten = args.mandant or settings.mandanten
-        print(f"ERP export {settings.erp_export_dir}; Mandanten {', '.join(mandanten)}")
-        job = defs.resolve_job_def(SYNC_JOB_NAME)
-        rows: list[tuple[str, ...]] = []
-        failed = []
-        with dg.DagsterInstance.get() as instance:
-            for mandant in mandanten:
-                result = job.execute_in_process(
-                    run_config=QUIET, partition_key=mandant, instance=instance, raise_on_error=False
-                )
-                rows += _summary_rows(result, mandant)
-                if not result.success or not _summary_rows(result, mandant):
-                    failed.append((mandant, result.run_id, _failure_reason(result)))
+def _run(only: list[str] | None) -> int:
+    # Imported only now: the code location reads its settings when it loads.
+    import dagster as dg
+
+    from casavi_pipeline.definitions import defs
+    from casavi_pipeline.defs.jobs import SYNC_JOB_NAME
+    from casavi_pipeline.defs.resources import SETTINGS
+
+    print(f"casavi {SETTINGS.casavi_base_url}; ERP export {SETTINGS.erp_export_dir}")
+    mandanten = only or SETTINGS.mandanten
+    print(f"Mandanten {', '.join(mandanten)}")
+    job = defs.resolve_job_def(SYNC_JOB_NAME)
+    rows: list[tuple[str, ...]] = []
+    failed = []
+    with dg.DagsterInstance.get() as instance:
+        for mandant in mandanten:
+            result = job.execute_in_process(
+                run_config=QUIET, partition_key=mandant, instance=instance, raise_on_error=False
+            )
+            rows += _summary_rows(result, mandant)
+            if not result.success or not _summary_rows(result, mandant):
+                failed.append((mandant, result.run_id, _failure_reason(result)))
 
     header = ("Mandant", "kind", "created", "updated", "deleted")
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]

@@ -11,7 +11,14 @@ from pathlib import Path
 from casavi_sandbox.sample.generator import generate, mandant_numbers
 
 #: The command that regenerates the committed sample (`sandbox/casavi_sandbox/sample_export`), seed 42 (default).
-SAMPLE_ARGS = ["--out", "sandbox/casavi_sandbox/sample_export", "--units", "300", "--mandanten", "0001,0002,0420"]
+SAMPLE_ARGS = [
+    "--out",
+    "sandbox/casavi_sandbox/sample_export",
+    "--units",
+    "300",
+    "--mandanten",
+    "0001,0002,0420",
+]
 _MANDANT_NR = re.compile(r"[0-9A-Za-z]+")  # an ERP number: none of the id separators - _ . / |
 
 
