@@ -13,7 +13,7 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 
 defs = dg.Definitions.merge(
-    dg.load_from_defs_folder(project_root=PROJECT_ROOT),
+    dg.load_from_defs_folder(path_within_project=PROJECT_ROOT),
     # One run = one Mandant, and its steps form a chain: parallelism comes from Mandant runs side by side
     # (queued under dagster.yaml's limits), not from steps. A process per step would re-import dagster
     # and pandas ~30 times per run for nothing.

@@ -1,12 +1,30 @@
-"""Shared fixtures: one casavi sandbox process for the whole session, reset before each test using it."""
+"""Shared fixtures: one casavi sandbox process for the whole session, reset before each test using it.
+
+The code location reads its settings from the environment once per process, when it loads, as in
+production. The in-process tests load it with the sample's Mandanten as partitions and a casavi that
+does not exist (port 9 on loopback); each test then hands in its own resources (`harness.py`).
+Subprocess tests (the CLI, the demo, `dagster dev`) pass their own environment.
+"""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 
 import pytest
 
 from casavi_sandbox import SandboxProcess
+from casavi_sandbox.local import SAMPLE_EXPORT_DIR, SAMPLE_MANDANTEN
+
+os.environ.update(
+    {
+        "ERP_EXPORT_DIR": str(SAMPLE_EXPORT_DIR),
+        "CASAVI_MANDANTEN": SAMPLE_MANDANTEN,
+        "CASAVI_BASE_URL": "http://127.0.0.1:9",
+        "CASAVI_API_KEY": "tests-hand-in-their-own",
+        "CASAVI_API_SECRET": "tests-hand-in-their-own",
+    }
+)
 
 
 @pytest.fixture(scope="session")

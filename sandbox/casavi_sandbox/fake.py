@@ -1,4 +1,5 @@
-"""An in-memory casavi with the client's interface, for unit tests of the sync without HTTP.
+"""An in-memory casavi with the client's interface, for unit tests of the sync without HTTP, and the
+Dagster resource that hands it out (the fake beside `casavi_pipeline`'s real `HttpCasaviResource`).
 
 It applies the same model as the sandbox: `api.validate_payload` (400), references that must exist
 (422), no deleting of referenced objects (409). End-to-end tests use the sandbox process instead.
@@ -6,13 +7,18 @@ It applies the same model as the sandbox: `api.validate_payload` (400), referenc
 
 from __future__ import annotations
 
+import contextlib
+import uuid
 from collections.abc import Iterable, Iterator
 from typing import Any
+
+from pydantic import Field
 
 from casavi_pipeline.casavi import api
 from casavi_pipeline.casavi.api import ObjectKind
 from casavi_pipeline.casavi.client import ClientStats, Operation, WriteResult
 from casavi_pipeline.casavi.errors import CasaviRejectedError, CasaviUnavailableError
+from casavi_pipeline.defs.resources import CasaviResource
 
 _CASAVI_NAME = {kind: {r.name: r.casavi for r in rules} for kind, rules in api.FIELD_RULES.items()}
 
@@ -108,3 +114,26 @@ class FakeCasaviClient:
     def execute(self, operations: Iterable[Operation]) -> Iterator[WriteResult]:
         for op in operations:
             yield self._write(op)
+
+
+#: The fake casavi of each resource: Dagster rebuilds a resource from its config for every run, so the
+#: in-memory state is keyed by the resource's `name`, not held by the instance.
+_FAKES: dict[str, FakeCasaviClient] = {}
+
+
+class FakeCasaviResource(CasaviResource):
+    """An in-memory casavi for fast tests of the Dagster wiring; keeps its objects across runs."""
+
+    name: str = Field(default_factory=lambda: uuid.uuid4().hex, description="which fake casavi")
+
+    @property
+    def client(self) -> FakeCasaviClient:
+        return _FAKES.setdefault(self.name, FakeCasaviClient())
+
+    @property
+    def target(self) -> str:
+        return "fake casavi (in memory)"
+
+    @contextlib.contextmanager
+    def get_client(self) -> Iterator[FakeCasaviClient]:  # type: ignore[override]
+        yield self.client
