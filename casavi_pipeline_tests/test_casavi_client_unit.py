@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
+import random
 import threading
 import time
 
 import httpx
 import pytest
 
+from casavi_pipeline.casavi import api
 from casavi_pipeline.casavi.api import ObjectKind
 from casavi_pipeline.casavi.client import CasaviClient, Operation
 from casavi_pipeline.casavi.errors import CasaviAuthError, CasaviUnavailableError
@@ -208,3 +211,106 @@ def test_rate_limiter_spaces_requests():
     for _ in range(5):
         limiter.acquire()
     assert clock["t"] == pytest.approx(2.0)  # 4 waits of 0.5 s at 2 requests per second
+
+
+# --- the read side of the adapter ------------------------------------------------------------------
+SENT_RECORDS = {
+    ObjectKind.PROPERTY: {
+        "id": "0001-1",
+        "name": "WE 1",
+        "number": "1",
+        "street": "Lindenstraße 12a",
+        "postal_code": "04109",
+        "city": "Leipzig",
+        "country": "DE",
+        "note": None,
+        "addresses": [  # by id, as the mapping sends them: "…-10" before "…-2"
+            {
+                "id": "0001-1-1",
+                "street": "Lindenstraße 12a",
+                "postal_code": "04109",
+                "city": "Leipzig",
+                "country": "DE",
+            },
+            {"id": "0001-1-10", "street": "Hof 1", "postal_code": "04109", "city": None, "country": None},
+            {
+                "id": "0001-1-2",
+                "street": "Lindenstraße 14",
+                "postal_code": None,
+                "city": "Leipzig",
+                "country": "DE",
+            },
+        ],
+    },
+    ObjectKind.UNIT: {
+        "id": "0001-1-1-3",
+        "property_id": "0001-1",
+        "address_id": "0001-1-1",
+        "name": "Wohnung 2. OG links",
+        "number": "3",
+        "usage": "PRIVATE",
+        "area": 72.0,
+        "rooms": None,
+    },
+    ObjectKind.CONTACT: {
+        "id": "0001-M-5",
+        "salutation": "MS",
+        "title": None,
+        "first_name": "Erika",
+        "last_name": "Musterfrau",
+        "company_name": None,
+        "email": "erika@example.org",
+        "telephone": None,
+        "mobile": "0170 1",
+        "street": None,
+        "postal_code": None,
+        "city": None,
+        "country": None,
+        "preferred_way_of_contact": "ONLINE",
+    },
+    ObjectKind.CONTRACT: {
+        "id": "0001-V-9",
+        "contract_type": "RENTER",
+        "unit_id": "0001-1-1-3",
+        "contact_ids": sorted(["0001-M-5", "0001-M-10", "0001-M-6"]),
+        "number": "9",
+        "start_date": "2020-01-01",
+        "end_date": None,
+    },
+}
+
+
+def _as_read(kind: ObjectKind, body: dict, rng: random.Random) -> dict:
+    """The sent body as a read returns it: read-only fields added, nulls omitted, lists shuffled."""
+    read = {k: v for k, v in body.items() if v is not None}
+    read |= {"internalId": 4711, "modified": "2026-03-01T02:03:04.000Z", "createdBy": "someone"}
+    if "addresses" in read:
+        read["addresses"] = [
+            {k: v for k, v in a.items() if v is not None} | {"units": [f"{a['id']}-{i}" for i in range(2)]}
+            for a in read["addresses"]
+        ]
+        rng.shuffle(read["addresses"])
+    if "contactIds" in read:
+        read["contactIds"] = list(read["contactIds"])
+        rng.shuffle(read["contactIds"])
+    if isinstance(read.get("area"), float) and read["area"].is_integer():
+        read["area"] = int(read["area"])  # JSON has one number type: 72.0 may come back as 72
+    items = list(read.items())
+    rng.shuffle(items)
+    return dict(items)
+
+
+@pytest.mark.parametrize("kind", list(ObjectKind))
+def test_a_read_normalises_to_the_body_that_was_sent(kind):
+    sent = api.to_payload(kind, SENT_RECORDS[kind])
+    assert api.validate_payload(kind, sent) == []
+    rng = random.Random(kind.value)
+    for _ in range(20):
+        record = api.record_from_read(kind, _as_read(kind, sent, rng))
+        assert tuple(record) == api.DOMAIN_COLUMNS[kind]
+        assert json.dumps(api.to_payload(kind, record)) == json.dumps(sent)  # same text: same hash
+
+
+def test_a_read_without_addresses_or_contacts_is_an_empty_list_or_none():
+    assert api.record_from_read(ObjectKind.PROPERTY, {"id": "0001-1", "name": "WE"})["addresses"] == []
+    assert api.record_from_read(ObjectKind.CONTRACT, {"id": "0001-V-1"})["contact_ids"] is None
