@@ -37,6 +37,16 @@ def test_wrong_secret_is_a_clear_auth_error(sandbox):
     assert "CASAVI_API_SECRET" in str(info.value) and "wrong" not in str(info.value)
 
 
+def test_a_wrong_secret_costs_one_login_however_many_writes_wait(sandbox):
+    ops = [Operation(ObjectKind.CONTACT, "upsert", c["id"], c) for c in map(contact, range(50))]
+    with CasaviClient(sandbox.base_url, sandbox.api_key, "wrong", max_concurrency=4) as client:
+        with pytest.raises(CasaviAuthError):
+            list(client.execute(iter(ops)))
+        with pytest.raises(CasaviAuthError):
+            client.authenticate()
+    assert sandbox.requests()["routes"] == {"POST /v2/authenticate": {"401": 1}}
+
+
 def test_token_expiry_mid_sequence_is_survived(sandbox):
     sandbox.configure(token_ttl=1)
     with client_for(sandbox) as client:
@@ -63,8 +73,9 @@ def test_validation_errors_are_surfaced_with_field_and_reference_id(sandbox):
     with client_for(sandbox) as client:
         result = client.upsert(ObjectKind.UNIT, {"id": "0001-1-1-1", "propertyId": "0001-1", "name": ""})
     assert (result.ok, result.status) == (False, 400)
-    assert "PUT /v2/units/{id} [0001-1-1-1] → 400" in str(result.error)
-    assert ("name", "must not be empty") in result.error.field_errors
+    assert "PUT /v2/units/{id} [0001-1-1-1] → 400: casavi refused a field value" in str(result.error)
+    assert "name" in result.error.fields and "addressId" in result.error.fields
+    assert "must not be empty" not in str(result.error)  # casavi's prose stays out of logs
 
 
 def test_timeouts_are_retried_then_reported(sandbox):

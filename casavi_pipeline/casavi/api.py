@@ -3,7 +3,8 @@
 casavi's public docs confirm authentication, the reference-ID model and the read shapes; the write side
 is our model of it (`shared/casavi-api.md`). Aligning with a customer's downloaded spec must be a change
 to this one file, so the rest of the project speaks *domain* names (snake_case, e.g. `postal_code`,
-`contract_type`) and converts at the boundary with `to_payload` / `from_payload`. The sandbox server
+`contract_type`) and converts at the boundary with `to_payload` (writes) / `record_from_read` (reads).
+The sandbox server
 validates with the same `FIELD_RULES`, so sandbox and client implement exactly one model.
 """
 
@@ -37,10 +38,17 @@ NEXT_LINK_KEY = "next"
 ID_FIELD = "id"  # the reference id, in every body and path
 INTERNAL_ID_FIELD = "internalId"  # casavi's database id: returned on reads, never sent
 MODIFIED_FIELD = "modified"  # [model] last change (ISO UTC) that modifiedAfter filters on: read-only
+ADDRESS_UNITS_FIELD = "units"  # on each property address in a read: the unit ids there; read-only
+#: Fields a read carries that are never sent: dropped before a read is compared with a write body.
+READ_ONLY_FIELDS: tuple[str, ...] = (INTERNAL_ID_FIELD, MODIFIED_FIELD)
+READ_ONLY_ADDRESS_FIELDS: tuple[str, ...] = (ADDRESS_UNITS_FIELD,)
 
+# The error body: `message` texts are casavi's prose and may quote the payload (personal data), so the
+# client never passes them on; only `field` names and machine `code`s leave it (see `error_wording`).
 ERROR_MESSAGE_KEY = "message"
 ERROR_DETAILS_KEY = "errors"
 ERROR_FIELD_KEY = "field"
+ERROR_CODE_KEY = "code"  # not in our model of casavi's body; taken when a server or proxy sends one
 
 #: Status codes of casavi's answers, by meaning (our model of the write side).
 STATUS_CREATED = 201
@@ -48,10 +56,31 @@ STATUS_UPDATED = 200
 STATUS_DELETED = 204
 STATUS_INVALID = 400  # malformed JSON or a field breaking its rule
 STATUS_UNAUTHORIZED = 401
+STATUS_FORBIDDEN = 403  # a valid token without the permission for this call
 STATUS_NOT_FOUND = 404
 STATUS_CONFLICT = 409  # delete of a still-referenced object
 STATUS_UNKNOWN_REFERENCE = 422  # a reference to an object that does not exist
 STATUS_RATE_LIMITED = 429
+
+#: The human text of the client's errors, per status: our own fixed wording, never casavi's `message`.
+ERROR_WORDING: dict[int, str] = {
+    STATUS_INVALID: "casavi refused a field value",
+    STATUS_UNAUTHORIZED: "casavi refused the credentials",
+    STATUS_FORBIDDEN: "casavi refused the credentials for this call (missing permission)",
+    STATUS_NOT_FOUND: "unknown reference id",
+    STATUS_CONFLICT: "still referenced by other objects",
+    STATUS_UNKNOWN_REFERENCE: "references an object casavi does not know",
+    STATUS_RATE_LIMITED: "too many requests",
+}
+
+
+def error_wording(status: int | None) -> str:
+    """Our text for an answer's status; what went wrong in detail is told by field names and codes."""
+    if status is not None and status in ERROR_WORDING:
+        return ERROR_WORDING[status]
+    if status is not None and status >= 500:
+        return "casavi had a server error"
+    return "unexpected answer from casavi"
 
 
 class ObjectKind(StrEnum):
@@ -200,6 +229,32 @@ DOMAIN_COLUMNS: dict[ObjectKind, tuple[str, ...]] = {
     kind: tuple(rule.name for rule in rules) for kind, rules in FIELD_RULES.items()
 }
 
+#: Every field name casavi knows in our model (bodies, embedded addresses, authentication).
+KNOWN_FIELD_NAMES: frozenset[str] = frozenset(
+    [rule.casavi for rules in FIELD_RULES.values() for rule in rules]
+    + [casavi for _, casavi in ADDRESS_FIELDS]
+    + [AUTH_KEY_FIELD, AUTH_SECRET_FIELD]
+)
+_FIELD_PATH_PART = re.compile(r"^([A-Za-z]+)(\[\d{1,4}\])*$")
+
+
+def is_known_field_path(value: object) -> bool:
+    """Whether an error's `field` names our fields (`email`, `addresses[0].street`, `contactIds.1`).
+
+    Only such names leave the client: an error field is otherwise free text from casavi or a proxy,
+    which could quote a value (personal data) instead of naming a field.
+    """
+    if not isinstance(value, str) or not 0 < len(value) <= 128:
+        return False
+    for part in value.split("."):
+        if part.isdigit() and len(part) <= 4:
+            continue
+        match = _FIELD_PATH_PART.match(part)
+        if match is None or match.group(1) not in KNOWN_FIELD_NAMES:
+            return False
+    return True
+
+
 #: References to other objects that casavi resolves (else 422): (kind, domain field, referenced kind).
 REFERENCES: tuple[tuple[ObjectKind, str, ObjectKind], ...] = (
     (ObjectKind.UNIT, "property_id", ObjectKind.PROPERTY),
@@ -221,13 +276,10 @@ def _clean(value: Any) -> Any:
         return [_clean(v) for v in value]
     if isinstance(value, dict):
         return {k: _clean(v) for k, v in value.items()}
-    try:
-        import pandas as pd
+    import pandas as pd  # here, not at the top: the sandbox server imports this module and needs no pandas
 
-        if value is pd.NA or value is pd.NaT:
-            return None
-    except ImportError:  # pragma: no cover - pandas is a dependency
-        pass
+    if value is pd.NA or value is pd.NaT:
+        return None
     return value
 
 
@@ -249,17 +301,37 @@ def to_payload(kind: ObjectKind, record: Mapping[str, Any]) -> dict[str, Any]:
     return payload
 
 
-def from_payload(kind: ObjectKind, payload: Mapping[str, Any]) -> dict[str, Any]:
-    """A casavi object (as read or stored) → a domain record; unknown fields (e.g. internalId) dropped."""
+def record_from_read(kind: ObjectKind, obj: Mapping[str, Any]) -> dict[str, Any]:
+    """One object as a read returns it → the domain record the mapping would produce for the same data.
+
+    The read is normalised so that `to_payload(kind, record_from_read(kind, obj))` is the body a write
+    of that data sends, and hashes alike: the read-only fields (`internalId`, `modified`, each
+    address's `units`) and fields our model does not know are dropped, an absent field is None (a
+    read may omit nulls), addresses are ordered by id and contact ids sorted (the mapping sends them
+    so), and whole numbers become floats (the mapping's number columns are floating point).
+    """
     record: dict[str, Any] = {}
     for rule in FIELD_RULES[kind]:
-        value = payload.get(rule.casavi)
+        value = obj.get(rule.casavi)
         if rule.type == "address_list":
-            value = [
-                {name: address.get(casavi) for name, casavi in ADDRESS_FIELDS} for address in value or []
+            addresses = [
+                {name: address.get(casavi) for name, casavi in ADDRESS_FIELDS}
+                for address in (value if isinstance(value, list) else [])
+                if isinstance(address, Mapping)
             ]
+            value = sorted(addresses, key=lambda a: _order_key(a["id"]))
+        elif rule.type == "string_list" and isinstance(value, list):
+            value = sorted(value, key=_order_key)
+        elif rule.type == "number" and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
         record[rule.name] = value
     return record
+
+
+def _order_key(value: Any) -> tuple[bool, str]:
+    # Python orders strings by code point, as DuckDB's `ORDER BY` in the mapping orders UTF-8 bytes;
+    # a missing id (a hand-made object) sorts last instead of breaking the comparison.
+    return (value is None, "" if value is None else str(value))
 
 
 # --- validation (casavi's 400 rules; the sandbox answers 400 with exactly these) ---------------------
