@@ -8,10 +8,10 @@ import pytest
 from casavi_pipeline.casavi import api
 from casavi_pipeline.casavi.api import ObjectKind
 from casavi_pipeline.casavi.errors import CasaviUnavailableError
-from casavi_sandbox.fake import FakeCasaviClient
 from casavi_pipeline.sync.apply import apply_changeset
 from casavi_pipeline.sync.changeset import compute_changeset
 from casavi_pipeline.sync.snapshot import Snapshot
+from casavi_sandbox.fake import FakeCasaviClient
 
 
 def frames(units: int) -> dict[ObjectKind, pd.DataFrame]:

@@ -15,20 +15,24 @@ from casavi_pipeline.defs.automation import (
     casavi_nightly_sync,
     failure_reason,
 )
-from casavi_pipeline.settings import get_settings
+from casavi_pipeline.defs.resources import ErpExport, SyncPolicy
 from casavi_pipeline.sync.deliveries import scan_delivery
 from casavi_pipeline_tests.erp_fixtures import write_export
 
+MANDANTEN = ["0001", "0002", "0420"]  # the partitions the tests' code location loads with (conftest)
+
 
 @pytest.fixture
-def export(tmp_path, monkeypatch):
-    root = write_export(tmp_path / "export", {"0001": {}, "0420": {}})
-    monkeypatch.setenv("ERP_EXPORT_DIR", str(root))
-    monkeypatch.setenv("CASAVI_MANDANTEN", "0001,0420")
-    monkeypatch.setenv("CASAVI_DELIVERY_SETTLE_SECONDS", "60")
-    get_settings.cache_clear()
-    yield root
-    get_settings.cache_clear()
+def export(tmp_path):
+    return write_export(tmp_path / "export", {m: {} for m in MANDANTEN})
+
+
+def sensor_context(export, cursor=None) -> dg.SensorEvaluationContext:
+    resources = {
+        "erp_export": ErpExport(directory=str(export)),
+        "sync_policy": SyncPolicy(delivery_settle_seconds=60),
+    }
+    return dg.build_sensor_context(cursor=cursor, resources=resources)
 
 
 def age(folder, seconds: float) -> None:
@@ -42,38 +46,41 @@ def test_nightly_schedule_requests_one_run_per_mandant(export):
     context = dg.build_schedule_context(
         scheduled_execution_time=datetime.datetime(2026, 11, 25, 2, tzinfo=datetime.UTC)
     )
-    requests = list(casavi_nightly_sync(context))
-    assert [r.partition_key for r in requests] == ["0001", "0420"]
-    assert [r.tags["casavi/mandant"] for r in requests] == ["0001", "0420"]
+    requests = casavi_nightly_sync.evaluate_tick(context).run_requests
+    assert [r.partition_key for r in requests] == MANDANTEN
     assert {r.tags["casavi/trigger"] for r in requests} == {"schedule"}
-    assert len({r.run_key for r in requests}) == 2
+    assert len({r.run_key for r in requests}) == 3
+    assert casavi_nightly_sync.cron_schedule == "0 2 * * *"
+    assert casavi_nightly_sync.execution_timezone == "Europe/Berlin"
     assert casavi_nightly_sync.default_status == dg.DefaultScheduleStatus.STOPPED
 
 
 def test_incomplete_delivery_is_skipped_naming_the_missing_files(export):
     (export / "0001" / "mieter.csv").unlink()
     age(export / "0001", 120)
+    age(export / "0002", 120)
     age(export / "0420", 5)  # still settling
     delivery = scan_delivery(export, "0001")
     assert delivery.missing_files == ("mieter.csv",) and not delivery.complete
-    result = casavi_export_delivery_sensor(dg.build_sensor_context())
+    (export / "0002" / "gebaeude.csv").unlink()
+    result = casavi_export_delivery_sensor(sensor_context(export))
     assert isinstance(result, dg.SkipReason)
     assert "0001: missing mieter.csv" in result.skip_message
     assert "0420: delivery still settling" in result.skip_message
 
 
 def test_a_settled_delivery_runs_once_and_again_only_when_newer(export):
-    age(export / "0001", 120)
-    age(export / "0420", 120)
-    first = casavi_export_delivery_sensor(dg.build_sensor_context())
-    assert [r.partition_key for r in first.run_requests] == ["0001", "0420"]
+    for mandant in MANDANTEN:
+        age(export / mandant, 120)
+    first = casavi_export_delivery_sensor(sensor_context(export))
+    assert [r.partition_key for r in first.run_requests] == MANDANTEN
     assert {r.tags["casavi/trigger"] for r in first.run_requests} == {"sensor"}
 
-    again = casavi_export_delivery_sensor(dg.build_sensor_context(cursor=first.cursor))
+    again = casavi_export_delivery_sensor(sensor_context(export, first.cursor))
     assert isinstance(again, dg.SkipReason)  # the same delivery never runs twice
 
     age(export / "0420", 70)  # a new delivery for 0420, written after the last one, settled
-    newer = casavi_export_delivery_sensor(dg.build_sensor_context(cursor=first.cursor))
+    newer = casavi_export_delivery_sensor(sensor_context(export, first.cursor))
     assert [r.partition_key for r in newer.run_requests] == ["0420"]
     assert json.loads(newer.cursor)["0001"] == json.loads(first.cursor)["0001"]
 

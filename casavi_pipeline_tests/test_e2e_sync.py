@@ -6,6 +6,7 @@ After every step, casavi must hold exactly what the mapping produced, and only t
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -17,9 +18,11 @@ import pytest
 
 from casavi_pipeline.casavi import api
 from casavi_pipeline.casavi.api import ObjectKind
-from casavi_sandbox import SandboxProcess
-from casavi_pipeline.settings import get_settings
 from casavi_pipeline_tests.erp_fixtures import Append, default_rows, write_export
+from casavi_pipeline_tests.harness import run_from_environment
+from casavi_sandbox import SandboxProcess
+
+REPO = Path(__file__).resolve().parents[1]
 
 pytestmark = pytest.mark.e2e
 
@@ -34,7 +37,11 @@ MAPPED_ASSETS = {
 
 @pytest.fixture
 def env(tmp_path, sandbox: SandboxProcess, monkeypatch):
-    """Settings for one test: its own export, snapshot folder, Dagster instance, and the sandbox."""
+    """Settings for one test: its own export, snapshot folder, Dagster instance, and the sandbox.
+
+    They are set in the environment too, for the subprocesses (Dagster's CLI, the demo) that read them
+    there; the instance uses the shipped dagster.yaml (pools and run limits as users run them).
+    """
     values = {
         "ERP_EXPORT_DIR": str(tmp_path / "export"),
         "CASAVI_MANDANTEN": MANDANT,
@@ -50,10 +57,8 @@ def env(tmp_path, sandbox: SandboxProcess, monkeypatch):
     for key, value in values.items():
         monkeypatch.setenv(key, value)
     Path(values["DAGSTER_HOME"]).mkdir()
-    (Path(values["DAGSTER_HOME"]) / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
-    get_settings.cache_clear()
-    yield values
-    get_settings.cache_clear()
+    shutil.copy(REPO / "dagster.yaml", Path(values["DAGSTER_HOME"]) / "dagster.yaml")
+    return values
 
 
 def export(env, rows=None) -> Path:
@@ -61,12 +66,9 @@ def export(env, rows=None) -> Path:
 
 
 def run_job(env) -> dg.ExecuteInProcessResult:
-    from casavi_pipeline.definitions import defs
-    from casavi_pipeline.defs.jobs import SYNC_JOB_NAME
-
-    job = defs.resolve_job_def(SYNC_JOB_NAME)
+    """The main job for the test's Mandant, with the resources the test's settings give."""
     with dg.DagsterInstance.get() as instance:
-        return job.execute_in_process(partition_key=MANDANT, instance=instance, raise_on_error=False)
+        return run_from_environment(MANDANT, env, instance=instance)
 
 
 def expected_state(result: dg.ExecuteInProcessResult) -> dict[str, dict[str, dict]]:
@@ -210,8 +212,7 @@ def test_truncated_export_trips_the_mass_deletion_guard_and_sends_nothing(env, s
     assert run_job(env).success
     before = sandbox.state()
     export(env, {"mietvertraege": [], "mieter": []})  # a delivery cut short: no rental contracts at all
-    monkeypatch.setenv("CASAVI_DELETE_GUARD_MIN_COUNT", "0")  # the default: any share above 10 % trips
-    get_settings.cache_clear()
+    env["CASAVI_DELETE_GUARD_MIN_COUNT"] = "0"  # the default: any share above 10 % trips
     sandbox.reset(objects=False)
 
     result = run_job(env)
@@ -279,8 +280,7 @@ def test_changed_separator_is_stopped_unless_a_migration_is_allowed(env, sandbox
     export(env)
     assert run_job(env).success
     before = sandbox.state()
-    monkeypatch.setenv("CASAVI_ID_SEPARATOR", "_")
-    get_settings.cache_clear()
+    env["CASAVI_ID_SEPARATOR"] = "_"
     sandbox.reset(objects=False)
 
     blocked = run_job(env)
@@ -293,8 +293,7 @@ def test_changed_separator_is_stopped_unless_a_migration_is_allowed(env, sandbox
     assert not evaluation.passed and "CASAVI_ALLOW_SEPARATOR_CHANGE" in evaluation.description
     assert sandbox.write_count() == 0 and sandbox.state() == before
 
-    monkeypatch.setenv("CASAVI_ALLOW_SEPARATOR_CHANGE", "true")
-    get_settings.cache_clear()
+    env["CASAVI_ALLOW_SEPARATOR_CHANGE"] = "true"
     migrated = run_job(env)
     assert migrated.success
     assert_sandbox_holds(sandbox, migrated)  # only the new ids remain

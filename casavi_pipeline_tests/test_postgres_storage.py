@@ -17,7 +17,8 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
-from casavi_pipeline.settings import SAMPLE_EXPORT_DIR, get_settings
+from casavi_pipeline.defs.resources import ErpExport
+from casavi_sandbox.local import SAMPLE_EXPORT_DIR
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
@@ -94,13 +95,16 @@ def test_partitioned_materialization_through_postgres_storage(postgres, tmp_path
         if key.startswith("DAGSTER_PG_"):
             monkeypatch.setenv(key, value)
     monkeypatch.setenv("DAGSTER_HOME", str(home))
-    monkeypatch.setenv("ERP_EXPORT_DIR", str(SAMPLE_EXPORT_DIR))
-    get_settings.cache_clear()
     from casavi_pipeline.defs.erp import erp_assets
 
     with dg.DagsterInstance.get() as instance:
         assert type(instance.run_storage).__name__ == "PostgresRunStorage"
-        result = dg.materialize(erp_assets, partition_key="0420", instance=instance)
+        result = dg.materialize(
+            erp_assets,
+            partition_key="0420",
+            instance=instance,
+            resources={"erp_export": ErpExport(directory=str(SAMPLE_EXPORT_DIR))},
+        )
         assert result.success
         run_id = result.run_id
 

@@ -15,9 +15,10 @@ from casavi_pipeline.erp.reader import read_entity
 from casavi_pipeline.mapping import map_mandant, quality
 from casavi_pipeline.mapping.email import first_valid_email
 from casavi_pipeline.mapping.schemas import payload_problems
+from casavi_pipeline.settings import ALLOWED_SEPARATORS
+from casavi_sandbox.local import SAMPLE_EXPORT_DIR, SAMPLE_MANDANTEN
 from casavi_sandbox.sample.__main__ import SAMPLE_ARGS, main, parse_mandanten
 from casavi_sandbox.sample.generator import AS_OF, generate
-from casavi_pipeline.settings import ALLOWED_SEPARATORS, SAMPLE_EXPORT_DIR, SAMPLE_MANDANTEN
 
 MANDANTEN = ["0001", "0420"]
 UNITS = 600  # 300 per Mandant

@@ -17,8 +17,8 @@ import httpx
 import pytest
 from dagster_graphql import DagsterGraphQLClient
 
+from casavi_sandbox.local import SAMPLE_EXPORT_DIR
 from casavi_sandbox.process import free_port
-from casavi_pipeline.settings import SAMPLE_EXPORT_DIR
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]

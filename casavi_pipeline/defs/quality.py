@@ -19,7 +19,6 @@ from casavi_pipeline.defs.casavi import (
     casavi_properties,
     casavi_units,
 )
-from casavi_pipeline.defs.erp import erp_assets
 from casavi_pipeline.defs.partitions import mandant_partitions
 from casavi_pipeline.defs.resources import SyncPolicy
 from casavi_pipeline.erp.contract import ENTITIES
@@ -47,7 +46,7 @@ def _result(outcome: CheckOutcome) -> dg.AssetCheckResult:
     )
 
 
-def _check(asset: dg.AssetsDefinition, *, blocking: bool = True, **kwargs):
+def _check(asset: dg.AssetsDefinition | dg.AssetKey, *, blocking: bool = True, **kwargs):
     """`dg.asset_check`, partitioned per Mandant like every asset of the pipeline."""
     return dg.asset_check(asset=asset, blocking=blocking, partitions_def=mandant_partitions, **kwargs)
 
@@ -117,11 +116,8 @@ def contracts_reference_check(
     return _result(quality.contract_references(casavi_contracts, casavi_units, casavi_contacts))
 
 
-_verwaltungseinheiten = next(a for a in erp_assets if a.key.to_user_string() == "verwaltungseinheiten")
-
-
 @_check(
-    _verwaltungseinheiten,
+    dg.AssetKey("verwaltungseinheiten"),
     name="erp_foreign_keys_resolve",
     additional_ins={name: ins for name, ins in _ERP_INS.items() if name != "verwaltungseinheiten"},
     description="Every ERP foreign key resolves (Gebäude→WE, VE→Gebäude, Mietvertrag→VE, Mieter→Mietvertrag, "

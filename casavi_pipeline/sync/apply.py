@@ -33,7 +33,7 @@ class Rejection:
     action: str
     ref_id: str
     status: int | None
-    message: str  # casavi's message and field errors; never the payload (personal data)
+    message: str  # our wording per status and the field names casavi named; never casavi's text or values
 
 
 @dataclass
