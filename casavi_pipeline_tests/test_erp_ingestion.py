@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import dagster as dg
 import numpy as np
 import pytest
 
 from casavi_pipeline.erp.contract import ENTITIES_BY_NAME
 from casavi_pipeline.erp.errors import ErpExportError
 from casavi_pipeline.erp.reader import read_entity
-from casavi_pipeline.settings import get_settings
-from casavi_pipeline_tests.erp_fixtures import Append, default_rows, write_csv, write_export
+from casavi_pipeline_tests.erp_fixtures import Append, default_rows, write_export
 
 M = "0001"
 
@@ -126,31 +124,3 @@ def test_person_file_errors_never_show_names_or_emails(tmp_path):
     assert "person_nr=00099" in message and "anrede" in message
     assert "Größenwahn" not in message and "renee@example.org" not in message and "Baron" not in message
 
-
-def test_erp_assets_materialize_one_partition_and_fail_clearly(tmp_path, monkeypatch):
-    from casavi_pipeline.defs.erp import erp_assets
-
-    monkeypatch.setenv("ERP_EXPORT_DIR", str(write_export(tmp_path / "ok")))
-    get_settings.cache_clear()
-    result = dg.materialize(erp_assets, partition_key=M, instance=dg.DagsterInstance.ephemeral())
-    counts = {
-        e.asset_key.to_user_string(): e.materialization.metadata["dagster/row_count"].value
-        for e in result.get_asset_materialization_events()
-    }
-    assert counts == {"wirtschaftseinheiten": 1, "gebaeude": 2, "verwaltungseinheiten": 3, "mietvertraege": 2,
-                      "mieter": 3, "eigentuemervertraege": 1, "eigentuemer": 1}  # fmt: skip
-
-    broken = write_export(tmp_path / "broken")
-    write_csv(broken / M / "gebaeude.csv", ["we_nr", "geb_nr"], [{"we_nr": "001", "geb_nr": "01"}])
-    monkeypatch.setenv("ERP_EXPORT_DIR", str(broken))
-    get_settings.cache_clear()
-    result = dg.materialize(
-        erp_assets, partition_key=M, instance=dg.DagsterInstance.ephemeral(), raise_on_error=False
-    )
-    failures = [
-        e.step_failure_data.user_failure_data.description
-        for e in result.all_events
-        if e.event_type_value == "STEP_FAILURE"
-    ]
-    assert len(failures) == 1 and "gebaeude.csv" in failures[0] and "strasse" in failures[0]
-    get_settings.cache_clear()
