@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import dagster as dg
 import numpy as np
 import pytest
 
 from casavi_pipeline.erp.contract import ENTITIES_BY_NAME
 from casavi_pipeline.erp.errors import ErpExportError
 from casavi_pipeline.erp.reader import read_entity
-from casavi_pipeline.settings import get_settings
-from casavi_pipeline_tests.erp_fixtures import Append, default_rows, write_csv, write_export
+from casavi_pipeline_tests.erp_fixtures import Append, default_rows, write_export
 
 M = "0001"
 
@@ -127,30 +125,111 @@ def test_person_file_errors_never_show_names_or_emails(tmp_path):
     assert "Größenwahn" not in message and "renee@example.org" not in message and "Baron" not in message
 
 
-def test_erp_assets_materialize_one_partition_and_fail_clearly(tmp_path, monkeypatch):
-    from casavi_pipeline.defs.erp import erp_assets
+def _write_raw(root, name: str, text: str):
+    """One export file written byte for byte as given (quoting, control characters and all)."""
+    path = root / M / f"{name}.csv"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text, encoding="utf-8", newline="")
+    return path
 
-    monkeypatch.setenv("ERP_EXPORT_DIR", str(write_export(tmp_path / "ok")))
-    get_settings.cache_clear()
-    result = dg.materialize(erp_assets, partition_key=M, instance=dg.DagsterInstance.ephemeral())
-    counts = {
-        e.asset_key.to_user_string(): e.materialization.metadata["dagster/row_count"].value
-        for e in result.get_asset_materialization_events()
-    }
-    assert counts == {"wirtschaftseinheiten": 1, "gebaeude": 2, "verwaltungseinheiten": 3, "mietvertraege": 2,
-                      "mieter": 3, "eigentuemervertraege": 1, "eigentuemer": 1}  # fmt: skip
 
-    broken = write_export(tmp_path / "broken")
-    write_csv(broken / M / "gebaeude.csv", ["we_nr", "geb_nr"], [{"we_nr": "001", "geb_nr": "01"}])
-    monkeypatch.setenv("ERP_EXPORT_DIR", str(broken))
-    get_settings.cache_clear()
-    result = dg.materialize(
-        erp_assets, partition_key=M, instance=dg.DagsterInstance.ephemeral(), raise_on_error=False
+_CONTRACTS_HEADER = "vertrag_nr;we_nr;ve_nr;beginn;ende\n"
+
+
+@pytest.mark.parametrize(
+    ("number", "escaped"),
+    [("1000\t01", r"'1000\t01'"), ("1000\n01", r"'1000\n01'"), ("1000\r\n01", r"'1000\r\n01'"),
+     ("1000\x0001", r"'1000\x0001'"), ("1000\x7f01", r"'1000\x7f01'")],
+)  # fmt: skip
+def test_control_character_in_a_quoted_key_names_file_row_column_and_the_escaped_key(
+    tmp_path, number, escaped
+):
+    _write_raw(
+        tmp_path,
+        "mietvertraege",
+        f'{_CONTRACTS_HEADER}100001;001;0001;2020-01-01;\n"{number}";001;0002;2020-01-01;\n',
     )
-    failures = [
-        e.step_failure_data.user_failure_data.description
-        for e in result.all_events
-        if e.event_type_value == "STEP_FAILURE"
-    ]
-    assert len(failures) == 1 and "gebaeude.csv" in failures[0] and "strasse" in failures[0]
-    get_settings.cache_clear()
+    message = error_of(tmp_path, "mietvertraege")
+    assert "mietvertraege.csv" in message and "row 2 (line 3)" in message
+    assert f"vertrag_nr={escaped}" in message and "column vertrag_nr" in message
+    assert "control character" in message and "ERP" in message
+    # One line per problem: the key's control character is escaped, never written out.
+    assert all(line.startswith(("  - ", str(tmp_path))) for line in message.splitlines())
+    assert number not in message
+
+
+def test_control_character_in_a_reference_column_names_that_column_and_the_record_key(tmp_path):
+    _write_raw(tmp_path, "mietvertraege", f'{_CONTRACTS_HEADER}100001;"0\t01";0001;2020-01-01;\n')
+    message = error_of(tmp_path, "mietvertraege")
+    assert "row 1 (line 2), vertrag_nr='100001': column we_nr is '0\\t01'" in message
+
+
+def test_surrounding_whitespace_of_a_key_is_stripped_not_refused(tmp_path):
+    _write_raw(tmp_path, "mietvertraege", f'{_CONTRACTS_HEADER}"\t100001\n";001;0001;2020-01-01;\n')
+    assert read(tmp_path, "mietvertraege")["vertrag_nr"].tolist() == ["100001"]
+
+
+def test_nul_in_a_person_field_names_row_and_column_never_the_value(tmp_path):
+    header = "vertrag_nr;person_nr;vorname;nachname;email\n"
+    _write_raw(tmp_path, "mieter", f'{header}100001;00042;Jürgen;"Mül\x00ler";"juergen@example.org"\n')
+    message = error_of(tmp_path, "mieter")
+    assert "mieter.csv" in message and "row 1 (line 2)" in message and "column nachname" in message
+    assert "NUL" in message
+    assert (
+        "Mül" not in message and "ler" not in message and "juergen" not in message and "\x00" not in message
+    )
+
+
+def test_tab_and_line_break_inside_a_quoted_person_field_are_data(tmp_path):
+    header = "vertrag_nr;person_nr;nachname;strasse\n"
+    _write_raw(tmp_path, "mieter", f'{header}100001;00042;"Müller\tSohn";"Hof 1\nHinterhaus"\n')
+    frame = read(tmp_path, "mieter")
+    assert frame.loc[0, ["nachname", "strasse"]].tolist() == ["Müller\tSohn", "Hof 1\nHinterhaus"]
+
+
+def test_a_file_linked_from_outside_the_export_folder_is_refused(tmp_path):
+    root = write_export(tmp_path / "export")
+    outside = tmp_path / "secret.csv"
+    outside.write_text("we_nr;bezeichnung\nsecret-content;Geheim\n", encoding="utf-8")
+    target = root / M / "wirtschaftseinheiten.csv"
+    target.unlink()
+    target.symlink_to(outside)
+    message = error_of(root, "wirtschaftseinheiten")
+    assert str(target) in message and "outside the export folder" in message
+    assert "secret-content" not in message and "Geheim" not in message
+
+
+def test_a_link_inside_the_export_folder_is_followed(tmp_path):
+    root = write_export(tmp_path)
+    target = root / M / "wirtschaftseinheiten.csv"
+    kept = root / "wirtschaftseinheiten-original.csv"
+    target.rename(kept)
+    target.symlink_to(kept)
+    assert read(root, "wirtschaftseinheiten")["we_nr"].tolist() == ["001"]
+
+
+def test_missing_column_message_lists_only_part_of_a_huge_header(tmp_path):
+    header = ["we_nr", *(f"extra_{i}_{'x' * 200}" for i in range(100_000))]
+    _write_raw(tmp_path, "wirtschaftseinheiten", ";".join(header) + "\n")
+    message = error_of(tmp_path, "wirtschaftseinheiten")
+    assert "bezeichnung" in message and "wirtschaftseinheiten.csv" in message
+    assert "and 99981 more column(s)" in message and "extra_18_" in message and "extra_19_" not in message
+    assert len(message) < 3_000
+
+
+def test_a_huge_field_is_reported_as_too_long_not_as_an_open_quote(tmp_path):
+    long_name = "A" * 10_000_000
+    _write_raw(
+        tmp_path, "wirtschaftseinheiten", f'we_nr;bezeichnung\n001;Haus A\n002;"{long_name}"\n003;Haus C\n'
+    )
+    message = error_of(tmp_path, "wirtschaftseinheiten")
+    assert "wirtschaftseinheiten.csv" in message and "row 2 (line 3)" in message
+    assert "longer than 131072 characters (the csv field limit)" in message
+    assert "never closed" not in message and len(message) < 1_000
+
+
+def test_an_unclosed_quote_in_a_big_file_is_still_reported_as_an_unclosed_quote(tmp_path):
+    rows = "".join(f"{i:06d};Haus {i}\n" for i in range(20_000))  # well over the csv field limit after it
+    _write_raw(tmp_path, "wirtschaftseinheiten", f'we_nr;bezeichnung\n001;"Haus A\n{rows}')
+    message = error_of(tmp_path, "wirtschaftseinheiten")
+    assert "row 1 (line 2)" in message and "never closed" in message and "longer than" not in message

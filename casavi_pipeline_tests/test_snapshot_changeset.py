@@ -11,7 +11,7 @@ from casavi_pipeline.casavi import api
 from casavi_pipeline.casavi.api import ObjectKind
 from casavi_pipeline.sync.changeset import compute_changeset
 from casavi_pipeline.sync.guards import mass_deletion_guard, separator_guard
-from casavi_pipeline.sync.snapshot import Snapshot, SnapshotBusyError
+from casavi_pipeline.sync.snapshot import Snapshot, SnapshotBusyError, SnapshotCorruptError, quarantine
 
 
 def _properties(*rows: tuple[str, str]) -> pd.DataFrame:
@@ -172,3 +172,158 @@ def test_separator_guard():
     blocked = separator_guard("-", "_", synced_total=10, allow_change=False)
     assert not blocked.passed and "CASAVI_ALLOW_SEPARATOR_CHANGE" in blocked.reason
     assert separator_guard("-", "_", synced_total=10, allow_change=True).passed
+
+
+def _kill(snap: Snapshot) -> None:
+    """Simulate a killed process: journal lines are on disk, the DuckDB fold never happened."""
+    if snap._journal is not None:
+        snap._journal.close()
+        snap._journal = None
+    snap._con.close()
+
+
+@pytest.mark.parametrize("killed", [False, True], ids=["folded", "replayed after a kill"])
+def test_control_characters_in_reference_ids_round_trip_through_the_journal(snapshot_path, killed):
+    ref_ids = ["0001-a\tb", "0001-c\nd", "0001-e\x00f", "0001-g\r\x1f\x7fh", '0001-"q";\\', "0001-Ä\u2028ß"]
+    snap = Snapshot(snapshot_path, "0001")
+    for i, ref_id in enumerate(ref_ids):
+        snap.confirm(ObjectKind.PROPERTY, "upsert", ref_id, f"hash{i}")
+    snap.confirm(ObjectKind.UNIT, "delete", "0001-u\t1", None)
+    assert snapshot_path.with_suffix(".journal").read_bytes().count(b"\n") == len(ref_ids) + 1
+    if killed:
+        _kill(snap)
+        snap = Snapshot(snapshot_path, "0001")
+    else:
+        snap.fold()
+    with snap:
+        assert snap.synced_hashes() == {("property", r): f"hash{i}" for i, r in enumerate(ref_ids)}
+        assert snap.dropped_journal_lines == 0
+    assert not snapshot_path.with_suffix(".journal").exists()
+
+
+@pytest.mark.parametrize(
+    "torn",
+    [
+        b'["upsert", "property", "0001-3", "ha',  # a write cut short by a power loss or a full disk
+        b"\xff\xfe\x00\x00garbage",  # not even UTF-8
+        b"\x00" * 4096 + b"\n",  # a block the file system allocated but never wrote
+        b'["upsert", "property", "0001-3", null]\n',  # whole JSON, wrong shape: an upsert needs a hash
+        b'{"upsert": 1}\n',
+    ],
+    ids=["torn line", "garbage bytes", "zeroed block", "upsert without hash", "not a list"],
+)
+def test_a_broken_journal_line_is_dropped_and_counted_never_fatal(snapshot_path, torn):
+    snap = Snapshot(snapshot_path, "0001")
+    snap.confirm(ObjectKind.PROPERTY, "upsert", "0001-1", "h1")
+    snap.confirm(ObjectKind.PROPERTY, "upsert", "0001-2", "h2")
+    _kill(snap)
+    with snapshot_path.with_suffix(".journal").open("ab") as journal:
+        journal.write(torn)
+
+    with Snapshot(snapshot_path, "0001") as reopened:
+        assert reopened.synced_hashes() == {("property", "0001-1"): "h1", ("property", "0001-2"): "h2"}
+        assert reopened.dropped_journal_lines == 1
+    assert not snapshot_path.with_suffix(".journal").exists()
+
+
+def test_a_confirmation_after_a_torn_line_starts_a_line_of_its_own(snapshot_path):
+    with Snapshot(snapshot_path, "0001") as snap:
+        snapshot_path.with_suffix(".journal").write_bytes(b'["upsert", "property", "0001-1", "h')
+        snap.confirm(ObjectKind.PROPERTY, "upsert", "0001-2", "h2")
+        snap.fold()
+        assert snap.synced_hashes() == {("property", "0001-2"): "h2"}
+        assert snap.dropped_journal_lines == 1
+
+
+def test_the_last_journal_entry_of_an_object_decides(snapshot_path):
+    with Snapshot(snapshot_path, "0001") as snap:
+        snap.confirm(ObjectKind.PROPERTY, "upsert", "0001-1", "old")
+        snap.confirm(ObjectKind.PROPERTY, "delete", "0001-1", None)
+        snap.confirm(ObjectKind.PROPERTY, "upsert", "0001-1", "new")
+        snap.confirm(ObjectKind.PROPERTY, "upsert", "0001-2", "h2")
+        snap.confirm(ObjectKind.PROPERTY, "delete", "0001-2", None)
+        snap.fold()
+        assert snap.synced_hashes() == {("property", "0001-1"): "new"}
+
+
+def _filled_snapshot(path, count: int = 30_000) -> None:
+    with Snapshot(path, "0001") as snap:
+        for i in range(count):
+            snap.confirm(ObjectKind.CONTACT, "upsert", f"0001-{i:06d}", f"{i:032x}")
+
+
+def _truncate_to_half(path):
+    with path.open("r+b") as handle:
+        handle.truncate(path.stat().st_size // 2)
+
+
+def _garble_header(path):
+    with path.open("r+b") as handle:
+        handle.write(b"\xde\xad\xbe\xef" * 2048)
+
+
+def _garble_all(path):
+    path.write_bytes(b"not a database\n" * 1000)
+
+
+def _garble_data_block(path):
+    # Overwrite the middle of the data blocks (the block checksum finds it when the probe reads it).
+    size = path.stat().st_size
+    with path.open("r+b") as handle:
+        handle.seek(size // 8)
+        handle.write(b"\x55" * (size // 8))
+
+
+@pytest.mark.parametrize(
+    ("damage", "objects"),
+    [
+        (_truncate_to_half, 30_000),
+        (_garble_header, 30_000),
+        (_garble_all, 30_000),
+        (_garble_data_block, 30_000),  # found by the read of every table on open
+        (_garble_data_block, 20_000),  # found by the first write on open (an index or meta block)
+    ],
+)
+def test_an_unreadable_snapshot_is_moved_aside_with_a_clear_error_and_rebuilt_fresh(
+    snapshot_path, damage, objects
+):
+    _filled_snapshot(snapshot_path, objects)
+    damage(snapshot_path)
+
+    with pytest.raises(SnapshotCorruptError) as info:
+        Snapshot(snapshot_path, "0001")
+    message = str(info.value)
+    moved_to = info.value.moved_to
+    assert "\n" not in message and str(snapshot_path) in message and str(moved_to) in message
+    assert "0001" in message and "next run" in message
+    assert moved_to.name.startswith(f"{snapshot_path.name}.corrupt-") and moved_to.stat().st_size > 0
+    assert not snapshot_path.exists()
+
+    with Snapshot(snapshot_path, "0001") as fresh:
+        assert fresh.synced_total() == 0 and fresh.dropped_journal_lines == 0
+    assert moved_to.exists()
+
+
+def test_quarantine_moves_file_wal_and_journal_aside_and_never_overwrites(snapshot_path):
+    snapshot_path.write_bytes(b"db")
+    wal = snapshot_path.with_name(f"{snapshot_path.name}.wal")
+    wal.write_bytes(b"wal")
+    journal = snapshot_path.with_suffix(".journal")
+    journal.write_bytes(b"journal")
+    first = quarantine(snapshot_path)
+    assert not journal.exists()
+    assert [p.read_bytes() for p in snapshot_path.parent.glob("*.journal.corrupt-*")] == [b"journal"]
+    snapshot_path.write_bytes(b"db2")
+    second = quarantine(snapshot_path)
+    assert first != second and (first.read_bytes(), second.read_bytes()) == (b"db", b"db2")
+    assert first.with_name(f"{first.name}.wal").read_bytes() == b"wal"
+    assert not snapshot_path.exists() and not wal.exists()
+
+
+def test_a_damaged_snapshot_opened_read_only_is_also_reported(snapshot_path):
+    _filled_snapshot(snapshot_path, 10)
+    _garble_all(snapshot_path)
+    with pytest.raises(SnapshotCorruptError):
+        Snapshot(snapshot_path, "0001", read_only=True)
+    with Snapshot(snapshot_path, "0001", read_only=True) as empty:
+        assert empty.synced_total() == 0

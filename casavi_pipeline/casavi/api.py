@@ -11,11 +11,12 @@ validates with the same `FIELD_RULES`, so sandbox and client implement exactly o
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
+
+from casavi_pipeline.dates import is_iso_date
 
 # --- transport -------------------------------------------------------------------------------------
 API_PREFIX = "/v2"
@@ -335,9 +336,6 @@ def _order_key(value: Any) -> tuple[bool, str]:
 
 
 # --- validation (casavi's 400 rules; the sandbox answers 400 with exactly these) ---------------------
-_DATE_RE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
-
-
 @dataclass(frozen=True)
 class FieldError:
     field: str  # casavi's field name
@@ -366,15 +364,7 @@ def _check_value(rule: FieldRule, value: Any) -> str | None:
             return f"must be >= {rule.minimum:g}"
         return None
     if rule.type == "date":
-        if not isinstance(value, str) or not _DATE_RE.match(value):
-            return "must be a date YYYY-MM-DD"
-        import datetime as dt
-
-        try:
-            dt.date.fromisoformat(value)
-        except ValueError:
-            return "must be a valid calendar date"
-        return None
+        return None if is_iso_date(value) else "must be a real calendar date YYYY-MM-DD"
     if rule.type == "string_list":
         if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
             return "must be a list of non-empty strings"

@@ -48,7 +48,6 @@ def _key(name: str) -> Column:
     return Column(name, required=True, not_null=True)
 
 
-_S = ColumnType.STRING
 _PERSON_COLUMNS = (
     Column("anrede"),
     Column("titel"),

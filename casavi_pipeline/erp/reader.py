@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import csv
 import io
+import re
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -30,6 +32,14 @@ _DIALECT = {"delimiter": ";", "quotechar": '"', "doublequote": True, "strict": T
 #: A UTF-8 byte order mark, as itself and as it reads when the file is decoded as cp1252.
 _BOMS = ("\ufeff", "ï»¿")
 _MAX_LISTED_FOLDERS = 20
+#: How much of a broken header a message echoes: a header of 100 000 columns must not become a 1 MB message.
+_MAX_LISTED_COLUMNS = 20
+_MAX_SHOWN_CHARS = 40
+#: ERP numbers (`*_nr`, the keys and references) become casavi reference ids, snapshot keys and parts
+#: of log lines; a C0 control character or DEL in one is an export error, never a value to pass on.
+_IDENTIFIER_SUFFIX = "_nr"
+_FIELD_END = re.compile(r"[;\r\n]")
+_CONTROL_CHARACTER = re.compile(r"[\x00-\x1f\x7f]")
 
 
 @dataclass(frozen=True)
@@ -49,6 +59,8 @@ def read_entity(export_dir: Path, mandant: str, entity: Entity, encoding: str = 
     text = _decode(path.read_bytes(), path, encoding)
     header, records = _parse(text, path)
     frame = _text_frame(entity, header, records, path)
+    # Before the schema: its messages quote keys, which must be known to be single-line by then.
+    _reject_control_characters(entity, frame, path, text)
     _validate(entity, frame, path, text)
     for column in entity.columns:
         if column.type is ColumnType.DECIMAL:
@@ -83,6 +95,16 @@ def entity_path(export_dir: Path, mandant: str, entity: Entity) -> Path:
             path,
             f"ERP export file {path} is missing; every Mandant folder needs {entity.file_name} "
             "(a file with only the header row is a valid empty entity). Re-run the ERP export.",
+        )
+    # The export folder is the one place the pipeline reads from; a link out of it (to another
+    # Mandant's folder, a system file) is refused rather than followed.
+    resolved = path.resolve()
+    if not resolved.is_relative_to(export_dir.resolve()):
+        raise ErpExportError(
+            path,
+            f"ERP export file {path} resolves to {resolved}, outside the export folder {export_dir}; "
+            "files outside the export folder are not read. Put the file itself into the Mandant folder "
+            "instead of a link.",
         )
     return path
 
@@ -128,7 +150,9 @@ def _parse(text: str, path: Path) -> tuple[list[str], list[list[str]]]:
         records = [r for r in csv.reader(io.StringIO(text, newline=""), **_DIALECT) if not _is_blank(r)]
     except csv.Error as exc:
         line, reason = _csv_error(text)
-        raise ErpExportError(path, f"{path} is not valid CSV at line {line}: {reason}") from exc
+        row = _row_of_line(text[: _offset_of_line(text, line)]) if line > 1 else None
+        where = row_label(row, line) if row else f"line {line}"
+        raise ErpExportError(path, f"{path} is not valid CSV at {where}: {reason}") from exc
     if not records:
         raise ErpExportError(path, f"{path} is empty; it needs at least the header row")
     header = [name.strip() for name in records[0]]
@@ -159,12 +183,51 @@ def _csv_error(text: str) -> tuple[int, str]:
         message = str(exc)
         if "expected after" in message:
             reason = 'text follows a closing quote; write a quote inside a quoted value as "" '
+        elif "field larger" in message and not _quote_left_open(text, _offset_of_line(text, last_line + 1)):
+            # A quote left open also ends here once the rest of the file outgrows the limit, so only
+            # a record whose quotes all close has a field that is really this long. The limit stays
+            # the csv module's default (128 KiB): no master-data value comes near it, and raising it
+            # would change a process-wide setting for every other csv user.
+            reason = (
+                f"a field is longer than {csv.field_size_limit()} characters (the csv field limit); no "
+                "master-data value is that long, so the export is broken there: check that row in the "
+                "ERP and re-export"
+            )
         elif "end of data" in message or "field larger" in message:
             reason = 'a quoted value is never closed (a closing " is missing)'
         else:
             reason = message
         return last_line + 1, reason
     return last_line, "unreadable CSV"
+
+
+def _offset_of_line(text: str, line: int) -> int:
+    """The character offset where `line` (1-based, counted as the csv module counts) starts."""
+    offset = 0
+    for _, physical in zip(range(line - 1), io.StringIO(text, newline=""), strict=False):
+        offset += len(physical)
+    return offset
+
+
+def _quote_left_open(text: str, start: int) -> bool:
+    """Does the record starting at `start` open a quoted value that is never closed (the dialect's rules)?"""
+    position = start
+    while True:
+        if text.startswith('"', position):
+            position += 1
+            while True:  # find the closing quote; "" inside is an escaped quote
+                quote = text.find('"', position)
+                if quote < 0:
+                    return True
+                if text.startswith('""', quote):
+                    position = quote + 2
+                    continue
+                position = quote + 1
+                break
+        field_end = _FIELD_END.search(text, position)
+        if field_end is None or field_end.group() != ";":
+            return False  # the record ends (line break or end of text) with every quote closed
+        position = field_end.end()
 
 
 def record_start_lines(text: str) -> list[int]:
@@ -186,14 +249,15 @@ def record_start_lines(text: str) -> list[int]:
 def _text_frame(entity: Entity, header: list[str], data: list[list[str]], path: Path) -> pd.DataFrame:
     """Contract columns in contract order, values stripped, "" as None; extra columns dropped."""
     position = {name: index for index, name in reversed(list(enumerate(header)))}
-    doubled = sorted({n for n in header if n in entity.column_names and header.count(n) > 1})
+    counts = Counter(header)
+    doubled = sorted(name for name in entity.column_names if counts[name] > 1)
     missing = [name for name in entity.required_columns if name not in position]
     if doubled or missing:
         problems = [f"required column {name} is missing" for name in missing]
         problems += [f"column {name} appears more than once in the header" for name in doubled]
         raise ErpExportError(
             path,
-            f"{path} has a header that breaks the contract (header found: {';'.join(header)}); "
+            f"{path} has a header that breaks the contract (header found: {_header_excerpt(header)}); "
             "fix the export so it has each contract column once:",
             problems,
         )
@@ -205,11 +269,80 @@ def _text_frame(entity: Entity, header: list[str], data: list[list[str]], path: 
     return pd.DataFrame(columns, columns=list(entity.column_names))
 
 
+def _header_excerpt(header: list[str]) -> str:
+    """The header as a message may echo it: the first columns, each shortened and on one line."""
+    shown = ";".join(_shown(name) for name in header[:_MAX_LISTED_COLUMNS])
+    if len(header) > _MAX_LISTED_COLUMNS:
+        shown += f";... and {len(header) - _MAX_LISTED_COLUMNS} more column(s)"
+    return shown
+
+
+def _shown(text: str) -> str:
+    """A header cell for a message: control characters escaped, at most `_MAX_SHOWN_CHARS` characters."""
+    if len(text) > _MAX_SHOWN_CHARS:
+        text = f"{text[:_MAX_SHOWN_CHARS]}... ({len(text)} characters)"
+    return repr(text) if _CONTROL_CHARACTER.search(text) else text
+
+
 def _clean(values: Sequence[str]) -> np.ndarray:
     """Strip surrounding whitespace; an empty value is missing (None)."""
     cleaned = np.empty(len(values), dtype=object)
     cleaned[:] = [value.strip() or None for value in values]
     return cleaned
+
+
+def _reject_control_characters(entity: Entity, frame: pd.DataFrame, path: Path, text: str) -> None:
+    """Refuse a control character in an ERP number and a NUL in any value; other values stay unshown.
+
+    A tab or line break arrives inside a quoted field. In a number it would become part of a casavi
+    reference id; a NUL in any value is never data (C-based tools cut the string there). Each column
+    is scanned joined into one string, so a clean file costs one regex pass per number column.
+    """
+    has_nul = "\x00" in text
+    suspects: list[tuple[int, str, bool]] = []  # (column position, column, is an ERP number)
+    for position, name in enumerate(entity.column_names):
+        is_number = name.endswith(_IDENTIFIER_SUFFIX)
+        if is_number or has_nul:
+            joined = "".join(filter(None, frame[name]))
+            if _CONTROL_CHARACTER.search(joined) if is_number else "\x00" in joined:
+                suspects.append((position, name, is_number))
+    if not suspects:
+        return
+    lines = record_start_lines(text)
+    located: list[tuple[int, int, str]] = []
+    for position, name, is_number in suspects:
+        pattern = _CONTROL_CHARACTER.pattern if is_number else "\x00"
+        hits = frame[name].str.contains(pattern, regex=is_number, na=False).to_numpy(dtype=bool)
+        for index in np.flatnonzero(hits):
+            where = row_label(int(index) + 1, lines[index] if index < len(lines) else None)
+            if is_number:
+                key = ", ".join(_escaped_key(k, frame.at[index, k]) for k in entity.key)
+                problem = (
+                    f"{where}, {key}: column {name} is {_quoted(frame.at[index, name])}, a number with a "
+                    "control character (tab, line break, NUL, ...); the ERP must not put control characters "
+                    "into numbers: correct the number in the ERP and re-export"
+                )
+            else:  # the value may be a name or an address: only where it is
+                problem = f"{where}: column {name} contains a NUL character (\\x00); remove it in the ERP"
+            located.append((int(index), position, problem))
+    problems = [problem for _, _, problem in sorted(located)]
+    raise ErpExportError(
+        path,
+        f"{path} has {len(problems)} value(s) with a control character the contract does not allow:",
+        problems,
+    )
+
+
+def _escaped_key(column: str, value: object) -> str:
+    """`vertrag_nr='1000\\t1'`: repr-style, so a key with a control character stays on one line."""
+    return f"{column}={_quoted(value)}" if isinstance(value, str) else f"{column}=<empty>"
+
+
+def _quoted(value: str) -> str:
+    """An ERP number for a message: repr-style (control characters escaped), at most `_MAX_SHOWN_CHARS`."""
+    if len(value) > _MAX_SHOWN_CHARS:
+        return f"{value[:_MAX_SHOWN_CHARS]!r}... ({len(value)} characters)"
+    return repr(value)
 
 
 def _validate(entity: Entity, frame: pd.DataFrame, path: Path, text: str) -> None:

@@ -11,10 +11,10 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from functools import cache
 
-import numpy as np
 import pandas as pd
 import pandera.pandas as pa
 
+from casavi_pipeline.dates import iso_date_mask
 from casavi_pipeline.erp.contract import ANREDEN, NUTZUNGSARTEN, Column, ColumnType, Entity
 from casavi_pipeline.erp.errors import key_label
 
@@ -27,9 +27,7 @@ PERSON_HAS_NAME = "person_has_name"
 NOT_NULL = "not_nullable"  # pandera's own name
 UNIQUE_KEY = "multiple_fields_uniqueness"  # pandera's own name for DataFrameSchema(unique=[...])
 
-_ISO_DATE_SHAPE = r"\d{4}-\d{2}-\d{2}"
 _DECIMAL_SHAPE = r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)"
-_DAYS_IN_MONTH = np.array([0, 31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31])
 #: Columns whose values come from a fixed list in the contract.
 _VALUE_SETS: dict[str, tuple[str, ...]] = {"nutzungsart": NUTZUNGSARTEN, "anrede": ANREDEN}
 
@@ -40,18 +38,7 @@ def holds_person_data(entity: Entity) -> bool:
 
 
 def _is_iso_date(values: pd.Series) -> pd.Series:
-    # Checked by hand rather than with pd.to_datetime: its range ends in 2262, and ERPs write
-    # open-ended dates as 9999-12-31, which is a real date.
-    shaped = values.str.fullmatch(_ISO_DATE_SHAPE).fillna(False).astype(bool)
-    padded = values.where(shaped, "0000-00-00")
-    year = padded.str.slice(0, 4).astype(int).to_numpy()
-    month = padded.str.slice(5, 7).astype(int).to_numpy()
-    day = padded.str.slice(8, 10).astype(int).to_numpy()
-    leap = ((year % 4 == 0) & (year % 100 != 0)) | (year % 400 == 0)
-    valid_month = (month >= 1) & (month <= 12)
-    last_day = _DAYS_IN_MONTH[np.where(valid_month, month, 0)] + ((month == 2) & leap)
-    valid = shaped.to_numpy() & (year >= 1) & valid_month & (day >= 1) & (day <= last_day)
-    return pd.Series(valid, index=values.index)
+    return pd.Series(iso_date_mask(values), index=values.index)
 
 
 def _is_decimal(values: pd.Series) -> pd.Series:

@@ -1,9 +1,9 @@
 """Composite reference IDs (rule 3 of `shared/erp-export.md`) and the ERP keys that name their source.
 
 casavi stores our composite ID as each object's `id`; it is built from the Mandant number and the ERP
-numbers joined by the separator setting. The Python functions are the readable definition (and what
-tests and other modules call); `sql_ref_id` writes the same composition as a DuckDB expression, so the
-mapping SQL cannot drift from it (a test compares both).
+numbers joined by the separator setting. The mapping builds IDs in DuckDB (`sql_ref_id`); `compose`
+and `rental_contract_id` are the same composition in Python, for the few places that need one ID
+outside SQL (a data-quality message naming a contract).
 """
 
 from __future__ import annotations
@@ -18,28 +18,8 @@ def compose(mandant: str, separator: str, *numbers: str) -> str:
     return separator.join((mandant, *numbers))
 
 
-def property_id(mandant: str, separator: str, we_nr: str) -> str:
-    return compose(mandant, separator, we_nr)
-
-
-def address_id(mandant: str, separator: str, we_nr: str, geb_nr: str) -> str:
-    return compose(mandant, separator, we_nr, geb_nr)
-
-
-def unit_id(mandant: str, separator: str, we_nr: str, geb_nr: str, ve_nr: str) -> str:
-    return compose(mandant, separator, we_nr, geb_nr, ve_nr)
-
-
-def contact_id(mandant: str, separator: str, person_nr: str) -> str:
-    return compose(mandant, separator, person_nr)
-
-
 def rental_contract_id(mandant: str, separator: str, vertrag_nr: str) -> str:
     return compose(mandant, separator, RENTAL_CONTRACT_TAG, vertrag_nr)
-
-
-def owner_contract_id(mandant: str, separator: str, ev_nr: str) -> str:
-    return compose(mandant, separator, OWNER_CONTRACT_TAG, ev_nr)
 
 
 def sql_ref_id(*parts: str) -> str:

@@ -19,8 +19,7 @@ from pandera.errors import SchemaErrors
 
 from casavi_pipeline.casavi import api
 from casavi_pipeline.casavi.api import FieldRule, ObjectKind
-
-_DATE_PATTERN = r"^\d{4}-\d{2}-\d{2}$"
+from casavi_pipeline.dates import iso_date_mask
 
 
 def _string_lengths(series: pd.Series) -> pd.Series:
@@ -53,9 +52,8 @@ def _string_check(min_length: int, max_length: int | None) -> pa.Check:
     return pa.Check(check, name=f"string_of_length_{bounds}", error=f"a string of length {bounds}")
 
 
-def _is_calendar_date(series: pd.Series) -> pd.Series:
-    # Non-strings and impossible dates (2023-02-30) become NaT; the pattern check handles the shape.
-    return pd.to_datetime(series, format="%Y-%m-%d", errors="coerce").notna()
+def _is_iso_date(series: pd.Series) -> pd.Series:
+    return pd.Series(iso_date_mask(series), index=series.index)
 
 
 def _is_string_list(min_length: int) -> pa.Check:
@@ -82,11 +80,7 @@ def _column(rule: FieldRule) -> pa.Column:
         if rule.minimum is not None:
             checks.append(pa.Check.ge(rule.minimum))
     elif rule.type == "date":
-        checks += [
-            pa.Check(_is_string, name="is_string"),
-            pa.Check.str_matches(_DATE_PATTERN),
-            pa.Check(_is_calendar_date, name="is_calendar_date"),
-        ]
+        checks.append(pa.Check(_is_iso_date, name="iso_date", error="a real date YYYY-MM-DD"))
     elif rule.type == "string_list":
         checks.append(_is_string_list(rule.min_length))
     # address_list: its rules (unique non-empty ids) are left to api.validate_payload
