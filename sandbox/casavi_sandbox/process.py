@@ -6,8 +6,10 @@ restarts, and the sandbox does not compete with the test's own interpreter lock.
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import errno
+import json
 import os
 import secrets
 import socket
@@ -266,7 +268,8 @@ class SandboxProcess:
         E.g. `configure(drop_field="units.rooms")`: API writes of units silently lose `rooms`;
         `configure(rename_field="units.rooms=roomCount")`: they store it as `roomCount`, and reads
         return that; `configure(echo_errors=True)`: 400/422 answers quote the submitted values and
-        body. `None` (or "" / 0) turns a knob off. ValueError-like 400 for unknown or bad knobs.
+        body. `None` (or "" / 0) turns a knob off. An unknown knob or a bad value is answered 400
+        (`httpx.HTTPStatusError`) and changes nothing.
         """
         current = self._call("POST", "config", knobs)
         self._knobs.update(knobs)
@@ -294,30 +297,52 @@ class SandboxProcess:
         references need not resolve (imports can be messy); they are recorded, so the API's 409s
         protect seeded objects as well. Bodies are stored as given (fields outside the model kept,
         absent ones absent), replacing an object with the same id; every one gets a new `modified`.
-        Sent in requests of `batch_size` objects, each stored in one transaction; a rejected batch
-        raises `httpx.HTTPStatusError` (its answer lists the problems) and earlier batches stay stored.
+        Sent in requests of `batch_size` objects (one in flight while the next is built), each stored
+        in one transaction; a rejected batch raises `httpx.HTTPStatusError` (its answer lists the
+        problems, by index within the batch) and earlier batches stay stored.
         Returns `{"seeded", "created", "updated"}` summed over the batches.
         """
         totals = {"seeded": 0, "created": 0, "updated": 0}
         batch: list[dict[str, Any]] = []
+        # one batch in flight while the next is built: the server parses and stores meanwhile
+        with concurrent.futures.ThreadPoolExecutor(max_workers=1) as sender:
+            in_flight: concurrent.futures.Future[dict[str, Any]] | None = None
 
-        def send() -> None:
-            answer = self._call("POST", "seed", batch, timeout=600.0)
-            for key in totals:
-                totals[key] += answer[key]
-            batch.clear()
+            def send() -> concurrent.futures.Future[dict[str, Any]]:
+                content = json.dumps(batch, ensure_ascii=False, separators=(",", ":")).encode()
+                batch.clear()
+                if in_flight is not None:
+                    collect(in_flight)
+                return sender.submit(self._post_seed, content)
 
-        for item in objects:
-            if isinstance(item, tuple):
-                kind, body = item
-                batch.append({"kind": str(kind), "body": dict(body)})
-            else:
-                batch.append({"kind": str(item["kind"]), "body": dict(item["body"])})
-            if len(batch) >= batch_size:
-                send()
-        if batch:
-            send()
+            def collect(future: concurrent.futures.Future[dict[str, Any]]) -> None:
+                answer = future.result()
+                for key in totals:
+                    totals[key] += answer[key]
+
+            for item in objects:
+                if isinstance(item, tuple):
+                    kind, body = item
+                else:
+                    kind, body = item["kind"], item["body"]
+                batch.append({"kind": str(kind), "body": body})
+                if len(batch) >= batch_size:
+                    in_flight = send()
+            if batch:
+                in_flight = send()
+            if in_flight is not None:
+                collect(in_flight)
         return totals
+
+    def _post_seed(self, content: bytes) -> dict[str, Any]:
+        response = self._admin.post(
+            f"{ADMIN_PREFIX}/seed",
+            content=content,
+            headers={"content-type": "application/json"},
+            timeout=600.0,
+        )
+        response.raise_for_status()
+        return response.json()
 
     def edit(self, kind: api.ObjectKind | str, ref_id: str, changes: Mapping[str, Any]) -> dict[str, Any]:
         """Change some fields of one object as a person in casavi's UI would; returns the object as

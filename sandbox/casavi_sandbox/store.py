@@ -226,25 +226,27 @@ class SandboxStore:
             (collection, ref_id, json.dumps(payload, ensure_ascii=False, separators=(",", ":")), modified)
             for collection, ref_id, payload in objects
         ]
+        keys = [(collection, ref_id) for collection, ref_id, _, _ in rows]
         with self.atomic():
-            before = self._count()
-            existing = before > 0  # an empty store has no old references to drop
+            # which of them exist already, found in one join rather than a lookup per object: only
+            # their old references need dropping (a DELETE per object costs more than the inserts)
+            self._db.execute("CREATE TEMP TABLE IF NOT EXISTS seed_keys (collection TEXT, ref_id TEXT)")
+            self._db.execute("DELETE FROM seed_keys")
+            self._db.executemany("INSERT INTO seed_keys VALUES (?, ?)", keys)
+            existing = self._db.execute(
+                "SELECT DISTINCT k.collection, k.ref_id FROM seed_keys k"
+                " JOIN objects o ON o.collection = k.collection AND o.ref_id = k.ref_id"
+            ).fetchall()
+            self._db.execute("DELETE FROM seed_keys")
             self._db.executemany(
                 "INSERT INTO objects (collection, ref_id, payload, modified) VALUES (?, ?, ?, ?)"
                 " ON CONFLICT (collection, ref_id)"
                 " DO UPDATE SET payload = excluded.payload, modified = excluded.modified",
                 rows,
             )
-            if existing:
-                self._db.executemany(
-                    "DELETE FROM links WHERE src_collection = ? AND src_id = ?",
-                    {(collection, ref_id) for collection, ref_id, _ in objects},
-                )
+            self._db.executemany("DELETE FROM links WHERE src_collection = ? AND src_id = ?", existing)
             self._db.executemany("INSERT INTO links VALUES (?, ?, ?, ?)", set(links))
-            return self._count() - before
-
-    def _count(self) -> int:
-        return int(self._db.execute("SELECT count(*) FROM objects").fetchone()[0])
+        return len(set(keys)) - len(existing)
 
     def index_field(self, field: str) -> None:
         """Index a top-level payload field per collection, for `grouped_by` (created once per file)."""
