@@ -2,18 +2,24 @@
 
 from __future__ import annotations
 
+import datetime as dt
+import http.server
+import json
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import httpx
 import pytest
+from casavi_sandbox import SandboxProcess
+from casavi_sandbox import process as process_module
+from casavi_sandbox.__main__ import DEFAULT_DB, parse_args
+from casavi_sandbox.process import PortTakenError
 
 from casavi_pipeline.casavi import api
 from casavi_pipeline.casavi.api import ObjectKind
-from casavi_sandbox import SandboxProcess
-from casavi_sandbox.__main__ import DEFAULT_DB, parse_args
 
 pytestmark = pytest.mark.e2e
 
@@ -411,3 +417,352 @@ def test_cli_defaults_to_a_database_file_under_data() -> None:
     args = parse_args([])
     assert (args.db, args.port, args.rate_limit, args.error_rate) == (DEFAULT_DB, 8765, None, 0.0)
     assert Path("data") / "sandbox.sqlite3" == DEFAULT_DB
+
+
+# --- reads as the contract says ----------------------------------------------------------------------
+def test_reads_leave_out_nulls_and_list_the_units_at_each_property_address(client: httpx.Client) -> None:
+    put_tree(client)
+    second = body(ObjectKind.UNIT, id="0001-100-2", property_id=PROPERTY_ID, address_id="B", name="W 2")
+    assert put(client, ObjectKind.UNIT, second).status_code == api.STATUS_CREATED
+    read = client.get(ObjectKind.PROPERTY.object_path(PROPERTY_ID)).json()
+    addresses = read[wire(ObjectKind.PROPERTY, "addresses")]
+    assert addresses == [
+        {"id": "A", "street": "Lindenstraße 12a", "units": []},
+        {"id": "B", "street": "Lindenstraße 14", "units": [UNIT_ID, "0001-100-2"]},
+    ]
+    assert set(read) == {"id", "name", "addresses", api.INTERNAL_ID_FIELD, api.MODIFIED_FIELD}
+    listed = client.get(ObjectKind.PROPERTY.collection_path).json()[api.LIST_KEY]
+    assert listed == [read]
+    contact = client.get(ObjectKind.CONTACT.object_path(CONTACT_ID)).json()
+    assert set(contact) == {"id", "lastName", api.INTERNAL_ID_FIELD, api.MODIFIED_FIELD}
+    assert isinstance(contact[api.INTERNAL_ID_FIELD], int)
+    assert None not in client.get(ObjectKind.CONTRACT.collection_path).json()[api.LIST_KEY][0].values()
+    # the write's answer is a read too
+    again = put(
+        client,
+        ObjectKind.PROPERTY,
+        body(
+            ObjectKind.PROPERTY,
+            id=PROPERTY_ID,
+            name="L",
+            addresses=[{"id": "A", "street": "Lindenstraße 12a"}, {"id": "B", "street": "Lindenstraße 14"}],
+        ),
+    )
+    assert again.json()[wire(ObjectKind.PROPERTY, "addresses")][1]["units"] == [UNIT_ID, "0001-100-2"]
+
+
+def test_modified_after_takes_casavis_timestamp_format(client: httpx.Client) -> None:
+    put(client, ObjectKind.CONTACT, body(ObjectKind.CONTACT, id="0001-1", last_name="A"))
+    modified = client.get(ObjectKind.CONTACT.object_path("0001-1")).json()[api.MODIFIED_FIELD]
+    assert len(modified) == len("2026-01-01T00:00:00.000Z") and modified.endswith("Z")
+    moment = dt.datetime.fromisoformat(modified)
+    just_before = (moment - dt.timedelta(milliseconds=1)).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+    as_offset = moment.isoformat(timespec="milliseconds")  # ...+00:00
+    for after, expected in ((modified, []), (just_before, ["0001-1"]), (as_offset, [])):
+        listed = client.get(ObjectKind.CONTACT.collection_path, params={api.MODIFIED_AFTER_PARAM: after})
+        assert listed.status_code == 200
+        assert [obj["id"] for obj in listed.json()[api.LIST_KEY]] == expected, after
+
+
+# --- someone else changes casavi ---------------------------------------------------------------------
+def seeded_account() -> list[tuple[ObjectKind, dict[str, Any]]]:
+    """What an import leaves: a property with two addresses, units at them, a contact, a contract."""
+    return [
+        (ObjectKind.PROPERTY, {"id": "0002-1", "name": "Import", "addresses": [{"id": "A"}, {"id": "B"}]}),
+        (ObjectKind.UNIT, {"id": "0002-1-1", "propertyId": "0002-1", "addressId": "A", "name": "W 1"}),
+        (
+            ObjectKind.UNIT,
+            {"id": "0002-1-2", "propertyId": "0002-1", "addressId": "A", "name": "W 2", "floor": 3},
+        ),
+        # imports can be messy: a unit of a property that does not exist
+        (ObjectKind.UNIT, {"id": "0002-9-1", "propertyId": "0002-9", "addressId": "A", "name": "W 9"}),
+        (ObjectKind.CONTACT, {"id": "0002-50", "lastName": "Import", "email": None}),
+        (
+            ObjectKind.CONTRACT,
+            {
+                "id": "0002-1-1-1",
+                "type": "RENTER",
+                "unitId": "0002-1-1",
+                "contactIds": ["0002-50"],
+                "startDate": "2020-01-01",
+            },
+        ),
+    ]
+
+
+def test_seed_stores_an_import_as_given_without_counting_requests(
+    sandbox: SandboxProcess, client: httpx.Client
+) -> None:
+    sandbox.reset(objects=False)  # forget the authentication of the client fixture
+    assert sandbox.seed(seeded_account()) == {"seeded": 6, "created": 6, "updated": 0}
+    assert sandbox.requests()["total"] == 0 and sandbox.write_count() == 0
+    state = sandbox.state()
+    assert state["units"]["0002-1-2"] == seeded_account()[2][1]  # as given, fields outside the model kept
+    assert state["contacts"]["0002-50"] == {"id": "0002-50", "lastName": "Import", "email": None}
+    read = client.get(ObjectKind.PROPERTY.object_path("0002-1")).json()
+    assert read["addresses"] == [{"id": "A", "units": ["0002-1-1", "0002-1-2"]}, {"id": "B", "units": []}]
+    assert isinstance(read[api.INTERNAL_ID_FIELD], int) and read[api.MODIFIED_FIELD].endswith("Z")
+    # the references are recorded: the API protects seeded objects as it protects its own
+    assert client.delete(ObjectKind.UNIT.object_path("0002-1-1")).status_code == api.STATUS_CONFLICT
+    # seeding an existing id replaces it (same internalId); dicts and collection names work too
+    again = sandbox.seed([{"kind": "contacts", "body": {"id": "0002-50", "lastName": "Neu"}}])
+    assert again == {"seeded": 1, "created": 0, "updated": 1}
+    contact = client.get(ObjectKind.CONTACT.object_path("0002-50")).json()
+    assert (contact["lastName"], contact[api.INTERNAL_ID_FIELD]) == ("Neu", read[api.INTERNAL_ID_FIELD] + 4)
+
+
+def test_seed_rejects_a_batch_breaking_field_rules_and_stores_none_of_it(sandbox: SandboxProcess) -> None:
+    bad = [
+        (ObjectKind.CONTACT, {"id": "0002-1", "lastName": "Ok"}),
+        (ObjectKind.UNIT, {"id": "0002-2"}),
+        ("buildings", {"id": "x"}),
+    ]
+    with pytest.raises(httpx.HTTPStatusError) as raised:
+        sandbox.seed(bad)
+    answer = raised.value.response.json()
+    assert raised.value.response.status_code == 400
+    assert {(e["index"], e["field"]) for e in answer["errors"]} >= {
+        (1, "propertyId"),
+        (1, "name"),
+        (2, "kind"),
+    }
+    assert sandbox.state()["contacts"] == {}
+
+
+def test_seed_batches_large_imports(sandbox: SandboxProcess) -> None:
+    contacts = ((ObjectKind.CONTACT, {"id": f"0003-{n}", "lastName": "M"}) for n in range(2500))
+    assert sandbox.seed(contacts, batch_size=1000) == {"seeded": 2500, "created": 2500, "updated": 0}
+    assert len(sandbox.state()["contacts"]) == 2500
+
+
+def test_edit_as_a_person_changes_fields_and_bumps_modified(
+    sandbox: SandboxProcess, client: httpx.Client
+) -> None:
+    put_tree(client)
+    before = client.get(ObjectKind.CONTACT.object_path(CONTACT_ID)).json()
+    sandbox.reset(objects=False)
+    time.sleep(0.005)
+    edited = sandbox.edit(ObjectKind.CONTACT, CONTACT_ID, {"firstName": "Erika", "lastName": "Muster-Neu"})
+    assert (edited["firstName"], edited["lastName"]) == ("Erika", "Muster-Neu")
+    assert edited[api.INTERNAL_ID_FIELD] == before[api.INTERNAL_ID_FIELD]
+    assert edited[api.MODIFIED_FIELD] > before[api.MODIFIED_FIELD]
+    assert client.get(ObjectKind.CONTACT.object_path(CONTACT_ID)).json() == edited
+    changed = client.get(
+        ObjectKind.CONTACT.collection_path, params={api.MODIFIED_AFTER_PARAM: before[api.MODIFIED_FIELD]}
+    ).json()[api.LIST_KEY]
+    assert [obj["id"] for obj in changed] == [CONTACT_ID]
+    # moving a unit to the other address shows on the property's addresses
+    sandbox.edit("units", UNIT_ID, {"addressId": "A"})
+    addresses = client.get(ObjectKind.PROPERTY.object_path(PROPERTY_ID)).json()["addresses"]
+    assert [a["units"] for a in addresses] == [[UNIT_ID], []]
+    assert sandbox.write_count() == 0
+    with pytest.raises(httpx.HTTPStatusError) as invalid:
+        sandbox.edit(ObjectKind.CONTACT, CONTACT_ID, {"salutation": "HERR"})
+    assert invalid.value.response.status_code == 400
+    with pytest.raises(httpx.HTTPStatusError) as unknown:
+        sandbox.edit(ObjectKind.CONTACT, "0001-404", {"lastName": "X"})
+    assert unknown.value.response.status_code == 404
+
+
+def test_delete_as_a_person_leaves_references_dangling(sandbox: SandboxProcess, client: httpx.Client) -> None:
+    put_tree(client)
+    sandbox.reset(objects=False)
+    assert sandbox.delete_as_user(ObjectKind.PROPERTY, PROPERTY_ID) is True
+    assert sandbox.delete_as_user(ObjectKind.PROPERTY, PROPERTY_ID) is False
+    assert client.get(ObjectKind.PROPERTY.object_path(PROPERTY_ID)).status_code == api.STATUS_NOT_FOUND
+    unit = client.get(ObjectKind.UNIT.object_path(UNIT_ID)).json()
+    assert unit[wire(ObjectKind.UNIT, "property_id")] == PROPERTY_ID  # dangling, as in casavi
+    assert sandbox.write_count() == 0 and sandbox.requests()["total"] == 2
+
+
+# --- knobs that break the write model or leak bodies -------------------------------------------------
+def test_drop_field_silently_loses_a_field_on_api_writes(
+    sandbox: SandboxProcess, client: httpx.Client
+) -> None:
+    put_tree(client)
+    sandbox.configure(drop_field="units.rooms")
+    unit = body(
+        ObjectKind.UNIT, id=UNIT_ID, property_id=PROPERTY_ID, address_id="B", name="W 1", rooms=3, area=71.5
+    )
+    answer = put(client, ObjectKind.UNIT, unit)
+    assert answer.status_code == api.STATUS_UPDATED
+    read = client.get(ObjectKind.UNIT.object_path(UNIT_ID)).json()
+    assert "rooms" not in read and read["area"] == 71.5 and "rooms" not in answer.json()
+    assert "rooms" not in sandbox.state()["units"][UNIT_ID]
+    sandbox.configure(drop_field=None)
+    put(client, ObjectKind.UNIT, unit)
+    assert client.get(ObjectKind.UNIT.object_path(UNIT_ID)).json()["rooms"] == 3
+
+
+def test_rename_field_stores_a_field_under_another_name(
+    sandbox: SandboxProcess, client: httpx.Client
+) -> None:
+    put_tree(client)
+    sandbox.configure(rename_field="units.rooms=roomCount")
+    unit = body(ObjectKind.UNIT, id=UNIT_ID, property_id=PROPERTY_ID, address_id="B", name="W 1", rooms=3)
+    put(client, ObjectKind.UNIT, unit)
+    read = client.get(ObjectKind.UNIT.object_path(UNIT_ID)).json()
+    assert read["roomCount"] == 3 and "rooms" not in read
+    # other kinds are untouched
+    contact = client.get(ObjectKind.CONTACT.object_path(CONTACT_ID)).json()
+    assert contact["lastName"] == "Muster"
+
+
+@pytest.mark.parametrize(
+    "knobs",
+    [
+        {"drop_field": "units"},
+        {"drop_field": "units.floor"},
+        {"drop_field": "buildings.rooms"},
+        {"rename_field": "units.rooms"},
+        {"rename_field": "units.rooms="},
+        {"echo_errors": "yes"},
+    ],
+)
+def test_field_knobs_reject_what_names_no_casavi_field(
+    sandbox: SandboxProcess, knobs: dict[str, Any]
+) -> None:
+    response = httpx.post(f"{sandbox.base_url}/_sandbox/config", json=knobs, trust_env=False)
+    assert response.status_code == 400, response.text
+
+
+def test_echo_errors_quotes_the_submitted_values_and_body(
+    sandbox: SandboxProcess, client: httpx.Client
+) -> None:
+    put_tree(client)
+    invalid = body(
+        ObjectKind.CONTACT,
+        id="0001-7",
+        last_name="Geheim",
+        salutation="HERR",
+        email="erika@example.org",
+        country="Deutschland",
+    )
+    quiet = put(client, ObjectKind.CONTACT, invalid).json()
+    assert "HERR" not in str(quiet) and "erika@example.org" not in str(quiet)
+    sandbox.configure(echo_errors=True)
+    raw = json.dumps(invalid)
+    answer = client.put(ObjectKind.CONTACT.object_path("0001-7"), content=raw.encode())
+    assert answer.status_code == api.STATUS_INVALID
+    assert raw in answer.json()[api.ERROR_MESSAGE_KEY]  # the whole body, verbatim
+    messages = {
+        e[api.ERROR_FIELD_KEY]: e[api.ERROR_MESSAGE_KEY] for e in answer.json()[api.ERROR_DETAILS_KEY]
+    }
+    assert messages["salutation"].startswith("salutation 'HERR' ")
+    assert messages["country"].startswith("country 'Deutschland' ")
+    dangling = body(ObjectKind.UNIT, id="0001-9-1", property_id="0001-9", address_id="A", name="W")
+    unknown = client.put(ObjectKind.UNIT.object_path("0001-9-1"), content=json.dumps(dangling).encode())
+    assert unknown.status_code == api.STATUS_UNKNOWN_REFERENCE
+    assert json.dumps(dangling) in unknown.json()[api.ERROR_MESSAGE_KEY]
+    assert unknown.json()[api.ERROR_DETAILS_KEY][0][api.ERROR_MESSAGE_KEY].startswith("propertyId '0001-9' ")
+    malformed = client.put(ObjectKind.CONTACT.object_path("0001-7"), content=b'{"email": "x@y"')
+    assert '{"email": "x@y"' in malformed.json()[api.ERROR_MESSAGE_KEY]
+
+
+def test_cli_sets_the_field_and_echo_knobs() -> None:
+    args = parse_args(
+        ["--drop-field", "units.rooms", "--rename-field", "contacts.email=mail", "--echo-errors"]
+    )
+    assert (args.drop_field, args.rename_field, args.echo_errors) == (
+        "units.rooms",
+        "contacts.email=mail",
+        True,
+    )
+    assert parse_args([]).echo_errors is False
+
+
+def test_knobs_given_at_start_reach_the_process(tmp_path: Path) -> None:
+    with SandboxProcess(
+        tmp_path / "s.sqlite3", rename_field="units.rooms=roomCount", echo_errors=True
+    ) as box:
+        config = httpx.get(f"{box.base_url}/_sandbox/config", trust_env=False).json()
+        assert (config["rename_field"], config["echo_errors"]) == ("units.rooms=roomCount", True)
+
+
+# --- the helper only talks to the sandbox it started ---------------------------------------------------
+class _Impostor(http.server.BaseHTTPRequestHandler):
+    """Another program on the port: answers 200 to everything and remembers what it was sent."""
+
+    received: ClassVar[list[tuple[str, str, bytes]]] = []
+
+    def _any(self) -> None:
+        length = int(self.headers.get("content-length") or 0)
+        self.received.append((self.command, self.path, self.rfile.read(length) if length else b""))
+        answer = b'{"status": "ok"}'
+        self.send_response(200)
+        self.send_header("content-type", "application/json")
+        self.send_header("content-length", str(len(answer)))
+        self.end_headers()
+        self.wfile.write(answer)
+
+    do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = _any
+
+    def log_message(self, *_args: Any) -> None:
+        pass
+
+
+@pytest.fixture
+def impostor() -> Iterator[tuple[int, list[tuple[str, str, bytes]]]]:
+    received: list[tuple[str, str, bytes]] = []
+    handler = type("Handler", (_Impostor,), {"received": received})
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield server.server_address[1], received
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def assert_no_credentials_sent(received: list[tuple[str, str, bytes]], box: SandboxProcess) -> None:
+    assert not [path for _, path, _ in received if path.startswith(api.AUTH_PATH)]
+    assert not [raw for *_, raw in received if box.api_key.encode() in raw or box.api_secret.encode() in raw]
+
+
+def test_a_requested_port_taken_by_another_program_fails_fast(
+    tmp_path: Path, impostor: tuple[int, list[tuple[str, str, bytes]]]
+) -> None:
+    port, received = impostor
+    box = SandboxProcess(tmp_path / "s.sqlite3", port=port, api_key="k-123", api_secret="s-456")
+    started = time.monotonic()
+    with pytest.raises(PortTakenError) as raised:
+        box.start()
+    assert (
+        str(raised.value) == f"port {port} on 127.0.0.1 is taken by another program; free it or pass --port"
+    )
+    assert time.monotonic() - started < 5
+    assert received == []  # found out by binding, without a word to the other program
+    box.close()
+
+
+def test_an_answer_without_the_nonce_is_not_the_sandbox(
+    tmp_path: Path, impostor: tuple[int, list[tuple[str, str, bytes]]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    port, received = impostor
+    monkeypatch.setattr(process_module, "port_taken", lambda _host, _port: False)  # a racing program
+    box = SandboxProcess(tmp_path / "s.sqlite3", port=port, api_key="k-123", api_secret="s-456")
+    with pytest.raises(RuntimeError, match=f"port {port} on 127.0.0.1 is taken by another program"):
+        box.start()
+    assert {path for _, path, _ in received} <= {"/_sandbox/health"}
+    assert_no_credentials_sent(received, box)
+    assert not box.health()
+    box.close()
+
+
+def test_without_a_requested_port_a_taken_one_is_swapped_for_a_free_one(
+    tmp_path: Path, impostor: tuple[int, list[tuple[str, str, bytes]]]
+) -> None:
+    port, received = impostor
+    box = SandboxProcess(tmp_path / "s.sqlite3")
+    box.port = port  # as if another program took the picked port before the sandbox bound it
+    with box:
+        assert box.port != port and box.health()
+        assert httpx.get(f"{box.base_url}/_sandbox/health", trust_env=False).json()["nonce"] == box.nonce
+    assert received == []
+
+
+def test_health_checks_the_nonce(sandbox: SandboxProcess) -> None:
+    answer = httpx.get(f"{sandbox.base_url}/_sandbox/health", trust_env=False).json()
+    assert answer == {"status": "ok", "nonce": sandbox.nonce} and len(sandbox.nonce) >= 16
+    assert sandbox.health()

@@ -6,6 +6,6 @@ adapter `casavi_pipeline.casavi.api`, so the sandbox cannot drift from what the 
 """
 
 from casavi_sandbox.chaos import Knobs
-from casavi_sandbox.process import DEFAULT_KEY, DEFAULT_SECRET, SandboxProcess
+from casavi_sandbox.process import DEFAULT_KEY, DEFAULT_SECRET, PortTakenError, SandboxProcess
 
-__all__ = ["DEFAULT_KEY", "DEFAULT_SECRET", "Knobs", "SandboxProcess"]
+__all__ = ["DEFAULT_KEY", "DEFAULT_SECRET", "Knobs", "PortTakenError", "SandboxProcess"]

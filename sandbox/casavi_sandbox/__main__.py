@@ -2,6 +2,8 @@
 
 Credentials come from CASAVI_API_KEY / CASAVI_API_SECRET; without them the sandbox accepts the fixed
 local pair `sandbox-key` / `sandbox-secret` (a fake for a local process, not a secret) and says so.
+CASAVI_SANDBOX_NONCE (set by `SandboxProcess`) is served by `/_sandbox/health`, so the starter knows
+that the answers come from this process and not from another program on the port.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import uvicorn
 
 from casavi_sandbox.app import create_app
 from casavi_sandbox.chaos import Controls, Knobs
-from casavi_sandbox.process import DEFAULT_KEY, DEFAULT_SECRET
+from casavi_sandbox.process import DEFAULT_KEY, DEFAULT_SECRET, NONCE_ENV
 from casavi_sandbox.store import SandboxStore
 
 DEFAULT_DB = Path("data") / "sandbox.sqlite3"
@@ -41,6 +43,20 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--seed", type=int, default=0, help="seed for the random 500s and drops")
     parser.add_argument(
+        "--drop-field", default=None, help="API writes silently lose this field, e.g. units.rooms"
+    )
+    parser.add_argument(
+        "--rename-field",
+        default=None,
+        help="API writes store this field under another name, e.g. units.rooms=roomCount",
+    )
+    parser.add_argument(
+        "--echo-errors",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="400/422 answers quote the submitted values and body",
+    )
+    parser.add_argument(
         "--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"]
     )
     parser.add_argument(
@@ -60,6 +76,9 @@ def main(argv: Sequence[str] | None = None) -> None:
                 "token_ttl": args.token_ttl,
                 "drop_rate": args.drop_rate,
                 "seed": args.seed,
+                "drop_field": args.drop_field,
+                "rename_field": args.rename_field,
+                "echo_errors": args.echo_errors,
             }
         )
     except ValueError as exc:
@@ -74,7 +93,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         )
     store = SandboxStore(args.db)
     print(f"casavi sandbox: database {args.db.resolve()}", file=sys.stderr)
-    app = create_app(store, Controls(knobs), api_key, api_secret)
+    nonce = os.environ.get(NONCE_ENV, "")
+    app = create_app(store, Controls(knobs), api_key, api_secret, nonce)
     uvicorn.run(
         app,
         host=args.host,

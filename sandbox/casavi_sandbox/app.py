@@ -3,14 +3,15 @@
 Every casavi path, field name, status code and validation rule comes from `casavi_pipeline.casavi.api`,
 so the sandbox and the client implement one model (`shared/casavi-api.md`). Beyond `FIELD_RULES`
 (400) it enforces the reference rules: `api.REFERENCES` must resolve (422) and keep their targets from
-being deleted (409), and a unit's address must be one of its property's addresses (422).
+being deleted (409), and a unit's address must be one of its property's addresses (422). Reads leave
+null fields out and add `internalId`, `modified` and the `units` of each property address.
 """
 
 from __future__ import annotations
 
 import contextlib
-import functools
 import hmac
+import json
 import secrets
 import time
 from collections.abc import AsyncIterator
@@ -24,28 +25,32 @@ from starlette.routing import Route
 from casavi_pipeline.casavi import api
 from casavi_sandbox.admin import admin_routes
 from casavi_sandbox.chaos import ASGIApp, Controls, Misbehaviour
-from casavi_sandbox.store import SandboxStore, StoredObject
+from casavi_sandbox.model import (
+    ADDRESS_ID,
+    ADDRESS_RULES,
+    KINDS_BY_COLLECTION,
+    Reader,
+    reference_targets,
+    stored_shape,
+    wire_name,
+)
+from casavi_sandbox.store import SandboxStore
 from casavi_sandbox.wire import Problem, json_object, paging, utc_timestamp
 
 #: casavi's tokens last about a month when no token TTL knob is set.
 DEFAULT_TOKEN_TTL_SECONDS = 30 * 24 * 3600
-_KINDS = {kind.collection: kind for kind in api.ObjectKind}
+#: The answers `echo_errors` makes chatty: a body that breaks a rule or references unknown objects.
+_ECHOED_STATUSES = frozenset({api.STATUS_INVALID, api.STATUS_UNKNOWN_REFERENCE})
 
 
-@functools.cache
-def wire_name(kind: api.ObjectKind, domain_name: str) -> str:
-    """casavi's field name for a domain field of `kind` (the adapter owns the mapping)."""
-    return next(rule.casavi for rule in api.FIELD_RULES[kind] if rule.name == domain_name)
+def create_app(
+    store: SandboxStore, controls: Controls, api_key: str, api_secret: str, nonce: str = ""
+) -> ASGIApp:
+    """The sandbox as an ASGI app: the casavi API wrapped in the misbehaviour layer, plus admin routes.
 
-
-_ADDRESS_ID = dict(api.ADDRESS_FIELDS)["id"]
-#: A unit's address must belong to the unit's property: (kind, address field, parent field, parent
-#: kind, parent's address-list field), in domain names.
-_ADDRESS_RULES = ((api.ObjectKind.UNIT, "address_id", "property_id", api.ObjectKind.PROPERTY, "addresses"),)
-
-
-def create_app(store: SandboxStore, controls: Controls, api_key: str, api_secret: str) -> ASGIApp:
-    """The sandbox as an ASGI app: the casavi API wrapped in the misbehaviour layer, plus admin routes."""
+    `nonce` is served by the admin health endpoint, so whoever started this process can tell it from
+    another program on the same port.
+    """
     handlers = _Handlers(store, controls, api_key, api_secret)
     routes = [
         Route(api.AUTH_PATH, handlers.authenticate, methods=["POST"]),
@@ -55,7 +60,7 @@ def create_app(store: SandboxStore, controls: Controls, api_key: str, api_secret
             handlers.one_object,
             methods=["GET", "PUT", "DELETE"],
         ),
-        *admin_routes(store, controls),
+        *admin_routes(store, controls, handlers.reader, nonce),
     ]
 
     @contextlib.asynccontextmanager
@@ -78,6 +83,7 @@ class _Handlers:
     def __init__(self, store: SandboxStore, controls: Controls, api_key: str, api_secret: str) -> None:
         self.store = store
         self.controls = controls
+        self.reader = Reader(store)
         self._key = api_key.encode()
         self._secret = api_secret.encode()
 
@@ -106,7 +112,7 @@ class _Handlers:
 
     def _kind(self, request: Request) -> api.ObjectKind:
         self._require_token(request)
-        kind = _KINDS.get(request.path_params["collection"])
+        kind = KINDS_BY_COLLECTION.get(request.path_params["collection"])
         if kind is None:
             raise Problem(api.STATUS_NOT_FOUND, "unknown collection")
         return kind
@@ -121,7 +127,8 @@ class _Handlers:
         links = {}
         if len(rows) > size:  # one row more than a page: there is a next page
             links[api.NEXT_LINK_KEY] = str(request.url.include_query_params(**{api.PAGE_PARAM: page + 1}))
-        return JSONResponse({api.LIST_KEY: [_read_shape(row) for row in rows[:size]], api.LINKS_KEY: links})
+        listed = self.reader.shape(kind, rows[:size])
+        return JSONResponse({api.LIST_KEY: listed, api.LINKS_KEY: links})
 
     async def one_object(self, request: Request) -> Response:
         kind = self._kind(request)
@@ -133,10 +140,18 @@ class _Handlers:
         stored = self.store.get(kind.collection, ref_id)
         if stored is None:
             raise Problem(api.STATUS_NOT_FOUND, f"no {kind.value} with id {ref_id}")
-        return JSONResponse(_read_shape(stored))
+        return JSONResponse(self.reader.shape_one(kind, stored))
 
     # --- writes ------------------------------------------------------------------------------------
     async def _put(self, request: Request, kind: api.ObjectKind, ref_id: str) -> Response:
+        try:
+            return await self._store_put(request, kind, ref_id)
+        except Problem as problem:
+            if self.controls.knobs.echo_errors and problem.status in _ECHOED_STATUSES:
+                raise _echoed(problem, await request.body()) from None
+            raise
+
+    async def _store_put(self, request: Request, kind: api.ObjectKind, ref_id: str) -> Response:
         body = await json_object(request)
         id_field = wire_name(kind, "id")
         errors = []
@@ -145,29 +160,29 @@ class _Handlers:
         errors += api.validate_payload(kind, body)
         if errors:
             raise Problem(api.STATUS_INVALID, f"invalid {kind.value}", errors)
-        payload = _stored_shape(kind, body)
+        payload = stored_shape(kind, body)
         with self.store.atomic():  # the references checked are the ones in place when it is written
             links = self._resolve_references(kind, payload)
             stored, created = self.store.upsert(
-                kind.collection, ref_id, payload, links, utc_timestamp(time.time())
+                kind.collection,
+                ref_id,
+                _break_write_model(payload, self.controls.knobs.field_changes(kind)),
+                links,
+                utc_timestamp(time.time()),
             )
         status = api.STATUS_CREATED if created else api.STATUS_UPDATED
-        return JSONResponse(_read_shape(stored), status_code=status)
+        return JSONResponse(self.reader.shape_one(kind, stored), status_code=status)
 
     def _resolve_references(self, kind: api.ObjectKind, payload: dict[str, Any]) -> list[tuple[str, str]]:
         """The (collection, id) pairs the payload references; 422 if any of them does not exist."""
         links, errors = [], []
-        for source_kind, field, target_kind in api.REFERENCES:
-            if source_kind is not kind:
-                continue
-            name = wire_name(kind, field)
-            value = payload[name]
-            for target in value if isinstance(value, list) else [value]:
-                if self.store.exists(target_kind.collection, target):
-                    links.append((target_kind.collection, target))
-                else:
-                    errors.append(api.FieldError(name, f"unknown {target_kind.value} {target}"))
-        for source_kind, field, parent_field, parent_kind, list_field in _ADDRESS_RULES:
+        for name, target_collection, target in reference_targets(kind, payload):
+            if self.store.exists(target_collection, target):
+                links.append((target_collection, target))
+            else:
+                target_kind = KINDS_BY_COLLECTION[target_collection]
+                errors.append(api.FieldError(name, f"unknown {target_kind.value} {target}"))
+        for source_kind, field, parent_field, parent_kind, list_field in ADDRESS_RULES:
             if source_kind is not kind:
                 continue
             parent_id = payload[wire_name(kind, parent_field)]
@@ -176,7 +191,7 @@ class _Handlers:
                 continue  # already reported as an unknown parent
             addresses = parent.payload.get(wire_name(parent_kind, list_field)) or []
             name = wire_name(kind, field)
-            if payload[name] not in {address.get(_ADDRESS_ID) for address in addresses}:
+            if payload[name] not in {address.get(ADDRESS_ID) for address in addresses}:
                 errors.append(api.FieldError(name, f"not an address of {parent_kind.value} {parent_id}"))
         if errors:
             raise Problem(api.STATUS_UNKNOWN_REFERENCE, f"{kind.value} references unknown objects", errors)
@@ -202,17 +217,39 @@ def _same(given: Any, expected: bytes) -> bool:
     return isinstance(given, str) and hmac.compare_digest(given.encode(), expected)
 
 
-def _stored_shape(kind: api.ObjectKind, body: dict[str, Any]) -> dict[str, Any]:
-    """PUT replaces the object: every field of the kind, absent ones as null, unknown ones dropped."""
-    payload = {rule.casavi: body.get(rule.casavi) for rule in api.FIELD_RULES[kind]}
-    for rule in api.FIELD_RULES[kind]:
-        if rule.type == "address_list" and payload[rule.casavi] is not None:
-            payload[rule.casavi] = [
-                {casavi: address.get(casavi) for _, casavi in api.ADDRESS_FIELDS}
-                for address in payload[rule.casavi]
-            ]
-    return payload
+def _break_write_model(payload: dict[str, Any], changes: list[tuple[str, str | None]]) -> dict[str, Any]:
+    """The payload as a misconfigured casavi stores it (`drop_field` / `rename_field` knobs)."""
+    if not changes:
+        return payload
+    broken = dict(payload)
+    for field, new_name in changes:
+        if field in broken:
+            value = broken.pop(field)
+            if new_name is not None:
+                broken[new_name] = value
+    return broken
 
 
-def _read_shape(stored: StoredObject) -> dict[str, Any]:
-    return {**stored.payload, api.INTERNAL_ID_FIELD: stored.internal_id, api.MODIFIED_FIELD: stored.modified}
+def _echoed(problem: Problem, raw_body: bytes) -> Problem:
+    """The same answer as a chatty validation layer words it: the submitted values and the whole body
+    quoted verbatim (what a client must never copy into its logs)."""
+    try:
+        submitted = json.loads(raw_body)
+    except ValueError:
+        submitted = None
+    body_text = raw_body.decode("utf-8", errors="replace")
+    errors = None
+    if problem.errors is not None:
+        errors = [
+            api.FieldError(error.field, _quoted(error.field, submitted, error.message))
+            for error in problem.errors
+        ]
+    return Problem(problem.status, f"{problem.message}: rejected request body {body_text}", errors)
+
+
+def _quoted(field: str, submitted: Any, message: str) -> str:
+    if not isinstance(submitted, dict) or field not in submitted:
+        return f"{field} {message}"
+    value = submitted[field]
+    shown = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+    return f"{field} '{shown}' {message}"

@@ -2,7 +2,8 @@
 
 Everything under the API prefix passes through `Misbehaviour`: rate limit (429 + Retry-After), added
 latency, injected 500s, dropped connections. The admin endpoints (`/_sandbox/...`) bypass it, so tests
-can inspect and reconfigure a misbehaving server. All knobs are off by default.
+can inspect and reconfigure a misbehaving server. All knobs are off by default. The knobs that change
+what is stored or said (`drop_field`, `rename_field`, `echo_errors`) are applied by the API handlers.
 """
 
 from __future__ import annotations
@@ -30,6 +31,8 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 DROPPED = "dropped"
 _STATUS_SERVER_ERROR = 500  # plain HTTP: casavi's contract only says "5xx is transient"
 _COLLECTIONS = frozenset(kind.collection for kind in api.ObjectKind)
+_KINDS = {kind.collection: kind for kind in api.ObjectKind}
+_KINDS_BY_VALUE = {kind.value: kind for kind in api.ObjectKind}
 
 
 @dataclass(frozen=True)
@@ -42,6 +45,12 @@ class Knobs:
     token_ttl: float | None = None  # seconds a new token lives; None = casavi's default (30 days)
     drop_rate: float = 0.0  # fraction of /v2 requests processed, then closed without an answer
     seed: int = 0  # seeds the random choice of 500s and drops, so a run can be repeated
+    # "units.rooms": API writes of that kind silently lose that field (the write model is broken)
+    drop_field: str | None = None
+    # "units.rooms=roomCount": API writes store that field under another name, so reads return it so
+    rename_field: str | None = None
+    # 400/422 answers quote the submitted values and the whole body (a chatty validation layer)
+    echo_errors: bool = False
 
     def updated(self, changes: Mapping[str, Any]) -> Knobs:
         """A copy with the given knobs changed; ValueError names an unknown knob or a bad value."""
@@ -53,8 +62,26 @@ class Knobs:
         knobs._check()
         # 0 means "off" for the optional limits, the same as null
         return dataclasses.replace(
-            knobs, rate_limit=knobs.rate_limit or None, token_ttl=knobs.token_ttl or None
+            knobs,
+            rate_limit=knobs.rate_limit or None,
+            token_ttl=knobs.token_ttl or None,
+            drop_field=knobs.drop_field or None,
+            rename_field=knobs.rename_field or None,
         )
+
+    def field_changes(self, kind: api.ObjectKind) -> list[tuple[str, str | None]]:
+        """How API writes of `kind` break its write model: (field, new name, or None to drop it)."""
+        changes: list[tuple[str, str | None]] = []
+        if self.drop_field:
+            collection, field = _field_knob("drop_field", self.drop_field)
+            if collection == kind.collection:
+                changes.append((field, None))
+        if self.rename_field:
+            target, _, new_name = self.rename_field.partition("=")
+            collection, field = _field_knob("rename_field", target)
+            if collection == kind.collection:
+                changes.append((field, new_name))
+        return changes
 
     def _check(self) -> None:
         for name in ("rate_limit", "token_ttl"):
@@ -69,6 +96,31 @@ class Knobs:
                 raise ValueError(f"{name} must be a fraction between 0 and 1")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int):
             raise ValueError("seed must be an integer")
+        if not isinstance(self.echo_errors, bool):
+            raise ValueError("echo_errors must be true or false")
+        if self.drop_field:
+            _field_knob("drop_field", self.drop_field)
+        if self.rename_field:
+            target, equals, new_name = (
+                self.rename_field.partition("=") if isinstance(self.rename_field, str) else ("", "", "")
+            )
+            _field_knob("rename_field", target)
+            if not equals or not new_name.strip() or new_name == target.partition(".")[2]:
+                raise ValueError("rename_field must look like 'units.rooms=roomCount' (a new name)")
+
+
+def _field_knob(name: str, value: Any) -> tuple[str, str]:
+    """'units.rooms' (or 'unit.rooms') → ('units', 'rooms'); ValueError unless it names a casavi field."""
+    if not isinstance(value, str) or "." not in value:
+        raise ValueError(f"{name} must look like 'units.rooms' (collection.field), not {value!r}")
+    collection, _, field = value.partition(".")
+    kind = _KINDS.get(collection) or _KINDS_BY_VALUE.get(collection)
+    if kind is None:
+        raise ValueError(f"{name}: unknown collection {collection!r}; known: {sorted(_KINDS)}")
+    fields = [rule.casavi for rule in api.FIELD_RULES[kind]]
+    if field not in fields:
+        raise ValueError(f"{name}: {kind.collection} has no field {field!r}; known: {fields}")
+    return kind.collection, field
 
 
 def _is_number(value: Any) -> bool:

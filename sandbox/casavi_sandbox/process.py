@@ -6,18 +6,25 @@ restarts, and the sandbox does not compete with the test's own interpreter lock.
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
+import errno
+import json
 import os
+import secrets
 import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from types import TracebackType
 from typing import IO, Any
+from urllib.parse import quote
 
 import httpx
 
+from casavi_pipeline.casavi import api
 from casavi_sandbox.admin import ADMIN_PREFIX
 from casavi_sandbox.chaos import DROPPED, Knobs
 
@@ -26,6 +33,12 @@ DEFAULT_KEY = "sandbox-key"
 DEFAULT_SECRET = "sandbox-secret"
 _SOURCE_ROOT = Path(__file__).resolve().parents[1]  # the folder holding the casavi_sandbox package
 _KNOB_FLAGS = {name: "--" + name.replace("_", "-") for name in (f.name for f in dataclasses.fields(Knobs))}
+#: The environment variable that hands a started sandbox the nonce it must show on `/_sandbox/health`.
+NONCE_ENV = "CASAVI_SANDBOX_NONCE"
+#: Objects per `/_sandbox/seed` request when `seed` splits a large import (about 10 MB of JSON).
+SEED_BATCH = 50_000
+#: How often `start` picks another free port when the one it picked was taken in the meantime.
+_PORT_ATTEMPTS = 3
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -35,13 +48,45 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(sock.getsockname()[1])
 
 
+def port_taken(host: str, port: int) -> bool:
+    """Whether another socket holds the port, checked the way uvicorn binds (SO_REUSEADDR, so a port
+    left in TIME_WAIT by a stopped sandbox counts as free). Sends nothing to whoever holds it."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError as exc:
+            if exc.errno in (errno.EADDRINUSE, errno.EACCES):
+                return True
+            raise
+    return False
+
+
+class PortTakenError(RuntimeError):
+    """The sandbox's port is held by another program; the message is one line for the user."""
+
+    def __init__(self, host: str, port: int) -> None:
+        super().__init__(f"port {port} on {host} is taken by another program; free it or pass --port")
+        self.host = host
+        self.port = port
+
+
 class SandboxProcess:
     """Starts `python -m casavi_sandbox` on a free port and talks to its admin endpoints.
 
-    Knobs (`rate_limit`, `latency_ms`, `error_rate`, `token_ttl`, `drop_rate`, `seed`) given here or via
-    `configure` are kept and passed again on `restart`. The port stays the same across restarts, so
-    clients keep their base URL. Output goes to `<db folder>/<db name>.log`; `access_log=True` adds a
-    line per request there (off by default: it costs the benchmarks about 15 % of the sandbox's CPU).
+    Knobs (`rate_limit`, `latency_ms`, `error_rate`, `token_ttl`, `drop_rate`, `seed`, `drop_field`,
+    `rename_field`, `echo_errors`; see `Knobs`) given here or via `configure` are kept and passed again
+    on `restart`. The port stays the same across restarts, so clients keep their base URL. Output goes
+    to `<db folder>/<db name>.log`; `access_log=True` adds a line per request there (off by default: it
+    costs the benchmarks about 15 % of the sandbox's CPU).
+
+    Every start hands the process a random nonce; `start` returns only once `/_sandbox/health` answers
+    with that nonce, so the key and secret are never given to another program listening on the port.
+    A requested `port` held by another program fails at once with `PortTakenError`; without a
+    requested port, another free port is picked.
+
+    Besides the API, tests can play someone else changing casavi, none of it counted in `requests()`:
+    `seed` (an import), `edit` and `delete_as_user` (a person in casavi's UI).
     """
 
     def __init__(
@@ -62,7 +107,9 @@ class SandboxProcess:
         self.db_path = Path(db_path)
         self.log_path = self.db_path.with_suffix(".log")
         self.host = host
+        self._port_requested = port is not None
         self.port = port or free_port(host)
+        self.nonce = ""  # set at each start
         self.api_key = api_key
         self.api_secret = api_secret
         self.access_log = access_log
@@ -79,20 +126,37 @@ class SandboxProcess:
 
     # --- lifecycle ---------------------------------------------------------------------------------
     def start(self) -> SandboxProcess:
+        """Start the process and wait until it answers with its nonce; `PortTakenError` if the port is
+        held by another program (after retrying other free ports when no port was requested)."""
         if self._process is not None:
             raise RuntimeError("the sandbox is already running")
+        for attempt in range(_PORT_ATTEMPTS):
+            try:
+                self._start_once()
+                return self
+            except PortTakenError:
+                if self._port_requested or attempt == _PORT_ATTEMPTS - 1:
+                    raise
+                self.port = free_port(self.host)
+                self._admin.base_url = httpx.URL(self.base_url)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _start_once(self) -> None:
+        if port_taken(self.host, self.port):
+            raise PortTakenError(self.host, self.port)
         self.db_path.parent.mkdir(parents=True, exist_ok=True)
         command = [sys.executable, "-m", "casavi_sandbox", "--host", self.host]
         command += ["--port", str(self.port), "--db", str(self.db_path), "--log-level", "info"]
         command += ["--access-log"] if self.access_log else ["--no-access-log"]
         for name, value in self._knobs.items():
-            if value is not None:
-                command += [_KNOB_FLAGS[name], str(value)]
+            command += _knob_arguments(name, value)
+        self.nonce = secrets.token_urlsafe(16)
         env = {
             **os.environ,
             # always the sandbox's own pair: real credentials in the environment must not leak into it
             "CASAVI_API_KEY": self.api_key,
             "CASAVI_API_SECRET": self.api_secret,
+            NONCE_ENV: self.nonce,
             "PYTHONPATH": os.pathsep.join(filter(None, [str(_SOURCE_ROOT), os.environ.get("PYTHONPATH")])),
             "PYTHONUNBUFFERED": "1",
         }
@@ -101,7 +165,6 @@ class SandboxProcess:
             command, stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env
         )
         self._wait_until_healthy()
-        return self
 
     def stop(self) -> None:
         process, self._process = self._process, None
@@ -134,32 +197,48 @@ class SandboxProcess:
         self.close()
 
     def _wait_until_healthy(self) -> None:
+        """Poll health until it answers with this start's nonce. Any other answer, or the process
+        exiting while the port is held, means another program owns the port: stop and say so."""
         deadline = time.monotonic() + self.startup_timeout
         while time.monotonic() < deadline:
             assert self._process is not None
             if self._process.poll() is not None:
                 self.stop()
+                if port_taken(self.host, self.port):
+                    raise PortTakenError(self.host, self.port)
                 raise RuntimeError(f"the casavi sandbox exited at start; see {self.log_path}")
             try:
-                if self._admin.get(f"{ADMIN_PREFIX}/health").status_code == 200:
-                    return
+                answer = self._admin.get(f"{ADMIN_PREFIX}/health")
             except httpx.TransportError:
-                pass
-            time.sleep(0.05)
+                time.sleep(0.05)
+                continue
+            if self._is_ours(answer):
+                return
+            self.stop()  # someone else answered: ours cannot have bound the port
+            raise PortTakenError(self.host, self.port)
         self.stop()
         raise RuntimeError(
             f"the casavi sandbox did not answer within {self.startup_timeout:g}s; see {self.log_path}"
         )
 
+    def _is_ours(self, answer: httpx.Response) -> bool:
+        try:
+            return answer.status_code == 200 and answer.json().get("nonce") == self.nonce != ""
+        except (ValueError, AttributeError):
+            return False
+
     # --- admin endpoints ---------------------------------------------------------------------------
-    def _call(self, method: str, name: str, body: dict[str, Any] | None = None) -> Any:
-        response = self._admin.request(method, f"{ADMIN_PREFIX}/{name}", json=body)
+    def _call(self, method: str, name: str, body: Any = None, *, timeout: float | None = None) -> Any:
+        response = self._admin.request(
+            method, f"{ADMIN_PREFIX}/{name}", json=body, timeout=timeout or self._admin.timeout
+        )
         response.raise_for_status()
         return response.json()
 
     def health(self) -> bool:
+        """Whether the sandbox this object started answers (with its nonce)."""
         try:
-            return self._admin.get(f"{ADMIN_PREFIX}/health").status_code == 200
+            return self._is_ours(self._admin.get(f"{ADMIN_PREFIX}/health"))
         except httpx.TransportError:
             return False
 
@@ -184,7 +263,14 @@ class SandboxProcess:
         return total
 
     def configure(self, **knobs: Any) -> dict[str, Any]:
-        """Change knobs on the running sandbox (kept for restarts); returns all knobs now in force."""
+        """Change knobs on the running sandbox (kept for restarts); returns all knobs now in force.
+
+        E.g. `configure(drop_field="units.rooms")`: API writes of units silently lose `rooms`;
+        `configure(rename_field="units.rooms=roomCount")`: they store it as `roomCount`, and reads
+        return that; `configure(echo_errors=True)`: 400/422 answers quote the submitted values and
+        body. `None` (or "" / 0) turns a knob off. An unknown knob or a bad value is answered 400
+        (`httpx.HTTPStatusError`) and changes nothing.
+        """
         current = self._call("POST", "config", knobs)
         self._knobs.update(knobs)
         return current
@@ -195,3 +281,95 @@ class SandboxProcess:
         if knobs:
             self._knobs = {}
             self._call("POST", "config", dataclasses.asdict(Knobs()))
+
+    # --- someone else changes casavi (not counted in `requests()`) ----------------------------------
+    def seed(
+        self,
+        objects: Iterable[tuple[api.ObjectKind | str, Mapping[str, Any]] | Mapping[str, Any]],
+        *,
+        batch_size: int = SEED_BATCH,
+    ) -> dict[str, int]:
+        """Store objects as an import into casavi would (Aareon Connect, an Excel upload).
+
+        `objects` are `(kind, body)` pairs or `{"kind": ..., "body": ...}` dicts; `kind` is an
+        `api.ObjectKind`, its value (`"unit"`) or its collection (`"units"`), `body` uses casavi's
+        field names. Each body must pass the adapter's field rules (`api.validate_payload`), but its
+        references need not resolve (imports can be messy); they are recorded, so the API's 409s
+        protect seeded objects as well. Bodies are stored as given (fields outside the model kept,
+        absent ones absent), replacing an object with the same id; every one gets a new `modified`.
+        Sent in requests of `batch_size` objects (one in flight while the next is built), each stored
+        in one transaction; a rejected batch raises `httpx.HTTPStatusError` (its answer lists the
+        problems, by index within the batch) and earlier batches stay stored.
+        Returns `{"seeded", "created", "updated"}` summed over the batches.
+        """
+        totals = {"seeded": 0, "created": 0, "updated": 0}
+        batch: list[dict[str, Any]] = []
+        # one batch in flight while the next is built: the server parses and stores meanwhile
+        with concurrent.futures.ThreadPoolExecutor(max_workers=1) as sender:
+            in_flight: concurrent.futures.Future[dict[str, Any]] | None = None
+
+            def send() -> concurrent.futures.Future[dict[str, Any]]:
+                content = json.dumps(batch, ensure_ascii=False, separators=(",", ":")).encode()
+                batch.clear()
+                if in_flight is not None:
+                    collect(in_flight)
+                return sender.submit(self._post_seed, content)
+
+            def collect(future: concurrent.futures.Future[dict[str, Any]]) -> None:
+                answer = future.result()
+                for key in totals:
+                    totals[key] += answer[key]
+
+            for item in objects:
+                if isinstance(item, tuple):
+                    kind, body = item
+                else:
+                    kind, body = item["kind"], item["body"]
+                batch.append({"kind": str(kind), "body": body})
+                if len(batch) >= batch_size:
+                    in_flight = send()
+            if batch:
+                in_flight = send()
+            if in_flight is not None:
+                collect(in_flight)
+        return totals
+
+    def _post_seed(self, content: bytes) -> dict[str, Any]:
+        response = self._admin.post(
+            f"{ADMIN_PREFIX}/seed",
+            content=content,
+            headers={"content-type": "application/json"},
+            timeout=600.0,
+        )
+        response.raise_for_status()
+        return response.json()
+
+    def edit(self, kind: api.ObjectKind | str, ref_id: str, changes: Mapping[str, Any]) -> dict[str, Any]:
+        """Change some fields of one object as a person in casavi's UI would; returns the object as
+        the API now reads it. `changes` use casavi's field names (a null clears a field); the result
+        must still pass the adapter's field rules (else `httpx.HTTPStatusError` 400); `modified` is
+        bumped even when nothing changed. 404 for an unknown object; the reference id cannot change."""
+        return self._call("PATCH", _object_path(kind, ref_id), dict(changes))
+
+    def delete_as_user(self, kind: api.ObjectKind | str, ref_id: str) -> bool:
+        """Delete one object as a person in casavi's UI would: no 409 check, so objects referencing it
+        are left dangling. Returns False if there was no such object."""
+        response = self._admin.delete(f"{ADMIN_PREFIX}/{_object_path(kind, ref_id)}")
+        if response.status_code == 404:
+            return False
+        response.raise_for_status()
+        return True
+
+
+def _object_path(kind: api.ObjectKind | str, ref_id: str) -> str:
+    return f"objects/{kind}/{quote(ref_id, safe='')}"
+
+
+def _knob_arguments(name: str, value: Any) -> list[str]:
+    """The command-line flags of one knob (booleans as --flag / --no-flag, None as nothing)."""
+    flag = _KNOB_FLAGS[name]
+    if value is None:
+        return []
+    if isinstance(value, bool):
+        return [flag] if value else ["--no-" + flag.removeprefix("--")]
+    return [flag, str(value)]

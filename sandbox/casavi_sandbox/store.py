@@ -9,10 +9,11 @@ without an fsync, so thousands of PUTs per second stay possible.
 from __future__ import annotations
 
 import json
+import re
 import sqlite3
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -180,6 +181,105 @@ class SandboxStore:
             )
         return StoredObject(internal_id, payload, modified), created
 
+    def replace(
+        self,
+        collection: str,
+        ref_id: str,
+        payload: dict[str, Any],
+        links: Iterable[tuple[str, str]],
+        modified: str,
+    ) -> StoredObject | None:
+        """Overwrite an existing object and its references, always taking the new `modified` (an edit by
+        a person is a change even if it saves the same values); None if there is no such object."""
+        body = json.dumps(payload, ensure_ascii=False, separators=(",", ":"))
+        with self.atomic():
+            cursor = self._db.execute(
+                "UPDATE objects SET payload = ?, modified = ? WHERE collection = ? AND ref_id = ?"
+                " RETURNING internal_id",
+                (body, modified, collection, ref_id),
+            )
+            row = cursor.fetchone()
+            if row is None:
+                return None
+            self._db.execute(
+                "DELETE FROM links WHERE src_collection = ? AND src_id = ?", (collection, ref_id)
+            )
+            self._db.executemany(
+                "INSERT INTO links VALUES (?, ?, ?, ?)",
+                [(collection, ref_id, dst_collection, dst_id) for dst_collection, dst_id in set(links)],
+            )
+        return StoredObject(int(row[0]), payload, modified)
+
+    def seed(
+        self,
+        objects: Sequence[tuple[str, str, dict[str, Any]]],
+        links: Iterable[tuple[str, str, str, str]],
+        modified: str,
+    ) -> int:
+        """Create or replace many objects at once, in one transaction; returns how many were new.
+
+        `objects` are (collection, reference id, payload), `links` (source collection, source id, target
+        collection, target id). Replaced objects keep their internal id and lose their old references.
+        Every object takes `modified`, changed or not: an import rewrites what it imports.
+        """
+        rows = [
+            (collection, ref_id, json.dumps(payload, ensure_ascii=False, separators=(",", ":")), modified)
+            for collection, ref_id, payload in objects
+        ]
+        keys = [(collection, ref_id) for collection, ref_id, _, _ in rows]
+        with self.atomic():
+            # which of them exist already, found in one join rather than a lookup per object: only
+            # their old references need dropping (a DELETE per object costs more than the inserts)
+            self._db.execute("CREATE TEMP TABLE IF NOT EXISTS seed_keys (collection TEXT, ref_id TEXT)")
+            self._db.execute("DELETE FROM seed_keys")
+            self._db.executemany("INSERT INTO seed_keys VALUES (?, ?)", keys)
+            existing = self._db.execute(
+                "SELECT DISTINCT k.collection, k.ref_id FROM seed_keys k"
+                " JOIN objects o ON o.collection = k.collection AND o.ref_id = k.ref_id"
+            ).fetchall()
+            self._db.execute("DELETE FROM seed_keys")
+            self._db.executemany(
+                "INSERT INTO objects (collection, ref_id, payload, modified) VALUES (?, ?, ?, ?)"
+                " ON CONFLICT (collection, ref_id)"
+                " DO UPDATE SET payload = excluded.payload, modified = excluded.modified",
+                rows,
+            )
+            self._db.executemany("DELETE FROM links WHERE src_collection = ? AND src_id = ?", existing)
+            self._db.executemany("INSERT INTO links VALUES (?, ?, ?, ?)", set(links))
+        return len(set(keys)) - len(existing)
+
+    def index_field(self, field: str) -> None:
+        """Index a top-level payload field per collection, for `grouped_by` (created once per file)."""
+        expression = _field_expression(field)
+        with self.atomic():
+            self._db.execute(
+                f"CREATE INDEX IF NOT EXISTS {_index_name(field)} ON objects (collection, {expression})"
+            )
+
+    def grouped_by(
+        self, collection: str, field: str, values: Iterable[str], *, also: str
+    ) -> dict[tuple[str, str], list[str]]:
+        """Reference ids of the objects whose `field` is one of `values`, grouped by (field, `also`)
+        value, in internal-id order: e.g. the units of some properties, by property and address."""
+        wanted = sorted(set(values))
+        if not wanted:
+            return {}
+        expression, other = _field_expression(field), _field_expression(also)
+        groups: dict[tuple[str, str], list[str]] = {}
+        with self._lock:
+            for start in range(0, len(wanted), 500):
+                chunk = wanted[start : start + 500]
+                rows = self._db.execute(
+                    # INDEXED BY: without ANALYZE statistics SQLite would scan the whole collection
+                    f"SELECT {expression}, {other}, ref_id FROM objects INDEXED BY {_index_name(field)}"
+                    f" WHERE collection = ? AND {expression} IN ({', '.join('?' * len(chunk))})"
+                    " ORDER BY internal_id",
+                    [collection, *chunk],
+                ).fetchall()
+                for value, other_value, ref_id in rows:
+                    groups.setdefault((value, other_value), []).append(ref_id)
+        return groups
+
     def referrers(self, collection: str, ref_id: str) -> dict[str, int]:
         """How many objects of each collection still reference this one."""
         with self._lock:
@@ -217,6 +317,17 @@ class SandboxStore:
         with self.atomic():
             self._db.execute("DELETE FROM objects")
             self._db.execute("DELETE FROM links")
+
+
+def _field_expression(field: str) -> str:
+    """The SQL of a top-level payload field; the name is checked, as it becomes part of the SQL text."""
+    if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", field):
+        raise ValueError(f"not a plain field name: {field!r}")
+    return f"json_extract(payload, '$.{field}')"
+
+
+def _index_name(field: str) -> str:
+    return f"objects_by_{field}"  # field is checked by _field_expression
 
 
 def _stored(row: tuple[int, str, str]) -> StoredObject:
