@@ -11,6 +11,7 @@ validates with the same `FIELD_RULES`, so sandbox and client implement exactly o
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
