@@ -13,13 +13,13 @@ from typing import Any, ClassVar
 
 import httpx
 import pytest
+
+from casavi_pipeline.casavi import api
+from casavi_pipeline.casavi.api import ObjectKind
 from casavi_sandbox import SandboxProcess
 from casavi_sandbox import process as process_module
 from casavi_sandbox.__main__ import DEFAULT_DB, parse_args
 from casavi_sandbox.process import PortTakenError
-
-from casavi_pipeline.casavi import api
-from casavi_pipeline.casavi.api import ObjectKind
 
 pytestmark = pytest.mark.e2e
 
