@@ -41,3 +41,6 @@ def sandbox(sandbox_server: SandboxProcess) -> SandboxProcess:
         sandbox_server.restart()
     sandbox_server.reset()
     return sandbox_server
+
+
+from casavi_pipeline_tests.e2e import env  # noqa: E402,F401  (the end-to-end tests' settings fixture)

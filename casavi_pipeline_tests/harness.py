@@ -52,10 +52,15 @@ def run_mandant(
 
 
 def run_from_environment(
-    mandant: str, values: Mapping[str, str], *, instance: dg.DagsterInstance | None = None
+    mandant: str,
+    values: Mapping[str, str],
+    *,
+    instance: dg.DagsterInstance | None = None,
+    run_config: Mapping | None = None,
 ) -> dg.ExecuteInProcessResult:
     """The main job for one Mandant with the resources these settings give, as in production."""
-    return run_mandant(mandant, build_resources(settings_from(values)), instance=instance)
+    resources = build_resources(settings_from(values))
+    return run_mandant(mandant, resources, instance=instance, run_config=run_config)
 
 
 def check_results(result: dg.ExecuteInProcessResult) -> dict[str, dg.AssetCheckEvaluation]:

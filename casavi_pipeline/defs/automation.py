@@ -1,17 +1,21 @@
-"""Running unattended: a nightly schedule, a sensor for new ERP deliveries, and failure reporting.
+"""Running unattended: a nightly schedule, a sensor for new ERP deliveries, failure reporting, and the
+dead-run sensor.
 
-All three are off by default in code (switch them on in the UI under Automation), so a fresh
-deployment never writes to casavi before someone decided it should. Settings are read when they
-evaluate, not at import, so a changed export folder is picked up without a code change.
+The schedule, the delivery sensor and the failure report are off by default (switch them on in the UI
+under Automation), so a fresh deployment never writes to casavi before someone decided it should. The
+dead-run sensor is on: it writes nothing to casavi; it marks runs whose process was killed as failed and
+frees their `casavi_api` pool slot, which would otherwise block every later sync.
 """
 
 import json
 
 import dagster as dg
 
+from casavi_pipeline.defs.failures import check_evaluations_of_run, failure_reason
 from casavi_pipeline.defs.jobs import casavi_sync_job
 from casavi_pipeline.defs.partitions import mandant_partitions
 from casavi_pipeline.defs.resources import ErpExport, SyncPolicy
+from casavi_pipeline.runs.health import build_dead_run_sensor
 
 NIGHTLY_CRON = "0 2 * * *"
 TIMEZONE = "Europe/Berlin"
@@ -64,28 +68,6 @@ def casavi_export_delivery_sensor(
     return dg.SensorResult(run_requests=requests, cursor=json.dumps(seen, sort_keys=True))
 
 
-def failure_reason(instance: dg.DagsterInstance, run_id: str) -> str:
-    """One line: the failing blocking check's description, else the failed step's description."""
-    records = instance.get_records_for_run(run_id).records
-    for record in records:
-        event = record.event_log_entry.dagster_event
-        if event is None or event.event_type_value != "ASSET_CHECK_EVALUATION":
-            continue
-        evaluation = event.event_specific_data
-        if not evaluation.passed and evaluation.severity == dg.AssetCheckSeverity.ERROR:
-            return f"check {evaluation.check_name} failed: {evaluation.description}"
-    for record in records:
-        event = record.event_log_entry.dagster_event
-        if event is not None and event.event_type_value == "STEP_FAILURE":
-            data = event.step_failure_data
-            user = data.user_failure_data if data else None
-            if user and user.description:
-                return f"{event.step_key}: {user.description.splitlines()[0]}"
-            if data and data.error:
-                return f"{event.step_key}: {data.error.message.strip().splitlines()[0]}"
-    return "see the run's event log"
-
-
 @dg.run_failure_sensor(
     monitored_jobs=[casavi_sync_job],
     default_status=dg.DefaultSensorStatus.STOPPED,
@@ -94,12 +76,13 @@ def failure_reason(instance: dg.DagsterInstance, run_id: str) -> str:
 def casavi_run_failure_report(context: dg.RunFailureSensorContext) -> None:
     run = context.dagster_run
     mandant = run.tags.get("dagster/partition", "?")
-    context.log.error(
-        f"casavi sync of Mandant {mandant} failed (run {run.run_id}): {failure_reason(context.instance, run.run_id)}"
+    reason = failure_reason(
+        check_evaluations_of_run(context.instance, run.run_id), context.get_step_failure_events()
     )
+    context.log.error(f"casavi sync of Mandant {mandant} failed (run {run.run_id}): {reason}")
 
 
 defs = dg.Definitions(
     schedules=[casavi_nightly_sync],
-    sensors=[casavi_export_delivery_sensor, casavi_run_failure_report],
+    sensors=[casavi_export_delivery_sensor, casavi_run_failure_report, build_dead_run_sensor()],
 )

@@ -6,6 +6,7 @@ import warnings
 
 import dagster as dg
 
+from casavi_pipeline.defs.failures import record_failure_reason
 from casavi_pipeline.defs.partitions import mandant_partitions
 
 SYNC_JOB_NAME = "casavi_sync_job"
@@ -18,6 +19,7 @@ with warnings.catch_warnings():
         SYNC_JOB_NAME,
         selection=dg.AssetSelection.all(),
         partitions_def=mandant_partitions,
+        hooks={record_failure_reason},
         description="Reads one Mandant's ERP export, maps it to casavi objects, checks them, diffs against the "
         "snapshot and writes only what changed to casavi. One run per Mandant (partition).",
     )

@@ -26,6 +26,7 @@ from casavi_pipeline.erp.reader import ErpTable, read_entity
 from casavi_pipeline.settings import Settings, load_settings
 from casavi_pipeline.sync.deliveries import Delivery, scan_delivery
 from casavi_pipeline.sync.guards import GuardPolicy
+from casavi_pipeline.sync.remote import RemoteCache
 from casavi_pipeline.sync.snapshot import Snapshot
 
 #: The settings of this code location, read once when it loads (a bad setting fails the load in one line).
@@ -56,6 +57,10 @@ class SnapshotStore(dg.ConfigurableResource):
     def open(self, mandant: str, *, read_only: bool = False) -> Snapshot:
         return Snapshot(self.path(mandant), mandant, read_only=read_only)
 
+    def remote_cache(self) -> RemoteCache:
+        """The account-wide listing of casavi that every Mandant takes its slice from."""
+        return RemoteCache(Path(self.directory))
+
 
 class SyncPolicy(dg.ConfigurableResource):
     """How reference ids are composed and what the sync may do on its own."""
@@ -67,6 +72,12 @@ class SyncPolicy(dg.ConfigurableResource):
     allow_separator_change: bool = Field(default=False, description="CASAVI_ALLOW_SEPARATOR_CHANGE")
     email_drop_warn_share: float = Field(default=0.25, ge=0, le=1, description="CASAVI_EMAIL_DROP_WARN_SHARE")
     delivery_settle_seconds: float = Field(default=60.0, ge=0, description="CASAVI_DELIVERY_SETTLE_SECONDS")
+    repair_drift: bool = Field(default=False, description="default of repair_drift (CASAVI_REPAIR_DRIFT)")
+    verify_writes: bool = Field(
+        default=True, description="read back the first write per kind (CASAVI_VERIFY_WRITES)"
+    )
+    read_max_age_minutes: float = Field(default=10.0, ge=0, description="CASAVI_READ_MAX_AGE_MINUTES")
+    full_read_every_days: float = Field(default=7.0, gt=0, description="CASAVI_FULL_READ_EVERY_DAYS")
 
     @property
     def guards(self) -> GuardPolicy:
@@ -92,6 +103,10 @@ class CasaviResource(dg.ConfigurableResource):
         """Where the writes go, for messages (a URL, never credentials)."""
         raise NotImplementedError
 
+    def expected_seconds(self, requests: int) -> float | None:
+        """How long `requests` take at the configured rate limit (None: no limit)."""
+        return None
+
 
 class HttpCasaviResource(CasaviResource):
     """casavi's manager API v2 over HTTP (or the local sandbox, which speaks the same API)."""
@@ -112,6 +127,9 @@ class HttpCasaviResource(CasaviResource):
     @property
     def target(self) -> str:
         return self.base_url
+
+    def expected_seconds(self, requests: int) -> float | None:
+        return requests * 60.0 / self.requests_per_minute if self.requests_per_minute else None
 
     @contextlib.contextmanager
     def get_client(self) -> Iterator[CasaviClient]:
@@ -144,6 +162,10 @@ def build_resources(settings: Settings) -> dict[str, dg.ConfigurableResource]:
             allow_separator_change=settings.allow_separator_change,
             email_drop_warn_share=settings.email_drop_warn_share,
             delivery_settle_seconds=settings.delivery_settle_seconds,
+            repair_drift=settings.repair_drift,
+            verify_writes=settings.verify_writes,
+            read_max_age_minutes=settings.read_max_age_minutes,
+            full_read_every_days=settings.full_read_every_days,
         ),
         "casavi": HttpCasaviResource(
             api_key=dg.EnvVar("CASAVI_API_KEY"),

@@ -9,6 +9,7 @@ resumed sync continues with what is left rather than recomputing.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -40,7 +41,9 @@ class KindChanges:
 class ChangesetSummary:
     mandant: str
     kinds: dict[ObjectKind, KindChanges]
-    preview: pd.DataFrame = field(repr=False)  # kind, change, ref_id: the first few per kind and change
+    preview: pd.DataFrame = field(
+        repr=False
+    )  # kind, change, ref_id, fields: the first few per kind and change
 
     @property
     def total_writes(self) -> int:
@@ -55,10 +58,17 @@ class ChangesetSummary:
         }
 
 
-def _desired_sql(kind: ObjectKind, view: str) -> str:
+def hashed_payloads_sql(kind: ObjectKind, view: str, *, keep: tuple[str, ...] = ()) -> str:
+    """(kind, ref_id, payload, content_hash[, keep...]) for every row of a frame of domain columns.
+
+    The one hash of the project: md5 of the exact JSON body a write sends (`api.payload_json_sql`). The
+    changeset hashes the mapped objects with it and the read-back hashes casavi's normalised reads with
+    it, so equal hashes mean casavi holds what the ERP says. `keep` passes extra columns through.
+    """
+    extra = "".join(f', "{column}"' for column in keep)
     return (
-        f"SELECT '{kind.value}' AS kind, id AS ref_id, payload, md5(payload) AS content_hash "
-        f"FROM (SELECT id, {api.payload_json_sql(kind)} AS payload FROM {view})"
+        f"SELECT '{kind.value}' AS kind, id AS ref_id, payload, md5(payload) AS content_hash{extra} "
+        f"FROM (SELECT id, {api.payload_json_sql(kind)} AS payload{extra} FROM {view})"
     )
 
 
@@ -75,7 +85,7 @@ def compute_changeset(
     for kind, frame in frames.items():
         view = f"mapped_{kind.value}"
         con.register(view, frame)
-        selects.append(_desired_sql(kind, view))
+        selects.append(hashed_payloads_sql(kind, view))
     kinds_sql = ", ".join(f"'{k.value}'" for k in frames)
     con.execute("BEGIN TRANSACTION")
     try:
@@ -121,6 +131,18 @@ def compute_changeset(
     return summarize(snapshot, kinds=list(frames), preview_rows=preview_rows)
 
 
+def changed_fields(new_payload: str | None, old_payload: str | None) -> str:
+    """The casavi field names that differ between two bodies, comma-separated (names only, never values:
+    they hold personal data). A create lists every field it sets; a delete lists nothing."""
+    if new_payload is None:
+        return ""
+    new = json.loads(new_payload)
+    old = json.loads(old_payload) if old_payload else {}
+    return ", ".join(
+        name for name, value in new.items() if old.get(name) != value and (old or value is not None)
+    )
+
+
 def _order_list(order: tuple[ObjectKind, ...]) -> str:
     return "[" + ", ".join(f"'{k.value}'" for k in order) + "]"
 
@@ -159,12 +181,18 @@ def summarize(
         )
     preview = con.execute(
         """
-        SELECT kind, change, ref_id FROM (
-            SELECT kind, change, ref_id, seq,
+        SELECT p.kind, p.change, p.ref_id, p.payload, s.payload AS synced_payload FROM (
+            SELECT kind, change, ref_id, payload, seq,
                    row_number() OVER (PARTITION BY kind, change ORDER BY seq) AS n
-            FROM pending)
+            FROM pending) p
+        LEFT JOIN synced s ON s.kind = p.kind AND s.ref_id = p.ref_id
         WHERE n <= ? ORDER BY seq
         """,
         [preview_rows],
     ).df()
+    preview["fields"] = [
+        changed_fields(new, old)
+        for new, old in zip(preview["payload"], preview["synced_payload"], strict=True)
+    ]
+    preview = preview[["kind", "change", "ref_id", "fields"]]
     return ChangesetSummary(mandant=snapshot.mandant, kinds=result, preview=preview)

@@ -35,12 +35,15 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
 import duckdb
 import pandas as pd
 
 from casavi_pipeline.casavi.api import ObjectKind
+
+if TYPE_CHECKING:
+    from casavi_pipeline.sync.remote import RemoteCache
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS synced (
@@ -61,6 +64,14 @@ CREATE TABLE IF NOT EXISTS pending (
     payload VARCHAR
 );
 CREATE TABLE IF NOT EXISTS meta (key VARCHAR PRIMARY KEY, value VARCHAR);
+CREATE TABLE IF NOT EXISTS remote (
+    kind VARCHAR NOT NULL,
+    ref_id VARCHAR NOT NULL,
+    content_hash VARCHAR NOT NULL,
+    payload VARCHAR,
+    modified VARCHAR,
+    PRIMARY KEY (kind, ref_id)
+);
 """
 
 META_SEPARATOR = "id_separator"
@@ -187,6 +198,19 @@ def read_journal(path: Path) -> tuple[list[tuple[str, str, str, str | None]], in
 
 
 @dataclass(frozen=True)
+class Drift:
+    """(kind, 'changed' | 'deleted' | 'unknown') → (count, first reference ids)."""
+
+    found: dict[tuple[str, str], tuple[int, list[str]]]
+
+    def count(self, what: str | None = None) -> int:
+        return sum(n for (_, kind_what), (n, _) in self.found.items() if what in (None, kind_what))
+
+    def ids(self, what: str) -> list[str]:
+        return sorted(i for (_, kind_what), (_, ids) in self.found.items() if kind_what == what for i in ids)
+
+
+@dataclass(frozen=True)
 class PendingOp:
     seq: int
     kind: ObjectKind
@@ -232,7 +256,7 @@ class Snapshot:
             if not read_only:
                 con.execute(_SCHEMA)
                 self._fold_journal()
-                self._set_meta(META_MANDANT, mandant)
+                self.set_meta(META_MANDANT, mandant)
         except duckdb.Error as exc:
             if con is not None:
                 with contextlib.suppress(duckdb.Error):
@@ -272,15 +296,62 @@ class Snapshot:
         row = self._con.execute("SELECT value FROM meta WHERE key = ?", [key]).fetchone()
         return row[0] if row else None
 
-    def _set_meta(self, key: str, value: str) -> None:
+    def set_meta(self, key: str, value: str) -> None:
         self._con.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", [key, value])
 
     def set_separator(self, separator: str) -> None:
-        self._set_meta(META_SEPARATOR, separator)
+        self.set_meta(META_SEPARATOR, separator)
 
     @property
     def separator(self) -> str | None:
         return self.get_meta(META_SEPARATOR)
+
+    # --- casavi read back (see sync/remote.py) ---------------------------------------------------------
+    def replace_remote(self, cache: RemoteCache, prefix: str) -> int:
+        """Take this Mandant's slice of the account listing (ids with `prefix`) into table `remote`."""
+        return cache.copy_slice(self._con, "remote", prefix)
+
+    def remote_counts(self) -> dict[str, int]:
+        rows = self._con.execute("SELECT kind, count(*) FROM remote GROUP BY kind").fetchall()
+        return {kind: count for kind, count in rows}
+
+    def adopt_remote(self) -> dict[str, int]:
+        """Record what casavi holds as synced: `synced` becomes the remote slice.
+
+        Used when the snapshot knows nothing yet (a filled account, a lost snapshot) and to repair drift:
+        the next changeset then holds exactly the differences between casavi and the ERP.
+        """
+        now = dt.datetime.now(dt.UTC)
+        con = self._con
+        con.execute("BEGIN TRANSACTION")
+        try:
+            con.execute("DELETE FROM synced")
+            con.execute(
+                "INSERT INTO synced SELECT kind, ref_id, content_hash, payload, ?::TIMESTAMPTZ FROM remote",
+                [now],
+            )
+            con.execute("COMMIT")
+        except Exception:
+            con.execute("ROLLBACK")
+            raise
+        return self.synced_counts()
+
+    def drift(self, *, listed: int = 10) -> Drift:
+        """How casavi differs from what we confirmed: changed or deleted there, or ours but never written."""
+        rows = self._con.execute(
+            f"""
+            WITH d AS (
+                SELECT coalesce(s.kind, r.kind) AS kind, coalesce(s.ref_id, r.ref_id) AS ref_id,
+                       CASE WHEN r.ref_id IS NULL THEN 'deleted'
+                            WHEN s.ref_id IS NULL THEN 'unknown'
+                            ELSE 'changed' END AS drift
+                FROM synced s FULL OUTER JOIN remote r ON r.kind = s.kind AND r.ref_id = s.ref_id
+                WHERE r.ref_id IS NULL OR s.ref_id IS NULL OR r.content_hash <> s.content_hash
+            )
+            SELECT kind, drift, count(*), list(ref_id ORDER BY ref_id)[1:{int(listed)}] FROM d GROUP BY ALL
+            """
+        ).fetchall()
+        return Drift({(kind, what): (count, list(first)) for kind, what, count, first in rows})
 
     # --- reads ---------------------------------------------------------------------------------------
     def synced_counts(self) -> dict[str, int]:

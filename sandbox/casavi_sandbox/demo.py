@@ -11,15 +11,20 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 import warnings
 from pathlib import Path
 
+from casavi_pipeline.settings import SettingsError
 from casavi_sandbox.local import SANDBOX_PORT, LocalSetupError, local_environment
+from casavi_sandbox.process import PortTakenError
 
 KIND_ORDER = ("property", "unit", "contact", "contract")
 #: The demo prints a summary; the full event log of each run is in the Dagster UI (./run dev).
 QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
+#: How long the demo waits for the casavi_api pool before it gives up with the holder's run id.
+POOL_WAIT_SECONDS = 120.0
 
 
 def _summary_rows(result, mandant: str) -> list[tuple[str, ...]]:
@@ -49,13 +54,40 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     warnings.filterwarnings("ignore", message=".*(beta|preview).*", category=Warning)  # dagster notices
+    # SIGTERM (a deploy, `kill`) stops the demo like Ctrl-C: no next Mandant, confirmed writes kept.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
         with local_environment(args.data_dir.resolve(), args.port) as environ:
             os.environ.update(environ)
             return _run(args.mandant)
-    except LocalSetupError as exc:
+    except (LocalSetupError, PortTakenError) as exc:
         print(f"demo: {exc}", file=sys.stderr)
         return 2
+    except SettingsError as exc:
+        print(f"demo: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("demo: stopped; what casavi confirmed is recorded.", file=sys.stderr)
+        return 130
+
+
+class _Print:
+    """A `log` for casavi_pipeline.runs.health that prints to the terminal."""
+
+    def info(self, message: str) -> None:
+        print(message, flush=True)
+
+    warning = info
+
+
+def _interrupted(result) -> bool:
+    return result.dagster_run.status.value == "CANCELED" or any(
+        event.step_failure_data
+        and event.step_failure_data.error
+        and event.step_failure_data.error.cls_name
+        in ("DagsterExecutionInterruptedError", "KeyboardInterrupt")
+        for event in result.get_step_failure_events()
+    )
 
 
 def _run(only: list[str] | None) -> int:
@@ -63,23 +95,45 @@ def _run(only: list[str] | None) -> int:
     import dagster as dg
 
     from casavi_pipeline.definitions import defs
+    from casavi_pipeline.defs.failures import failure_reason
     from casavi_pipeline.defs.jobs import SYNC_JOB_NAME
     from casavi_pipeline.defs.resources import SETTINGS
+    from casavi_pipeline.runs.health import PoolBusyError, run_host_tags, wait_for_pool
 
-    print(f"casavi {SETTINGS.casavi_base_url}; ERP export {SETTINGS.erp_export_dir}")
+    print(f"casavi {SETTINGS.casavi_base_url}; ERP export {SETTINGS.erp_export_dir}", flush=True)
     mandanten = only or SETTINGS.mandanten
-    print(f"Mandanten {', '.join(mandanten)}")
     job = defs.resolve_job_def(SYNC_JOB_NAME)
     rows: list[tuple[str, ...]] = []
-    failed = []
+    failed: list[tuple[str, str | None, str]] = []
+    stopped = False
     with dg.DagsterInstance.get() as instance:
         for mandant in mandanten:
-            result = job.execute_in_process(
-                run_config=QUIET, partition_key=mandant, instance=instance, raise_on_error=False
-            )
+            print(f"Mandant {mandant}: syncing", flush=True)
+            try:
+                # A killed earlier run may still hold the casavi_api pool slot: free it, or say who holds it.
+                wait_for_pool(instance, "casavi_api", log=_Print(), timeout_seconds=POOL_WAIT_SECONDS)
+                result = job.execute_in_process(
+                    run_config=QUIET,
+                    partition_key=mandant,
+                    instance=instance,
+                    raise_on_error=False,
+                    tags=run_host_tags(),
+                )
+            except PoolBusyError as exc:
+                failed.append((mandant, None, str(exc)))
+                break
+            except KeyboardInterrupt:
+                stopped = True
+                break
             rows += _summary_rows(result, mandant)
+            if _interrupted(result):
+                stopped = True
+                break
             if not result.success or not _summary_rows(result, mandant):
-                failed.append((mandant, result.run_id, _failure_reason(result)))
+                reason = failure_reason(
+                    result.get_asset_check_evaluations(), result.get_step_failure_events()
+                )
+                failed.append((mandant, result.run_id, reason))
 
     header = ("Mandant", "kind", "created", "updated", "deleted")
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
@@ -89,22 +143,12 @@ def _run(only: list[str] | None) -> int:
     total = sum(int(r[2]) + int(r[3]) + int(r[4]) for r in rows)
     print(f"\n{total} writes confirmed by casavi.")
     for mandant, run_id, reason in failed:
-        print(f"Mandant {mandant}: run {run_id} did not sync: {reason}", file=sys.stderr)
+        where = f" (run {run_id})" if run_id else ""
+        print(f"Mandant {mandant} did not sync{where}: {reason}", file=sys.stderr)
+    if stopped:
+        print("Stopped: what casavi confirmed is recorded; run the demo again to continue.", file=sys.stderr)
+        return 130
     return 1 if failed else 0
-
-
-def _failure_reason(result) -> str:
-    for event in result.all_events:
-        if event.event_type_value == "STEP_FAILURE" and event.step_failure_data:
-            error = event.step_failure_data.error
-            user = event.step_failure_data.user_failure_data
-            return (user.description if user and user.description else error.message if error else "").strip()
-    for event in result.all_events:
-        if event.event_type_value == "ASSET_CHECK_EVALUATION":
-            evaluation = event.event_specific_data
-            if not evaluation.passed and evaluation.severity.value == "ERROR":
-                return f"check {evaluation.check_name} failed: {evaluation.description}"
-    return "see the run in the Dagster UI (./run dev)"
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 from casavi_sandbox.local import SANDBOX_PORT, LocalSetupError, local_environment
+from casavi_sandbox.process import PortTakenError
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
@@ -44,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
                 except KeyboardInterrupt:
                     process.terminate()
                     return process.wait()
-    except LocalSetupError as exc:
+    except (LocalSetupError, PortTakenError) as exc:
         print(f"./run dev: {exc}", file=sys.stderr)
         return 2
 

@@ -37,7 +37,12 @@ class FakeCasaviClient:
     def __exit__(self, *exc: object) -> None:
         return None
 
+    def authenticate(self, *, force: bool = False) -> None:
+        self.stats.count("authentications")
+
     def list_objects(self, kind: ObjectKind, **_: Any) -> Iterator[dict[str, Any]]:
+        """Every object of the kind (the fake has no `modified`: every read lists them all)."""
+        self.stats.count("pages")
         yield from list(self.objects[kind].values())
 
     def get_object(self, kind: ObjectKind, ref_id: str) -> dict[str, Any] | None:
