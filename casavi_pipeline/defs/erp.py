@@ -21,6 +21,7 @@ def _column_schema(entity: Entity) -> dg.TableSchema:
             dg.TableColumn(
                 c.name,
                 _DAGSTER_TYPES[c.type.value],
+                description=c.description or None,
                 constraints=dg.TableColumnConstraints(
                     nullable=not c.not_null, unique=entity.key == (c.name,)
                 ),

@@ -22,6 +22,7 @@ class Column:
     type: ColumnType = ColumnType.STRING
     required: bool = False  # the column must be in the header
     not_null: bool = False  # every row needs a value
+    description: str = ""  # what the column holds, shown in the Dagster UI (English)
 
 
 @dataclass(frozen=True)
@@ -44,24 +45,24 @@ class Entity:
         return tuple(c.name for c in self.columns if c.required)
 
 
-def _key(name: str) -> Column:
-    return Column(name, required=True, not_null=True)
+def _key(name: str, description: str) -> Column:
+    return Column(name, required=True, not_null=True, description=description)
 
 
 _PERSON_COLUMNS = (
-    Column("anrede"),
-    Column("titel"),
-    Column("vorname"),
-    Column("nachname"),
-    Column("firma"),
-    Column("email"),
-    Column("telefon"),
-    Column("mobil"),
-    Column("strasse"),
-    Column("hausnummer"),
-    Column("plz"),
-    Column("ort"),
-    Column("land"),
+    Column("anrede", description="salutation: Herr, Frau, Divers, Firma or empty"),
+    Column("titel", description="academic title, e.g. Dr."),
+    Column("vorname", description="first name"),
+    Column("nachname", description="last name (a person needs nachname or firma)"),
+    Column("firma", description="company name (a person needs nachname or firma)"),
+    Column("email", description="email; the first valid address is used (tenants need one to be synced)"),
+    Column("telefon", description="telephone number"),
+    Column("mobil", description="mobile number"),
+    Column("strasse", description="street of the postal address"),
+    Column("hausnummer", description="house number of the postal address"),
+    Column("plz", description="postal code"),
+    Column("ort", description="city"),
+    Column("land", description="ISO 3166-1 alpha-2 country code; empty = DE"),
 )
 
 NUTZUNGSARTEN = ("WOHNUNG", "GEWERBE", "STELLPLATZ", "GARAGE", "SONSTIGE")
@@ -70,13 +71,13 @@ ANREDEN = ("Herr", "Frau", "Divers", "Firma")
 WIRTSCHAFTSEINHEITEN = Entity(
     "wirtschaftseinheiten",
     (
-        _key("we_nr"),
-        Column("bezeichnung", required=True, not_null=True),
-        Column("strasse"),
-        Column("hausnummer"),
-        Column("plz"),
-        Column("ort"),
-        Column("land"),
+        _key("we_nr", "economic unit number (key within the Mandant)"),
+        Column("bezeichnung", required=True, not_null=True, description="display name of the property"),
+        Column("strasse", description="street of the main address"),
+        Column("hausnummer", description="house number of the main address"),
+        Column("plz", description="postal code of the main address"),
+        Column("ort", description="city of the main address"),
+        Column("land", description="ISO 3166-1 alpha-2 country code; empty = DE"),
     ),
     key=("we_nr",),
     description="Wirtschaftseinheiten (economic units) → casavi properties (Liegenschaften)",
@@ -84,13 +85,13 @@ WIRTSCHAFTSEINHEITEN = Entity(
 GEBAEUDE = Entity(
     "gebaeude",
     (
-        _key("we_nr"),
-        _key("geb_nr"),
-        Column("strasse", required=True, not_null=True),
-        Column("hausnummer", required=True, not_null=True),
-        Column("plz", required=True, not_null=True),
-        Column("ort", required=True, not_null=True),
-        Column("land"),
+        _key("we_nr", "economic unit the building belongs to"),
+        _key("geb_nr", "building number (key within the economic unit)"),
+        Column("strasse", required=True, not_null=True, description="street of the building"),
+        Column("hausnummer", required=True, not_null=True, description="house number, e.g. 12a"),
+        Column("plz", required=True, not_null=True, description="postal code"),
+        Column("ort", required=True, not_null=True, description="city"),
+        Column("land", description="ISO 3166-1 alpha-2 country code; empty = DE"),
     ),
     key=("we_nr", "geb_nr"),
     description="Gebäude (buildings) → addresses of their casavi property",
@@ -98,13 +99,20 @@ GEBAEUDE = Entity(
 VERWALTUNGSEINHEITEN = Entity(
     "verwaltungseinheiten",
     (
-        _key("we_nr"),
-        _key("ve_nr"),
-        _key("geb_nr"),
-        Column("nutzungsart", required=True, not_null=True),
-        Column("lage"),
-        Column("flaeche_m2", ColumnType.DECIMAL),
-        Column("zimmer", ColumnType.DECIMAL),
+        _key("we_nr", "economic unit the unit belongs to"),
+        _key("ve_nr", "unit number (key within the economic unit)"),
+        _key("geb_nr", "building the unit is in (must exist in gebaeude)"),
+        Column(
+            "nutzungsart",
+            required=True,
+            not_null=True,
+            description="use: WOHNUNG, GEWERBE, STELLPLATZ, GARAGE or SONSTIGE",
+        ),
+        Column("lage", description="position in the building, e.g. 2. OG links"),
+        Column(
+            "flaeche_m2", ColumnType.DECIMAL, description="living/usable area in m², '.' as decimal point"
+        ),
+        Column("zimmer", ColumnType.DECIMAL, description="number of rooms, e.g. 2.5"),
     ),
     key=("we_nr", "ve_nr"),
     description="Verwaltungseinheiten (rentable/ownable units) → casavi units (Einheiten)",
@@ -112,36 +120,44 @@ VERWALTUNGSEINHEITEN = Entity(
 MIETVERTRAEGE = Entity(
     "mietvertraege",
     (
-        _key("vertrag_nr"),
-        _key("we_nr"),
-        _key("ve_nr"),
-        Column("beginn", ColumnType.DATE, required=True, not_null=True),
-        Column("ende", ColumnType.DATE),
+        _key("vertrag_nr", "rental contract number (key within the Mandant)"),
+        _key("we_nr", "economic unit of the rented unit"),
+        _key("ve_nr", "the rented unit (must exist in verwaltungseinheiten)"),
+        Column("beginn", ColumnType.DATE, required=True, not_null=True, description="start date, YYYY-MM-DD"),
+        Column("ende", ColumnType.DATE, description="end date, YYYY-MM-DD; empty = open-ended"),
     ),
     key=("vertrag_nr",),
     description="Mietverträge (rental contracts) → casavi contracts of type RENTER",
 )
 MIETER = Entity(
     "mieter",
-    (_key("vertrag_nr"), _key("person_nr"), *_PERSON_COLUMNS),
+    (
+        _key("vertrag_nr", "the rental contract (must exist in mietvertraege)"),
+        _key("person_nr", "person number (key within the Mandant; one person, one contact)"),
+        *_PERSON_COLUMNS,
+    ),
     key=("vertrag_nr", "person_nr"),
     description="Mieter (tenants), one row per contract and person → casavi contacts",
 )
 EIGENTUEMERVERTRAEGE = Entity(
     "eigentuemervertraege",
     (
-        _key("ev_nr"),
-        _key("we_nr"),
-        _key("ve_nr"),
-        Column("beginn", ColumnType.DATE, required=True, not_null=True),
-        Column("ende", ColumnType.DATE),
+        _key("ev_nr", "ownership contract number (key within the Mandant)"),
+        _key("we_nr", "economic unit of the owned unit"),
+        _key("ve_nr", "the owned unit (must exist in verwaltungseinheiten)"),
+        Column("beginn", ColumnType.DATE, required=True, not_null=True, description="start date, YYYY-MM-DD"),
+        Column("ende", ColumnType.DATE, description="end date, YYYY-MM-DD; empty = open-ended"),
     ),
     key=("ev_nr",),
     description="Eigentümerverträge (ownership contracts) → casavi contracts of type OWNER",
 )
 EIGENTUEMER = Entity(
     "eigentuemer",
-    (_key("ev_nr"), _key("person_nr"), *_PERSON_COLUMNS),
+    (
+        _key("ev_nr", "the ownership contract (must exist in eigentuemervertraege)"),
+        _key("person_nr", "person number (key within the Mandant; one person, one contact)"),
+        *_PERSON_COLUMNS,
+    ),
     key=("ev_nr", "person_nr"),
     description="Eigentümer (owners), one row per ownership contract and person → casavi contacts",
 )
