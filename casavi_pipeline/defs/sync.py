@@ -33,8 +33,6 @@ from casavi_pipeline.sync.snapshot import Snapshot, SnapshotCorruptError
 CASAVI_POOL = "casavi_api"
 REJECTIONS_LISTED = 50
 DRIFT_LISTED = 10
-#: The snapshot's meta key of the last confirmed write: a read older than that must not be reused.
-META_LAST_WRITE = "last_write_at"
 #: How often a long sync reports its progress (run log and terminal).
 PROGRESS_SECONDS = 30.0
 
@@ -104,7 +102,6 @@ def casavi_remote(
     cache = snapshots.remote_cache()
     with _open_snapshot(context, snapshots) as snapshot, _casavi(casavi) as client:
         never_synced = snapshot.synced_total() == 0
-        last_write = snapshot.get_meta(META_LAST_WRITE)
         pages_before = client.stats.pages
         client.authenticate()  # every run proves the credentials, also on a night with nothing to write
         read = cache.refresh(
@@ -113,7 +110,6 @@ def casavi_remote(
             full=config.full or never_synced,
             max_age=dt.timedelta(minutes=sync_policy.read_max_age_minutes),
             full_every=dt.timedelta(days=sync_policy.full_read_every_days),
-            stale_before=dt.datetime.fromisoformat(last_write) if last_write else None,
         )
         separator = sync_policy.id_separator
         if never_synced:
@@ -142,6 +138,7 @@ def casavi_remote(
             "adopted": sum(adopted.values()),
             **{f"mandant/{kind}": n for kind, n in sorted(snapshot.remote_counts().items())},
             **{f"listed/{kind}": n for kind, n in sorted(read.listed.items())},
+            **{f"changed/{kind}": n for kind, n in sorted(read.changed.items())},
         }
     context.log.info(
         f"Mandant {mandant}: read casavi ({'full' if read.full else 'reused' if read.reused else 'incremental'}"
@@ -270,7 +267,7 @@ def _before_the_pool(context: dg.AssetExecutionContext) -> None:
     """
     tag_run_host(context)
     reap_dead_runs(context.instance, log=context.log)
-    busy = describe_pool(context.instance, CASAVI_POOL, waiting_run_id=context.run_id)
+    busy = describe_pool(context.instance, CASAVI_POOL, waiting_run_id=context.run.run_id)
     if busy:
         context.log.info(busy)
 
@@ -443,12 +440,12 @@ def casavi_sync(
                 report = apply_changeset(
                     snapshot, client, verify=sync_policy.verify_writes, on_progress=progress, progress_every=1
                 )
-            except CasaviError:
-                snapshot.set_meta(META_LAST_WRITE, dt.datetime.now(dt.UTC).isoformat())
+            except (CasaviError, KeyboardInterrupt, dg.DagsterExecutionInterruptedError):
+                snapshots.remote_cache().mark_written()  # what was written must be read back next time
                 raise
-            totals = _run_totals(snapshot, context.run_id, report)
-            if report.total_confirmed:
-                snapshot.set_meta(META_LAST_WRITE, dt.datetime.now(dt.UTC).isoformat())
+            totals = _run_totals(snapshot, context.run.run_id, report)
+            if report.total_sent:
+                snapshots.remote_cache().mark_written()
             metadata = _sync_metadata(report, totals, client.stats.requests)
     context.log.info(
         f"Mandant {mandant}: {metadata['confirmed']} writes confirmed in this run, "

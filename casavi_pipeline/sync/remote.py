@@ -35,9 +35,10 @@ from casavi_pipeline.sync.changeset import hashed_payloads_sql
 CACHE_FILE = "casavi_remote.duckdb"
 #: Rows normalised in Python before they go to DuckDB in one batch: bounds memory on huge accounts.
 BATCH_ROWS = 50_000
-#: A later incremental read starts this much before the high-water mark, so an object changed in the
-#: same millisecond as the last one listed is not missed (re-reading a few is harmless: upserts).
-OVERLAP = dt.timedelta(seconds=2)
+#: A later incremental read starts this much before the high-water mark, so an object changed in the same
+#: second as the last one listed (or while that listing ran) is not missed. Re-reading a few unchanged
+#: objects is harmless: they are counted as listed, not as changed.
+OVERLAP = dt.timedelta(seconds=1)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS objects (
@@ -53,6 +54,7 @@ CREATE TABLE IF NOT EXISTS meta (key VARCHAR PRIMARY KEY, value VARCHAR);
 """
 _META_READ_AT = "read_at"
 _META_FULL_AT = "full_at"
+_META_WRITTEN_AT = "written_at"
 
 
 class ListingClient(Protocol):
@@ -68,6 +70,7 @@ class ReadReport:
     full: bool
     reused: bool  # the cache was fresh enough: nothing was listed
     listed: dict[str, int] = field(default_factory=dict)  # kind → objects casavi returned
+    changed: dict[str, int] = field(default_factory=dict)  # kind → of those, new or different from the cache
     removed: dict[str, int] = field(default_factory=dict)  # kind → gone from a full listing
     account_objects: int = 0
     seconds: float = 0.0
@@ -103,15 +106,14 @@ class RemoteCache:
         full: bool = False,
         max_age: dt.timedelta = dt.timedelta(minutes=10),
         full_every: dt.timedelta = dt.timedelta(days=7),
-        stale_before: dt.datetime | None = None,
         now: dt.datetime | None = None,
     ) -> ReadReport:
         """Bring the cache up to date with casavi: reuse, patch incrementally, or list everything.
 
         `full` asks for a listing that also sees deletions (a full one within `max_age` is reused).
-        Otherwise a listing within `max_age` is reused, unless it is older than `stale_before` (the
-        caller wrote to casavi since: its own writes must be read back), and a full listing runs when
-        the last one is older than `full_every`.
+        Otherwise a listing within `max_age` is reused, unless the sync wrote to casavi since
+        (`mark_written`: our own writes must be read back), and a full listing runs when the last one
+        is older than `full_every`.
         """
         started = time.monotonic()
         now = now or dt.datetime.now(dt.UTC)
@@ -119,12 +121,13 @@ class RemoteCache:
             con.execute(_SCHEMA)
             meta = dict(con.execute("SELECT key, value FROM meta").fetchall())
             read_at, full_at = _utc(meta.get(_META_READ_AT)), _utc(meta.get(_META_FULL_AT))
+            written_at = _utc(meta.get(_META_WRITTEN_AT))
 
             def fresh(stamp: dt.datetime | None) -> bool:
                 return (
                     stamp is not None
                     and now - stamp < max_age
-                    and (stale_before is None or stamp >= stale_before)
+                    and (written_at is None or stamp >= written_at)
                 )
 
             need_full = full_at is None or now - full_at >= full_every or (full and not fresh(full_at))
@@ -139,8 +142,9 @@ class RemoteCache:
                         "SELECT max(modified) FROM objects WHERE kind = ?", [kind.value]
                     ).fetchone()[0]  # type: ignore[index]
                     since = (_utc(mark) - OVERLAP) if mark else None
-                listed = self._list_kind(con, client, kind, since, replace=need_full)
-                report.listed[kind.value] = listed
+                report.listed[kind.value], report.changed[kind.value] = self._list_kind(
+                    con, client, kind, since
+                )
                 if need_full:
                     report.removed[kind.value] = con.execute(
                         "SELECT count(*) FROM objects o WHERE kind = ? AND NOT EXISTS "
@@ -167,13 +171,13 @@ class RemoteCache:
         client: ListingClient,
         kind: ObjectKind,
         since: dt.datetime | None,
-        *,
-        replace: bool,
-    ) -> int:
-        """List one kind (page by page), normalise, hash and upsert it; remember the ids seen."""
+    ) -> tuple[int, int]:
+        """List one kind (page by page), normalise, hash and upsert it; remember the ids seen.
+
+        Returns (objects listed, of those new or changed)."""
         con.execute("CREATE OR REPLACE TEMP TABLE listed (ref_id VARCHAR)")
         batch: list[dict[str, Any]] = []
-        total = 0
+        total = changed = 0
         for obj in client.list_objects(kind, page_size=api.MAX_PAGE_SIZE, modified_after=since):
             reference = obj.get(api.ID_FIELD)
             if not isinstance(reference, str) or not reference:
@@ -183,13 +187,15 @@ class RemoteCache:
             record["_modified"] = obj.get(api.MODIFIED_FIELD)
             batch.append(record)
             if len(batch) >= BATCH_ROWS:
-                total += self._store(con, kind, batch)
+                changed += self._store(con, kind, batch)
+                total += len(batch)
                 batch = []
-        total += self._store(con, kind, batch)
-        return total
+        changed += self._store(con, kind, batch)
+        return total + len(batch), changed
 
     @staticmethod
     def _store(con: duckdb.DuckDBPyConnection, kind: ObjectKind, records: list[dict[str, Any]]) -> int:
+        """Upsert one batch; return how many of its objects were new or changed."""
         if not records:
             return 0
         frame = pd.DataFrame.from_records(
@@ -200,16 +206,27 @@ class RemoteCache:
         con.register("read_batch", frame)
         try:
             hashed = hashed_payloads_sql(kind, "read_batch", keep=("_internal_id", "_modified"))
+            con.execute(f"CREATE OR REPLACE TEMP TABLE read_hashed AS {hashed}")
+            changed = con.execute(
+                "SELECT count(*) FROM read_hashed r WHERE NOT EXISTS (SELECT 1 FROM objects o WHERE "
+                "o.kind = r.kind AND o.ref_id = r.ref_id AND o.content_hash = r.content_hash "
+                'AND o.modified IS NOT DISTINCT FROM r."_modified")'
+            ).fetchone()[0]  # type: ignore[index]
             con.execute(
-                f"""
-                INSERT OR REPLACE INTO objects
-                SELECT kind, ref_id, "_internal_id", "_modified", content_hash, payload FROM ({hashed})
-                """
+                'INSERT OR REPLACE INTO objects SELECT kind, ref_id, "_internal_id", "_modified", '
+                "content_hash, payload FROM read_hashed"
             )
-            con.execute("INSERT INTO listed SELECT id FROM read_batch")
+            con.execute("INSERT INTO listed SELECT ref_id FROM read_hashed")
         finally:
             con.unregister("read_batch")
-        return len(records)
+        return changed
+
+    def mark_written(self, at: dt.datetime | None = None) -> None:
+        """The sync wrote to casavi: no listing before `at` may be reused (it misses those writes)."""
+        stamp = (at or dt.datetime.now(dt.UTC)).isoformat()
+        with self._locked(), contextlib.closing(duckdb.connect(str(self.path))) as con:
+            con.execute(_SCHEMA)
+            con.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", [_META_WRITTEN_AT, stamp])
 
     def copy_slice(self, target: duckdb.DuckDBPyConnection, table: str, prefix: str) -> int:
         """Replace `table` of the target connection with this account's objects whose id has `prefix`."""
