@@ -9,11 +9,15 @@ from pathlib import Path
 
 import dagster as dg
 
+import casavi_pipeline.defs
+
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 
 defs = dg.Definitions.merge(
-    dg.load_from_defs_folder(path_within_project=PROJECT_ROOT),
+    # What `dg.load_from_defs_folder` does, without needing pyproject.toml beside the code: a deployment
+    # that installed the package (not the repo) has none.
+    dg.ComponentTree.from_module(defs_module=casavi_pipeline.defs, project_root=PROJECT_ROOT).build_defs(),
     # One run = one Mandant, and its steps form a chain: parallelism comes from Mandant runs side by side
     # (queued under dagster.yaml's limits), not from steps. A process per step would re-import dagster
     # and pandas ~30 times per run for nothing.

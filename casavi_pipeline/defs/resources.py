@@ -21,6 +21,7 @@ import dagster as dg
 from pydantic import Field
 
 from casavi_pipeline.casavi.client import CasaviClient
+from casavi_pipeline.erase import VALUES_FOLDER
 from casavi_pipeline.erp.contract import Entity
 from casavi_pipeline.erp.reader import ErpTable, read_entity
 from casavi_pipeline.settings import Settings, load_settings
@@ -56,6 +57,11 @@ class SnapshotStore(dg.ConfigurableResource):
 
     def open(self, mandant: str, *, read_only: bool = False) -> Snapshot:
         return Snapshot(self.path(mandant), mandant, read_only=read_only)
+
+    @property
+    def values_directory(self) -> Path:
+        """Where the run's intermediate values (ERP and casavi frames) are kept: see `build_resources`."""
+        return Path(self.directory) / VALUES_FOLDER
 
     def remote_cache(self) -> RemoteCache:
         """The account-wide listing of casavi that every Mandant takes its slice from."""
@@ -147,13 +153,19 @@ class HttpCasaviResource(CasaviResource):
             yield client
 
 
-def build_resources(settings: Settings) -> dict[str, dg.ConfigurableResource]:
+def build_resources(settings: Settings) -> dict[str, object]:
     """The resources of the code location, from validated settings; secrets only through EnvVar."""
+    snapshots = SnapshotStore(directory=str(settings.snapshot_dir.resolve()))
     return {
+        # The frames between steps hold names, emails and phones: they are kept beside the Mandant's
+        # snapshot (one file per asset and Mandant, overwritten by its next run, erased by
+        # `./run erase-personal-data M`), not in Dagster's storage under $DAGSTER_HOME, which grows
+        # with every instance and is not the Mandant's to erase.
+        "io_manager": dg.FilesystemIOManager(base_dir=str(snapshots.values_directory)),
         "erp_export": ErpExport(
             directory=str(settings.erp_export_dir), encoding=settings.erp_export_encoding
         ),
-        "snapshots": SnapshotStore(directory=str(settings.snapshot_dir.resolve())),
+        "snapshots": snapshots,
         "sync_policy": SyncPolicy(
             id_separator=settings.id_separator,
             max_delete_share=settings.max_delete_share,

@@ -47,7 +47,7 @@ CREATE TABLE IF NOT EXISTS objects (
     internal_id BIGINT,
     modified VARCHAR,              -- casavi's ISO UTC stamp of the last change
     content_hash VARCHAR NOT NULL, -- the changeset's hash of the normalised body
-    payload VARCHAR NOT NULL,      -- the normalised body (for previews of what differs)
+    payload VARCHAR,               -- the normalised body (for previews of what differs); erasable
     PRIMARY KEY (kind, ref_id)
 );
 CREATE TABLE IF NOT EXISTS meta (key VARCHAR PRIMARY KEY, value VARCHAR);
@@ -227,6 +227,18 @@ class RemoteCache:
         with self._locked(), contextlib.closing(duckdb.connect(str(self.path))) as con:
             con.execute(_SCHEMA)
             con.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", [_META_WRITTEN_AT, stamp])
+
+    def erase_payloads(self, prefix: str) -> int:
+        """Drop the stored bodies of the objects whose id has `prefix` (a Mandant's personal data)."""
+        if not self.path.exists():
+            return 0
+        with self._locked(), contextlib.closing(duckdb.connect(str(self.path))) as con:
+            erased = con.execute(
+                "SELECT count(*) FROM objects WHERE starts_with(ref_id, ?) AND payload IS NOT NULL", [prefix]
+            ).fetchone()[0]  # type: ignore[index]
+            con.execute("UPDATE objects SET payload = NULL WHERE starts_with(ref_id, ?)", [prefix])
+            con.execute("CHECKPOINT")
+        return erased
 
     def copy_slice(self, target: duckdb.DuckDBPyConnection, table: str, prefix: str) -> int:
         """Replace `table` of the target connection with this account's objects whose id has `prefix`."""

@@ -353,6 +353,24 @@ class Snapshot:
         ).fetchall()
         return Drift({(kind, what): (count, list(first)) for kind, what, count, first in rows})
 
+    def erase_payloads(self) -> dict[str, int]:
+        """Drop every stored body (names, emails, phones): kept are ids and hashes, all the sync needs.
+
+        The pending changeset goes too (its bodies are the data); the next run computes it again.
+        Previews then list no changed field names until objects are written again.
+        """
+        con = self._con
+        erased = {
+            "synced": con.execute("SELECT count(*) FROM synced WHERE payload IS NOT NULL").fetchone()[0],  # type: ignore[index]
+            "pending": self.pending_total(),
+            "remote": con.execute("SELECT count(*) FROM remote WHERE payload IS NOT NULL").fetchone()[0],  # type: ignore[index]
+        }
+        con.execute("UPDATE synced SET payload = NULL")
+        con.execute("DELETE FROM pending")
+        con.execute("UPDATE remote SET payload = NULL")
+        con.execute("CHECKPOINT")
+        return erased
+
     # --- reads ---------------------------------------------------------------------------------------
     def synced_counts(self) -> dict[str, int]:
         rows = self._con.execute("SELECT kind, count(*) FROM synced GROUP BY kind").fetchall()

@@ -1,0 +1,556 @@
+"""The casavi manager API v2 client over httpx: auth, paging, upserts and deletes by reference id.
+
+Transient trouble (429, 5xx, timeouts, dropped connections) is retried with exponential backoff and
+jitter through tenacity, honouring `Retry-After`. That is safe for writes too: PUT and DELETE by
+reference id are idempotent, so resending a write whose answer was lost leaves one object. Answers that
+will not change on retry (400, 404, 409, 422) are never retried. Every request, retries and
+authentication included, passes one shared token bucket, so concurrency never multiplies the rate
+casavi sees.
+
+Credentials are never sprayed: a key/secret refused by `/v2/authenticate` is tried once per client,
+never retried, and the refusal is latched, so every thread and every later call fails at once without
+sending anything. Errors carry no casavi prose and no body (see `errors`).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import email.utils
+import math
+import re
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+from importlib.metadata import PackageNotFoundError, version
+from typing import Any, Literal
+
+import httpx
+from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, stop_after_delay
+from tenacity.wait import wait_exponential_jitter
+
+from casavi_pipeline.casavi import api
+from casavi_pipeline.casavi.api import ObjectKind
+from casavi_pipeline.casavi.errors import (
+    CasaviAuthError,
+    CasaviError,
+    CasaviRejectedError,
+    CasaviUnavailableError,
+)
+from casavi_pipeline.casavi.ratelimit import RateLimiter
+
+try:
+    USER_AGENT = f"casavi_pipeline/{version('casavi_pipeline')}"
+except PackageNotFoundError:  # pragma: no cover - running from a source tree
+    USER_AGENT = "casavi_pipeline"
+
+#: Longest wait a `Retry-After` may impose on one retry; beyond it the attempt budget decides.
+MAX_RETRY_AFTER_SECONDS = 120.0
+_REJECTED = {api.STATUS_INVALID, api.STATUS_NOT_FOUND, api.STATUS_CONFLICT, api.STATUS_UNKNOWN_REFERENCE}
+
+
+@dataclass(frozen=True)
+class Operation:
+    """One write to casavi."""
+
+    kind: ObjectKind
+    action: Literal["upsert", "delete"]
+    ref_id: str
+    payload: dict[str, Any] | None = None  # casavi body (`api.to_payload`) for upserts
+
+
+@dataclass(frozen=True)
+class WriteResult:
+    operation: Operation
+    ok: bool  # confirmed by casavi (a 404 on delete counts: the object is gone either way)
+    status: int | None
+    created: bool = False
+    error: CasaviError | None = None
+
+
+@dataclass
+class ClientStats:
+    """What the client sent; thread-safe counters."""
+
+    requests: int = 0  # every request sent, retries and authentication included
+    pages: int = 0  # list pages received
+    retries: int = 0
+    rate_limited: int = 0  # 429 answers
+    server_errors: int = 0  # 5xx answers
+    transport_errors: int = 0  # timeouts, refused or dropped connections
+    authentications: int = 0  # attempts, refused ones included
+    by_status: Counter[int] = field(default_factory=Counter)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def count(self, attribute: str, n: int = 1) -> None:
+        with self._lock:
+            setattr(self, attribute, getattr(self, attribute) + n)
+
+    def answered(self, status: int) -> None:
+        with self._lock:
+            self.requests += 1
+            self.by_status[status] += 1
+            if status == api.STATUS_RATE_LIMITED:
+                self.rate_limited += 1
+            elif status >= 500:
+                self.server_errors += 1
+
+
+class _Transient(Exception):
+    """A failure worth retrying; carries casavi's `Retry-After` when it sent one."""
+
+    def __init__(self, reason: str, *, status: int | None = None, retry_after: float | None = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.status = status
+        self.retry_after = retry_after
+
+
+def _retry_after_seconds(response: httpx.Response) -> float | None:
+    """`Retry-After` as seconds or as an HTTP date (RFC 9110), clamped to [0, MAX_RETRY_AFTER_SECONDS].
+
+    None when absent or unparsable: the caller then falls back to its exponential backoff.
+    """
+    value = (response.headers.get(api.RETRY_AFTER_HEADER) or "").strip()
+    if not value:
+        return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            when = email.utils.parsedate_to_datetime(value)
+        except (TypeError, ValueError, IndexError):
+            return None
+        if when.tzinfo is None:  # "-0000" parses as naive; HTTP dates are UTC
+            when = when.replace(tzinfo=dt.UTC)
+        seconds = (when - dt.datetime.now(dt.UTC)).total_seconds()
+    if not math.isfinite(seconds):  # float() also takes "nan" and "inf"
+        return None
+    return min(max(seconds, 0.0), MAX_RETRY_AFTER_SECONDS)
+
+
+_NOT_JSON = object()
+#: What a machine error code looks like; anything else in a `code` slot may be prose and is dropped.
+_CODE_RE = re.compile(r"^[A-Za-z0-9_.-]{1,40}$")
+
+
+def _json_or_not(response: httpx.Response) -> Any:
+    # Returns a sentinel rather than raising: a JSONDecodeError keeps the whole body (`.doc`), and an
+    # exception raised while handling it would carry it along as `__context__`.
+    try:
+        return response.json()
+    except ValueError:
+        return _NOT_JSON
+
+
+def _error_from(
+    response: httpx.Response,
+    cls: type[CasaviError],
+    *,
+    call: str,
+    ref_id: str | None,
+    message: str | None = None,
+) -> CasaviError:
+    """The client's error for an answer: our wording, plus only field names and codes from the body.
+
+    casavi's `message` texts are dropped on purpose: a server or proxy echoing the payload would put
+    personal data into the run log and the rejections table.
+    """
+    fields: list[str] = []
+    codes: list[str] = []
+
+    def add_code(value: Any) -> None:
+        if isinstance(value, str) and _CODE_RE.match(value) and value not in codes:
+            codes.append(value)
+
+    body = _json_or_not(response)
+    if isinstance(body, dict):
+        add_code(body.get(api.ERROR_CODE_KEY))
+        details = body.get(api.ERROR_DETAILS_KEY)
+        for detail in details if isinstance(details, list) else []:
+            if not isinstance(detail, dict):
+                continue
+            name = detail.get(api.ERROR_FIELD_KEY)
+            if api.is_known_field_path(name) and name not in fields:
+                fields.append(name)
+            add_code(detail.get(api.ERROR_CODE_KEY))
+    status = response.status_code
+    return cls(
+        message or api.error_wording(status),
+        call=call,
+        ref_id=ref_id,
+        status=status,
+        fields=fields,
+        codes=codes,
+    )
+
+
+def _json(response: httpx.Response, *, call: str, ref_id: str | None = None) -> Any:
+    body = _json_or_not(response)
+    if body is _NOT_JSON:
+        raise CasaviError(
+            "casavi answered with a body that is not JSON",
+            call=call,
+            ref_id=ref_id,
+            status=response.status_code,
+        )
+    return body
+
+
+def _utc_stamp(moment: dt.datetime) -> str:
+    """casavi's timestamp form, `YYYY-MM-DDThh:mm:ss.sssZ`."""
+    if moment.tzinfo is None:  # a naive time is ambiguous (server time zone, DST): refuse, don't guess
+        raise ValueError("modified_after must be timezone-aware")
+    return moment.astimezone(dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+class CasaviClient:
+    """A casavi API client for one account. Thread-safe; use as a context manager."""
+
+    def __init__(
+        self,
+        base_url: str,
+        api_key: str,
+        api_secret: str,
+        *,
+        timeout: float = 30.0,
+        max_concurrency: int = 4,
+        requests_per_minute: float | None = 80.0,
+        max_attempts: int = 6,
+        max_retry_seconds: float = 300.0,
+        backoff_seconds: float = 0.5,
+        transport: httpx.BaseTransport | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        if max_concurrency < 1:
+            raise ValueError("max_concurrency must be at least 1")
+        self.base_url = base_url.rstrip("/")
+        self.max_concurrency = max_concurrency
+        self.max_attempts = max_attempts
+        self.max_retry_seconds = max_retry_seconds
+        self.backoff_seconds = backoff_seconds  # first retry's base wait; doubles per attempt up to 30 s
+        self._key = api_key
+        self._secret = api_secret
+        self._sleep = sleep
+        self._http = httpx.Client(
+            base_url=self.base_url,
+            timeout=timeout,
+            transport=transport,
+            headers={"User-Agent": USER_AGENT},
+            limits=httpx.Limits(
+                max_connections=max_concurrency + 1, max_keepalive_connections=max_concurrency + 1
+            ),
+        )
+        burst = max(1.0, min(float(max_concurrency), (requests_per_minute or 60.0) / 60.0))
+        self._limiter = (
+            RateLimiter(requests_per_minute, burst=burst, sleep=sleep) if requests_per_minute else None
+        )
+        self._auth_lock = threading.Lock()  # one login at a time; the others wait for its token
+        self._latch_lock = threading.Lock()
+        self._token: str | None = None
+        self._refresh_at = 0.0
+        self._auth_failure: CasaviAuthError | None = None  # latched: this client never logs in again
+        self.stats = ClientStats()
+
+    def __repr__(self) -> str:  # never the key, secret or token
+        return f"CasaviClient({self.base_url!r})"
+
+    def __enter__(self) -> CasaviClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._http.close()
+
+    # --- transport ---------------------------------------------------------------------------------
+    def _send(self, method: str, url: str, **kwargs: Any) -> httpx.Response:
+        """One HTTP exchange through the rate limiter; transport failures become `_Transient`."""
+        if self._limiter is not None:
+            self._limiter.acquire()
+        try:
+            response = self._http.request(method, url, **kwargs)
+        except (httpx.TimeoutException, httpx.TransportError) as exc:
+            self.stats.count("requests")
+            self.stats.count("transport_errors")
+            raise _Transient(f"{type(exc).__name__} talking to casavi") from exc
+        self.stats.answered(response.status_code)
+        if response.status_code == api.STATUS_RATE_LIMITED:
+            raise _Transient("429 too many requests", status=429, retry_after=_retry_after_seconds(response))
+        if response.status_code >= 500:
+            raise _Transient(f"{response.status_code} server error", status=response.status_code)
+        return response
+
+    def _retrying(self) -> Retrying:
+        backoff = wait_exponential_jitter(
+            multiplier=self.backoff_seconds, max=30.0, jitter=2 * self.backoff_seconds
+        )
+
+        def wait_for(retry_state: Any) -> float:
+            exc = retry_state.outcome.exception()
+            if isinstance(exc, _Transient) and exc.retry_after is not None:
+                return exc.retry_after
+            return backoff(retry_state)
+
+        def before_sleep(_: Any) -> None:
+            self.stats.count("retries")
+
+        return Retrying(
+            stop=stop_after_attempt(self.max_attempts) | stop_after_delay(self.max_retry_seconds),
+            wait=wait_for,
+            retry=retry_if_exception_type(_Transient),
+            before_sleep=before_sleep,
+            sleep=self._sleep,
+            reraise=True,
+        )
+
+    def _with_retries(
+        self, fn: Callable[[], httpx.Response], *, call: str, ref_id: str | None
+    ) -> httpx.Response:
+        try:
+            for attempt in self._retrying():
+                with attempt:
+                    return fn()
+        except _Transient as exc:
+            raise CasaviUnavailableError(
+                f"casavi kept failing ({exc.reason}); gave up after {self.max_attempts} attempts "
+                f"or {self.max_retry_seconds:g}s",
+                call=call,
+                ref_id=ref_id,
+                status=exc.status,
+            ) from exc
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    # --- authentication ----------------------------------------------------------------------------
+    def authenticate(self, *, force: bool = False) -> None:
+        """Prove that casavi accepts the key/secret: log in, or keep a valid token unless `force`.
+
+        Call it at the start of every run, so the night the credentials break fails loudly even when
+        there is nothing to write. Raises `CasaviAuthError` (latched: this client never tries again)
+        or `CasaviUnavailableError` when casavi cannot be reached.
+        """
+        with self._auth_lock:
+            self._raise_if_latched()
+            if force or self._token is None or time.time() >= self._refresh_at:
+                self._authenticate()
+
+    def _raise_if_latched(self) -> None:
+        if self._auth_failure is not None:
+            raise self._auth_failure.copy()
+
+    def _latch(self, error: CasaviAuthError) -> CasaviAuthError:
+        with self._latch_lock:
+            if self._auth_failure is None:
+                self._auth_failure = error
+            return error
+
+    def _current_token(self) -> str:
+        with self._auth_lock:
+            self._raise_if_latched()
+            if self._token is None or time.time() >= self._refresh_at:
+                self._authenticate()
+            assert self._token is not None
+            return self._token
+
+    def _authenticate(self) -> None:
+        """One login; the caller holds `_auth_lock`. 429/5xx are retried, a refusal never is."""
+        call = f"POST {api.AUTH_PATH}"
+        body = {api.AUTH_KEY_FIELD: self._key, api.AUTH_SECRET_FIELD: self._secret}
+
+        def send() -> httpx.Response:
+            self.stats.count("authentications")
+            return self._send("POST", api.AUTH_PATH, json=body)
+
+        response = self._with_retries(send, call=call, ref_id=None)
+        if response.status_code in (api.STATUS_UNAUTHORIZED, api.STATUS_FORBIDDEN):
+            # A wrong key/secret stays wrong for the rest of the run: trying again from every thread
+            # and every call would only spray failed logins at casavi (and maybe lock the account).
+            raise self._latch(
+                _error_from(
+                    response,
+                    CasaviAuthError,
+                    call=call,
+                    ref_id=None,
+                    message="casavi refused the API key/secret; check CASAVI_API_KEY and CASAVI_API_SECRET",
+                )
+            )
+        if response.status_code != 200:
+            raise _error_from(response, CasaviError, call=call, ref_id=None)
+        answer = _json(response, call=call)
+        token = answer.get(api.AUTH_TOKEN_FIELD) if isinstance(answer, dict) else None
+        if not isinstance(token, str) or not token:
+            raise CasaviError("casavi's authentication answer carries no token", call=call, status=200)
+        self._token = token
+        now = time.time()
+        try:
+            expires = dt.datetime.fromisoformat(
+                answer[api.AUTH_EXPIRES_FIELD].replace("Z", "+00:00")
+            ).timestamp()
+        except (KeyError, TypeError, ValueError, AttributeError):
+            expires = now + 3600.0
+        # Renew shortly before casavi would refuse the token: 5 minutes, or a tenth of a short lifetime.
+        self._refresh_at = expires - min(300.0, max(0.0, expires - now) / 10.0)
+
+    def _forget_token(self, token: str) -> None:
+        with self._auth_lock:
+            if self._token == token:  # another thread may have renewed it already
+                self._token = None
+
+    def _request(
+        self, method: str, url: str, *, call: str, ref_id: str | None = None, **kwargs: Any
+    ) -> httpx.Response:
+        """An authenticated call with retries; on 401 authenticate again once and repeat it."""
+
+        def attempt() -> httpx.Response:
+            token = self._current_token()
+            response = self._send(method, url, headers={api.TOKEN_HEADER: token}, **kwargs)
+            if response.status_code == api.STATUS_UNAUTHORIZED:  # expired or revoked: one fresh token
+                self._forget_token(token)
+                response = self._send(
+                    method, url, headers={api.TOKEN_HEADER: self._current_token()}, **kwargs
+                )
+                if response.status_code == api.STATUS_UNAUTHORIZED:
+                    # A token casavi just issued is refused too: the access is gone for this run.
+                    raise self._latch(
+                        _error_from(
+                            response,
+                            CasaviAuthError,
+                            call=call,
+                            ref_id=ref_id,
+                            message=f"{api.error_wording(api.STATUS_UNAUTHORIZED)} (a fresh token too)",
+                        )
+                    )
+            if response.status_code == api.STATUS_FORBIDDEN:  # valid token, missing permission
+                raise _error_from(response, CasaviAuthError, call=call, ref_id=ref_id)
+            return response
+
+        return self._with_retries(attempt, call=call, ref_id=ref_id)
+
+    # --- reads -------------------------------------------------------------------------------------
+    def list_objects(
+        self,
+        kind: ObjectKind,
+        *,
+        page_size: int = api.MAX_PAGE_SIZE,
+        modified_after: dt.datetime | None = None,
+    ) -> Iterator[dict[str, Any]]:
+        """Every object of a kind as casavi returns it, following `_links.next` through all pages.
+
+        `modified_after` (timezone-aware) asks only for objects changed after it. A next link must
+        stay on the configured host and scheme: the token is never sent anywhere else.
+        """
+        if not 1 <= page_size <= api.MAX_PAGE_SIZE:
+            raise ValueError(f"page_size must be between 1 and {api.MAX_PAGE_SIZE}")
+        call = f"GET {kind.collection_path}"
+        params: dict[str, Any] | None = {api.PAGE_PARAM: 1, api.PAGE_SIZE_PARAM: page_size}
+        if modified_after is not None:
+            params[api.MODIFIED_AFTER_PARAM] = _utc_stamp(modified_after)  # type: ignore[index]
+        url: str | None = kind.collection_path
+        while url:
+            response = self._request("GET", url, call=call, params=params)
+            if response.status_code != 200:
+                raise _error_from(response, CasaviError, call=call, ref_id=None)
+            body = _json(response, call=call)
+            objects = body.get(api.LIST_KEY) if isinstance(body, dict) else None
+            if not isinstance(objects, list):
+                raise CasaviError("casavi answered a listing without its list", call=call, status=200)
+            self.stats.count("pages")
+            yield from objects
+            links = body.get(api.LINKS_KEY)
+            next_link = links.get(api.NEXT_LINK_KEY) if isinstance(links, dict) else None
+            url = self._same_origin(next_link, call=call) if next_link else None
+            params = None  # the next link carries its own query
+
+    def _same_origin(self, link: Any, *, call: str) -> str:
+        """The next-page link, if it points at the configured casavi; else an error, sending nothing."""
+        try:
+            target = self._http.base_url.join(link) if isinstance(link, str) else None
+        except (httpx.InvalidURL, ValueError):
+            target = None
+        base = self._http.base_url
+        if target is None or (target.scheme, target.host, target.port) != (base.scheme, base.host, base.port):
+            host = target.host if target is not None else "?"
+            raise CasaviError(
+                f"casavi's next-page link leaves {base.host} (to {host or '?'}); refusing to send the "
+                "token there",
+                call=call,
+            )
+        return str(target)
+
+    def get_object(self, kind: ObjectKind, ref_id: str) -> dict[str, Any] | None:
+        """One object as casavi returns it, or None when casavi does not know the reference id (404)."""
+        call = f"GET {kind.collection_path}/{{id}}"
+        response = self._request("GET", kind.object_path(ref_id), call=call, ref_id=ref_id)
+        if response.status_code == api.STATUS_NOT_FOUND:
+            return None
+        if response.status_code != 200:
+            raise _error_from(response, CasaviError, call=call, ref_id=ref_id)
+        body = _json(response, call=call, ref_id=ref_id)
+        if not isinstance(body, dict):
+            raise CasaviError(
+                "casavi answered an object that is not one", call=call, ref_id=ref_id, status=200
+            )
+        return body
+
+    # --- writes ------------------------------------------------------------------------------------
+    def upsert(self, kind: ObjectKind, payload: dict[str, Any]) -> WriteResult:
+        ref_id = str(payload[api.ID_FIELD])
+        return self._write(Operation(kind, "upsert", ref_id, payload))
+
+    def delete(self, kind: ObjectKind, ref_id: str) -> WriteResult:
+        return self._write(Operation(kind, "delete", ref_id))
+
+    def _write(self, op: Operation) -> WriteResult:
+        method = "PUT" if op.action == "upsert" else "DELETE"
+        call = f"{method} {op.kind.collection_path}/{{id}}"
+        kwargs = {"json": op.payload} if op.action == "upsert" else {}
+        response = self._request(
+            method, op.kind.object_path(op.ref_id), call=call, ref_id=op.ref_id, **kwargs
+        )
+        status = response.status_code
+        if op.action == "delete" and status in (api.STATUS_DELETED, api.STATUS_NOT_FOUND, 200):
+            return WriteResult(op, ok=True, status=status)
+        if op.action == "upsert" and status in (api.STATUS_UPDATED, api.STATUS_CREATED):
+            return WriteResult(op, ok=True, status=status, created=status == api.STATUS_CREATED)
+        if status in _REJECTED:
+            error = _error_from(response, CasaviRejectedError, call=call, ref_id=op.ref_id)
+            return WriteResult(op, ok=False, status=status, error=error)
+        raise _error_from(response, CasaviError, call=call, ref_id=op.ref_id)
+
+    def execute(self, operations: Iterable[Operation]) -> Iterator[WriteResult]:
+        """Send writes with at most `max_concurrency` in flight; yield each result as it completes.
+
+        Results are yielded in the calling thread, so the caller can record each confirmed write
+        before the next. Rejections are results; when casavi is unavailable or refuses the
+        credentials, no new writes start, the ones in flight finish and are yielded, then the error
+        is raised.
+        """
+        pending = iter(operations)
+        failure: CasaviError | None = None
+        in_flight: set[Future[WriteResult]] = set()
+        with ThreadPoolExecutor(max_workers=self.max_concurrency, thread_name_prefix="casavi") as pool:
+            try:
+                while True:
+                    while failure is None and len(in_flight) < self.max_concurrency:
+                        op = next(pending, None)
+                        if op is None:
+                            break
+                        in_flight.add(pool.submit(self._write, op))
+                    if not in_flight:
+                        break
+                    done, in_flight = wait(in_flight, return_when=FIRST_COMPLETED)
+                    for future in done:
+                        try:
+                            result = future.result()
+                        except CasaviError as exc:  # unavailable, credentials refused, unexpected answer
+                            failure = failure or exc
+                            continue
+                        yield result
+            finally:
+                for future in in_flight:
+                    future.cancel()
+        if failure is not None:
+            raise failure

@@ -1,0 +1,88 @@
+"""Running unattended: a nightly schedule, a sensor for new ERP deliveries, failure reporting, and the
+dead-run sensor.
+
+The schedule, the delivery sensor and the failure report are off by default (switch them on in the UI
+under Automation), so a fresh deployment never writes to casavi before someone decided it should. The
+dead-run sensor is on: it writes nothing to casavi; it marks runs whose process was killed as failed and
+frees their `casavi_api` pool slot, which would otherwise block every later sync.
+"""
+
+import json
+
+import dagster as dg
+
+from casavi_pipeline.defs.failures import check_evaluations_of_run, failure_reason
+from casavi_pipeline.defs.jobs import casavi_sync_job
+from casavi_pipeline.defs.partitions import mandant_partitions
+from casavi_pipeline.defs.resources import ErpExport, SyncPolicy
+from casavi_pipeline.runs.health import build_dead_run_sensor
+
+NIGHTLY_CRON = "0 2 * * *"
+TIMEZONE = "Europe/Berlin"
+
+
+# One run per Mandant at 02:00 (Dagster's own builder: for static partitions it requests every key).
+casavi_nightly_sync = dg.build_schedule_from_partitioned_job(
+    casavi_sync_job,
+    name="casavi_nightly_sync",
+    cron_schedule=NIGHTLY_CRON,
+    execution_timezone=TIMEZONE,
+    default_status=dg.DefaultScheduleStatus.STOPPED,
+    tags={"casavi/trigger": "schedule"},
+    description="Every night, one run per configured Mandant (the instance runs at most one per Mandant at once).",
+)
+
+
+@dg.sensor(
+    job=casavi_sync_job,
+    minimum_interval_seconds=60,
+    default_status=dg.DefaultSensorStatus.STOPPED,
+    description="Requests a run for a Mandant when a complete new ERP delivery (all seven files, newer than "
+    "the last one requested, unchanged for CASAVI_DELIVERY_SETTLE_SECONDS) appears in its export folder.",
+)
+def casavi_export_delivery_sensor(
+    context: dg.SensorEvaluationContext, erp_export: ErpExport, sync_policy: SyncPolicy
+):
+    seen: dict[str, float] = json.loads(context.cursor) if context.cursor else {}
+    requests, waiting = [], []
+    for mandant in mandant_partitions.get_partition_keys():
+        delivery = erp_export.delivery(mandant)
+        if not delivery.complete:
+            waiting.append(f"{mandant}: missing {', '.join(delivery.missing_files)}")
+            continue
+        if delivery.newest_mtime <= seen.get(mandant, 0.0):
+            continue
+        if not delivery.settled(sync_policy.delivery_settle_seconds):
+            waiting.append(f"{mandant}: delivery still settling")
+            continue
+        seen[mandant] = delivery.newest_mtime
+        requests.append(
+            dg.RunRequest(
+                run_key=f"delivery-{mandant}-{delivery.newest_mtime:.0f}",
+                partition_key=mandant,
+                tags={"casavi/trigger": "sensor"},
+            )
+        )
+    if not requests:
+        return dg.SkipReason("no new complete delivery" + (f" ({'; '.join(waiting)})" if waiting else ""))
+    return dg.SensorResult(run_requests=requests, cursor=json.dumps(seen, sort_keys=True))
+
+
+@dg.run_failure_sensor(
+    monitored_jobs=[casavi_sync_job],
+    default_status=dg.DefaultSensorStatus.STOPPED,
+    description="Logs one line per failed casavi run: Mandant, run id and why (reference ids and counts only).",
+)
+def casavi_run_failure_report(context: dg.RunFailureSensorContext) -> None:
+    run = context.dagster_run
+    mandant = run.tags.get("dagster/partition", "?")
+    reason = failure_reason(
+        check_evaluations_of_run(context.instance, run.run_id), context.get_step_failure_events()
+    )
+    context.log.error(f"casavi sync of Mandant {mandant} failed (run {run.run_id}): {reason}")
+
+
+defs = dg.Definitions(
+    schedules=[casavi_nightly_sync],
+    sensors=[casavi_export_delivery_sensor, casavi_run_failure_report, build_dead_run_sensor()],
+)

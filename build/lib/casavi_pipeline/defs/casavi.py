@@ -1,0 +1,117 @@
+"""casavi mapping assets: ERP frames → the rows the sync will PUT, one asset per casavi object kind.
+
+Thin wiring over `casavi_pipeline.mapping`; the lineage reads like the mapping table of the README
+(Wirtschaftseinheit → property, Gebäude → address → property, Verwaltungseinheit → unit, ...).
+"""
+
+import dagster as dg
+import pandas as pd
+
+from casavi_pipeline.defs.partitions import mandant_partitions
+from casavi_pipeline.defs.resources import SyncPolicy
+from casavi_pipeline.mapping.contracts import map_contracts
+from casavi_pipeline.mapping.people import map_contacts
+from casavi_pipeline.mapping.real_estate import map_addresses, map_properties, map_units
+
+PREVIEW_ROWS = 5
+
+
+def _result(frame: pd.DataFrame) -> dg.Output[pd.DataFrame]:
+    """The frame plus metadata: row count and the first reference ids (never names or emails)."""
+    preview = ", ".join(frame["id"].head(PREVIEW_ROWS))
+    return dg.Output(frame, metadata={"dagster/row_count": len(frame), "first_reference_ids": preview})
+
+
+_COMMON = {"partitions_def": mandant_partitions, "group_name": "casavi", "kinds": {"duckdb", "pandas"}}
+
+
+@dg.asset(**_COMMON, description="Gebäude → the addresses of their casavi property (one per building).")
+def casavi_addresses(
+    context: dg.AssetExecutionContext, sync_policy: SyncPolicy, gebaeude: pd.DataFrame
+) -> dg.Output[pd.DataFrame]:
+    return _result(map_addresses(gebaeude, mandant=context.partition_key, separator=sync_policy.id_separator))
+
+
+@dg.asset(
+    **_COMMON, description="Wirtschaftseinheiten → casavi properties (Liegenschaften) with their addresses."
+)
+def casavi_properties(
+    context: dg.AssetExecutionContext,
+    sync_policy: SyncPolicy,
+    wirtschaftseinheiten: pd.DataFrame,
+    casavi_addresses: pd.DataFrame,
+) -> dg.Output[pd.DataFrame]:
+    return _result(
+        map_properties(
+            wirtschaftseinheiten,
+            casavi_addresses,
+            mandant=context.partition_key,
+            separator=sync_policy.id_separator,
+        )
+    )
+
+
+@dg.asset(
+    **_COMMON, description="Verwaltungseinheiten → casavi units (Einheiten), linked to property and address."
+)
+def casavi_units(
+    context: dg.AssetExecutionContext, sync_policy: SyncPolicy, verwaltungseinheiten: pd.DataFrame
+) -> dg.Output[pd.DataFrame]:
+    return _result(
+        map_units(verwaltungseinheiten, mandant=context.partition_key, separator=sync_policy.id_separator)
+    )
+
+
+@dg.asset(
+    **_COMMON,
+    description="Mieter with a valid email and all Eigentümer → casavi contacts, one per person "
+    "(conflicting rows: the contract with the latest beginn wins).",
+)
+def casavi_contacts(
+    context: dg.AssetExecutionContext,
+    sync_policy: SyncPolicy,
+    mieter: pd.DataFrame,
+    mietvertraege: pd.DataFrame,
+    eigentuemer: pd.DataFrame,
+    eigentuemervertraege: pd.DataFrame,
+) -> dg.Output[pd.DataFrame]:
+    frame = map_contacts(
+        mieter,
+        mietvertraege,
+        eigentuemer,
+        eigentuemervertraege,
+        mandant=context.partition_key,
+        separator=sync_policy.id_separator,
+    )
+    return _result(frame)
+
+
+@dg.asset(
+    **_COMMON,
+    description="Mietverträge with at least one synced tenant (type RENTER) and Eigentümerverträge "
+    "(type OWNER) → casavi contracts.",
+)
+def casavi_contracts(
+    context: dg.AssetExecutionContext,
+    sync_policy: SyncPolicy,
+    mietvertraege: pd.DataFrame,
+    mieter: pd.DataFrame,
+    eigentuemervertraege: pd.DataFrame,
+    eigentuemer: pd.DataFrame,
+    verwaltungseinheiten: pd.DataFrame,
+) -> dg.Output[pd.DataFrame]:
+    frame = map_contracts(
+        mietvertraege,
+        mieter,
+        eigentuemervertraege,
+        eigentuemer,
+        verwaltungseinheiten,
+        mandant=context.partition_key,
+        separator=sync_policy.id_separator,
+    )
+    return _result(frame)
+
+
+casavi_assets = [casavi_addresses, casavi_properties, casavi_units, casavi_contacts, casavi_contracts]
+
+defs = dg.Definitions(assets=casavi_assets)

@@ -1,0 +1,27 @@
+"""The main job: the whole graph (ERP → casavi objects → checks → changeset → sync) for one Mandant.
+
+Partitioned by Mandant like every asset it selects."""
+
+import warnings
+
+import dagster as dg
+
+from casavi_pipeline.defs.failures import record_failure_reason
+from casavi_pipeline.defs.partitions import mandant_partitions
+
+SYNC_JOB_NAME = "casavi_sync_job"
+
+# `partitions_def` is deprecated in favour of inference, but Dagster 1.13's
+# `build_schedule_from_partitioned_job` needs it for static partitions (see defs/automation.py).
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore", DeprecationWarning)
+    casavi_sync_job = dg.define_asset_job(
+        SYNC_JOB_NAME,
+        selection=dg.AssetSelection.all(),
+        partitions_def=mandant_partitions,
+        hooks={record_failure_reason},
+        description="Reads one Mandant's ERP export, maps it to casavi objects, checks them, diffs against the "
+        "snapshot and writes only what changed to casavi. One run per Mandant (partition).",
+    )
+
+defs = dg.Definitions(jobs=[casavi_sync_job])

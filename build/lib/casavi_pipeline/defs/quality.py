@@ -1,0 +1,239 @@
+"""Asset checks on the casavi objects: they run before anything is written to casavi.
+
+Every check is partitioned like its asset, so it loads only its own Mandant: one broken Mandant never
+blocks another. ERROR checks are blocking: when one fails, that Mandant's changeset and sync do not run
+in the same run, and the check's description says why in one line. Metadata carries counts, reference
+ids and ERP keys only — never names or emails. The logic lives in `casavi_pipeline.mapping.quality`
+and `casavi_pipeline.mapping.schemas` (pandera, built from the adapter's field rules).
+"""
+
+import dagster as dg
+import pandas as pd
+
+from casavi_pipeline.casavi import api
+from casavi_pipeline.casavi.api import ObjectKind
+from casavi_pipeline.defs.casavi import (
+    casavi_addresses,
+    casavi_contacts,
+    casavi_contracts,
+    casavi_properties,
+    casavi_units,
+)
+from casavi_pipeline.defs.partitions import mandant_partitions
+from casavi_pipeline.defs.resources import SyncPolicy
+from casavi_pipeline.erp.contract import ENTITIES
+from casavi_pipeline.mapping import quality
+from casavi_pipeline.mapping.ids import rental_contract_id
+from casavi_pipeline.mapping.people import conflicting_persons
+from casavi_pipeline.mapping.quality import CheckOutcome, Severity
+from casavi_pipeline.mapping.schemas import payload_problems
+
+_SEVERITY = {Severity.ERROR: dg.AssetCheckSeverity.ERROR, Severity.WARN: dg.AssetCheckSeverity.WARN}
+_ERP_INS = {entity.name: dg.AssetIn(entity.name) for entity in ENTITIES}
+
+
+def _result(outcome: CheckOutcome) -> dg.AssetCheckResult:
+    metadata: dict[str, object] = {"reason": outcome.reason, **outcome.counts}
+    if outcome.ids:
+        metadata["offending_ids"] = dg.MetadataValue.json(list(outcome.ids))
+    if outcome.details:
+        metadata["details"] = dg.MetadataValue.md("\n".join(f"- `{line}`" for line in outcome.details))
+    return dg.AssetCheckResult(
+        passed=outcome.passed,
+        severity=_SEVERITY[outcome.severity],
+        description=outcome.reason,
+        metadata=metadata,
+    )
+
+
+def _check(asset: dg.AssetsDefinition | dg.AssetKey, *, blocking: bool = True, **kwargs):
+    """`dg.asset_check`, partitioned per Mandant like every asset of the pipeline."""
+    return dg.asset_check(asset=asset, blocking=blocking, partitions_def=mandant_partitions, **kwargs)
+
+
+# --- unique composite ids (rule 3) ------------------------------------------------------------------
+def _unique_ids_check(asset: dg.AssetsDefinition, noun: str, singular: str) -> dg.AssetChecksDefinition:
+    @_check(
+        asset,
+        name=f"unique_{singular}_ids",
+        description=f"No two ERP records compose to the same {singular} reference id (an ERP number "
+        "containing the separator); names both records and a separator that would work.",
+    )
+    def _unique(frame: pd.DataFrame, sync_policy: SyncPolicy) -> dg.AssetCheckResult:
+        return _result(quality.unique_ids(noun, frame, sync_policy.id_separator, singular=singular))
+
+    return _unique
+
+
+# --- payload schema (casavi's 400 rules) ------------------------------------------------------------
+def _payload_check(asset: dg.AssetsDefinition, kind: ObjectKind) -> dg.AssetChecksDefinition:
+    @_check(
+        asset,
+        name=f"{kind.value}_payload_schema",
+        description=f"Every {kind.value} satisfies casavi's field rules (required fields, lengths, enums, "
+        "dates), checked with pandera and the adapter's rules, so casavi will not answer 400.",
+    )
+    def _payload(frame: pd.DataFrame) -> dg.AssetCheckResult:
+        problems = payload_problems(kind, frame)
+        ids = frame["id"].reset_index(drop=True)
+        lines = [f"{ids.iloc[p.row] if p.row >= 0 else '(column)'}: {p.field} {p.problem}" for p in problems]
+        outcome = quality._outcome(
+            [line.split(":", 1)[0] for line in lines],
+            Severity.ERROR,
+            ok=f"all {len(frame)} {kind.collection} satisfy casavi's field rules",
+            failed=f"{{n}} {kind.collection} would be rejected by casavi (first: {{first}}); fix the ERP values named",
+            counts={"rows": len(frame), "problems": len(problems)},
+            details=lines,
+        )
+        return _result(outcome)
+
+    return _payload
+
+
+# --- referential integrity --------------------------------------------------------------------------
+@_check(
+    casavi_units,
+    name="units_reference_existing_property_and_address",
+    additional_ins={"casavi_properties": dg.AssetIn("casavi_properties")},
+    description="Every unit's property exists and its address is one of that property's addresses.",
+)
+def units_reference_check(casavi_units: pd.DataFrame, casavi_properties: pd.DataFrame) -> dg.AssetCheckResult:
+    return _result(quality.unit_references(casavi_units, casavi_properties))
+
+
+@_check(
+    casavi_contracts,
+    name="contracts_reference_existing_unit_and_contacts",
+    additional_ins={
+        "casavi_units": dg.AssetIn("casavi_units"),
+        "casavi_contacts": dg.AssetIn("casavi_contacts"),
+    },
+    description="Every contract's unit and contacts exist among the synced objects.",
+)
+def contracts_reference_check(
+    casavi_contracts: pd.DataFrame, casavi_units: pd.DataFrame, casavi_contacts: pd.DataFrame
+) -> dg.AssetCheckResult:
+    return _result(quality.contract_references(casavi_contracts, casavi_units, casavi_contacts))
+
+
+@_check(
+    dg.AssetKey("verwaltungseinheiten"),
+    name="erp_foreign_keys_resolve",
+    additional_ins={name: ins for name, ins in _ERP_INS.items() if name != "verwaltungseinheiten"},
+    description="Every ERP foreign key resolves (Gebäude→WE, VE→Gebäude, Mietvertrag→VE, Mieter→Mietvertrag, "
+    "Eigentümervertrag→VE, Eigentümer→Eigentümervertrag); dangling rows are listed by their keys.",
+)
+def erp_foreign_keys_check(
+    verwaltungseinheiten: pd.DataFrame,
+    wirtschaftseinheiten: pd.DataFrame,
+    gebaeude: pd.DataFrame,
+    mietvertraege: pd.DataFrame,
+    mieter: pd.DataFrame,
+    eigentuemervertraege: pd.DataFrame,
+    eigentuemer: pd.DataFrame,
+) -> dg.AssetCheckResult:
+    frames = {
+        "wirtschaftseinheiten": wirtschaftseinheiten,
+        "gebaeude": gebaeude,
+        "verwaltungseinheiten": verwaltungseinheiten,
+        "mietvertraege": mietvertraege,
+        "mieter": mieter,
+        "eigentuemervertraege": eigentuemervertraege,
+        "eigentuemer": eigentuemer,
+    }
+    return _result(quality.erp_foreign_keys(frames))
+
+
+# --- email rule (rule 2) ----------------------------------------------------------------------------
+@_check(
+    casavi_contracts,
+    name="tenants_have_valid_email",
+    additional_ins={"casavi_contacts": dg.AssetIn("casavi_contacts")},
+    description="Every tenant contact has a valid email and every rental contract references only such tenants.",
+)
+def email_rule_check(casavi_contracts: pd.DataFrame, casavi_contacts: pd.DataFrame) -> dg.AssetCheckResult:
+    return _result(quality.email_rule(casavi_contracts, casavi_contacts, api.ContractType.RENTER.value))
+
+
+@_check(
+    casavi_contracts,
+    name="email_rule_dropped",
+    blocking=False,
+    additional_ins={"mieter": dg.AssetIn("mieter"), "mietvertraege": dg.AssetIn("mietvertraege")},
+    description="How many tenants (no valid email) and rental contracts (no synced tenant) the email rule "
+    "keeps out of casavi. Passes with the counts: that is the rule working. Warns only when the share of "
+    "tenants dropped exceeds CASAVI_EMAIL_DROP_WARN_SHARE (default 25 %), e.g. an empty email column.",
+)
+def email_rule_dropped_check(
+    context: dg.AssetCheckExecutionContext,
+    sync_policy: SyncPolicy,
+    casavi_contracts: pd.DataFrame,
+    mieter: pd.DataFrame,
+    mietvertraege: pd.DataFrame,
+) -> dg.AssetCheckResult:
+    separator = sync_policy.id_separator
+    rental_ids = mietvertraege["vertrag_nr"].map(
+        lambda nr: rental_contract_id(context.partition_key, separator, nr)
+    )
+    outcome = quality.email_rule_dropped(
+        mieter, mietvertraege, casavi_contracts, rental_ids, warn_share=sync_policy.email_drop_warn_share
+    )
+    return _result(outcome)
+
+
+@_check(
+    casavi_contacts,
+    name="conflicting_person_rows",
+    blocking=False,
+    additional_ins={
+        name: _ERP_INS[name] for name in ("mieter", "mietvertraege", "eigentuemer", "eigentuemervertraege")
+    },
+    description="WARN: persons whose rows differ across contracts; the row of the latest contract was used.",
+)
+def conflicting_persons_check(
+    context: dg.AssetCheckExecutionContext,
+    sync_policy: SyncPolicy,
+    casavi_contacts: pd.DataFrame,
+    mieter: pd.DataFrame,
+    mietvertraege: pd.DataFrame,
+    eigentuemer: pd.DataFrame,
+    eigentuemervertraege: pd.DataFrame,
+) -> dg.AssetCheckResult:
+    conflicts = conflicting_persons(
+        mieter,
+        mietvertraege,
+        eigentuemer,
+        eigentuemervertraege,
+        mandant=context.partition_key,
+        separator=sync_policy.id_separator,
+    )
+    outcome = quality._outcome(
+        list(conflicts["contact_id"]),
+        Severity.WARN,
+        ok="no person has conflicting rows",
+        failed="{n} persons have differing rows across contracts (first: {first}); the row of the contract "
+        "with the latest beginn was synced — align the ERP records",
+        counts={"contacts": len(casavi_contacts), "persons_with_conflicts": len(conflicts)},
+    )
+    return _result(outcome)
+
+
+quality_checks = [
+    _unique_ids_check(casavi_addresses, "addresses", "address"),
+    _unique_ids_check(casavi_properties, "properties", "property"),
+    _unique_ids_check(casavi_units, "units", "unit"),
+    _unique_ids_check(casavi_contacts, "contacts", "contact"),
+    _unique_ids_check(casavi_contracts, "contracts", "contract"),
+    _payload_check(casavi_properties, ObjectKind.PROPERTY),
+    _payload_check(casavi_units, ObjectKind.UNIT),
+    _payload_check(casavi_contacts, ObjectKind.CONTACT),
+    _payload_check(casavi_contracts, ObjectKind.CONTRACT),
+    units_reference_check,
+    contracts_reference_check,
+    erp_foreign_keys_check,
+    email_rule_check,
+    email_rule_dropped_check,
+    conflicting_persons_check,
+]
+
+defs = dg.Definitions(asset_checks=quality_checks)

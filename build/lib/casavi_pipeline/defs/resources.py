@@ -1,0 +1,194 @@
+"""The resources: what the assets, checks, schedules and sensors get from the settings.
+
+Settings flow one way: environment → `Settings` (validated once, when the code location loads) → the
+resources built here → assets. This module is the one place that loads the settings; everything else
+receives what it needs as a resource (or, for the partitions, as `SETTINGS.mandanten` at import,
+because Dagster needs static partitions when the code location loads). Tests hand in their own
+resources instead of patching the environment.
+
+The casavi resource is an abstract `ConfigurableResource` with a real (httpx) implementation here and a
+fake in the test harness (`casavi_sandbox.fake`). Its credentials are bound through `dg.EnvVar`, so they
+are read from the environment when a run starts and never stored in run config, the UI or the event log.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from pathlib import Path
+
+import dagster as dg
+from pydantic import Field
+
+from casavi_pipeline.casavi.client import CasaviClient
+from casavi_pipeline.erase import VALUES_FOLDER
+from casavi_pipeline.erp.contract import Entity
+from casavi_pipeline.erp.reader import ErpTable, read_entity
+from casavi_pipeline.settings import Settings, load_settings
+from casavi_pipeline.sync.deliveries import Delivery, scan_delivery
+from casavi_pipeline.sync.guards import GuardPolicy
+from casavi_pipeline.sync.remote import RemoteCache
+from casavi_pipeline.sync.snapshot import Snapshot
+
+#: The settings of this code location, read once when it loads (a bad setting fails the load in one line).
+SETTINGS: Settings = load_settings()
+
+
+class ErpExport(dg.ConfigurableResource):
+    """The ERP export folder: one sub-folder per Mandant with the seven CSV files."""
+
+    directory: str = Field(description="the export folder (ERP_EXPORT_DIR)")
+    encoding: str = Field(default="utf-8", description="utf-8 or cp1252 (ERP_EXPORT_ENCODING)")
+
+    def read(self, mandant: str, entity: Entity) -> ErpTable:
+        return read_entity(Path(self.directory), mandant, entity, self.encoding)
+
+    def delivery(self, mandant: str) -> Delivery:
+        return scan_delivery(Path(self.directory), mandant)
+
+
+class SnapshotStore(dg.ConfigurableResource):
+    """Where the snapshots live: one DuckDB file per Mandant, so Mandanten run in parallel."""
+
+    directory: str = Field(description="folder of the snapshot files (CASAVI_SNAPSHOT_DB)")
+
+    def path(self, mandant: str) -> Path:
+        return Path(self.directory) / f"snapshot_{mandant}.duckdb"
+
+    def open(self, mandant: str, *, read_only: bool = False) -> Snapshot:
+        return Snapshot(self.path(mandant), mandant, read_only=read_only)
+
+    @property
+    def values_directory(self) -> Path:
+        """Where the run's intermediate values (ERP and casavi frames) are kept: see `build_resources`."""
+        return Path(self.directory) / VALUES_FOLDER
+
+    def remote_cache(self) -> RemoteCache:
+        """The account-wide listing of casavi that every Mandant takes its slice from."""
+        return RemoteCache(Path(self.directory))
+
+
+class SyncPolicy(dg.ConfigurableResource):
+    """How reference ids are composed and what the sync may do on its own."""
+
+    id_separator: str = Field(default="-", description="separator of composite ids (CASAVI_ID_SEPARATOR)")
+    max_delete_share: float = Field(default=0.10, ge=0, le=1, description="CASAVI_MAX_DELETE_SHARE")
+    delete_guard_min_count: int = Field(default=0, ge=0, description="CASAVI_DELETE_GUARD_MIN_COUNT")
+    allow_mass_delete: bool = Field(default=False, description="CASAVI_ALLOW_MASS_DELETE")
+    allow_separator_change: bool = Field(default=False, description="CASAVI_ALLOW_SEPARATOR_CHANGE")
+    email_drop_warn_share: float = Field(default=0.25, ge=0, le=1, description="CASAVI_EMAIL_DROP_WARN_SHARE")
+    delivery_settle_seconds: float = Field(default=60.0, ge=0, description="CASAVI_DELIVERY_SETTLE_SECONDS")
+    repair_drift: bool = Field(default=False, description="default of repair_drift (CASAVI_REPAIR_DRIFT)")
+    verify_writes: bool = Field(
+        default=True, description="read back the first write per kind (CASAVI_VERIFY_WRITES)"
+    )
+    read_max_age_minutes: float = Field(default=10.0, ge=0, description="CASAVI_READ_MAX_AGE_MINUTES")
+    full_read_every_days: float = Field(default=7.0, gt=0, description="CASAVI_FULL_READ_EVERY_DAYS")
+
+    @property
+    def guards(self) -> GuardPolicy:
+        return GuardPolicy(
+            separator=self.id_separator,
+            max_delete_share=self.max_delete_share,
+            delete_guard_min_count=self.delete_guard_min_count,
+            allow_mass_delete=self.allow_mass_delete,
+            allow_separator_change=self.allow_separator_change,
+        )
+
+
+class CasaviResource(dg.ConfigurableResource):
+    """Hands out a casavi client for the duration of one step."""
+
+    @contextlib.contextmanager
+    def get_client(self) -> Iterator[CasaviClient]:
+        raise NotImplementedError
+        yield  # pragma: no cover
+
+    @property
+    def target(self) -> str:
+        """Where the writes go, for messages (a URL, never credentials)."""
+        raise NotImplementedError
+
+    def expected_seconds(self, requests: int) -> float | None:
+        """How long `requests` take at the configured rate limit (None: no limit)."""
+        return None
+
+
+class HttpCasaviResource(CasaviResource):
+    """casavi's manager API v2 over HTTP (or the local sandbox, which speaks the same API)."""
+
+    api_key: str = Field(description="casavi API key (bound to EnvVar('CASAVI_API_KEY'))")
+    api_secret: str = Field(description="casavi API secret (bound to EnvVar('CASAVI_API_SECRET'))")
+    base_url: str = Field(description="casavi host root (CASAVI_BASE_URL)")
+    requests_per_minute: float = Field(
+        default=80.0, ge=0, description="client-side rate limit, 0 = none (CASAVI_REQUESTS_PER_MINUTE)"
+    )
+    max_concurrency: int = Field(
+        default=4, ge=1, le=64, description="writes in flight (CASAVI_MAX_CONCURRENCY)"
+    )
+    timeout_seconds: float = Field(default=30.0, gt=0)
+    max_attempts: int = Field(default=6, ge=1, description="tries per request on 429/5xx/timeouts")
+    max_retry_seconds: float = Field(default=300.0, gt=0, description="retry budget per request")
+
+    @property
+    def target(self) -> str:
+        return self.base_url
+
+    def expected_seconds(self, requests: int) -> float | None:
+        return requests * 60.0 / self.requests_per_minute if self.requests_per_minute else None
+
+    @contextlib.contextmanager
+    def get_client(self) -> Iterator[CasaviClient]:
+        client = CasaviClient(
+            self.base_url,
+            self.api_key,
+            self.api_secret,
+            timeout=self.timeout_seconds,
+            max_concurrency=self.max_concurrency,
+            requests_per_minute=self.requests_per_minute or None,
+            max_attempts=self.max_attempts,
+            max_retry_seconds=self.max_retry_seconds,
+        )
+        with client:
+            yield client
+
+
+def build_resources(settings: Settings) -> dict[str, object]:
+    """The resources of the code location, from validated settings; secrets only through EnvVar."""
+    snapshots = SnapshotStore(directory=str(settings.snapshot_dir.resolve()))
+    return {
+        # The frames between steps hold names, emails and phones: they are kept beside the Mandant's
+        # snapshot (one file per asset and Mandant, overwritten by its next run, erased by
+        # `./run erase-personal-data M`), not in Dagster's storage under $DAGSTER_HOME, which grows
+        # with every instance and is not the Mandant's to erase.
+        "io_manager": dg.FilesystemIOManager(base_dir=str(snapshots.values_directory)),
+        "erp_export": ErpExport(
+            directory=str(settings.erp_export_dir), encoding=settings.erp_export_encoding
+        ),
+        "snapshots": snapshots,
+        "sync_policy": SyncPolicy(
+            id_separator=settings.id_separator,
+            max_delete_share=settings.max_delete_share,
+            delete_guard_min_count=settings.delete_guard_min_count,
+            allow_mass_delete=settings.allow_mass_delete,
+            allow_separator_change=settings.allow_separator_change,
+            email_drop_warn_share=settings.email_drop_warn_share,
+            delivery_settle_seconds=settings.delivery_settle_seconds,
+            repair_drift=settings.repair_drift,
+            verify_writes=settings.verify_writes,
+            read_max_age_minutes=settings.read_max_age_minutes,
+            full_read_every_days=settings.full_read_every_days,
+        ),
+        "casavi": HttpCasaviResource(
+            api_key=dg.EnvVar("CASAVI_API_KEY"),
+            api_secret=dg.EnvVar("CASAVI_API_SECRET"),
+            base_url=settings.casavi_base_url,
+            requests_per_minute=settings.requests_per_minute,
+            max_concurrency=settings.max_concurrency,
+        ),
+    }
+
+
+@dg.definitions
+def resources() -> dg.Definitions:
+    return dg.Definitions(resources=build_resources(SETTINGS))

@@ -1,0 +1,471 @@
+"""Read casavi back, diff, write: the remote state, the changeset and the sync of one Mandant.
+
+Thin wiring: the logic lives in `casavi_pipeline.sync`. Everything of a Mandant lives in its snapshot
+file (DuckDB), not in an IO manager: a first sync of a large Mandant has hundreds of thousands of
+payloads, which the sync reads page by page.
+
+    casavi_remote ─┐                   (casavi as it is: listed, normalised, hashed; adopt a filled account)
+    casavi_* ──────┴─► casavi_changeset ─► casavi_sync
+"""
+
+import datetime as dt
+import json
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import dagster as dg
+from pydantic import Field
+
+from casavi_pipeline.casavi.api import ObjectKind
+from casavi_pipeline.casavi.client import CasaviClient
+from casavi_pipeline.casavi.errors import CasaviAuthError, CasaviError, CasaviUnavailableError
+from casavi_pipeline.defs.partitions import mandant_partitions
+from casavi_pipeline.defs.resources import SETTINGS, CasaviResource, SnapshotStore, SyncPolicy
+from casavi_pipeline.runs.health import describe_pool, reap_dead_runs, tag_run_host
+from casavi_pipeline.settings import ALLOWED_SEPARATORS
+from casavi_pipeline.sync.apply import SyncReport, apply_changeset
+from casavi_pipeline.sync.changeset import ChangesetSummary, compute_changeset, summarize
+from casavi_pipeline.sync.guards import GuardResult, GuardResults, evaluate_guards
+from casavi_pipeline.sync.snapshot import Snapshot, SnapshotCorruptError
+
+CASAVI_POOL = "casavi_api"
+REJECTIONS_LISTED = 50
+DRIFT_LISTED = 10
+#: How often a long sync reports its progress (run log and terminal).
+PROGRESS_SECONDS = 30.0
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "no rate limit"
+    minutes, secs = divmod(round(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours} h {minutes:02d} min" if hours else f"{minutes} min {secs:02d} s"
+
+
+@contextmanager
+def _casavi(casavi: CasaviResource) -> Iterator[CasaviClient]:
+    """A client whose expected failures become one-line `dg.Failure`s naming casavi's URL."""
+    with casavi.get_client() as client:
+        try:
+            yield client
+        except CasaviAuthError as exc:
+            raise dg.Failure(
+                description=f"casavi at {casavi.target} refused the credentials ({exc.status}): set valid "
+                "CASAVI_API_KEY and CASAVI_API_SECRET (one login attempt per run; nothing was retried).",
+                allow_retries=False,
+            ) from None
+        except CasaviUnavailableError as exc:
+            raise dg.Failure(
+                description=f"casavi at {casavi.target} is unavailable ({exc}). Is it up and is "
+                "CASAVI_BASE_URL right? Confirmed writes are recorded; the next attempt resumes.",
+            ) from None
+
+
+def _open_snapshot(context: dg.AssetExecutionContext, snapshots: SnapshotStore) -> Snapshot:
+    """The Mandant's snapshot; an unreadable one is moved aside (never deleted) and rebuilt from casavi."""
+    mandant = context.partition_key
+    try:
+        return snapshots.open(mandant)
+    except SnapshotCorruptError as exc:
+        context.log.warning(f"{exc} It is rebuilt now from a full listing of casavi.")
+        return snapshots.open(mandant)
+
+
+# --- remote state ---------------------------------------------------------------------------------
+class ReadConfig(dg.Config):
+    full: bool = Field(
+        default=False,
+        description="List the whole account now (sees objects deleted in casavi). Otherwise the read is "
+        "incremental (modifiedAfter), and full at least every CASAVI_FULL_READ_EVERY_DAYS.",
+    )
+
+
+@dg.asset(
+    partitions_def=mandant_partitions,
+    group_name="sync",
+    kinds={"casavi", "duckdb"},
+    description="casavi as it is: the account listed (once, shared by all Mandanten; incremental where it "
+    "can be), each read normalised and hashed exactly like a write, and this Mandant's slice (the ids with "
+    "its prefix) kept in its snapshot. A snapshot that knows nothing yet adopts what casavi already holds.",
+)
+def casavi_remote(
+    context: dg.AssetExecutionContext,
+    config: ReadConfig,
+    casavi: CasaviResource,
+    snapshots: SnapshotStore,
+    sync_policy: SyncPolicy,
+) -> dg.MaterializeResult:
+    mandant = context.partition_key
+    cache = snapshots.remote_cache()
+    with _open_snapshot(context, snapshots) as snapshot, _casavi(casavi) as client:
+        never_synced = snapshot.synced_total() == 0
+        pages_before = client.stats.pages
+        client.authenticate()  # every run proves the credentials, also on a night with nothing to write
+        read = cache.refresh(
+            client,
+            # adopting needs a listing that also shows what casavi deleted
+            full=config.full or never_synced,
+            max_age=dt.timedelta(minutes=sync_policy.read_max_age_minutes),
+            full_every=dt.timedelta(days=sync_policy.full_read_every_days),
+        )
+        separator = sync_policy.id_separator
+        if never_synced:
+            # An account filled with another separator shows under another prefix: adopt it under that
+            # one, so the separator guard stops the run (or migrates, when allowed) instead of creating
+            # every object a second time.
+            counts = cache.prefix_counts({s: f"{mandant}{s}" for s in ALLOWED_SEPARATORS})
+            if not counts.get(separator) and any(counts.values()):
+                separator = max(counts, key=lambda s: counts[s])
+        in_slice = snapshot.replace_remote(cache, f"{mandant}{separator}")
+        adopted: dict[str, int] = {}
+        if never_synced and in_slice:
+            adopted = snapshot.adopt_remote()
+            snapshot.set_separator(separator)
+            context.log.info(
+                f"Mandant {mandant}: casavi already holds {in_slice} objects with prefix "
+                f"'{mandant}{separator}'; adopted as synced, so only real differences are sent ({adopted})"
+            )
+        metadata: dict[str, object] = {
+            "full_listing": read.full,
+            "reused_listing": read.reused,
+            "account_objects": read.account_objects,
+            "requests": client.stats.requests,
+            "pages": client.stats.pages - pages_before,
+            "duration_s": round(read.seconds, 2),
+            "adopted": sum(adopted.values()),
+            **{f"mandant/{kind}": n for kind, n in sorted(snapshot.remote_counts().items())},
+            **{f"listed/{kind}": n for kind, n in sorted(read.listed.items())},
+            **{f"changed/{kind}": n for kind, n in sorted(read.changed.items())},
+        }
+    context.log.info(
+        f"Mandant {mandant}: read casavi ({'full' if read.full else 'reused' if read.reused else 'incremental'}"
+        f" listing, {client.stats.requests} requests), {in_slice} objects with its prefix"
+    )
+    return dg.MaterializeResult(metadata=metadata)
+
+
+@dg.asset_check(
+    asset=casavi_remote,
+    name="casavi_drift",
+    # Blocking only to run before the changeset (which may repair what it finds); it warns, never stops.
+    blocking=True,
+    partitions_def=mandant_partitions,
+    description="WARN when casavi differs from what we confirmed: objects changed or deleted in casavi since "
+    "we wrote them (by hand in casavi's UI, say), and objects with our prefix we never wrote. "
+    "CASAVI_REPAIR_DRIFT (or the changeset's repair_drift config) puts them into the next changeset.",
+)
+def casavi_drift_check(
+    context: dg.AssetCheckExecutionContext, snapshots: SnapshotStore
+) -> dg.AssetCheckResult:
+    with snapshots.open(context.partition_key, read_only=True) as snapshot:
+        drift = snapshot.drift(listed=DRIFT_LISTED)
+    metadata: dict[str, object] = {
+        f"{kind}/{what}": count for (kind, what), (count, _) in sorted(drift.found.items())
+    }
+    what = {
+        "changed": "changed in casavi",
+        "deleted": "deleted in casavi",
+        "unknown": "with our prefix but never written by us",
+    }
+    parts = [f"{drift.count(key)} {label}" for key, label in what.items() if drift.count(key)]
+    for key in what:
+        if drift.ids(key):
+            metadata[f"first_{key}"] = dg.MetadataValue.json(drift.ids(key)[:DRIFT_LISTED])
+    if not parts:
+        return dg.AssetCheckResult(
+            passed=True, description="casavi holds what we confirmed", metadata=metadata
+        )
+    first = (drift.ids("changed") + drift.ids("deleted") + drift.ids("unknown"))[0]
+    reason = (
+        f"casavi drifted: {'; '.join(parts)} (first: {first}). Left as it is; set CASAVI_REPAIR_DRIFT=true "
+        "(or repair_drift in the changeset's config) to restore the ERP's state"
+    )
+    return dg.AssetCheckResult(
+        passed=False, severity=dg.AssetCheckSeverity.WARN, description=reason, metadata=metadata
+    )
+
+
+# --- changeset ------------------------------------------------------------------------------------
+def _preview_table(summary: ChangesetSummary) -> dg.MetadataValue:
+    rows = [dg.TableRecord(record) for record in summary.preview.to_dict("records")]
+    schema = dg.TableSchema(
+        columns=[
+            dg.TableColumn("kind"),
+            dg.TableColumn("change"),
+            dg.TableColumn("ref_id"),
+            dg.TableColumn("fields", description="casavi fields that change (names only, never values)"),
+        ]
+    )
+    return dg.MetadataValue.table(rows, schema=schema)
+
+
+def _changeset_metadata(summary: ChangesetSummary, casavi: CasaviResource) -> dict[str, object]:
+    expected = casavi.expected_seconds(summary.total_writes)
+    return {
+        "writes": summary.total_writes,
+        "expected_duration": _duration(expected),
+        **{k: dg.MetadataValue.int(v) for k, v in summary.counts().items()},
+        "preview": _preview_table(summary),
+    }
+
+
+class ChangesetConfig(dg.Config):
+    repair_drift: bool = Field(
+        default=SETTINGS.repair_drift,
+        description="Put objects changed or deleted in casavi (and ours that we never wrote) into this "
+        "changeset, restoring the ERP's state (default: CASAVI_REPAIR_DRIFT).",
+    )
+
+
+@dg.asset(
+    deps=[casavi_remote],
+    partitions_def=mandant_partitions,
+    group_name="sync",
+    kinds={"duckdb"},
+    description="What must change in casavi: creates, updates and deletes per object kind, diffed in DuckDB "
+    "against the snapshot of what casavi holds. Stored as the pending changeset of the Mandant's snapshot.",
+)
+def casavi_changeset(
+    context: dg.AssetExecutionContext,
+    config: ChangesetConfig,
+    snapshots: SnapshotStore,
+    casavi: CasaviResource,
+    casavi_properties,
+    casavi_units,
+    casavi_contacts,
+    casavi_contracts,
+) -> dg.MaterializeResult:
+    mandant = context.partition_key
+    frames = {
+        ObjectKind.PROPERTY: casavi_properties,
+        ObjectKind.UNIT: casavi_units,
+        ObjectKind.CONTACT: casavi_contacts,
+        ObjectKind.CONTRACT: casavi_contracts,
+    }
+    _before_the_pool(context)
+    with snapshots.open(mandant) as snapshot:
+        if config.repair_drift and snapshot.drift(listed=0).count():
+            context.log.info(f"Mandant {mandant}: repairing drift: casavi's state is taken as synced")
+            snapshot.adopt_remote()
+        summary = compute_changeset(snapshot, frames)
+    expected = casavi.expected_seconds(summary.total_writes)
+    context.log.info(
+        f"Mandant {mandant}: {summary.total_writes} writes pending ({summary.counts()}); at the configured "
+        f"rate limit that takes {_duration(expected)}"
+    )
+    return dg.MaterializeResult(metadata=_changeset_metadata(summary, casavi))
+
+
+def _before_the_pool(context: dg.AssetExecutionContext) -> None:
+    """Right before the sync claims the casavi_api pool: free slots of killed runs, say who holds it.
+
+    A killed process never returns its pool slot, which would block every later sync (the daemon's
+    dead-run sensor does the same for queued runs; this covers the CLI and in-process runs).
+    """
+    tag_run_host(context)
+    reap_dead_runs(context.instance, log=context.log)
+    busy = describe_pool(context.instance, CASAVI_POOL, waiting_run_id=context.run.run_id)
+    if busy:
+        context.log.info(busy)
+
+
+def _guard_check_result(result: GuardResult) -> dg.AssetCheckResult:
+    return dg.AssetCheckResult(
+        passed=result.passed,
+        severity=dg.AssetCheckSeverity.ERROR,
+        description=result.reason,
+        metadata={"reason": result.reason, **result.metadata},
+    )
+
+
+def _guards(
+    context: dg.AssetCheckExecutionContext, snapshots: SnapshotStore, policy: SyncPolicy
+) -> GuardResults:
+    with snapshots.open(context.partition_key, read_only=True) as snapshot:
+        return evaluate_guards(policy.guards, snapshot)
+
+
+@dg.asset_check(
+    asset=casavi_changeset,
+    name="separator_change_guard_check",
+    blocking=True,
+    partitions_def=mandant_partitions,
+    description="Stops the sync when CASAVI_ID_SEPARATOR differs from the one the snapshot (or the adopted "
+    "casavi account) was built with: every reference id would change (set CASAVI_ALLOW_SEPARATOR_CHANGE to "
+    "migrate).",
+)
+def separator_change_guard_check(
+    context: dg.AssetCheckExecutionContext, snapshots: SnapshotStore, sync_policy: SyncPolicy
+) -> dg.AssetCheckResult:
+    return _guard_check_result(_guards(context, snapshots, sync_policy).separator)
+
+
+@dg.asset_check(
+    asset=casavi_changeset,
+    name="mass_deletion_guard_check",
+    blocking=True,
+    partitions_def=mandant_partitions,
+    description="Stops the sync when it would delete more than CASAVI_MAX_DELETE_SHARE of a kind's synced "
+    "(or adopted) objects, or all of them (a truncated export looks exactly like that).",
+)
+def mass_deletion_guard_check(
+    context: dg.AssetCheckExecutionContext, snapshots: SnapshotStore, sync_policy: SyncPolicy
+) -> dg.AssetCheckResult:
+    return _guard_check_result(_guards(context, snapshots, sync_policy).mass_deletion)
+
+
+# --- sync -----------------------------------------------------------------------------------------
+class SyncConfig(dg.Config):
+    dry_run: bool = Field(
+        default=SETTINGS.dry_run,
+        description="Compute and show the changeset, write nothing to casavi (default: CASAVI_DRY_RUN). A "
+        "dry run records an observation of casavi_sync, not a materialization.",
+    )
+
+
+def _attempt_key(run_id: str) -> str:
+    return f"run/{run_id}"
+
+
+def _run_totals(snapshot: Snapshot, run_id: str, report: SyncReport) -> dict[str, dict[str, int]]:
+    """This attempt's counts added to the earlier attempts' of the same run (kept in the snapshot)."""
+    previous = json.loads(snapshot.get_meta(_attempt_key(run_id)) or "{}")
+    totals: dict[str, dict[str, int]] = {}
+    for name, counter in (
+        ("sent", report.sent),
+        ("confirmed", report.confirmed),
+        ("rejected", report.rejected_counts()),
+    ):
+        merged = dict(previous.get(name, {}))
+        for label, n in counter.items():
+            merged[label] = merged.get(label, 0) + n
+        totals[name] = merged
+    totals["attempts"] = {"n": previous.get("attempts", {}).get("n", 0) + 1}
+    snapshot.set_meta(_attempt_key(run_id), json.dumps(totals, sort_keys=True))
+    return totals
+
+
+def _sync_metadata(report: SyncReport, totals: dict[str, dict[str, int]], requests: int) -> dict[str, object]:
+    metadata: dict[str, object] = {
+        "confirmed": sum(totals["confirmed"].values()),
+        "rejected": sum(totals["rejected"].values()),
+        "attempts": totals["attempts"]["n"],
+        "requests": requests,
+        "duration_s": round(report.seconds, 2),
+        "verified_kinds": ", ".join(report.verified) or "-",
+    }
+    for name in ("sent", "confirmed", "rejected"):
+        metadata.update({f"{name}/{k}": v for k, v in sorted(totals[name].items())})
+    if report.rejections:
+        listed = report.rejections[:REJECTIONS_LISTED]
+        metadata["rejections"] = dg.MetadataValue.md(
+            "| kind | change | ref_id | status | why |\n|---|---|---|---|---|\n"
+            + "\n".join(f"| {r.kind} | {r.action} | {r.ref_id} | {r.status} | {r.message} |" for r in listed)
+        )
+    return metadata
+
+
+class _Progress:
+    """A line every PROGRESS_SECONDS: written / total, rate, ETA at the rate seen (or the configured one)."""
+
+    def __init__(self, context: dg.AssetExecutionContext, total: int, casavi: CasaviResource) -> None:
+        self.context, self.total, self.casavi = context, total, casavi
+        self.started = self.last = time.monotonic()
+
+    def __call__(self, report: SyncReport) -> None:
+        now = time.monotonic()
+        if now - self.last < PROGRESS_SECONDS:
+            return
+        self.last = now
+        done = report.total_sent
+        rate = done / max(now - self.started, 1e-9) * 60.0
+        left = max(self.total - done, 0)
+        eta = left / rate * 60.0 if rate > 0 else self.casavi.expected_seconds(left)
+        line = (
+            f"Mandant {self.context.partition_key}: {done}/{self.total} writes "
+            f"({done / max(self.total, 1):.0%}), {rate:.0f}/min, about {_duration(eta)} left"
+        )
+        self.context.log.info(line)  # the run's events
+        print(line, file=sys.stderr, flush=True)  # the terminal of the CLI or the demo (and compute logs)
+
+
+@dg.asset(
+    deps=[casavi_changeset],
+    partitions_def=mandant_partitions,
+    group_name="sync",
+    kinds={"casavi"},
+    pool=CASAVI_POOL,
+    output_required=False,  # a dry run observes, it does not materialize
+    # Transient trouble (casavi down, timeouts after the client's own retries) is retried; each attempt
+    # resumes with what is still pending. Guards, refused credentials, rejections and a wrong model of
+    # casavi are Failures without retry: another attempt cannot change them.
+    retry_policy=dg.RetryPolicy(
+        max_retries=2, delay=30, backoff=dg.Backoff.EXPONENTIAL, jitter=dg.Jitter.PLUS_MINUS
+    ),
+    description="Writes the pending changeset to casavi (upserts in dependency order, deletes in reverse) "
+    "and advances the snapshot with every confirmed write, so an interrupted run resumes where it stopped. "
+    "The first write of each kind is read back to verify casavi stores what we send.",
+)
+def casavi_sync(
+    context: dg.AssetExecutionContext,
+    config: SyncConfig,
+    casavi: CasaviResource,
+    snapshots: SnapshotStore,
+    sync_policy: SyncPolicy,
+):
+    mandant = context.partition_key
+    with snapshots.open(mandant) as snapshot:
+        # The guards run as blocking checks too; repeating them here means materializing the sync
+        # alone cannot bypass them.
+        for guard in evaluate_guards(sync_policy.guards, snapshot).failures:
+            raise dg.Failure(description=guard.reason, metadata=guard.metadata, allow_retries=False)
+        summary = summarize(snapshot)
+        if config.dry_run:
+            context.log.info(f"Dry run for Mandant {mandant}: {summary.total_writes} writes not sent")
+            yield dg.AssetObservation(
+                asset_key=context.asset_key,
+                partition=mandant,
+                description="dry run: nothing was written to casavi",
+                metadata={"dry_run": True, **_changeset_metadata(summary, casavi)},
+            )
+            return
+        if snapshot.synced_total() == 0 or sync_policy.allow_separator_change:
+            snapshot.set_separator(sync_policy.id_separator)
+        progress = _Progress(context, summary.total_writes, casavi)
+        with _casavi(casavi) as client:
+            try:
+                report = apply_changeset(
+                    snapshot, client, verify=sync_policy.verify_writes, on_progress=progress, progress_every=1
+                )
+            except (CasaviError, KeyboardInterrupt, dg.DagsterExecutionInterruptedError):
+                snapshots.remote_cache().mark_written()  # what was written must be read back next time
+                raise
+            totals = _run_totals(snapshot, context.run.run_id, report)
+            if report.total_sent:
+                snapshots.remote_cache().mark_written()
+            metadata = _sync_metadata(report, totals, client.stats.requests)
+    context.log.info(
+        f"Mandant {mandant}: {metadata['confirmed']} writes confirmed in this run, "
+        f"{metadata['rejected']} rejected ({report.seconds:.1f}s this attempt)"
+    )
+    if report.mismatches:
+        raise dg.Failure(description=report.mismatches[0].reason, metadata=metadata, allow_retries=False)
+    if report.rejections:
+        first = report.rejections[0]
+        raise dg.Failure(
+            description=f"casavi rejected {len(report.rejections)} of {report.total_sent} writes "
+            f"(first: {first.kind} {first.ref_id}: {first.status} {first.message}); the others were "
+            "written. Fix the data, then rerun: only what is still pending is sent.",
+            metadata=metadata,
+            allow_retries=False,
+        )
+    yield dg.MaterializeResult(metadata=metadata)
+
+
+defs = dg.Definitions(
+    assets=[casavi_remote, casavi_changeset, casavi_sync],
+    asset_checks=[casavi_drift_check, mass_deletion_guard_check, separator_change_guard_check],
+)

@@ -1,0 +1,49 @@
+"""The one error the ERP reader raises, and how its problem lists read.
+
+Every message names the file and says what to fix, so an operator can repair the export without a
+traceback. Messages carry ERP keys, row/line numbers and column names, never person data.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+#: How many problems one message lists; the rest are counted, so a broken file stays readable.
+MAX_LISTED_PROBLEMS = 10
+
+
+class ErpExportError(ValueError):
+    """An ERP export file (or folder) breaks the contract in `shared/erp-export.md`.
+
+    `path` is the file or folder at fault; `problems` lists every problem found (the message shows the
+    first `MAX_LISTED_PROBLEMS`).
+    """
+
+    def __init__(self, path: Path, summary: str, problems: Sequence[str] = ()) -> None:
+        self.path = path
+        self.problems = list(problems)
+        super().__init__(_format(summary, self.problems))
+
+
+def _format(summary: str, problems: list[str]) -> str:
+    if not problems:
+        return summary
+    listed = problems[:MAX_LISTED_PROBLEMS]
+    lines = [summary, *(f"  - {p}" for p in listed)]
+    if len(problems) > len(listed):
+        lines.append(f"  ... and {len(problems) - len(listed)} more problem(s) of the same file")
+    return "\n".join(lines)
+
+
+def row_label(row: int, line: int | None) -> str:
+    """`row 3 (line 4)`: rows count data records from 1; the header is line 1 of the file."""
+    return f"row {row} (line {line})" if line is not None else f"row {row}"
+
+
+def key_label(key_columns: Sequence[str], values: Sequence[object]) -> str:
+    """`we_nr=001, ve_nr=0003`; a missing key value shows as `<empty>`."""
+    return ", ".join(
+        f"{name}={value if isinstance(value, str) else '<empty>'}"
+        for name, value in zip(key_columns, values, strict=True)
+    )

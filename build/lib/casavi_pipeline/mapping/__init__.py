@@ -1,0 +1,27 @@
+"""ERP frames → casavi frames (domain columns), and the checks on them. Pure functions, no Dagster."""
+
+from __future__ import annotations
+
+import pandas as pd
+
+from casavi_pipeline.mapping.contracts import map_contracts
+from casavi_pipeline.mapping.people import map_contacts
+from casavi_pipeline.mapping.real_estate import map_addresses, map_properties, map_units
+
+
+def map_mandant(erp: dict[str, pd.DataFrame], *, mandant: str, separator: str) -> dict[str, pd.DataFrame]:
+    """All casavi frames of one Mandant from its seven ERP frames (what the casavi assets do step by step)."""
+    ids = {"mandant": mandant, "separator": separator}
+    people = (erp["mieter"], erp["mietvertraege"], erp["eigentuemer"], erp["eigentuemervertraege"])
+    addresses = map_addresses(erp["gebaeude"], **ids)
+    contracts = map_contracts(
+        erp["mietvertraege"], erp["mieter"], erp["eigentuemervertraege"], erp["eigentuemer"],
+        erp["verwaltungseinheiten"], **ids,
+    )  # fmt: skip
+    return {
+        "addresses": addresses,
+        "properties": map_properties(erp["wirtschaftseinheiten"], addresses, **ids),
+        "units": map_units(erp["verwaltungseinheiten"], **ids),
+        "contacts": map_contacts(*people, **ids),
+        "contracts": contracts,
+    }

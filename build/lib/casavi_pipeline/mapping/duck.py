@@ -1,0 +1,59 @@
+"""A small in-memory DuckDB session over the ERP frames, with the column types the contract promises.
+
+DuckDB infers a pandas `object` column's type from its values, so a column that happens to be all
+None (an optional column nobody fills, or an empty file) arrives as type NULL and breaks string
+functions. Every ERP frame is therefore exposed as a view that casts each contract column explicitly.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import duckdb
+import pandas as pd
+
+from casavi_pipeline.erp.contract import ENTITIES_BY_NAME, ColumnType
+
+_SQL_TYPES = {ColumnType.STRING: "VARCHAR", ColumnType.DATE: "VARCHAR", ColumnType.DECIMAL: "DOUBLE"}
+
+
+class DuckSession:
+    """One DuckDB connection holding typed views of the given frames; close it (or use `with`)."""
+
+    def __init__(self, mandant: str, separator: str) -> None:
+        self.connection = duckdb.connect()
+        # Named parameters every mapping query may use: the ID parts of rule 3.
+        self.params: dict[str, Any] = {"mandant": mandant, "sep": separator}
+
+    def __enter__(self) -> DuckSession:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.connection.close()
+
+    def add_erp(self, name: str, frame: pd.DataFrame, extra: Mapping[str, str] | None = None) -> None:
+        """Expose an ERP entity's frame as view `name`, contract columns cast to their SQL types.
+
+        `extra` adds further columns of the frame (name → SQL type), e.g. the computed valid email.
+        """
+        entity = ENTITIES_BY_NAME[name]
+        casts = [f'CAST("{c.name}" AS {_SQL_TYPES[c.type]}) AS "{c.name}"' for c in entity.columns]
+        casts += [
+            f'CAST("{column}" AS {sql_type}) AS "{column}"' for column, sql_type in (extra or {}).items()
+        ]
+        self.add_frame(name, frame, casts)
+
+    def add_frame(self, name: str, frame: pd.DataFrame, casts: list[str] | None = None) -> None:
+        """Expose any frame as view `name` (optionally only the given cast expressions)."""
+        self.connection.register(f"{name}__frame", frame)
+        select = ", ".join(casts) if casts else "*"
+        self.connection.execute(f'CREATE OR REPLACE VIEW "{name}" AS SELECT {select} FROM "{name}__frame"')
+
+    def frame(self, sql: str, *, list_columns: tuple[str, ...] = ()) -> pd.DataFrame:
+        """Run a query with the session's parameters; LIST columns become Python lists (not numpy arrays)."""
+        used = {k: v for k, v in self.params.items() if f"${k}" in sql}
+        result = self.connection.execute(sql, used).df()
+        for column in list_columns:
+            result[column] = [list(value) for value in result[column]]
+        return result

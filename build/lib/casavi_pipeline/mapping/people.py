@@ -1,0 +1,167 @@
+"""Mieter and Eigentümer → casavi contacts (rules 2, 4 and 5 of `shared/erp-export.md`).
+
+Which rows make a contact: a tenant row only when its email passes the rule (a tenant without one is
+not synced), an owner row always, in both cases only when its contract exists (a dangling row is
+reported by the foreign-key check, not synced). A person with several such rows is one contact.
+
+Which row wins when a person's rows differ: the row of the contract with the latest `beginn`. Ties
+are broken by the higher contract number in *natural* order (leading zeros ignored, then shorter is
+lower: `9` < `10` < `010a`; exactly numeric order for all-digit numbers) and, if still tied, by the
+raw string (`7` over `007`). A tenant number (`vertrag_nr`) and an owner number (`ev_nr`) are
+compared the same way although they come from separate ranges; only on identical numbers the tenant
+row wins. One exception keeps the email rule intact: if the winning row has no valid email but the
+person is a synced tenant, the contact keeps the valid email of their latest tenant row, so a contact
+referenced by a rental contract always has the address that qualified them.
+"""
+
+from __future__ import annotations
+
+import pandas as pd
+
+from casavi_pipeline.casavi import api
+from casavi_pipeline.casavi.api import ObjectKind
+from casavi_pipeline.erp.contract import MIETER
+from casavi_pipeline.mapping.duck import DuckSession
+from casavi_pipeline.mapping.email import first_valid_emails
+from casavi_pipeline.mapping.ids import sql_ref_id
+from casavi_pipeline.mapping.real_estate import sql_country, sql_street
+
+CONTACT_COLUMNS: tuple[str, ...] = (*api.DOMAIN_COLUMNS[ObjectKind.CONTACT], "erp_key")
+#: ERP `anrede` (compared case-insensitively) → casavi salutation; empty → null.
+SALUTATIONS: dict[str, str] = {
+    "herr": api.Salutation.MR.value,
+    "frau": api.Salutation.MS.value,
+    "divers": api.Salutation.DIVERSE.value,
+    "firma": api.Salutation.COMPANY.value,
+}
+VALID_EMAIL_COLUMN = "email_valid"
+#: The person columns compared to decide whether a person's rows conflict (email as it would be sent).
+_PERSON_DATA = [c.name for c in MIETER.columns if c.name not in ("vertrag_nr", "person_nr", "email")]
+
+
+def with_valid_email(persons: pd.DataFrame) -> pd.DataFrame:
+    """The frame plus `email_valid`: the address rule 2 picks from `email`, or None."""
+    return persons.assign(**{VALID_EMAIL_COLUMN: first_valid_emails(persons["email"])})
+
+
+def open_person_session(
+    mieter: pd.DataFrame,
+    mietvertraege: pd.DataFrame,
+    eigentuemer: pd.DataFrame,
+    eigentuemervertraege: pd.DataFrame,
+    *,
+    mandant: str,
+    separator: str,
+) -> DuckSession:
+    """A session with the four person/contract entities and view `person_rows`: the rows that feed contacts.
+
+    `person_rows` has one row per synced (contract, person) with `role` (MV/EV), `contract_nr`,
+    `beginn`, the person columns and `email_valid`, plus `rank` (1 = the row that wins for the person).
+    """
+    duck = DuckSession(mandant, separator)
+    extra = {VALID_EMAIL_COLUMN: "VARCHAR"}
+    duck.add_erp("mieter", with_valid_email(mieter), extra)
+    duck.add_erp("eigentuemer", with_valid_email(eigentuemer), extra)
+    duck.add_erp("mietvertraege", mietvertraege)
+    duck.add_erp("eigentuemervertraege", eigentuemervertraege)
+    person_columns = ", ".join(f"p.{c}" for c in [*_PERSON_DATA, VALID_EMAIL_COLUMN])
+    natural = "length(ltrim(contract_nr, '0')) DESC, ltrim(contract_nr, '0') DESC, contract_nr DESC"
+    duck.connection.execute(
+        f"""
+        CREATE VIEW person_rows AS
+        WITH synced AS (
+            SELECT p.person_nr, 'MV' AS role, p.vertrag_nr AS contract_nr, c.beginn, {person_columns}
+            FROM mieter p JOIN mietvertraege c USING (vertrag_nr)
+            WHERE p.{VALID_EMAIL_COLUMN} IS NOT NULL
+            UNION ALL
+            SELECT p.person_nr, 'EV' AS role, p.ev_nr AS contract_nr, c.beginn, {person_columns}
+            FROM eigentuemer p JOIN eigentuemervertraege c USING (ev_nr)
+        )
+        SELECT *, row_number() OVER (
+            PARTITION BY person_nr ORDER BY beginn DESC, {natural}, role DESC  -- 'MV' > 'EV': tenant wins
+        ) AS rank
+        FROM synced
+        """
+    )
+    return duck
+
+
+def map_contacts(
+    mieter: pd.DataFrame,
+    mietvertraege: pd.DataFrame,
+    eigentuemer: pd.DataFrame,
+    eigentuemervertraege: pd.DataFrame,
+    *,
+    mandant: str,
+    separator: str,
+) -> pd.DataFrame:
+    """Synced tenants and all owners → one contact per person_nr, the winning row's data."""
+    with open_person_session(
+        mieter, mietvertraege, eigentuemer, eigentuemervertraege, mandant=mandant, separator=separator
+    ) as duck:
+        duck.add_frame(
+            "salutations",
+            pd.DataFrame({"anrede": list(SALUTATIONS), "salutation": list(SALUTATIONS.values())}),
+        )
+        duck.params["online"] = api.WayOfContact.ONLINE.value
+        duck.params["postal"] = api.WayOfContact.POSTAL.value
+        return duck.frame(
+            f"""
+            WITH tenant_email AS (
+                SELECT person_nr, arg_min({VALID_EMAIL_COLUMN}, rank) AS email
+                FROM person_rows WHERE role = 'MV' GROUP BY person_nr
+            ), winner AS (
+                SELECT w.*, COALESCE(w.{VALID_EMAIL_COLUMN}, t.email) AS email
+                FROM person_rows w LEFT JOIN tenant_email t USING (person_nr)
+                WHERE w.rank = 1
+            )
+            SELECT {sql_ref_id("w.person_nr")} AS id,
+                   -- an unknown anrede is passed on unchanged so the payload check reports it
+                   CASE WHEN w.anrede IS NULL THEN NULL ELSE COALESCE(s.salutation, w.anrede) END
+                       AS salutation,
+                   w.titel AS title,
+                   w.vorname AS first_name,
+                   w.nachname AS last_name,
+                   w.firma AS company_name,
+                   w.email,
+                   w.telefon AS telephone,
+                   w.mobil AS mobile,
+                   {sql_street("w")} AS street,
+                   w.plz AS postal_code,
+                   w.ort AS city,
+                   {sql_country("w")} AS country,
+                   CASE WHEN w.email IS NULL THEN $postal ELSE $online END AS preferred_way_of_contact,
+                   'person_nr=' || w.person_nr AS erp_key
+            FROM winner w
+            LEFT JOIN salutations s ON s.anrede = lower(w.anrede)
+            ORDER BY id
+            """
+        )[list(CONTACT_COLUMNS)]
+
+
+def conflicting_persons(
+    mieter: pd.DataFrame,
+    mietvertraege: pd.DataFrame,
+    eigentuemer: pd.DataFrame,
+    eigentuemervertraege: pd.DataFrame,
+    *,
+    mandant: str,
+    separator: str,
+) -> pd.DataFrame:
+    """Persons whose synced rows differ (so the latest-`beginn` rule chose): `contact_id`, `rows`, sorted.
+
+    Compared are the person columns as they reach casavi (email as the valid address picked by rule 2).
+    """
+    distinct_data = ", ".join(f"{c} := {c}" for c in [*_PERSON_DATA, VALID_EMAIL_COLUMN])
+    with open_person_session(
+        mieter, mietvertraege, eigentuemer, eigentuemervertraege, mandant=mandant, separator=separator
+    ) as duck:
+        return duck.frame(
+            f"""
+            SELECT {sql_ref_id("person_nr")} AS contact_id, count(*) AS rows
+            FROM person_rows
+            GROUP BY person_nr
+            HAVING count(DISTINCT struct_pack({distinct_data})) > 1
+            ORDER BY contact_id
+            """
+        )

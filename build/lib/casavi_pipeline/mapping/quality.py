@@ -1,0 +1,257 @@
+"""Data-quality checks of the casavi frames, as pure functions (Dagster wiring: `defs/quality.py`).
+
+Each check returns a `CheckOutcome`: passed, severity, counts, the offending reference IDs or ERP keys
+(at most `MAX_LISTED`) and a one-line reason that says what to fix. Outcomes never carry names,
+emails or other field values: only reference IDs, ERP key numbers and counts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+import pandas as pd
+
+from casavi_pipeline.erp.contract import ENTITIES_BY_NAME, FOREIGN_KEYS
+from casavi_pipeline.mapping.email import first_valid_emails, is_valid_email
+from casavi_pipeline.settings import ALLOWED_SEPARATORS, Settings
+
+MAX_LISTED = 50
+SEPARATOR_SETTING = str(Settings.model_fields["id_separator"].validation_alias)
+
+ForeignKey = tuple[str, tuple[str, ...], str, tuple[str, ...]]
+
+
+class Severity(StrEnum):
+    ERROR = "ERROR"  # blocking: casavi would reject the data, or it breaks a sync rule
+    WARN = "WARN"  # informational: the sync goes on
+
+
+@dataclass(frozen=True)
+class CheckOutcome:
+    passed: bool
+    severity: Severity
+    reason: str  # one line, e.g. "3 units reference a missing building (first: ...); fix ..."
+    counts: dict[str, int] = field(default_factory=dict)
+    ids: tuple[str, ...] = ()  # offending reference IDs / ERP keys, at most MAX_LISTED
+    details: tuple[str, ...] = ()  # short lines per offender (IDs, keys, field names), at most MAX_LISTED
+
+
+def _outcome(
+    problems: Sequence[str],
+    severity: Severity,
+    *,
+    ok: str,
+    failed: str,
+    counts: dict[str, int],
+    details: Sequence[str] = (),
+) -> CheckOutcome:
+    """Passed when `problems` is empty. `failed` is a static template with {n} (offenders) and {first}
+    (the first detail line, else the first offender), so data never becomes part of a format string."""
+    unique = list(dict.fromkeys(problems))
+    if not unique:
+        return CheckOutcome(True, severity, ok, counts)
+    reason = failed.format(n=len(unique), first=details[0] if details else unique[0])
+    return CheckOutcome(
+        False, severity, reason, counts, tuple(unique[:MAX_LISTED]), tuple(details[:MAX_LISTED])
+    )
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}" if n == 1 else f"{n} {word}s"
+
+
+# --- unique composite IDs ---------------------------------------------------------------------------
+def free_separators(reference_ids: Iterable[str], current: str) -> list[str]:
+    """Allowed separators that occur in none of the IDs (so in no ERP number): switching is collision-free."""
+    used = set("".join(reference_ids))
+    return [s for s in ALLOWED_SEPARATORS if s != current and s not in used]
+
+
+def unique_ids(
+    noun: str, frame: pd.DataFrame, separator: str, *, singular: str | None = None
+) -> CheckOutcome:
+    """No two ERP records compose to the same ID (rule 3); names both records and a free separator."""
+    singular = singular or noun[:-1]
+    duplicated = frame[frame["id"].duplicated(keep=False)]
+    groups = duplicated.groupby("id", sort=True)["erp_key"].agg(lambda keys: " | ".join(sorted(keys)))
+    details = [f"{ref_id} ← {keys}" for ref_id, keys in groups.items()]
+    free = free_separators(frame["id"], separator)
+    hint = f"an ERP number contains the separator {separator!r}: set {SEPARATOR_SETTING} to " + (
+        " or ".join(repr(s) for s in free) if free else "… (none is free: renumber the ERP records)"
+    )
+    return _outcome(
+        list(groups.index),
+        Severity.ERROR,
+        ok=f"all {len(frame)} {noun} have unique IDs",
+        failed=f"{{n}} {singular} IDs are composed by more than one ERP record (first: {{first}}); {hint}",
+        counts={"rows": len(frame), "duplicated_ids": len(groups), "rows_affected": len(duplicated)},
+        details=details,
+    )
+
+
+# --- referential integrity (casavi side) ------------------------------------------------------------
+def unit_references(units: pd.DataFrame, properties: pd.DataFrame) -> CheckOutcome:
+    """Every unit's property exists, and its address is one of that property's addresses (else 422)."""
+    property_ids = set(properties["id"])
+    addresses = {
+        (prop, address["id"])
+        for prop, address_list in zip(properties["id"], properties["addresses"], strict=True)
+        for address in address_list
+    }
+    no_property = [u for u, p in zip(units["id"], units["property_id"], strict=True) if p not in property_ids]
+    no_address = [
+        u
+        for u, p, a in zip(units["id"], units["property_id"], units["address_id"], strict=True)
+        if p in property_ids and (p, a) not in addresses
+    ]
+    return _outcome(
+        no_property + no_address,
+        Severity.ERROR,
+        ok=f"all {_plural(len(units), 'unit')} reference an existing property and address",
+        failed="{n} units reference a missing property or building address (first: {first}); "
+        "fix verwaltungseinheiten.csv, gebaeude.csv or wirtschaftseinheiten.csv",
+        counts={
+            "units": len(units),
+            "missing_property": len(no_property),
+            "missing_address": len(no_address),
+        },
+    )
+
+
+def contract_references(contracts: pd.DataFrame, units: pd.DataFrame, contacts: pd.DataFrame) -> CheckOutcome:
+    """Every contract's unit and contacts exist (else casavi answers 422)."""
+    unit_ids, contact_ids = set(units["id"]), set(contacts["id"])
+    no_unit = [c for c, u in zip(contracts["id"], contracts["unit_id"], strict=True) if u not in unit_ids]
+    missing_contacts = [
+        (c, missing)
+        for c, refs in zip(contracts["id"], contracts["contact_ids"], strict=True)
+        if (missing := [ref for ref in refs if ref not in contact_ids])
+    ]
+    return _outcome(
+        no_unit + [c for c, _ in missing_contacts],
+        Severity.ERROR,
+        ok=f"all {_plural(len(contracts), 'contract')} reference an existing unit and existing contacts",
+        failed="{n} contracts reference a missing unit or contact (first: {first}); fix mietvertraege.csv, "
+        "eigentuemervertraege.csv or verwaltungseinheiten.csv",
+        counts={
+            "contracts": len(contracts),
+            "missing_unit": len(no_unit),
+            "missing_contact": len(missing_contacts),
+        },
+        details=[f"{c}: unit missing" for c in no_unit]
+        + [f"{c}: contacts missing {', '.join(m)}" for c, m in missing_contacts],
+    )
+
+
+# --- referential integrity (ERP side) ---------------------------------------------------------------
+def erp_key_label(entity: str, frame: pd.DataFrame, columns: Sequence[str]) -> pd.Series:
+    """`entity col=value col=value` per row: the ERP record named by its numbers only."""
+    label = pd.Series(entity, index=frame.index, dtype=object)
+    for column in columns:
+        label = label + f" {column}=" + frame[column].astype(str)
+    return label
+
+
+def erp_foreign_keys(
+    frames: Mapping[str, pd.DataFrame], foreign_keys: Iterable[ForeignKey] = FOREIGN_KEYS
+) -> CheckOutcome:
+    """Every ERP foreign key resolves (ve→geb, vertrag→ve, mieter→vertrag, …); dangling rows listed."""
+    dangling: list[str] = []
+    details: list[str] = []
+    counts: dict[str, int] = {}
+    checked = []
+    for child, child_columns, parent, parent_columns in foreign_keys:
+        child_frame, parent_frame = frames[child], frames[parent]
+        present = pd.MultiIndex.from_frame(parent_frame[list(parent_columns)])
+        resolves = pd.MultiIndex.from_frame(child_frame[list(child_columns)]).isin(present)
+        orphans = child_frame[~resolves]
+        key = f"{child}→{parent}"
+        checked.append(key)
+        counts[key] = len(orphans)
+        if len(orphans):
+            child_keys = erp_key_label(child, orphans, ENTITIES_BY_NAME[child].key)
+            wanted = orphans[list(child_columns)].set_axis(list(parent_columns), axis=1)
+            targets = erp_key_label(parent, wanted, parent_columns)
+            dangling += list(child_keys)
+            details += [f"{c} → missing {t}" for c, t in zip(child_keys, targets, strict=True)]
+    files = sorted({f"{child}.csv" for child, *_ in foreign_keys})
+    return _outcome(
+        dangling,
+        Severity.ERROR,
+        ok=f"all ERP foreign keys resolve ({', '.join(checked)})",
+        failed="{n} ERP rows reference a missing record (first: {first}); "
+        f"fix {' or '.join(files)} or the file of the missing record",
+        counts=counts,
+        details=details,
+    )
+
+
+# --- the email rule (rule 2) ------------------------------------------------------------------------
+def email_rule(contracts: pd.DataFrame, contacts: pd.DataFrame, renter_type: str) -> CheckOutcome:
+    """Every tenant contact has a valid email; every rental contract references only such contacts."""
+    emails = dict(zip(contacts["id"], contacts["email"], strict=True))
+    renter = contracts[contracts["contract_type"] == renter_type]
+    bad_contracts, bad_contacts = [], set()
+    for contract_id, contact_ids in zip(renter["id"], renter["contact_ids"], strict=True):
+        unsynced = [c for c in contact_ids if not is_valid_email(emails.get(c))]
+        if unsynced or not len(contact_ids):
+            bad_contracts.append(contract_id)
+            bad_contacts.update(unsynced)
+    return _outcome(
+        bad_contracts,
+        Severity.ERROR,
+        ok=f"all {_plural(len(renter), 'rental contract')} reference only tenants with a valid email",
+        failed="{n} rental contracts reference tenants without a valid email (first: {first}); "
+        "the mapping must drop such tenants — report this as a bug",
+        counts={
+            "rental_contracts": len(renter),
+            "contracts_failing": len(bad_contracts),
+            "tenants_failing": len(bad_contacts),
+        },
+        details=[f"{c}: tenant without valid email" for c in bad_contracts],
+    )
+
+
+def email_rule_dropped(
+    mieter: pd.DataFrame,
+    mietvertraege: pd.DataFrame,
+    contracts: pd.DataFrame,
+    rental_ids: pd.Series,
+    *,
+    warn_share: float,
+) -> CheckOutcome:
+    """How many tenants and rental contracts the email rule kept out of casavi.
+
+    Tenants without email are the rule working, not a failure: the check passes with the counts and
+    warns only when the share of tenants dropped exceeds `warn_share` (a broken email column, say).
+    """
+    valid = pd.Series(first_valid_emails(mieter["email"]), index=mieter.index)
+    persons_with_email = set(mieter.loc[valid.notna(), "person_nr"])
+    tenants = set(mieter["person_nr"])
+    dropped_tenants = sorted(tenants - persons_with_email)
+    synced = set(contracts["id"])
+    dropped_contracts = [ref for ref in rental_ids if ref not in synced]
+    share = len(dropped_tenants) / len(tenants) if tenants else 0.0
+    counts = {
+        "tenants": len(tenants),
+        "tenants_dropped": len(dropped_tenants),
+        "tenant_rows_without_valid_email": int(valid.isna().sum()),
+        "rental_contracts_dropped": len(dropped_contracts),
+        "rental_contracts": len(rental_ids),
+    }
+    summary = (
+        f"{len(dropped_tenants)} of {len(tenants)} tenants ({share:.0%}) have no valid email and "
+        f"{len(dropped_contracts)} rental contracts no such tenant: not synced, as the email rule says"
+    )
+    if share <= warn_share:
+        return CheckOutcome(True, Severity.WARN, summary, counts)
+    return _outcome(
+        [f"person_nr={p}" for p in dropped_tenants] + dropped_contracts,
+        Severity.WARN,
+        ok=summary,
+        failed=f"{summary}; that is more than the usual {warn_share:.0%} (first: {{first}}): is the email "
+        "column of mieter.csv empty or broken? (CASAVI_EMAIL_DROP_WARN_SHARE sets the threshold)",
+        counts=counts,
+    )

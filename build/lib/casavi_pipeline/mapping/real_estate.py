@@ -1,0 +1,132 @@
+"""Wirtschaftseinheiten, Gebäude and Verwaltungseinheiten → casavi properties, addresses and units.
+
+Field mapping exactly as rule 5 of `shared/erp-export.md`. Every function returns one row per source
+record, sorted by `id` (then `erp_key`): two ERP records that compose to the same ID are kept side by
+side, never merged, so the unique-ID check can name both.
+"""
+
+from __future__ import annotations
+
+import pandas as pd
+
+from casavi_pipeline.casavi import api
+from casavi_pipeline.casavi.api import ObjectKind
+from casavi_pipeline.mapping.duck import DuckSession
+from casavi_pipeline.mapping.ids import sql_erp_key, sql_ref_id
+
+ADDRESS_COLUMNS: tuple[str, ...] = ("property_id", *(name for name, _ in api.ADDRESS_FIELDS), "erp_key")
+PROPERTY_COLUMNS: tuple[str, ...] = (*api.DOMAIN_COLUMNS[ObjectKind.PROPERTY], "erp_key")
+UNIT_COLUMNS: tuple[str, ...] = (*api.DOMAIN_COLUMNS[ObjectKind.UNIT], "erp_key")
+
+DEFAULT_COUNTRY = "DE"
+#: Unit name label per nutzungsart; any other value (SONSTIGE) is an "Einheit".
+UNIT_LABELS: dict[str, str] = {
+    "WOHNUNG": "Wohnung",
+    "GEWERBE": "Gewerbe",
+    "STELLPLATZ": "Stellplatz",
+    "GARAGE": "Garage",
+}
+FALLBACK_UNIT_LABEL = "Einheit"
+#: Only commercial units are COMMERCIAL in casavi; everything else is private use.
+COMMERCIAL_NUTZUNGSARTEN = ("GEWERBE",)
+
+
+def sql_street(alias: str = "") -> str:
+    """ "strasse hausnummer" with one space, empty parts dropped, NULL when both are empty."""
+    prefix = f"{alias}." if alias else ""
+    return f"NULLIF(concat_ws(' ', {prefix}strasse, {prefix}hausnummer), '')"
+
+
+def sql_country(alias: str = "") -> str:
+    prefix = f"{alias}." if alias else ""
+    return f"COALESCE({prefix}land, '{DEFAULT_COUNTRY}')"
+
+
+def map_addresses(gebaeude: pd.DataFrame, *, mandant: str, separator: str) -> pd.DataFrame:
+    """Gebäude → the addresses of their property (one per building), with `property_id` for grouping."""
+    with DuckSession(mandant, separator) as duck:
+        duck.add_erp("gebaeude", gebaeude)
+        return duck.frame(
+            f"""
+            SELECT {sql_ref_id("we_nr")} AS property_id,
+                   {sql_ref_id("we_nr", "geb_nr")} AS id,
+                   {sql_street()} AS street,
+                   plz AS postal_code,
+                   ort AS city,
+                   {sql_country()} AS country,
+                   {sql_erp_key("we_nr", "geb_nr")} AS erp_key
+            FROM gebaeude
+            ORDER BY id, erp_key
+            """
+        )[list(ADDRESS_COLUMNS)]
+
+
+def map_properties(
+    wirtschaftseinheiten: pd.DataFrame, addresses: pd.DataFrame, *, mandant: str, separator: str
+) -> pd.DataFrame:
+    """Wirtschaftseinheiten → properties, each with its buildings' addresses (sorted by address id)."""
+    address_fields = ", ".join(f"{name} := a.{name}" for name, _ in api.ADDRESS_FIELDS)
+    with DuckSession(mandant, separator) as duck:
+        duck.add_erp("wirtschaftseinheiten", wirtschaftseinheiten)
+        duck.add_frame("addresses", addresses, [f'CAST("{c}" AS VARCHAR) AS "{c}"' for c in ADDRESS_COLUMNS])
+        return duck.frame(
+            f"""
+            WITH by_property AS (
+                SELECT a.property_id, list(struct_pack({address_fields}) ORDER BY a.id) AS addresses
+                FROM addresses a
+                GROUP BY a.property_id
+            )
+            SELECT {sql_ref_id("w.we_nr")} AS id,
+                   w.bezeichnung AS name,
+                   w.we_nr AS number,
+                   {sql_street("w")} AS street,
+                   w.plz AS postal_code,
+                   w.ort AS city,
+                   {sql_country("w")} AS country,
+                   CAST(NULL AS VARCHAR) AS note,
+                   COALESCE(b.addresses, []) AS addresses,
+                   {sql_erp_key("we_nr", alias="w")} AS erp_key
+            FROM wirtschaftseinheiten w
+            LEFT JOIN by_property b ON b.property_id = {sql_ref_id("w.we_nr")}
+            ORDER BY id, erp_key
+            """,
+            list_columns=("addresses",),
+        )[list(PROPERTY_COLUMNS)]
+
+
+def _labels_frame() -> pd.DataFrame:
+    return pd.DataFrame(
+        {
+            "nutzungsart": list(UNIT_LABELS),
+            "label": list(UNIT_LABELS.values()),
+            "usage": [
+                api.Usage.COMMERCIAL.value if n in COMMERCIAL_NUTZUNGSARTEN else api.Usage.PRIVATE.value
+                for n in UNIT_LABELS
+            ],
+        }
+    )
+
+
+def map_units(verwaltungseinheiten: pd.DataFrame, *, mandant: str, separator: str) -> pd.DataFrame:
+    """Verwaltungseinheiten → units, linked to their property and their building's address."""
+    with DuckSession(mandant, separator) as duck:
+        duck.add_erp("verwaltungseinheiten", verwaltungseinheiten)
+        duck.add_frame("unit_labels", _labels_frame())
+        duck.params["fallback_label"] = FALLBACK_UNIT_LABEL
+        duck.params["private"] = api.Usage.PRIVATE.value
+        return duck.frame(
+            f"""
+            SELECT {sql_ref_id("v.we_nr", "v.geb_nr", "v.ve_nr")} AS id,
+                   {sql_ref_id("v.we_nr")} AS property_id,
+                   {sql_ref_id("v.we_nr", "v.geb_nr")} AS address_id,
+                   COALESCE(l.label, $fallback_label) || ' ' || COALESCE(v.lage, v.ve_nr) AS name,
+                   v.ve_nr AS number,
+                   COALESCE(l.usage, $private) AS usage,
+                   v.flaeche_m2 AS area,
+                   v.zimmer AS rooms,
+                   {sql_erp_key("we_nr", "geb_nr", "ve_nr", alias="v")} AS erp_key
+            FROM verwaltungseinheiten v
+            LEFT JOIN unit_labels l ON l.nutzungsart = v.nutzungsart
+            ORDER BY id, erp_key
+            """
+        )[list(UNIT_COLUMNS)]

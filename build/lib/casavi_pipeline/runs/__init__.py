@@ -1,0 +1,1 @@
+"""Dagster-operational helpers for casavi_pipeline's runs (no pipeline logic, no settings)."""

@@ -1,0 +1,170 @@
+"""The user's settings, in one typed and validated place: the only reader of the environment.
+
+Settings flow one way: environment → `Settings` (validated here, when the code location loads) →
+Dagster resources (`casavi_pipeline.defs.resources`) → assets. Nothing else reads the environment.
+They are read when the code location loads because the Mandanten define the partitions: change
+`CASAVI_MANDANTEN`, reload the code location, and the partitions follow. A `.env` file in the working
+directory is honoured the way `dagster dev` honours it (real environment variables win).
+
+There are no defaults for *what* to sync and *where to*: a deployment that forgot `ERP_EXPORT_DIR`
+must fail at load time, not sync the bundled fake sample into a real casavi. The sample and the local
+sandbox are defaults of the demo and the tests only (`casavi_sandbox`). The casavi credentials are
+checked here for presence only; their values reach the casavi resource through `dagster.EnvVar`, so they
+never land in run config, the UI or the event log.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+#: Local run state (snapshots) lives here unless configured otherwise (relative to the working directory).
+DEFAULT_SNAPSHOT_DIR = Path("data") / "snapshots"
+
+ALLOWED_SEPARATORS = ("-", "_", ".", "/", "|")
+ALLOWED_ENCODINGS = ("utf-8", "cp1252")
+_MANDANT_RE = re.compile(r"^[0-9A-Za-z]{1,16}$")
+
+
+class SettingsError(ValueError):
+    """The settings cannot be used; the message says which one and what is allowed."""
+
+
+def _env(name: str, **kw: object) -> object:
+    return Field(validation_alias=name, **kw)  # type: ignore[arg-type]
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_file=".env", env_file_encoding="utf-8", extra="ignore", populate_by_name=True
+    )
+
+    # What to sync, and where to: required, no defaults (see the module docstring).
+    erp_export_dir: Path = _env("ERP_EXPORT_DIR")
+    mandanten_csv: str = _env("CASAVI_MANDANTEN")
+    casavi_base_url: str = _env("CASAVI_BASE_URL")
+    casavi_api_key: SecretStr = _env("CASAVI_API_KEY", repr=False, exclude=True)
+    casavi_api_secret: SecretStr = _env("CASAVI_API_SECRET", repr=False, exclude=True)
+    # The mapping
+    id_separator: str = _env("CASAVI_ID_SEPARATOR", default="-")
+    erp_export_encoding: str = _env("ERP_EXPORT_ENCODING", default="utf-8")
+    snapshot_dir: Path = _env("CASAVI_SNAPSHOT_DB", default=DEFAULT_SNAPSHOT_DIR)
+    # The casavi client
+    requests_per_minute: float = _env("CASAVI_REQUESTS_PER_MINUTE", default=80.0, ge=0)
+    max_concurrency: int = _env("CASAVI_MAX_CONCURRENCY", default=4, ge=1, le=64)
+    # Guards of the sync (see casavi_pipeline.sync.guards)
+    max_delete_share: float = _env("CASAVI_MAX_DELETE_SHARE", default=0.10, ge=0, le=1)
+    delete_guard_min_count: int = _env("CASAVI_DELETE_GUARD_MIN_COUNT", default=0, ge=0)
+    allow_mass_delete: bool = _env("CASAVI_ALLOW_MASS_DELETE", default=False)
+    allow_separator_change: bool = _env("CASAVI_ALLOW_SEPARATOR_CHANGE", default=False)
+    dry_run: bool = _env("CASAVI_DRY_RUN", default=False)
+    # Reading casavi back (see casavi_pipeline.sync.remote)
+    repair_drift: bool = _env("CASAVI_REPAIR_DRIFT", default=False)
+    verify_writes: bool = _env("CASAVI_VERIFY_WRITES", default=True)
+    read_max_age_minutes: float = _env("CASAVI_READ_MAX_AGE_MINUTES", default=10.0, ge=0)
+    full_read_every_days: float = _env("CASAVI_FULL_READ_EVERY_DAYS", default=7.0, gt=0)
+    # Data quality: warn when more than this share of a Mandant's tenants has no valid email
+    email_drop_warn_share: float = _env("CASAVI_EMAIL_DROP_WARN_SHARE", default=0.25, ge=0, le=1)
+    # Automation
+    delivery_settle_seconds: float = _env("CASAVI_DELIVERY_SETTLE_SECONDS", default=60.0, ge=0)
+
+    @field_validator("casavi_base_url")
+    @classmethod
+    def _url_valid(cls, value: str) -> str:
+        parts = urlsplit(value.strip())
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(
+                f"CASAVI_BASE_URL={value!r} is not an http(s) URL; use the casavi host root, "
+                "e.g. https://api.mycasavi.com"
+            )
+        if parts.scheme == "http" and not is_loopback(value):
+            raise ValueError(
+                f"CASAVI_BASE_URL={value!r} uses plain http to a remote host; the API key would travel "
+                "unencrypted: use https"
+            )
+        return value.strip().rstrip("/")
+
+    @field_validator("id_separator")
+    @classmethod
+    def _separator_allowed(cls, value: str) -> str:
+        if value not in ALLOWED_SEPARATORS:
+            raise ValueError(
+                f"CASAVI_ID_SEPARATOR={value!r} is not allowed; use one of "
+                + " ".join(repr(s) for s in ALLOWED_SEPARATORS)
+            )
+        return value
+
+    @field_validator("erp_export_encoding")
+    @classmethod
+    def _encoding_allowed(cls, value: str) -> str:
+        normalized = value.strip().lower().replace("_", "-")
+        normalized = {"utf8": "utf-8", "windows-1252": "cp1252"}.get(normalized, normalized)
+        if normalized not in ALLOWED_ENCODINGS:
+            raise ValueError(
+                f"ERP_EXPORT_ENCODING={value!r} is not supported; use one of {', '.join(ALLOWED_ENCODINGS)}"
+            )
+        return normalized
+
+    @field_validator("mandanten_csv")
+    @classmethod
+    def _mandanten_valid(cls, value: str) -> str:
+        numbers = [part.strip() for part in value.split(",") if part.strip()]
+        if not numbers:
+            raise ValueError("CASAVI_MANDANTEN is empty; list the Mandanten numbers to sync, e.g. 0001,0420")
+        bad = [n for n in numbers if not _MANDANT_RE.match(n)]
+        if bad:
+            raise ValueError(
+                f"CASAVI_MANDANTEN holds invalid Mandant numbers {bad}; "
+                "a Mandant number is 1-16 letters or digits, e.g. 0001"
+            )
+        duplicates = sorted({n for n in numbers if numbers.count(n) > 1})
+        if duplicates:
+            raise ValueError(f"CASAVI_MANDANTEN lists {duplicates} more than once")
+        return ",".join(numbers)
+
+    @property
+    def mandanten(self) -> list[str]:
+        """The Mandanten numbers to sync, as strings with their leading zeros."""
+        return self.mandanten_csv.split(",")
+
+    @property
+    def sandbox_target(self) -> bool:
+        """True when casavi is on this machine (the local sandbox), never a customer's account."""
+        return is_loopback(self.casavi_base_url)
+
+
+def is_loopback(url: str) -> bool:
+    """Does the URL point at this machine (127.0.0.0/8, ::1 or localhost)?"""
+    host = urlsplit(url).hostname or ""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _problem(error: dict) -> str:
+    """One pydantic error as the user sees it: the variable, and what is wrong with it."""
+    variable = ".".join(map(str, error.get("loc", ())))  # the variable's name: fields are read by alias
+    if error["type"] == "missing":
+        return f"{variable} is not set"
+    message = error["msg"].removeprefix("Value error, ")
+    return message if variable in message else f"{variable}: {message}"
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Read and validate the settings; raise `SettingsError` with one readable line when invalid."""
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        problems = "; ".join(_problem(err) for err in exc.errors())
+        raise SettingsError(
+            f"casavi_pipeline settings: {problems}. Set them in the environment or in .env "
+            "(README, section Settings)."
+        ) from None

@@ -1,0 +1,198 @@
+"""The changeset: what must be written to casavi so it holds exactly the mapped objects.
+
+Computed in DuckDB SQL: the mapped frames become (kind, ref_id, hash, payload) rows, built and hashed by
+`api.payload_json_sql`, so the hash is of the exact body that will be sent. Against the snapshot's
+`synced` table: new reference ids are creates, differing hashes updates, synced ids no longer mapped
+deletes. The result replaces the snapshot's `pending` table, where `apply` picks it up, so a retried or
+resumed sync continues with what is left rather than recomputing.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import pandas as pd
+
+from casavi_pipeline.casavi import api
+from casavi_pipeline.casavi.api import ObjectKind
+from casavi_pipeline.sync.snapshot import Snapshot
+
+CHANGES = ("create", "update", "delete")
+
+
+@dataclass(frozen=True)
+class KindChanges:
+    kind: ObjectKind
+    desired: int  # objects the mapping wants in casavi
+    synced: int  # objects the snapshot says casavi holds
+    create: int
+    update: int
+    delete: int
+    unchanged: int
+
+    @property
+    def writes(self) -> int:
+        return self.create + self.update + self.delete
+
+
+@dataclass(frozen=True)
+class ChangesetSummary:
+    mandant: str
+    kinds: dict[ObjectKind, KindChanges]
+    preview: pd.DataFrame = field(
+        repr=False
+    )  # kind, change, ref_id, fields: the first few per kind and change
+
+    @property
+    def total_writes(self) -> int:
+        return sum(k.writes for k in self.kinds.values())
+
+    def counts(self) -> dict[str, int]:
+        """Flat counts for Dagster metadata, e.g. {"unit/create": 3, ...}."""
+        return {
+            f"{kind.value}/{change}": getattr(changes, change)
+            for kind, changes in self.kinds.items()
+            for change in (*CHANGES, "unchanged")
+        }
+
+
+def hashed_payloads_sql(kind: ObjectKind, view: str, *, keep: tuple[str, ...] = ()) -> str:
+    """(kind, ref_id, payload, content_hash[, keep...]) for every row of a frame of domain columns.
+
+    The one hash of the project: md5 of the exact JSON body a write sends (`api.payload_json_sql`). The
+    changeset hashes the mapped objects with it and the read-back hashes casavi's normalised reads with
+    it, so equal hashes mean casavi holds what the ERP says. `keep` passes extra columns through.
+    """
+    extra = "".join(f', "{column}"' for column in keep)
+    return (
+        f"SELECT '{kind.value}' AS kind, id AS ref_id, payload, md5(payload) AS content_hash{extra} "
+        f"FROM (SELECT id, {api.payload_json_sql(kind)} AS payload{extra} FROM {view})"
+    )
+
+
+def compute_changeset(
+    snapshot: Snapshot, frames: Mapping[ObjectKind, pd.DataFrame], *, preview_rows: int = 10
+) -> ChangesetSummary:
+    """Diff the mapped objects against the snapshot and store the result as the pending changeset.
+
+    `frames` holds one mapped frame per object kind (domain columns, one row per reference id). A kind
+    missing from `frames` is left untouched rather than read as "delete everything".
+    """
+    con = snapshot.connection
+    selects = []
+    for kind, frame in frames.items():
+        view = f"mapped_{kind.value}"
+        con.register(view, frame)
+        selects.append(hashed_payloads_sql(kind, view))
+    kinds_sql = ", ".join(f"'{k.value}'" for k in frames)
+    con.execute("BEGIN TRANSACTION")
+    try:
+        con.execute("CREATE OR REPLACE TEMP TABLE desired AS " + " UNION ALL ".join(selects))
+        duplicates = con.execute(
+            "SELECT kind, ref_id FROM desired GROUP BY ALL HAVING count(*) > 1 ORDER BY ALL LIMIT 5"
+        ).fetchall()
+        if duplicates:
+            listed = ", ".join(f"{kind} {ref_id}" for kind, ref_id in duplicates)
+            raise ValueError(
+                f"Mandant {snapshot.mandant}: the mapping produced duplicate reference ids ({listed}); "
+                "the unique-ID check should have stopped this run — choose another CASAVI_ID_SEPARATOR."
+            )
+        con.execute("DELETE FROM pending")
+        # Upserts in dependency order, deletes in reverse (the order apply sends them in).
+        con.execute(
+            f"""
+            INSERT INTO pending
+            SELECT row_number() OVER (ORDER BY stage, ref_id) AS seq, kind, action, change, ref_id,
+                   content_hash, payload
+            FROM (
+                SELECT d.kind, 'upsert' AS action,
+                       CASE WHEN s.ref_id IS NULL THEN 'create' ELSE 'update' END AS change,
+                       d.ref_id, d.content_hash, d.payload,
+                       list_position({_order_list(api.UPSERT_ORDER)}, d.kind) AS stage
+                FROM desired d LEFT JOIN synced s ON s.kind = d.kind AND s.ref_id = d.ref_id
+                WHERE s.ref_id IS NULL OR s.content_hash <> d.content_hash
+                UNION ALL
+                SELECT s.kind, 'delete', 'delete', s.ref_id, NULL, NULL,
+                       10 + list_position({_order_list(api.DELETE_ORDER)}, s.kind)
+                FROM synced s ANTI JOIN desired d ON d.kind = s.kind AND d.ref_id = s.ref_id
+                WHERE s.kind IN ({kinds_sql})
+            )
+            """
+        )
+        con.execute("COMMIT")
+    except Exception:
+        con.execute("ROLLBACK")
+        raise
+    finally:
+        for kind in frames:
+            con.unregister(f"mapped_{kind.value}")
+    return summarize(snapshot, kinds=list(frames), preview_rows=preview_rows)
+
+
+def changed_fields(new_payload: str | None, old_payload: str | None) -> str:
+    """The casavi field names that differ between two bodies, comma-separated (names only, never values:
+    they hold personal data). A create lists every field it sets; a delete lists nothing."""
+    if new_payload is None:
+        return ""
+    new = json.loads(new_payload)
+    old = json.loads(old_payload) if old_payload else {}
+    return ", ".join(
+        name for name, value in new.items() if old.get(name) != value and (old or value is not None)
+    )
+
+
+def _order_list(order: tuple[ObjectKind, ...]) -> str:
+    return "[" + ", ".join(f"'{k.value}'" for k in order) + "]"
+
+
+def summarize(
+    snapshot: Snapshot, *, kinds: list[ObjectKind] | None = None, preview_rows: int = 10
+) -> ChangesetSummary:
+    """Counts and a preview of the pending changeset (reference ids only: payloads hold personal data)."""
+    con = snapshot.connection
+    kinds = kinds or list(api.UPSERT_ORDER)
+    pending = snapshot.pending_counts()
+    synced = snapshot.synced_counts()
+    has_desired = bool(
+        con.execute(
+            "SELECT count(*) FROM duckdb_tables() WHERE table_name = 'desired' AND temporary"
+        ).fetchone()[0]  # type: ignore[index]
+    )
+    desired: dict[str, int] = {}
+    if has_desired:
+        desired = dict(con.execute("SELECT kind, count(*) FROM desired GROUP BY kind").fetchall())
+    result = {}
+    for kind in kinds:
+        create = pending.get((kind.value, "create"), 0)
+        update = pending.get((kind.value, "update"), 0)
+        delete = pending.get((kind.value, "delete"), 0)
+        n_synced = synced.get(kind.value, 0)
+        n_desired = desired.get(kind.value, n_synced + create - delete)
+        result[kind] = KindChanges(
+            kind=kind,
+            desired=n_desired,
+            synced=n_synced,
+            create=create,
+            update=update,
+            delete=delete,
+            unchanged=n_desired - create - update,
+        )
+    preview = con.execute(
+        """
+        SELECT p.kind, p.change, p.ref_id, p.payload, s.payload AS synced_payload FROM (
+            SELECT kind, change, ref_id, payload, seq,
+                   row_number() OVER (PARTITION BY kind, change ORDER BY seq) AS n
+            FROM pending) p
+        LEFT JOIN synced s ON s.kind = p.kind AND s.ref_id = p.ref_id
+        WHERE n <= ? ORDER BY seq
+        """,
+        [preview_rows],
+    ).df()
+    preview["fields"] = [
+        changed_fields(new, old)
+        for new, old in zip(preview["payload"], preview["synced_payload"], strict=True)
+    ]
+    preview = preview[["kind", "change", "ref_id", "fields"]]
+    return ChangesetSummary(mandant=snapshot.mandant, kinds=result, preview=preview)

@@ -1,0 +1,118 @@
+"""Guards that stop a sync before it writes: mass deletions and a changed ID separator.
+
+Both protect casavi from a mistake upstream. A truncated export looks exactly like "all those objects
+were removed", and a new separator turns every reference id into a new one; either would delete what
+residents and managers rely on. They run as blocking asset checks on the changeset and again inside the
+sync itself, so materializing the sync alone cannot bypass them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from casavi_pipeline.sync.changeset import ChangesetSummary, summarize
+from casavi_pipeline.sync.snapshot import Snapshot
+
+
+@dataclass(frozen=True)
+class GuardPolicy:
+    """What the guards allow: the user's settings, as the sync sees them."""
+
+    separator: str
+    max_delete_share: float = 0.10
+    delete_guard_min_count: int = 0
+    allow_mass_delete: bool = False
+    allow_separator_change: bool = False
+
+
+@dataclass(frozen=True)
+class GuardResult:
+    passed: bool
+    reason: str  # one line, for the check description and the run's failure message
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+def separator_guard(
+    snapshot_separator: str | None, separator: str, *, synced_total: int, allow_change: bool
+) -> GuardResult:
+    """Stop when the snapshot was built with another separator, unless a migration is allowed."""
+    meta = {"snapshot_separator": snapshot_separator or "", "separator": separator}
+    if synced_total == 0 or snapshot_separator in (None, separator):
+        return GuardResult(True, f"ID separator {separator!r} matches the snapshot", meta)
+    if allow_change:
+        return GuardResult(
+            True,
+            f"ID separator changes from {snapshot_separator!r} to {separator!r} "
+            "(allowed by CASAVI_ALLOW_SEPARATOR_CHANGE): every object is re-created under its new id",
+            meta,
+        )
+    return GuardResult(
+        False,
+        f"CASAVI_ID_SEPARATOR is {separator!r} but casavi holds {synced_total} objects created with "
+        f"{snapshot_separator!r}; changing it re-creates every object under a new id. Set it back, or set "
+        "CASAVI_ALLOW_SEPARATOR_CHANGE=true to migrate.",
+        meta,
+    )
+
+
+def mass_deletion_guard(
+    summary: ChangesetSummary, *, max_share: float, min_count: int = 0, allow: bool = False
+) -> GuardResult:
+    """Stop when a kind would lose more than `max_share` of its synced objects, or all of them.
+
+    Deleting at most `min_count` objects of a kind never counts as mass deletion by share.
+    """
+    tripped = []
+    meta: dict[str, Any] = {"max_delete_share": max_share}
+    for kind, changes in summary.kinds.items():
+        meta[f"{kind.value}/delete"] = changes.delete
+        meta[f"{kind.value}/synced"] = changes.synced
+        if changes.delete == 0:
+            continue
+        share = changes.delete / changes.synced if changes.synced else 1.0
+        if changes.delete == changes.synced or (share > max_share and changes.delete > min_count):
+            tripped.append(f"{changes.delete} of {changes.synced} {kind.collection} ({share:.0%})")
+    if not tripped:
+        return GuardResult(True, "no mass deletion", meta)
+    what = "; ".join(tripped)
+    if allow:
+        return GuardResult(True, f"mass deletion allowed by CASAVI_ALLOW_MASS_DELETE: {what}", meta)
+    return GuardResult(
+        False,
+        f"Mandant {summary.mandant}: the sync would delete {what}, more than the allowed "
+        f"{max_share:.0%}. Is the export truncated? Check the export; if the deletions are intended, "
+        "rerun with CASAVI_ALLOW_MASS_DELETE=true or raise CASAVI_MAX_DELETE_SHARE.",
+        meta,
+    )
+
+
+@dataclass(frozen=True)
+class GuardResults:
+    """Both guards' verdicts on a Mandant's pending changeset."""
+
+    separator: GuardResult
+    mass_deletion: GuardResult
+
+    @property
+    def failures(self) -> list[GuardResult]:
+        return [result for result in (self.separator, self.mass_deletion) if not result.passed]
+
+
+def evaluate_guards(policy: GuardPolicy, snapshot: Snapshot) -> GuardResults:
+    """Judge the snapshot's pending changeset: the one place the guard policy is applied."""
+    separator = separator_guard(
+        snapshot.separator,
+        policy.separator,
+        synced_total=snapshot.synced_total(),
+        allow_change=policy.allow_separator_change,
+    )
+    migrating = separator.passed and snapshot.separator not in (None, policy.separator)
+    deletion = mass_deletion_guard(
+        summarize(snapshot),
+        max_share=policy.max_delete_share,
+        min_count=policy.delete_guard_min_count,
+        # A separator migration deletes every old id by design; the explicit setting covers it.
+        allow=policy.allow_mass_delete or migrating,
+    )
+    return GuardResults(separator=separator, mass_deletion=deletion)

@@ -1,0 +1,73 @@
+"""apply_changeset with the in-memory fake casavi: order, rejections, resume after an outage."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+
+from casavi_pipeline.casavi import api
+from casavi_pipeline.casavi.api import ObjectKind
+from casavi_pipeline.casavi.errors import CasaviUnavailableError
+from casavi_pipeline.sync.apply import apply_changeset
+from casavi_pipeline.sync.changeset import compute_changeset
+from casavi_pipeline.sync.snapshot import Snapshot
+from casavi_sandbox.fake import FakeCasaviClient
+
+
+def frames(units: int) -> dict[ObjectKind, pd.DataFrame]:
+    prop = {
+        "id": "0001-1", "name": "Haus", "number": "1", "street": None, "postal_code": None, "city": None,
+        "country": "DE", "note": None,
+        "addresses": [{"id": "0001-1-01", "street": "Weg 1", "postal_code": "01067", "city": "Dresden", "country": "DE"}],
+    }  # fmt: skip
+    unit_rows = [
+        {"id": f"0001-1-01-{i:03d}", "property_id": "0001-1", "address_id": "0001-1-01", "name": f"Wohnung {i}",
+         "number": f"{i:03d}", "usage": "PRIVATE", "area": 50.0, "rooms": 2.0}
+        for i in range(units)
+    ]  # fmt: skip
+    return {
+        ObjectKind.PROPERTY: pd.DataFrame([prop], columns=api.DOMAIN_COLUMNS[ObjectKind.PROPERTY]),
+        ObjectKind.UNIT: pd.DataFrame(unit_rows, columns=api.DOMAIN_COLUMNS[ObjectKind.UNIT]),
+    }
+
+
+def test_upserts_in_dependency_order_and_snapshot_follows(tmp_path):
+    fake = FakeCasaviClient()
+    with Snapshot(tmp_path / "s.duckdb", "0001") as snap:
+        compute_changeset(snap, frames(3))
+        report = apply_changeset(snap, fake)
+        assert snap.pending_total() == 0
+        assert snap.synced_counts() == {"property": 1, "unit": 3}
+    assert [kind for _, kind, _ in fake.requests] == [ObjectKind.PROPERTY] + [ObjectKind.UNIT] * 3
+    assert report.confirmed == {"property/create": 1, "unit/create": 3}
+    assert set(fake.objects[ObjectKind.UNIT]) == {f"0001-1-01-{i:03d}" for i in range(3)}
+
+
+def test_rejected_record_is_reported_and_the_rest_continue(tmp_path):
+    fake = FakeCasaviClient(reject_ids={"0001-1-01-001"})
+    with Snapshot(tmp_path / "s.duckdb", "0001") as snap:
+        compute_changeset(snap, frames(3))
+        report = apply_changeset(snap, fake)
+        # The rejected unit stays pending and unsynced: the snapshot claims only what casavi holds.
+        assert [op.ref_id for op in snap.pending_ops(ObjectKind.UNIT, "upsert")] == ["0001-1-01-001"]
+        assert ("unit", "0001-1-01-001") not in snap.synced_hashes()
+    assert [(r.ref_id, r.status) for r in report.rejections] == [("0001-1-01-001", 400)]
+    assert report.confirmed["unit/create"] == 2
+
+
+def test_outage_mid_run_then_rerun_sends_only_what_was_not_confirmed(tmp_path):
+    fake = FakeCasaviClient(fail_after_writes=5)
+    path = tmp_path / "s.duckdb"
+    with Snapshot(path, "0001") as snap:
+        compute_changeset(snap, frames(10))
+        with pytest.raises(CasaviUnavailableError):
+            apply_changeset(snap, fake)
+        assert snap.synced_total() == 5
+    fake.fail_after_writes = None
+    sent_before = len(fake.requests)
+    with Snapshot(path, "0001") as snap:  # a retry of the sync step: the pending changeset is resumed
+        apply_changeset(snap, fake)
+        assert snap.synced_total() == 11 and snap.pending_total() == 0
+    resent = [ref for _, _, ref in fake.requests[sent_before:]]
+    assert len(resent) == 6 and len(set(resent)) == 6
+    assert not set(resent) & {ref for _, _, ref in fake.requests[:sent_before]}

@@ -1,0 +1,128 @@
+"""The casavi client against the sandbox as a real process on 127.0.0.1."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from casavi_pipeline.casavi.api import ObjectKind
+from casavi_pipeline.casavi.client import CasaviClient, Operation
+from casavi_pipeline.casavi.errors import CasaviAuthError, CasaviUnavailableError
+
+pytestmark = pytest.mark.e2e
+
+
+def client_for(sandbox, **kwargs) -> CasaviClient:
+    kwargs.setdefault("requests_per_minute", None)
+    kwargs.setdefault("backoff_seconds", 0.02)
+    return CasaviClient(sandbox.base_url, sandbox.api_key, sandbox.api_secret, **kwargs)
+
+
+def contact(i: int) -> dict:
+    return {
+        "id": f"0001-{i:06d}",
+        "lastName": "Weiß",
+        "email": f"m{i}@example.org",
+        "preferredWayOfContact": "ONLINE",
+    }
+
+
+def test_wrong_secret_is_a_clear_auth_error(sandbox):
+    with (
+        CasaviClient(sandbox.base_url, sandbox.api_key, "wrong") as client,
+        pytest.raises(CasaviAuthError) as info,
+    ):
+        client.upsert(ObjectKind.CONTACT, contact(1))
+    assert "CASAVI_API_SECRET" in str(info.value) and "wrong" not in str(info.value)
+
+
+def test_a_wrong_secret_costs_one_login_however_many_writes_wait(sandbox):
+    ops = [Operation(ObjectKind.CONTACT, "upsert", c["id"], c) for c in map(contact, range(50))]
+    with CasaviClient(sandbox.base_url, sandbox.api_key, "wrong", max_concurrency=4) as client:
+        with pytest.raises(CasaviAuthError):
+            list(client.execute(iter(ops)))
+        with pytest.raises(CasaviAuthError):
+            client.authenticate()
+    assert sandbox.requests()["routes"] == {"POST /v2/authenticate": {"401": 1}}
+
+
+def test_token_expiry_mid_sequence_is_survived(sandbox):
+    sandbox.configure(token_ttl=1)
+    with client_for(sandbox) as client:
+        for i in range(3):
+            assert client.upsert(ObjectKind.CONTACT, contact(i)).ok
+            time.sleep(1.1)
+        assert client.stats.authentications >= 2
+    assert len(sandbox.state()["contacts"]) == 3
+
+
+def test_paging_over_more_than_three_pages(sandbox):
+    with client_for(sandbox, max_concurrency=8) as client:
+        list(
+            client.execute(
+                Operation(ObjectKind.CONTACT, "upsert", c["id"], c) for c in map(contact, range(230))
+            )
+        )
+        listed = [o["id"] for o in client.list_objects(ObjectKind.CONTACT, page_size=50)]
+    assert sorted(listed) == sorted(contact(i)["id"] for i in range(230))
+    assert sandbox.requests()["routes"]["GET /v2/contacts"]["200"] == 5
+
+
+def test_validation_errors_are_surfaced_with_field_and_reference_id(sandbox):
+    with client_for(sandbox) as client:
+        result = client.upsert(ObjectKind.UNIT, {"id": "0001-1-1-1", "propertyId": "0001-1", "name": ""})
+    assert (result.ok, result.status) == (False, 400)
+    assert "PUT /v2/units/{id} [0001-1-1-1] → 400: casavi refused a field value" in str(result.error)
+    assert "name" in result.error.fields and "addressId" in result.error.fields
+    assert "must not be empty" not in str(result.error)  # casavi's prose stays out of logs
+
+
+def test_timeouts_are_retried_then_reported(sandbox):
+    sandbox.configure(latency_ms=400)
+    with (
+        client_for(sandbox, timeout=0.1, max_attempts=2) as client,
+        pytest.raises(CasaviUnavailableError) as info,
+    ):
+        client.get_object(ObjectKind.CONTACT, "0001-1")
+    assert "ReadTimeout" in str(info.value) or "Timeout" in str(info.value)
+
+
+def test_dropped_connections_are_retried_without_duplicates(sandbox):
+    sandbox.configure(drop_rate=0.3, seed=7)
+    ops = [Operation(ObjectKind.CONTACT, "upsert", c["id"], c) for c in map(contact, range(100))]
+    with client_for(sandbox, max_concurrency=4, max_attempts=10) as client:
+        results = list(client.execute(iter(ops)))
+        assert client.stats.transport_errors > 0
+    assert all(r.ok for r in results)
+    assert sandbox.state()["contacts"] == {c["id"]: c | _nulls(c) for c in map(contact, range(100))}
+
+
+def _nulls(c: dict) -> dict:
+    fields = (
+        "salutation",
+        "title",
+        "firstName",
+        "companyName",
+        "telephone",
+        "mobile",
+        "street",
+        "postalCode",
+        "city",
+        "country",
+    )
+    return {f: c.get(f) for f in fields}
+
+
+def test_1000_upserts_arrive_exactly_once_under_500s_and_a_rate_limit(sandbox):
+    """Acceptance: 20 % injected 500s and a 429 rate limit; every upsert lands exactly once."""
+    sandbox.configure(error_rate=0.2, rate_limit=6000, seed=1)
+    ops = [Operation(ObjectKind.CONTACT, "upsert", c["id"], c) for c in map(contact, range(1000))]
+    with client_for(sandbox, max_concurrency=8, max_attempts=12) as client:
+        results = list(client.execute(iter(ops)))
+        stats = client.stats
+    assert len(results) == 1000 and all(r.ok for r in results)
+    assert stats.server_errors > 100 and stats.rate_limited > 0  # both kinds of trouble really happened
+    assert sandbox.state()["contacts"] == {c["id"]: c | _nulls(c) for c in map(contact, range(1000))}
+    by_status = sandbox.requests()["routes"]["PUT /v2/contacts/{id}"]
+    assert by_status.get("201") == 1000 and "200" not in by_status  # created once, never written twice

@@ -1,0 +1,587 @@
+"""Unit tests of the casavi client's corner cases with httpx.MockTransport (no network)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import email.utils
+import json
+import random
+import threading
+import time
+from collections.abc import Callable
+
+import httpx
+import pytest
+
+from casavi_pipeline.casavi import api
+from casavi_pipeline.casavi.api import ObjectKind
+from casavi_pipeline.casavi.client import MAX_RETRY_AFTER_SECONDS, CasaviClient, Operation
+from casavi_pipeline.casavi.errors import (
+    CasaviAuthError,
+    CasaviError,
+    CasaviRejectedError,
+    CasaviUnavailableError,
+)
+from casavi_pipeline.casavi.ratelimit import RateLimiter
+
+FUTURE = (dt.datetime.now(dt.UTC) + dt.timedelta(days=30)).isoformat().replace("+00:00", "Z")
+
+
+class FakeCasavi:
+    """A scripted casavi: answers for /v2/properties/... come from `script` (status list), auth always works."""
+
+    def __init__(self, *statuses: int, retry_after: str | None = None, expires: str = FUTURE) -> None:
+        self.statuses = list(statuses)
+        self.retry_after = retry_after
+        self.expires = expires
+        self.calls: list[tuple[str, str, str | None]] = []
+        self.tokens = 0
+        self.lock = threading.Lock()
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        with self.lock:
+            self.calls.append((request.method, request.url.path, request.headers.get("token")))
+            if request.url.path == "/v2/authenticate":
+                self.tokens += 1
+                return httpx.Response(200, json={"token": f"t{self.tokens}", "expiresAt": self.expires})
+            status = self.statuses.pop(0) if self.statuses else 200
+        headers = {"Retry-After": self.retry_after} if status == 429 and self.retry_after else {}
+        if status == 400:
+            body = {"message": "invalid property", "errors": [{"field": "name", "message": "is required"}]}
+            return httpx.Response(400, json=body)
+        return httpx.Response(status, json={"message": f"status {status}"}, headers=headers)
+
+    def writes(self) -> list[tuple[str, str, str | None]]:
+        return [c for c in self.calls if c[1] != "/v2/authenticate"]
+
+
+def client_for(fake, sleeps: list[float] | None = None, **kwargs) -> CasaviClient:
+    kwargs.setdefault("requests_per_minute", None)
+    return CasaviClient(
+        "https://casavi.test",
+        "the-key",
+        "the-secret",
+        transport=httpx.MockTransport(fake),
+        sleep=(sleeps.append if sleeps is not None else lambda s: None),
+        backoff_seconds=0.01,
+        **kwargs,
+    )
+
+
+PAYLOAD = {"id": "0001-1", "name": "Haus Müller", "addresses": []}
+
+
+def test_authenticates_once_and_sends_the_token_header():
+    fake = FakeCasavi(201, 200)
+    with client_for(fake) as client:
+        assert client.upsert(ObjectKind.PROPERTY, PAYLOAD).created
+        assert client.upsert(ObjectKind.PROPERTY, PAYLOAD).status == 200
+    assert fake.tokens == 1
+    assert fake.writes() == [("PUT", "/v2/properties/0001-1", "t1")] * 2
+
+
+def test_a_401_re_authenticates_once_and_repeats_the_call():
+    fake = FakeCasavi(401, 200)
+    with client_for(fake) as client:
+        assert client.upsert(ObjectKind.PROPERTY, PAYLOAD).ok
+    assert [token for _, _, token in fake.writes()] == ["t1", "t2"]
+
+
+def test_a_second_401_is_an_auth_error():
+    fake = FakeCasavi(401, 401)
+    with client_for(fake) as client, pytest.raises(CasaviAuthError):
+        client.upsert(ObjectKind.PROPERTY, PAYLOAD)
+
+
+def test_token_is_renewed_before_it_expires():
+    soon = (dt.datetime.now(dt.UTC) + dt.timedelta(seconds=1)).isoformat().replace("+00:00", "Z")
+    fake = FakeCasavi(200, 200, expires=soon)
+    with client_for(fake) as client:
+        client.upsert(ObjectKind.PROPERTY, PAYLOAD)
+        time.sleep(1.0)
+        client.upsert(ObjectKind.PROPERTY, PAYLOAD)
+    assert fake.tokens == 2
+
+
+def test_429_honours_retry_after_then_succeeds():
+    sleeps: list[float] = []
+    fake = FakeCasavi(429, 429, 201, retry_after="7")
+    with client_for(fake, sleeps) as client:
+        result = client.upsert(ObjectKind.PROPERTY, PAYLOAD)
+        assert result.created and client.stats.rate_limited == 2
+    assert sleeps == [7.0, 7.0]
+
+
+def test_5xx_and_transport_errors_are_retried():
+    answers = iter(["drop", 503, 201])
+
+    def flaky(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/v2/authenticate":
+            return httpx.Response(200, json={"token": "t", "expiresAt": FUTURE})
+        answer = next(answers)
+        if answer == "drop":
+            raise httpx.RemoteProtocolError("Server disconnected without sending a response.")
+        return httpx.Response(answer)
+
+    with client_for(flaky) as client:
+        assert client.upsert(ObjectKind.PROPERTY, PAYLOAD).created
+        assert (client.stats.retries, client.stats.transport_errors, client.stats.server_errors) == (2, 1, 1)
+
+
+def test_exhausted_retries_raise_unavailable_naming_call_and_id():
+    fake = FakeCasavi(*([500] * 10))
+    with client_for(fake, max_attempts=3) as client, pytest.raises(CasaviUnavailableError) as info:
+        client.upsert(ObjectKind.PROPERTY, PAYLOAD)
+    assert len(fake.writes()) == 3
+    assert "PUT /v2/properties/{id} [0001-1]" in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("status", "wording"),
+    [
+        (400, "casavi refused a field value"),
+        (404, "unknown reference id"),
+        (409, "still referenced by other objects"),
+        (422, "references an object casavi does not know"),
+    ],
+)
+def test_rejections_are_not_retried_and_carry_our_wording_without_values(status, wording):
+    fake = FakeCasavi(status)
+    with client_for(fake) as client:
+        result = client.upsert(ObjectKind.PROPERTY, PAYLOAD)
+    assert (result.ok, result.status, len(fake.writes())) == (False, status, 1)
+    message = str(result.error)
+    assert message.startswith(f"PUT /v2/properties/{{id}} [0001-1] → {status}: {wording}")
+    assert "Müller" not in message and "the-secret" not in message
+    assert f"status {status}" not in message and "invalid property" not in message  # casavi's prose
+    if status == 400:
+        assert result.error.fields == ("name",) and "is required" not in message
+
+
+def test_reference_ids_with_slashes_are_percent_encoded():
+    fake = FakeCasavi(201)
+    with client_for(fake) as client:
+        client.upsert(ObjectKind.PROPERTY, {**PAYLOAD, "id": "0001/7"})
+    request_paths = [c[1] for c in fake.writes()]
+    assert request_paths == ["/v2/properties/0001/7"]  # httpx decodes .path; the raw path is encoded
+    assert client.stats.by_status[201] == 1
+
+
+def test_list_objects_follows_next_links():
+    def pages(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/v2/authenticate":
+            return httpx.Response(200, json={"token": "t", "expiresAt": FUTURE})
+        page = int(request.url.params.get("page", "1"))
+        body = {"list": [{"id": f"p{page}-{i}"} for i in range(2)], "_links": {}}
+        if page < 4:
+            body["_links"]["next"] = f"https://casavi.test/v2/units?page={page + 1}&pageSize=2"
+        return httpx.Response(200, json=body)
+
+    with client_for(pages) as client:
+        ids = [o["id"] for o in client.list_objects(ObjectKind.UNIT, page_size=2)]
+    assert ids == [f"p{p}-{i}" for p in range(1, 5) for i in range(2)]
+
+
+def test_execute_bounds_concurrency_and_continues_after_rejections():
+    lock, state = threading.Lock(), {"now": 0, "max": 0}
+
+    def slow(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/v2/authenticate":
+            return httpx.Response(200, json={"token": "t", "expiresAt": FUTURE})
+        with lock:
+            state["now"] += 1
+            state["max"] = max(state["max"], state["now"])
+        time.sleep(0.01)
+        with lock:
+            state["now"] -= 1
+        return httpx.Response(400 if request.url.path.endswith("-13") else 201)
+
+    ops = [Operation(ObjectKind.CONTACT, "upsert", f"0001-{i}", {"id": f"0001-{i}"}) for i in range(40)]
+    with client_for(slow, max_concurrency=3) as client:
+        results = list(client.execute(iter(ops)))
+    assert state["max"] == 3
+    assert len(results) == 40
+    assert [r.operation.ref_id for r in results if not r.ok] == ["0001-13"]
+
+
+def test_execute_stops_when_casavi_is_down_after_yielding_what_finished():
+    fake = FakeCasavi(201, 201, *([503] * 50))
+    ops = [Operation(ObjectKind.CONTACT, "upsert", f"0001-{i}", {"id": f"0001-{i}"}) for i in range(100)]
+    seen = []
+    with client_for(fake, max_concurrency=1, max_attempts=2) as client, pytest.raises(CasaviUnavailableError):
+        for result in client.execute(iter(ops)):
+            seen.append(result)
+    assert [r.operation.ref_id for r in seen] == ["0001-0", "0001-1"]
+    assert len(fake.writes()) == 4  # two confirmed, one op tried twice, nothing after
+
+
+def test_rate_limiter_spaces_requests():
+    clock = {"t": 0.0}
+    waits: list[float] = []
+
+    def sleep(seconds: float) -> None:
+        waits.append(seconds)
+        clock["t"] += seconds
+
+    limiter = RateLimiter(120, burst=1, clock=lambda: clock["t"], sleep=sleep)
+    for _ in range(5):
+        limiter.acquire()
+    assert clock["t"] == pytest.approx(2.0)  # 4 waits of 0.5 s at 2 requests per second
+
+
+# --- casavi's error text never leaves the client ---------------------------------------------------
+EMAIL, NAME = "max.mustermann@example.org", "Mustermann"
+LEAKY_BODY = {
+    "message": f"email '{EMAIL}' of Max {NAME} is invalid",
+    "code": "VALIDATION_FAILED",
+    "errors": [
+        {"field": "email", "message": f"'{EMAIL}' is not a valid address", "code": "INVALID_EMAIL"},
+        {"field": "lastName", "message": f"{NAME} is too long", "code": f"{NAME} is wrong"},
+        {"field": f"Max {NAME} <{EMAIL}>", "message": "?"},  # a proxy's prose in the field slot
+        {"field": "addresses[0].street", "code": "TOO_LONG"},
+    ],
+}
+
+
+def _everything_in(exc: BaseException) -> str:
+    """str, repr, args and every attribute of an exception, as one text to search."""
+    return "\n".join([str(exc), repr(exc), *map(repr, exc.args), *(repr(v) for v in vars(exc).values())])
+
+
+def _answering(status: int, **response) -> Callable[[httpx.Request], httpx.Response]:
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/v2/authenticate":
+            return httpx.Response(200, json={"token": "t", "expiresAt": FUTURE})
+        return httpx.Response(status, **response)
+
+    return handler
+
+
+def test_a_rejection_keeps_field_names_and_codes_but_none_of_casavis_text():
+    contact = {"id": "0001-7", "firstName": "Max", "lastName": NAME, "email": EMAIL}
+    with client_for(_answering(400, json=LEAKY_BODY)) as client:
+        error = client.upsert(ObjectKind.CONTACT, contact).error
+    assert isinstance(error, CasaviRejectedError)
+    assert (error.status, error.call, error.ref_id) == (400, "PUT /v2/contacts/{id}", "0001-7")
+    assert error.message == "casavi refused a field value"
+    assert error.fields == ("email", "lastName", "addresses[0].street")
+    assert error.codes == ("VALIDATION_FAILED", "INVALID_EMAIL", "TOO_LONG")
+    everything = _everything_in(error)
+    assert EMAIL not in everything and NAME not in everything and "Max" not in everything
+    assert "the-secret" not in everything and "the-key" not in everything
+    assert error.__cause__ is None and error.__context__ is None
+    assert "fields: email, lastName, addresses[0].street" in str(error)
+
+
+def test_a_non_json_error_body_goes_nowhere():
+    page = f"<html>Bad gateway while sending {EMAIL}</html>"
+    with client_for(_answering(409, text=page)) as client:
+        error = client.delete(ObjectKind.CONTACT, "0001-7").error
+    assert error is not None and (error.fields, error.codes) == ((), ())
+    assert EMAIL not in _everything_in(error) and error.__context__ is None
+
+
+def test_a_non_json_success_body_is_an_error_without_the_body():
+    with client_for(_answering(200, text=f"oops {EMAIL}")) as client, pytest.raises(CasaviError) as info:
+        client.get_object(ObjectKind.CONTACT, "0001-7")
+    assert EMAIL not in _everything_in(info.value) and info.value.__context__ is None
+
+
+# --- credentials are never sprayed -----------------------------------------------------------------
+class RefusingCasavi:
+    """Counts every request; `/v2/authenticate` answers `auth_status`, other calls `statuses` in turn."""
+
+    def __init__(self, auth_status: int = 401, *statuses: int) -> None:
+        self.auth_status = auth_status
+        self.statuses = list(statuses)
+        self.requests: list[httpx.Request] = []
+        self.lock = threading.Lock()
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        with self.lock:
+            self.requests.append(request)
+            if request.url.path == "/v2/authenticate":
+                if self.auth_status != 200:
+                    return httpx.Response(self.auth_status, json={"message": "key the-key is wrong"})
+                return httpx.Response(200, json={"token": f"t{len(self.requests)}", "expiresAt": FUTURE})
+            status = self.statuses.pop(0) if self.statuses else 200
+        time.sleep(0.005)  # let the other threads pile up behind the first
+        return httpx.Response(status, json={"message": "no"})
+
+    def count(self, path_prefix: str) -> int:
+        return sum(1 for r in self.requests if r.url.path.startswith(path_prefix))
+
+
+@pytest.mark.parametrize("auth_status", [401, 403])
+def test_a_refused_key_is_tried_once_and_latched_for_every_thread_and_call(auth_status):
+    fake = RefusingCasavi(auth_status)
+    ops = [Operation(ObjectKind.CONTACT, "upsert", f"0001-{i}", {"id": f"0001-{i}"}) for i in range(50)]
+    with client_for(fake, max_concurrency=4) as client:
+        with pytest.raises(CasaviAuthError) as info:
+            list(client.execute(iter(ops)))
+        assert (fake.count("/v2/authenticate"), len(fake.requests)) == (1, 1)
+        for later in (
+            lambda: client.upsert(ObjectKind.CONTACT, {"id": "0001-1"}),
+            lambda: list(client.list_objects(ObjectKind.UNIT)),
+            client.authenticate,
+            lambda: client.authenticate(force=True),
+        ):
+            with pytest.raises(CasaviAuthError) as again:
+                later()
+            assert str(again.value) == str(info.value)
+        assert len(fake.requests) == 1 and client.stats.retries == 0
+    assert (info.value.status, info.value.call) == (auth_status, "POST /v2/authenticate")
+    assert "CASAVI_API_SECRET" in str(info.value)
+    assert "the-key" not in _everything_in(info.value) and "the-secret" not in _everything_in(info.value)
+
+
+def test_authenticate_proves_access_without_writing():
+    fake = RefusingCasavi(200)
+    with client_for(fake) as client:
+        client.authenticate()
+        client.authenticate()  # a valid token is proof enough
+        assert fake.count("/v2/authenticate") == 1
+        client.authenticate(force=True)
+        assert (fake.count("/v2/authenticate"), len(fake.requests)) == (2, 2)
+        assert client.upsert(ObjectKind.CONTACT, {"id": "0001-1"}).ok
+    assert fake.requests[-1].headers["token"] == "t2"
+
+
+def test_authentication_is_retried_when_casavi_is_down_not_when_it_refuses():
+    fake = RefusingCasavi(503)
+    with client_for(fake, max_attempts=3) as client, pytest.raises(CasaviUnavailableError):
+        client.authenticate()
+    assert fake.count("/v2/authenticate") == 3
+    fake.auth_status = 200  # an outage is not latched: the next call logs in
+    with client_for(fake, max_attempts=3) as client:
+        assert client.upsert(ObjectKind.CONTACT, {"id": "0001-1"}).ok
+
+
+def test_a_fresh_token_refused_again_is_latched():
+    fake = RefusingCasavi(200, 401, 401)
+    with client_for(fake) as client:
+        with pytest.raises(CasaviAuthError) as info:
+            client.upsert(ObjectKind.CONTACT, {"id": "0001-1"})
+        sent = len(fake.requests)
+        with pytest.raises(CasaviAuthError):
+            client.delete(ObjectKind.CONTACT, "0001-2")
+    assert (fake.count("/v2/authenticate"), fake.count("/v2/contacts"), sent) == (2, 2, 4)
+    assert len(fake.requests) == sent
+    assert (info.value.status, info.value.ref_id) == (401, "0001-1")
+
+
+def test_a_403_on_a_call_is_a_permission_error_not_retried_not_latched():
+    fake = RefusingCasavi(200, 403)
+    with client_for(fake) as client:
+        with pytest.raises(CasaviAuthError) as info:
+            client.upsert(ObjectKind.CONTRACT, {"id": "0001-1"})
+        assert (fake.count("/v2/contracts"), client.stats.retries) == (1, 0)
+        assert client.upsert(ObjectKind.CONTACT, {"id": "0001-2"}).ok  # other calls still go out
+    assert info.value.message == "casavi refused the credentials for this call (missing permission)"
+    assert fake.count("/v2/authenticate") == 1
+
+
+# --- Retry-After -----------------------------------------------------------------------------------
+def _http_date(seconds_from_now: float) -> str:
+    return email.utils.format_datetime(
+        dt.datetime.now(dt.UTC) + dt.timedelta(seconds=seconds_from_now), usegmt=True
+    )
+
+
+@pytest.mark.parametrize(
+    ("retry_after", "low", "high"),
+    [
+        ("7", 7.0, 7.0),
+        ("0", 0.0, 0.0),
+        ("100000", MAX_RETRY_AFTER_SECONDS, MAX_RETRY_AFTER_SECONDS),
+        (30, 28.0, 30.0),  # an HTTP date 30 s from now: the seconds until then
+        (10_000, MAX_RETRY_AFTER_SECONDS, MAX_RETRY_AFTER_SECONDS),  # far ahead: clamped
+        ("Wed, 21 Oct 2015 07:28:00 GMT", 0.0, 0.0),  # a date in the past: no wait
+        ("soon", 0.001, 1.0),  # garbage: our own backoff (0.01 s base here)
+        ("nan", 0.001, 1.0),
+        ("-5", 0.0, 0.0),
+    ],
+)
+def test_retry_after_as_seconds_or_http_date(retry_after, low, high):
+    if isinstance(retry_after, int):  # built here, not at collection, so no time passes in between
+        retry_after = _http_date(retry_after)
+    sleeps: list[float] = []
+    fake = FakeCasavi(429, 201, retry_after=retry_after)
+    with client_for(fake, sleeps) as client:
+        assert client.upsert(ObjectKind.PROPERTY, PAYLOAD).created
+    assert len(sleeps) == 1 and low <= sleeps[0] <= high
+
+
+# --- the read side of the adapter ------------------------------------------------------------------
+SENT_RECORDS = {
+    ObjectKind.PROPERTY: {
+        "id": "0001-1",
+        "name": "WE 1",
+        "number": "1",
+        "street": "Lindenstraße 12a",
+        "postal_code": "04109",
+        "city": "Leipzig",
+        "country": "DE",
+        "note": None,
+        "addresses": [  # by id, as the mapping sends them: "…-10" before "…-2"
+            {
+                "id": "0001-1-1",
+                "street": "Lindenstraße 12a",
+                "postal_code": "04109",
+                "city": "Leipzig",
+                "country": "DE",
+            },
+            {"id": "0001-1-10", "street": "Hof 1", "postal_code": "04109", "city": None, "country": None},
+            {
+                "id": "0001-1-2",
+                "street": "Lindenstraße 14",
+                "postal_code": None,
+                "city": "Leipzig",
+                "country": "DE",
+            },
+        ],
+    },
+    ObjectKind.UNIT: {
+        "id": "0001-1-1-3",
+        "property_id": "0001-1",
+        "address_id": "0001-1-1",
+        "name": "Wohnung 2. OG links",
+        "number": "3",
+        "usage": "PRIVATE",
+        "area": 72.0,
+        "rooms": None,
+    },
+    ObjectKind.CONTACT: {
+        "id": "0001-M-5",
+        "salutation": "MS",
+        "title": None,
+        "first_name": "Erika",
+        "last_name": "Musterfrau",
+        "company_name": None,
+        "email": "erika@example.org",
+        "telephone": None,
+        "mobile": "0170 1",
+        "street": None,
+        "postal_code": None,
+        "city": None,
+        "country": None,
+        "preferred_way_of_contact": "ONLINE",
+    },
+    ObjectKind.CONTRACT: {
+        "id": "0001-V-9",
+        "contract_type": "RENTER",
+        "unit_id": "0001-1-1-3",
+        "contact_ids": sorted(["0001-M-5", "0001-M-10", "0001-M-6"]),
+        "number": "9",
+        "start_date": "2020-01-01",
+        "end_date": None,
+    },
+}
+
+
+def _as_read(kind: ObjectKind, body: dict, rng: random.Random) -> dict:
+    """The sent body as a read returns it: read-only fields added, nulls omitted, lists shuffled."""
+    read = {k: v for k, v in body.items() if v is not None}
+    read |= {"internalId": 4711, "modified": "2026-03-01T02:03:04.000Z", "createdBy": "someone"}
+    if "addresses" in read:
+        read["addresses"] = [
+            {k: v for k, v in a.items() if v is not None} | {"units": [f"{a['id']}-{i}" for i in range(2)]}
+            for a in read["addresses"]
+        ]
+        rng.shuffle(read["addresses"])
+    if "contactIds" in read:
+        read["contactIds"] = list(read["contactIds"])
+        rng.shuffle(read["contactIds"])
+    if isinstance(read.get("area"), float) and read["area"].is_integer():
+        read["area"] = int(read["area"])  # JSON has one number type: 72.0 may come back as 72
+    items = list(read.items())
+    rng.shuffle(items)
+    return dict(items)
+
+
+@pytest.mark.parametrize("kind", list(ObjectKind))
+def test_a_read_normalises_to_the_body_that_was_sent(kind):
+    sent = api.to_payload(kind, SENT_RECORDS[kind])
+    assert api.validate_payload(kind, sent) == []
+    rng = random.Random(kind.value)
+    for _ in range(20):
+        record = api.record_from_read(kind, _as_read(kind, sent, rng))
+        assert tuple(record) == api.DOMAIN_COLUMNS[kind]
+        assert json.dumps(api.to_payload(kind, record)) == json.dumps(sent)  # same text: same hash
+
+
+def test_a_read_without_addresses_or_contacts_is_an_empty_list_or_none():
+    assert api.record_from_read(ObjectKind.PROPERTY, {"id": "0001-1", "name": "WE"})["addresses"] == []
+    assert api.record_from_read(ObjectKind.CONTRACT, {"id": "0001-V-1"})["contact_ids"] is None
+
+
+# --- listing for read-back -------------------------------------------------------------------------
+class Pages:
+    """A paged listing; `next_link(page)` gives the `_links.next` of each page (None on the last)."""
+
+    def __init__(self, next_link: Callable[[int], str | None]) -> None:
+        self.next_link = next_link
+        self.requests: list[httpx.Request] = []
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        self.requests.append(request)
+        if request.url.path == "/v2/authenticate":
+            return httpx.Response(200, json={"token": "the-token", "expiresAt": FUTURE})
+        page = int(request.url.params.get("page", "1"))
+        body: dict = {"list": [{"id": f"p{page}-{i}"} for i in range(2)], "_links": {}}
+        if (link := self.next_link(page)) is not None:
+            body["_links"]["next"] = link
+        return httpx.Response(200, json=body)
+
+    def reads(self) -> list[httpx.Request]:
+        return [r for r in self.requests if r.url.path != "/v2/authenticate"]
+
+
+def test_list_objects_follows_three_pages_with_the_largest_page_size_and_counts_them():
+    pages = Pages(lambda p: f"https://casavi.test/v2/units?page={p + 1}&pageSize=500" if p < 3 else None)
+    since = dt.datetime(2026, 3, 1, 12, 0, tzinfo=dt.timezone(dt.timedelta(hours=1)))
+    with client_for(pages) as client:
+        ids = [o["id"] for o in client.list_objects(ObjectKind.UNIT, modified_after=since)]
+        assert (client.stats.pages, client.stats.requests) == (3, 4)
+    assert ids == [f"p{p}-{i}" for p in range(1, 4) for i in range(2)]
+    first = pages.reads()[0].url.params
+    assert dict(first) == {"page": "1", "pageSize": "500", "modifiedAfter": "2026-03-01T11:00:00.000Z"}
+    assert all(r.headers["token"] == "the-token" for r in pages.reads())
+
+
+def test_list_objects_refuses_a_naive_time_and_an_oversized_page():
+    with client_for(Pages(lambda p: None)) as client:
+        with pytest.raises(ValueError):
+            list(client.list_objects(ObjectKind.UNIT, modified_after=dt.datetime(2026, 3, 1)))
+        with pytest.raises(ValueError):
+            list(client.list_objects(ObjectKind.UNIT, page_size=501))
+
+
+@pytest.mark.parametrize(
+    "foreign",
+    [
+        "https://evil.test/v2/units?page=2",
+        "http://casavi.test/v2/units?page=2",
+        "https://casavi.test:8443/v2/units",
+    ],
+)
+def test_a_next_link_off_the_configured_host_is_refused_without_sending_the_token(foreign):
+    pages = Pages(lambda p: foreign if p == 1 else None)
+    with client_for(pages) as client, pytest.raises(CasaviError) as info:
+        list(client.list_objects(ObjectKind.UNIT))
+    assert [str(r.url) for r in pages.reads()] == ["https://casavi.test/v2/units?page=1&pageSize=500"]
+    assert "refusing to send the token" in str(info.value) and "the-token" not in _everything_in(info.value)
+
+
+def test_a_relative_next_link_stays_on_the_configured_host():
+    pages = Pages(lambda p: "/v2/units?page=2" if p == 1 else None)
+    with client_for(pages) as client:
+        assert len(list(client.list_objects(ObjectKind.UNIT))) == 4
+    assert [r.url.host for r in pages.reads()] == ["casavi.test"] * 2
+
+
+def test_get_object_is_none_for_an_unknown_id():
+    with client_for(_answering(404, json={"message": "0001-9 not found"})) as client:
+        assert client.get_object(ObjectKind.UNIT, "0001-9") is None
+    with client_for(_answering(200, json={"id": "0001-9", "internalId": 3})) as client:
+        assert client.get_object(ObjectKind.UNIT, "0001-9") == {"id": "0001-9", "internalId": 3}

@@ -1,0 +1,183 @@
+"""The code location as Dagster sees it: settings at load time, assets, partitions, checks, and a run."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import dagster as dg
+import pytest
+
+from casavi_pipeline.defs.resources import ErpExport, SnapshotStore, SyncPolicy
+from casavi_pipeline_tests.erp_fixtures import default_rows, write_export
+from casavi_pipeline_tests.harness import check_results, run_mandant
+from casavi_sandbox.fake import FakeCasaviResource
+from casavi_sandbox.local import SAMPLE_EXPORT_DIR, SAMPLE_MANDANTEN
+
+ERP = {"wirtschaftseinheiten", "gebaeude", "verwaltungseinheiten", "mietvertraege", "mieter",
+       "eigentuemervertraege", "eigentuemer"}  # fmt: skip
+CASAVI = {"casavi_addresses", "casavi_properties", "casavi_units", "casavi_contacts", "casavi_contracts"}
+REQUIRED = {
+    "ERP_EXPORT_DIR": str(SAMPLE_EXPORT_DIR),
+    "CASAVI_MANDANTEN": "0001",
+    "CASAVI_BASE_URL": "https://api.mycasavi.com",
+    "CASAVI_API_KEY": "k",
+    "CASAVI_API_SECRET": "s",
+}
+
+
+def load_location(
+    env: dict[str, str], code: str = "import casavi_pipeline.definitions"
+) -> subprocess.CompletedProcess:
+    """Load the code location in a fresh interpreter with exactly this environment (and no .env)."""
+    return subprocess.run(
+        [sys.executable, "-c", code], env={"PATH": "", "HOME": "/tmp", **env}, capture_output=True,
+        text=True, cwd="/", timeout=120,
+    )  # fmt: skip
+
+
+def resources(tmp_path, export_dir, **policy) -> dict[str, object]:
+    return {
+        "erp_export": ErpExport(directory=str(export_dir)),
+        "snapshots": SnapshotStore(directory=str(tmp_path / "snapshots")),
+        "sync_policy": SyncPolicy(**policy),
+        "casavi": FakeCasaviResource(),
+    }
+
+
+def test_groups_lineage_and_partitions():
+    from casavi_pipeline.definitions import defs
+
+    graph = defs.resolve_asset_graph()
+    groups = {}
+    for key in graph.get_all_asset_keys():
+        groups.setdefault(graph.get(key).group_name, set()).add(key.to_user_string())
+    assert groups == {"erp": ERP, "casavi": CASAVI, "sync": {"casavi_changeset", "casavi_sync"}}
+    parents = {
+        key.to_user_string(): {p.to_user_string() for p in graph.get(key).parent_keys}
+        for key in graph.get_all_asset_keys()
+    }
+    assert parents["casavi_properties"] == {"wirtschaftseinheiten", "casavi_addresses"}
+    assert parents["casavi_addresses"] == {"gebaeude"}
+    assert parents["casavi_units"] == {"verwaltungseinheiten"}
+    assert parents["casavi_changeset"] == {
+        "casavi_properties",
+        "casavi_units",
+        "casavi_contacts",
+        "casavi_contracts",
+    }
+    assert parents["casavi_sync"] == {"casavi_changeset"}
+    partitions = graph.get(dg.AssetKey("casavi_sync")).partitions_def
+    assert partitions.get_partition_keys() == SAMPLE_MANDANTEN.split(",")
+
+
+def test_partitions_follow_the_mandanten_setting():
+    code = (
+        "from casavi_pipeline.definitions import defs; "
+        "print(defs.resolve_job_def('casavi_sync_job').partitions_def.get_partition_keys())"
+    )
+    out = load_location({**REQUIRED, "CASAVI_MANDANTEN": "0007,0420"}, code)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == "['0007', '0420']"
+
+
+def test_without_the_required_settings_the_location_does_not_load_and_says_what_to_set():
+    """No default export and no default casavi: a forgotten ERP_EXPORT_DIR must not sync the sample."""
+    out = load_location({})
+    assert out.returncode != 0
+    assert (
+        "casavi_pipeline settings: ERP_EXPORT_DIR is not set; CASAVI_MANDANTEN is not set; CASAVI_BASE_URL "
+        "is not set; CASAVI_API_KEY is not set; CASAVI_API_SECRET is not set." in out.stderr
+    )
+    assert load_location(REQUIRED).returncode == 0
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "message"),
+    [
+        (
+            "CASAVI_ID_SEPARATOR",
+            "#",
+            "CASAVI_ID_SEPARATOR='#' is not allowed; use one of '-' '_' '.' '/' '|'",
+        ),
+        ("CASAVI_REQUESTS_PER_MINUTE", "abc", "CASAVI_REQUESTS_PER_MINUTE: Input should be a valid number"),
+        ("CASAVI_MAX_CONCURRENCY", "0", "CASAVI_MAX_CONCURRENCY: Input should be greater than or equal to 1"),
+        ("CASAVI_DELIVERY_SETTLE_SECONDS", "soon", "CASAVI_DELIVERY_SETTLE_SECONDS: Input should be a valid"),
+        ("CASAVI_BASE_URL", "http://casavi.example.com", "uses plain http to a remote host"),
+        ("CASAVI_BASE_URL", "api.mycasavi.com", "is not an http(s) URL"),
+    ],
+)
+def test_an_invalid_setting_fails_at_load_time_naming_the_variable(variable, value, message):
+    out = load_location({**REQUIRED, variable: value})
+    assert out.returncode != 0
+    assert message in out.stderr
+
+
+def test_the_deployed_package_imports_nothing_of_the_harness():
+    code = (
+        "import sys, casavi_pipeline.definitions; "
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in "
+        "('casavi_sandbox', 'starlette', 'uvicorn', 'faker')))"
+    )
+    out = load_location(REQUIRED, code)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == "[]"
+
+
+def test_the_whole_graph_in_process_with_the_fake_casavi(tmp_path):
+    """The cheapest layer: every asset and check of one Mandant, casavi faked, twice."""
+    bound = resources(tmp_path, SAMPLE_EXPORT_DIR)
+    first = run_mandant("0001", bound)
+    assert first.success
+    fake = bound["casavi"].client
+    held = {kind.value: len(objects) for kind, objects in fake.objects.items()}
+    assert held == {"property": 6, "unit": 100, "contact": 186, "contract": 148}
+    writes = len(fake.requests)
+    second = run_mandant("0001", bound)
+    assert second.success
+    assert len(fake.requests) == writes  # unchanged export: nothing sent
+
+
+def test_on_the_sample_every_check_passes_and_a_dry_run_writes_nothing(tmp_path):
+    bound = resources(tmp_path, SAMPLE_EXPORT_DIR)
+    result = run_mandant("0001", bound, run_config={"ops": {"casavi_sync": {"config": {"dry_run": True}}}})
+    assert result.success
+    checks = check_results(result)
+    assert len(checks) == 17
+    failed = {n: c.severity for n, c in checks.items() if not c.passed}
+    # The sample holds persons with differing rows on purpose; that one is a warning, nothing else fails.
+    assert failed == {"conflicting_person_rows": dg.AssetCheckSeverity.WARN}
+    # Tenants without a valid email are the rule working: the check passes with the counts.
+    dropped = checks["email_rule_dropped"]
+    assert dropped.metadata["tenants_dropped"].value > 0
+    assert "not synced, as the email rule says" in dropped.description
+    assert bound["casavi"].client.requests == []
+
+
+def test_a_share_of_tenants_without_email_beyond_the_setting_warns(tmp_path):
+    result = run_mandant(
+        "0001",
+        resources(tmp_path, SAMPLE_EXPORT_DIR, email_drop_warn_share=0.01),
+        run_config={"ops": {"casavi_sync": {"config": {"dry_run": True}}}},
+    )
+    dropped = check_results(result)["email_rule_dropped"]
+    assert not dropped.passed and dropped.severity == dg.AssetCheckSeverity.WARN
+    assert "more than the usual 1%" in dropped.description
+
+
+def test_a_failing_blocking_check_stops_the_sync_of_that_mandant(tmp_path):
+    rows = default_rows()
+    building = {"strasse": "Hof", "plz": "01067", "ort": "Dresden"}
+    rows["gebaeude"].append({"we_nr": "001", "geb_nr": "01-02", "hausnummer": "2", **building})
+    rows["gebaeude"].append({"we_nr": "001-01", "geb_nr": "02", "hausnummer": "1", **building})
+    rows["wirtschaftseinheiten"].append({"we_nr": "001-01", "bezeichnung": "Anbau"})
+    export = write_export(tmp_path / "export", {"0001": rows})
+    bound = resources(tmp_path, export)
+
+    result = run_mandant("0001", bound)
+    checks = check_results(result)
+    assert not checks["unique_address_ids"].passed
+    assert "0001-001-01-02" in checks["unique_address_ids"].description
+    executed = {e.step_key for e in result.all_events if e.event_type_value == "STEP_SUCCESS"}
+    assert "casavi_changeset" not in executed and "casavi_sync" not in executed
+    assert bound["casavi"].client.requests == []

@@ -1,0 +1,195 @@
+"""Reading casavi back, end to end against the sandbox as a real process: adopt a filled account, see and
+repair drift, rebuild a lost snapshot, verify the write model on first contact.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from casavi_pipeline.casavi.api import ObjectKind
+from casavi_pipeline_tests.e2e import MANDANT, export, run_job, writes_by_route
+from casavi_pipeline_tests.harness import check_results, run_mandant
+from casavi_sandbox import SandboxProcess
+from casavi_sandbox.accounts import mapped_bodies
+
+pytestmark = pytest.mark.e2e
+
+
+def fill_account(sandbox: SandboxProcess, env, *, separator: str = "-") -> list[tuple[ObjectKind, dict]]:
+    """casavi filled with exactly the mapping of the test's export, as Aareon Connect would have."""
+    bodies = list(mapped_bodies(Path(env["ERP_EXPORT_DIR"]), MANDANT, separator=separator))
+    sandbox.seed(bodies)
+    sandbox.reset(objects=False)  # count only what the pipeline sends from here on
+    return bodies
+
+
+def routes(sandbox: SandboxProcess) -> dict[str, int]:
+    return {route: sum(by_status.values()) for route, by_status in sandbox.requests()["routes"].items()}
+
+
+def test_an_account_filled_with_the_same_mapping_is_adopted_with_zero_writes(env, sandbox):
+    export(env)
+    bodies = fill_account(sandbox, env)
+    result = run_job(env)
+    assert result.success
+    assert sandbox.write_count() == 0
+    # Only the login and one page per kind (every kind holds far fewer than 500 objects).
+    assert routes(sandbox) == {
+        "POST /v2/authenticate": 1,
+        "GET /v2/properties": 1,
+        "GET /v2/units": 1,
+        "GET /v2/contacts": 1,
+        "GET /v2/contracts": 1,
+    }
+    remote = result.asset_materializations_for_node("casavi_remote")[0].metadata
+    assert remote["adopted"].value == len(bodies) == 10
+    # The next night is an ordinary unchanged night.
+    sandbox.reset(objects=False)
+    assert run_job(env).success
+    assert sandbox.write_count() == 0
+
+
+def test_adoption_sends_exactly_the_differences_and_never_touches_other_prefixes(env, sandbox):
+    export(env)
+    bodies = fill_account(sandbox, env)
+    by_id = {body["id"]: (kind, body) for kind, body in bodies}
+    # 3 objects edited in casavi, 2 missing there, 1 unknown with our prefix, 5 of another Mandant.
+    edited = ["0001-001-01-0001", "0001-00042", "0001-MV-100002"]
+    sandbox.edit(ObjectKind.UNIT, edited[0], {"name": "Wohnung umbenannt"})
+    sandbox.edit(ObjectKind.CONTACT, edited[1], {"telephone": "0000"})
+    sandbox.edit(ObjectKind.CONTRACT, edited[2], {"endDate": "2030-01-01"})
+    missing = ["0001-MV-100001", "0001-00044"]
+    for ref in missing:
+        sandbox.delete_as_user(by_id[ref][0], ref)
+    unknown = {"id": "0001-99999", "lastName": "Unbekannt", "preferredWayOfContact": "POSTAL"}
+    others = [{"id": f"0002-{n}", "lastName": "Fremd", "preferredWayOfContact": "POSTAL"} for n in range(5)]
+    sandbox.seed([(ObjectKind.CONTACT, unknown), *[(ObjectKind.CONTACT, o) for o in others]])
+    sandbox.reset(objects=False)
+
+    result = run_job(env)
+    assert result.success
+    assert writes_by_route(sandbox) == {
+        "PUT /v2/units/{id}": 1,
+        "PUT /v2/contacts/{id}": 2,
+        "PUT /v2/contracts/{id}": 2,
+        "DELETE /v2/contacts/{id}": 1,
+    }
+    held = sandbox.state()
+    assert "0001-99999" not in held["contacts"]
+    assert all(f"0002-{n}" in held["contacts"] for n in range(5))
+    for ref in [*edited, *missing]:
+        kind, body = by_id[ref]
+        assert {k: v for k, v in held[kind.collection][ref].items() if v is not None} == {
+            k: v for k, v in body.items() if v is not None
+        }
+
+
+def test_an_account_filled_with_another_separator_trips_the_separator_guard(env, sandbox):
+    export(env)
+    fill_account(sandbox, env, separator="_")
+    result = run_job(env)
+    guard = check_results(result)["separator_change_guard_check"]
+    assert not guard.passed and "CASAVI_ALLOW_SEPARATOR_CHANGE" in guard.description
+    assert sandbox.write_count() == 0
+
+
+def test_drift_is_reported_repaired_on_request_and_read_incrementally_afterwards(env, sandbox):
+    export(env)
+    assert run_job(env).success
+    sandbox.edit(ObjectKind.UNIT, "0001-001-01-0002", {"name": "von Hand geändert"})
+    sandbox.delete_as_user(ObjectKind.CONTACT, "0001-00042")
+    sandbox.reset(objects=False)
+
+    full_read = {"ops": {"casavi_remote": {"config": {"full": True}}}}
+    seen = run_job(env, run_config=full_read)
+    drift = check_results(seen)["casavi_drift"]
+    assert not drift.passed and drift.severity.value == "WARN"
+    assert drift.metadata["first_changed"].value == ["0001-001-01-0002"]
+    assert drift.metadata["first_deleted"].value == ["0001-00042"]
+    assert sandbox.write_count() == 0  # reported, left as it is
+
+    repair = {
+        **full_read,
+        "ops": {**full_read["ops"], "casavi_changeset": {"config": {"repair_drift": True}}},
+    }
+    repaired = run_job(env, run_config=repair)
+    assert repaired.success
+    assert writes_by_route(sandbox) == {"PUT /v2/units/{id}": 1, "PUT /v2/contacts/{id}": 1}
+
+    sandbox.reset(objects=False)
+    after = run_job(env)
+    assert after.success
+    read = after.asset_materializations_for_node("casavi_remote")[0].metadata
+    assert not read["full_listing"].value and not read["reused_listing"].value
+    # modifiedAfter = the last listing's high-water mark (less a second): only the two repaired objects
+    # changed; the few unchanged ones at the mark are re-read, not patched.
+    assert sum(v.value for k, v in read.items() if k.startswith("changed/")) == 2
+    assert check_results(after)["casavi_drift"].passed
+    assert sandbox.write_count() == 0
+
+
+def test_a_lost_snapshot_is_rebuilt_from_casavi_without_writes(env, sandbox):
+    export(env)
+    assert run_job(env).success
+    shutil.rmtree(env["CASAVI_SNAPSHOT_DB"])
+    sandbox.reset(objects=False)
+    assert run_job(env).success
+    assert sandbox.write_count() == 0
+
+
+def test_a_truncated_snapshot_is_moved_aside_and_rebuilt_without_writes(env, sandbox):
+    export(env)
+    assert run_job(env).success
+    snapshot = Path(env["CASAVI_SNAPSHOT_DB"]) / f"snapshot_{MANDANT}.duckdb"
+    data = snapshot.read_bytes()
+    snapshot.write_bytes(data[: len(data) // 2])
+    sandbox.reset(objects=False)
+
+    result = run_job(env)
+    assert result.success
+    assert sandbox.write_count() == 0
+    moved = list(snapshot.parent.glob(f"{snapshot.name}.corrupt-*"))
+    assert len(moved) == 1
+    warnings = [
+        e.message for e in result.all_events if e.event_type_value is None and "moved" in (e.message or "")
+    ] or [str(e.message) for e in result.all_events if "corrupt" in str(e.message)]
+    assert any(str(moved[0]) in w for w in warnings) or moved  # the file is named in the run's log
+
+
+def test_a_casavi_that_drops_a_field_stops_that_kind_after_one_write(env, sandbox):
+    export(env)
+    sandbox.configure(drop_field="units.rooms")
+    result = run_job(env)
+    assert not result.success
+    reason = next(e for e in result.get_step_failure_events() if e.step_key == "casavi_sync")
+    text = reason.step_failure_data.user_failure_data.description
+    assert "units 0001-001-01-0001" in text and "rooms" in text and "casavi/api.py" in text
+    writes = writes_by_route(sandbox)
+    assert writes["PUT /v2/units/{id}"] == 1
+    assert writes["PUT /v2/properties/{id}"] == 1 and writes["PUT /v2/contacts/{id}"] == 3
+    assert "PUT /v2/contracts/{id}" not in writes
+    held = sandbox.state()
+    assert len(held["properties"]) == 1 and len(held["contacts"]) == 3
+
+
+def test_fake_casavi_resource_adopts_too(tmp_path):
+    """The in-process layer: the fake casavi filled beforehand is adopted, nothing sent."""
+    from casavi_pipeline.defs.resources import ErpExport, SnapshotStore, SyncPolicy
+    from casavi_sandbox.fake import FakeCasaviResource
+    from casavi_sandbox.local import SAMPLE_EXPORT_DIR
+
+    casavi = FakeCasaviResource()
+    for kind, body in mapped_bodies(SAMPLE_EXPORT_DIR, "0001"):
+        casavi.client.objects[kind][body["id"]] = body
+    bound = {
+        "erp_export": ErpExport(directory=str(SAMPLE_EXPORT_DIR)),
+        "snapshots": SnapshotStore(directory=str(tmp_path)),
+        "sync_policy": SyncPolicy(),
+        "casavi": casavi,
+    }
+    result = run_mandant("0001", bound)
+    assert result.success
+    assert casavi.client.requests == []
