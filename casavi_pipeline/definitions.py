@@ -5,6 +5,7 @@ automation, resources) and exposes one `dg.Definitions` (or a `@dg.definitions` 
 only loads them. `workspace.yaml`, `dagster dev -m casavi_pipeline.definitions` and `dg` all point here.
 """
 
+import warnings
 from pathlib import Path
 
 import dagster as dg
@@ -12,6 +13,11 @@ import dagster as dg
 import casavi_pipeline.defs
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+# dg's autoloading calls Dagster's own preview loaders: nothing of ours to act on (README says so once).
+warnings.filterwarnings(
+    "ignore", message="Function `load_definitions_from_module", category=dg.PreviewWarning
+)
 
 
 defs = dg.Definitions.merge(

@@ -1,4 +1,4 @@
-"""A tiny hand-written ERP export for tests, in exactly the contract's format (`shared/erp-export.md`).
+"""A tiny hand-written ERP export for tests, in exactly the contract's format (`docs/export-format.md`).
 
     root = write_export(tmp_path)                                   # Mandant 0001, default rows
     root = write_export(tmp_path, {"0001": {}, "0420": {}})         # two Mandanten, same defaults

@@ -1,4 +1,4 @@
-"""The ERP → casavi mapping, rule by rule (shared/erp-export.md rules 2-5), through the real reader."""
+"""The ERP → casavi mapping, rule by rule (docs/export-format.md rules 2-5), through the real reader."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The casavi sandbox against `shared/casavi-api.md`, over real HTTP to the real process."""
+"""The casavi sandbox against `docs/casavi-api.md`, over real HTTP to the real process."""
 
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """The casavi manager API v2 adapter: every casavi path, field name and enum lives here, and only here.
 
 casavi's public docs confirm authentication, the reference-ID model and the read shapes; the write side
-is our model of it (`shared/casavi-api.md`). Aligning with a customer's downloaded spec must be a change
+is our model of it (`docs/casavi-api.md`). Aligning with a customer's downloaded spec must be a change
 to this one file, so the rest of the project speaks *domain* names (snake_case, e.g. `postal_code`,
 `contract_type`) and converts at the boundary with `to_payload` (writes) / `record_from_read` (reads).
 The sandbox server

@@ -1,4 +1,4 @@
-"""The ERP export contract (`shared/erp-export.md`) as data: files, columns, keys and value types.
+"""The ERP export contract (`docs/export-format.md`) as data: files, columns, keys and value types.
 
 Readers, schemas, the sample generator and tests all derive from this one table, so the contract is
 written down once.

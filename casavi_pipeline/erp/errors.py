@@ -14,7 +14,7 @@ MAX_LISTED_PROBLEMS = 10
 
 
 class ErpExportError(ValueError):
-    """An ERP export file (or folder) breaks the contract in `shared/erp-export.md`.
+    """An ERP export file (or folder) breaks the contract in `docs/export-format.md`.
 
     `path` is the file or folder at fault; `problems` lists every problem found (the message shows the
     first `MAX_LISTED_PROBLEMS`).

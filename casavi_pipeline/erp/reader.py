@@ -1,4 +1,4 @@
-"""Read one ERP export file into a validated DataFrame (contract: `shared/erp-export.md`).
+"""Read one ERP export file into a validated DataFrame (contract: `docs/export-format.md`).
 
 The output frame has exactly the contract's columns in contract order: text and date columns hold
 `str` or `None` (dates as ISO `YYYY-MM-DD` text), decimal columns are `float64` (NaN = missing), rows

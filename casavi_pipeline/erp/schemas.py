@@ -103,7 +103,7 @@ def _explain(check: str, column: str, shown_value: str = "") -> str:
         return f"{subject} is not an allowed value; use one of {allowed}{empty}"
     if check == PERSON_HAS_NAME:
         return "columns nachname and firma are both empty; a person needs at least one of them"
-    return f"{subject} fails the check {check!r}; see shared/erp-export.md"
+    return f"{subject} fails the check {check!r}; see docs/export-format.md"
 
 
 def describe_failures(

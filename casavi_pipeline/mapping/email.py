@@ -1,4 +1,4 @@
-"""The email rule (rule 2 of `shared/erp-export.md`): which tenants casavi can reach online.
+"""The email rule (rule 2 of `docs/export-format.md`): which tenants casavi can reach online.
 
 A tenant is synced only with a syntactically valid address. The rule is deliberately pragmatic and
 exactly as written in the contract: after trimming, exactly one `@`, no whitespace, a non-empty local

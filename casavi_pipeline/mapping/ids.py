@@ -1,4 +1,4 @@
-"""Composite reference IDs (rule 3 of `shared/erp-export.md`) and the ERP keys that name their source.
+"""Composite reference IDs (rule 3 of `docs/export-format.md`) and the ERP keys that name their source.
 
 casavi stores our composite ID as each object's `id`; it is built from the Mandant number and the ERP
 numbers joined by the separator setting. The mapping builds IDs in DuckDB (`sql_ref_id`); `compose`

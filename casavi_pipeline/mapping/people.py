@@ -1,4 +1,4 @@
-"""Mieter and Eigentümer → casavi contacts (rules 2, 4 and 5 of `shared/erp-export.md`).
+"""Mieter and Eigentümer → casavi contacts (rules 2, 4 and 5 of `docs/export-format.md`).
 
 Which rows make a contact: a tenant row only when its email passes the rule (a tenant without one is
 not synced), an owner row always, in both cases only when its contract exists (a dangling row is

@@ -1,6 +1,6 @@
 """Wirtschaftseinheiten, Gebäude and Verwaltungseinheiten → casavi properties, addresses and units.
 
-Field mapping exactly as rule 5 of `shared/erp-export.md`. Every function returns one row per source
+Field mapping exactly as rule 5 of `docs/export-format.md`. Every function returns one row per source
 record, sorted by `id` (then `erp_key`): two ERP records that compose to the same ID are kept side by
 side, never merged, so the unique-ID check can name both.
 """

@@ -1,7 +1,7 @@
 """A local stand-in for casavi's API v2 (Starlette on uvicorn, SQLite), with knobs to make it misbehave.
 
 Run it with `./run sandbox` or `python -m casavi_sandbox`; drive it from tests, the demo
-and benchmarks with `SandboxProcess`. It implements the model of `shared/casavi-api.md` through the
+and benchmarks with `SandboxProcess`. It implements the model of `docs/casavi-api.md` through the
 adapter `casavi_pipeline.casavi.api`, so the sandbox cannot drift from what the client sends.
 """
 

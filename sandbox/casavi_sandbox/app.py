@@ -1,7 +1,7 @@
 """The casavi API v2 as the sandbox serves it: authentication, paged reads, PUT/DELETE by reference ID.
 
 Every casavi path, field name, status code and validation rule comes from `casavi_pipeline.casavi.api`,
-so the sandbox and the client implement one model (`shared/casavi-api.md`). Beyond `FIELD_RULES`
+so the sandbox and the client implement one model (`docs/casavi-api.md`). Beyond `FIELD_RULES`
 (400) it enforces the reference rules: `api.REFERENCES` must resolve (422) and keep their targets from
 being deleted (409), and a unit's address must be one of its property's addresses (422). Reads leave
 null fields out and add `internalId`, `modified` and the `units` of each property address.

@@ -3,7 +3,7 @@
 Every casavi name comes from the adapter `casavi_pipeline.casavi.api`. A stored payload is the object
 as casavi holds it (the fields of its last write, nulls kept); a read adds the read-only fields
 (`internalId`, `modified`, the `units` of each property address) and leaves null fields out, as
-`shared/casavi-api.md` ("What a read returns") allows.
+`docs/casavi-api.md` ("What a read returns") allows.
 """
 
 from __future__ import annotations

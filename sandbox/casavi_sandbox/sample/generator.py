@@ -1,4 +1,4 @@
-"""A realistic German ERP export in the contract's format (`shared/erp-export.md`), deterministic per seed.
+"""A realistic German ERP export in the contract's format (`docs/export-format.md`), deterministic per seed.
 
 Faker fills small pools once (`pools.py`); every row value is drawn from them with one seeded numpy
 Generator per Mandant, a column at a time, and each Mandant is written before the next is built: about
