@@ -10,11 +10,8 @@ import time
 import dagster as dg
 import pytest
 
-from casavi_pipeline.defs.automation import (
-    casavi_export_delivery_sensor,
-    casavi_nightly_sync,
-    failure_reason,
-)
+from casavi_pipeline.defs.automation import casavi_export_delivery_sensor, casavi_nightly_sync
+from casavi_pipeline.defs.failures import failure_reason, reason_of_run
 from casavi_pipeline.defs.resources import ErpExport, SyncPolicy
 from casavi_pipeline.sync.deliveries import scan_delivery
 from casavi_pipeline_tests.erp_fixtures import write_export
@@ -105,6 +102,10 @@ def test_failure_reason_prefers_the_failing_blocking_check(tmp_path):
             [numbers, downstream, numbers_are_fine], instance=instance, raise_on_error=False
         )
         assert not result.success
-        assert failure_reason(instance, result.run_id) == (
+        # The same line from the stored run (sensor, hook) and from the in-process result (demo).
+        assert failure_reason(result.get_asset_check_evaluations(), result.get_step_failure_events()) == (
+            "check numbers_are_fine failed: 3 units reference a missing building (first: 0001-9)"
+        )
+        assert reason_of_run(instance, result.run_id) == (
             "check numbers_are_fine failed: 3 units reference a missing building (first: 0001-9)"
         )

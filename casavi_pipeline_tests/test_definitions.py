@@ -52,7 +52,11 @@ def test_groups_lineage_and_partitions():
     groups = {}
     for key in graph.get_all_asset_keys():
         groups.setdefault(graph.get(key).group_name, set()).add(key.to_user_string())
-    assert groups == {"erp": ERP, "casavi": CASAVI, "sync": {"casavi_changeset", "casavi_sync"}}
+    assert groups == {
+        "erp": ERP,
+        "casavi": CASAVI,
+        "sync": {"casavi_remote", "casavi_changeset", "casavi_sync"},
+    }
     parents = {
         key.to_user_string(): {p.to_user_string() for p in graph.get(key).parent_keys}
         for key in graph.get_all_asset_keys()
@@ -61,6 +65,7 @@ def test_groups_lineage_and_partitions():
     assert parents["casavi_addresses"] == {"gebaeude"}
     assert parents["casavi_units"] == {"verwaltungseinheiten"}
     assert parents["casavi_changeset"] == {
+        "casavi_remote",
         "casavi_properties",
         "casavi_units",
         "casavi_contacts",
@@ -143,7 +148,7 @@ def test_on_the_sample_every_check_passes_and_a_dry_run_writes_nothing(tmp_path)
     result = run_mandant("0001", bound, run_config={"ops": {"casavi_sync": {"config": {"dry_run": True}}}})
     assert result.success
     checks = check_results(result)
-    assert len(checks) == 17
+    assert len(checks) == 18
     failed = {n: c.severity for n, c in checks.items() if not c.passed}
     # The sample holds persons with differing rows on purpose; that one is a warning, nothing else fails.
     assert failed == {"conflicting_person_rows": dg.AssetCheckSeverity.WARN}
@@ -152,6 +157,19 @@ def test_on_the_sample_every_check_passes_and_a_dry_run_writes_nothing(tmp_path)
     assert dropped.metadata["tenants_dropped"].value > 0
     assert "not synced, as the email rule says" in dropped.description
     assert bound["casavi"].client.requests == []
+    # A dry run is visibly one: an observation of casavi_sync, no materialization of it.
+    materialized = {e.asset_key.to_user_string() for e in result.get_asset_materialization_events()}
+    assert "casavi_sync" not in materialized and "casavi_changeset" in materialized
+    observation = next(
+        e.asset_observation_data.asset_observation
+        for e in result.all_events
+        if e.event_type_value == "ASSET_OBSERVATION"
+    )
+    assert observation.metadata["dry_run"].value is True
+    assert observation.metadata["writes"].value == 440
+    preview = observation.metadata["preview"].value.records
+    assert preview and all("fields" in r.data for r in preview)
+    assert "lastName" in next(r.data["fields"] for r in preview if r.data["kind"] == "contact")
 
 
 def test_a_share_of_tenants_without_email_beyond_the_setting_warns(tmp_path):

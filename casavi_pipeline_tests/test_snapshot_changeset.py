@@ -79,8 +79,9 @@ def test_unchanged_rerun_has_no_writes_and_a_change_is_one_update(snapshot_path)
         changed = _properties(("0001-1", "Haus A"), ("0001-2", "Haus B renoviert"))
         summary = compute_changeset(snap, {ObjectKind.PROPERTY: changed})
     assert (summary.kinds[ObjectKind.PROPERTY].update, summary.total_writes) == (1, 1)
+    # The preview names the fields that change, never their values (personal data).
     assert summary.preview.to_dict("records") == [
-        {"kind": "property", "change": "update", "ref_id": "0001-2"}
+        {"kind": "property", "change": "update", "ref_id": "0001-2", "fields": "name"}
     ]
 
 
