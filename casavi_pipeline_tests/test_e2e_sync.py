@@ -14,6 +14,7 @@ import time
 import dagster as dg
 import pytest
 
+from casavi_pipeline.defs.failures import FAILURE_REASON_TAG
 from casavi_pipeline_tests.e2e import MANDANT, expected_state, export, run_job, writes_by_route
 from casavi_pipeline_tests.erp_fixtures import Append, default_rows
 from casavi_sandbox import SandboxProcess
@@ -159,6 +160,14 @@ def test_truncated_export_trips_the_mass_deletion_guard_and_sends_nothing(env, s
     assert len(evaluations) == 1 and not evaluations[0].passed
     assert "truncated" in evaluations[0].description
     assert sandbox.write_count() == 0
+    # The one-line reason reaches the run itself: its tag (top of the run page) and an ERROR log line.
+    with dg.DagsterInstance.get() as instance:
+        tags = instance.get_run_by_id(result.run_id).tags
+    assert tags[FAILURE_REASON_TAG].startswith("check mass_deletion_guard_check failed: Mandant 0001")
+    assert any(
+        "casavi_pipeline stopped: check mass_deletion_guard_check failed" in (e.message or "")
+        for e in result.all_events
+    )
     assert sandbox.state() == before
 
 

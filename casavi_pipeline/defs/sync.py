@@ -31,6 +31,8 @@ from casavi_pipeline.sync.guards import GuardResult, GuardResults, evaluate_guar
 from casavi_pipeline.sync.snapshot import Snapshot, SnapshotCorruptError
 
 CASAVI_POOL = "casavi_api"
+#: How a sync stopped by a person (Ctrl-C, SIGTERM, terminate) describes itself; the demo looks for it.
+INTERRUPTED = "sync stopped by an interrupt"
 REJECTIONS_LISTED = 50
 DRIFT_LISTED = 10
 #: How often a long sync reports its progress (run log and terminal).
@@ -440,9 +442,18 @@ def casavi_sync(
                 report = apply_changeset(
                     snapshot, client, verify=sync_policy.verify_writes, on_progress=progress, progress_every=1
                 )
-            except (CasaviError, KeyboardInterrupt, dg.DagsterExecutionInterruptedError):
+            except CasaviError:
                 snapshots.remote_cache().mark_written()  # what was written must be read back next time
                 raise
+            except (KeyboardInterrupt, dg.DagsterExecutionInterruptedError):
+                # Ctrl-C, SIGTERM, a terminate from the UI: a person stopped the run; the retry policy
+                # must not start the sync again. What casavi confirmed is in the snapshot.
+                snapshots.remote_cache().mark_written()
+                raise dg.Failure(
+                    description=f"{INTERRUPTED}: what casavi confirmed is recorded; the next run sends the rest.",
+                    metadata={"interrupted": True},
+                    allow_retries=False,
+                ) from None
             totals = _run_totals(snapshot, context.run.run_id, report)
             if report.total_sent:
                 snapshots.remote_cache().mark_written()

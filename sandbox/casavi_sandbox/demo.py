@@ -22,7 +22,7 @@ from casavi_sandbox.process import PortTakenError
 
 KIND_ORDER = ("property", "unit", "contact", "contract")
 #: The demo prints a summary; the full event log of each run is in the Dagster UI (./run dev).
-QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
+QUIET = {"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}}
 #: How long the demo waits for the casavi_api pool before it gives up with the holder's run id.
 POOL_WAIT_SECONDS = 120.0
 
