@@ -659,6 +659,51 @@ def test_echo_errors_quotes_the_submitted_values_and_body(
     assert '{"email": "x@y"' in malformed.json()[api.ERROR_MESSAGE_KEY]
 
 
+def test_reject_ids_answers_400_for_those_ids_and_echoes_the_body_when_told(
+    sandbox: SandboxProcess, client: httpx.Client
+) -> None:
+    put_tree(client)
+    sandbox.configure(reject_ids=" 0001-7 , 0001-8")
+    assert sandbox.configure()["reject_ids"] == "0001-7,0001-8"  # blanks dropped
+    valid = body(
+        ObjectKind.CONTACT, id="0001-7", last_name="Geheim", first_name="Erika", email="erika@example.org"
+    )
+    quiet = put(client, ObjectKind.CONTACT, valid)
+    assert quiet.status_code == api.STATUS_INVALID
+    assert "Geheim" not in quiet.text and "erika@example.org" not in quiet.text
+    assert wire(ObjectKind.CONTACT, "email") in {e[api.ERROR_FIELD_KEY] for e in quiet.json()["errors"]}
+    assert "0001-7" not in sandbox.state().get("contacts", {})  # nothing stored
+    # another id is stored as usual, and the rejected one is too once the knob is off
+    assert put(client, ObjectKind.CONTACT, {**valid, "id": "0001-9"}).status_code == api.STATUS_CREATED
+
+    sandbox.configure(echo_errors=True)
+    raw = json.dumps(valid)
+    echoed = client.put(ObjectKind.CONTACT.object_path("0001-7"), content=raw.encode())
+    assert echoed.status_code == api.STATUS_INVALID
+    assert raw in echoed.json()[api.ERROR_MESSAGE_KEY]  # the whole body, verbatim
+    messages = {e[api.ERROR_FIELD_KEY]: e[api.ERROR_MESSAGE_KEY] for e in echoed.json()["errors"]}
+    assert messages[wire(ObjectKind.CONTACT, "email")].startswith("email 'erika@example.org' ")
+    assert messages[wire(ObjectKind.CONTACT, "last_name")].startswith("lastName 'Geheim' ")
+    assert sandbox.requests()["routes"]["PUT /v2/contacts/{id}"]["400"] == 2
+
+    sandbox.configure(reject_ids="")
+    assert sandbox.configure()["reject_ids"] is None
+    assert put(client, ObjectKind.CONTACT, valid).status_code == api.STATUS_CREATED
+
+
+def test_reject_ids_must_be_a_string(sandbox: SandboxProcess) -> None:
+    response = httpx.post(f"{sandbox.base_url}/_sandbox/config", json={"reject_ids": 42}, trust_env=False)
+    assert response.status_code == 400, response.text
+
+
+def test_cli_sets_the_reject_ids_knob(tmp_path: Path) -> None:
+    assert parse_args(["--reject-ids", "0001-1,0001-2"]).reject_ids == "0001-1,0001-2"
+    assert parse_args([]).reject_ids is None
+    with SandboxProcess(tmp_path / "s.sqlite3", reject_ids="0001-00042") as box:
+        config = httpx.get(f"{box.base_url}/_sandbox/config", trust_env=False).json()
+        assert config["reject_ids"] == "0001-00042"
+
+
 def test_cli_sets_the_field_and_echo_knobs() -> None:
     args = parse_args(
         ["--drop-field", "units.rooms", "--rename-field", "contacts.email=mail", "--echo-errors"]

@@ -57,6 +57,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="400/422 answers quote the submitted values and body",
     )
     parser.add_argument(
+        "--reject-ids",
+        default=None,
+        help="PUTs of these reference ids (comma-separated) are answered 400, e.g. 0001-00042",
+    )
+    parser.add_argument(
         "--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"]
     )
     parser.add_argument(
@@ -79,6 +84,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                 "drop_field": args.drop_field,
                 "rename_field": args.rename_field,
                 "echo_errors": args.echo_errors,
+                "reject_ids": args.reject_ids,
             }
         )
     except ValueError as exc:

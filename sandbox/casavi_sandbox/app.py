@@ -153,6 +153,13 @@ class _Handlers:
 
     async def _store_put(self, request: Request, kind: api.ObjectKind, ref_id: str) -> Response:
         body = await json_object(request)
+        if ref_id in self.controls.knobs.rejected_ids():
+            # the `reject_ids` knob: casavi's validation refuses a value of this object
+            raise Problem(
+                api.STATUS_INVALID,
+                f"invalid {kind.value}",
+                [api.FieldError(name, "was rejected by casavi's validation") for name in body],
+            )
         id_field = wire_name(kind, "id")
         errors = []
         if isinstance(body.get(id_field), str) and body[id_field] != ref_id:

@@ -3,7 +3,8 @@
 Everything under the API prefix passes through `Misbehaviour`: rate limit (429 + Retry-After), added
 latency, injected 500s, dropped connections. The admin endpoints (`/_sandbox/...`) bypass it, so tests
 can inspect and reconfigure a misbehaving server. All knobs are off by default. The knobs that change
-what is stored or said (`drop_field`, `rename_field`, `echo_errors`) are applied by the API handlers.
+what is stored or said (`drop_field`, `rename_field`, `echo_errors`, `reject_ids`) are applied by the API
+handlers.
 """
 
 from __future__ import annotations
@@ -51,6 +52,9 @@ class Knobs:
     rename_field: str | None = None
     # 400/422 answers quote the submitted values and the whole body (a chatty validation layer)
     echo_errors: bool = False
+    # "0001-00042,0001-00043": PUTs of these reference ids are answered 400 after the body was read, as
+    # a casavi validation rejecting a value would (with echo_errors, the answer quotes the body)
+    reject_ids: str | None = None
 
     def updated(self, changes: Mapping[str, Any]) -> Knobs:
         """A copy with the given knobs changed; ValueError names an unknown knob or a bad value."""
@@ -67,7 +71,12 @@ class Knobs:
             token_ttl=knobs.token_ttl or None,
             drop_field=knobs.drop_field or None,
             rename_field=knobs.rename_field or None,
+            reject_ids=",".join(knobs.rejected_ids()) or None,
         )
+
+    def rejected_ids(self) -> list[str]:
+        """The reference ids of `reject_ids`, in order, blanks dropped."""
+        return [ref.strip() for ref in (self.reject_ids or "").split(",") if ref.strip()]
 
     def field_changes(self, kind: api.ObjectKind) -> list[tuple[str, str | None]]:
         """How API writes of `kind` break its write model: (field, new name, or None to drop it)."""
@@ -98,6 +107,8 @@ class Knobs:
             raise ValueError("seed must be an integer")
         if not isinstance(self.echo_errors, bool):
             raise ValueError("echo_errors must be true or false")
+        if self.reject_ids is not None and not isinstance(self.reject_ids, str):
+            raise ValueError("reject_ids must be a comma-separated list of reference ids, e.g. '0001-00042'")
         if self.drop_field:
             _field_knob("drop_field", self.drop_field)
         if self.rename_field:

@@ -1,0 +1,483 @@
+"""The operator's path, end to end: what a person running the sync sees when something goes wrong, and
+that nothing personal leaks on the way (the sandbox as a real process, a real Dagster instance on disk,
+the demo as a real subprocess).
+
+Every test prints the number of output lines per failure kind (`pytest -s` shows them), for the note on
+"lines of demo output per failure kind".
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import http.server
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any, ClassVar
+
+import dagster as dg
+import duckdb
+import pytest
+from dagster._serdes import serialize_value
+
+from casavi_pipeline.erp.contract import ENTITIES
+from casavi_pipeline.sync.remote import CACHE_FILE
+from casavi_pipeline_tests.e2e import MANDANT, expected_state, export, run_job
+from casavi_pipeline_tests.erp_fixtures import Append, default_rows, write_export
+from casavi_sandbox import SandboxProcess
+from casavi_sandbox.process import free_port
+
+pytestmark = pytest.mark.e2e
+
+TRACEBACK = "Traceback (most recent call last)"
+STACK_TRACE = "Stack Trace:"  # how Dagster's console logger prints one
+DEMO_TIMEOUT = 240  # seconds: a bound, not an expectation
+REJECTED_ID = f"{MANDANT}-00042"
+
+
+# --- helpers ----------------------------------------------------------------------------------------
+class KnownBug(AssertionError):
+    """A failed assertion about a product bug reported to the lead; `xfail(raises=KnownBug)` expects only
+    these, so any other failed assertion of the same test still fails it."""
+
+
+def known_bug(holds: bool, what: str) -> None:
+    if not holds:
+        raise KnownBug(what)
+
+
+def tracebacks(output: str) -> int:
+    return output.count(TRACEBACK) + output.count(STACK_TRACE)
+
+
+def demo(
+    *args: str, env: Mapping[str, str] | None = None, timeout: float = DEMO_TIMEOUT
+) -> subprocess.CompletedProcess[str]:
+    """`python -m casavi_sandbox.demo` with this process's environment (the `env` fixture set it)."""
+    return subprocess.run(
+        [sys.executable, "-m", "casavi_sandbox.demo", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=dict(env if env is not None else os.environ),
+        stdin=subprocess.DEVNULL,
+    )
+
+
+def lines(output: subprocess.CompletedProcess[str]) -> int:
+    return len((output.stdout + output.stderr).splitlines())
+
+
+def report(counts: dict[str, Any]) -> None:
+    print(f"\noperator output lines: {json.dumps(counts)}")
+
+
+def tenant(person_nr: str = "00042") -> dict[str, str]:
+    """The personal values of one tenant of the default export."""
+    row = next(r for r in default_rows()["mieter"] if r["person_nr"] == person_nr)
+    return {name: str(row[name]) for name in ("vorname", "nachname", "email", "telefon")}
+
+
+def needles(values: Mapping[str, str]) -> dict[str, list[bytes]]:
+    """Each value as it could sit in a file or a stream: UTF-8, JSON-escaped (\\u00fc), Latin-1."""
+    found: dict[str, list[bytes]] = {}
+    for name, value in values.items():
+        forms = {value.encode(), json.dumps(value)[1:-1].encode()}
+        with contextlib.suppress(UnicodeEncodeError):
+            forms.add(value.encode("latin-1"))
+        found[name] = sorted(forms)
+    return found
+
+
+def leaks(blob: bytes | str, values: Mapping[str, str]) -> list[str]:
+    """The names of the values found in `blob`. A last name that is only part of a longer word (the
+    street "Müllerstraße" holds "Müller") does not count: a leak quotes the value on its own."""
+    data = blob.encode() if isinstance(blob, str) else blob
+    hits = []
+    for name, forms in needles(values).items():
+        for form in forms:
+            start = data.find(form)
+            while start != -1:
+                end = start + len(form)
+                before, after = data[start - 1 : start], data[end : end + 2]
+                # part of a longer word: an ASCII letter, a UTF-8 letter (ß is C3 9F) or a \u escape
+                if not (before.isalnum() or after[:1].isalnum() or after[:1] == b"\xc3" or after == b"\\u"):
+                    hits.append(name)
+                    break
+                start = data.find(form, start + 1)
+            if name in hits:
+                break
+    return hits
+
+
+def files_under(root: Path) -> Iterator[Path]:
+    return (path for path in sorted(root.rglob("*")) if path.is_file())
+
+
+def asset_values(storage: Path) -> set[Path]:
+    """The files Dagster's default IO manager pickled the assets' values into (`storage/<asset>/<Mandant>`):
+    the ERP tables and mapped frames themselves, which hold the people by design (like the snapshot)."""
+    from casavi_pipeline.definitions import defs
+
+    names = {key.to_user_string() for key in defs.resolve_all_asset_keys()}
+    return {path for path in files_under(storage) if path.relative_to(storage).parts[0] in names}
+
+
+def duckdb_text(path: Path) -> str:
+    """Every value of every table of a DuckDB file as text (its strings may be compressed on disk)."""
+    with duckdb.connect(str(path), read_only=True) as con:
+        tables = con.execute("SELECT database_name, schema_name, table_name FROM duckdb_tables()").fetchall()
+        return "\n".join(
+            str(con.execute(f'SELECT * FROM "{db}"."{schema}"."{table}"').fetchall())
+            for db, schema, table in tables
+        )
+
+
+def write_quoted_csv(path: Path, rows: list[dict[str, object]], entity_name: str) -> None:
+    """One export file with every field quoted (as ERP exports often write them)."""
+    entity = next(e for e in ENTITIES if e.name == entity_name)
+    header = list(entity.column_names)
+    with path.open("w", encoding="utf-8", newline="") as handle:
+        writer = csv.writer(handle, delimiter=";", quotechar='"', quoting=csv.QUOTE_ALL, lineterminator="\n")
+        writer.writerow(header)
+        for row in rows:
+            writer.writerow(["" if row.get(name) is None else str(row[name]) for name in header])
+
+
+def big_export(env, contracts: int) -> None:
+    """The defaults plus `contracts` more units, each rented to its own tenant with an email
+    (as `test_e2e_sync._big_export`)."""
+    units, leases, tenants = [], [], []
+    for i in range(contracts):
+        ve = f"{1000 + i:04d}"
+        units.append(
+            {"we_nr": "001", "ve_nr": ve, "geb_nr": "01", "nutzungsart": "WOHNUNG", "lage": f"{i}. OG"}
+        )
+        leases.append({"vertrag_nr": f"3{i:05d}", "we_nr": "001", "ve_nr": ve, "beginn": "2022-01-01"})
+        tenants.append({"vertrag_nr": f"3{i:05d}", "person_nr": f"9{i:05d}", "nachname": "Schulze",
+                        "email": f"mieter{i}@example.org"})  # fmt: skip
+    export(
+        env,
+        {"verwaltungseinheiten": Append(units), "mietvertraege": Append(leases), "mieter": Append(tenants)},
+    )
+
+
+def assert_sandbox_holds(sandbox: SandboxProcess, result: dg.ExecuteInProcessResult) -> None:
+    held = sandbox.state()
+    for collection, objects in expected_state(result).items():
+        assert held.get(collection, {}) == objects, collection
+
+
+def failure_descriptions(result: dg.ExecuteInProcessResult) -> list[str]:
+    texts = []
+    for event in result.get_step_failure_events():
+        data = event.step_failure_data
+        if data.user_failure_data and data.user_failure_data.description:
+            texts.append(data.user_failure_data.description)
+        elif data.error:
+            texts.append(data.error.message)
+    return texts
+
+
+# --- a. a casavi that echoes the body leaks nothing ---------------------------------------------------
+def test_an_echoing_casavi_leaks_no_personal_data_into_events_tags_logs_files_or_the_terminal(
+    env, sandbox, capfd
+):
+    person = tenant("00042")  # Jürgen Müller, his email and phone: contact 0001-00042
+    export(env)
+    sandbox.configure(echo_errors=True, reject_ids=REJECTED_ID)
+    capfd.readouterr()  # only what the run prints from here on
+
+    result = run_job(env)
+    assert not result.success
+    reasons = failure_descriptions(result)
+    assert any("casavi rejected" in r and REJECTED_ID in r and "400" in r for r in reasons), reasons
+    # the sandbox did quote the body: the test would catch a client that copied casavi's text
+    assert sandbox.requests()["routes"]["PUT /v2/contacts/{id}"].get("400", 0) >= 1
+    printed = capfd.readouterr()
+    assert REJECTED_ID in printed.out + printed.err  # the capture works, and names the object
+
+    with dg.DagsterInstance.get() as instance:
+        records = instance.get_records_for_run(result.run_id, limit=100_000).records
+        assert records
+        for record in records:
+            serialized = serialize_value(record.event_log_entry)
+            assert not leaks(serialized, person), (leaks(serialized, person), serialized[:2000])
+        tags = instance.get_run_by_id(result.run_id).tags
+        assert "casavi/failure_reason" in tags and REJECTED_ID in tags["casavi/failure_reason"]
+        assert not leaks(json.dumps(tags, ensure_ascii=False), person), tags
+    assert not leaks(printed.out + printed.err, person)
+
+    # The same through the demo, against the same echoing casavi: it sends the pending writes again.
+    sandbox.reset(objects=False, knobs=False)
+    run = demo("--mandant", MANDANT)
+    output = run.stdout + run.stderr
+    assert run.returncode == 1, output[-3000:]
+    assert sandbox.requests()["routes"]["PUT /v2/contacts/{id}"].get("400", 0) >= 1
+    assert REJECTED_ID in run.stderr
+    assert not leaks(output, person), output
+
+    # Dagster's storage of both runs (run and event log databases, compute logs), read as bytes; only the
+    # assets' values (pickled by the IO manager: the ERP rows themselves) are left out.
+    home = Path(env["DAGSTER_HOME"])
+    values = asset_values(home / "storage")
+    assert values and all(path.read_bytes()[:1] == b"\x80" for path in values)  # pickles
+    assert any(leaks(path.read_bytes(), person) for path in values)  # the search finds what is there
+    scanned = [path for path in files_under(home) if path not in values]
+    assert any(path.suffix in (".out", ".err", ".complete") for path in scanned), scanned  # compute logs
+    assert any(path.suffix == ".db" for path in scanned), scanned
+    for path in scanned:
+        assert not leaks(path.read_bytes(), person), path
+    # The snapshot folder, except the snapshot itself (it keeps the payloads by design).
+    snapshot_dir = Path(env["CASAVI_SNAPSHOT_DB"])
+    snapshot = snapshot_dir / f"snapshot_{MANDANT}.duckdb"
+    others = [p for p in files_under(snapshot_dir) if not p.name.startswith(snapshot.name)]
+    assert any(p.name == CACHE_FILE for p in others)
+    for path in others:
+        assert not leaks(path.read_bytes(), person), path
+        if path.suffix == ".duckdb":
+            assert not leaks(duckdb_text(path), person), path
+    report({"a: casavi rejected a write (demo)": lines(run), "a: stack traces": tracebacks(output)})
+
+
+# --- b. wrong secret ----------------------------------------------------------------------------------
+@pytest.mark.xfail(
+    strict=True,
+    raises=KnownBug,
+    reason="demo.py:25 QUIET keeps Dagster's ERROR events on the console: the reason is printed 4 times "
+    "(STEP_FAILURE, the failure hook, RUN_FAILURE, the demo) with Dagster's stack traces",
+)
+def test_a_wrong_secret_is_one_login_and_one_line(env, sandbox, monkeypatch):
+    export(env)
+    env["CASAVI_API_SECRET"] = "wrong"
+    monkeypatch.setenv("CASAVI_API_SECRET", "wrong")
+
+    run = demo("--mandant", MANDANT)
+    output = run.stdout + run.stderr
+    assert run.returncode != 0, output[-3000:]
+    routes = sandbox.requests()["routes"]
+    assert routes == {"POST /v2/authenticate": {"401": 1}}, routes  # one login, nothing else on /v2
+    told = [
+        line
+        for line in run.stderr.splitlines()
+        if sandbox.base_url in line and "CASAVI_API_KEY" in line and "CASAVI_API_SECRET" in line
+    ]
+    assert told, run.stderr
+    assert f"Mandant {MANDANT} did not sync" in told[-1]  # the demo's own line is among them
+    report({"b: wrong secret": lines(run), "b: lines naming URL and variables": len(told),
+            "b: stack traces": tracebacks(output)})  # fmt: skip
+    known_bug(len(told) == 1 and tracebacks(output) == 0, f"{len(told)} lines, {tracebacks(output)} traces")
+
+
+# --- c. mass-deletion guard ---------------------------------------------------------------------------
+@pytest.mark.xfail(
+    strict=True,
+    raises=KnownBug,
+    reason="demo.py:25 QUIET keeps Dagster's ERROR events on the console: the guard's reason is printed "
+    "twice (failure hook, demo) beside two Dagster stack traces",
+)
+def test_a_truncated_export_stops_the_demo_with_one_line_and_no_writes(env, sandbox, monkeypatch):
+    export(env)
+    assert run_job(env).success
+    export(env, {"mietvertraege": [], "mieter": []})  # a delivery cut short: no rental contracts at all
+    env["CASAVI_DELETE_GUARD_MIN_COUNT"] = "0"
+    monkeypatch.setenv("CASAVI_DELETE_GUARD_MIN_COUNT", "0")
+    before = sandbox.state()
+    sandbox.reset(objects=False)
+
+    run = demo("--mandant", MANDANT)
+    output = run.stdout + run.stderr
+    assert run.returncode == 1, output[-3000:]
+    assert sandbox.write_count() == 0 and sandbox.state() == before
+    told = [
+        line
+        for line in run.stderr.splitlines()
+        if "the sync would delete" in line and "Is the export truncated?" in line
+    ]
+    assert told and told[-1].startswith(f"Mandant {MANDANT} did not sync"), run.stderr
+    report({"c: mass-deletion guard": lines(run), "c: lines with the reason": len(told),
+            "c: stack traces": tracebacks(output)})  # fmt: skip
+    known_bug(len(told) == 1 and tracebacks(output) == 0, f"{len(told)} lines, {tracebacks(output)} traces")
+
+
+# --- d. missing Mandant folder ------------------------------------------------------------------------
+@pytest.mark.xfail(
+    strict=True,
+    raises=KnownBug,
+    reason="demo.py:25 QUIET keeps Dagster's ERROR events on the console: the reader's message is printed "
+    "by STEP_FAILURE, the failure hook, RUN_FAILURE and the demo, with Dagster's stack traces",
+)
+def test_a_missing_mandant_folder_is_said_once(env, sandbox):
+    write_export(Path(env["ERP_EXPORT_DIR"]), {"0002": {}})  # the export holds another Mandant only
+    missing = Path(env["ERP_EXPORT_DIR"]) / MANDANT
+
+    run = demo()  # CASAVI_MANDANTEN=0001 from the environment
+    output = run.stdout + run.stderr
+    assert run.returncode != 0, output[-3000:]
+    message = f"Mandant folder {missing} is missing"
+    assert message in run.stderr, output
+    assert sandbox.write_count() == 0
+    report({"d: missing Mandant folder": lines(run), "d: times the message is printed": output.count(message),
+            "d: stack traces": tracebacks(output)})  # fmt: skip
+    known_bug(
+        output.count(message) == 1 and tracebacks(output) == 0,
+        f"{output.count(message)} times, {tracebacks(output)} traces",
+    )
+
+
+# --- e. port taken ------------------------------------------------------------------------------------
+class _Squatter(http.server.BaseHTTPRequestHandler):
+    """Another program on the demo's port: answers 200 to everything and remembers what it was sent."""
+
+    received: ClassVar[list[tuple[str, str, bytes]]] = []
+
+    def _any(self) -> None:
+        length = int(self.headers.get("content-length") or 0)
+        body = self.rfile.read(length) if length else b""
+        self.received.append((self.command, self.path, bytes(str(self.headers), "latin-1") + body))
+        answer = b'{"status": "ok", "token": "t"}'
+        self.send_response(200)
+        self.send_header("content-type", "application/json")
+        self.send_header("content-length", str(len(answer)))
+        self.end_headers()
+        self.wfile.write(answer)
+
+    do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = _any
+
+    def log_message(self, *_args: Any) -> None:
+        pass
+
+
+def test_a_taken_port_is_refused_in_one_line_and_no_credentials_are_sent(env, tmp_path):
+    export(env)
+    _Squatter.received = []
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", free_port()), _Squatter)
+    port = server.server_address[1]
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        environ = {k: v for k, v in os.environ.items() if k != "CASAVI_BASE_URL"}
+        key, secret = "operator-key-must-stay-home", "operator-secret-must-stay-home"
+        environ.update({"CASAVI_API_KEY": key, "CASAVI_API_SECRET": secret})
+        run = demo("--port", str(port), "--data-dir", str(tmp_path / "data"), env=environ)
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=10)
+    output = run.stdout + run.stderr
+    assert run.returncode == 2, output[-3000:]
+    told = [line for line in output.splitlines() if str(port) in line]
+    assert len(told) == 1 and "taken" in told[0], output
+    assert tracebacks(output) == 0, output
+    sent = _Squatter.received
+    assert not [r for r in sent if r[1].startswith("/v2/authenticate")], sent
+    assert not [r for r in sent if key.encode() in r[2] or secret.encode() in r[2]], sent
+    report({"e: port taken": lines(run), "e: requests the squatter got": len(sent)})
+
+
+# --- f. control characters in an ERP number -----------------------------------------------------------
+@pytest.mark.parametrize("char", ["\t", "\n", "\x00"], ids=["tab", "newline", "nul"])
+def test_a_control_character_in_an_erp_number_is_a_clear_ingestion_error(env, sandbox, char):
+    root = export(env)
+    leases = default_rows()["mietvertraege"] + [
+        {"vertrag_nr": f"100{char}003", "we_nr": "001", "ve_nr": "0003", "beginn": "2021-03-01"}
+    ]
+    path = root / MANDANT / "mietvertraege.csv"
+    write_quoted_csv(path, leases, "mietvertraege")
+    assert char.encode() in path.read_bytes()
+
+    result = run_job(env)
+    assert not result.success
+    reasons = failure_descriptions(result)
+    assert reasons, "the run failed without a step failure"
+    reason = reasons[0]
+    assert "mietvertraege.csv" in reason, reasons
+    assert "row 3" in reason, reasons  # the third data row (the header is line 1)
+    assert sandbox.write_count() == 0
+    print(f"\nf[{char!r}]: {reason}")
+
+
+# --- g. SIGTERM ---------------------------------------------------------------------------------------
+def step_retries(instance: dg.DagsterInstance) -> list[str]:
+    """The steps of any run on this instance that asked for a retry."""
+    return [
+        record.event_log_entry.dagster_event.step_key
+        for run in instance.get_runs()
+        for record in instance.get_records_for_run(
+            run.run_id, of_type=dg.DagsterEventType.STEP_UP_FOR_RETRY
+        ).records
+    ]
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=KnownBug,
+    reason="sync.py:405 retry_policy: Dagster turns the interrupt (SIGTERM -> KeyboardInterrupt) in casavi_sync "
+    "into a step retry (op_execution_error_boundary); the sync resumes ~30 s later, the run succeeds, the demo "
+    "goes on with the next Mandant and exits 0",
+)
+def test_sigterm_stops_the_demo_cleanly_and_the_next_run_converges(env, sandbox, monkeypatch, tmp_path):
+    big_export(env, contracts=150)  # about 460 writes for Mandant 0001
+    write_export(Path(env["ERP_EXPORT_DIR"]), {"0002": {}})  # a second Mandant, after 0001
+    monkeypatch.setenv("CASAVI_MANDANTEN", f"{MANDANT},0002")
+    sandbox.configure(latency_ms=15)
+    out_path, err_path = tmp_path / "demo.out", tmp_path / "demo.err"
+    with out_path.open("w") as out_file, err_path.open("w") as err_file:
+        cli = subprocess.Popen(
+            [sys.executable, "-m", "casavi_sandbox.demo"],
+            env={**os.environ, "CASAVI_MAX_CONCURRENCY": "2"},
+            stdout=out_file,
+            stderr=err_file,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+    bug = None
+    try:
+        deadline = time.monotonic() + 120
+        while sandbox.write_count() < 50 and time.monotonic() < deadline and cli.poll() is None:
+            time.sleep(0.05)
+        assert cli.poll() is None, "the demo ended before the signal"
+        at_signal = sandbox.write_count()
+        assert at_signal >= 50
+        os.kill(cli.pid, signal.SIGTERM)  # the demo process only, as `kill <pid>` would
+        deadline = time.monotonic() + 60
+        with dg.DagsterInstance.get() as instance:
+            while cli.poll() is None and time.monotonic() < deadline:
+                retried = step_retries(instance)
+                if retried:
+                    bug = f"the interrupt became a retry of {retried}; the demo would go on syncing"
+                    break
+                time.sleep(0.2)
+        assert bug or cli.poll() is not None, "the demo did not end within 60 s of SIGTERM"
+    finally:
+        if cli.poll() is None:
+            os.killpg(cli.pid, signal.SIGKILL)
+            cli.wait(timeout=30)
+    out, err = out_path.read_text(), err_path.read_text()
+    output = out + err
+    written = sandbox.write_count()
+    assert written < 460, "the signal should land in the middle of the sync"
+    if bug is None:
+        assert cli.returncode == 130, output[-3000:]
+        assert "stopped" in err.lower() and "confirmed is recorded" in err, err
+        assert tracebacks(output) == 0, output
+        assert "Mandant 0002: syncing" not in out, out
+    assert not any(ref.startswith("0002") for objects in sandbox.state().values() for ref in objects)
+
+    sandbox.configure(latency_ms=0)
+    result = run_job(env)
+    assert result.success
+    assert_sandbox_holds(sandbox, result)
+    routes = sandbox.requests()["routes"]
+    created = sum(by_status.get("201", 0) for by_status in routes.values())
+    objects = sum(len(o) for o in sandbox.state().values())
+    assert created == objects  # every object created exactly once
+    report({"g: SIGTERM": len(output.splitlines()), "g: writes at signal / at exit": [at_signal, written]})
+    known_bug(bug is None, bug or "")
