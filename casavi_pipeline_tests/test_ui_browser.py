@@ -211,7 +211,7 @@ def guard_reason_on_run_page(page, ui: DevUI, run_tags: dict[str, str]) -> dict[
         tags = page.get_by_role("dialog").last
         if shows_reason(tags):
             found["tags"] = shot(page, ui, "3-failure-reason-tag")
-        page.keyboard.press("Escape")
+        tags.get_by_role("button", name="OK").click()
         tags.wait_for(state="hidden", timeout=5_000)
 
     # The failed step's events: click it in "Errored", then open each event's full message.
