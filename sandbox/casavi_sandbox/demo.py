@@ -81,12 +81,20 @@ class _Print:
 
 
 def _interrupted(result) -> bool:
+    """Was the run stopped by a person (Ctrl-C, SIGTERM)? Then the demo stops too: no next Mandant."""
+    from casavi_pipeline.defs.sync import INTERRUPTED
+
+    def stopped(event) -> bool:
+        data = event.step_failure_data
+        user = data.user_failure_data if data else None
+        error = data.error if data else None
+        return bool(
+            (user and INTERRUPTED in (user.description or ""))
+            or (error and error.cls_name in ("DagsterExecutionInterruptedError", "KeyboardInterrupt"))
+        )
+
     return result.dagster_run.status.value == "CANCELED" or any(
-        event.step_failure_data
-        and event.step_failure_data.error
-        and event.step_failure_data.error.cls_name
-        in ("DagsterExecutionInterruptedError", "KeyboardInterrupt")
-        for event in result.get_step_failure_events()
+        stopped(e) for e in result.get_step_failure_events()
     )
 
 
