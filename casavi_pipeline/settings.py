@@ -70,6 +70,8 @@ class Settings(BaseSettings):
     full_read_every_days: float = _env("CASAVI_FULL_READ_EVERY_DAYS", default=7.0, gt=0)
     # Data quality: warn when more than this share of a Mandant's tenants has no valid email
     email_drop_warn_share: float = _env("CASAVI_EMAIL_DROP_WARN_SHARE", default=0.25, ge=0, le=1)
+    # How often a long sync reports its progress (run events and terminal)
+    progress_seconds: float = _env("CASAVI_PROGRESS_SECONDS", default=30.0, gt=0)
     # Automation
     delivery_settle_seconds: float = _env("CASAVI_DELIVERY_SETTLE_SECONDS", default=60.0, ge=0)
 

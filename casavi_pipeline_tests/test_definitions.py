@@ -199,3 +199,26 @@ def test_a_failing_blocking_check_stops_the_sync_of_that_mandant(tmp_path):
     executed = {e.step_key for e in result.all_events if e.event_type_value == "STEP_SUCCESS"}
     assert "casavi_changeset" not in executed and "casavi_sync" not in executed
     assert bound["casavi"].client.requests == []
+
+
+def test_erasing_a_mandants_personal_data_keeps_what_the_sync_needs(tmp_path):
+    """`./run erase-personal-data M`: run values gone, bodies erased; the next run still sends nothing."""
+    from casavi_pipeline.erase import erase
+    from casavi_pipeline.sync.snapshot import Snapshot
+
+    bound = resources(tmp_path, SAMPLE_EXPORT_DIR)
+    bound["io_manager"] = dg.FilesystemIOManager(base_dir=str(tmp_path / "snapshots" / "values"))
+    assert run_mandant("0001", bound).success
+    values = tmp_path / "snapshots" / "values"
+    assert list(values.glob("*/0001"))
+    done = erase(tmp_path / "snapshots", "0001")
+    assert not list(values.glob("*/0001"))
+    assert len(done) == 3
+    with Snapshot(tmp_path / "snapshots" / "snapshot_0001.duckdb", "0001") as snapshot:
+        con = snapshot.connection
+        assert con.execute("SELECT count(*) FROM synced WHERE payload IS NOT NULL").fetchone()[0] == 0
+        assert con.execute("SELECT count(*) FROM remote WHERE payload IS NOT NULL").fetchone()[0] == 0
+        assert snapshot.synced_total() == 440
+    sent = len(bound["casavi"].client.requests)
+    assert run_mandant("0001", bound).success
+    assert len(bound["casavi"].client.requests) == sent  # ids and hashes are all the sync needs

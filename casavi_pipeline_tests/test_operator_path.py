@@ -431,3 +431,25 @@ def test_sigterm_stops_the_demo_cleanly_and_the_next_run_converges(env, sandbox,
     assert created == objects  # every object created exactly once
     report({"g: SIGTERM": len(output.splitlines()), "g: writes at signal / at exit": [at_signal, written]})
     assert_that(bug is None, bug or "")
+
+
+# --- h. progress of a long sync -----------------------------------------------------------------------
+def test_the_demo_prints_progress_of_a_long_sync(env, sandbox, monkeypatch, tmp_path):
+    """A 10 000-unit export (10 Mandanten): the demo says written / total, rate and time left as it goes."""
+    export_dir = tmp_path / "export10k"
+    subprocess.run(
+        [sys.executable, "-m", "casavi_sandbox.sample", "--out", str(export_dir), "--units", "10000",
+         "--mandanten", "10"],
+        check=True, capture_output=True, timeout=120,
+    )  # fmt: skip
+    mandant = sorted(p.name for p in export_dir.iterdir() if p.is_dir())[0]
+    monkeypatch.setenv("ERP_EXPORT_DIR", str(export_dir))
+    monkeypatch.setenv("CASAVI_MANDANTEN", mandant)
+    monkeypatch.setenv("CASAVI_PROGRESS_SECONDS", "1")
+    sandbox.configure(latency_ms=2)
+    run = demo("--mandant", mandant)
+    assert run.returncode == 0, (run.stdout + run.stderr)[-3000:]
+    progress = [line for line in run.stderr.splitlines() if line.startswith(f"Mandant {mandant}: ")]
+    assert progress, run.stderr[-3000:]
+    assert all(" writes (" in line and "/min, about " in line and " left" in line for line in progress)
+    report({"h: progress lines": len(progress)})

@@ -83,6 +83,7 @@ class SyncPolicy(dg.ConfigurableResource):
         default=True, description="read back the first write per kind (CASAVI_VERIFY_WRITES)"
     )
     read_max_age_minutes: float = Field(default=10.0, ge=0, description="CASAVI_READ_MAX_AGE_MINUTES")
+    progress_seconds: float = Field(default=30.0, gt=0, description="CASAVI_PROGRESS_SECONDS")
     full_read_every_days: float = Field(default=7.0, gt=0, description="CASAVI_FULL_READ_EVERY_DAYS")
 
     @property
@@ -177,6 +178,7 @@ def build_resources(settings: Settings) -> dict[str, object]:
             repair_drift=settings.repair_drift,
             verify_writes=settings.verify_writes,
             read_max_age_minutes=settings.read_max_age_minutes,
+            progress_seconds=settings.progress_seconds,
             full_read_every_days=settings.full_read_every_days,
         ),
         "casavi": HttpCasaviResource(

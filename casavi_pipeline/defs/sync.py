@@ -35,8 +35,6 @@ CASAVI_POOL = "casavi_api"
 INTERRUPTED = "sync stopped by an interrupt"
 REJECTIONS_LISTED = 50
 DRIFT_LISTED = 10
-#: How often a long sync reports its progress (run log and terminal).
-PROGRESS_SECONDS = 30.0
 
 
 def _duration(seconds: float | None) -> str:
@@ -371,15 +369,17 @@ def _sync_metadata(report: SyncReport, totals: dict[str, dict[str, int]], reques
 
 
 class _Progress:
-    """A line every PROGRESS_SECONDS: written / total, rate, ETA at the rate seen (or the configured one)."""
+    """A line every `every` seconds: written / total, rate, ETA at the rate seen (or the configured one)."""
 
-    def __init__(self, context: dg.AssetExecutionContext, total: int, casavi: CasaviResource) -> None:
-        self.context, self.total, self.casavi = context, total, casavi
+    def __init__(
+        self, context: dg.AssetExecutionContext, total: int, casavi: CasaviResource, every: float
+    ) -> None:
+        self.context, self.total, self.casavi, self.every = context, total, casavi, every
         self.started = self.last = time.monotonic()
 
     def __call__(self, report: SyncReport) -> None:
         now = time.monotonic()
-        if now - self.last < PROGRESS_SECONDS:
+        if now - self.last < self.every:
             return
         self.last = now
         done = report.total_sent
@@ -436,7 +436,7 @@ def casavi_sync(
             return
         if snapshot.synced_total() == 0 or sync_policy.allow_separator_change:
             snapshot.set_separator(sync_policy.id_separator)
-        progress = _Progress(context, summary.total_writes, casavi)
+        progress = _Progress(context, summary.total_writes, casavi, sync_policy.progress_seconds)
         with _casavi(casavi) as client:
             try:
                 report = apply_changeset(
