@@ -1,1 +1,0 @@
-"""casavi_pipeline: keeps an ERP's master data (Stammdaten) in sync with casavi, per Mandant."""
