@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -27,8 +28,16 @@ def test_a_deployment_installs_and_loads_without_the_harness(tmp_path):
     env = {**os.environ, "UV_PYTHON_DOWNLOADS": "never"}
     subprocess.run([uv, "venv", "-q", venv, "--python", sys.executable], check=True, env=env, timeout=120)
     python = venv / "bin" / "python"
-    # `pip install .`, no extras, not editable: what a Dockerfile or a server install does.
-    subprocess.run([uv, "pip", "install", "-q", "--python", python, REPO], check=True, env=env, timeout=600)
+    # `pip install .`, no extras, not editable: what a Dockerfile or a server install does. From a copy of
+    # what the package is built from, so the build leaves nothing in the repository.
+    source = tmp_path / "source"
+    source.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(REPO / name, source / name)
+    shutil.copytree(
+        REPO / "casavi_pipeline", source / "casavi_pipeline", ignore=shutil.ignore_patterns("__pycache__")
+    )
+    subprocess.run([uv, "pip", "install", "-q", "--python", python, source], check=True, env=env, timeout=600)
     installed = subprocess.run(
         [uv, "pip", "freeze", "--python", python], capture_output=True, text=True, check=True, env=env
     ).stdout.lower()
