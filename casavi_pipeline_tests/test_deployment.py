@@ -34,9 +34,9 @@ def test_a_deployment_installs_and_loads_without_the_harness(tmp_path):
     source.mkdir()
     for name in ("pyproject.toml", "README.md"):
         shutil.copy(REPO / name, source / name)
-    shutil.copytree(
-        REPO / "casavi_pipeline", source / "casavi_pipeline", ignore=shutil.ignore_patterns("__pycache__")
-    )
+    # (sandbox/ too: the uv workspace names it, though the package built here never includes it)
+    for folder in ("casavi_pipeline", "sandbox"):
+        shutil.copytree(REPO / folder, source / folder, ignore=shutil.ignore_patterns("__pycache__", "build"))
     subprocess.run([uv, "pip", "install", "-q", "--python", python, source], check=True, env=env, timeout=600)
     installed = subprocess.run(
         [uv, "pip", "freeze", "--python", python], capture_output=True, text=True, check=True, env=env
