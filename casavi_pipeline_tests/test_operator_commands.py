@@ -1,0 +1,78 @@
+"""The operator's small commands and guards: `./run` itself, the sample kept to loopback, run counts."""
+
+from __future__ import annotations
+
+import subprocess
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from casavi_pipeline.defs.sync import _run_totals
+from casavi_pipeline.sync.apply import Rejection, SyncReport
+from casavi_pipeline.sync.snapshot import Snapshot
+from casavi_sandbox.local import SAMPLE_EXPORT_DIR, LocalSetupError, refuse_sample_outside_loopback
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_run_help_lists_the_commands_and_an_unknown_one_exits_2():
+    shown = subprocess.run([REPO / "run", "help"], capture_output=True, text=True, timeout=60)
+    assert shown.returncode == 0
+    for command in (
+        "demo",
+        "test",
+        "dev",
+        "sandbox",
+        "bench",
+        "lint",
+        "dagster",
+        "dg",
+        "erase-personal-data",
+    ):
+        assert f"./run {command}" in shown.stdout
+    assert "set -euo" not in shown.stdout and "usage()" not in shown.stdout  # text, not script code
+    unknown = subprocess.run([REPO / "run", "foo"], capture_output=True, text=True, timeout=60)
+    assert unknown.returncode == 2
+    assert unknown.stderr.startswith("./run: unknown command 'foo'")
+
+
+@pytest.mark.parametrize(
+    ("url", "refused"),
+    [
+        ("https://api.mycasavi.com", True),
+        ("http://10.0.0.5:8765", True),
+        ("http://127.0.0.1:8765", False),
+        ("http://localhost:8765", False),
+        ("http://[::1]:8765", False),
+    ],
+)
+def test_the_bundled_sample_only_goes_to_a_casavi_on_this_machine(url, refused):
+    environ = {"CASAVI_BASE_URL": url, "ERP_EXPORT_DIR": str(SAMPLE_EXPORT_DIR)}
+    if refused:
+        with pytest.raises(LocalSetupError, match="refusing to sync the bundled sample export"):
+            refuse_sample_outside_loopback(environ)
+    else:
+        refuse_sample_outside_loopback(environ)
+    # A real export may go anywhere the user points it.
+    refuse_sample_outside_loopback({"CASAVI_BASE_URL": url, "ERP_EXPORT_DIR": "/srv/erp/export"})
+
+
+def test_a_runs_counts_add_up_over_its_attempts(tmp_path):
+    """A retried sync step reports what the whole run wrote, not only its last attempt."""
+    with Snapshot(tmp_path / "snapshot_0001.duckdb", "0001") as snapshot:
+        first = SyncReport("0001", sent=Counter({"unit/create": 60}), confirmed=Counter({"unit/create": 58}))
+        second = SyncReport(
+            "0001",
+            sent=Counter({"unit/create": 42, "contact/create": 5}),
+            confirmed=Counter({"unit/create": 42, "contact/create": 4}),
+            rejections=[Rejection("contact", "create", "0001-7", 400, "casavi refused a field value")],
+        )
+        _run_totals(snapshot, "run-a", first)
+        totals = _run_totals(snapshot, "run-a", second)
+        other = _run_totals(snapshot, "run-b", second)
+    assert totals["confirmed"] == {"unit/create": 100, "contact/create": 4}
+    assert totals["sent"] == {"unit/create": 102, "contact/create": 5}
+    assert totals["rejected"] == {"contact/create": 1}
+    assert totals["attempts"] == {"n": 2}
+    assert other["attempts"] == {"n": 1} and other["confirmed"]["unit/create"] == 42
