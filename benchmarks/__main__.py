@@ -5,6 +5,9 @@
     python -m benchmarks --workers 1                     # one process for all Mandanten (default: 1 per core)
     python -m benchmarks --scale 10000:2 --rate-limit 3000   # sync paced by a sandbox rate limit
     python -m benchmarks --scale 500000:20 --sync-stages sync_first,sync_unchanged   # skip the rest
+    python -m benchmarks adopt --units 100000            # adopt a filled account: map + read + diff (adopt.py)
+    python -m benchmarks adopt --units 40000 --mandanten 20   # 20 Mandanten share one listing
+    python -m benchmarks dagster --units 25000           # Dagster run ÷ bare work, unchanged Mandant
 
 Each stage is a separate process (`benchmarks.stages`); its peak RSS is read with os.wait4. The
 sandbox runs as a real process on 127.0.0.1. Not a test: it prints figures, it asserts nothing.
@@ -183,4 +186,15 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    if sys.argv[1:2] == ["adopt"]:  # ./run bench adopt --units 100000: the read-back of a filled account
+        from benchmarks import adopt
+
+        sys.argv = [f"{sys.argv[0]} adopt", *sys.argv[2:]]
+        adopt.main()
+    elif sys.argv[1:2] == ["dagster"]:  # ./run bench dagster --units 25000: Dagster run ÷ bare work
+        from benchmarks import dagster_run
+
+        sys.argv = [f"{sys.argv[0]} dagster", *sys.argv[2:]]
+        dagster_run.main()
+    else:
+        main()

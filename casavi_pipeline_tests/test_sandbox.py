@@ -177,6 +177,21 @@ def test_paging_follows_absolute_next_links_to_a_last_page_without_next(
     assert internal_ids == sorted(internal_ids) and len(internal_ids) == 7
 
 
+def test_next_links_carry_where_the_page_ended_so_a_deletion_skips_nothing(
+    sandbox: SandboxProcess, client: httpx.Client
+) -> None:
+    """Keyset paging: the next link continues after the last object listed, not at an offset."""
+    for n in range(1, 6):
+        put(client, ObjectKind.CONTACT, body(ObjectKind.CONTACT, id=f"0001-{n}", last_name="M"))
+    first = client.get(ObjectKind.CONTACT.collection_path, params={api.PAGE_SIZE_PARAM: 2}).json()
+    assert [obj["id"] for obj in first[api.LIST_KEY]] == ["0001-1", "0001-2"]
+    assert sandbox.delete_as_user(ObjectKind.CONTACT, "0001-1") is True  # an offset would now skip 0001-3
+    second = client.get(first[api.LINKS_KEY][api.NEXT_LINK_KEY]).json()
+    assert [obj["id"] for obj in second[api.LIST_KEY]] == ["0001-3", "0001-4"]
+    bad = client.get(ObjectKind.CONTACT.collection_path, params={"after": "x"})
+    assert bad.status_code == api.STATUS_INVALID and error_fields(bad) == ["after"]
+
+
 def test_page_size_defaults_to_100_and_is_capped_at_500(client: httpx.Client) -> None:
     for n in range(api.DEFAULT_PAGE_SIZE + 1):
         put(client, ObjectKind.CONTACT, body(ObjectKind.CONTACT, id=f"0001-{n}", last_name="M"))

@@ -35,7 +35,7 @@ from casavi_sandbox.model import (
     wire_name,
 )
 from casavi_sandbox.store import SandboxStore
-from casavi_sandbox.wire import Problem, json_object, paging, utc_timestamp
+from casavi_sandbox.wire import AFTER_PARAM, Problem, after_param, json_object, paging, utc_timestamp
 
 #: casavi's tokens last about a month when no token TTL knob is set.
 DEFAULT_TOKEN_TTL_SECONDS = 30 * 24 * 3600
@@ -121,12 +121,23 @@ class _Handlers:
     async def list_objects(self, request: Request) -> Response:
         kind = self._kind(request)
         page, size, modified_after = paging(request)
+        after_id = after_param(request)
         rows = self.store.page(
-            kind.collection, offset=(page - 1) * size, limit=size + 1, modified_after=modified_after
+            kind.collection,
+            offset=(page - 1) * size,
+            limit=size + 1,
+            modified_after=modified_after,
+            after_id=after_id,
         )
         links = {}
         if len(rows) > size:  # one row more than a page: there is a next page
-            links[api.NEXT_LINK_KEY] = str(request.url.include_query_params(**{api.PAGE_PARAM: page + 1}))
+            # The next link carries where this page ended (keyset paging, as opaque to the client as
+            # casavi's own next links): a page costs the same wherever it is in the listing.
+            links[api.NEXT_LINK_KEY] = str(
+                request.url.include_query_params(
+                    **{api.PAGE_PARAM: page + 1, AFTER_PARAM: rows[size - 1].internal_id}
+                )
+            )
         listed = self.reader.shape(kind, rows[:size])
         return JSONResponse({api.LIST_KEY: listed, api.LINKS_KEY: links})
 

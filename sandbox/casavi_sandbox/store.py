@@ -126,16 +126,30 @@ class SandboxStore:
             )
 
     def page(
-        self, collection: str, *, offset: int, limit: int, modified_after: str | None = None
+        self,
+        collection: str,
+        *,
+        offset: int,
+        limit: int,
+        modified_after: str | None = None,
+        after_id: int | None = None,
     ) -> list[StoredObject]:
-        """Objects in a stable order (internal id), optionally only those changed after a timestamp."""
+        """Objects in a stable order (internal id), optionally only those changed after a timestamp.
+
+        With `after_id` the page starts after that internal id (keyset: an index seek, so the 850th page
+        of a large account costs what the first does) and `offset` is ignored; without it, `offset` rows
+        are skipped (SQL OFFSET walks them all: quadratic over a whole listing)."""
         sql = "SELECT internal_id, payload, modified FROM objects WHERE collection = ?"
         params: list[Any] = [collection]
         if modified_after is not None:
             sql += " AND modified > ?"
             params.append(modified_after)
-        sql += " ORDER BY internal_id LIMIT ? OFFSET ?"
-        params += [limit, offset]
+        if after_id is not None:
+            sql += " AND internal_id > ? ORDER BY internal_id LIMIT ?"
+            params += [after_id, limit]
+        else:
+            sql += " ORDER BY internal_id LIMIT ? OFFSET ?"
+            params += [limit, offset]
         with self._lock:
             return [_stored(row) for row in self._db.execute(sql, params)]
 

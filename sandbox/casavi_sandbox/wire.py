@@ -72,6 +72,28 @@ def paging(request: Request) -> tuple[int, int, str | None]:
     return page, size, utc_timestamp(after.timestamp())
 
 
+#: The sandbox's own next-link parameter: the internal id the previous page ended with (keyset paging).
+AFTER_PARAM = "after"
+
+
+def after_param(request: Request) -> int | None:
+    """The `after` of a next link (400 naming it if invalid), or None on a first request."""
+    raw = request.query_params.get(AFTER_PARAM)
+    if raw is None:
+        return None
+    try:
+        value = int(raw)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise Problem(
+            api.STATUS_INVALID,
+            "invalid query parameter",
+            [api.FieldError(AFTER_PARAM, "must be an integer >= 0")],
+        )
+    return value
+
+
 def _int_param(raw: str | None, name: str, *, default: int, maximum: int | None) -> int:
     if raw is None:
         return default

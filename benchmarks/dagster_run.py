@@ -1,0 +1,136 @@
+"""Dagster run ÷ bare work for an unchanged Mandant: `python benchmarks/dagster_run.py --units 25000`.
+
+Runs with the interpreter of the tree it measures, so the same file measures an older commit too:
+
+    .venv/bin/python benchmarks/dagster_run.py --units 25000                     # this tree
+    /work/wt/bench-old/.venv/bin/python benchmarks/dagster_run.py --units 25000 \\
+        --tree /work/wt/bench-old --export benchmarks/out/dagster_25000/export     # commit 661dbb7
+
+1. one Mandant (0001) of `--units` units is generated (or `--export` reused), a sandbox started;
+   where the tree has `SandboxProcess.seed` (the read-back round) the sandbox is seeded with the export's
+   mapping, so the first run adopts the account (0 writes); an older tree's first run PUTs everything.
+2. `dagster asset materialize -m casavi_pipeline.definitions --select '*' --partition 0001` twice in a
+   fresh DAGSTER_HOME (the repo's dagster.yaml); the second run has nothing to write. With the read-back,
+   `CASAVI_READ_MAX_AGE_MINUTES=0` makes the second run read incrementally as a later night would,
+   instead of reusing the first run's listing.
+3. the bare work (`benchmarks.bare`: ingest, map + checks, changeset; with the read-back also the
+   incremental read) on a copy of the snapshot the runs keep.
+
+Wall times include interpreter start and imports on both sides; peak RSS from os.wait4 (the CLI process
+and the processes it waited for).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+MANDANT = "0001"
+
+
+def measured(command: list[str], env: dict[str, str], cwd: Path) -> tuple[str, float, float]:
+    started = time.perf_counter()
+    process = subprocess.Popen(
+        command, env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    out = process.stdout.read() if process.stdout else ""
+    _, status, usage = os.wait4(process.pid, 0)
+    wall = time.perf_counter() - started
+    if os.waitstatus_to_exitcode(status) != 0:
+        print(out[-4000:], file=sys.stderr)
+        raise SystemExit(f"{' '.join(command)} failed")
+    return out, wall, usage.ru_maxrss / 1024
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--units", type=int, default=25_000)
+    parser.add_argument("--tree", type=Path, default=Path(__file__).resolve().parent.parent)
+    parser.add_argument("--export", type=Path, help="reuse this export instead of generating one")
+    args = parser.parse_args()
+    tree = args.tree.resolve()
+    py = str(tree / ".venv" / "bin")
+    work = tree / "benchmarks" / "out" / f"dagster_{args.units}"
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    try:
+        from casavi_sandbox import SandboxProcess
+
+        new = True
+    except ImportError:  # before the harness moved to its own package
+        from casavi_pipeline.casavi.sandbox import SandboxProcess  # type: ignore[no-redef]
+
+        new = False
+    export = args.export.resolve() if args.export else work / "export"
+    env = {**os.environ, "PATH": f"{py}:{os.environ['PATH']}", "PYTHONPATH": str(tree)}
+    if not args.export:
+        generator = "casavi_sandbox.sample" if new else "casavi_pipeline.sample"
+        measured(
+            [sys.executable, "-m", generator, "--out", str(export), "--units", str(args.units),
+             "--mandanten", MANDANT],
+            env, tree,
+        )  # fmt: skip
+    home = work / "dagster_home"
+    home.mkdir()
+    shutil.copy(tree / "dagster.yaml", home / "dagster.yaml")
+    snapshots = work / "snapshots"
+    rows = []
+    with SandboxProcess(work / "sandbox.sqlite3", access_log=False) as sandbox:
+        if new:
+            from casavi_sandbox.accounts import mapped_bodies
+
+            sandbox.seed(mapped_bodies(export, MANDANT))
+        env |= {
+            "DAGSTER_HOME": str(home), "ERP_EXPORT_DIR": str(export), "CASAVI_MANDANTEN": MANDANT,
+            "CASAVI_BASE_URL": sandbox.base_url, "CASAVI_API_KEY": sandbox.api_key,
+            "CASAVI_API_SECRET": sandbox.api_secret, "CASAVI_SNAPSHOT_DB": str(snapshots),
+            "CASAVI_REQUESTS_PER_MINUTE": "0", "CASAVI_MAX_CONCURRENCY": "8",
+        }  # fmt: skip
+        # create the instance's storage once, outside the measured runs
+        measured(
+            [sys.executable, "-c", "import dagster; dagster.DagsterInstance.get().get_runs(limit=1)"],
+            env,
+            tree,
+        )
+        dagster = [f"{py}/dagster", "asset", "materialize", "-m", "casavi_pipeline.definitions", "--select", "*",
+                   "--partition", MANDANT]  # fmt: skip
+        for run in ("first", "unchanged"):
+            if run == "unchanged":
+                env["CASAVI_READ_MAX_AGE_MINUTES"] = "0"
+            out, wall, rss = measured(dagster, env, tree)
+            rows.append({"what": f"dagster run ({run})", "seconds": wall, "rss": rss})
+            (work / f"run_{run}.log").write_text(out)
+            print(rows[-1], file=sys.stderr)
+        bare = [
+            sys.executable,
+            "-m",
+            "benchmarks.bare",
+            str(export),
+            str(snapshots / f"snapshot_{MANDANT}.duckdb"),
+            MANDANT,
+        ]
+        if new:
+            bare += [sandbox.base_url, sandbox.api_key, sandbox.api_secret]
+        out, wall, rss = measured(bare, env, tree)
+        parts = json.loads([line for line in out.splitlines() if line.startswith("{")][-1])
+        rows.append({"what": "bare work", "seconds": wall, "rss": rss, **parts})
+        print(rows[-1], file=sys.stderr)
+    ratio = rows[1]["seconds"] / rows[2]["seconds"]
+    print(json.dumps({"tree": str(tree), "units": args.units, "rows": rows, "ratio": ratio}))
+    print("\n| what | wall s | peak RSS MiB |\n|---|---:|---:|")
+    for r in rows:
+        print(f"| {r['what']} | {r['seconds']:.1f} | {r['rss']:.0f} |")
+    print(f"| **Dagster (unchanged) ÷ bare** | **{ratio:.1f}×** | |")
+    print(f"bare parts: {json.dumps(rows[2])}")
+
+
+if __name__ == "__main__":
+    main()
