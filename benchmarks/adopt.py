@@ -45,11 +45,14 @@ def work(export: Path, work_dir: Path, url: str, key: str, secret: str, mandante
     from casavi_pipeline.erp.contract import ENTITIES
     from casavi_pipeline.erp.reader import read_entity
     from casavi_pipeline.mapping import map_mandant
+    from casavi_pipeline.settings import ALLOWED_SEPARATORS
     from casavi_pipeline.sync.changeset import compute_changeset
     from casavi_pipeline.sync.remote import RemoteCache
     from casavi_pipeline.sync.snapshot import Snapshot
 
     cache = RemoteCache(work_dir / "snapshots")
+    # the configured Mandanten with any separator: what the asset keeps of the account listing
+    prefixes = tuple(f"{m}{s}" for m in mandanten for s in ALLOWED_SEPARATORS)
     rows = []
     for mandant in mandanten:
         # one client per Mandant, as each nightly partition run has its own
@@ -62,9 +65,11 @@ def work(export: Path, work_dir: Path, url: str, key: str, secret: str, mandante
         with Snapshot(work_dir / "snapshots" / f"snapshot_{mandant}.duckdb", mandant) as snap:
             never_synced = snap.synced_total() == 0
             client.authenticate()  # as the asset does: every run proves the credentials
-            read = cache.refresh(client, full=never_synced, max_age=dt.timedelta(minutes=10))
+            read = cache.refresh(
+                client, prefixes=prefixes, full=never_synced, max_age=dt.timedelta(minutes=10)
+            )
             listed = time.perf_counter()
-            in_slice = snap.replace_remote(cache, f"{mandant}{SEPARATOR}")
+            in_slice = snap.replace_remote(cache)
             adopted = sum(snap.adopt_remote().values()) if never_synced and in_slice else 0
             writes = compute_changeset(snap, frames).total_writes
         done = time.perf_counter()

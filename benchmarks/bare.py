@@ -45,6 +45,7 @@ def main(argv: list[str]) -> None:
             import datetime as dt
 
             from casavi_pipeline.casavi.client import CasaviClient
+            from casavi_pipeline.settings import ALLOWED_SEPARATORS
             from casavi_pipeline.sync.remote import CACHE_FILE, RemoteCache
             from casavi_pipeline.sync.snapshot import Snapshot
 
@@ -53,9 +54,10 @@ def main(argv: list[str]) -> None:
             cache = RemoteCache(work / "snapshots")
             client = CasaviClient(argv[3], argv[4], argv[5], requests_per_minute=None)
             client.authenticate()
-            cache.refresh(client, max_age=dt.timedelta(0))
+            prefixes = tuple(f"{mandant}{s}" for s in ALLOWED_SEPARATORS)
+            cache.refresh(client, prefixes=prefixes, max_age=dt.timedelta(0))
             with Snapshot(work / "snapshots" / f"snapshot_{mandant}.duckdb", mandant) as snap:
-                snap.replace_remote(cache, f"{mandant}{stages.SEPARATOR}")
+                snap.replace_remote(cache)
             parts["read_s"] = time.perf_counter() - t
             parts["requests"] = client.stats.requests
             client.close()

@@ -71,3 +71,50 @@ def test_outage_mid_run_then_rerun_sends_only_what_was_not_confirmed(tmp_path):
     resent = [ref for _, _, ref in fake.requests[sent_before:]]
     assert len(resent) == 6 and len(set(resent)) == 6
     assert not set(resent) & {ref for _, _, ref in fake.requests[:sent_before]}
+
+
+def test_what_an_attempt_confirmed_before_casavi_failed_is_kept_in_its_report(tmp_path):
+    """The caller's report survives the outage: a retried step counts the whole run, not the last try."""
+    from casavi_pipeline.sync.apply import SyncReport
+
+    fake = FakeCasaviClient(fail_after_writes=5)
+    report = SyncReport(mandant="0001")
+    with Snapshot(tmp_path / "s.duckdb", "0001") as snap:
+        compute_changeset(snap, frames(10))
+        with pytest.raises(CasaviUnavailableError):
+            apply_changeset(snap, fake, report=report)
+    assert report.total_confirmed == 5 and report.confirmed["unit/create"] == 4
+
+
+def test_a_rejected_first_write_is_not_the_probe_the_next_one_is_read_back(tmp_path):
+    fake = FakeCasaviClient(reject_ids={"0001-1-01-000"})
+    reads = []
+    get_object = fake.get_object
+    fake.get_object = lambda kind, ref: reads.append(ref) or get_object(kind, ref)  # type: ignore[method-assign]
+    with Snapshot(tmp_path / "s.duckdb", "0001") as snap:
+        compute_changeset(snap, frames(3))
+        report = apply_changeset(snap, fake)
+    assert report.verified == ["properties", "units"]
+    assert reads == ["0001-1", "0001-1-01-001"]
+    assert [r.ref_id for r in report.rejections] == ["0001-1-01-000"]
+
+
+def test_a_casavi_storing_something_else_stops_that_kind_and_confirms_nothing_of_it(tmp_path):
+    fake = FakeCasaviClient()
+    get_object = fake.get_object
+
+    def drops_rooms(kind, ref):
+        body = dict(get_object(kind, ref))
+        body.pop("rooms", None)
+        return body
+
+    fake.get_object = drops_rooms  # type: ignore[method-assign]
+    with Snapshot(tmp_path / "s.duckdb", "0001") as snap:
+        compute_changeset(snap, frames(3))
+        report = apply_changeset(snap, fake)
+        assert snap.synced_counts() == {"property": 1}  # the probe unit is not claimed as synced
+        assert snap.pending_counts()[("unit", "create")] == 3
+    [mismatch] = report.mismatches
+    assert (mismatch.kind, mismatch.ref_id, mismatch.fields) == ("units", "0001-1-01-000", ("rooms",))
+    assert "rooms" in mismatch.reason and "casavi/api.py" in mismatch.reason
+    assert len(fake.objects[ObjectKind.UNIT]) == 1  # one unit write, then the kind stopped

@@ -11,6 +11,7 @@ import pytest
 
 from casavi_pipeline.casavi.api import ObjectKind
 from casavi_pipeline_tests.e2e import MANDANT, export, run_job, writes_by_route
+from casavi_pipeline_tests.erp_fixtures import Append, default_rows
 from casavi_pipeline_tests.harness import check_results, run_mandant
 from casavi_sandbox import SandboxProcess
 from casavi_sandbox.accounts import mapped_bodies
@@ -193,3 +194,42 @@ def test_fake_casavi_resource_adopts_too(tmp_path):
     result = run_mandant("0001", bound)
     assert result.success
     assert casavi.client.requests == []
+
+
+def test_our_own_deletes_are_no_drift_on_the_next_incremental_night(env, sandbox):
+    same_person = {**default_rows()["mieter"][0], "vertrag_nr": "100003"}
+    extra = {
+        "mietvertraege": Append(
+            [{"vertrag_nr": "100003", "we_nr": "001", "ve_nr": "0003", "beginn": "2021-03-01"}]
+        ),
+        "mieter": Append([same_person]),
+    }
+    export(env, extra)
+    assert run_job(env).success
+    export(env)  # contract 100003 leaves the ERP: the sync deletes it
+    deleted = run_job(env)
+    assert deleted.success and "0001-MV-100003" not in sandbox.state()["contracts"]
+    sandbox.reset(objects=False)
+    night = run_job(env)  # an incremental read: it cannot see the deletion, the sync told the listing
+    read = night.asset_materializations_for_node("casavi_remote")[0].metadata
+    assert not read["full_listing"].value
+    assert check_results(night)["casavi_drift"].passed
+    assert sandbox.write_count() == 0
+
+
+def test_a_separator_migration_with_drift_repair_replaces_the_ids_and_duplicates_nothing(env, sandbox):
+    export(env)
+    assert run_job(env).success
+    env["CASAVI_ID_SEPARATOR"] = "_"
+    env["CASAVI_ALLOW_SEPARATOR_CHANGE"] = "true"
+    env["CASAVI_DELETE_GUARD_MIN_COUNT"] = "100"
+    repair = {"ops": {"casavi_changeset": {"config": {"repair_drift": True}}}}
+    assert run_job(env, run_config=repair).success
+    held = sandbox.state()
+    assert all("_" in ref and "-" not in ref for objects in held.values() for ref in objects), held
+    assert {c: len(o) for c, o in held.items()} == {
+        "properties": 1,
+        "units": 3,
+        "contacts": 3,
+        "contracts": 3,
+    }

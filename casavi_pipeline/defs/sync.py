@@ -20,7 +20,7 @@ from pydantic import Field
 
 from casavi_pipeline.casavi.api import ObjectKind
 from casavi_pipeline.casavi.client import CasaviClient
-from casavi_pipeline.casavi.errors import CasaviAuthError, CasaviError, CasaviUnavailableError
+from casavi_pipeline.casavi.errors import CasaviAuthError, CasaviUnavailableError
 from casavi_pipeline.defs.partitions import mandant_partitions
 from casavi_pipeline.defs.resources import SETTINGS, CasaviResource, SnapshotStore, SyncPolicy
 from casavi_pipeline.runs.health import describe_pool, reap_dead_runs, tag_run_host
@@ -28,7 +28,7 @@ from casavi_pipeline.settings import ALLOWED_SEPARATORS
 from casavi_pipeline.sync.apply import SyncReport, apply_changeset
 from casavi_pipeline.sync.changeset import ChangesetSummary, compute_changeset, summarize
 from casavi_pipeline.sync.guards import GuardResult, GuardResults, evaluate_guards
-from casavi_pipeline.sync.snapshot import Snapshot, SnapshotCorruptError
+from casavi_pipeline.sync.snapshot import META_ADOPTED, Snapshot, SnapshotCorruptError
 
 CASAVI_POOL = "casavi_api"
 #: How a sync stopped by a person (Ctrl-C, SIGTERM, terminate) describes itself; the demo looks for it.
@@ -101,33 +101,35 @@ def casavi_remote(
     mandant = context.partition_key
     cache = snapshots.remote_cache()
     with _open_snapshot(context, snapshots) as snapshot, _casavi(casavi) as client:
-        never_synced = snapshot.synced_total() == 0
+        # A snapshot that never met casavi (new, lost, or unreadable and moved aside) adopts casavi's state.
+        first_contact = snapshot.get_meta(META_ADOPTED) is None and snapshot.synced_total() == 0
         pages_before = client.stats.pages
         client.authenticate()  # every run proves the credentials, also on a night with nothing to write
         read = cache.refresh(
             client,
+            prefixes=tuple(
+                f"{m}{s}" for m in mandant_partitions.get_partition_keys() for s in ALLOWED_SEPARATORS
+            ),
             # adopting needs a listing that also shows what casavi deleted
-            full=config.full or never_synced,
+            full=config.full or first_contact,
             max_age=dt.timedelta(minutes=sync_policy.read_max_age_minutes),
             full_every=dt.timedelta(days=sync_policy.full_read_every_days),
         )
-        separator = sync_policy.id_separator
-        if never_synced:
-            # An account filled with another separator shows under another prefix: adopt it under that
-            # one, so the separator guard stops the run (or migrates, when allowed) instead of creating
-            # every object a second time.
+        in_slice = snapshot.replace_remote(cache)
+        adopted: dict[str, int] = {}
+        if first_contact:
+            # An account filled with another separator is adopted under that one, so the separator guard
+            # stops the run (or migrates, when allowed) instead of creating every object a second time.
             counts = cache.prefix_counts({s: f"{mandant}{s}" for s in ALLOWED_SEPARATORS})
+            separator = sync_policy.id_separator
             if not counts.get(separator) and any(counts.values()):
                 separator = max(counts, key=lambda s: counts[s])
-        in_slice = snapshot.replace_remote(cache, f"{mandant}{separator}")
-        adopted: dict[str, int] = {}
-        if never_synced and in_slice:
-            adopted = snapshot.adopt_remote()
-            snapshot.set_separator(separator)
-            context.log.info(
-                f"Mandant {mandant}: casavi already holds {in_slice} objects with prefix "
-                f"'{mandant}{separator}'; adopted as synced, so only real differences are sent ({adopted})"
-            )
+            adopted = snapshot.adopt_remote(separator if in_slice else None)
+            if in_slice:
+                context.log.info(
+                    f"Mandant {mandant}: casavi already holds {in_slice} objects of this Mandant (ids "
+                    f"'{mandant}{separator}…'); adopted as synced, so only real differences are sent ({adopted})"
+                )
         metadata: dict[str, object] = {
             "full_listing": read.full,
             "reused_listing": read.reused,
@@ -139,6 +141,7 @@ def casavi_remote(
             **{f"mandant/{kind}": n for kind, n in sorted(snapshot.remote_counts().items())},
             **{f"listed/{kind}": n for kind, n in sorted(read.listed.items())},
             **{f"changed/{kind}": n for kind, n in sorted(read.changed.items())},
+            **{f"skipped/{kind}": n for kind, n in sorted(read.skipped.items()) if n},
         }
     context.log.info(
         f"Mandant {mandant}: read casavi ({'full' if read.full else 'reused' if read.reused else 'incremental'}"
@@ -437,26 +440,35 @@ def casavi_sync(
         if snapshot.synced_total() == 0 or sync_policy.allow_separator_change:
             snapshot.set_separator(sync_policy.id_separator)
         progress = _Progress(context, summary.total_writes, casavi, sync_policy.progress_seconds)
+        cache = snapshots.remote_cache()
+        if summary.total_writes:
+            # Marked before the first write (a kill gives no chance after it): a listing older than
+            # this misses our writes and must not be reused.
+            cache.mark_written()
+        report = SyncReport(mandant=mandant)
         with _casavi(casavi) as client:
             try:
-                report = apply_changeset(
-                    snapshot, client, verify=sync_policy.verify_writes, on_progress=progress, progress_every=1
+                apply_changeset(
+                    snapshot,
+                    client,
+                    report=report,
+                    verify=sync_policy.verify_writes,
+                    on_progress=progress,
+                    progress_every=1,
                 )
-            except CasaviError:
-                snapshots.remote_cache().mark_written()  # what was written must be read back next time
-                raise
             except (KeyboardInterrupt, dg.DagsterExecutionInterruptedError):
                 # Ctrl-C, SIGTERM, a terminate from the UI: a person stopped the run; the retry policy
                 # must not start the sync again. What casavi confirmed is in the snapshot.
-                snapshots.remote_cache().mark_written()
                 raise dg.Failure(
                     description=f"{INTERRUPTED}: what casavi confirmed is recorded; the next run sends the rest.",
                     metadata={"interrupted": True},
                     allow_retries=False,
                 ) from None
-            totals = _run_totals(snapshot, context.run.run_id, report)
-            if report.total_sent:
-                snapshots.remote_cache().mark_written()
+            finally:
+                # Whatever happened, this attempt's counts join the run's (a retried step reports the
+                # whole run), and what casavi confirmed deleted leaves the listing.
+                totals = _run_totals(snapshot, context.run.run_id, report)
+                cache.forget(report.deleted)
             metadata = _sync_metadata(report, totals, client.stats.requests)
     context.log.info(
         f"Mandant {mandant}: {metadata['confirmed']} writes confirmed in this run, "

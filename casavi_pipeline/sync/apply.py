@@ -65,6 +65,7 @@ class SyncReport:
     rejections: list[Rejection] = field(default_factory=list)
     mismatches: list[ModelMismatch] = field(default_factory=list)
     verified: list[str] = field(default_factory=list)  # kinds whose first write was read back and matched
+    deleted: list[tuple[ObjectKind, str]] = field(default_factory=list)  # deletes casavi confirmed
     seconds: float = 0.0
 
     @property
@@ -109,6 +110,7 @@ def apply_changeset(
     snapshot: Snapshot,
     client: WriteClient,
     *,
+    report: SyncReport | None = None,
     verify: bool = True,
     on_progress: Callable[[SyncReport], None] | None = None,
     progress_every: int = 1_000,
@@ -118,8 +120,9 @@ def apply_changeset(
     With `verify`, the first upsert of each kind is sent alone and read back (`GET`, ≤ 4 extra requests):
     if casavi stored something else, the model of casavi in `casavi/api.py` is wrong for this account,
     and that kind's writes (and those of kinds referencing it) stop before thousands go wrong.
+    Pass `report` to keep what was sent and confirmed when casavi fails half-way (the error propagates).
     """
-    report = SyncReport(mandant=snapshot.mandant)
+    report = report if report is not None else SyncReport(mandant=snapshot.mandant)
     started = time.monotonic()
     stopped: set[ObjectKind] = set()
     plan = [(kind, "upsert") for kind in api.UPSERT_ORDER] + [(kind, "delete") for kind in api.DELETE_ORDER]
@@ -132,6 +135,8 @@ def apply_changeset(
         if result.ok:
             snapshot.confirm(kind, op.action, op.ref_id, content_hash)
             report.confirmed[label] += 1
+            if op.action == "delete":
+                report.deleted.append((kind, op.ref_id))
         else:
             report.rejections.append(
                 Rejection(kind.value, change, op.ref_id, result.status, str(result.error or ""))
@@ -146,16 +151,16 @@ def apply_changeset(
             in_flight: dict[str, tuple[str, str | None]] = {}
             operations = _operations(snapshot, kind, action, in_flight)
             if verify and action == "upsert":
-                probe = next(operations, None)
-                if probe is None:
-                    continue
-                for result in client.execute(iter([probe])):
+                # Probe: one write at a time until casavi confirms one, then read that one back.
+                while (probe := next(operations, None)) is not None:
+                    (result,) = list(client.execute(iter([probe])))
                     mismatch = _verify(client, kind, probe) if result.ok else ()
                     if not mismatch:
                         record(kind, result, in_flight)
                         if result.ok:
                             report.verified.append(kind.collection)
-                        continue
+                            break
+                        continue  # rejected: the next one is the probe
                     # Not confirmed: the snapshot must not claim casavi holds what was sent.
                     change, _ = in_flight.pop(probe.ref_id)
                     report.sent[f"{kind.value}/{change}"] += 1
@@ -166,6 +171,7 @@ def apply_changeset(
                             tuple(k.collection for k in api.UPSERT_ORDER if k in stopped),
                         )
                     )  # fmt: skip
+                    break
                 if kind in stopped:
                     continue
             for result in client.execute(operations):

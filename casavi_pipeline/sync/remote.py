@@ -31,14 +31,15 @@ import pandas as pd
 from casavi_pipeline.casavi import api
 from casavi_pipeline.casavi.api import ObjectKind
 from casavi_pipeline.sync.changeset import hashed_payloads_sql
+from casavi_pipeline.sync.snapshot import quarantine
 
 CACHE_FILE = "casavi_remote.duckdb"
 #: Rows normalised in Python before they go to DuckDB in one batch: bounds memory on huge accounts.
 BATCH_ROWS = 50_000
-#: A later incremental read starts this much before the high-water mark, so an object changed in the same
-#: second as the last one listed (or while that listing ran) is not missed. Re-reading a few unchanged
-#: objects is harmless: they are counted as listed, not as changed.
-OVERLAP = dt.timedelta(seconds=1)
+#: A later incremental read starts this much before the earlier of the newest stamp seen and the start of
+#: the last listing: it covers clock skew between casavi and us and objects changed while that listing ran.
+#: Re-reading a few unchanged objects is harmless: they are counted as listed, not as changed.
+OVERLAP = dt.timedelta(minutes=1)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS objects (
@@ -55,6 +56,8 @@ CREATE TABLE IF NOT EXISTS meta (key VARCHAR PRIMARY KEY, value VARCHAR);
 _META_READ_AT = "read_at"
 _META_FULL_AT = "full_at"
 _META_WRITTEN_AT = "written_at"
+_META_SCOPE = "prefixes"  # the id prefixes the listing kept; another set needs a full listing
+_META_SINCE = "since/"  # + kind: where the next incremental read of that kind starts
 
 
 class ListingClient(Protocol):
@@ -71,6 +74,7 @@ class ReadReport:
     reused: bool  # the cache was fresh enough: nothing was listed
     listed: dict[str, int] = field(default_factory=dict)  # kind → objects casavi returned
     changed: dict[str, int] = field(default_factory=dict)  # kind → of those, new or different from the cache
+    skipped: dict[str, int] = field(default_factory=dict)  # kind → ours, but not readable by our model
     removed: dict[str, int] = field(default_factory=dict)  # kind → gone from a full listing
     account_objects: int = 0
     seconds: float = 0.0
@@ -99,10 +103,28 @@ class RemoteCache:
             fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, also if the process dies
             yield
 
+    @contextlib.contextmanager
+    def _open(self, *, read_only: bool = False) -> Iterator[duckdb.DuckDBPyConnection]:
+        """The cache (under the lock); an unreadable file is moved aside and a new one starts empty."""
+        try:
+            con = duckdb.connect(str(self.path), read_only=read_only)
+            con.execute("SELECT count(*) FROM meta").fetchall() if read_only else con.execute(_SCHEMA)
+        except duckdb.Error as exc:
+            if "lock" in str(exc).lower() or not self.path.exists():
+                raise
+            quarantine(self.path)  # never deleted: kept for diagnosis; the next listing is a full one
+            con = duckdb.connect(str(self.path))
+            con.execute(_SCHEMA)
+        try:
+            yield con
+        finally:
+            con.close()
+
     def refresh(
         self,
         client: ListingClient,
         *,
+        prefixes: tuple[str, ...],
         full: bool = False,
         max_age: dt.timedelta = dt.timedelta(minutes=10),
         full_every: dt.timedelta = dt.timedelta(days=7),
@@ -110,15 +132,16 @@ class RemoteCache:
     ) -> ReadReport:
         """Bring the cache up to date with casavi: reuse, patch incrementally, or list everything.
 
-        `full` asks for a listing that also sees deletions (a full one within `max_age` is reused).
-        Otherwise a listing within `max_age` is reused, unless the sync wrote to casavi since
-        (`mark_written`: our own writes must be read back), and a full listing runs when the last one
-        is older than `full_every`.
+        Only objects whose reference id starts with one of `prefixes` (the configured Mandanten with any
+        separator) are kept: the others are not ours and are never normalised or stored. `full` asks for
+        a listing that also sees deletions (a full one within `max_age` is reused). Otherwise a listing
+        within `max_age` is reused, unless the sync wrote to casavi since (`mark_written`), and a full
+        listing runs when the last one is older than `full_every` or the prefixes changed.
         """
         started = time.monotonic()
         now = now or dt.datetime.now(dt.UTC)
-        with self._locked(), contextlib.closing(duckdb.connect(str(self.path))) as con:
-            con.execute(_SCHEMA)
+        scope = ",".join(sorted(prefixes))
+        with self._locked(), self._open() as con:
             meta = dict(con.execute("SELECT key, value FROM meta").fetchall())
             read_at, full_at = _utc(meta.get(_META_READ_AT)), _utc(meta.get(_META_FULL_AT))
             written_at = _utc(meta.get(_META_WRITTEN_AT))
@@ -130,21 +153,22 @@ class RemoteCache:
                     and (written_at is None or stamp >= written_at)
                 )
 
-            need_full = full_at is None or now - full_at >= full_every or (full and not fresh(full_at))
+            need_full = (
+                full_at is None
+                or now - full_at >= full_every
+                or meta.get(_META_SCOPE) != scope
+                or (full and not fresh(full_at))
+            )
             if not need_full and fresh(read_at):
                 total = con.execute("SELECT count(*) FROM objects").fetchone()[0]  # type: ignore[index]
                 return ReadReport(full=False, reused=True, account_objects=total)
             report = ReadReport(full=need_full, reused=False)
             for kind in api.UPSERT_ORDER:
-                since = None
-                if not need_full:
-                    mark = con.execute(
-                        "SELECT max(modified) FROM objects WHERE kind = ?", [kind.value]
-                    ).fetchone()[0]  # type: ignore[index]
-                    since = (_utc(mark) - OVERLAP) if mark else None
-                report.listed[kind.value], report.changed[kind.value] = self._list_kind(
-                    con, client, kind, since
-                )
+                since = None if need_full else _utc(meta.get(_META_SINCE + kind.value))
+                listing_started = dt.datetime.now(dt.UTC)
+                listed, changed, skipped, newest = self._list_kind(con, client, kind, since, prefixes)
+                report.listed[kind.value], report.changed[kind.value] = listed, changed
+                report.skipped[kind.value] = skipped
                 if need_full:
                     report.removed[kind.value] = con.execute(
                         "SELECT count(*) FROM objects o WHERE kind = ? AND NOT EXISTS "
@@ -156,10 +180,21 @@ class RemoteCache:
                         "(SELECT 1 FROM listed l WHERE l.ref_id = o.ref_id)",
                         [kind.value],
                     )
+                # The next incremental read of this kind starts here — recorded only now that the kind
+                # was listed completely (a listing that failed half-way starts again where it started).
+                # Not after the newest stamp seen: an object changed on an earlier page while this listing
+                # ran has an older stamp than one on a later page, and must not be skipped for good.
+                mark = min(filter(None, [newest, listing_started])) - OVERLAP
+                if since is not None:
+                    mark = max(mark, since)
+                con.execute(
+                    "INSERT OR REPLACE INTO meta VALUES (?, ?)", [_META_SINCE + kind.value, mark.isoformat()]
+                )
             stamp = now.isoformat()
             con.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", [_META_READ_AT, stamp])
             if need_full:
                 con.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", [_META_FULL_AT, stamp])
+                con.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", [_META_SCOPE, scope])
             con.execute("CHECKPOINT")
             report.account_objects = con.execute("SELECT count(*) FROM objects").fetchone()[0]  # type: ignore[index]
         report.seconds = time.monotonic() - started
@@ -171,27 +206,40 @@ class RemoteCache:
         client: ListingClient,
         kind: ObjectKind,
         since: dt.datetime | None,
-    ) -> tuple[int, int]:
-        """List one kind (page by page), normalise, hash and upsert it; remember the ids seen.
+        prefixes: tuple[str, ...],
+    ) -> tuple[int, int, int, dt.datetime | None]:
+        """List one kind (page by page), normalise, hash and upsert what is ours; remember the ids seen.
 
-        Returns (objects listed, of those new or changed)."""
+        Returns (objects listed, of those new or changed, skipped as not matching our model, newest
+        `modified` seen). A read our model cannot hold (a hand-made object with a number field that is
+        text, say) is skipped and counted instead of stopping the read: it then counts as missing.
+        """
         con.execute("CREATE OR REPLACE TEMP TABLE listed (ref_id VARCHAR)")
         batch: list[dict[str, Any]] = []
-        total = changed = 0
+        total = changed = skipped = 0
+        newest: dt.datetime | None = None
         for obj in client.list_objects(kind, page_size=api.MAX_PAGE_SIZE, modified_after=since):
+            total += 1
+            stamp = (
+                _utc(obj.get(api.MODIFIED_FIELD)) if isinstance(obj.get(api.MODIFIED_FIELD), str) else None
+            )
+            if stamp is not None and (newest is None or stamp > newest):
+                newest = stamp
             reference = obj.get(api.ID_FIELD)
-            if not isinstance(reference, str) or not reference:
-                continue  # made by hand without a reference id: never ours to touch
+            if not isinstance(reference, str) or not reference.startswith(prefixes):
+                continue  # not a configured Mandant's (or made by hand without a reference id): not ours
             record = api.record_from_read(kind, obj)
+            if api.validate_payload(kind, api.to_payload(kind, record)):
+                skipped += 1
+                continue
             record["_internal_id"] = obj.get(api.INTERNAL_ID_FIELD)
             record["_modified"] = obj.get(api.MODIFIED_FIELD)
             batch.append(record)
             if len(batch) >= BATCH_ROWS:
                 changed += self._store(con, kind, batch)
-                total += len(batch)
                 batch = []
         changed += self._store(con, kind, batch)
-        return total + len(batch), changed
+        return total, changed, skipped, newest
 
     @staticmethod
     def _store(con: duckdb.DuckDBPyConnection, kind: ObjectKind, records: list[dict[str, Any]]) -> int:
@@ -222,17 +270,26 @@ class RemoteCache:
         return changed
 
     def mark_written(self, at: dt.datetime | None = None) -> None:
-        """The sync wrote to casavi: no listing before `at` may be reused (it misses those writes)."""
+        """The sync writes to casavi: no listing before `at` may be reused (it misses those writes)."""
         stamp = (at or dt.datetime.now(dt.UTC)).isoformat()
-        with self._locked(), contextlib.closing(duckdb.connect(str(self.path))) as con:
-            con.execute(_SCHEMA)
+        with self._locked(), self._open() as con:
             con.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", [_META_WRITTEN_AT, stamp])
+
+    def forget(self, deleted: list[tuple[ObjectKind, str]]) -> None:
+        """Objects casavi confirmed deleted: an incremental read never shows a deletion, so drop them here,
+        or they would look like ours-but-unknown drift until the next full listing."""
+        if not deleted or not self.path.exists():
+            return
+        with self._locked(), self._open() as con:
+            con.executemany(
+                "DELETE FROM objects WHERE kind = ? AND ref_id = ?", [(k.value, ref) for k, ref in deleted]
+            )
 
     def erase_payloads(self, prefix: str) -> int:
         """Drop the stored bodies of the objects whose id has `prefix` (a Mandant's personal data)."""
         if not self.path.exists():
             return 0
-        with self._locked(), contextlib.closing(duckdb.connect(str(self.path))) as con:
+        with self._locked(), self._open() as con:
             erased = con.execute(
                 "SELECT count(*) FROM objects WHERE starts_with(ref_id, ?) AND payload IS NOT NULL", [prefix]
             ).fetchone()[0]  # type: ignore[index]
@@ -240,19 +297,23 @@ class RemoteCache:
             con.execute("CHECKPOINT")
         return erased
 
-    def copy_slice(self, target: duckdb.DuckDBPyConnection, table: str, prefix: str) -> int:
-        """Replace `table` of the target connection with this account's objects whose id has `prefix`."""
+    def copy_slice(
+        self, target: duckdb.DuckDBPyConnection, table: str, mandant: str, separators: tuple[str, ...]
+    ) -> int:
+        """Replace `table` of the target connection with the Mandant's objects: ids `mandant` + any of
+        `separators` + …, so a slice also holds what was written under an earlier separator."""
         with self._locked():
             if not self.path.exists():
                 target.execute(f"DELETE FROM {table}")
                 return 0
-            target.execute(f"ATTACH '{self.path}' AS account_cache (READ_ONLY)")
+            target.execute("ATTACH ? AS account_cache (READ_ONLY)", [str(self.path)])
             try:
                 target.execute(f"DELETE FROM {table}")
                 target.execute(
                     f"INSERT INTO {table} SELECT kind, ref_id, content_hash, payload, modified "
-                    "FROM account_cache.objects WHERE starts_with(ref_id, ?)",
-                    [prefix],
+                    "FROM account_cache.objects WHERE starts_with(ref_id, ?) "
+                    "AND substr(ref_id, length(?) + 1, 1) IN ?",
+                    [mandant, mandant, list(separators)],
                 )
             finally:
                 target.execute("DETACH account_cache")
@@ -262,7 +323,7 @@ class RemoteCache:
         """How many objects start with each prefix (separator → prefix), e.g. to detect the separator."""
         if not self.path.exists():
             return dict.fromkeys(prefixes, 0)
-        with self._locked(), contextlib.closing(duckdb.connect(str(self.path), read_only=True)) as con:
+        with self._locked(), self._open(read_only=True) as con:
             return {
                 name: con.execute(
                     "SELECT count(*) FROM objects WHERE starts_with(ref_id, ?)", [prefix]

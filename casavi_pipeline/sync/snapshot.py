@@ -41,6 +41,7 @@ import duckdb
 import pandas as pd
 
 from casavi_pipeline.casavi.api import ObjectKind
+from casavi_pipeline.settings import ALLOWED_SEPARATORS
 
 if TYPE_CHECKING:
     from casavi_pipeline.sync.remote import RemoteCache
@@ -75,6 +76,8 @@ CREATE TABLE IF NOT EXISTS remote (
 """
 
 META_SEPARATOR = "id_separator"
+#: When casavi's state was first taken as synced (a snapshot without it has never met casavi).
+META_ADOPTED = "adopted_at"
 META_MANDANT = "mandant"
 
 
@@ -307,19 +310,21 @@ class Snapshot:
         return self.get_meta(META_SEPARATOR)
 
     # --- casavi read back (see sync/remote.py) ---------------------------------------------------------
-    def replace_remote(self, cache: RemoteCache, prefix: str) -> int:
-        """Take this Mandant's slice of the account listing (ids with `prefix`) into table `remote`."""
-        return cache.copy_slice(self._con, "remote", prefix)
+    def replace_remote(self, cache: RemoteCache) -> int:
+        """Take this Mandant's slice of the account listing (its number + any separator) into `remote`."""
+        return cache.copy_slice(self._con, "remote", self.mandant, ALLOWED_SEPARATORS)
 
     def remote_counts(self) -> dict[str, int]:
         rows = self._con.execute("SELECT kind, count(*) FROM remote GROUP BY kind").fetchall()
         return {kind: count for kind, count in rows}
 
-    def adopt_remote(self) -> dict[str, int]:
+    def adopt_remote(self, separator: str | None = None) -> dict[str, int]:
         """Record what casavi holds as synced: `synced` becomes the remote slice.
 
         Used when the snapshot knows nothing yet (a filled account, a lost snapshot) and to repair drift:
-        the next changeset then holds exactly the differences between casavi and the ERP.
+        the next changeset then holds exactly the differences between casavi and the ERP. `separator`,
+        when given, is the one the adopted ids were built with: set in the same transaction, so a crash
+        never leaves adopted objects without it (the separator guard would pass blind).
         """
         now = dt.datetime.now(dt.UTC)
         con = self._con
@@ -330,6 +335,9 @@ class Snapshot:
                 "INSERT INTO synced SELECT kind, ref_id, content_hash, payload, ?::TIMESTAMPTZ FROM remote",
                 [now],
             )
+            if separator is not None:
+                self.set_separator(separator)
+            self.set_meta(META_ADOPTED, now.isoformat())
             con.execute("COMMIT")
         except Exception:
             con.execute("ROLLBACK")

@@ -1,0 +1,79 @@
+"""The account-wide listing cache, with a scripted casavi: scope, skipped reads, high-water marks."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from casavi_pipeline.casavi.api import ObjectKind
+from casavi_pipeline.sync.remote import RemoteCache
+
+PREFIXES = ("0001-",)
+T0 = dt.datetime(2026, 11, 26, 2, 0, tzinfo=dt.UTC)
+
+
+def unit(ref: str, modified: dt.datetime, **changes) -> dict:
+    body = {"id": ref, "propertyId": "0001-1", "addressId": "0001-1-01", "name": "Wohnung", "number": "1",
+            "usage": "PRIVATE", "area": 50.0, "rooms": 2.0, "internalId": 7,
+            "modified": modified.isoformat().replace("+00:00", "Z")}  # fmt: skip
+    return {**body, **changes}
+
+
+class Casavi:
+    """Lists what `objects` holds per kind; remembers the `modifiedAfter` of every listing."""
+
+    def __init__(self, units: list[dict]) -> None:
+        self.units = units
+        self.asked: list[dt.datetime | None] = []
+
+    def list_objects(self, kind, *, page_size=500, modified_after=None):
+        if kind is not ObjectKind.UNIT:
+            return iter(())
+        self.asked.append(modified_after)
+        return iter(
+            u for u in self.units if modified_after is None or u["modified"] > modified_after.isoformat()
+        )
+
+
+def test_only_configured_mandanten_are_kept_and_unreadable_reads_are_skipped_not_fatal(tmp_path):
+    casavi = Casavi([
+        unit("0001-1-01-1", T0),
+        unit("0001-1-01-2", T0, area="ca. 50"),  # made by hand: our model cannot hold it
+        unit("0002-1-01-1", T0),  # another Mandant's, not configured here
+        {"name": "ohne Referenz-ID", "internalId": 9},
+    ])  # fmt: skip
+    report = RemoteCache(tmp_path).refresh(casavi, prefixes=PREFIXES, now=T0)
+    assert report.full and report.listed["unit"] == 4
+    assert report.skipped["unit"] == 1 and report.changed["unit"] == 1
+    assert report.account_objects == 1
+
+
+def test_the_next_incremental_read_starts_before_the_last_listing_began(tmp_path):
+    """An object changed on an early page while a listing ran has an older stamp than later pages:
+    the next read must start before the listing began, not after the newest stamp seen."""
+    cache = RemoteCache(tmp_path)
+    casavi = Casavi([unit("0001-1-01-1", T0 + dt.timedelta(hours=5))])  # a stamp in the future of the read
+    cache.refresh(casavi, prefixes=PREFIXES, now=T0)
+    cache.mark_written(T0 + dt.timedelta(hours=6))  # forces the next read to list again
+    cache.refresh(casavi, prefixes=PREFIXES, now=T0 + dt.timedelta(hours=7))
+    since = casavi.asked[-1]
+    assert since is not None and since < dt.datetime.now(dt.UTC)  # not after the newest stamp (T0 + 5 h)
+
+
+def test_another_set_of_mandanten_needs_a_full_listing(tmp_path):
+    cache = RemoteCache(tmp_path)
+    casavi = Casavi([unit("0001-1-01-1", T0)])
+    cache.refresh(casavi, prefixes=PREFIXES, now=T0)
+    again = cache.refresh(casavi, prefixes=PREFIXES, now=T0 + dt.timedelta(minutes=1))
+    assert again.reused
+    wider = cache.refresh(casavi, prefixes=(*PREFIXES, "0420-"), now=T0 + dt.timedelta(minutes=2))
+    assert wider.full and not wider.reused
+
+
+def test_an_unreadable_cache_is_moved_aside_and_listed_again(tmp_path):
+    cache = RemoteCache(tmp_path)
+    casavi = Casavi([unit("0001-1-01-1", T0)])
+    cache.refresh(casavi, prefixes=PREFIXES, now=T0)
+    cache.path.write_bytes(cache.path.read_bytes()[:5000])
+    report = cache.refresh(casavi, prefixes=PREFIXES, now=T0 + dt.timedelta(minutes=1))
+    assert report.full and report.account_objects == 1
+    assert list(tmp_path.glob("casavi_remote.duckdb.corrupt-*"))
