@@ -78,7 +78,6 @@ class SyncPolicy(dg.ConfigurableResource):
     allow_separator_change: bool = Field(default=False, description="CASAVI_ALLOW_SEPARATOR_CHANGE")
     email_drop_warn_share: float = Field(default=0.25, ge=0, le=1, description="CASAVI_EMAIL_DROP_WARN_SHARE")
     delivery_settle_seconds: float = Field(default=60.0, ge=0, description="CASAVI_DELIVERY_SETTLE_SECONDS")
-    repair_drift: bool = Field(default=False, description="default of repair_drift (CASAVI_REPAIR_DRIFT)")
     verify_writes: bool = Field(
         default=True, description="read back the first write per kind (CASAVI_VERIFY_WRITES)"
     )
@@ -175,7 +174,6 @@ def build_resources(settings: Settings) -> dict[str, object]:
             allow_separator_change=settings.allow_separator_change,
             email_drop_warn_share=settings.email_drop_warn_share,
             delivery_settle_seconds=settings.delivery_settle_seconds,
-            repair_drift=settings.repair_drift,
             verify_writes=settings.verify_writes,
             read_max_age_minutes=settings.read_max_age_minutes,
             progress_seconds=settings.progress_seconds,

@@ -215,6 +215,8 @@ def _changeset_metadata(summary: ChangesetSummary, casavi: CasaviResource) -> di
     }
 
 
+# Run-config defaults (`repair_drift`, `dry_run`) are settings read when the code location loads, like
+# the partitions: the launchpad then shows the default that applies, and a run may override it.
 class ChangesetConfig(dg.Config):
     repair_drift: bool = Field(
         default=SETTINGS.repair_drift,
