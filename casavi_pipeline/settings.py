@@ -4,7 +4,9 @@ Settings flow one way: environment → `Settings` (validated here, when the code
 Dagster resources (`casavi_pipeline.defs.resources`) → assets. Nothing else reads the environment.
 They are read when the code location loads because the Mandanten define the partitions: change
 `CASAVI_MANDANTEN`, reload the code location, and the partitions follow. A `.env` file in the working
-directory is honoured the way `dagster dev` honours it (real environment variables win).
+directory is read too: here a real environment variable wins over `.env` (pydantic-settings), but
+`dagster dev` and Dagster's other CLI commands load that `.env` *over* the environment before the code
+location (and its runs) start, so under Dagster the value in `.env` is the one this class sees.
 
 There are no defaults for *what* to sync and *where to*: a deployment that forgot `ERP_EXPORT_DIR`
 must fail at load time, not sync the bundled fake sample into a real casavi. The sample and the local
