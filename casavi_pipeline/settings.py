@@ -30,7 +30,8 @@ DEFAULT_SNAPSHOT_DIR = Path("data") / "snapshots"
 
 ALLOWED_SEPARATORS = ("-", "_", ".", "/", "|")
 ALLOWED_ENCODINGS = ("utf-8", "cp1252")
-_MANDANT_RE = re.compile(r"^[0-9A-Za-z]{1,16}$")
+#: A Mandant number: 1-16 letters or digits (it names files and folders: never a path or a glob). Use fullmatch.
+MANDANT_PATTERN = re.compile(r"[0-9A-Za-z]{1,16}")
 
 
 class SettingsError(ValueError):
@@ -120,7 +121,7 @@ class Settings(BaseSettings):
         numbers = [part.strip() for part in value.split(",") if part.strip()]
         if not numbers:
             raise ValueError("CASAVI_MANDANTEN is empty; list the Mandanten numbers to sync, e.g. 0001,0420")
-        bad = [n for n in numbers if not _MANDANT_RE.match(n)]
+        bad = [n for n in numbers if not MANDANT_PATTERN.fullmatch(n)]
         if bad:
             raise ValueError(
                 f"CASAVI_MANDANTEN holds invalid Mandant numbers {bad}; "
