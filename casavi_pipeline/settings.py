@@ -4,7 +4,9 @@ Settings flow one way: environment → `Settings` (validated here, when the code
 Dagster resources (`casavi_pipeline.defs.resources`) → assets. Nothing else reads the environment.
 They are read when the code location loads because the Mandanten define the partitions: change
 `CASAVI_MANDANTEN`, reload the code location, and the partitions follow. A `.env` file in the working
-directory is honoured the way `dagster dev` honours it (real environment variables win).
+directory is read too: here a real environment variable wins over `.env` (pydantic-settings), but
+`dagster dev` and Dagster's other CLI commands load that `.env` *over* the environment before the code
+location (and its runs) start, so under Dagster the value in `.env` is the one this class sees.
 
 There are no defaults for *what* to sync and *where to*: a deployment that forgot `ERP_EXPORT_DIR`
 must fail at load time, not sync the bundled fake sample into a real casavi. The sample and the local
@@ -28,7 +30,8 @@ DEFAULT_SNAPSHOT_DIR = Path("data") / "snapshots"
 
 ALLOWED_SEPARATORS = ("-", "_", ".", "/", "|")
 ALLOWED_ENCODINGS = ("utf-8", "cp1252")
-_MANDANT_RE = re.compile(r"^[0-9A-Za-z]{1,16}$")
+#: A Mandant number: 1-16 letters or digits (it names files and folders: never a path or a glob). Use fullmatch.
+MANDANT_PATTERN = re.compile(r"[0-9A-Za-z]{1,16}")
 
 
 class SettingsError(ValueError):
@@ -118,7 +121,7 @@ class Settings(BaseSettings):
         numbers = [part.strip() for part in value.split(",") if part.strip()]
         if not numbers:
             raise ValueError("CASAVI_MANDANTEN is empty; list the Mandanten numbers to sync, e.g. 0001,0420")
-        bad = [n for n in numbers if not _MANDANT_RE.match(n)]
+        bad = [n for n in numbers if not MANDANT_PATTERN.fullmatch(n)]
         if bad:
             raise ValueError(
                 f"CASAVI_MANDANTEN holds invalid Mandant numbers {bad}; "

@@ -239,6 +239,10 @@ LEAKY_BODY = {
         {"field": "lastName", "message": f"{NAME} is too long", "code": f"{NAME} is wrong"},
         {"field": f"Max {NAME} <{EMAIL}>", "message": "?"},  # a proxy's prose in the field slot
         {"field": "addresses[0].street", "code": "TOO_LONG"},
+        {"field": "lastName", "code": "Schulze"},  # a surname echoed into the code slot
+        {"field": "telephone", "code": "03511234567"},  # a phone number
+        {"field": "mobile", "code": "+49 351 1234567"},
+        {"field": "firstName", "code": "max"},
     ],
 }
 
@@ -264,13 +268,14 @@ def test_a_rejection_keeps_field_names_and_codes_but_none_of_casavis_text():
     assert isinstance(error, CasaviRejectedError)
     assert (error.status, error.call, error.ref_id) == (400, "PUT /v2/contacts/{id}", "0001-7")
     assert error.message == "casavi refused a field value"
-    assert error.fields == ("email", "lastName", "addresses[0].street")
+    assert error.fields == ("email", "lastName", "addresses[0].street", "telephone", "mobile", "firstName")
     assert error.codes == ("VALIDATION_FAILED", "INVALID_EMAIL", "TOO_LONG")
     everything = _everything_in(error)
     assert EMAIL not in everything and NAME not in everything and "Max" not in everything
+    assert "Schulze" not in everything and "03511234567" not in everything and "1234567" not in everything
     assert "the-secret" not in everything and "the-key" not in everything
     assert error.__cause__ is None and error.__context__ is None
-    assert "fields: email, lastName, addresses[0].street" in str(error)
+    assert "fields: email, lastName, addresses[0].street, telephone, mobile, firstName" in str(error)
 
 
 def test_a_non_json_error_body_goes_nowhere():

@@ -209,11 +209,27 @@ def test_erasing_a_mandants_personal_data_keeps_what_the_sync_needs(tmp_path):
     bound = resources(tmp_path, SAMPLE_EXPORT_DIR)
     bound["io_manager"] = dg.FilesystemIOManager(base_dir=str(tmp_path / "snapshots" / "values"))
     assert run_mandant("0001", bound).success
+    assert run_mandant("0001", bound).success  # its read at the start fills the casavi listing
     values = tmp_path / "snapshots" / "values"
     assert list(values.glob("*/0001"))
+    snapshot_file = tmp_path / "snapshots" / "snapshot_0001.duckdb"
+    cache_file = tmp_path / "snapshots" / "casavi_remote.duckdb"
+    # A tenant of the sample export (mieter.csv, Mandant 0001), synced to casavi.
+    person = (b"Schaaf", b"darko.schaaf@gmail.com")
+    for path in (snapshot_file, cache_file):
+        assert all(value in path.read_bytes() for value in person), path
+    moved_aside = [tmp_path / "snapshots" / "snapshot_0001.duckdb.corrupt-20250101T000000000000Z"]
+    moved_aside.append(moved_aside[0].with_name(moved_aside[0].name + ".wal"))
+    for path in moved_aside:
+        path.write_bytes(snapshot_file.read_bytes())
     done = erase(tmp_path / "snapshots", "0001")
     assert not list(values.glob("*/0001"))
-    assert len(done) == 3
+    assert len(done) == 4
+    assert not any(path.exists() for path in moved_aside)
+    assert all(str(path) in done[2] for path in moved_aside) and done[2].startswith("moved-aside")
+    for path in (snapshot_file, cache_file):
+        assert not any(value in path.read_bytes() for value in person), path
+        assert not path.with_name(path.name + ".wal").exists()
     with Snapshot(tmp_path / "snapshots" / "snapshot_0001.duckdb", "0001") as snapshot:
         con = snapshot.connection
         assert con.execute("SELECT count(*) FROM synced WHERE payload IS NOT NULL").fetchone()[0] == 0
@@ -222,3 +238,15 @@ def test_erasing_a_mandants_personal_data_keeps_what_the_sync_needs(tmp_path):
     sent = len(bound["casavi"].client.requests)
     assert run_mandant("0001", bound).success
     assert len(bound["casavi"].client.requests) == sent  # ids and hashes are all the sync needs
+
+
+@pytest.mark.parametrize("mandant", ["*", "..", "../..", "0001/..", "", "0001\n"])
+def test_erase_refuses_anything_but_a_mandant_number_before_touching_a_file(tmp_path, mandant):
+    from casavi_pipeline.erase import EraseError, erase
+
+    kept = tmp_path / "snapshots" / "values" / "casavi_sync" / "0001"
+    kept.parent.mkdir(parents=True)
+    kept.write_bytes(b"x")
+    with pytest.raises(EraseError, match="is not a Mandant number") as info:
+        erase(tmp_path / "snapshots", mandant)
+    assert "\n" not in str(info.value).replace("\\n", "") and kept.exists()

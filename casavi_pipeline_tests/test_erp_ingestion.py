@@ -209,12 +209,39 @@ def test_a_link_inside_the_export_folder_is_followed(tmp_path):
 
 
 def test_missing_column_message_lists_only_part_of_a_huge_header(tmp_path):
-    header = ["we_nr", *(f"extra_{i}_{'x' * 200}" for i in range(100_000))]
+    header = ["we_nr", *(f"extra_{i}_{'x' * 20}" for i in range(50_000)), *("y" * 200 for _ in range(50_000))]
     _write_raw(tmp_path, "wirtschaftseinheiten", ";".join(header) + "\n")
     message = error_of(tmp_path, "wirtschaftseinheiten")
     assert "bezeichnung" in message and "wirtschaftseinheiten.csv" in message
     assert "and 99981 more column(s)" in message and "extra_18_" in message and "extra_19_" not in message
     assert len(message) < 3_000
+
+
+def test_a_person_file_without_header_line_never_echoes_the_person(tmp_path):
+    person = ["0000001", "000001", "", "", "Darko", "Schaaf", "", "darko.schaaf@gmail.com", "0351 56145106",
+              "", "Geislerweg", "29", "36729", "Sebnitz", "DE"]  # fmt: skip
+    _write_raw(
+        tmp_path, "mieter", ";".join(person) + "\n" + ";".join(person).replace("000001", "000002") + "\n"
+    )
+    message = error_of(tmp_path, "mieter")
+    assert "mieter.csv" in message
+    assert (
+        "required column vertrag_nr is missing" in message
+        and "required column person_nr is missing" in message
+    )
+    assert "<cell 5: 5 chars>" in message and "<cell 8: 22 chars>" in message
+    for value in (
+        "0000001",
+        "000001",
+        "Darko",
+        "Schaaf",
+        "darko.schaaf",
+        "0351",
+        "Geislerweg",
+        "36729",
+        "Sebnitz",
+    ):
+        assert value not in message
 
 
 def test_a_huge_field_is_reported_as_too_long_not_as_an_open_quote(tmp_path):

@@ -11,7 +11,13 @@ import pytest
 from casavi_pipeline.defs.sync import _run_totals
 from casavi_pipeline.sync.apply import Rejection, SyncReport
 from casavi_pipeline.sync.snapshot import Snapshot
-from casavi_sandbox.local import SAMPLE_EXPORT_DIR, LocalSetupError, refuse_sample_outside_loopback
+from casavi_sandbox.local import (
+    SAMPLE_EXPORT_DIR,
+    LocalSetupError,
+    local_environment,
+    refuse_dotenv_over_sandbox,
+    refuse_sample_outside_loopback,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -56,6 +62,42 @@ def test_the_bundled_sample_only_goes_to_a_casavi_on_this_machine(url, refused):
         refuse_sample_outside_loopback(environ)
     # A real export may go anywhere the user points it.
     refuse_sample_outside_loopback({"CASAVI_BASE_URL": url, "ERP_EXPORT_DIR": "/srv/erp/export"})
+
+
+@pytest.mark.parametrize("name", ["CASAVI_BASE_URL", "CASAVI_API_KEY", "ERP_EXPORT_DIR", "CASAVI_MANDANTEN"])
+def test_a_dotenv_that_would_override_the_local_sandbox_is_refused_before_a_sandbox_starts(
+    tmp_path, monkeypatch, name
+):
+    monkeypatch.delenv("CASAVI_BASE_URL", raising=False)
+    (tmp_path / ".env").write_text(f"DAGSTER_PORT=3001\n{name}=https://api.mycasavi.com\n", encoding="utf-8")
+    with (
+        pytest.raises(
+            LocalSetupError, match=rf"\.env sets {name}, which would override the local sandbox"
+        ) as info,
+        local_environment(tmp_path / "data", port=1, env_dirs=[tmp_path]),
+    ):
+        pytest.fail("the sandbox setup must not start")
+    assert "\n" not in str(info.value) and "remove them from .env" in str(info.value)
+
+
+def test_a_dotenv_without_the_local_settings_or_none_at_all_is_fine(tmp_path):
+    refuse_dotenv_over_sandbox([tmp_path])
+    (tmp_path / ".env").write_text("DAGSTER_PORT=3001\nCASAVI_MAX_CONCURRENCY=2\n", encoding="utf-8")
+    refuse_dotenv_over_sandbox([tmp_path])
+
+
+def test_with_own_settings_a_dotenv_pointing_dagster_dev_at_production_is_refused_for_the_sample(
+    tmp_path, monkeypatch
+):
+    monkeypatch.setenv("CASAVI_BASE_URL", "http://127.0.0.1:9999")
+    monkeypatch.delenv("ERP_EXPORT_DIR", raising=False)
+    (tmp_path / ".env").write_text("CASAVI_BASE_URL=https://api.mycasavi.com\n", encoding="utf-8")
+    refused = pytest.raises(LocalSetupError, match="refusing to sync the bundled sample export")
+    with refused, local_environment(tmp_path / "data", env_dirs=[tmp_path]):
+        pytest.fail("must not be used")
+    (tmp_path / ".env").unlink()
+    with local_environment(tmp_path / "data", env_dirs=[tmp_path]) as environ:
+        assert environ["CASAVI_BASE_URL"] == "http://127.0.0.1:9999"
 
 
 def test_a_runs_counts_add_up_over_its_attempts(tmp_path):

@@ -132,8 +132,10 @@ def _retry_after_seconds(response: httpx.Response) -> float | None:
 
 
 _NOT_JSON = object()
-#: What a machine error code looks like; anything else in a `code` slot may be prose and is dropped.
-_CODE_RE = re.compile(r"^[A-Za-z0-9_.-]{1,40}$")
+#: What a machine error code looks like (`INVALID_EMAIL`, `E.1024`): upper-case letters, digits and
+#: `_.-`, at least one letter, 2-40 characters. Anything else in a `code` slot is dropped: an echoing
+#: server may put prose, a surname ("Schulze") or a phone number ("03511234567") there.
+_CODE_RE = re.compile(r"(?=[^A-Z]*[A-Z])[A-Z0-9_.-]{2,40}")
 
 
 def _json_or_not(response: httpx.Response) -> Any:
@@ -162,7 +164,7 @@ def _error_from(
     codes: list[str] = []
 
     def add_code(value: Any) -> None:
-        if isinstance(value, str) and _CODE_RE.match(value) and value not in codes:
+        if isinstance(value, str) and _CODE_RE.fullmatch(value) and value not in codes:
             codes.append(value)
 
     body = _json_or_not(response)

@@ -35,6 +35,8 @@ _MAX_LISTED_FOLDERS = 20
 #: How much of a broken header a message echoes: a header of 100 000 columns must not become a 1 MB message.
 _MAX_LISTED_COLUMNS = 20
 _MAX_SHOWN_CHARS = 40
+#: A header cell a message may echo: shaped like a contract column name (never a name, email or phone).
+_COLUMN_NAME = re.compile(r"[a-z_][a-z0-9_]{0,39}")
 #: ERP numbers (`*_nr`, the keys and references) become casavi reference ids, snapshot keys and parts
 #: of log lines; a C0 control character or DEL in one is an export error, never a value to pass on.
 _IDENTIFIER_SUFFIX = "_nr"
@@ -270,18 +272,23 @@ def _text_frame(entity: Entity, header: list[str], data: list[list[str]], path: 
 
 
 def _header_excerpt(header: list[str]) -> str:
-    """The header as a message may echo it: the first columns, each shortened and on one line."""
-    shown = ";".join(_shown(name) for name in header[:_MAX_LISTED_COLUMNS])
+    """The header as a message may echo it: the first columns, each on one line, only names echoed.
+
+    A file whose first line is data (the header row lost) would otherwise put a person's name, email
+    and phone number into the message; a cell that does not look like a column name is described, not
+    shown.
+    """
+    shown = ";".join(_shown(index, name) for index, name in enumerate(header[:_MAX_LISTED_COLUMNS], start=1))
     if len(header) > _MAX_LISTED_COLUMNS:
         shown += f";... and {len(header) - _MAX_LISTED_COLUMNS} more column(s)"
     return shown
 
 
-def _shown(text: str) -> str:
-    """A header cell for a message: control characters escaped, at most `_MAX_SHOWN_CHARS` characters."""
-    if len(text) > _MAX_SHOWN_CHARS:
-        text = f"{text[:_MAX_SHOWN_CHARS]}... ({len(text)} characters)"
-    return repr(text) if _CONTROL_CHARACTER.search(text) else text
+def _shown(index: int, text: str) -> str:
+    """A header cell for a message: itself if it looks like a column name, otherwise its position and length."""
+    if _COLUMN_NAME.fullmatch(text):
+        return text
+    return f"<cell {index}: {len(text)} chars>"
 
 
 def _clean(values: Sequence[str]) -> np.ndarray:

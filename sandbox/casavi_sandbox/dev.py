@@ -13,10 +13,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from casavi_sandbox.local import SANDBOX_PORT, LocalSetupError, local_environment
+from casavi_sandbox.local import PROJECT_ROOT, SANDBOX_PORT, LocalSetupError, local_environment
 from casavi_sandbox.process import PortTakenError
-
-PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
 
 def main(argv: list[str] | None = None) -> int:
