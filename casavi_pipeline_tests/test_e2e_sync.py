@@ -15,7 +15,7 @@ import dagster as dg
 import pytest
 
 from casavi_pipeline.defs.failures import FAILURE_REASON_TAG
-from casavi_pipeline_tests.e2e import MANDANT, expected_state, export, run_job, writes_by_route
+from casavi_pipeline_tests.e2e import MANDANT, big_export, expected_state, export, run_job, writes_by_route
 from casavi_pipeline_tests.erp_fixtures import Append, default_rows
 from casavi_sandbox import SandboxProcess
 
@@ -169,25 +169,8 @@ def test_truncated_export_trips_the_mass_deletion_guard_and_sends_nothing(env, s
     assert sandbox.state() == before
 
 
-def _big_export(env, contracts: int) -> None:
-    """The defaults plus `contracts` more units, each rented to its own tenant with an email."""
-    units, leases, tenants = [], [], []
-    for i in range(contracts):
-        ve = f"{1000 + i:04d}"
-        units.append(
-            {"we_nr": "001", "ve_nr": ve, "geb_nr": "01", "nutzungsart": "WOHNUNG", "lage": f"{i}. OG"}
-        )
-        leases.append({"vertrag_nr": f"3{i:05d}", "we_nr": "001", "ve_nr": ve, "beginn": "2022-01-01"})
-        tenants.append({"vertrag_nr": f"3{i:05d}", "person_nr": f"9{i:05d}", "nachname": "Schulze",
-                        "email": f"mieter{i}@example.org"})  # fmt: skip
-    export(
-        env,
-        {"verwaltungseinheiten": Append(units), "mietvertraege": Append(leases), "mieter": Append(tenants)},
-    )
-
-
 def test_killed_sync_resumes_without_duplicate_creates(env, sandbox, tmp_path):
-    _big_export(env, contracts=150)  # about 460 writes
+    big_export(env, contracts=150)  # about 460 writes
     sandbox.configure(latency_ms=15)
     # The demo entry point with CASAVI_BASE_URL set: the main job in one process, against our sandbox.
     cli = subprocess.Popen(

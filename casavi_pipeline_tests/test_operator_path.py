@@ -28,8 +28,8 @@ from dagster._serdes import serialize_value
 
 from casavi_pipeline.erp.contract import ENTITIES
 from casavi_pipeline.sync.remote import CACHE_FILE
-from casavi_pipeline_tests.e2e import MANDANT, expected_state, export, run_job
-from casavi_pipeline_tests.erp_fixtures import Append, default_rows, write_export
+from casavi_pipeline_tests.e2e import MANDANT, big_export, expected_state, export, run_job
+from casavi_pipeline_tests.erp_fixtures import default_rows, write_export
 from casavi_sandbox import SandboxProcess
 from casavi_sandbox.process import free_port
 
@@ -123,24 +123,6 @@ def write_quoted_csv(path: Path, rows: list[dict[str, object]], entity_name: str
         writer.writerow(header)
         for row in rows:
             writer.writerow(["" if row.get(name) is None else str(row[name]) for name in header])
-
-
-def big_export(env, contracts: int) -> None:
-    """The defaults plus `contracts` more units, each rented to its own tenant with an email
-    (as `test_e2e_sync._big_export`)."""
-    units, leases, tenants = [], [], []
-    for i in range(contracts):
-        ve = f"{1000 + i:04d}"
-        units.append(
-            {"we_nr": "001", "ve_nr": ve, "geb_nr": "01", "nutzungsart": "WOHNUNG", "lage": f"{i}. OG"}
-        )
-        leases.append({"vertrag_nr": f"3{i:05d}", "we_nr": "001", "ve_nr": ve, "beginn": "2022-01-01"})
-        tenants.append({"vertrag_nr": f"3{i:05d}", "person_nr": f"9{i:05d}", "nachname": "Schulze",
-                        "email": f"mieter{i}@example.org"})  # fmt: skip
-    export(
-        env,
-        {"verwaltungseinheiten": Append(units), "mietvertraege": Append(leases), "mieter": Append(tenants)},
-    )
 
 
 def assert_sandbox_holds(sandbox: SandboxProcess, result: dg.ExecuteInProcessResult) -> None:
