@@ -428,7 +428,7 @@ def test_the_demo_prints_progress_of_a_long_sync(env, sandbox, monkeypatch, tmp_
     monkeypatch.setenv("ERP_EXPORT_DIR", str(export_dir))
     monkeypatch.setenv("CASAVI_MANDANTEN", mandant)
     monkeypatch.setenv("CASAVI_PROGRESS_SECONDS", "1")
-    sandbox.configure(latency_ms=2)
+    sandbox.configure(latency_ms=5)  # ~4 200 writes at 4 in flight: several seconds, several progress lines
     run = demo("--mandant", mandant)
     assert run.returncode == 0, (run.stdout + run.stderr)[-3000:]
     progress = [line for line in run.stderr.splitlines() if line.startswith(f"Mandant {mandant}: ")]
