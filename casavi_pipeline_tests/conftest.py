@@ -8,8 +8,11 @@ Subprocess tests (the CLI, the demo, `dagster dev`) pass their own environment.
 
 from __future__ import annotations
 
+import http.server
 import os
+import threading
 from collections.abc import Iterator
+from typing import ClassVar
 
 import pytest
 
@@ -44,3 +47,42 @@ def sandbox(sandbox_server: SandboxProcess) -> SandboxProcess:
 
 
 from casavi_pipeline_tests.e2e import env  # noqa: E402,F401  (the end-to-end tests' settings fixture)
+
+
+class _Impostor(http.server.BaseHTTPRequestHandler):
+    """Another program on a port: answers 200 to everything and remembers what it was sent."""
+
+    received: ClassVar[list[tuple[str, str, bytes]]] = []
+
+    def _any(self) -> None:
+        length = int(self.headers.get("content-length") or 0)
+        body = self.rfile.read(length) if length else b""
+        # Headers too: credentials could travel in either.
+        self.received.append((self.command, self.path, bytes(str(self.headers), "latin-1") + body))
+        answer = b'{"status": "ok", "token": "t"}'
+        self.send_response(200)
+        self.send_header("content-type", "application/json")
+        self.send_header("content-length", str(len(answer)))
+        self.end_headers()
+        self.wfile.write(answer)
+
+    do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = _any
+
+    def log_message(self, *_args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def impostor() -> Iterator[tuple[int, list[tuple[str, str, bytes]]]]:
+    """A program squatting a free port on 127.0.0.1: (port, the requests it received)."""
+    received: list[tuple[str, str, bytes]] = []
+    handler = type("Handler", (_Impostor,), {"received": received})
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield server.server_address[1], received
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=10)

@@ -93,3 +93,17 @@ def big_export(env, contracts: int) -> None:
         env,
         {"verwaltungseinheiten": Append(units), "mietvertraege": Append(leases), "mieter": Append(tenants)},
     )
+
+
+def assert_sandbox_holds(sandbox: SandboxProcess, result: dg.ExecuteInProcessResult) -> None:
+    """casavi holds exactly what the run mapped."""
+    held = sandbox.state()
+    for collection, objects in expected_state(result).items():
+        assert held.get(collection, {}) == objects, collection
+
+
+def assert_created_once(sandbox: SandboxProcess) -> None:
+    """Every object casavi holds was created exactly once (201s since the last reset = objects)."""
+    routes = sandbox.requests()["routes"]
+    created = sum(by_status.get("201", 0) for by_status in routes.values())
+    assert created == sum(len(objects) for objects in sandbox.state().values())

@@ -10,17 +10,15 @@ from __future__ import annotations
 
 import contextlib
 import csv
-import http.server
 import json
 import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 import dagster as dg
 import pytest
@@ -28,10 +26,15 @@ from dagster._serdes import serialize_value
 
 from casavi_pipeline.erp.contract import ENTITIES
 from casavi_pipeline.sync.remote import CACHE_FILE
-from casavi_pipeline_tests.e2e import MANDANT, big_export, expected_state, export, run_job
+from casavi_pipeline_tests.e2e import (
+    MANDANT,
+    assert_created_once,
+    assert_sandbox_holds,
+    big_export,
+    export,
+    run_job,
+)
 from casavi_pipeline_tests.erp_fixtures import default_rows, write_export
-from casavi_sandbox import SandboxProcess
-from casavi_sandbox.process import free_port
 
 pytestmark = pytest.mark.e2e
 
@@ -42,10 +45,6 @@ REJECTED_ID = f"{MANDANT}-00042"
 
 
 # --- helpers ----------------------------------------------------------------------------------------
-def assert_that(holds: bool, what: str) -> None:
-    assert holds, what
-
-
 def tracebacks(output: str) -> int:
     return output.count(TRACEBACK) + output.count(STACK_TRACE)
 
@@ -123,12 +122,6 @@ def write_quoted_csv(path: Path, rows: list[dict[str, object]], entity_name: str
         writer.writerow(header)
         for row in rows:
             writer.writerow(["" if row.get(name) is None else str(row[name]) for name in header])
-
-
-def assert_sandbox_holds(sandbox: SandboxProcess, result: dg.ExecuteInProcessResult) -> None:
-    held = sandbox.state()
-    for collection, objects in expected_state(result).items():
-        assert held.get(collection, {}) == objects, collection
 
 
 def failure_descriptions(result: dg.ExecuteInProcessResult) -> list[str]:
@@ -224,7 +217,7 @@ def test_a_wrong_secret_is_one_login_and_one_line(env, sandbox, monkeypatch):
     assert f"Mandant {MANDANT} did not sync" in told[-1]  # the demo's own line is among them
     report({"b: wrong secret": lines(run), "b: lines naming URL and variables": len(told),
             "b: stack traces": tracebacks(output)})  # fmt: skip
-    assert_that(len(told) == 1 and tracebacks(output) == 0, f"{len(told)} lines, {tracebacks(output)} traces")
+    assert len(told) == 1 and tracebacks(output) == 0, f"{len(told)} lines, {tracebacks(output)} traces"
 
 
 # --- c. mass-deletion guard ---------------------------------------------------------------------------
@@ -249,7 +242,7 @@ def test_a_truncated_export_stops_the_demo_with_one_line_and_no_writes(env, sand
     assert told and told[-1].startswith(f"Mandant {MANDANT} did not sync"), run.stderr
     report({"c: mass-deletion guard": lines(run), "c: lines with the reason": len(told),
             "c: stack traces": tracebacks(output)})  # fmt: skip
-    assert_that(len(told) == 1 and tracebacks(output) == 0, f"{len(told)} lines, {tracebacks(output)} traces")
+    assert len(told) == 1 and tracebacks(output) == 0, f"{len(told)} lines, {tracebacks(output)} traces"
 
 
 # --- d. missing Mandant folder ------------------------------------------------------------------------
@@ -265,57 +258,24 @@ def test_a_missing_mandant_folder_is_said_once(env, sandbox):
     assert sandbox.write_count() == 0
     report({"d: missing Mandant folder": lines(run), "d: times the message is printed": output.count(message),
             "d: stack traces": tracebacks(output)})  # fmt: skip
-    assert_that(
-        output.count(message) == 1 and tracebacks(output) == 0,
-        f"{output.count(message)} times, {tracebacks(output)} traces",
+    assert output.count(message) == 1 and tracebacks(output) == 0, (
+        f"{output.count(message)} times, {tracebacks(output)} traces"
     )
 
 
 # --- e. port taken ------------------------------------------------------------------------------------
-class _Squatter(http.server.BaseHTTPRequestHandler):
-    """Another program on the demo's port: answers 200 to everything and remembers what it was sent."""
-
-    received: ClassVar[list[tuple[str, str, bytes]]] = []
-
-    def _any(self) -> None:
-        length = int(self.headers.get("content-length") or 0)
-        body = self.rfile.read(length) if length else b""
-        self.received.append((self.command, self.path, bytes(str(self.headers), "latin-1") + body))
-        answer = b'{"status": "ok", "token": "t"}'
-        self.send_response(200)
-        self.send_header("content-type", "application/json")
-        self.send_header("content-length", str(len(answer)))
-        self.end_headers()
-        self.wfile.write(answer)
-
-    do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = _any
-
-    def log_message(self, *_args: Any) -> None:
-        pass
-
-
-def test_a_taken_port_is_refused_in_one_line_and_no_credentials_are_sent(env, tmp_path):
+def test_a_taken_port_is_refused_in_one_line_and_no_credentials_are_sent(env, tmp_path, impostor):
     export(env)
-    _Squatter.received = []
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", free_port()), _Squatter)
-    port = server.server_address[1]
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        environ = {k: v for k, v in os.environ.items() if k != "CASAVI_BASE_URL"}
-        key, secret = "operator-key-must-stay-home", "operator-secret-must-stay-home"
-        environ.update({"CASAVI_API_KEY": key, "CASAVI_API_SECRET": secret})
-        run = demo("--port", str(port), "--data-dir", str(tmp_path / "data"), env=environ)
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=10)
+    port, sent = impostor
+    environ = {k: v for k, v in os.environ.items() if k != "CASAVI_BASE_URL"}
+    key, secret = "operator-key-must-stay-home", "operator-secret-must-stay-home"
+    environ.update({"CASAVI_API_KEY": key, "CASAVI_API_SECRET": secret})
+    run = demo("--port", str(port), "--data-dir", str(tmp_path / "data"), env=environ)
     output = run.stdout + run.stderr
     assert run.returncode == 2, output[-3000:]
     told = [line for line in output.splitlines() if str(port) in line]
     assert len(told) == 1 and "taken" in told[0], output
     assert tracebacks(output) == 0, output
-    sent = _Squatter.received
     assert not [r for r in sent if r[1].startswith("/v2/authenticate")], sent
     assert not [r for r in sent if key.encode() in r[2] or secret.encode() in r[2]], sent
     report({"e: port taken": lines(run), "e: requests the squatter got": len(sent)})
@@ -370,7 +330,6 @@ def test_sigterm_stops_the_demo_cleanly_and_the_next_run_converges(env, sandbox,
             stdin=subprocess.DEVNULL,
             start_new_session=True,
         )
-    bug = None
     try:
         deadline = time.monotonic() + 120
         while sandbox.write_count() < 50 and time.monotonic() < deadline and cli.poll() is None:
@@ -383,11 +342,9 @@ def test_sigterm_stops_the_demo_cleanly_and_the_next_run_converges(env, sandbox,
         with dg.DagsterInstance.get() as instance:
             while cli.poll() is None and time.monotonic() < deadline:
                 retried = step_retries(instance)
-                if retried:
-                    bug = f"the interrupt became a retry of {retried}; the demo would go on syncing"
-                    break
+                assert not retried, f"the interrupt became a retry of {retried}; the demo would go on syncing"
                 time.sleep(0.2)
-        assert bug or cli.poll() is not None, "the demo did not end within 60 s of SIGTERM"
+        assert cli.poll() is not None, "the demo did not end within 60 s of SIGTERM"
     finally:
         if cli.poll() is None:
             os.killpg(cli.pid, signal.SIGKILL)
@@ -396,23 +353,18 @@ def test_sigterm_stops_the_demo_cleanly_and_the_next_run_converges(env, sandbox,
     output = out + err
     written = sandbox.write_count()
     assert written < 460, "the signal should land in the middle of the sync"
-    if bug is None:
-        assert cli.returncode == 130, output[-3000:]
-        assert "stopped" in err.lower() and "confirmed is recorded" in err, err
-        assert tracebacks(output) == 0, output
-        assert "Mandant 0002: syncing" not in out, out
+    assert cli.returncode == 130, output[-3000:]
+    assert "stopped" in err.lower() and "confirmed is recorded" in err, err
+    assert tracebacks(output) == 0, output
+    assert "Mandant 0002: syncing" not in out, out
     assert not any(ref.startswith("0002") for objects in sandbox.state().values() for ref in objects)
 
     sandbox.configure(latency_ms=0)
     result = run_job(env)
     assert result.success
     assert_sandbox_holds(sandbox, result)
-    routes = sandbox.requests()["routes"]
-    created = sum(by_status.get("201", 0) for by_status in routes.values())
-    objects = sum(len(o) for o in sandbox.state().values())
-    assert created == objects  # every object created exactly once
+    assert_created_once(sandbox)
     report({"g: SIGTERM": len(output.splitlines()), "g: writes at signal / at exit": [at_signal, written]})
-    assert_that(bug is None, bug or "")
 
 
 # --- h. progress of a long sync -----------------------------------------------------------------------

@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import datetime as dt
-import http.server
 import json
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 import httpx
 import pytest
@@ -740,41 +738,6 @@ def test_knobs_given_at_start_reach_the_process(tmp_path: Path) -> None:
 
 
 # --- the helper only talks to the sandbox it started ---------------------------------------------------
-class _Impostor(http.server.BaseHTTPRequestHandler):
-    """Another program on the port: answers 200 to everything and remembers what it was sent."""
-
-    received: ClassVar[list[tuple[str, str, bytes]]] = []
-
-    def _any(self) -> None:
-        length = int(self.headers.get("content-length") or 0)
-        self.received.append((self.command, self.path, self.rfile.read(length) if length else b""))
-        answer = b'{"status": "ok"}'
-        self.send_response(200)
-        self.send_header("content-type", "application/json")
-        self.send_header("content-length", str(len(answer)))
-        self.end_headers()
-        self.wfile.write(answer)
-
-    do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = _any
-
-    def log_message(self, *_args: Any) -> None:
-        pass
-
-
-@pytest.fixture
-def impostor() -> Iterator[tuple[int, list[tuple[str, str, bytes]]]]:
-    received: list[tuple[str, str, bytes]] = []
-    handler = type("Handler", (_Impostor,), {"received": received})
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield server.server_address[1], received
-    finally:
-        server.shutdown()
-        server.server_close()
-
-
 def assert_no_credentials_sent(received: list[tuple[str, str, bytes]], box: SandboxProcess) -> None:
     assert not [path for _, path, _ in received if path.startswith(api.AUTH_PATH)]
     assert not [raw for *_, raw in received if box.api_key.encode() in raw or box.api_secret.encode() in raw]
