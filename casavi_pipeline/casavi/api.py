@@ -1,58 +1,74 @@
 """The casavi manager API v2 adapter: every casavi path, field name and enum lives here, and only here.
 
-casavi's public docs confirm authentication, the reference-ID model and the read shapes; the write side
-is our model of it (`docs/casavi-api.md`). Aligning with a customer's downloaded spec must be a change
-to this one file, so the rest of the project speaks *domain* names (snake_case, e.g. `postal_code`,
-`contract_type`) and converts at the boundary with `to_payload` (writes) / `record_from_read` (reads).
-The sandbox server
+The model is revision 2 of our casavi contract (`docs/casavi-api.md`): casavi's docs confirm
+authentication, the reference-ID model and the list envelope; the object shapes come from what the live
+API returns on reads; the write side is our model of it. Each constant below says which of the three it
+is (`[confirmed]`, `[read]`, `[model]`), and `casavi-pipeline check-casavi` compares a customer's account
+with them before the first write. Aligning with a customer's downloaded spec must be a change to this one
+file, so the rest of the project speaks *domain* names (snake_case, e.g. `postal_code`, `contract_type`)
+and converts at the boundary with `to_payload` (writes) / `record_from_read` (reads). The sandbox server
 validates with the same `FIELD_RULES`, so sandbox and client implement exactly one model.
+
+Three kinds of object are written: properties (with their addresses: one street per building), units
+(naming their address by street) and contacts (with their contracts: one entry per unit the contact
+rents or owns). Buildings and contracts have no reference ID of their own in casavi.
 """
 
 from __future__ import annotations
 
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
+from functools import cache
 from typing import Any
+from urllib.parse import quote
 
 from casavi_pipeline.dates import is_iso_date
 
 # --- transport -------------------------------------------------------------------------------------
 API_PREFIX = "/v2"
-AUTH_PATH = f"{API_PREFIX}/authenticate"
-AUTH_KEY_FIELD = "key"
-AUTH_SECRET_FIELD = "secret"
-AUTH_TOKEN_FIELD = "token"
-AUTH_EXPIRES_FIELD = "expiresAt"
-TOKEN_HEADER = "token"  # casavi sends the token in a header named `token`, not `Authorization`
+AUTH_PATH = f"{API_PREFIX}/authenticate"  # [confirmed]
+AUTH_KEY_FIELD = "key"  # [confirmed]
+AUTH_SECRET_FIELD = "secret"  # [confirmed]
+AUTH_TOKEN_FIELD = "token"  # [confirmed]
+AUTH_EXPIRES_FIELD = "expiresAt"  # [confirmed]
+TOKEN_HEADER = "token"  # [confirmed] casavi takes the token in a header named `token`, not `Authorization`
 RETRY_AFTER_HEADER = "Retry-After"
 
-PAGE_PARAM = "page"  # 1-based
+#: [read] A listing's first request sends only the page size; every later page is the `_links.next` URL
+#: exactly as casavi gave it (casavi's v1 counted pages from 0: a guessed `page=1` would skip a page).
 PAGE_SIZE_PARAM = "pageSize"
-MODIFIED_AFTER_PARAM = "modifiedAfter"
-DEFAULT_PAGE_SIZE = 100
-MAX_PAGE_SIZE = 500
-LIST_KEY = "list"
-LINKS_KEY = "_links"
-NEXT_LINK_KEY = "next"
-ID_FIELD = "id"  # the reference id, in every body and path
-INTERNAL_ID_FIELD = "internalId"  # casavi's database id: returned on reads, never sent
+MAX_PAGE_SIZE = 500  # [model] a 400 for the page size means: ask again with casavi's default
+MODIFIED_AFTER_PARAM = "modifiedAfter"  # [read] the parameter; [model] its ISO UTC format
+#: [read] Ended contracts are left out of reads without it; [model] that contacts' reads take it too.
+INCLUDE_INACTIVE_CONTRACTS_PARAM = "includeInactiveContracts"
+LIST_KEY = "list"  # [read]
+LINKS_KEY = "_links"  # [read]
+NEXT_LINK_KEY = "next"  # [read]
+ID_FIELD = "id"  # [confirmed] the reference id, in every body and path
+INTERNAL_ID_FIELD = "internalId"  # [confirmed] casavi's database id: returned on reads, never sent
 MODIFIED_FIELD = "modified"  # [model] last change (ISO UTC) that modifiedAfter filters on: read-only
-ADDRESS_UNITS_FIELD = "units"  # on each property address in a read: the unit ids there; read-only
-#: Fields a read carries that are never sent: dropped before a read is compared with a write body.
-READ_ONLY_FIELDS: tuple[str, ...] = (INTERNAL_ID_FIELD, MODIFIED_FIELD)
-READ_ONLY_ADDRESS_FIELDS: tuple[str, ...] = (ADDRESS_UNITS_FIELD,)
+ADDRESS_UNITS_FIELD = "units"  # [read] on each property address in a read: the unit ids there; read-only
+#: [read] Fields a read carries that the sync does not manage: never sent, never compared, never an
+#: "unknown field" in the conformance check (a prefix ends with `*`).
+UNMANAGED_READ_FIELDS: tuple[str, ...] = (
+    INTERNAL_ID_FIELD,
+    MODIFIED_FIELD,
+    "images",
+    "responsibilities",
+    "appLink",
+    "customFields",
+    "msc*",
+)
 
-# The error body: `message` texts are casavi's prose and may quote the payload (personal data), so the
-# client never passes them on; only `field` names and machine `code`s leave it (see `error_wording`).
-ERROR_MESSAGE_KEY = "message"
+# The error body [model]: `message` texts are casavi's prose and may quote the payload (personal data),
+# and so may any other free-text slot: only `field` names that name our fields leave the client.
 ERROR_DETAILS_KEY = "errors"
 ERROR_FIELD_KEY = "field"
-ERROR_CODE_KEY = "code"  # not in our model of casavi's body; taken when a server or proxy sends one
 
-#: Status codes of casavi's answers, by meaning (our model of the write side).
+#: Status codes of casavi's answers, by meaning ([confirmed]: 401; [model]: the write side).
 STATUS_CREATED = 201
 STATUS_UPDATED = 200
 STATUS_DELETED = 204
@@ -60,9 +76,11 @@ STATUS_INVALID = 400  # malformed JSON or a field breaking its rule
 STATUS_UNAUTHORIZED = 401
 STATUS_FORBIDDEN = 403  # a valid token without the permission for this call
 STATUS_NOT_FOUND = 404
+STATUS_METHOD_NOT_ALLOWED = 405
 STATUS_CONFLICT = 409  # delete of a still-referenced object
 STATUS_UNKNOWN_REFERENCE = 422  # a reference to an object that does not exist
 STATUS_RATE_LIMITED = 429
+STATUS_UNAVAILABLE = 503
 
 #: The human text of the client's errors, per status: our own fixed wording, never casavi's `message`.
 ERROR_WORDING: dict[int, str] = {
@@ -70,6 +88,7 @@ ERROR_WORDING: dict[int, str] = {
     STATUS_UNAUTHORIZED: "casavi refused the credentials",
     STATUS_FORBIDDEN: "casavi refused the credentials for this call (missing permission)",
     STATUS_NOT_FOUND: "unknown reference id",
+    STATUS_METHOD_NOT_ALLOWED: "casavi does not allow this call at this path",
     STATUS_CONFLICT: "still referenced by other objects",
     STATUS_UNKNOWN_REFERENCE: "references an object casavi does not know",
     STATUS_RATE_LIMITED: "too many requests",
@@ -77,7 +96,7 @@ ERROR_WORDING: dict[int, str] = {
 
 
 def error_wording(status: int | None) -> str:
-    """Our text for an answer's status; what went wrong in detail is told by field names and codes."""
+    """Our text for an answer's status; what went wrong in detail is told by field names."""
     if status is not None and status in ERROR_WORDING:
         return ERROR_WORDING[status]
     if status is not None and status >= 500:
@@ -91,7 +110,6 @@ class ObjectKind(StrEnum):
     PROPERTY = "property"
     UNIT = "unit"
     CONTACT = "contact"
-    CONTRACT = "contract"
 
     @property
     def collection(self) -> str:
@@ -103,126 +121,156 @@ class ObjectKind(StrEnum):
 
     def object_path(self, ref_id: str) -> str:
         """Path of one object; the reference ID is percent-encoded (it may contain `/` or `|`)."""
-        from urllib.parse import quote
-
         return f"{self.collection_path}/{quote(ref_id, safe='')}"
 
+    @property
+    def list_params(self) -> dict[str, str]:
+        """The query parameters every listing of this kind sends besides the page size."""
+        return dict(_LIST_PARAMS.get(self, {}))
 
+
+#: [read] properties, units, contacts; [model] that each takes PUT and DELETE by reference id.
 _COLLECTIONS = {
     ObjectKind.PROPERTY: "properties",
     ObjectKind.UNIT: "units",
     ObjectKind.CONTACT: "contacts",
-    ObjectKind.CONTRACT: "contracts",
 }
-UPSERT_ORDER: tuple[ObjectKind, ...] = (
-    ObjectKind.PROPERTY,
-    ObjectKind.UNIT,
-    ObjectKind.CONTACT,
-    ObjectKind.CONTRACT,
-)
+_LIST_PARAMS = {ObjectKind.CONTACT: {INCLUDE_INACTIVE_CONTRACTS_PARAM: "true"}}
+UPSERT_ORDER: tuple[ObjectKind, ...] = (ObjectKind.PROPERTY, ObjectKind.UNIT, ObjectKind.CONTACT)
+#: Contacts (and with them their contracts) go first, then units, then properties: casavi refuses to
+#: delete a unit a contract references or a property that still has units (409).
 DELETE_ORDER: tuple[ObjectKind, ...] = tuple(reversed(UPSERT_ORDER))
 
 
 # --- enums (casavi's values) ------------------------------------------------------------------------
-class Usage(StrEnum):
+class Usage(StrEnum):  # [model] the values; casavi's UI says Privat / Geschäftlich
     PRIVATE = "PRIVATE"
     COMMERCIAL = "COMMERCIAL"
 
 
-class Salutation(StrEnum):
+class Salutation(StrEnum):  # [model]
     MR = "MR"
     MS = "MS"
     DIVERSE = "DIVERSE"
     COMPANY = "COMPANY"
 
 
-class WayOfContact(StrEnum):
+class WayOfContact(StrEnum):  # [read] ONLINE; [model] POSTAL
     ONLINE = "ONLINE"
     POSTAL = "POSTAL"
 
 
-class ContractType(StrEnum):
+class ContractType(StrEnum):  # [read]
     RENTER = "RENTER"
     OWNER = "OWNER"
+
+
+@cache
+def country_names() -> dict[str, str]:
+    """ISO 3166-1 alpha-2 code → the English short name casavi shows (`DE` → `Germany`) [read: example].
+
+    From pycountry (ISO's list, maintained upstream) rather than a table kept by hand; its common name
+    where ISO's formal one reads differently (`TW` → `Taiwan`, not `Taiwan, Province of China`).
+    """
+    import pycountry  # here: ~20 ms to load ISO's list, paid only by what maps or checks countries
+
+    return {c.alpha_2: getattr(c, "common_name", None) or c.name for c in pycountry.countries}
 
 
 # --- fields ------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class FieldRule:
-    """One payload field: its domain name, casavi's name and the rule casavi applies to it."""
+    """One payload field: its domain name, casavi's name and the rule casavi applies to it.
+
+    An `object_list` field embeds objects without an id of their own (a property's addresses, a
+    contact's contracts): `items` are their fields, `order` the domain fields a body orders them by,
+    `unique` the domain fields whose values must be unique within one list.
+    """
 
     name: str  # domain name used throughout the project
     casavi: str  # casavi's field name on the wire
-    type: str  # "string", "number", "date", "string_list", "address_list"
+    type: str  # "string", "number", "date", "object_list"
     required: bool = False
     nullable: bool = True
     min_length: int = 0
     max_length: int | None = None
     enum: tuple[str, ...] | None = None
     minimum: float | None = None
+    items: tuple[FieldRule, ...] = ()
+    order: tuple[str, ...] = ()
+    unique: tuple[str, ...] = ()
 
 
 def _s(name: str, casavi: str, **kw: Any) -> FieldRule:
     return FieldRule(name, casavi, "string", **kw)
 
 
-_ID = _s("id", "id", required=True, nullable=False, min_length=1, max_length=64)
-_POSTAL = (
-    _s("street", "street", max_length=255),
+_ID = _s("id", "id", required=True, nullable=False, min_length=1, max_length=64)  # [confirmed]
+_REQUIRED_ID = {"required": True, "nullable": False, "min_length": 1}
+#: [read] postal code, city and country of a property or a contact; country as a name (`Germany`).
+_PLACE = (
     _s("postal_code", "postalCode", max_length=32),
     _s("city", "city", max_length=255),
-    _s("country", "country", min_length=2, max_length=2),
+    _s("country", "country", max_length=255),
 )
 
-#: The address objects embedded in a property: (domain name, casavi name).
-ADDRESS_FIELDS: tuple[tuple[str, str], ...] = (
-    ("id", "id"),
-    ("street", "street"),
-    ("postal_code", "postalCode"),
-    ("city", "city"),
-    ("country", "country"),
+#: [read] A property's addresses: one per building, identified by its street (house number included)
+#: within the property. Reads add `units` (read-only).
+ADDRESS_RULES: tuple[FieldRule, ...] = (
+    _s("street", "street", required=True, nullable=False, min_length=1, max_length=255),
+)
+#: [read] A contact's contracts: one per unit the contact rents or owns ([model]: `number`). A PUT of the
+#: contact replaces them as a whole.
+CONTRACT_RULES: tuple[FieldRule, ...] = (
+    _s("contract_type", "type", required=True, nullable=False, enum=tuple(ContractType)),
+    _s("property_id", "propertyId", **_REQUIRED_ID),
+    _s("unit_id", "unitId", **_REQUIRED_ID),
+    _s("number", "number", max_length=64),
+    FieldRule("start_date", "startDate", "date", required=True, nullable=False),
+    FieldRule("end_date", "endDate", "date"),
 )
 
 FIELD_RULES: dict[ObjectKind, tuple[FieldRule, ...]] = {
     ObjectKind.PROPERTY: (
         _ID,
-        _s("name", "name", required=True, nullable=False, min_length=1, max_length=255),
-        _s("number", "number", max_length=64),
-        *_POSTAL,
-        _s("note", "note"),
-        FieldRule("addresses", "addresses", "address_list"),
+        _s("name", "name", required=True, nullable=False, min_length=1, max_length=255),  # [read]
+        _s("number", "number", max_length=64),  # [read]
+        *_PLACE,
+        _s("note", "note"),  # [read]
+        FieldRule(
+            "addresses", "addresses", "object_list", items=ADDRESS_RULES, order=("street",), unique=("street",)
+        ),
     ),
     ObjectKind.UNIT: (
         _ID,
-        _s("property_id", "propertyId", required=True, nullable=False, min_length=1),
-        _s("address_id", "addressId", required=True, nullable=False, min_length=1),
-        _s("name", "name", required=True, nullable=False, min_length=1, max_length=255),
-        _s("number", "number", max_length=64),
-        _s("usage", "usage", enum=tuple(Usage)),
-        FieldRule("area", "area", "number", minimum=0),
-        FieldRule("rooms", "rooms", "number", minimum=0),
+        _s("property_id", "propertyId", **_REQUIRED_ID),  # [read]
+        _s("address", "address", **_REQUIRED_ID, max_length=255),  # [read] a street of the property
+        _s("name", "name", required=True, nullable=False, min_length=1, max_length=255),  # [read: UI]
+        _s("number", "number", max_length=64),  # [read: UI]
+        _s("usage", "usage", enum=tuple(Usage)),  # [model: values]
+        FieldRule("area", "area", "number", minimum=0),  # [model]
+        FieldRule("rooms", "rooms", "number", minimum=0),  # [model]
     ),
     ObjectKind.CONTACT: (
         _ID,
         _s("salutation", "salutation", enum=tuple(Salutation)),
-        _s("title", "title", max_length=64),
+        _s("title", "title", max_length=64),  # [read] from here to mobile
         _s("first_name", "firstName", max_length=255),
         _s("last_name", "lastName", max_length=255),
         _s("company_name", "companyName", max_length=255),
         _s("email", "email", max_length=255),
         _s("telephone", "telephone", max_length=64),
         _s("mobile", "mobile", max_length=64),
-        *_POSTAL,
+        _s("street", "street", max_length=255),  # [read] the postal address
+        *_PLACE,
         _s("preferred_way_of_contact", "preferredWayOfContact", enum=tuple(WayOfContact)),
-    ),
-    ObjectKind.CONTRACT: (
-        _ID,
-        _s("contract_type", "type", required=True, nullable=False, enum=tuple(ContractType)),
-        _s("unit_id", "unitId", required=True, nullable=False, min_length=1),
-        FieldRule("contact_ids", "contactIds", "string_list", required=True, nullable=False, min_length=1),
-        _s("number", "number", max_length=64),
-        FieldRule("start_date", "startDate", "date", required=True, nullable=False),
-        FieldRule("end_date", "endDate", "date"),
+        FieldRule(
+            "contracts",
+            "contracts",
+            "object_list",
+            items=CONTRACT_RULES,
+            order=("unit_id", "contract_type", "start_date", "number"),
+        ),
     ),
 }
 
@@ -231,17 +279,28 @@ DOMAIN_COLUMNS: dict[ObjectKind, tuple[str, ...]] = {
     kind: tuple(rule.name for rule in rules) for kind, rules in FIELD_RULES.items()
 }
 
-#: Every field name casavi knows in our model (bodies, embedded addresses, authentication).
+
+def rule_of(kind: ObjectKind, name: str) -> FieldRule:
+    """The rule of one field of a kind, by domain name."""
+    return next(rule for rule in FIELD_RULES[kind] if rule.name == name)
+
+
+def _all_rules() -> Iterator[FieldRule]:
+    for rules in FIELD_RULES.values():
+        for rule in rules:
+            yield rule
+            yield from rule.items
+
+
+#: Every field name casavi knows in our model (bodies, embedded objects, authentication).
 KNOWN_FIELD_NAMES: frozenset[str] = frozenset(
-    [rule.casavi for rules in FIELD_RULES.values() for rule in rules]
-    + [casavi for _, casavi in ADDRESS_FIELDS]
-    + [AUTH_KEY_FIELD, AUTH_SECRET_FIELD]
+    [rule.casavi for rule in _all_rules()] + [AUTH_KEY_FIELD, AUTH_SECRET_FIELD]
 )
 _FIELD_PATH_PART = re.compile(r"^([A-Za-z]+)(\[\d{1,4}\])*$")
 
 
 def is_known_field_path(value: object) -> bool:
-    """Whether an error's `field` names our fields (`email`, `addresses[0].street`, `contactIds.1`).
+    """Whether an error's `field` names our fields (`email`, `addresses[0].street`, `contracts.1.unitId`).
 
     Only such names leave the client: an error field is otherwise free text from casavi or a proxy,
     which could quote a value (personal data) instead of naming a field.
@@ -257,12 +316,39 @@ def is_known_field_path(value: object) -> bool:
     return True
 
 
-#: References to other objects that casavi resolves (else 422): (kind, domain field, referenced kind).
-REFERENCES: tuple[tuple[ObjectKind, str, ObjectKind], ...] = (
-    (ObjectKind.UNIT, "property_id", ObjectKind.PROPERTY),
-    (ObjectKind.CONTRACT, "unit_id", ObjectKind.UNIT),
-    (ObjectKind.CONTRACT, "contact_ids", ObjectKind.CONTACT),
+@dataclass(frozen=True)
+class Reference:
+    """A reference from one object to another that casavi resolves on write (else 422) and that keeps
+    its target from being deleted (409). `field` is a domain field, or `list.item` for a field of every
+    embedded entry (`contracts.unit_id`)."""
+
+    kind: ObjectKind
+    field: str
+    target: ObjectKind
+
+
+REFERENCES: tuple[Reference, ...] = (
+    Reference(ObjectKind.UNIT, "property_id", ObjectKind.PROPERTY),  # [read]
+    Reference(ObjectKind.CONTACT, "contracts.property_id", ObjectKind.PROPERTY),  # [read]
+    Reference(ObjectKind.CONTACT, "contracts.unit_id", ObjectKind.UNIT),  # [read]
 )
+
+
+def referenced_ids(reference: Reference, payload: Mapping[str, Any]) -> list[str]:
+    """The ids one reference of a body (casavi names) points at, in body order, without repeats."""
+    found: list[str] = []
+    if "." in reference.field:
+        list_name, item_name = reference.field.split(".", 1)
+        list_rule = rule_of(reference.kind, list_name)
+        item_casavi = next(r.casavi for r in list_rule.items if r.name == item_name)
+        entries = payload.get(list_rule.casavi)
+        values = [e.get(item_casavi) for e in entries if isinstance(e, Mapping)] if isinstance(entries, list) else []
+    else:
+        values = [payload.get(rule_of(reference.kind, reference.field).casavi)]
+    for value in values:
+        if isinstance(value, str) and value and value not in found:
+            found.append(value)
+    return found
 
 
 # --- conversion at the boundary ----------------------------------------------------------------------
@@ -289,57 +375,61 @@ def to_payload(kind: ObjectKind, record: Mapping[str, Any]) -> dict[str, Any]:
     """A domain record (a row of the mapping's frame) → the JSON body casavi expects for a PUT.
 
     Every field is sent, absent values as null: PUT replaces the object, so a removed phone number
-    must be cleared in casavi rather than kept.
+    must be cleared in casavi rather than kept. Embedded lists are sent as the record holds them (the
+    mapping orders them as `FieldRule.order` says).
     """
     payload: dict[str, Any] = {}
     for rule in FIELD_RULES[kind]:
         value = _clean(record.get(rule.name))
-        if rule.type == "address_list":
+        if rule.type == "object_list":
             value = [
-                {casavi: _clean(address.get(name)) for name, casavi in ADDRESS_FIELDS}
-                for address in (value or [])
+                {item.casavi: _clean(entry.get(item.name)) for item in rule.items} for entry in (value or [])
             ]
         payload[rule.casavi] = value
     return payload
+
+
+def _read_value(rule: FieldRule, value: Any) -> Any:
+    if rule.type == "number" and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)  # the mapping's number columns are floating point
+    return value
 
 
 def record_from_read(kind: ObjectKind, obj: Mapping[str, Any]) -> dict[str, Any]:
     """One object as a read returns it → the domain record the mapping would produce for the same data.
 
     The read is normalised so that `to_payload(kind, record_from_read(kind, obj))` is the body a write
-    of that data sends, and hashes alike: the read-only fields (`internalId`, `modified`, each
-    address's `units`) and fields our model does not know are dropped, an absent field is None (a
-    read may omit nulls), addresses are ordered by id and contact ids sorted (the mapping sends them
-    so), and whole numbers become floats (the mapping's number columns are floating point).
+    of that data sends, and hashes alike: read-only and unmanaged fields (`internalId`, `modified`,
+    each address's `units`, `images`, …) and fields our model does not know are dropped, an absent field
+    is None (a read may omit nulls), embedded lists are ordered as the mapping orders them, and whole
+    numbers become floats.
     """
     record: dict[str, Any] = {}
     for rule in FIELD_RULES[kind]:
         value = obj.get(rule.casavi)
-        if rule.type == "address_list":
-            addresses = [
-                {name: address.get(casavi) for name, casavi in ADDRESS_FIELDS}
-                for address in (value if isinstance(value, list) else [])
-                if isinstance(address, Mapping)
+        if rule.type == "object_list":
+            entries = [
+                {item.name: _read_value(item, entry.get(item.casavi)) for item in rule.items}
+                for entry in (value if isinstance(value, list) else [])
+                if isinstance(entry, Mapping)
             ]
-            value = sorted(addresses, key=lambda a: _order_key(a["id"]))
-        elif rule.type == "string_list" and isinstance(value, list):
-            value = sorted(value, key=_order_key)
-        elif rule.type == "number" and isinstance(value, int) and not isinstance(value, bool):
-            value = float(value)
+            value = sorted(entries, key=lambda e, order=rule.order: tuple(_order_key(e[n]) for n in order))
+        else:
+            value = _read_value(rule, value)
         record[rule.name] = value
     return record
 
 
 def _order_key(value: Any) -> tuple[bool, str]:
     # Python orders strings by code point, as DuckDB's `ORDER BY` in the mapping orders UTF-8 bytes;
-    # a missing id (a hand-made object) sorts last instead of breaking the comparison.
+    # a missing value (a hand-made entry) sorts last, as DuckDB's NULLS LAST does.
     return (value is None, "" if value is None else str(value))
 
 
 # --- validation (casavi's 400 rules; the sandbox answers 400 with exactly these) ---------------------
 @dataclass(frozen=True)
 class FieldError:
-    field: str  # casavi's field name
+    field: str  # casavi's field name (a path like `contracts[0].unitId` inside an embedded list)
     message: str
 
 
@@ -359,55 +449,65 @@ def _check_value(rule: FieldRule, value: Any) -> str | None:
     if rule.type == "string":
         return _check_string(rule, value)
     if rule.type == "number":
-        if isinstance(value, bool) or not isinstance(value, int | float):
+        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
             return "must be a number"
         if rule.minimum is not None and value < rule.minimum:
             return f"must be >= {rule.minimum:g}"
         return None
     if rule.type == "date":
         return None if is_iso_date(value) else "must be a real calendar date YYYY-MM-DD"
-    if rule.type == "string_list":
-        if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
-            return "must be a list of non-empty strings"
-        if len(value) < rule.min_length:
-            return f"must hold at least {rule.min_length} entry"
-        return None
-    if rule.type == "address_list":
-        if not isinstance(value, list) or not all(isinstance(a, dict) for a in value):
-            return "must be a list of address objects"
-        ids = [a.get("id") for a in value]
-        if not all(isinstance(i, str) and i for i in ids):
-            return "every address needs a non-empty string id"
-        if len(set(ids)) != len(ids):
-            return "address ids must be unique within the property"
-        return None
     raise ValueError(f"unknown field type {rule.type}")  # pragma: no cover
+
+
+def _check_fields(rules: tuple[FieldRule, ...], body: Mapping[str, Any], prefix: str) -> list[FieldError]:
+    errors: list[FieldError] = []
+    for rule in rules:
+        value = body.get(rule.casavi)
+        name = prefix + rule.casavi
+        if value is None:
+            if rule.required or not rule.nullable:
+                errors.append(FieldError(name, "is required"))
+        elif rule.type == "object_list":
+            errors.extend(_check_list(rule, value, name))
+        elif problem := _check_value(rule, value):
+            errors.append(FieldError(name, problem))
+    return errors
+
+
+def _check_list(rule: FieldRule, value: Any, name: str) -> list[FieldError]:
+    if not isinstance(value, list) or not all(isinstance(entry, Mapping) for entry in value):
+        return [FieldError(name, "must be a list of objects")]
+    errors: list[FieldError] = []
+    for i, entry in enumerate(value):
+        errors.extend(_check_fields(rule.items, entry, f"{name}[{i}]."))
+    if rule.unique:
+        casavi = [item.casavi for item in rule.items if item.name in rule.unique]
+        keys = [tuple(entry.get(c) for c in casavi) for entry in value]
+        if len(set(keys)) != len(keys):
+            errors.append(FieldError(name, f"{', '.join(casavi)} must be unique within the list"))
+    return errors
 
 
 def validate_payload(kind: ObjectKind, payload: Mapping[str, Any]) -> list[FieldError]:
     """The 400-rules of casavi for one PUT body (casavi field names). Empty list = acceptable."""
-    errors: list[FieldError] = []
-    for rule in FIELD_RULES[kind]:
-        value = payload.get(rule.casavi)
-        if value is None:
-            if rule.required or not rule.nullable:
-                errors.append(FieldError(rule.casavi, "is required"))
-            continue
-        problem = _check_value(rule, value)
-        if problem:
-            errors.append(FieldError(rule.casavi, problem))
-    if kind is ObjectKind.CONTACT and not (payload.get("lastName") or payload.get("companyName")):
-        errors.append(FieldError("lastName", "lastName or companyName is required"))
-    if kind is ObjectKind.CONTRACT:
-        start, end = payload.get("startDate"), payload.get("endDate")
-        if isinstance(start, str) and isinstance(end, str) and end < start:
-            errors.append(FieldError("endDate", "must not be before startDate"))
+    errors = _check_fields(FIELD_RULES[kind], payload, "")
+    if kind is ObjectKind.CONTACT:
+        if not (payload.get("lastName") or payload.get("companyName")):
+            errors.append(FieldError("lastName", "lastName or companyName is required"))
+        contracts = payload.get("contracts")
+        for i, entry in enumerate(contracts if isinstance(contracts, list) else []):
+            start, end = (entry.get("startDate"), entry.get("endDate")) if isinstance(entry, Mapping) else (0, 0)
+            if isinstance(start, str) and isinstance(end, str) and end < start:
+                errors.append(FieldError(f"contracts[{i}].endDate", "must not be before startDate"))
     return errors
 
 
 # --- the same conversion, vectorised in DuckDB (the changeset hashes millions of rows) --------------
-_SQL_TYPES = {"string": "VARCHAR", "date": "VARCHAR", "number": "DOUBLE", "string_list": "VARCHAR[]"}
-_ADDRESS_SQL_TYPE = "STRUCT(" + ", ".join(f"{name} VARCHAR" for name, _ in ADDRESS_FIELDS) + ")[]"
+_SQL_TYPES = {"string": "VARCHAR", "date": "VARCHAR", "number": "DOUBLE"}
+
+
+def _struct_type(items: tuple[FieldRule, ...]) -> str:
+    return "STRUCT(" + ", ".join(f"{item.name} {_SQL_TYPES[item.type]}" for item in items) + ")[]"
 
 
 def payload_json_sql(kind: ObjectKind) -> str:
@@ -419,10 +519,15 @@ def payload_json_sql(kind: ObjectKind) -> str:
     fields = []
     for rule in FIELD_RULES[kind]:
         column = f'"{rule.name}"'
-        if rule.type == "address_list":
-            inner = ", ".join(f"'{casavi}': a.{name}" for name, casavi in ADDRESS_FIELDS)
-            value = f"list_transform(coalesce({column}::{_ADDRESS_SQL_TYPE}, []), lambda a: {{{inner}}})"
+        if rule.type == "object_list":
+            inner = ", ".join(f"'{item.casavi}': e.{item.name}" for item in rule.items)
+            value = f"list_transform(coalesce({column}::{_struct_type(rule.items)}, []), lambda e: {{{inner}}})"
         else:
             value = f"{column}::{_SQL_TYPES[rule.type]}"
         fields.append(f"'{rule.casavi}': {value}")
     return "to_json({" + ", ".join(fields) + "})::VARCHAR"
+
+
+def struct_sql_type(kind: ObjectKind, name: str) -> str:
+    """The DuckDB type of an embedded list column (`contracts`), for frames that carry one."""
+    return _struct_type(rule_of(kind, name).items)

@@ -17,7 +17,6 @@ from __future__ import annotations
 import datetime as dt
 import email.utils
 import math
-import re
 import threading
 import time
 from collections import Counter
@@ -132,10 +131,6 @@ def _retry_after_seconds(response: httpx.Response) -> float | None:
 
 
 _NOT_JSON = object()
-#: What a machine error code looks like (`INVALID_EMAIL`, `E.1024`): upper-case letters, digits and
-#: `_.-`, at least one letter, 2-40 characters. Anything else in a `code` slot is dropped: an echoing
-#: server may put prose, a surname ("Schulze") or a phone number ("03511234567") there.
-_CODE_RE = re.compile(r"(?=[^A-Z]*[A-Z])[A-Z0-9_.-]{2,40}")
 
 
 def _json_or_not(response: httpx.Response) -> Any:
@@ -155,21 +150,14 @@ def _error_from(
     ref_id: str | None,
     message: str | None = None,
 ) -> CasaviError:
-    """The client's error for an answer: our wording, plus only field names and codes from the body.
+    """The client's error for an answer: our wording, plus only our model's field names from the body.
 
     casavi's `message` texts are dropped on purpose: a server or proxy echoing the payload would put
     personal data into the run log and the rejections table.
     """
     fields: list[str] = []
-    codes: list[str] = []
-
-    def add_code(value: Any) -> None:
-        if isinstance(value, str) and _CODE_RE.fullmatch(value) and value not in codes:
-            codes.append(value)
-
     body = _json_or_not(response)
     if isinstance(body, dict):
-        add_code(body.get(api.ERROR_CODE_KEY))
         details = body.get(api.ERROR_DETAILS_KEY)
         for detail in details if isinstance(details, list) else []:
             if not isinstance(detail, dict):
@@ -177,7 +165,6 @@ def _error_from(
             name = detail.get(api.ERROR_FIELD_KEY)
             if api.is_known_field_path(name) and name not in fields:
                 fields.append(name)
-            add_code(detail.get(api.ERROR_CODE_KEY))
     status = response.status_code
     return cls(
         message or api.error_wording(status),
@@ -185,7 +172,6 @@ def _error_from(
         ref_id=ref_id,
         status=status,
         fields=fields,
-        codes=codes,
     )
 
 
@@ -447,7 +433,7 @@ class CasaviClient:
         if not 1 <= page_size <= api.MAX_PAGE_SIZE:
             raise ValueError(f"page_size must be between 1 and {api.MAX_PAGE_SIZE}")
         call = f"GET {kind.collection_path}"
-        params: dict[str, Any] | None = {api.PAGE_PARAM: 1, api.PAGE_SIZE_PARAM: page_size}
+        params: dict[str, Any] | None = {api.PAGE_SIZE_PARAM: page_size, **kind.list_params}
         if modified_after is not None:
             params[api.MODIFIED_AFTER_PARAM] = _utc_stamp(modified_after)  # type: ignore[index]
         url: str | None = kind.collection_path

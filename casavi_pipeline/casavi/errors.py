@@ -2,9 +2,10 @@
 
 They end up in Dagster's run log and in the rejections table, so they carry only what cannot hold
 personal data or secrets: the call (method + path template), the reference id, the HTTP status, the
-names of the fields casavi complained about and casavi's machine error codes. The human text is our
-own wording (`api.error_wording`); casavi's `message` texts and the raw body are never kept, because a
-server or proxy that echoes the payload ("email 'max@x.de' is invalid") would leak it.
+names of the fields casavi complained about (only names of our model's fields). The human text is our
+own wording (`api.error_wording`); casavi's `message` texts, error codes and the raw body are never
+kept, because a server or proxy that echoes the payload ("email 'max@x.de' is invalid", a code slot
+holding `SCHULZ`) would leak it: no shape of a free-text slot proves it holds no value.
 """
 
 from __future__ import annotations
@@ -24,21 +25,18 @@ class CasaviError(Exception):
         ref_id: str | None = None,
         status: int | None = None,
         fields: Iterable[str] = (),
-        codes: Iterable[str] = (),
     ) -> None:
         self.message = message  # our wording, never casavi's text
         self.call = call  # e.g. "PUT /v2/units/{id}": the path template, not the path
         self.ref_id = ref_id
         self.status = status
         self.fields = tuple(fields)  # casavi's names of the offending fields, e.g. ("email",)
-        self.codes = tuple(codes)  # casavi's error codes, when its answer carried any
         super().__init__(str(self))
 
     def __str__(self) -> str:
         where = " ".join(part for part in (self.call, f"[{self.ref_id}]" if self.ref_id else None) if part)
         status = f" → {self.status}" if self.status is not None else ""
         details = [f"fields: {', '.join(self.fields)}"] if self.fields else []
-        details += [f"codes: {', '.join(self.codes)}"] if self.codes else []
         detail = self.message + (f" ({'; '.join(details)})" if details else "")
         return f"{where}{status}: {detail}" if where else detail
 
@@ -54,7 +52,6 @@ class CasaviError(Exception):
             ref_id=self.ref_id,
             status=self.status,
             fields=self.fields,
-            codes=self.codes,
         )
 
 
