@@ -70,7 +70,7 @@ class Settings(BaseSettings):
     repair_drift: bool = _env("CASAVI_REPAIR_DRIFT", default=False)
     verify_writes: bool = _env("CASAVI_VERIFY_WRITES", default=True)
     read_max_age_minutes: float = _env("CASAVI_READ_MAX_AGE_MINUTES", default=10.0, ge=0)
-    full_read_every_days: float = _env("CASAVI_FULL_READ_EVERY_DAYS", default=7.0, gt=0)
+    full_read_every_days: float = _env("CASAVI_FULL_READ_EVERY_DAYS", default=0.75, gt=0)
     # Data quality: warn when more than this share of a Mandant's tenants has no valid email
     email_drop_warn_share: float = _env("CASAVI_EMAIL_DROP_WARN_SHARE", default=0.25, ge=0, le=1)
     # How often a long sync reports its progress (run events and terminal)

@@ -1,7 +1,9 @@
 """casavi mapping assets: ERP frames → the rows the sync will PUT, one asset per casavi object kind.
 
 Thin wiring over `casavi_pipeline.mapping`; the lineage reads like the mapping table of the README
-(Wirtschaftseinheit → property, Gebäude → address → property, Verwaltungseinheit → unit, ...).
+(Wirtschaftseinheit → property, Gebäude → address → property, Verwaltungseinheit → unit, Mietvertrag →
+contract → contact, ...). Addresses and contracts have no reference id in casavi: they are parts of
+their property and contact, and their assets are the flat rows those embed.
 """
 
 import dagster as dg
@@ -16,9 +18,9 @@ from casavi_pipeline.mapping.real_estate import map_addresses, map_properties, m
 PREVIEW_ROWS = 5
 
 
-def _result(frame: pd.DataFrame) -> dg.Output[pd.DataFrame]:
+def _result(frame: pd.DataFrame, id_column: str = "id") -> dg.Output[pd.DataFrame]:
     """The frame plus metadata: row count and the first reference ids (never names or emails)."""
-    preview = ", ".join(frame["id"].head(PREVIEW_ROWS))
+    preview = ", ".join(frame[id_column].drop_duplicates().head(PREVIEW_ROWS))
     return dg.Output(frame, metadata={"dagster/row_count": len(frame), "first_reference_ids": preview})
 
 
@@ -29,7 +31,8 @@ _COMMON = {"partitions_def": mandant_partitions, "group_name": "casavi", "kinds"
 def casavi_addresses(
     context: dg.AssetExecutionContext, sync_policy: SyncPolicy, gebaeude: pd.DataFrame
 ) -> dg.Output[pd.DataFrame]:
-    return _result(map_addresses(gebaeude, mandant=context.partition_key, separator=sync_policy.id_separator))
+    frame = map_addresses(gebaeude, mandant=context.partition_key, separator=sync_policy.id_separator)
+    return _result(frame, "property_id")
 
 
 @dg.asset(
@@ -52,44 +55,27 @@ def casavi_properties(
 
 
 @dg.asset(
-    **_COMMON, description="Verwaltungseinheiten → casavi units (Einheiten), linked to property and address."
+    **_COMMON,
+    description="Verwaltungseinheiten → casavi units (Einheiten), linked to their property and, by street, "
+    "to their building's address.",
 )
 def casavi_units(
-    context: dg.AssetExecutionContext, sync_policy: SyncPolicy, verwaltungseinheiten: pd.DataFrame
-) -> dg.Output[pd.DataFrame]:
-    return _result(
-        map_units(verwaltungseinheiten, mandant=context.partition_key, separator=sync_policy.id_separator)
-    )
-
-
-@dg.asset(
-    **_COMMON,
-    description="Mieter with a valid email and all Eigentümer → casavi contacts, one per person "
-    "(conflicting rows: the contract with the latest beginn wins).",
-)
-def casavi_contacts(
     context: dg.AssetExecutionContext,
     sync_policy: SyncPolicy,
-    mieter: pd.DataFrame,
-    mietvertraege: pd.DataFrame,
-    eigentuemer: pd.DataFrame,
-    eigentuemervertraege: pd.DataFrame,
+    verwaltungseinheiten: pd.DataFrame,
+    gebaeude: pd.DataFrame,
 ) -> dg.Output[pd.DataFrame]:
-    frame = map_contacts(
-        mieter,
-        mietvertraege,
-        eigentuemer,
-        eigentuemervertraege,
-        mandant=context.partition_key,
-        separator=sync_policy.id_separator,
+    return _result(
+        map_units(
+            verwaltungseinheiten, gebaeude, mandant=context.partition_key, separator=sync_policy.id_separator
+        )
     )
-    return _result(frame)
 
 
 @dg.asset(
     **_COMMON,
-    description="Mietverträge with at least one synced tenant (type RENTER) and Eigentümerverträge "
-    "(type OWNER) → casavi contracts.",
+    description="Mietverträge with their synced tenants (type RENTER) and Eigentümerverträge with their "
+    "owners (type OWNER) → the contracts casavi keeps inside each contact, one row per contract and person.",
 )
 def casavi_contracts(
     context: dg.AssetExecutionContext,
@@ -109,9 +95,35 @@ def casavi_contracts(
         mandant=context.partition_key,
         separator=sync_policy.id_separator,
     )
+    return _result(frame, "contact_id")
+
+
+@dg.asset(
+    **_COMMON,
+    description="Mieter with a valid email and all Eigentümer → casavi contacts, one per person, each "
+    "carrying its contracts (conflicting rows: the contract with the latest beginn wins).",
+)
+def casavi_contacts(
+    context: dg.AssetExecutionContext,
+    sync_policy: SyncPolicy,
+    mieter: pd.DataFrame,
+    mietvertraege: pd.DataFrame,
+    eigentuemer: pd.DataFrame,
+    eigentuemervertraege: pd.DataFrame,
+    casavi_contracts: pd.DataFrame,
+) -> dg.Output[pd.DataFrame]:
+    frame = map_contacts(
+        mieter,
+        mietvertraege,
+        eigentuemer,
+        eigentuemervertraege,
+        casavi_contracts,
+        mandant=context.partition_key,
+        separator=sync_policy.id_separator,
+    )
     return _result(frame)
 
 
-casavi_assets = [casavi_addresses, casavi_properties, casavi_units, casavi_contacts, casavi_contracts]
+casavi_assets = [casavi_addresses, casavi_properties, casavi_units, casavi_contracts, casavi_contacts]
 
 defs = dg.Definitions(assets=casavi_assets)

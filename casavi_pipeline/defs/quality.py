@@ -23,10 +23,9 @@ from casavi_pipeline.defs.partitions import mandant_partitions
 from casavi_pipeline.defs.resources import SyncPolicy
 from casavi_pipeline.erp.contract import ENTITIES
 from casavi_pipeline.mapping import quality
-from casavi_pipeline.mapping.ids import rental_contract_id
 from casavi_pipeline.mapping.people import conflicting_persons
 from casavi_pipeline.mapping.quality import CheckOutcome, Severity
-from casavi_pipeline.mapping.schemas import payload_problems
+from casavi_pipeline.mapping.schemas import RowProblem, contract_problems, payload_problems
 
 _SEVERITY = {Severity.ERROR: dg.AssetCheckSeverity.ERROR, Severity.WARN: dg.AssetCheckSeverity.WARN}
 _ERP_INS = {entity.name: dg.AssetIn(entity.name) for entity in ENTITIES}
@@ -66,6 +65,22 @@ def _unique_ids_check(asset: dg.AssetsDefinition, noun: str, singular: str) -> d
 
 
 # --- payload schema (casavi's 400 rules) ------------------------------------------------------------
+def _problems_outcome(
+    problems: list[RowProblem], labels: pd.Series, rows: int, noun: str
+) -> quality.CheckOutcome:
+    """One line per problem, named by the row's reference id or ERP key and casavi's field name."""
+    labels = labels.reset_index(drop=True)
+    lines = [f"{labels.iloc[p.row] if p.row >= 0 else '(column)'}: {p.field} {p.problem}" for p in problems]
+    return quality._outcome(
+        [line.split(":", 1)[0] for line in lines],
+        Severity.ERROR,
+        ok=f"all {rows} {noun} satisfy casavi's field rules",
+        failed=f"{{n}} {noun} would be rejected by casavi (first: {{first}}); fix the ERP values named",
+        counts={"rows": rows, "problems": len(problems)},
+        details=lines,
+    )
+
+
 def _payload_check(asset: dg.AssetsDefinition, kind: ObjectKind) -> dg.AssetChecksDefinition:
     @_check(
         asset,
@@ -74,20 +89,34 @@ def _payload_check(asset: dg.AssetsDefinition, kind: ObjectKind) -> dg.AssetChec
         "dates), checked with pandera and the adapter's rules, so casavi will not answer 400.",
     )
     def _payload(frame: pd.DataFrame) -> dg.AssetCheckResult:
-        problems = payload_problems(kind, frame)
-        ids = frame["id"].reset_index(drop=True)
-        lines = [f"{ids.iloc[p.row] if p.row >= 0 else '(column)'}: {p.field} {p.problem}" for p in problems]
-        outcome = quality._outcome(
-            [line.split(":", 1)[0] for line in lines],
-            Severity.ERROR,
-            ok=f"all {len(frame)} {kind.collection} satisfy casavi's field rules",
-            failed=f"{{n}} {kind.collection} would be rejected by casavi (first: {{first}}); fix the ERP values named",
-            counts={"rows": len(frame), "problems": len(problems)},
-            details=lines,
+        return _result(
+            _problems_outcome(payload_problems(kind, frame), frame["id"], len(frame), kind.collection)
         )
-        return _result(outcome)
 
     return _payload
+
+
+@_check(
+    casavi_contracts,
+    name="contract_payload_schema",
+    description="Every contract entry satisfies casavi's field rules (type, property, unit, dates; end not "
+    "before start), so casavi will not answer 400 for the contact carrying it.",
+)
+def contract_payload_check(casavi_contracts: pd.DataFrame) -> dg.AssetCheckResult:
+    outcome = _problems_outcome(
+        contract_problems(casavi_contracts), casavi_contracts["erp_key"], len(casavi_contracts), "contracts"
+    )
+    return _result(outcome)
+
+
+@_check(
+    casavi_addresses,
+    name="unique_streets_within_property",
+    description="No two buildings of one economic unit have the same street and house number: casavi "
+    "identifies a building by its street within the property. Names both buildings.",
+)
+def unique_streets_check(casavi_addresses: pd.DataFrame) -> dg.AssetCheckResult:
+    return _result(quality.unique_streets(casavi_addresses))
 
 
 # --- referential integrity --------------------------------------------------------------------------
@@ -95,7 +124,7 @@ def _payload_check(asset: dg.AssetsDefinition, kind: ObjectKind) -> dg.AssetChec
     casavi_units,
     name="units_reference_existing_property_and_address",
     additional_ins={"casavi_properties": dg.AssetIn("casavi_properties")},
-    description="Every unit's property exists and its address is one of that property's addresses.",
+    description="Every unit's property exists and its address is one of that property's streets.",
 )
 def units_reference_check(casavi_units: pd.DataFrame, casavi_properties: pd.DataFrame) -> dg.AssetCheckResult:
     return _result(quality.unit_references(casavi_units, casavi_properties))
@@ -103,17 +132,14 @@ def units_reference_check(casavi_units: pd.DataFrame, casavi_properties: pd.Data
 
 @_check(
     casavi_contracts,
-    name="contracts_reference_existing_unit_and_contacts",
-    additional_ins={
-        "casavi_units": dg.AssetIn("casavi_units"),
-        "casavi_contacts": dg.AssetIn("casavi_contacts"),
-    },
-    description="Every contract's unit and contacts exist among the synced objects.",
+    name="contracts_reference_existing_unit",
+    additional_ins={"casavi_units": dg.AssetIn("casavi_units")},
+    description="Every contract's unit exists among the synced units and belongs to the contract's property.",
 )
 def contracts_reference_check(
-    casavi_contracts: pd.DataFrame, casavi_units: pd.DataFrame, casavi_contacts: pd.DataFrame
+    casavi_contracts: pd.DataFrame, casavi_units: pd.DataFrame
 ) -> dg.AssetCheckResult:
-    return _result(quality.contract_references(casavi_contracts, casavi_units, casavi_contacts))
+    return _result(quality.contract_references(casavi_contracts, casavi_units))
 
 
 @_check(
@@ -149,7 +175,7 @@ def erp_foreign_keys_check(
     casavi_contracts,
     name="tenants_have_valid_email",
     additional_ins={"casavi_contacts": dg.AssetIn("casavi_contacts")},
-    description="Every tenant contact has a valid email and every rental contract references only such tenants.",
+    description="Every contact that carries a rental contract has a valid email (the email rule, after mapping).",
 )
 def email_rule_check(casavi_contracts: pd.DataFrame, casavi_contacts: pd.DataFrame) -> dg.AssetCheckResult:
     return _result(quality.email_rule(casavi_contracts, casavi_contacts, api.ContractType.RENTER.value))
@@ -165,18 +191,17 @@ def email_rule_check(casavi_contracts: pd.DataFrame, casavi_contacts: pd.DataFra
     "tenants dropped exceeds CASAVI_EMAIL_DROP_WARN_SHARE (default 25 %), e.g. an empty email column.",
 )
 def email_rule_dropped_check(
-    context: dg.AssetCheckExecutionContext,
     sync_policy: SyncPolicy,
     casavi_contracts: pd.DataFrame,
     mieter: pd.DataFrame,
     mietvertraege: pd.DataFrame,
 ) -> dg.AssetCheckResult:
-    separator = sync_policy.id_separator
-    rental_ids = mietvertraege["vertrag_nr"].map(
-        lambda nr: rental_contract_id(context.partition_key, separator, nr)
-    )
     outcome = quality.email_rule_dropped(
-        mieter, mietvertraege, casavi_contracts, rental_ids, warn_share=sync_policy.email_drop_warn_share
+        mieter,
+        mietvertraege,
+        casavi_contracts,
+        api.ContractType.RENTER.value,
+        warn_share=sync_policy.email_drop_warn_share,
     )
     return _result(outcome)
 
@@ -219,15 +244,14 @@ def conflicting_persons_check(
 
 
 quality_checks = [
-    _unique_ids_check(casavi_addresses, "addresses", "address"),
+    unique_streets_check,
     _unique_ids_check(casavi_properties, "properties", "property"),
     _unique_ids_check(casavi_units, "units", "unit"),
     _unique_ids_check(casavi_contacts, "contacts", "contact"),
-    _unique_ids_check(casavi_contracts, "contracts", "contract"),
     _payload_check(casavi_properties, ObjectKind.PROPERTY),
     _payload_check(casavi_units, ObjectKind.UNIT),
     _payload_check(casavi_contacts, ObjectKind.CONTACT),
-    _payload_check(casavi_contracts, ObjectKind.CONTRACT),
+    contract_payload_check,
     units_reference_check,
     contracts_reference_check,
     erp_foreign_keys_check,

@@ -83,7 +83,7 @@ class SyncPolicy(dg.ConfigurableResource):
     )
     read_max_age_minutes: float = Field(default=10.0, ge=0, description="CASAVI_READ_MAX_AGE_MINUTES")
     progress_seconds: float = Field(default=30.0, gt=0, description="CASAVI_PROGRESS_SECONDS")
-    full_read_every_days: float = Field(default=7.0, gt=0, description="CASAVI_FULL_READ_EVERY_DAYS")
+    full_read_every_days: float = Field(default=0.75, gt=0, description="CASAVI_FULL_READ_EVERY_DAYS")
 
     @property
     def guards(self) -> GuardPolicy:

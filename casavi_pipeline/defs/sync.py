@@ -18,6 +18,7 @@ from contextlib import contextmanager
 import dagster as dg
 from pydantic import Field
 
+from casavi_pipeline.casavi import api
 from casavi_pipeline.casavi.api import ObjectKind
 from casavi_pipeline.casavi.client import CasaviClient
 from casavi_pipeline.casavi.errors import CasaviAuthError, CasaviUnavailableError
@@ -68,10 +69,16 @@ def _open_snapshot(context: dg.AssetExecutionContext, snapshots: SnapshotStore) 
     """The Mandant's snapshot; an unreadable one is moved aside (never deleted) and rebuilt from casavi."""
     mandant = context.partition_key
     try:
-        return snapshots.open(mandant)
+        snapshot = snapshots.open(mandant)
     except SnapshotCorruptError as exc:
         context.log.warning(f"{exc} It is rebuilt now from a full listing of casavi.")
-        return snapshots.open(mandant)
+        snapshot = snapshots.open(mandant)
+    if snapshot.rebuilt_for_model:
+        context.log.info(
+            f"Mandant {mandant}: the state was kept for casavi model revision {snapshot.rebuilt_for_model}; "
+            f"it is rebuilt for revision {api.MODEL_REVISION} from a full listing of casavi (adopted, not re-sent)."
+        )
+    return snapshot
 
 
 # --- remote state ---------------------------------------------------------------------------------
@@ -241,14 +248,12 @@ def casavi_changeset(
     casavi_properties,
     casavi_units,
     casavi_contacts,
-    casavi_contracts,
 ) -> dg.MaterializeResult:
     mandant = context.partition_key
     frames = {
         ObjectKind.PROPERTY: casavi_properties,
         ObjectKind.UNIT: casavi_units,
         ObjectKind.CONTACT: casavi_contacts,
-        ObjectKind.CONTRACT: casavi_contracts,
     }
     _before_the_pool(context)
     with snapshots.open(mandant) as snapshot:

@@ -13,6 +13,7 @@ from functools import cache
 
 import pandas as pd
 import pandera.pandas as pa
+import pycountry
 
 from casavi_pipeline.dates import iso_date_mask
 from casavi_pipeline.erp.contract import ANREDEN, NUTZUNGSARTEN, Column, ColumnType, Entity
@@ -28,8 +29,12 @@ NOT_NULL = "not_nullable"  # pandera's own name
 UNIQUE_KEY = "multiple_fields_uniqueness"  # pandera's own name for DataFrameSchema(unique=[...])
 
 _DECIMAL_SHAPE = r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)"
-#: Columns whose values come from a fixed list in the contract.
-_VALUE_SETS: dict[str, tuple[str, ...]] = {"nutzungsart": NUTZUNGSARTEN, "anrede": ANREDEN}
+#: Columns whose values come from a fixed list in the contract (`land`: ISO 3166-1 alpha-2, from pycountry).
+_VALUE_SETS: dict[str, tuple[str, ...]] = {
+    "nutzungsart": NUTZUNGSARTEN,
+    "anrede": ANREDEN,
+    "land": tuple(country.alpha_2 for country in pycountry.countries),
+}
 
 
 def holds_person_data(entity: Entity) -> bool:
@@ -97,6 +102,8 @@ def _explain(check: str, column: str, shown_value: str = "") -> str:
         return f"{subject} is not a decimal number; use digits with '.' as decimal point, e.g. 52.5"
     if check == NON_NEGATIVE:
         return f"{subject} is negative; it must be 0 or more"
+    if check == ALLOWED_VALUE and column == "land":
+        return f"{subject} is not an ISO 3166-1 alpha-2 country code; write e.g. DE, AT or CH (empty = DE)"
     if check == ALLOWED_VALUE:
         allowed = ", ".join(_VALUE_SETS[column])
         empty = " or leave it empty" if column == "anrede" else ""

@@ -21,7 +21,7 @@ def map_mandant(erp: dict[str, pd.DataFrame], *, mandant: str, separator: str) -
     return {
         "addresses": addresses,
         "properties": map_properties(erp["wirtschaftseinheiten"], addresses, **ids),
-        "units": map_units(erp["verwaltungseinheiten"], **ids),
-        "contacts": map_contacts(*people, **ids),
+        "units": map_units(erp["verwaltungseinheiten"], erp["gebaeude"], **ids),
+        "contacts": map_contacts(*people, contracts, **ids),
         "contracts": contracts,
     }

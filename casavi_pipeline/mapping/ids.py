@@ -1,25 +1,11 @@
 """Composite reference IDs (rule 3 of `docs/export-format.md`) and the ERP keys that name their source.
 
-casavi stores our composite ID as each object's `id`; it is built from the Mandant number and the ERP
-numbers joined by the separator setting. The mapping builds IDs in DuckDB (`sql_ref_id`); `compose`
-and `rental_contract_id` are the same composition in Python, for the few places that need one ID
-outside SQL (a data-quality message naming a contract).
+casavi stores our composite ID as each object's `id`; it is built in DuckDB from the Mandant number and
+the ERP numbers joined by the separator setting (`sql_ref_id`). Buildings and contracts have no ID of
+their own in casavi (revision 2): they are a property's address and a contact's contract entry.
 """
 
 from __future__ import annotations
-
-#: Literal kind tags that keep the ERP's two contract number ranges from colliding.
-RENTAL_CONTRACT_TAG = "MV"
-OWNER_CONTRACT_TAG = "EV"
-
-
-def compose(mandant: str, separator: str, *numbers: str) -> str:
-    """`M s n1 s n2 ...`: the Mandant first, so objects of all Mandanten can share one casavi account."""
-    return separator.join((mandant, *numbers))
-
-
-def rental_contract_id(mandant: str, separator: str, vertrag_nr: str) -> str:
-    return compose(mandant, separator, RENTAL_CONTRACT_TAG, vertrag_nr)
 
 
 def sql_ref_id(*parts: str) -> str:

@@ -2,7 +2,9 @@
 
 Which rows make a contact: a tenant row only when its email passes the rule (a tenant without one is
 not synced), an owner row always, in both cases only when its contract exists (a dangling row is
-reported by the foreign-key check, not synced). A person with several such rows is one contact.
+reported by the foreign-key check, not synced). Each such row is one synced contract of the person
+(`person_rows`, the one statement of that scope: `mapping.contracts` builds the contracts from it), and
+a person with at least one is one contact carrying all of them in `contracts`.
 
 Which row wins when a person's rows differ: the row of the contract with the latest `beginn`. Ties
 are broken by the higher contract number in *natural* order (leading zeros ignored, then shorter is
@@ -24,7 +26,7 @@ from casavi_pipeline.erp.contract import MIETER
 from casavi_pipeline.mapping.duck import DuckSession
 from casavi_pipeline.mapping.email import first_valid_emails
 from casavi_pipeline.mapping.ids import sql_ref_id
-from casavi_pipeline.mapping.real_estate import sql_country, sql_street
+from casavi_pipeline.mapping.real_estate import add_countries, sql_country, sql_street
 
 CONTACT_COLUMNS: tuple[str, ...] = (*api.DOMAIN_COLUMNS[ObjectKind.CONTACT], "erp_key")
 #: ERP `anrede` (compared case-insensitively) → casavi salutation; empty → null.
@@ -56,7 +58,8 @@ def open_person_session(
     """A session with the four person/contract entities and view `person_rows`: the rows that feed contacts.
 
     `person_rows` has one row per synced (contract, person) with `role` (MV/EV), `contract_nr`,
-    `beginn`, the person columns and `email_valid`, plus `rank` (1 = the row that wins for the person).
+    `beginn`, `ende`, the contract's unit (`we_nr`, `ve_nr`), the person columns and `email_valid`, plus
+    `rank` (1 = the row that wins for the person).
     """
     duck = DuckSession(mandant, separator)
     extra = {VALID_EMAIL_COLUMN: "VARCHAR"}
@@ -65,16 +68,17 @@ def open_person_session(
     duck.add_erp("mietvertraege", mietvertraege)
     duck.add_erp("eigentuemervertraege", eigentuemervertraege)
     person_columns = ", ".join(f"p.{c}" for c in [*_PERSON_DATA, VALID_EMAIL_COLUMN])
+    contract_columns = "c.beginn, c.ende, c.we_nr, c.ve_nr"
     natural = "length(ltrim(contract_nr, '0')) DESC, ltrim(contract_nr, '0') DESC, contract_nr DESC"
     duck.connection.execute(
         f"""
         CREATE VIEW person_rows AS
         WITH synced AS (
-            SELECT p.person_nr, 'MV' AS role, p.vertrag_nr AS contract_nr, c.beginn, {person_columns}
+            SELECT p.person_nr, 'MV' AS role, p.vertrag_nr AS contract_nr, {contract_columns}, {person_columns}
             FROM mieter p JOIN mietvertraege c USING (vertrag_nr)
             WHERE p.{VALID_EMAIL_COLUMN} IS NOT NULL
             UNION ALL
-            SELECT p.person_nr, 'EV' AS role, p.ev_nr AS contract_nr, c.beginn, {person_columns}
+            SELECT p.person_nr, 'EV' AS role, p.ev_nr AS contract_nr, {contract_columns}, {person_columns}
             FROM eigentuemer p JOIN eigentuemervertraege c USING (ev_nr)
         )
         SELECT *, row_number() OVER (
@@ -91,11 +95,13 @@ def map_contacts(
     mietvertraege: pd.DataFrame,
     eigentuemer: pd.DataFrame,
     eigentuemervertraege: pd.DataFrame,
+    contracts: pd.DataFrame,
     *,
     mandant: str,
     separator: str,
 ) -> pd.DataFrame:
-    """Synced tenants and all owners → one contact per person_nr, the winning row's data."""
+    """Synced tenants and all owners → one contact per person_nr, the winning row's data, carrying the
+    person's synced contracts (the `contracts` frame of `mapping.contracts`) in casavi's order."""
     with open_person_session(
         mieter, mietvertraege, eigentuemer, eigentuemervertraege, mandant=mandant, separator=separator
     ) as duck:
@@ -103,8 +109,16 @@ def map_contacts(
             "salutations",
             pd.DataFrame({"anrede": list(SALUTATIONS), "salutation": list(SALUTATIONS.values())}),
         )
+        contract_rule = api.rule_of(ObjectKind.CONTACT, "contracts")
+        items = [item.name for item in contract_rule.items]
+        duck.add_frame(
+            "contracts", contracts, [f'CAST("{c}" AS VARCHAR) AS "{c}"' for c in ("contact_id", *items)]
+        )
+        add_countries(duck)
         duck.params["online"] = api.WayOfContact.ONLINE.value
         duck.params["postal"] = api.WayOfContact.POSTAL.value
+        entry = ", ".join(f"{name} := k.{name}" for name in items)
+        order = ", ".join(f"k.{name}" for name in contract_rule.order)
         return duck.frame(
             f"""
             WITH tenant_email AS (
@@ -114,6 +128,9 @@ def map_contacts(
                 SELECT w.*, COALESCE(w.{VALID_EMAIL_COLUMN}, t.email) AS email
                 FROM person_rows w LEFT JOIN tenant_email t USING (person_nr)
                 WHERE w.rank = 1
+            ), by_contact AS (
+                SELECT k.contact_id, list(struct_pack({entry}) ORDER BY {order}) AS contracts
+                FROM contracts k GROUP BY k.contact_id
             )
             SELECT {sql_ref_id("w.person_nr")} AS id,
                    -- an unknown anrede is passed on unchanged so the payload check reports it
@@ -131,11 +148,14 @@ def map_contacts(
                    w.ort AS city,
                    {sql_country("w")} AS country,
                    CASE WHEN w.email IS NULL THEN $postal ELSE $online END AS preferred_way_of_contact,
+                   COALESCE(b.contracts, []) AS contracts,
                    'person_nr=' || w.person_nr AS erp_key
             FROM winner w
             LEFT JOIN salutations s ON s.anrede = lower(w.anrede)
+            LEFT JOIN by_contact b ON b.contact_id = {sql_ref_id("w.person_nr")}
             ORDER BY id
-            """
+            """,
+            list_columns=("contracts",),
         )[list(CONTACT_COLUMNS)]
 
 

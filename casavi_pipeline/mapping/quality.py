@@ -91,25 +91,52 @@ def unique_ids(
     )
 
 
+# --- unique streets within a property (a building is identified by its street) --------------------
+def unique_streets(addresses: pd.DataFrame) -> CheckOutcome:
+    """No two buildings of one economic unit have the same street and house number (rule 3): casavi
+    keeps one address per street, so the second building would silently merge into the first."""
+    keyed = addresses.assign(street=addresses["street"].fillna(""))
+    duplicated = keyed[keyed.duplicated(["property_id", "street"], keep=False)]
+    groups = duplicated.groupby(["property_id", "street"], sort=True)["erp_key"].agg(
+        lambda keys: " and ".join(sorted(keys))
+    )
+    # Named by property id and the buildings' ERP keys: the street itself stays out of the message.
+    details = [f"{property_id}: {keys}" for (property_id, _), keys in groups.items()]
+    return _outcome(
+        details,
+        Severity.ERROR,
+        ok=f"all {_plural(len(addresses), 'building')} have a street of their own within their property",
+        failed="{n} economic units have buildings with the same street and house number (first: {first}); "
+        "casavi identifies a building by its street within the property: fix strasse/hausnummer in "
+        "gebaeude.csv (or merge the buildings)",
+        counts={
+            "buildings": len(addresses),
+            "street_collisions": len(groups),
+            "buildings_affected": len(duplicated),
+        },
+        details=details,
+    )
+
+
 # --- referential integrity (casavi side) ------------------------------------------------------------
 def unit_references(units: pd.DataFrame, properties: pd.DataFrame) -> CheckOutcome:
-    """Every unit's property exists, and its address is one of that property's addresses (else 422)."""
+    """Every unit's property exists, and its address is one of that property's streets (else 422)."""
     property_ids = set(properties["id"])
-    addresses = {
-        (prop, address["id"])
+    streets = {
+        (prop, address["street"])
         for prop, address_list in zip(properties["id"], properties["addresses"], strict=True)
         for address in address_list
     }
     no_property = [u for u, p in zip(units["id"], units["property_id"], strict=True) if p not in property_ids]
     no_address = [
         u
-        for u, p, a in zip(units["id"], units["property_id"], units["address_id"], strict=True)
-        if p in property_ids and (p, a) not in addresses
+        for u, p, a in zip(units["id"], units["property_id"], units["address"], strict=True)
+        if p in property_ids and (p, a) not in streets
     ]
     return _outcome(
         no_property + no_address,
         Severity.ERROR,
-        ok=f"all {_plural(len(units), 'unit')} reference an existing property and address",
+        ok=f"all {_plural(len(units), 'unit')} reference an existing property and one of its addresses",
         failed="{n} units reference a missing property or building address (first: {first}); "
         "fix verwaltungseinheiten.csv, gebaeude.csv or wirtschaftseinheiten.csv",
         counts={
@@ -120,28 +147,30 @@ def unit_references(units: pd.DataFrame, properties: pd.DataFrame) -> CheckOutco
     )
 
 
-def contract_references(contracts: pd.DataFrame, units: pd.DataFrame, contacts: pd.DataFrame) -> CheckOutcome:
-    """Every contract's unit and contacts exist (else casavi answers 422)."""
-    unit_ids, contact_ids = set(units["id"]), set(contacts["id"])
-    no_unit = [c for c, u in zip(contracts["id"], contracts["unit_id"], strict=True) if u not in unit_ids]
-    missing_contacts = [
-        (c, missing)
-        for c, refs in zip(contracts["id"], contracts["contact_ids"], strict=True)
-        if (missing := [ref for ref in refs if ref not in contact_ids])
-    ]
+def contract_references(contracts: pd.DataFrame, units: pd.DataFrame) -> CheckOutcome:
+    """Every contract's unit exists and belongs to the contract's property (else casavi answers 422)."""
+    property_of = dict(zip(units["id"], units["property_id"], strict=True))
+    missing, elsewhere = [], []
+    for key, unit, prop in zip(
+        contracts["erp_key"], contracts["unit_id"], contracts["property_id"], strict=True
+    ):
+        if unit not in property_of:
+            missing.append(key)
+        elif property_of[unit] != prop:
+            elsewhere.append(key)
     return _outcome(
-        no_unit + [c for c, _ in missing_contacts],
+        missing + elsewhere,
         Severity.ERROR,
-        ok=f"all {_plural(len(contracts), 'contract')} reference an existing unit and existing contacts",
-        failed="{n} contracts reference a missing unit or contact (first: {first}); fix mietvertraege.csv, "
+        ok=f"all {_plural(len(contracts), 'contract')} reference an existing unit of their property",
+        failed="{n} contracts reference a missing unit (first: {first}); fix mietvertraege.csv, "
         "eigentuemervertraege.csv or verwaltungseinheiten.csv",
         counts={
             "contracts": len(contracts),
-            "missing_unit": len(no_unit),
-            "missing_contact": len(missing_contacts),
+            "missing_unit": len(missing),
+            "unit_of_other_property": len(elsewhere),
         },
-        details=[f"{c}: unit missing" for c in no_unit]
-        + [f"{c}: contacts missing {', '.join(m)}" for c, m in missing_contacts],
+        details=[f"{key}: unit missing" for key in missing]
+        + [f"{key}: unit of another property" for key in elsewhere],
     )
 
 
@@ -190,27 +219,18 @@ def erp_foreign_keys(
 
 # --- the email rule (rule 2) ------------------------------------------------------------------------
 def email_rule(contracts: pd.DataFrame, contacts: pd.DataFrame, renter_type: str) -> CheckOutcome:
-    """Every tenant contact has a valid email; every rental contract references only such contacts."""
+    """Every contact that carries a rental contract has a valid email (rule 2, after the mapping)."""
     emails = dict(zip(contacts["id"], contacts["email"], strict=True))
     renter = contracts[contracts["contract_type"] == renter_type]
-    bad_contracts, bad_contacts = [], set()
-    for contract_id, contact_ids in zip(renter["id"], renter["contact_ids"], strict=True):
-        unsynced = [c for c in contact_ids if not is_valid_email(emails.get(c))]
-        if unsynced or not len(contact_ids):
-            bad_contracts.append(contract_id)
-            bad_contacts.update(unsynced)
+    bad = sorted({c for c in renter["contact_id"] if not is_valid_email(emails.get(c))})
     return _outcome(
-        bad_contracts,
+        bad,
         Severity.ERROR,
-        ok=f"all {_plural(len(renter), 'rental contract')} reference only tenants with a valid email",
-        failed="{n} rental contracts reference tenants without a valid email (first: {first}); "
+        ok=f"all {_plural(len(renter), 'rental contract')} belong to tenants with a valid email",
+        failed="{n} contacts carry a rental contract without a valid email (first: {first}); "
         "the mapping must drop such tenants — report this as a bug",
-        counts={
-            "rental_contracts": len(renter),
-            "contracts_failing": len(bad_contracts),
-            "tenants_failing": len(bad_contacts),
-        },
-        details=[f"{c}: tenant without valid email" for c in bad_contracts],
+        counts={"rental_contracts": len(renter), "tenants_failing": len(bad)},
+        details=[f"{c}: tenant without valid email" for c in bad],
     )
 
 
@@ -218,7 +238,7 @@ def email_rule_dropped(
     mieter: pd.DataFrame,
     mietvertraege: pd.DataFrame,
     contracts: pd.DataFrame,
-    rental_ids: pd.Series,
+    renter_type: str,
     *,
     warn_share: float,
 ) -> CheckOutcome:
@@ -231,15 +251,15 @@ def email_rule_dropped(
     persons_with_email = set(mieter.loc[valid.notna(), "person_nr"])
     tenants = set(mieter["person_nr"])
     dropped_tenants = sorted(tenants - persons_with_email)
-    synced = set(contracts["id"])
-    dropped_contracts = [ref for ref in rental_ids if ref not in synced]
+    synced = set(contracts.loc[contracts["contract_type"] == renter_type, "number"])
+    dropped_contracts = [f"vertrag_nr={nr}" for nr in mietvertraege["vertrag_nr"] if nr not in synced]
     share = len(dropped_tenants) / len(tenants) if tenants else 0.0
     counts = {
         "tenants": len(tenants),
         "tenants_dropped": len(dropped_tenants),
         "tenant_rows_without_valid_email": int(valid.isna().sum()),
         "rental_contracts_dropped": len(dropped_contracts),
-        "rental_contracts": len(rental_ids),
+        "rental_contracts": len(mietvertraege),
     }
     summary = (
         f"{len(dropped_tenants)} of {len(tenants)} tenants ({share:.0%}) have no valid email and "

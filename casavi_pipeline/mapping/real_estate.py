@@ -1,8 +1,10 @@
 """Wirtschaftseinheiten, Gebäude and Verwaltungseinheiten → casavi properties, addresses and units.
 
-Field mapping exactly as rule 5 of `docs/export-format.md`. Every function returns one row per source
-record, sorted by `id` (then `erp_key`): two ERP records that compose to the same ID are kept side by
-side, never merged, so the unique-ID check can name both.
+Field mapping exactly as rule 5 of `docs/export-format.md`. A building has no reference id in casavi:
+it is an address of its property, identified by its street ("strasse hausnummer") within the property,
+and a unit names its address by that street. Every function returns one row per source record, sorted
+by `id` (then `erp_key`): two ERP records that compose to the same ID (or two buildings with the same
+street) are kept side by side, never merged, so the checks can name both.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from casavi_pipeline.casavi.api import ObjectKind
 from casavi_pipeline.mapping.duck import DuckSession
 from casavi_pipeline.mapping.ids import sql_erp_key, sql_ref_id
 
-ADDRESS_COLUMNS: tuple[str, ...] = ("property_id", *(name for name, _ in api.ADDRESS_FIELDS), "erp_key")
+ADDRESS_COLUMNS: tuple[str, ...] = ("property_id", *(rule.name for rule in api.ADDRESS_RULES), "erp_key")
 PROPERTY_COLUMNS: tuple[str, ...] = (*api.DOMAIN_COLUMNS[ObjectKind.PROPERTY], "erp_key")
 UNIT_COLUMNS: tuple[str, ...] = (*api.DOMAIN_COLUMNS[ObjectKind.UNIT], "erp_key")
 
@@ -37,9 +39,18 @@ def sql_street(alias: str = "") -> str:
     return f"NULLIF(concat_ws(' ', {prefix}strasse, {prefix}hausnummer), '')"
 
 
+def add_countries(duck: DuckSession) -> None:
+    """View `countries` (code, name): ISO code → the name casavi shows; used by `sql_country`."""
+    names = api.country_names()
+    duck.add_frame("countries", pd.DataFrame({"code": list(names), "name": list(names.values())}))
+
+
 def sql_country(alias: str = "") -> str:
+    """The country name of a row's `land` (empty → Germany). An unknown code stays as it is: the ERP
+    check refuses it before the mapping runs, and casavi's payload rules would see it, not a guess."""
     prefix = f"{alias}." if alias else ""
-    return f"COALESCE({prefix}land, '{DEFAULT_COUNTRY}')"
+    code = f"COALESCE({prefix}land, '{DEFAULT_COUNTRY}')"
+    return f"COALESCE((SELECT c.name FROM countries c WHERE c.code = {code}), {code})"
 
 
 def map_addresses(gebaeude: pd.DataFrame, *, mandant: str, separator: str) -> pd.DataFrame:
@@ -49,14 +60,10 @@ def map_addresses(gebaeude: pd.DataFrame, *, mandant: str, separator: str) -> pd
         return duck.frame(
             f"""
             SELECT {sql_ref_id("we_nr")} AS property_id,
-                   {sql_ref_id("we_nr", "geb_nr")} AS id,
                    {sql_street()} AS street,
-                   plz AS postal_code,
-                   ort AS city,
-                   {sql_country()} AS country,
                    {sql_erp_key("we_nr", "geb_nr")} AS erp_key
             FROM gebaeude
-            ORDER BY id, erp_key
+            ORDER BY property_id, street, erp_key
             """
         )[list(ADDRESS_COLUMNS)]
 
@@ -64,22 +71,22 @@ def map_addresses(gebaeude: pd.DataFrame, *, mandant: str, separator: str) -> pd
 def map_properties(
     wirtschaftseinheiten: pd.DataFrame, addresses: pd.DataFrame, *, mandant: str, separator: str
 ) -> pd.DataFrame:
-    """Wirtschaftseinheiten → properties, each with its buildings' addresses (sorted by address id)."""
-    address_fields = ", ".join(f"{name} := a.{name}" for name, _ in api.ADDRESS_FIELDS)
+    """Wirtschaftseinheiten → properties, each with its buildings' addresses (ordered by street)."""
+    address_fields = ", ".join(f"{rule.name} := a.{rule.name}" for rule in api.ADDRESS_RULES)
     with DuckSession(mandant, separator) as duck:
         duck.add_erp("wirtschaftseinheiten", wirtschaftseinheiten)
         duck.add_frame("addresses", addresses, [f'CAST("{c}" AS VARCHAR) AS "{c}"' for c in ADDRESS_COLUMNS])
+        add_countries(duck)
         return duck.frame(
             f"""
             WITH by_property AS (
-                SELECT a.property_id, list(struct_pack({address_fields}) ORDER BY a.id) AS addresses
+                SELECT a.property_id, list(struct_pack({address_fields}) ORDER BY a.street) AS addresses
                 FROM addresses a
                 GROUP BY a.property_id
             )
             SELECT {sql_ref_id("w.we_nr")} AS id,
                    w.bezeichnung AS name,
                    w.we_nr AS number,
-                   {sql_street("w")} AS street,
                    w.plz AS postal_code,
                    w.ort AS city,
                    {sql_country("w")} AS country,
@@ -107,10 +114,17 @@ def _labels_frame() -> pd.DataFrame:
     )
 
 
-def map_units(verwaltungseinheiten: pd.DataFrame, *, mandant: str, separator: str) -> pd.DataFrame:
-    """Verwaltungseinheiten → units, linked to their property and their building's address."""
+def map_units(
+    verwaltungseinheiten: pd.DataFrame, gebaeude: pd.DataFrame, *, mandant: str, separator: str
+) -> pd.DataFrame:
+    """Verwaltungseinheiten → units, linked to their property and, by street, to their building's address.
+
+    A unit whose building is missing from gebaeude.csv gets no address: the payload check blocks it
+    (casavi requires one) and the ERP foreign-key check names the missing building.
+    """
     with DuckSession(mandant, separator) as duck:
         duck.add_erp("verwaltungseinheiten", verwaltungseinheiten)
+        duck.add_erp("gebaeude", gebaeude)
         duck.add_frame("unit_labels", _labels_frame())
         duck.params["fallback_label"] = FALLBACK_UNIT_LABEL
         duck.params["private"] = api.Usage.PRIVATE.value
@@ -118,7 +132,7 @@ def map_units(verwaltungseinheiten: pd.DataFrame, *, mandant: str, separator: st
             f"""
             SELECT {sql_ref_id("v.we_nr", "v.geb_nr", "v.ve_nr")} AS id,
                    {sql_ref_id("v.we_nr")} AS property_id,
-                   {sql_ref_id("v.we_nr", "v.geb_nr")} AS address_id,
+                   {sql_street("g")} AS address,
                    COALESCE(l.label, $fallback_label) || ' ' || COALESCE(v.lage, v.ve_nr) AS name,
                    v.ve_nr AS number,
                    COALESCE(l.usage, $private) AS usage,
@@ -127,6 +141,7 @@ def map_units(verwaltungseinheiten: pd.DataFrame, *, mandant: str, separator: st
                    {sql_erp_key("we_nr", "geb_nr", "ve_nr", alias="v")} AS erp_key
             FROM verwaltungseinheiten v
             LEFT JOIN unit_labels l ON l.nutzungsart = v.nutzungsart
+            LEFT JOIN gebaeude g ON g.we_nr = v.we_nr AND g.geb_nr = v.geb_nr
             ORDER BY id, erp_key
             """
         )[list(UNIT_COLUMNS)]

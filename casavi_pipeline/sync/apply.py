@@ -1,7 +1,7 @@
 """Apply the pending changeset to casavi, advancing the snapshot with every confirmed write.
 
-Upserts go kind by kind in dependency order (properties → units → contacts → contracts), deletes in
-reverse (contracts → contacts → units → properties): casavi resolves references on write (422) and
+Upserts go kind by kind in dependency order (properties → units → contacts, each contact with its
+contracts), deletes in reverse (contacts → units → properties): casavi resolves references on write (422) and
 refuses to delete referenced objects (409), so one kind must be confirmed before the next starts.
 Within a kind the client sends concurrently. A rejected object is reported and skipped; the rest go on.
 If casavi becomes unavailable, what was confirmed stays recorded and the error propagates: the next
@@ -100,7 +100,7 @@ def _dependents(kind: ObjectKind) -> set[ObjectKind]:
     """The kind and every kind whose objects reference it (transitively): they cannot be written safely."""
     stopped = {kind}
     while True:
-        more = {source for source, _, target in api.REFERENCES if target in stopped} - stopped
+        more = {ref.kind for ref in api.REFERENCES if ref.target in stopped} - stopped
         if not more:
             return stopped
         stopped |= more

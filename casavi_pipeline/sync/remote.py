@@ -58,6 +58,7 @@ _META_FULL_AT = "full_at"
 _META_WRITTEN_AT = "written_at"
 _META_SCOPE = "prefixes"  # the id prefixes the listing kept; another set needs a full listing
 _META_SINCE = "since/"  # + kind: where the next incremental read of that kind starts
+_META_MODEL = "model_revision"  # the casavi model (`api.MODEL_REVISION`) the bodies were normalised with
 
 
 class ListingClient(Protocol):
@@ -109,6 +110,8 @@ class RemoteCache:
         try:
             con = duckdb.connect(str(self.path), read_only=read_only)
             con.execute("SELECT count(*) FROM meta").fetchall() if read_only else con.execute(_SCHEMA)
+            if not read_only:
+                self._forget_older_model(con)
         except duckdb.Error as exc:
             if "lock" in str(exc).lower() or not self.path.exists():
                 raise
@@ -119,6 +122,19 @@ class RemoteCache:
             yield con
         finally:
             con.close()
+
+    @staticmethod
+    def _forget_older_model(con: duckdb.DuckDBPyConnection) -> None:
+        """A listing normalised under an earlier casavi model is dropped whole (with its high-water marks):
+        its hashes cannot match today's bodies, and the next refresh lists everything anew."""
+        row = con.execute("SELECT value FROM meta WHERE key = ?", [_META_MODEL]).fetchone()
+        if row and row[0] == api.MODEL_REVISION:
+            return
+        con.execute("BEGIN TRANSACTION")
+        con.execute("DELETE FROM objects")
+        con.execute("DELETE FROM meta")
+        con.execute("INSERT INTO meta VALUES (?, ?)", [_META_MODEL, api.MODEL_REVISION])
+        con.execute("COMMIT")
 
     def refresh(
         self,

@@ -40,6 +40,7 @@ from typing import TYPE_CHECKING, TextIO
 import duckdb
 import pandas as pd
 
+from casavi_pipeline.casavi import api
 from casavi_pipeline.casavi.api import ObjectKind
 from casavi_pipeline.settings import ALLOWED_SEPARATORS
 
@@ -76,6 +77,8 @@ CREATE TABLE IF NOT EXISTS remote (
 """
 
 META_SEPARATOR = "id_separator"
+#: The casavi model revision (`api.MODEL_REVISION`) the hashes and bodies were made with.
+META_MODEL = "model_revision"
 #: When casavi's state was first taken as synced (a snapshot without it has never met casavi).
 META_ADOPTED = "adopted_at"
 META_MANDANT = "mandant"
@@ -246,6 +249,8 @@ class Snapshot:
         #: Journal lines dropped as torn or unreadable since this snapshot was opened: their writes are
         #: re-sent next run. Worth a warning: more than one points at a disk or a crash loop.
         self.dropped_journal_lines = 0
+        #: The snapshot held state of an earlier casavi model and was emptied to be rebuilt from casavi.
+        self.rebuilt_for_model: str | None = None
         if read_only and not self.path.exists():
             self._con = duckdb.connect()  # an empty in-memory snapshot: nothing synced yet
             self._con.execute(_SCHEMA)
@@ -258,6 +263,7 @@ class Snapshot:
             _read_every_table(con)
             if not read_only:
                 con.execute(_SCHEMA)
+                self.rebuilt_for_model = self._forget_older_model()
                 self._fold_journal()
                 self.set_meta(META_MANDANT, mandant)
         except duckdb.Error as exc:
@@ -274,6 +280,31 @@ class Snapshot:
                 reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
                 raise SnapshotCorruptError(self.path, mandant, moved_to, reason) from exc
             raise
+
+    def _forget_older_model(self) -> str | None:
+        """Empty a snapshot made under an earlier casavi model (`api.MODEL_REVISION`); return its revision.
+
+        Its hashes are of bodies casavi no longer takes (revision 1 had a contracts collection and
+        addresses with ids), so none of them can be compared. Emptied, the snapshot has never met casavi
+        and the next read adopts what casavi holds: only real differences are sent, nothing twice. The
+        journal's entries are of the old model too and go with it.
+        """
+        revision = self.get_meta(META_MODEL)
+        if revision == api.MODEL_REVISION:
+            return None
+        held = self._con.execute(
+            "SELECT (SELECT count(*) FROM synced) + (SELECT count(*) FROM pending) + (SELECT count(*) FROM remote)"
+        ).fetchone()[0]  # type: ignore[index]
+        older = revision or "1"  # revision 1 did not record its revision
+        rebuilt = older if held or self.journal_path.exists() else None
+        self._con.execute("BEGIN TRANSACTION")
+        for table in ("synced", "pending", "remote"):
+            self._con.execute(f"DELETE FROM {table}")
+        self._con.execute("DELETE FROM meta WHERE key = ?", [META_ADOPTED])  # the separator stays guarded
+        self.set_meta(META_MODEL, api.MODEL_REVISION)
+        self._con.execute("COMMIT")
+        self.journal_path.unlink(missing_ok=True)
+        return rebuilt
 
     # --- lifecycle -----------------------------------------------------------------------------------
     def __enter__(self) -> Snapshot:
