@@ -11,7 +11,7 @@ from casavi_pipeline.dates import is_iso_date, iso_date_mask
 from casavi_pipeline.erp.contract import MIETVERTRAEGE
 from casavi_pipeline.erp.errors import ErpExportError
 from casavi_pipeline.erp.reader import read_entity
-from casavi_pipeline.mapping.schemas import payload_problems
+from casavi_pipeline.mapping.schemas import contract_problems
 from casavi_pipeline_tests.erp_fixtures import default_rows, write_export
 
 VALID = ["2024-02-29", "2000-02-29", "0001-01-01", "9999-12-31", "2262-04-12", "1999-12-31"]
@@ -51,15 +51,15 @@ def test_mask_of_a_column_without_strings_is_all_false():
 
 def _contract_frame(end_date: str) -> pd.DataFrame:
     record = {
-        "id": "0001-MV-100001",
+        "contact_id": "0001-00042",
         "contract_type": "RENTER",
+        "property_id": "0001-001",
         "unit_id": "0001-001-01-0001",
-        "contact_ids": ["0001-00042"],
         "number": "100001",
         "start_date": "2020-01-01",
         "end_date": end_date,
     }
-    return pd.DataFrame([record], columns=list(api.DOMAIN_COLUMNS[ObjectKind.CONTRACT]))
+    return pd.DataFrame([record])
 
 
 @pytest.mark.parametrize(("end_date", "accepted"), [("9999-12-31", True), ("2023-02-30", False)])
@@ -74,13 +74,14 @@ def test_open_ended_contract_passes_and_impossible_date_fails_everywhere(tmp_pat
             read_entity(root, "0001", MIETVERTRAEGE)
 
     frame = _contract_frame(end_date)
-    problems = payload_problems(ObjectKind.CONTRACT, frame)
+    problems = contract_problems(frame)
     assert (problems == []) is accepted, problems
     if not accepted:
         assert {p.field for p in problems} == {"endDate"}
 
-    payload = api.to_payload(ObjectKind.CONTRACT, frame.iloc[0].to_dict())
-    errors = api.validate_payload(ObjectKind.CONTRACT, payload)
+    contact = {"id": "0001-00042", "last_name": "Musterfrau", "contracts": frame.to_dict("records")}
+    payload = api.to_payload(ObjectKind.CONTACT, contact)
+    errors = api.validate_payload(ObjectKind.CONTACT, payload)
     assert (errors == []) is accepted, errors
     if not accepted:
-        assert [e.field for e in errors] == ["endDate"]
+        assert [e.field for e in errors] == ["contracts[0].endDate"]

@@ -7,11 +7,12 @@ import pytest
 
 from casavi_pipeline.casavi import api
 from casavi_pipeline.erp.contract import ENTITIES
+from casavi_pipeline.erp.errors import ErpExportError
 from casavi_pipeline.erp.reader import read_entity
 from casavi_pipeline.mapping import map_mandant, quality
 from casavi_pipeline.mapping.email import first_valid_email, is_valid_email
 from casavi_pipeline.mapping.people import conflicting_persons
-from casavi_pipeline.mapping.schemas import payload_problems
+from casavi_pipeline.mapping.schemas import contract_problems, payload_problems
 from casavi_pipeline_tests.erp_fixtures import Append, default_rows, write_export
 
 M = "0001"
@@ -30,20 +31,17 @@ def mapped(frames: dict[str, pd.DataFrame], separator: str = "-") -> dict[str, p
 def test_composite_ids_for_every_separator(tmp_path, s):
     out = mapped(erp(tmp_path), separator=s)
     assert list(out["properties"]["id"]) == [f"0001{s}001"]
-    assert list(out["addresses"]["id"]) == [f"0001{s}001{s}01", f"0001{s}001{s}02"]
     assert list(out["units"]["id"]) == [
         f"0001{s}001{s}01{s}0001",
         f"0001{s}001{s}01{s}0002",
         f"0001{s}001{s}02{s}0003",
     ]
     assert list(out["contacts"]["id"]) == [f"0001{s}00042", f"0001{s}00044", f"0001{s}00050"]
-    assert list(out["contracts"]["id"]) == [
-        f"0001{s}EV{s}200001",
-        f"0001{s}MV{s}100001",
-        f"0001{s}MV{s}100002",
-    ]
+    # buildings and contracts have no reference id of their own (revision 2)
+    assert list(out["addresses"]["property_id"]) == [f"0001{s}001"] * 2
+    assert list(out["contracts"]["contact_id"]) == [f"0001{s}00042", f"0001{s}00044", f"0001{s}00050"]
     unit = out["units"].iloc[0]
-    assert (unit["property_id"], unit["address_id"]) == (f"0001{s}001", f"0001{s}001{s}01")
+    assert (unit["property_id"], unit["address"]) == (f"0001{s}001", "Müllerstraße 12")
 
 
 def test_property_fields_with_umlauts_leading_zeros_and_embedded_addresses(tmp_path):
@@ -52,28 +50,12 @@ def test_property_fields_with_umlauts_leading_zeros_and_embedded_addresses(tmp_p
         "id": "0001-001",
         "name": "Wohnanlage Müllerstraße",
         "number": "001",
-        "street": "Müllerstraße 12",
         "postalCode": "01067",
         "city": "Dresden",
-        "country": "DE",
+        "country": "Germany",  # casavi shows the name of land DE
         "note": None,
-        "addresses": [
-            {
-                "id": "0001-001-01",
-                "street": "Müllerstraße 12",
-                "postalCode": "01067",
-                "city": "Dresden",
-                "country": "DE",
-            },
-            # no `land` in the export: DE by default; house number with a letter kept
-            {
-                "id": "0001-001-02",
-                "street": "Weißdornweg 3a",
-                "postalCode": "01067",
-                "city": "Dresden",
-                "country": "DE",
-            },
-        ],
+        # one street per building, ordered by street; a house number with a letter kept
+        "addresses": [{"street": "Müllerstraße 12"}, {"street": "Weißdornweg 3a"}],
     }
 
 
@@ -91,18 +73,23 @@ def test_unit_names_usage_area_and_rooms(tmp_path):
     assert pd.isna(units.loc["0001-001-02-0003", "rooms"])
 
 
+def _contracts_of(out: dict[str, pd.DataFrame], contact_id: str) -> list[dict]:
+    contact = out["contacts"].set_index("id").loc[contact_id]
+    return api.to_payload(api.ObjectKind.CONTACT, {"id": contact_id, **contact.to_dict()})["contracts"]
+
+
 def test_contract_with_one_tenant_without_email_is_sent_with_the_other_only(tmp_path):
     out = mapped(erp(tmp_path))
-    contract = out["contracts"].set_index("id").loc["0001-MV-100001"]
-    assert list(contract["contact_ids"]) == ["0001-00042"]
+    assert [c["number"] for c in _contracts_of(out, "0001-00042")] == ["100001"]
     assert "0001-00043" not in set(out["contacts"]["id"])  # Dr. Weiß has no email: not synced
+    assert "0001-00043" not in set(out["contracts"]["contact_id"])
 
 
 def test_contract_whose_tenants_all_lack_email_is_not_synced(tmp_path):
     rows = default_rows()
     rows["mieter"][2]["email"] = "info at baeckerei"
     out = mapped(erp(tmp_path, rows))
-    assert "0001-MV-100002" not in set(out["contracts"]["id"])
+    assert "100002" not in set(out["contracts"]["number"])
     assert "0001-00044" not in set(out["contacts"]["id"])
 
 
@@ -131,29 +118,42 @@ def test_email_rule(value, expected):
 
 
 def test_ended_contract_keeps_its_end_date_and_owner_contract_has_type_owner(tmp_path):
-    contracts = mapped(erp(tmp_path))["contracts"].set_index("id")
-    ended = api.to_payload(
-        api.ObjectKind.CONTRACT, {"id": "0001-MV-100002", **contracts.loc["0001-MV-100002"].to_dict()}
-    )
-    assert (ended["type"], ended["startDate"], ended["endDate"], ended["unitId"]) == (
-        "RENTER", "2019-05-01", "2024-12-31", "0001-001-01-0002"
-    )  # fmt: skip
-    owner = contracts.loc["0001-EV-200001"]
-    assert (owner["contract_type"], list(owner["contact_ids"]), owner["end_date"]) == (
-        "OWNER",
-        ["0001-00050"],
-        None,
-    )
+    out = mapped(erp(tmp_path))
+    assert _contracts_of(out, "0001-00044") == [
+        {
+            "type": "RENTER",
+            "propertyId": "0001-001",
+            "unitId": "0001-001-01-0002",
+            "number": "100002",
+            "startDate": "2019-05-01",
+            "endDate": "2024-12-31",
+        }
+    ]
+    [owner] = _contracts_of(out, "0001-00050")
+    assert (owner["type"], owner["number"], owner["endDate"]) == ("OWNER", "200001", None)
 
 
-def test_person_who_is_tenant_and_owner_is_one_contact_on_both_contracts(tmp_path):
+def test_person_who_is_tenant_and_owner_is_one_contact_carrying_both_contracts(tmp_path):
     rows = default_rows()
     rows["eigentuemer"][0] = {**rows["mieter"][0], "ev_nr": "200001"}
     rows["eigentuemer"][0].pop("vertrag_nr")
     out = mapped(erp(tmp_path, rows))
     assert list(out["contacts"]["id"]) == ["0001-00042", "0001-00044"]
-    by_contract = out["contracts"].set_index("id")["contact_ids"].map(list).to_dict()
-    assert by_contract["0001-MV-100001"] == by_contract["0001-EV-200001"] == ["0001-00042"]
+    # ordered by (unitId, type, startDate, number): the rented unit 01-0001 before the owned 02-0003
+    assert [(c["type"], c["unitId"]) for c in _contracts_of(out, "0001-00042")] == [
+        ("RENTER", "0001-001-01-0001"),
+        ("OWNER", "0001-001-02-0003"),
+    ]
+
+
+def test_tenant_without_email_who_owns_a_unit_is_synced_with_the_ownership_only(tmp_path):
+    rows = default_rows()
+    rows["eigentuemer"][0] = {**rows["mieter"][1], "ev_nr": "200001"}  # Dr. Weiß: no email
+    rows["eigentuemer"][0].pop("vertrag_nr")
+    out = mapped(erp(tmp_path, rows))
+    assert [(c["type"], c["number"]) for c in _contracts_of(out, "0001-00043")] == [("OWNER", "200001")]
+    contact = out["contacts"].set_index("id").loc["0001-00043"]
+    assert (contact["email"], contact["preferred_way_of_contact"]) == (None, "POSTAL")
 
 
 def test_owner_without_email_is_synced_postal(tmp_path):
@@ -186,39 +186,67 @@ def test_conflicting_rows_latest_beginn_wins_and_are_counted(tmp_path):
 
 def test_erp_number_containing_the_separator_collides_and_the_check_names_both(tmp_path):
     rows = default_rows()
-    rows["wirtschaftseinheiten"].append({"we_nr": "001-01", "bezeichnung": "Anbau"})
-    rows["gebaeude"].append(
-        {
-            "we_nr": "001-01",
-            "geb_nr": "02",
-            "strasse": "Hof",
-            "hausnummer": "1",
-            "plz": "01067",
-            "ort": "Dresden",
-        }
+    building = {"we_nr": "001", "strasse": "Hof", "hausnummer": "1", "plz": "01067", "ort": "Dresden"}
+    rows["gebaeude"].append({**building, "geb_nr": "01-02"})
+    rows["verwaltungseinheiten"] += [
+        {"we_nr": "001", "geb_nr": "01-02", "ve_nr": "0009", "nutzungsart": "GARAGE"},
+        {"we_nr": "001", "geb_nr": "01", "ve_nr": "02-0009", "nutzungsart": "GARAGE"},
+    ]
+    units = mapped(erp(tmp_path, rows))["units"]
+    assert list(units["id"]).count("0001-001-01-02-0009") == 2  # kept, not silently merged
+
+    outcome = quality.unique_ids("units", units, "-", singular="unit")
+    assert not outcome.passed and outcome.severity is quality.Severity.ERROR
+    assert outcome.ids == ("0001-001-01-02-0009",)
+    assert outcome.details == (
+        "0001-001-01-02-0009 ← we_nr=001 geb_nr=01 ve_nr=02-0009 | we_nr=001 geb_nr=01-02 ve_nr=0009",
     )
+    assert "CASAVI_ID_SEPARATOR to '_'" in outcome.reason
+    # With another separator the same export is collision-free.
+    assert quality.unique_ids("units", mapped(erp(tmp_path, rows), separator="_")["units"], "_").passed
+
+
+def test_two_buildings_with_one_street_in_an_economic_unit_block_naming_both(tmp_path):
+    rows = default_rows()
     rows["gebaeude"].append(
         {
             "we_nr": "001",
-            "geb_nr": "01-02",
-            "strasse": "Hof",
-            "hausnummer": "2",
+            "geb_nr": "03",
+            "strasse": "Müllerstraße",
+            "hausnummer": "12",
             "plz": "01067",
             "ort": "Dresden",
         }
     )
-    addresses = mapped(erp(tmp_path, rows))["addresses"]
-    assert list(addresses["id"]).count("0001-001-01-02") == 2  # kept, not silently merged
-
-    outcome = quality.unique_ids("addresses", addresses, "-", singular="address")
+    out = mapped(erp(tmp_path, rows))
+    outcome = quality.unique_streets(out["addresses"])
     assert not outcome.passed and outcome.severity is quality.Severity.ERROR
-    assert outcome.ids == ("0001-001-01-02",)
-    assert outcome.details == ("0001-001-01-02 ← we_nr=001 geb_nr=01-02 | we_nr=001-01 geb_nr=02",)
-    assert "CASAVI_ID_SEPARATOR to '_'" in outcome.reason
-    # With another separator the same export is collision-free.
-    assert quality.unique_ids(
-        "addresses", mapped(erp(tmp_path, rows), separator="_")["addresses"], "_"
-    ).passed
+    assert outcome.details == ("0001-001: we_nr=001 geb_nr=01 and we_nr=001 geb_nr=03",)
+    assert "Müllerstraße" not in outcome.reason + " ".join(outcome.details)
+    # casavi would refuse the property too (streets are unique within a property)
+    assert {p.field for p in payload_problems(api.ObjectKind.PROPERTY, out["properties"])} == {"addresses"}
+    # the same street in another economic unit is no collision
+    rows["wirtschaftseinheiten"].append({"we_nr": "002", "bezeichnung": "Nachbarhaus"})
+    rows["gebaeude"][-1]["we_nr"] = "002"
+    assert quality.unique_streets(mapped(erp(tmp_path, rows))["addresses"]).passed
+
+
+def test_country_is_the_name_casavi_shows(tmp_path):
+    rows = default_rows()
+    rows["wirtschaftseinheiten"][0]["land"] = "AT"
+    rows["eigentuemer"][0]["land"] = "CH"
+    out = mapped(erp(tmp_path, rows))
+    assert out["properties"]["country"].tolist() == ["Austria"]
+    countries = out["contacts"].set_index("id")["country"]
+    # no land (and no postal address at all) is Germany, as the contract says
+    assert (countries["0001-00050"], countries["0001-00042"]) == ("Switzerland", "Germany")
+
+
+def test_unknown_country_code_is_refused_with_file_row_and_column(tmp_path):
+    rows = default_rows()
+    rows["wirtschaftseinheiten"][0]["land"] = "XY"
+    with pytest.raises(ErpExportError, match=r"(?s)wirtschaftseinheiten.*land.*ISO 3166-1 alpha-2"):
+        erp(tmp_path, rows)
 
 
 def test_dangling_foreign_keys_are_listed(tmp_path):
@@ -243,11 +271,21 @@ def test_checks_pass_on_a_consistent_export(tmp_path):
     out = mapped(frames)
     assert quality.erp_foreign_keys(frames).passed
     assert quality.unit_references(out["units"], out["properties"]).passed
-    assert quality.contract_references(out["contracts"], out["units"], out["contacts"]).passed
+    assert quality.contract_references(out["contracts"], out["units"]).passed
+    assert quality.unique_streets(out["addresses"]).passed
     assert quality.email_rule(out["contracts"], out["contacts"], "RENTER").passed
     for kind, name in [(api.ObjectKind.PROPERTY, "properties"), (api.ObjectKind.UNIT, "units"),
-                       (api.ObjectKind.CONTACT, "contacts"), (api.ObjectKind.CONTRACT, "contracts")]:  # fmt: skip
+                       (api.ObjectKind.CONTACT, "contacts")]:  # fmt: skip
         assert payload_problems(kind, out[name]) == [], kind
+    assert contract_problems(out["contracts"]) == []
+
+
+def test_contract_of_a_unit_missing_from_the_export_is_blocked_by_its_erp_key(tmp_path):
+    out = mapped(erp(tmp_path))
+    units = out["units"][out["units"]["id"] != "0001-001-01-0002"]
+    outcome = quality.contract_references(out["contracts"], units)
+    assert not outcome.passed
+    assert outcome.details == ("vertrag_nr=100002 person_nr=00044: unit missing",)
 
 
 def test_email_rule_check_fails_for_a_tenant_contact_without_email(tmp_path):
@@ -255,7 +293,7 @@ def test_email_rule_check_fails_for_a_tenant_contact_without_email(tmp_path):
     contacts = out["contacts"].copy()
     contacts.loc[contacts["id"] == "0001-00042", "email"] = None
     outcome = quality.email_rule(out["contracts"], contacts, "RENTER")
-    assert not outcome.passed and outcome.ids == ("0001-MV-100001",)
+    assert not outcome.passed and outcome.ids == ("0001-00042",)
 
 
 def test_payload_schema_names_row_and_field_never_the_value(tmp_path):
@@ -274,7 +312,6 @@ def test_payload_schema_keeps_the_cross_field_rules(tmp_path):
     contacts.loc[1, ["last_name", "company_name"]] = None  # neither lastName nor companyName
     assert {(p.row, p.field) for p in payload_problems(api.ObjectKind.CONTACT, contacts)} == {(1, "lastName")}
     contracts = out["contracts"].copy()
-    contracts.loc[2, "end_date"] = "2001-01-01"  # before its start
-    assert {(p.row, p.field) for p in payload_problems(api.ObjectKind.CONTRACT, contracts)} == {
-        (2, "endDate")
-    }
+    contracts.loc[1, "end_date"] = "2001-01-01"  # before its start
+    contracts.loc[2, "contract_type"] = "TENANT"  # not casavi's
+    assert {(p.row, p.field) for p in contract_problems(contracts)} == {(1, "endDate"), (2, "type")}
