@@ -63,13 +63,16 @@ def test_groups_lineage_and_partitions():
     }
     assert parents["casavi_properties"] == {"wirtschaftseinheiten", "casavi_addresses"}
     assert parents["casavi_addresses"] == {"gebaeude"}
-    assert parents["casavi_units"] == {"verwaltungseinheiten"}
+    assert parents["casavi_units"] == {"verwaltungseinheiten", "gebaeude"}
+    assert parents["casavi_contacts"] == {
+        "mieter", "mietvertraege", "eigentuemer", "eigentuemervertraege", "casavi_contracts"
+    }  # fmt: skip
+    # three kinds of casavi object: contracts travel inside their contacts (revision 2)
     assert parents["casavi_changeset"] == {
         "casavi_remote",
         "casavi_properties",
         "casavi_units",
         "casavi_contacts",
-        "casavi_contracts",
     }
     assert parents["casavi_sync"] == {"casavi_changeset"}
     partitions = graph.get(dg.AssetKey("casavi_sync")).partitions_def
@@ -136,7 +139,7 @@ def test_the_whole_graph_in_process_with_the_fake_casavi(tmp_path):
     assert first.success
     fake = bound["casavi"].client
     held = {kind.value: len(objects) for kind, objects in fake.objects.items()}
-    assert held == {"property": 6, "unit": 100, "contact": 186, "contract": 148}
+    assert held == {"property": 6, "unit": 100, "contact": 186}
     writes = len(fake.requests)
     second = run_mandant("0001", bound)
     assert second.success
@@ -148,7 +151,7 @@ def test_on_the_sample_every_check_passes_and_a_dry_run_writes_nothing(tmp_path)
     result = run_mandant("0001", bound, run_config={"ops": {"casavi_sync": {"config": {"dry_run": True}}}})
     assert result.success
     checks = check_results(result)
-    assert len(checks) == 18
+    assert len(checks) == 17
     failed = {n: c.severity for n, c in checks.items() if not c.passed}
     # The sample holds persons with differing rows on purpose; that one is a warning, nothing else fails.
     assert failed == {"conflicting_person_rows": dg.AssetCheckSeverity.WARN}
@@ -166,7 +169,7 @@ def test_on_the_sample_every_check_passes_and_a_dry_run_writes_nothing(tmp_path)
         if e.event_type_value == "ASSET_OBSERVATION"
     )
     assert observation.metadata["dry_run"].value is True
-    assert observation.metadata["writes"].value == 440
+    assert observation.metadata["writes"].value == 292  # 6 properties, 100 units, 186 contacts
     preview = observation.metadata["preview"].value.records
     assert preview and all("fields" in r.data for r in preview)
     assert "lastName" in next(r.data["fields"] for r in preview if r.data["kind"] == "contact")
@@ -185,17 +188,19 @@ def test_a_share_of_tenants_without_email_beyond_the_setting_warns(tmp_path):
 
 def test_a_failing_blocking_check_stops_the_sync_of_that_mandant(tmp_path):
     rows = default_rows()
-    building = {"strasse": "Hof", "plz": "01067", "ort": "Dresden"}
-    rows["gebaeude"].append({"we_nr": "001", "geb_nr": "01-02", "hausnummer": "2", **building})
-    rows["gebaeude"].append({"we_nr": "001-01", "geb_nr": "02", "hausnummer": "1", **building})
-    rows["wirtschaftseinheiten"].append({"we_nr": "001-01", "bezeichnung": "Anbau"})
+    # a third building of economic unit 001 at the first one's street: casavi would merge them
+    building = {"strasse": "Müllerstraße", "hausnummer": "12", "plz": "01067", "ort": "Dresden"}
+    rows["gebaeude"].append({"we_nr": "001", "geb_nr": "03", **building})
     export = write_export(tmp_path / "export", {"0001": rows})
     bound = resources(tmp_path, export)
 
     result = run_mandant("0001", bound)
     checks = check_results(result)
-    assert not checks["unique_address_ids"].passed
-    assert "0001-001-01-02" in checks["unique_address_ids"].description
+    assert not checks["unique_streets_within_property"].passed
+    assert (
+        "0001-001: we_nr=001 geb_nr=01 and we_nr=001 geb_nr=03"
+        in checks["unique_streets_within_property"].description
+    )
     executed = {e.step_key for e in result.all_events if e.event_type_value == "STEP_SUCCESS"}
     assert "casavi_changeset" not in executed and "casavi_sync" not in executed
     assert bound["casavi"].client.requests == []

@@ -34,12 +34,11 @@ def test_first_sync_equals_mapping_and_an_unchanged_rerun_writes_nothing(env, sa
     first = run_job(env)
     assert first.success
     assert_sandbox_holds(sandbox, first)
-    # 1 property, 3 units, 3 contacts (the tenant without email is not synced), 3 contracts.
-    assert {c: len(o) for c, o in sandbox.state().items()} == {
-        "properties": 1, "units": 3, "contacts": 3, "contracts": 3
-    }  # fmt: skip
+    # 1 property, 3 units, 3 contacts (the tenant without email is not synced), each with its contract.
+    assert {c: len(o) for c, o in sandbox.state().items()} == {"properties": 1, "units": 3, "contacts": 3}
     assert "0001-00043" not in sandbox.state()["contacts"]
-    assert sandbox.state()["contracts"]["0001-MV-100001"]["contactIds"] == ["0001-00042"]
+    contracts = sandbox.state()["contacts"]["0001-00042"]["contracts"]
+    assert [(c["type"], c["number"]) for c in contracts] == [("RENTER", "100001")]
 
     sandbox.reset(objects=False)
     second = run_job(env)
@@ -58,7 +57,7 @@ def test_dagsters_own_cli_runs_the_whole_graph_against_casavi_from_the_environme
     )  # fmt: skip
     assert cli.returncode == 0, cli.stderr[-3000:]
     assert "RUN_SUCCESS" in cli.stderr
-    assert sandbox.write_count() == 10  # 1 property, 3 units, 3 contacts, 3 contracts
+    assert sandbox.write_count() == 7  # 1 property, 3 units, 3 contacts (with their contracts)
 
     sandbox.reset(objects=False)
     rerun = run_job(env)  # the same snapshot, now through the job
@@ -80,9 +79,9 @@ def test_demo_prints_what_casavi_confirmed_per_kind_and_not_the_event_log(env, s
     }
     assert rows == {
         (MANDANT, "property"): ["1", "0", "0"], (MANDANT, "unit"): ["3", "0", "0"],
-        (MANDANT, "contact"): ["3", "0", "0"], (MANDANT, "contract"): ["3", "0", "0"],
+        (MANDANT, "contact"): ["3", "0", "0"],
     }  # fmt: skip
-    assert "10 writes confirmed by casavi." in first.stdout
+    assert "7 writes confirmed by casavi." in first.stdout
     assert "DEBUG" not in first.stdout + first.stderr  # the summary, not Dagster's event log
 
     second = subprocess.run(demo, capture_output=True, text=True, timeout=300)
@@ -105,7 +104,7 @@ def test_changed_phone_number_is_exactly_one_write(env, sandbox):
     assert_sandbox_holds(sandbox, result)
 
 
-def test_removed_contract_is_one_delete(env, sandbox):
+def test_removed_contract_is_one_update_of_its_contact(env, sandbox):
     same_person = {**default_rows()["mieter"][0], "vertrag_nr": "100003"}  # identical data: no update
     extra = {
         "mietvertraege": Append(
@@ -115,18 +114,20 @@ def test_removed_contract_is_one_delete(env, sandbox):
     }
     export(env, extra)
     assert run_job(env).success
-    assert "0001-MV-100003" in sandbox.state()["contracts"]
+    numbers = [c["number"] for c in sandbox.state()["contacts"]["0001-00042"]["contracts"]]
+    assert numbers == ["100001", "100003"]
     export(env)  # the defaults, without contract 100003
     sandbox.reset(objects=False)
 
     result = run_job(env)
     assert result.success
-    assert writes_by_route(sandbox) == {"DELETE /v2/contracts/{id}": 1}
-    assert "0001-MV-100003" not in sandbox.state()["contracts"]
+    # casavi keeps contracts inside the contact: a contract leaving the scope is a PUT of the contact
+    assert writes_by_route(sandbox) == {"PUT /v2/contacts/{id}": 1}
+    assert [c["number"] for c in sandbox.state()["contacts"]["0001-00042"]["contracts"]] == ["100001"]
     assert_sandbox_holds(sandbox, result)
 
 
-def test_tenant_losing_their_email_removes_their_contract_and_contact(env, sandbox):
+def test_tenant_losing_their_email_and_so_their_only_contract_is_deleted(env, sandbox):
     export(env)
     assert run_job(env).success
     rows = default_rows()
@@ -136,8 +137,7 @@ def test_tenant_losing_their_email_removes_their_contract_and_contact(env, sandb
 
     result = run_job(env)
     assert result.success
-    assert writes_by_route(sandbox) == {"DELETE /v2/contracts/{id}": 1, "DELETE /v2/contacts/{id}": 1}
-    assert "0001-MV-100002" not in sandbox.state()["contracts"]
+    assert writes_by_route(sandbox) == {"DELETE /v2/contacts/{id}": 1}
     assert "0001-00044" not in sandbox.state()["contacts"]
     assert_sandbox_holds(sandbox, result)
 
@@ -171,7 +171,7 @@ def test_truncated_export_trips_the_mass_deletion_guard_and_sends_nothing(env, s
 
 
 def test_killed_sync_resumes_without_duplicate_creates(env, sandbox, tmp_path):
-    big_export(env, contracts=150)  # about 460 writes
+    big_export(env, contracts=230)  # about 460 writes
     sandbox.configure(latency_ms=15)
     # The demo entry point with CASAVI_BASE_URL set: the main job in one process, against our sandbox.
     cli = subprocess.Popen(

@@ -316,7 +316,7 @@ def step_retries(instance: dg.DagsterInstance) -> list[str]:
 
 
 def test_sigterm_stops_the_demo_cleanly_and_the_next_run_converges(env, sandbox, monkeypatch, tmp_path):
-    big_export(env, contracts=150)  # about 460 writes for Mandant 0001
+    big_export(env, contracts=230)  # about 460 writes for Mandant 0001
     write_export(Path(env["ERP_EXPORT_DIR"]), {"0002": {}})  # a second Mandant, after 0001
     monkeypatch.setenv("CASAVI_MANDANTEN", f"{MANDANT},0002")
     sandbox.configure(latency_ms=15)

@@ -118,7 +118,9 @@ def test_a_read_back_hashes_like_the_write_it_came_from(kind):
         "modified": "2026-11-26T02:00:00.000Z",
     }
     if kind is ObjectKind.CONTACT:  # contracts in another order, an ended one's null left out
-        read["contracts"] = [{k: v for k, v in c.items() if v is not None} for c in reversed(read["contracts"])]
+        read["contracts"] = [
+            {k: v for k, v in c.items() if v is not None} for c in reversed(read["contracts"])
+        ]
         read["images"] = []  # a field the sync does not manage
     if kind is ObjectKind.PROPERTY:  # streets in another order, with the read-only units at each
         read["addresses"] = [{**a, "units": ["0001-001-01-0003"]} for a in reversed(read["addresses"])]

@@ -16,11 +16,11 @@ import sys
 import warnings
 from pathlib import Path
 
+from casavi_pipeline.casavi import api
 from casavi_pipeline.settings import SettingsError
 from casavi_sandbox.local import SANDBOX_PORT, LocalSetupError, local_environment
 from casavi_sandbox.process import PortTakenError
 
-KIND_ORDER = ("property", "unit", "contact", "contract")
 #: The demo prints a summary; the full event log of each run is in the Dagster UI (./run dev).
 QUIET = {"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}}
 #: How long the demo waits for the casavi_api pool before it gives up with the holder's run id.
@@ -36,11 +36,12 @@ def _summary_rows(result, mandant: str) -> list[tuple[str, ...]]:
         return []
     metadata = {k: v.value for k, v in events[-1].step_materialization_data.materialization.metadata.items()}
     rows = []
-    for kind in KIND_ORDER:
+    for kind in api.UPSERT_ORDER:
         counts = [
-            int(metadata.get(f"confirmed/{kind}/{change}", 0)) for change in ("create", "update", "delete")
+            int(metadata.get(f"confirmed/{kind.value}/{change}", 0))
+            for change in ("create", "update", "delete")
         ]
-        rows.append((mandant, kind, *map(str, counts)))
+        rows.append((mandant, kind.value, *map(str, counts)))
     return rows
 
 
