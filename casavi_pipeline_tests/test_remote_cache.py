@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 
 from casavi_pipeline.casavi.api import ObjectKind
+from casavi_pipeline.settings import Settings
 from casavi_pipeline.sync.remote import RemoteCache
 
 PREFIXES = ("0001-",)
@@ -12,7 +13,7 @@ T0 = dt.datetime(2026, 11, 26, 2, 0, tzinfo=dt.UTC)
 
 
 def unit(ref: str, modified: dt.datetime, **changes) -> dict:
-    body = {"id": ref, "propertyId": "0001-1", "addressId": "0001-1-01", "name": "Wohnung", "number": "1",
+    body = {"id": ref, "propertyId": "0001-1", "address": "Weg 1", "name": "Wohnung", "number": "1",
             "usage": "PRIVATE", "area": 50.0, "rooms": 2.0, "internalId": 7,
             "modified": modified.isoformat().replace("+00:00", "Z")}  # fmt: skip
     return {**body, **changes}
@@ -77,3 +78,28 @@ def test_an_unreadable_cache_is_moved_aside_and_listed_again(tmp_path):
     report = cache.refresh(casavi, prefixes=PREFIXES, now=T0 + dt.timedelta(minutes=1))
     assert report.full and report.account_objects == 1
     assert list(tmp_path.glob("casavi_remote.duckdb.corrupt-*"))
+
+
+def test_with_the_shipped_default_every_nightly_run_lists_in_full_and_sees_deletions(tmp_path):
+    """A unit deleted by hand in casavi's UI is seen the next night, not up to a week later."""
+    nightly_full = dt.timedelta(days=Settings.model_fields["full_read_every_days"].default)
+    cache = RemoteCache(tmp_path)
+    casavi = Casavi([unit("0001-1-01-1", T0), unit("0001-1-01-2", T0)])
+    cache.refresh(casavi, prefixes=PREFIXES, now=T0, full_every=nightly_full)
+    later = cache.refresh(casavi, prefixes=PREFIXES, now=T0 + dt.timedelta(hours=1), full_every=nightly_full)
+    assert not later.full  # the other Mandanten of the same night: no second full listing
+    casavi.units.pop()  # deleted by hand during the day
+    night = cache.refresh(casavi, prefixes=PREFIXES, now=T0 + dt.timedelta(days=1), full_every=nightly_full)
+    assert night.full and night.removed["unit"] == 1 and night.account_objects == 1
+
+
+def test_a_listing_of_an_earlier_casavi_model_is_dropped_and_listed_anew(tmp_path):
+    import duckdb
+
+    cache = RemoteCache(tmp_path)
+    casavi = Casavi([unit("0001-1-01-1", T0)])
+    cache.refresh(casavi, prefixes=PREFIXES, now=T0)
+    with duckdb.connect(str(cache.path)) as con:  # as revision 1 left it: no revision recorded
+        con.execute("DELETE FROM meta WHERE key = 'model_revision'")
+    report = cache.refresh(casavi, prefixes=PREFIXES, now=T0 + dt.timedelta(minutes=1))
+    assert report.full and not report.reused and report.changed["unit"] == 1

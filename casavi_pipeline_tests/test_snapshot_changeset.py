@@ -20,20 +20,11 @@ def _properties(*rows: tuple[str, str]) -> pd.DataFrame:
             "id": ref_id,
             "name": name,
             "number": ref_id.split("-")[-1],
-            "street": "Lindenstraße 12a",
             "postal_code": "04109",
             "city": "Leipzig",
-            "country": "DE",
+            "country": "Germany",
             "note": None,
-            "addresses": [
-                {
-                    "id": f"{ref_id}-01",
-                    "street": "Lindenstraße 12a",
-                    "postal_code": "04109",
-                    "city": "Leipzig",
-                    "country": "DE",
-                }
-            ],
+            "addresses": [{"street": "Lindenstraße 12a"}],
             "erp_key": f"we_nr={ref_id}",
         }
         for ref_id, name in rows
@@ -328,3 +319,34 @@ def test_a_damaged_snapshot_opened_read_only_is_also_reported(snapshot_path):
         Snapshot(snapshot_path, "0001", read_only=True)
     with Snapshot(snapshot_path, "0001", read_only=True) as empty:
         assert empty.synced_total() == 0
+
+
+def test_a_snapshot_of_an_earlier_casavi_model_is_emptied_to_be_rebuilt_and_keeps_its_separator(
+    snapshot_path,
+):
+    """Revision 1 kept contracts as their own kind and other bodies: none of its hashes can be compared."""
+    with Snapshot(snapshot_path, "0001") as snapshot:
+        compute_changeset(snapshot, {ObjectKind.PROPERTY: _properties(("0001-1", "Lindenhof"))})
+        _confirm_all(snapshot)
+        snapshot.set_separator("-")
+        snapshot.set_meta("adopted_at", "2026-11-01T00:00:00+00:00")
+        # what revision 1 left: no revision recorded, a contract row, a journal line of a contract
+        snapshot.connection.execute("DELETE FROM meta WHERE key = 'model_revision'")
+        snapshot.connection.execute("INSERT INTO synced VALUES ('contract', '0001-MV-1', 'abc', NULL, now())")
+    snapshot_path.with_suffix(".journal").write_text('["upsert", "contract", "0001-MV-2", "def"]\n')
+
+    with Snapshot(snapshot_path, "0001") as snapshot:
+        assert snapshot.rebuilt_for_model == "1"
+        assert snapshot.synced_total() == 0 and snapshot.dropped_journal_lines == 0
+        assert snapshot.get_meta("adopted_at") is None  # the next read adopts what casavi holds
+        assert snapshot.separator == "-"  # the separator guard keeps guarding
+        assert snapshot.get_meta("model_revision") == api.MODEL_REVISION
+    assert not snapshot_path.with_suffix(".journal").exists()
+    with Snapshot(snapshot_path, "0001") as snapshot:
+        assert snapshot.rebuilt_for_model is None  # once
+
+
+def test_a_new_snapshot_is_not_reported_as_rebuilt(snapshot_path):
+    with Snapshot(snapshot_path, "0001") as snapshot:
+        assert snapshot.rebuilt_for_model is None
+        assert snapshot.get_meta("model_revision") == api.MODEL_REVISION
