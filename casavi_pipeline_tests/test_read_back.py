@@ -221,3 +221,32 @@ def test_a_separator_migration_with_drift_repair_replaces_the_ids_and_duplicates
     held = sandbox.state()
     assert all("_" in ref and "-" not in ref for objects in held.values() for ref in objects), held
     assert {c: len(o) for c, o in held.items()} == {"properties": 1, "units": 3, "contacts": 3}
+
+
+def test_state_kept_under_casavi_model_revision_1_is_rebuilt_from_casavi_with_a_note_and_no_writes(
+    env, sandbox
+):
+    """An existing deployment upgrades: its snapshot and listing carry revision-1 hashes (and contracts as a
+    kind of their own); the first run after the upgrade adopts casavi's state instead of re-sending it."""
+    import duckdb
+
+    export(env)
+    assert run_job(env).success
+    folder = Path(env["CASAVI_SNAPSHOT_DB"])
+    with duckdb.connect(str(folder / f"snapshot_{MANDANT}.duckdb")) as con:
+        con.execute("DELETE FROM meta WHERE key = 'model_revision'")
+        con.execute("UPDATE synced SET content_hash = md5(content_hash)")  # bodies of another model
+        con.execute("INSERT INTO synced VALUES ('contract', '0001-MV-100001', 'abc', NULL, now())")
+    with duckdb.connect(str(folder / "casavi_remote.duckdb")) as con:
+        con.execute("DELETE FROM meta WHERE key = 'model_revision'")
+    sandbox.reset(objects=False)
+
+    result = run_job(env)
+    assert result.success
+    assert sandbox.write_count() == 0
+    with dg.DagsterInstance.get() as instance:
+        messages = [entry.user_message for entry in instance.all_logs(result.run_id)]
+    notes = [m for m in messages if "casavi model revision 1" in m]
+    assert len(notes) == 1 and "rebuilt for revision 2" in notes[0], notes
+    read = result.asset_materializations_for_node("casavi_remote")[0].metadata
+    assert read["full_listing"].value and read["adopted"].value == 7
