@@ -21,7 +21,7 @@ from casavi_pipeline.erp.contract import ENTITIES
 from casavi_pipeline.erp.reader import read_entity
 from casavi_pipeline.mapping import map_mandant, quality
 from casavi_pipeline.mapping.people import conflicting_persons
-from casavi_pipeline.mapping.schemas import payload_problems
+from casavi_pipeline.mapping.schemas import contract_problems, payload_problems
 from casavi_pipeline.sync.apply import apply_changeset
 from casavi_pipeline.sync.changeset import compute_changeset
 from casavi_pipeline.sync.snapshot import Snapshot
@@ -31,7 +31,6 @@ KINDS = {
     "properties": ObjectKind.PROPERTY,
     "units": ObjectKind.UNIT,
     "contacts": ObjectKind.CONTACT,
-    "contracts": ObjectKind.CONTRACT,
 }
 
 
@@ -46,15 +45,17 @@ def map_and_check(work: Path, mandant: str) -> dict:
     ids = {"mandant": mandant, "separator": SEPARATOR}
     people = (erp["mieter"], erp["mietvertraege"], erp["eigentuemer"], erp["eigentuemervertraege"])
     out = map_mandant(erp, **ids)
-    outcomes = [quality.unique_ids(name, frame, SEPARATOR) for name, frame in out.items()]
+    outcomes = [quality.unique_ids(name, out[name], SEPARATOR) for name in KINDS]
     outcomes += [
+        quality.unique_streets(out["addresses"]),
         quality.unit_references(out["units"], out["properties"]),
-        quality.contract_references(out["contracts"], out["units"], out["contacts"]),
+        quality.contract_references(out["contracts"], out["units"]),
         quality.erp_foreign_keys(erp),
         quality.email_rule(out["contracts"], out["contacts"], api.ContractType.RENTER.value),
     ]
     conflicting_persons(*people, **ids)
     problems = sum(len(payload_problems(kind, out[name])) for name, kind in KINDS.items())
+    problems += len(contract_problems(out["contracts"]))
     (work / f"casavi_{mandant}.pkl").write_bytes(pickle.dumps(out))
     return {
         "objects": sum(len(out[n]) for n in KINDS),
