@@ -41,7 +41,7 @@ from casavi_sandbox.model import (
     unmanaged_values,
     utc_timestamp,
 )
-from casavi_sandbox.store import SandboxStore
+from casavi_sandbox.store import SandboxStore, StoredObject
 from casavi_sandbox.wire import AFTER_PARAM, inactive_contracts, json_object, listing, problem_response
 
 #: casavi's tokens last about a month when no token TTL knob is set.
@@ -129,7 +129,7 @@ class _Handlers:
         return kind
 
     def _shape(
-        self, kind: api.ObjectKind, stored: list[Any], *, inactive_contracts: bool
+        self, kind: api.ObjectKind, stored: list[StoredObject], *, inactive_contracts: bool
     ) -> list[dict[str, Any]]:
         unmanaged = unmanaged_values(self.controls.knobs.unmanaged_names())
         return self.account.shape(kind, stored, inactive_contracts=inactive_contracts, unmanaged=unmanaged)

@@ -136,11 +136,13 @@ def reference_targets(kind: Kind, payload: Mapping[str, Any]) -> Iterator[tuple[
 def links(kind: Kind, payload: Mapping[str, Any]) -> list[tuple[str, str]]:
     """(target collection, target id) of every reference a body holds: what keeps its targets from
     being deleted (409)."""
-    return sorted(
-        {(reference.target.collection, target)
-         for reference in api.REFERENCES if reference.kind is kind
-         for target in api.referenced_ids(reference, payload)}
-    )  # fmt: skip
+    found = {
+        (reference.target.collection, target)
+        for reference in api.REFERENCES
+        if reference.kind is kind
+        for target in api.referenced_ids(reference, payload)
+    }
+    return sorted(found)
 
 
 class Account(Protocol):
@@ -170,7 +172,7 @@ def check_put(kind: Kind, ref_id: str, body: Mapping[str, Any], account: Account
         for field, target, target_id in reference_targets(kind, payload)
         if account.payload(target, target_id) is None
     ]
-    unknown += _foreign_addresses(kind, payload, account)
+    unknown += _outside_the_property(kind, payload, account)
     if unknown:
         raise Problem(api.STATUS_UNKNOWN_REFERENCE, f"{kind.value} references unknown objects", unknown)
     if kind is Kind.PROPERTY:
@@ -190,7 +192,7 @@ def check_put(kind: Kind, ref_id: str, body: Mapping[str, Any], account: Account
     return payload
 
 
-def _foreign_addresses(kind: Kind, payload: Mapping[str, Any], account: Account) -> list[api.FieldError]:
+def _outside_the_property(kind: Kind, payload: Mapping[str, Any], account: Account) -> list[api.FieldError]:
     """422s of a unit naming a street its property has not, or of a contract whose unit belongs to
     another property (each only where both objects exist: a missing one is reported already)."""
     errors = []
