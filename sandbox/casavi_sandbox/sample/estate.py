@@ -93,6 +93,7 @@ def build_estate(g: np.random.Generator, pools: Pools, units: int) -> Estate:
             "land": np.where(g.random(b) < 0.3, "", "DE").astype(object),  # empty means DE
         }
     )
+    gebaeude["hausnummer"] = _distinct_house_numbers(gebaeude)
     first_building = gebaeude.iloc[_starts(building_counts)].reset_index(drop=True)
     last_number = first_number + 2 * (building_counts - 1)
     span = np.where(
@@ -111,6 +112,23 @@ def build_estate(g: np.random.Generator, pools: Pools, units: int) -> Estate:
         }
     )
     return Estate(wirtschaftseinheiten, gebaeude, _units(g, sizes, building_counts, gebaeude))
+
+
+def _distinct_house_numbers(gebaeude: pd.DataFrame) -> pd.Series:
+    """House numbers such that no two buildings of one Wirtschaftseinheit share street and number.
+
+    casavi tells a property's buildings apart by their street alone, so the pipeline blocks a WE with
+    two buildings at one address. A corner building can draw the address of another (rarely: its street
+    and number are random); the later of the two then takes the next letter (`36` → `36a` → `36b`).
+    """
+    numbers = gebaeude["hausnummer"].copy()
+    while (taken := (gebaeude["we_nr"] + "\0" + gebaeude["strasse"] + "\0" + numbers).duplicated()).any():
+        numbers[taken] = numbers[taken].map(_next_letter)
+    return numbers
+
+
+def _next_letter(number: str) -> str:
+    return number[:-1] + chr(ord(number[-1]) + 1) if number[-1].isalpha() else number + "a"
 
 
 def _units(
