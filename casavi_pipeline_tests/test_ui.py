@@ -98,7 +98,9 @@ def test_ui_shows_the_graph_partitions_and_checks_and_runs_a_partition(dagster_d
     assert len(nodes) == 15  # 7 ERP, 5 casavi, casavi_remote, changeset, sync
     assert nodes["casavi_sync"]["partitionKeysByDimension"][0]["partitionKeys"] == ["0001", "0002", "0420"]
     checks = {c["name"]: c["blocking"] for c in nodes["casavi_contracts"]["assetChecksOrError"]["checks"]}
-    assert checks["tenants_have_valid_email"] is True and checks["email_rule_dropped"] is False
+    assert checks["contract_payload_schema"] is True and checks["email_rule_dropped"] is False
+    checks = {c["name"]: c["blocking"] for c in nodes["casavi_contacts"]["assetChecksOrError"]["checks"]}
+    assert checks["tenants_have_valid_email"] is True
     assert {c["name"] for c in nodes["casavi_changeset"]["assetChecksOrError"]["checks"]} == {
         "mass_deletion_guard_check", "separator_change_guard_check"
     }  # fmt: skip

@@ -172,12 +172,12 @@ def erp_foreign_keys_check(
 
 # --- email rule (rule 2) ----------------------------------------------------------------------------
 @_check(
-    casavi_contracts,
+    casavi_contacts,
     name="tenants_have_valid_email",
-    additional_ins={"casavi_contacts": dg.AssetIn("casavi_contacts")},
+    additional_ins={"casavi_contracts": dg.AssetIn("casavi_contracts")},
     description="Every contact that carries a rental contract has a valid email (the email rule, after mapping).",
 )
-def email_rule_check(casavi_contracts: pd.DataFrame, casavi_contacts: pd.DataFrame) -> dg.AssetCheckResult:
+def email_rule_check(casavi_contacts: pd.DataFrame, casavi_contracts: pd.DataFrame) -> dg.AssetCheckResult:
     return _result(quality.email_rule(casavi_contracts, casavi_contacts, api.ContractType.RENTER.value))
 
 
