@@ -182,7 +182,7 @@ def test_fake_casavi_resource_adopts_too(tmp_path):
 
     casavi = FakeCasaviResource()
     for kind, body in mapped_bodies(SAMPLE_EXPORT_DIR, "0001"):
-        casavi.client.objects[kind][body["id"]] = body
+        casavi.client.seed(kind, body)
     bound = {
         "erp_export": ErpExport(directory=str(SAMPLE_EXPORT_DIR)),
         "snapshots": SnapshotStore(directory=str(tmp_path)),

@@ -56,6 +56,12 @@ class FakeCasaviClient:
     def authenticate(self, *, force: bool = False) -> None:
         self.stats.count("authentications")
 
+    def seed(self, kind: ObjectKind, body: dict[str, Any]) -> None:
+        """Store an object as if it had been there before (an import, Aareon Connect): no request counted."""
+        ref_id = str(body[api.ID_FIELD])
+        self.objects[kind][ref_id] = body
+        self._meta[kind, ref_id] = (next(self._internal_ids), utc_timestamp(time.time()))
+
     # --- the model's view of the account (`model.Account`) -------------------------------------------
     def payload(self, kind: ObjectKind, ref_id: str) -> Mapping[str, Any] | None:
         return self.objects[kind].get(ref_id)
