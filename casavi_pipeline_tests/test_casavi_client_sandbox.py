@@ -126,3 +126,18 @@ def test_1000_upserts_arrive_exactly_once_under_500s_and_a_rate_limit(sandbox):
     assert sandbox.state()["contacts"] == {c["id"]: c | _nulls(c) for c in map(contact, range(1000))}
     by_status = sandbox.requests()["routes"]["PUT /v2/contacts/{id}"]
     assert by_status.get("201") == 1000 and "200" not in by_status  # created once, never written twice
+
+
+def test_a_contacts_ended_contracts_are_read_back_by_listing_and_by_id(sandbox):
+    """casavi leaves ended contracts out of reads unless asked: every read of contacts asks."""
+    prop = {"id": "0001-1", "name": "Lindenhof", "addresses": [{"street": "Weg 1"}]}
+    unit = {"id": "0001-1-1-1", "propertyId": "0001-1", "address": "Weg 1", "name": "Wohnung 1"}
+    ended = {"type": "RENTER", "propertyId": "0001-1", "unitId": "0001-1-1-1", "number": "1",
+             "startDate": "2019-01-01", "endDate": "2020-12-31"}  # fmt: skip
+    with client_for(sandbox) as client:
+        for kind, body in ((ObjectKind.PROPERTY, prop), (ObjectKind.UNIT, unit)):
+            assert client.upsert(kind, body).ok
+        assert client.upsert(ObjectKind.CONTACT, {**contact(1), "contracts": [ended]}).ok
+        [listed] = [c for c in client.list_objects(ObjectKind.CONTACT) if c["id"] == "0001-000001"]
+        one = client.get_object(ObjectKind.CONTACT, "0001-000001")
+    assert listed["contracts"] == one["contracts"] == [ended]

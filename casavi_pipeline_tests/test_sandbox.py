@@ -651,7 +651,7 @@ def test_ended_contracts_are_left_out_unless_inactive_ones_are_asked_for(client:
     assert numbers(client.get(path, params=INACTIVE).json()) == ["1", "2", "3"]
     listed = client.get(ObjectKind.CONTACT.collection_path).json()[api.LIST_KEY]
     assert numbers(listed[0]) == ["2", "3"]
-    listed = client.get(ObjectKind.CONTACT.collection_path, params=ObjectKind.CONTACT.list_params).json()
+    listed = client.get(ObjectKind.CONTACT.collection_path, params=ObjectKind.CONTACT.read_params).json()
     assert numbers(listed[api.LIST_KEY][0]) == ["1", "2", "3"]  # what the client asks for
     # the next link keeps asking for them
     put(
@@ -707,7 +707,7 @@ def test_unmanaged_fields_knob_adds_fields_the_sync_does_not_manage_to_every_rea
         assert isinstance(read["images"], list) and isinstance(read["appLink"], str)
         # the client's reading of it is unchanged: the sync neither sends nor compares these
         assert api.record_from_read(kind, read) == api.record_from_read(kind, before)
-        listed = client.get(kind.collection_path, params=kind.list_params).json()[api.LIST_KEY]
+        listed = client.get(kind.collection_path, params=kind.read_params).json()[api.LIST_KEY]
         assert set(extra) <= set(listed[0])
     assert set(extra) <= set(put(client, ObjectKind.UNIT, unit()).json())  # a PUT's answer is a read
     assert set(extra) <= set(sandbox.edit(ObjectKind.UNIT, UNIT_ID, {"name": "W 2"}))
@@ -1097,7 +1097,7 @@ def test_the_fake_client_answers_as_the_sandbox_does(client: httpx.Client) -> No
         ), op
         assert faked.ok == (answer.status_code < 400 or (op.action == "delete" and answer.status_code == 404))
     for kind in ObjectKind:
-        listed = client.get(kind.collection_path, params=kind.list_params).json()[api.LIST_KEY]
+        listed = client.get(kind.collection_path, params=kind.read_params).json()[api.LIST_KEY]
         assert [_without_meta(obj) for obj in fake.list_objects(kind)] == [
             _without_meta(obj) for obj in listed
         ]

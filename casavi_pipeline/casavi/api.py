@@ -130,9 +130,10 @@ class ObjectKind(StrEnum):
         return f"{self.collection_path}/{quote(ref_id, safe='')}"
 
     @property
-    def list_params(self) -> dict[str, str]:
-        """The query parameters every listing of this kind sends besides the page size."""
-        return dict(_LIST_PARAMS.get(self, {}))
+    def read_params(self) -> dict[str, str]:
+        """The query parameters every read of this kind sends: listings (besides the page size) and reads
+        of one object alike, so a contact read back shows its ended contracts too."""
+        return dict(_READ_PARAMS.get(self, {}))
 
 
 #: [read] properties, units, contacts; [model] that each takes PUT and DELETE by reference id.
@@ -141,7 +142,7 @@ _COLLECTIONS = {
     ObjectKind.UNIT: "units",
     ObjectKind.CONTACT: "contacts",
 }
-_LIST_PARAMS = {ObjectKind.CONTACT: {INCLUDE_INACTIVE_CONTRACTS_PARAM: "true"}}
+_READ_PARAMS = {ObjectKind.CONTACT: {INCLUDE_INACTIVE_CONTRACTS_PARAM: "true"}}
 UPSERT_ORDER: tuple[ObjectKind, ...] = (ObjectKind.PROPERTY, ObjectKind.UNIT, ObjectKind.CONTACT)
 #: Contacts (and with them their contracts) go first, then units, then properties: casavi refuses to
 #: delete a unit a contract references or a property that still has units (409).

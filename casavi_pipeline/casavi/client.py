@@ -433,7 +433,7 @@ class CasaviClient:
         if not 1 <= page_size <= api.MAX_PAGE_SIZE:
             raise ValueError(f"page_size must be between 1 and {api.MAX_PAGE_SIZE}")
         call = f"GET {kind.collection_path}"
-        params: dict[str, Any] | None = {api.PAGE_SIZE_PARAM: page_size, **kind.list_params}
+        params: dict[str, Any] | None = {api.PAGE_SIZE_PARAM: page_size, **kind.read_params}
         if modified_after is not None:
             params[api.MODIFIED_AFTER_PARAM] = _utc_stamp(modified_after)  # type: ignore[index]
         url: str | None = kind.collection_path
@@ -471,7 +471,9 @@ class CasaviClient:
     def get_object(self, kind: ObjectKind, ref_id: str) -> dict[str, Any] | None:
         """One object as casavi returns it, or None when casavi does not know the reference id (404)."""
         call = f"GET {kind.collection_path}/{{id}}"
-        response = self._request("GET", kind.object_path(ref_id), call=call, ref_id=ref_id)
+        response = self._request(
+            "GET", kind.object_path(ref_id), call=call, ref_id=ref_id, params=kind.read_params
+        )
         if response.status_code == api.STATUS_NOT_FOUND:
             return None
         if response.status_code != 200:

@@ -3,7 +3,7 @@ Dagster resource that hands it out (the fake beside `casavi_pipeline`'s real `Ht
 
 It applies the sandbox's model (`model.py`: the same functions, not a copy): PUT refused with 400, 422
 or 409, DELETE with 404 or 409, reads with `internalId`, `modified`, the `units` of each property
-address and `modifiedAfter`. Its reads are those of a client that sends each kind's `list_params`
+address and `modifiedAfter`. Its reads are those of a client that sends each kind's `read_params`
 (contacts: `includeInactiveContracts=true`), so a contact's ended contracts are in them. A refusal is
 reported as the HTTP client reports it: our wording for the status, and only field names.
 End-to-end tests use the sandbox process instead.
@@ -32,7 +32,7 @@ _UNIT_PROPERTY = next(r.casavi for r in api.FIELD_RULES[ObjectKind.UNIT] if r.na
 _UNIT_ADDRESS = next(r.casavi for r in api.FIELD_RULES[ObjectKind.UNIT] if r.name == "address")
 #: `includeInactiveContracts` as the client's reads of each kind send it.
 _INACTIVE_CONTRACTS = {
-    kind: kind.list_params.get(api.INCLUDE_INACTIVE_CONTRACTS_PARAM) == "true" for kind in ObjectKind
+    kind: kind.read_params.get(api.INCLUDE_INACTIVE_CONTRACTS_PARAM) == "true" for kind in ObjectKind
 }
 
 
