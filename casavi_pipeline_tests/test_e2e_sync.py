@@ -142,6 +142,27 @@ def test_tenant_losing_their_email_and_so_their_only_contract_is_deleted(env, sa
     assert_sandbox_holds(sandbox, result)
 
 
+def test_a_building_whose_street_changes_moves_its_units_in_one_run(env, sandbox):
+    """casavi names a building by its street: the property gets the new street first, the units move,
+    then the property drops the old street (casavi refuses to drop a street its units still name)."""
+    export(env)
+    assert run_job(env).success
+    rows = default_rows()
+    rows["gebaeude"][0]["hausnummer"] = "12b"  # Müllerstraße 12 → 12b; units 0001 and 0002 stand there
+    export(env, rows)
+    sandbox.reset(objects=False)
+
+    result = run_job(env)
+    assert result.success
+    assert writes_by_route(sandbox) == {"PUT /v2/properties/{id}": 2, "PUT /v2/units/{id}": 2}
+    assert_sandbox_holds(sandbox, result)
+    streets = [a["street"] for a in sandbox.state()["properties"]["0001-001"]["addresses"]]
+    assert streets == ["Müllerstraße 12b", "Weißdornweg 3a"]
+    sandbox.reset(objects=False)
+    assert run_job(env).success
+    assert sandbox.write_count() == 0
+
+
 def test_truncated_export_trips_the_mass_deletion_guard_and_sends_nothing(env, sandbox, monkeypatch):
     export(env)
     assert run_job(env).success

@@ -22,6 +22,9 @@ from casavi_pipeline.casavi.api import ObjectKind
 from casavi_pipeline.casavi.client import Operation, WriteResult
 from casavi_pipeline.sync.snapshot import Snapshot
 
+#: The pending action of a property's second PUT when it drops a street (`changeset.stage_street_moves`).
+SETTLE = "settle"
+
 
 class WriteClient(Protocol):
     def execute(self, operations: Iterator[Operation]) -> Iterator[WriteResult]: ...
@@ -86,7 +89,8 @@ def _operations(
     for op in snapshot.pending_ops(kind, action):
         in_flight[op.ref_id] = (op.change, op.content_hash)
         payload = json.loads(op.payload) if op.payload is not None else None
-        yield Operation(kind=kind, action=action, ref_id=op.ref_id, payload=payload)  # type: ignore[arg-type]
+        sent = "upsert" if action == SETTLE else action  # a settling write is a PUT like any other
+        yield Operation(kind=kind, action=sent, ref_id=op.ref_id, payload=payload)  # type: ignore[arg-type]
 
 
 def differing_fields(kind: ObjectKind, sent: dict, read: dict) -> tuple[str, ...]:
@@ -125,7 +129,16 @@ def apply_changeset(
     report = report if report is not None else SyncReport(mandant=snapshot.mandant)
     started = time.monotonic()
     stopped: set[ObjectKind] = set()
-    plan = [(kind, "upsert") for kind in api.UPSERT_ORDER] + [(kind, "delete") for kind in api.DELETE_ORDER]
+    # A property that drops a street is settled after its units moved away or were deleted (see
+    # `changeset.stage_street_moves`), and before properties are deleted.
+    deletes = [(kind, "delete") for kind in api.DELETE_ORDER]
+    settle_at = api.DELETE_ORDER.index(ObjectKind.PROPERTY)
+    plan = [
+        *((kind, "upsert") for kind in api.UPSERT_ORDER),
+        *deletes[:settle_at],
+        (ObjectKind.PROPERTY, SETTLE),
+        *deletes[settle_at:],
+    ]
 
     def record(kind: ObjectKind, result: WriteResult, in_flight: dict[str, tuple[str, str | None]]) -> None:
         op = result.operation
@@ -150,7 +163,7 @@ def apply_changeset(
                 continue
             in_flight: dict[str, tuple[str, str | None]] = {}
             operations = _operations(snapshot, kind, action, in_flight)
-            if verify and action == "upsert":
+            if verify and action == "upsert":  # (a settling PUT was verified as an upsert already)
                 # Probe: one write at a time until casavi confirms one, then read that one back.
                 while (probe := next(operations, None)) is not None:
                     (result,) = list(client.execute(iter([probe])))

@@ -5,6 +5,12 @@ Computed in DuckDB SQL: the mapped frames become (kind, ref_id, hash, payload) r
 `synced` table: new reference ids are creates, differing hashes updates, synced ids no longer mapped
 deletes. The result replaces the snapshot's `pending` table, where `apply` picks it up, so a retried or
 resumed sync continues with what is left rather than recomputing.
+
+A building whose street changes is the one write that cannot be one PUT: casavi identifies a building by
+its street, and refuses a property that drops a street its units still name (our model), while the units
+can only move to a street the property already has. Such a property is sent twice: first with the old
+and the new streets (so the units can move), and once more, *settled*, with only the new ones after the
+units moved or were deleted (`stage_street_moves`).
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+import duckdb
 import pandas as pd
 
 from casavi_pipeline.casavi import api
@@ -31,10 +38,11 @@ class KindChanges:
     update: int
     delete: int
     unchanged: int
+    settle: int = 0  # second PUTs of properties that drop a street (`stage_street_moves`)
 
     @property
     def writes(self) -> int:
-        return self.create + self.update + self.delete
+        return self.create + self.update + self.delete + self.settle
 
 
 @dataclass(frozen=True)
@@ -54,7 +62,8 @@ class ChangesetSummary:
         return {
             f"{kind.value}/{change}": getattr(changes, change)
             for kind, changes in self.kinds.items()
-            for change in (*CHANGES, "unchanged")
+            for change in (*CHANGES, "unchanged", "settle")
+            if change != "settle" or changes.settle
         }
 
 
@@ -121,6 +130,7 @@ def compute_changeset(
             )
             """
         )
+        stage_street_moves(con)
         con.execute("COMMIT")
     except Exception:
         con.execute("ROLLBACK")
@@ -129,6 +139,56 @@ def compute_changeset(
         for kind in frames:
             con.unregister(f"mapped_{kind.value}")
     return summarize(snapshot, kinds=list(frames), preview_rows=preview_rows)
+
+
+def _streets(body: dict) -> set[str]:
+    return {a.get("street") for a in body.get("addresses") or [] if isinstance(a, dict)} - {None}
+
+
+def stage_street_moves(con: duckdb.DuckDBPyConnection) -> int:
+    """Split each pending property update that drops a street into the two PUTs casavi needs.
+
+    The pending update becomes the property with its old *and* new streets; a `settle` operation with the
+    body the mapping wants follows the units (apply sends it after the unit deletes). The old streets come
+    from what we confirmed, else from casavi's read (`remote`). Returns how many properties were split.
+    """
+    rows = con.execute(
+        """
+        SELECT p.seq, p.payload, coalesce(s.payload, r.payload)
+        FROM pending p
+        LEFT JOIN synced s ON s.kind = p.kind AND s.ref_id = p.ref_id
+        LEFT JOIN remote r ON r.kind = p.kind AND r.ref_id = p.ref_id
+        WHERE p.kind = ? AND p.action = 'upsert' AND p.change = 'update'
+        """,
+        [ObjectKind.PROPERTY.value],
+    ).fetchall()
+    next_seq = con.execute("SELECT coalesce(max(seq), 0) + 1 FROM pending").fetchall()[0][0]
+    split = 0
+    for seq, wanted, held in rows:
+        body = json.loads(wanted)
+        old, new = _streets(json.loads(held)) if held else set(), _streets(body)
+        if not old - new:
+            continue
+        addresses = api.rule_of(ObjectKind.PROPERTY, "addresses").casavi
+        both = {**body, addresses: [{"street": street} for street in old | new]}
+        record = api.record_from_read(ObjectKind.PROPERTY, both)  # streets ordered as the mapping orders them
+        con.register(
+            "street_move", pd.DataFrame([record], columns=list(api.DOMAIN_COLUMNS[ObjectKind.PROPERTY]))
+        )
+        [(_, _, payload, content_hash)] = con.execute(
+            hashed_payloads_sql(ObjectKind.PROPERTY, "street_move")
+        ).fetchall()
+        con.unregister("street_move")
+        con.execute(
+            "INSERT INTO pending SELECT ?, kind, 'settle', 'settle', ref_id, content_hash, payload "
+            "FROM pending WHERE seq = ?",
+            [next_seq + split, seq],
+        )
+        con.execute(
+            "UPDATE pending SET payload = ?, content_hash = ? WHERE seq = ?", [payload, content_hash, seq]
+        )
+        split += 1
+    return split
 
 
 def changed_fields(new_payload: str | None, old_payload: str | None) -> str:
@@ -178,6 +238,7 @@ def summarize(
             update=update,
             delete=delete,
             unchanged=n_desired - create - update,
+            settle=pending.get((kind.value, "settle"), 0),
         )
     preview = con.execute(
         """

@@ -59,7 +59,7 @@ CREATE TABLE IF NOT EXISTS synced (
 CREATE TABLE IF NOT EXISTS pending (
     seq BIGINT NOT NULL,
     kind VARCHAR NOT NULL,
-    action VARCHAR NOT NULL,      -- 'upsert' or 'delete'
+    action VARCHAR NOT NULL,      -- 'upsert', 'delete' or 'settle' (a property's second PUT)
     change VARCHAR NOT NULL,      -- 'create', 'update' or 'delete'
     ref_id VARCHAR NOT NULL,
     content_hash VARCHAR,
@@ -522,7 +522,7 @@ class Snapshot:
                 SELECT j.kind, j.ref_id, j.content_hash, p.payload, ?::TIMESTAMPTZ AS synced_at
                 FROM (SELECT * FROM latest WHERE action = 'upsert') j
                 LEFT JOIN pending p
-                  ON p.kind = j.kind AND p.ref_id = j.ref_id AND p.action = 'upsert'
+                  ON p.kind = j.kind AND p.ref_id = j.ref_id AND p.action IN ('upsert', 'settle')
                      AND p.content_hash = j.content_hash
                 ON CONFLICT (kind, ref_id) DO UPDATE SET
                     content_hash = excluded.content_hash,
@@ -535,9 +535,13 @@ class Snapshot:
                 "DELETE FROM synced s USING latest j "
                 "WHERE j.action = 'delete' AND s.kind = j.kind AND s.ref_id = j.ref_id"
             )
+            # A confirmed upsert settles the pending PUT with that body: a property that drops a street
+            # has two (`changeset.stage_street_moves`), and confirming the first must leave the second.
             con.execute(
                 "DELETE FROM pending p USING journal j "
-                "WHERE p.kind = j.kind AND p.ref_id = j.ref_id AND p.action = j.action"
+                "WHERE p.kind = j.kind AND p.ref_id = j.ref_id AND CASE WHEN j.action = 'delete' "
+                "THEN p.action = 'delete' ELSE p.action IN ('upsert', 'settle') "
+                "AND p.content_hash = j.content_hash END"
             )
             con.execute("DROP TABLE journal")
             con.execute("DROP TABLE latest")
