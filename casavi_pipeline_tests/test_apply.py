@@ -16,12 +16,11 @@ from casavi_sandbox.fake import FakeCasaviClient
 
 def frames(units: int) -> dict[ObjectKind, pd.DataFrame]:
     prop = {
-        "id": "0001-1", "name": "Haus", "number": "1", "street": None, "postal_code": None, "city": None,
-        "country": "DE", "note": None,
-        "addresses": [{"id": "0001-1-01", "street": "Weg 1", "postal_code": "01067", "city": "Dresden", "country": "DE"}],
+        "id": "0001-1", "name": "Haus", "number": "1", "postal_code": None, "city": None,
+        "country": "Germany", "note": None, "addresses": [{"street": "Weg 1"}],
     }  # fmt: skip
     unit_rows = [
-        {"id": f"0001-1-01-{i:03d}", "property_id": "0001-1", "address_id": "0001-1-01", "name": f"Wohnung {i}",
+        {"id": f"0001-1-01-{i:03d}", "property_id": "0001-1", "address": "Weg 1", "name": f"Wohnung {i}",
          "number": f"{i:03d}", "usage": "PRIVATE", "area": 50.0, "rooms": 2.0}
         for i in range(units)
     ]  # fmt: skip
