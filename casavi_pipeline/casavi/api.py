@@ -238,7 +238,12 @@ FIELD_RULES: dict[ObjectKind, tuple[FieldRule, ...]] = {
         *_PLACE,
         _s("note", "note"),  # [read]
         FieldRule(
-            "addresses", "addresses", "object_list", items=ADDRESS_RULES, order=("street",), unique=("street",)
+            "addresses",
+            "addresses",
+            "object_list",
+            items=ADDRESS_RULES,
+            order=("street",),
+            unique=("street",),
         ),
     ),
     ObjectKind.UNIT: (
@@ -342,7 +347,11 @@ def referenced_ids(reference: Reference, payload: Mapping[str, Any]) -> list[str
         list_rule = rule_of(reference.kind, list_name)
         item_casavi = next(r.casavi for r in list_rule.items if r.name == item_name)
         entries = payload.get(list_rule.casavi)
-        values = [e.get(item_casavi) for e in entries if isinstance(e, Mapping)] if isinstance(entries, list) else []
+        values = (
+            [e.get(item_casavi) for e in entries if isinstance(e, Mapping)]
+            if isinstance(entries, list)
+            else []
+        )
     else:
         values = [payload.get(rule_of(reference.kind, reference.field).casavi)]
     for value in values:
@@ -496,7 +505,9 @@ def validate_payload(kind: ObjectKind, payload: Mapping[str, Any]) -> list[Field
             errors.append(FieldError("lastName", "lastName or companyName is required"))
         contracts = payload.get("contracts")
         for i, entry in enumerate(contracts if isinstance(contracts, list) else []):
-            start, end = (entry.get("startDate"), entry.get("endDate")) if isinstance(entry, Mapping) else (0, 0)
+            start, end = (
+                (entry.get("startDate"), entry.get("endDate")) if isinstance(entry, Mapping) else (0, 0)
+            )
             if isinstance(start, str) and isinstance(end, str) and end < start:
                 errors.append(FieldError(f"contracts[{i}].endDate", "must not be before startDate"))
     return errors
@@ -521,7 +532,9 @@ def payload_json_sql(kind: ObjectKind) -> str:
         column = f'"{rule.name}"'
         if rule.type == "object_list":
             inner = ", ".join(f"'{item.casavi}': e.{item.name}" for item in rule.items)
-            value = f"list_transform(coalesce({column}::{_struct_type(rule.items)}, []), lambda e: {{{inner}}})"
+            value = (
+                f"list_transform(coalesce({column}::{_struct_type(rule.items)}, []), lambda e: {{{inner}}})"
+            )
         else:
             value = f"{column}::{_SQL_TYPES[rule.type]}"
         fields.append(f"'{rule.casavi}': {value}")

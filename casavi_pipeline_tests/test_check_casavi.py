@@ -1,0 +1,436 @@
+"""`casavi-pipeline check-casavi`: the account compared with the model, read-only, by field names only.
+
+First the comparison against a scripted casavi (httpx.MockTransport), then the command as a real
+process against the sandbox (a real process too), then the Dagster job.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote
+
+import dagster as dg
+import httpx
+import pytest
+
+from casavi_pipeline.casavi import api, conformance
+from casavi_pipeline.casavi.api import ObjectKind
+from casavi_pipeline.casavi.client import CasaviClient, Operation
+from casavi_pipeline.casavi.errors import CasaviModelMismatchError
+
+CLI = Path(sys.executable).with_name("casavi-pipeline")
+NAMES_AND_VALUES = ("Lindenstraße", "Erika", "Mustermann", "erika@example.org", "+49 30 123", "Haus am See")
+
+
+def account() -> dict[str, list[dict[str, Any]]]:
+    """A small account as the model says casavi returns it, with the read-only and unmanaged fields."""
+    return {
+        "properties": [
+            {
+                "id": "0001-1",
+                "internalId": 11,
+                "modified": "2026-01-02T03:04:05.000Z",
+                "name": "Haus am See",
+                "number": "1",
+                "postalCode": "10115",
+                "city": "Berlin",
+                "country": "Germany",
+                "note": None,
+                "addresses": [{"street": "Lindenstraße 12a", "units": ["0001-1-1"]}],
+                "images": [],
+                "appLink": "https://app.test/p/11",
+            }
+        ],
+        "units": [
+            {
+                "id": "0001-1-1",
+                "internalId": 21,
+                "propertyId": "0001-1",
+                "address": "Lindenstraße 12a",
+                "name": "Wohnung 1",
+                "number": "1",
+                "usage": "PRIVATE",
+                "area": 61,
+                "rooms": 2.5,
+                "responsibilities": [],
+            }
+        ],
+        "contacts": [
+            {
+                "id": "0001-P1",
+                "internalId": 31,
+                "salutation": "MS",
+                "title": None,
+                "firstName": "Erika",
+                "lastName": "Mustermann",
+                "companyName": None,
+                "email": "erika@example.org",
+                "telephone": "+49 30 123",
+                "mobile": None,
+                "street": "Lindenstraße 12a",
+                "postalCode": "10115",
+                "city": "Berlin",
+                "country": "Germany",
+                "preferredWayOfContact": "ONLINE",
+                "contracts": [
+                    {
+                        "type": "RENTER",
+                        "propertyId": "0001-1",
+                        "unitId": "0001-1-1",
+                        "number": "V1",
+                        "startDate": "2020-01-01",
+                        "endDate": None,
+                    }
+                ],
+                "customFields": {"Lieblingsfarbe": "blau"},
+                "mscSomething": 1,
+            }
+        ],
+    }
+
+
+class MockCasavi:
+    """A scripted casavi over httpx.MockTransport: login, listings, reads by id, PUT and DELETE."""
+
+    def __init__(self, objects: dict[str, list[dict[str, Any]]] | None = None, **behaviour: Any) -> None:
+        self.objects = {c: {o["id"]: o for o in objs} for c, objs in (objects or account()).items()}
+        self.behaviour = behaviour
+        self.calls: list[tuple[str, str]] = []
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        raw_path = request.url.raw_path.decode().split("?")[0]
+        self.calls.append((request.method, raw_path))
+        if raw_path == api.AUTH_PATH:
+            if json.loads(request.content)[api.AUTH_SECRET_FIELD] != "s":
+                return httpx.Response(401, json={"message": "bad credentials"})
+            return httpx.Response(200, json={"token": "t", "expiresAt": "2099-01-01T00:00:00Z"})
+        assert request.headers["token"] == "t"
+        parts = raw_path.split("/")  # ["", "v2", collection, id?]
+        collection = parts[2]
+        if collection in self.behaviour.get("missing_collections", ()):
+            return httpx.Response(404, json={"message": "no route"})
+        stored = self.objects.setdefault(collection, {})
+        if len(parts) == 3:
+            assert request.method == "GET"
+            size = int(request.url.params[api.PAGE_SIZE_PARAM])
+            page = list(stored.values())[:size]
+            links = {"next": f"{collection}?cursor=2"} if len(stored) > size else {}
+            return httpx.Response(200, json={"list": page, "_links": links})
+        if "%2F" in parts[3] and self.behaviour.get("slash_unrouted"):
+            return httpx.Response(404, json={"message": "no route"})
+        ref_id = unquote(parts[3])
+        if request.method == "GET":
+            found = stored.get(ref_id)
+            return httpx.Response(200, json=found) if found else httpx.Response(404, json={})
+        if request.method == "DELETE":
+            return httpx.Response(204 if stored.pop(ref_id, None) else 404)
+        body = json.loads(request.content)
+        for dropped in self.behaviour.get("drop_on_write", ()):
+            body.pop(dropped, None)
+        created = ref_id not in stored
+        stored[ref_id] = {**body, "internalId": 99}
+        return httpx.Response(201 if created else 200, json=stored[ref_id])
+
+
+def client_for(mock: MockCasavi, secret: str = "s") -> CasaviClient:
+    return CasaviClient(
+        "https://casavi.test", "k", secret, transport=httpx.MockTransport(mock), requests_per_minute=None
+    )
+
+
+def check(mock: MockCasavi, *, secret: str = "s", **kwargs: Any) -> conformance.Report:
+    kwargs.setdefault("separator", "-")
+    with client_for(mock, secret) as client:
+        return conformance.check_account(client, **kwargs)
+
+
+def text(report: conformance.Report) -> str:
+    return "\n".join(report.lines())
+
+
+def contradicted(report: conformance.Report) -> list[str]:
+    return [c.constant for c in report.all_contradictions]
+
+
+def edited(change) -> dict[str, list[dict[str, Any]]]:
+    objects = copy.deepcopy(account())
+    change(objects)
+    return objects
+
+
+# --- the comparison ------------------------------------------------------------------------------------
+def test_a_conforming_account_matches_with_seven_reads_and_no_write():
+    mock = MockCasavi()
+    report = check(mock)
+    assert report.exit_code == conformance.MATCHES, text(report)
+    assert contradicted(report) == []
+    assert (report.requests, report.writes) == (7, 0)
+    assert {method for method, _ in mock.calls} == {"POST", "GET"}
+    assert [c for c in mock.calls if c[0] == "POST"] == [("POST", api.AUTH_PATH)]
+    out = text(report)
+    assert "fields we send, never returned: -" in out
+    assert "fields casavi returned that the model does not know: -" in out  # unmanaged ones are not named
+    assert "read-only fields: units" in out
+    assert "1 of 1 units name a street of their property" in out
+    assert out.splitlines()[-1] == report.summary
+    assert report.summary.startswith("casavi at https://casavi.test matches casavi_pipeline's model")
+
+
+def test_no_value_of_the_account_reaches_the_report():
+    out = text(check(MockCasavi(edited(lambda o: o["units"][0].update(usage="Frau Mustermann's")))))
+    for value in (*NAMES_AND_VALUES, "Lieblingsfarbe", "blau", "0001-P1"):
+        assert value not in out
+    assert "enum values outside ours: usage: 1 values not shaped like a code" in out
+
+
+def test_a_renamed_field_is_a_contradiction_naming_the_rule_and_the_new_name():
+    def rename(objects):
+        unit = objects["units"][0]
+        unit["roomCount"] = unit.pop("rooms")
+
+    report = check(MockCasavi(edited(rename)))
+    assert report.exit_code == conformance.CONTRADICTS
+    assert contradicted(report) == ['FIELD_RULES[unit] field "rooms"']
+    assert "roomCount (renamed?)" in report.summary
+    assert 'CONTRADICTION FIELD_RULES[unit] field "rooms"' in text(report)
+
+
+def test_an_empty_optional_field_alone_is_no_contradiction():
+    # casavi may leave out null fields: a `rooms` nobody filled is not a renamed one
+    report = check(MockCasavi(edited(lambda o: o["units"][0].pop("rooms"))))
+    assert report.exit_code == conformance.MATCHES, text(report)
+    assert "fields we send, never returned: rooms (empty on every object read" in text(report)
+
+
+def test_an_unknown_field_is_named_but_no_contradiction():
+    report = check(MockCasavi(edited(lambda o: o["contacts"][0].update(isRegistered=True))))
+    assert report.exit_code == conformance.MATCHES
+    assert "fields casavi returned that the model does not know: isRegistered" in text(report)
+
+
+def test_enum_values_outside_ours_name_the_enum_and_show_only_codes():
+    def change(objects):
+        objects["units"][0]["usage"] = "MIXED_USE"
+        objects["contacts"][0]["contracts"][0]["type"] = "SUBTENANT"
+        objects["contacts"][0]["salutation"] = "Herr Dr. Mustermann"
+
+    report = check(MockCasavi(edited(change)))
+    assert sorted(contradicted(report)) == ["ContractType", "Salutation", "Usage"]
+    out = text(report)
+    assert "MIXED_USE (1)" in out and "SUBTENANT (1)" in out and "Mustermann" not in out
+
+
+def test_address_and_contract_shapes():
+    def change(objects):
+        objects["properties"][0]["addresses"] = [{"street": "Lindenstraße 12a"}]  # no `units`
+        objects["units"][0]["address"] = "12345"  # not a street of its property
+        del objects["contacts"][0]["contracts"][0]["unitId"]
+        objects["contacts"][0]["contracts"][0]["startDate"] = "01.01.2020"
+
+    report = check(MockCasavi(edited(change)))
+    assert sorted(contradicted(report)) == [
+        "ADDRESS_UNITS_FIELD",
+        'CONTRACT_RULES field "startDate"',
+        'CONTRACT_RULES field "unitId"',
+        'FIELD_RULES[unit] field "address"',
+    ]
+    assert "1 of 1 units name no street of their property" in report.summary
+    assert "12345" not in text(report) and "01.01.2020" not in text(report)
+
+
+def test_an_empty_account_has_nothing_to_compare():
+    report = check(MockCasavi({"properties": [], "units": [], "contacts": []}))
+    assert report.exit_code == conformance.MATCHES
+    assert report.requests == 4  # the login and three listings; nothing to read by id
+    for collection in ("properties", "units", "contacts"):
+        assert f"nothing to compare (the account has no {collection})" in text(report)
+
+
+def test_a_missing_collection_is_a_contradiction_naming_it():
+    report = check(MockCasavi(missing_collections={"units"}))
+    assert report.exit_code == conformance.CONTRADICTS
+    assert contradicted(report) == ["_COLLECTIONS[UNIT]"]
+    assert "GET /v2/units → 404: casavi's API differs" in report.summary
+
+
+def test_the_first_page_only_and_its_envelope():
+    objects = account()
+    objects["units"] = [{**objects["units"][0], "id": f"0001-1-{i}"} for i in range(api.MAX_PAGE_SIZE + 1)]
+    mock = MockCasavi(objects)
+    report = check(mock)
+    assert report.requests == 7  # the next link is not followed
+    assert "unit: 500 objects on the first page (pageSize=500, a next link)" in text(report)
+    assert "paging envelope: list, _links; _links: next (next on units: not followed)" in text(report)
+
+
+def test_a_full_page_without_a_next_link_is_a_contradiction():
+    objects = account()
+    objects["units"] = [{**objects["units"][0], "id": f"0001-1-{i}"} for i in range(api.MAX_PAGE_SIZE)]
+    assert contradicted(check(MockCasavi(objects))) == ["LINKS_KEY / NEXT_LINK_KEY"]
+
+
+def test_refused_credentials_cannot_check_in_one_line():
+    report = check(MockCasavi(), secret="wrong")
+    assert report.exit_code == conformance.CANNOT_CHECK
+    assert report.requests == 1
+    assert report.summary == (
+        "cannot check casavi at https://casavi.test: casavi refused the API key/secret (401): set valid "
+        "CASAVI_API_KEY and CASAVI_API_SECRET (1 requests, 0 writes)"
+    )
+
+
+# --- the write test ------------------------------------------------------------------------------------
+def test_the_write_test_writes_reads_back_and_deletes_in_order():
+    mock = MockCasavi()
+    report = check(mock, write_test=True)
+    assert report.exit_code == conformance.MATCHES, text(report)
+    writes = [(m, p) for m, p in mock.calls if m in ("PUT", "DELETE")]
+    prefix = "casavi-pipeline-check-"
+    assert writes == [
+        ("PUT", f"/v2/properties/{prefix}property"),
+        ("PUT", f"/v2/properties/{prefix}property"),
+        ("PUT", f"/v2/units/{prefix}unit"),
+        ("PUT", f"/v2/contacts/{prefix}contact"),
+        ("DELETE", f"/v2/contacts/{prefix}contact"),
+        ("DELETE", f"/v2/units/{prefix}unit"),
+        ("DELETE", f"/v2/properties/{prefix}property"),
+    ]
+    assert [str(s).split(" (")[0] for s in report.steps] == [
+        "PUT /v2/properties/{id} → 201",
+        "PUT /v2/properties/{id} → 200",
+        "GET /v2/properties/{id} → 200",
+        "PUT /v2/units/{id} → 201",
+        "GET /v2/units/{id} → 200",
+        "PUT /v2/contacts/{id} → 201",
+        "GET /v2/contacts/{id} → 200",
+        "DELETE /v2/contacts/{id} → 204",
+        "DELETE /v2/units/{id} → 204",
+        "DELETE /v2/properties/{id} → 204",
+    ]
+    assert not any(ref.startswith(prefix) for objs in mock.objects.values() for ref in objs)
+    assert report.writes == 7
+
+
+def test_the_write_test_names_a_field_casavi_does_not_keep():
+    report = check(MockCasavi(drop_on_write={"rooms"}), write_test=True)
+    assert contradicted(report) == ['FIELD_RULES[unit] field "rooms"']
+    assert "written, read back without it" in report.summary
+    assert report.left_behind == []
+
+
+def test_a_slash_separator_that_does_not_survive_a_path_is_named():
+    mock = MockCasavi(slash_unrouted=True)
+    report = check(mock, separator="/", write_test=True)
+    assert "CASAVI_ID_SEPARATOR" in contradicted(report)
+    assert ("PUT", "/v2/properties/casavi-pipeline-check%2Fproperty") in mock.calls
+    survived = check(MockCasavi(), separator="/", write_test=True)
+    assert survived.exit_code == conformance.MATCHES, text(survived)
+    assert "separator '/': a reference id with '/' (%2F in the path) survives" in text(survived)
+
+
+def test_write_test_records_follow_the_model():
+    for kind, record in conformance.write_test_records("|").items():
+        assert api.validate_payload(kind, api.to_payload(kind, record)) == []
+
+
+# --- the sync meets the model's limits on its own --------------------------------------------------------
+@pytest.mark.parametrize("status", [404, 405])
+def test_a_put_answered_404_or_405_is_a_model_mismatch_not_an_unknown_id(status):
+    mock = MockCasavi()
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.method == "PUT":
+            return httpx.Response(status, json={"message": "Müller"})
+        return mock(request)
+
+    with CasaviClient("https://casavi.test", "k", "s", transport=httpx.MockTransport(handler)) as client:
+        ops = [Operation(ObjectKind.UNIT, "upsert", "0001-1", {"id": "0001-1"})]
+        with pytest.raises(CasaviModelMismatchError) as info:
+            list(client.execute(ops))
+    message = str(info.value)
+    assert message == (
+        f"PUT /v2/units/{{id}} [0001-1] → {status}: casavi's API differs from casavi_pipeline's model at this "
+        "call: run `casavi-pipeline check-casavi`"
+    )
+    assert "unknown reference id" not in message and "Müller" not in message
+
+
+def test_a_listing_or_delete_answered_405_is_a_model_mismatch():
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.path == api.AUTH_PATH:
+            return httpx.Response(200, json={"token": "t", "expiresAt": "2099-01-01T00:00:00Z"})
+        return httpx.Response(405)
+
+    with CasaviClient("https://casavi.test", "k", "s", transport=httpx.MockTransport(handler)) as client:
+        with pytest.raises(CasaviModelMismatchError, match=r"^GET /v2/contacts → 405: casavi's API differs"):
+            list(client.list_objects(ObjectKind.CONTACT))
+        with pytest.raises(CasaviModelMismatchError, match=r"^DELETE /v2/units/\{id\} \[gone\] → 405"):
+            client.delete(ObjectKind.UNIT, "gone")
+
+
+# --- the command, as an operator runs it -------------------------------------------------------------------
+def run_cli(env: dict[str, str], *args: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [CLI, "check-casavi", *args], env={"PATH": os.environ["PATH"], "HOME": str(cwd), **env},
+        capture_output=True, text=True, cwd=cwd, timeout=120,
+    )  # fmt: skip
+
+
+def settings_for(base_url: str, key: str = "k", secret: str = "s") -> dict[str, str]:
+    return {
+        "ERP_EXPORT_DIR": "/nonexistent",
+        "CASAVI_MANDANTEN": "0001",
+        "CASAVI_BASE_URL": base_url,
+        "CASAVI_API_KEY": key,
+        "CASAVI_API_SECRET": secret,
+        "CASAVI_REQUESTS_PER_MINUTE": "0",
+    }
+
+
+def test_missing_settings_cannot_check_in_one_line(tmp_path):
+    done = run_cli({}, cwd=tmp_path)
+    assert done.returncode == 2
+    assert done.stdout == ""
+    assert done.stderr.count("\n") == 1
+    assert done.stderr.startswith("check-casavi: cannot check: casavi_pipeline settings: ")
+    assert "CASAVI_API_KEY is not set" in done.stderr
+
+
+def test_an_unreachable_casavi_cannot_check_in_one_line(tmp_path):
+    done = run_cli(settings_for("http://127.0.0.1:9"), cwd=tmp_path)
+    assert done.returncode == 2, done.stderr
+    assert done.stdout == "" and done.stderr.count("\n") == 1
+    assert "cannot check casavi at http://127.0.0.1:9: casavi cannot be reached" in done.stderr
+    assert "is CASAVI_BASE_URL right" in done.stderr
+
+
+def test_the_command_line_knows_its_commands(tmp_path):
+    done = subprocess.run([CLI, "--help"], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0 and "check-casavi" in done.stdout
+    assert subprocess.run([CLI], capture_output=True, text=True, timeout=60).returncode == 2
+
+
+# --- the Dagster job --------------------------------------------------------------------------------------
+def test_the_job_fails_with_the_same_one_line_report(tmp_path):
+    from casavi_pipeline.defs.conformance import casavi_conformance
+    from casavi_pipeline.defs.failures import FAILURE_REASON_TAG, reason_of_run
+    from casavi_pipeline.defs.resources import HttpCasaviResource, SyncPolicy
+
+    casavi = HttpCasaviResource(api_key="k", api_secret="s", base_url="http://127.0.0.1:9", max_attempts=1)
+    with dg.instance_for_test() as instance:
+        result = casavi_conformance.execute_in_process(
+            resources={"casavi": casavi, "sync_policy": SyncPolicy()}, instance=instance, raise_on_error=False
+        )
+        assert not result.success
+        reason = reason_of_run(instance, result.run_id)
+        tag = instance.get_run_by_id(result.run_id).tags[FAILURE_REASON_TAG]
+    assert casavi_conformance.partitions_def is None
+    expected = "cannot check casavi at http://127.0.0.1:9: casavi cannot be reached"
+    assert reason.startswith(f"check_casavi: {expected}") and "\n" not in reason
+    assert expected in tag
