@@ -67,6 +67,8 @@ UNMANAGED_READ_FIELDS: tuple[str, ...] = (
 # and so may any other free-text slot: only `field` names that name our fields leave the client.
 ERROR_DETAILS_KEY = "errors"
 ERROR_FIELD_KEY = "field"
+#: casavi's prose, top-level and per error: the sandbox writes it, the client never reads it.
+ERROR_MESSAGE_KEY = "message"
 
 #: Status codes of casavi's answers, by meaning ([confirmed]: 401; [model]: the write side).
 STATUS_CREATED = 201

@@ -54,12 +54,17 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--echo-errors",
         action=argparse.BooleanOptionalAction,
         default=False,
-        help="400/422 answers quote the submitted values and body",
+        help="400/409/422 answers to PUTs quote the submitted values and body, and carry values as codes",
     )
     parser.add_argument(
         "--reject-ids",
         default=None,
         help="PUTs of these reference ids (comma-separated) are answered 400, e.g. 0001-00042",
+    )
+    parser.add_argument(
+        "--unmanaged-fields",
+        default=None,
+        help="every read also carries these fields the sync does not manage, e.g. images,customFields,appLink",
     )
     parser.add_argument(
         "--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"]
@@ -85,6 +90,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                 "rename_field": args.rename_field,
                 "echo_errors": args.echo_errors,
                 "reject_ids": args.reject_ids,
+                "unmanaged_fields": args.unmanaged_fields,
             }
         )
     except ValueError as exc:

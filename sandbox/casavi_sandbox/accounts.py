@@ -17,20 +17,15 @@ from casavi_pipeline.erp.contract import ENTITIES
 from casavi_pipeline.erp.reader import read_entity
 from casavi_pipeline.mapping import map_mandant
 
-_FRAMES = {
-    ObjectKind.PROPERTY: "properties",
-    ObjectKind.UNIT: "units",
-    ObjectKind.CONTACT: "contacts",
-    ObjectKind.CONTRACT: "contracts",
-}
-
 
 def mapped_bodies(
     export_dir: Path, mandant: str, *, separator: str = "-", encoding: str = "utf-8"
 ) -> Iterator[tuple[ObjectKind, dict[str, Any]]]:
-    """(kind, body) of every casavi object one Mandant's export maps to, in upsert order."""
+    """(kind, body) of every casavi object one Mandant's export maps to, in upsert order (properties with
+    their addresses, units, contacts with their contracts): the mapping's frame of each kind is named
+    by the kind's collection."""
     erp = {entity.name: read_entity(Path(export_dir), mandant, entity, encoding).frame for entity in ENTITIES}
     frames = map_mandant(erp, mandant=mandant, separator=separator)
     for kind in api.UPSERT_ORDER:
-        for record in frames[_FRAMES[kind]].to_dict("records"):
+        for record in frames[kind.collection].to_dict("records"):
             yield kind, api.to_payload(kind, record)

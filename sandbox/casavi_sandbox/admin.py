@@ -19,16 +19,17 @@ from starlette.routing import Route
 
 from casavi_pipeline.casavi import api
 from casavi_sandbox.chaos import Controls
-from casavi_sandbox.model import Reader, kind_named, reference_targets
+from casavi_sandbox.model import StoredAccount, kind_named, links, unmanaged_values, utc_timestamp
 from casavi_sandbox.store import SandboxStore
-from casavi_sandbox.wire import utc_timestamp
 
 ADMIN_PREFIX = "/_sandbox"
 #: Field errors reported for a rejected seed batch at most (the rest are counted, not listed).
 _MAX_SEED_ERRORS = 50
 
 
-def admin_routes(store: SandboxStore, controls: Controls, reader: Reader, nonce: str = "") -> list[Route]:
+def admin_routes(
+    store: SandboxStore, controls: Controls, account: StoredAccount, nonce: str = ""
+) -> list[Route]:
     async def health(_request: Request) -> Response:
         # the nonce its starter gave it: proves to SandboxProcess that this answer is from its own process
         return JSONResponse({"status": "ok", "nonce": nonce})
@@ -93,15 +94,15 @@ def admin_routes(store: SandboxStore, controls: Controls, reader: Reader, nonce:
                     api.ERROR_MESSAGE_KEY: f"{invalid} of {len(items)} objects are invalid; nothing stored",
                     api.ERROR_DETAILS_KEY: errors,
                 },
-                status_code=400,
+                status_code=api.STATUS_INVALID,
             )
-        links = [
+        references = [
             (collection, ref_id, target_collection, target)
             for (collection, ref_id), body in objects.items()
-            for _field, target_collection, target in reference_targets(kinds[collection, ref_id], body)
+            for target_collection, target in links(kinds[collection, ref_id], body)
         ]
         modified = utc_timestamp(time.time())
-        created = store.seed([(c, r, body) for (c, r), body in objects.items()], links, modified)
+        created = store.seed([(c, r, body) for (c, r), body in objects.items()], references, modified)
         return JSONResponse(
             {
                 "seeded": len(objects),
@@ -113,7 +114,8 @@ def admin_routes(store: SandboxStore, controls: Controls, reader: Reader, nonce:
         )
 
     async def one_object(request: Request) -> Response:
-        """PATCH: a person edits fields of one object in casavi's UI; DELETE: a person deletes it."""
+        """PATCH: a person edits fields of one object in casavi's UI (answered with the object as a read
+        with inactive contracts shows it); DELETE: a person deletes it."""
         try:
             kind = kind_named(request.path_params["collection"])
         except ValueError as exc:
@@ -142,15 +144,14 @@ def admin_routes(store: SandboxStore, controls: Controls, reader: Reader, nonce:
                         api.ERROR_MESSAGE_KEY: f"the edit makes an invalid {kind.value}",
                         api.ERROR_DETAILS_KEY: [_field_error(problem) for problem in problems],
                     },
-                    status_code=400,
+                    status_code=api.STATUS_INVALID,
                 )
-            links = [
-                (target_collection, target)
-                for _, target_collection, target in reference_targets(kind, payload)
-            ]
-            edited = store.replace(kind.collection, ref_id, payload, links, utc_timestamp(time.time()))
+            edited = store.replace(
+                kind.collection, ref_id, payload, links(kind, payload), utc_timestamp(time.time())
+            )
         assert edited is not None
-        return JSONResponse(reader.shape_one(kind, edited))
+        unmanaged = unmanaged_values(controls.knobs.unmanaged_names())
+        return JSONResponse(account.shape(kind, [edited], unmanaged=unmanaged)[0])
 
     return [
         Route(f"{ADMIN_PREFIX}/health", health, methods=["GET"]),
@@ -196,7 +197,7 @@ async def _optional_json(request: Request) -> dict[str, Any]:
 
 
 def _bad_request(message: str) -> Response:
-    return JSONResponse({"message": message}, status_code=400)
+    return JSONResponse({api.ERROR_MESSAGE_KEY: message}, status_code=api.STATUS_INVALID)
 
 
 def _not_found(kind: api.ObjectKind, ref_id: str) -> Response:

@@ -1,10 +1,15 @@
 """The casavi API v2 as the sandbox serves it: authentication, paged reads, PUT/DELETE by reference ID.
 
 Every casavi path, field name, status code and validation rule comes from `casavi_pipeline.casavi.api`,
-so the sandbox and the client implement one model (`docs/casavi-api.md`). Beyond `FIELD_RULES`
-(400) it enforces the reference rules: `api.REFERENCES` must resolve (422) and keep their targets from
-being deleted (409), and a unit's address must be one of its property's addresses (422). Reads leave
-null fields out and add `internalId`, `modified` and the `units` of each property address.
+and the rules of what a write is refused with and what a read returns are `model.py`'s, shared with
+the fake client, so sandbox, fake and client implement one model (revision 2 of `docs/casavi-api.md`).
+The collections are properties, units and contacts; any other path under `/v2/` is a 404.
+
+Listing: the first request takes `pageSize` (default `wire.DEFAULT_PAGE_SIZE`, at most
+`api.MAX_PAGE_SIZE`, else 400) and `modifiedAfter`; `_links.next` is the same absolute URL with the
+sandbox's own continuation added (the internal id the page ended with: keyset paging, so the 850th page
+costs what the first does and a deletion in between skips nothing). Contacts' ended contracts are
+left out of reads without `includeInactiveContracts=true`; a PUT answers with the object as stored.
 """
 
 from __future__ import annotations
@@ -12,9 +17,10 @@ from __future__ import annotations
 import contextlib
 import hmac
 import json
+import re
 import secrets
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
 from starlette.applications import Starlette
@@ -26,21 +32,26 @@ from casavi_pipeline.casavi import api
 from casavi_sandbox.admin import admin_routes
 from casavi_sandbox.chaos import ASGIApp, Controls, Misbehaviour
 from casavi_sandbox.model import (
-    ADDRESS_ID,
-    ADDRESS_RULES,
     KINDS_BY_COLLECTION,
-    Reader,
-    reference_targets,
-    stored_shape,
-    wire_name,
+    Problem,
+    StoredAccount,
+    check_delete,
+    check_put,
+    links,
+    unmanaged_values,
+    utc_timestamp,
 )
 from casavi_sandbox.store import SandboxStore
-from casavi_sandbox.wire import AFTER_PARAM, Problem, after_param, json_object, paging, utc_timestamp
+from casavi_sandbox.wire import AFTER_PARAM, inactive_contracts, json_object, listing, problem_response
 
 #: casavi's tokens last about a month when no token TTL knob is set.
 DEFAULT_TOKEN_TTL_SECONDS = 30 * 24 * 3600
-#: The answers `echo_errors` makes chatty: a body that breaks a rule or references unknown objects.
-_ECHOED_STATUSES = frozenset({api.STATUS_INVALID, api.STATUS_UNKNOWN_REFERENCE})
+#: The answers to PUTs that `echo_errors` makes chatty: a refused body.
+_ECHOED_STATUSES = frozenset({api.STATUS_INVALID, api.STATUS_CONFLICT, api.STATUS_UNKNOWN_REFERENCE})
+#: Where `echo_errors` puts submitted values as if they were machine codes: a slot casavi's model does
+#: not have, which a server or proxy might add (tests prove that the client passes none of it on).
+ECHO_CODE_KEY = "code"
+_FIELD_PATH_PART = re.compile(r"^([^\[\]]+)((?:\[\d+\])*)$")
 
 
 def create_app(
@@ -60,7 +71,7 @@ def create_app(
             handlers.one_object,
             methods=["GET", "PUT", "DELETE"],
         ),
-        *admin_routes(store, controls, handlers.reader, nonce),
+        *admin_routes(store, controls, handlers.account, nonce),
     ]
 
     @contextlib.asynccontextmanager
@@ -76,14 +87,14 @@ async def _problem_response(_request: Request, exc: Exception) -> Response:
     # async on purpose: Starlette runs a sync exception handler in its thread pool
     if not isinstance(exc, Problem):  # pragma: no cover - registered for Problem only
         raise exc
-    return exc.response()
+    return problem_response(exc)
 
 
 class _Handlers:
     def __init__(self, store: SandboxStore, controls: Controls, api_key: str, api_secret: str) -> None:
         self.store = store
         self.controls = controls
-        self.reader = Reader(store)
+        self.account = StoredAccount(store)
         self._key = api_key.encode()
         self._secret = api_secret.encode()
 
@@ -117,29 +128,29 @@ class _Handlers:
             raise Problem(api.STATUS_NOT_FOUND, "unknown collection")
         return kind
 
+    def _shape(
+        self, kind: api.ObjectKind, stored: list[Any], *, inactive_contracts: bool
+    ) -> list[dict[str, Any]]:
+        unmanaged = unmanaged_values(self.controls.knobs.unmanaged_names())
+        return self.account.shape(kind, stored, inactive_contracts=inactive_contracts, unmanaged=unmanaged)
+
     # --- reads -------------------------------------------------------------------------------------
     async def list_objects(self, request: Request) -> Response:
         kind = self._kind(request)
-        page, size, modified_after = paging(request)
-        after_id = after_param(request)
+        asked = listing(request)
         rows = self.store.page(
             kind.collection,
-            offset=(page - 1) * size,
-            limit=size + 1,
-            modified_after=modified_after,
-            after_id=after_id,
+            limit=asked.size + 1,
+            modified_after=asked.modified_after,
+            after_id=asked.after_id,
         )
-        links = {}
-        if len(rows) > size:  # one row more than a page: there is a next page
-            # The next link carries where this page ended (keyset paging, as opaque to the client as
-            # casavi's own next links): a page costs the same wherever it is in the listing.
-            links[api.NEXT_LINK_KEY] = str(
-                request.url.include_query_params(
-                    **{api.PAGE_PARAM: page + 1, AFTER_PARAM: rows[size - 1].internal_id}
-                )
+        links_out = {}
+        if len(rows) > asked.size:  # one row more than a page: there is a next page
+            links_out[api.NEXT_LINK_KEY] = str(
+                request.url.include_query_params(**{AFTER_PARAM: rows[asked.size - 1].internal_id})
             )
-        listed = self.reader.shape(kind, rows[:size])
-        return JSONResponse({api.LIST_KEY: listed, api.LINKS_KEY: links})
+        listed = self._shape(kind, rows[: asked.size], inactive_contracts=asked.inactive_contracts)
+        return JSONResponse({api.LIST_KEY: listed, api.LINKS_KEY: links_out})
 
     async def one_object(self, request: Request) -> Response:
         kind = self._kind(request)
@@ -147,11 +158,14 @@ class _Handlers:
         if request.method == "PUT":
             return await self._put(request, kind, ref_id)
         if request.method == "DELETE":
-            return self._delete(kind, ref_id)
+            with self.store.atomic():
+                check_delete(kind, ref_id, self.account)
+                self.store.delete(kind.collection, ref_id)
+            return Response(status_code=api.STATUS_DELETED)
         stored = self.store.get(kind.collection, ref_id)
         if stored is None:
             raise Problem(api.STATUS_NOT_FOUND, f"no {kind.value} with id {ref_id}")
-        return JSONResponse(self.reader.shape_one(kind, stored))
+        return JSONResponse(self._shape(kind, [stored], inactive_contracts=inactive_contracts(request))[0])
 
     # --- writes ------------------------------------------------------------------------------------
     async def _put(self, request: Request, kind: api.ObjectKind, ref_id: str) -> Response:
@@ -159,7 +173,7 @@ class _Handlers:
             return await self._store_put(request, kind, ref_id)
         except Problem as problem:
             if self.controls.knobs.echo_errors and problem.status in _ECHOED_STATUSES:
-                raise _echoed(problem, await request.body()) from None
+                return _echoed(problem, await request.body())
             raise
 
     async def _store_put(self, request: Request, kind: api.ObjectKind, ref_id: str) -> Response:
@@ -171,103 +185,101 @@ class _Handlers:
                 f"invalid {kind.value}",
                 [api.FieldError(name, "was rejected by casavi's validation") for name in body],
             )
-        id_field = wire_name(kind, "id")
-        errors = []
-        if isinstance(body.get(id_field), str) and body[id_field] != ref_id:
-            errors.append(api.FieldError(id_field, "must equal the id in the path"))
-        errors += api.validate_payload(kind, body)
-        if errors:
-            raise Problem(api.STATUS_INVALID, f"invalid {kind.value}", errors)
-        payload = stored_shape(kind, body)
-        with self.store.atomic():  # the references checked are the ones in place when it is written
-            links = self._resolve_references(kind, payload)
+        with self.store.atomic():  # the objects checked are the ones in place when it is written
+            payload = check_put(kind, ref_id, body, self.account)
             stored, created = self.store.upsert(
                 kind.collection,
                 ref_id,
                 _break_write_model(payload, self.controls.knobs.field_changes(kind)),
-                links,
+                links(kind, payload),
                 utc_timestamp(time.time()),
             )
         status = api.STATUS_CREATED if created else api.STATUS_UPDATED
-        return JSONResponse(self.reader.shape_one(kind, stored), status_code=status)
-
-    def _resolve_references(self, kind: api.ObjectKind, payload: dict[str, Any]) -> list[tuple[str, str]]:
-        """The (collection, id) pairs the payload references; 422 if any of them does not exist."""
-        links, errors = [], []
-        for name, target_collection, target in reference_targets(kind, payload):
-            if self.store.exists(target_collection, target):
-                links.append((target_collection, target))
-            else:
-                target_kind = KINDS_BY_COLLECTION[target_collection]
-                errors.append(api.FieldError(name, f"unknown {target_kind.value} {target}"))
-        for source_kind, field, parent_field, parent_kind, list_field in ADDRESS_RULES:
-            if source_kind is not kind:
-                continue
-            parent_id = payload[wire_name(kind, parent_field)]
-            parent = self.store.get(parent_kind.collection, parent_id)
-            if parent is None:
-                continue  # already reported as an unknown parent
-            addresses = parent.payload.get(wire_name(parent_kind, list_field)) or []
-            name = wire_name(kind, field)
-            if payload[name] not in {address.get(ADDRESS_ID) for address in addresses}:
-                errors.append(api.FieldError(name, f"not an address of {parent_kind.value} {parent_id}"))
-        if errors:
-            raise Problem(api.STATUS_UNKNOWN_REFERENCE, f"{kind.value} references unknown objects", errors)
-        return links
-
-    def _delete(self, kind: api.ObjectKind, ref_id: str) -> Response:
-        with self.store.atomic():
-            if not self.store.exists(kind.collection, ref_id):
-                raise Problem(api.STATUS_NOT_FOUND, f"no {kind.value} with id {ref_id}")
-            referrers = self.store.referrers(kind.collection, ref_id)
-            if referrers:
-                held_by = ", ".join(
-                    f"{count} {collection}" for collection, count in sorted(referrers.items())
-                )
-                raise Problem(
-                    api.STATUS_CONFLICT, f"{kind.value} {ref_id} is still referenced by {held_by}", []
-                )
-            self.store.delete(kind.collection, ref_id)
-        return Response(status_code=api.STATUS_DELETED)
+        return JSONResponse(self._shape(kind, [stored], inactive_contracts=True)[0], status_code=status)
 
 
 def _same(given: Any, expected: bytes) -> bool:
     return isinstance(given, str) and hmac.compare_digest(given.encode(), expected)
 
 
-def _break_write_model(payload: dict[str, Any], changes: list[tuple[str, str | None]]) -> dict[str, Any]:
+def _break_write_model(
+    payload: dict[str, Any], changes: list[tuple[tuple[str, ...], str | None]]
+) -> dict[str, Any]:
     """The payload as a misconfigured casavi stores it (`drop_field` / `rename_field` knobs)."""
-    if not changes:
-        return payload
     broken = dict(payload)
-    for field, new_name in changes:
-        if field in broken:
-            value = broken.pop(field)
-            if new_name is not None:
-                broken[new_name] = value
+    for path, new_name in changes:
+        if len(path) == 1:
+            _rename(broken, path[0], new_name)
+        elif isinstance(broken.get(path[0]), list):
+            entries = [dict(entry) for entry in broken[path[0]]]
+            for entry in entries:
+                _rename(entry, path[1], new_name)
+            broken[path[0]] = entries
     return broken
 
 
-def _echoed(problem: Problem, raw_body: bytes) -> Problem:
+def _rename(obj: dict[str, Any], field: str, new_name: str | None) -> None:
+    if field in obj:
+        value = obj.pop(field)
+        if new_name is not None:
+            obj[new_name] = value
+
+
+# --- echo_errors: a chatty validation layer ------------------------------------------------------------
+def _echoed(problem: Problem, raw_body: bytes) -> Response:
     """The same answer as a chatty validation layer words it: the submitted values and the whole body
-    quoted verbatim (what a client must never copy into its logs)."""
+    quoted verbatim in the messages, and values as `code`s (what a client must never pass on)."""
     try:
         submitted = json.loads(raw_body)
     except ValueError:
         submitted = None
     body_text = raw_body.decode("utf-8", errors="replace")
-    errors = None
+    answer: dict[str, Any] = {api.ERROR_MESSAGE_KEY: f"{problem.message}: rejected request body {body_text}"}
+    codes = []
     if problem.errors is not None:
-        errors = [
-            api.FieldError(error.field, _quoted(error.field, submitted, error.message))
-            for error in problem.errors
-        ]
-    return Problem(problem.status, f"{problem.message}: rejected request body {body_text}", errors)
+        details = []
+        for error in problem.errors:
+            value = _value_at(submitted, error.field)
+            detail = {
+                api.ERROR_FIELD_KEY: error.field,
+                api.ERROR_MESSAGE_KEY: f"{error.field} {error.message}",
+            }
+            if value is not _ABSENT:
+                shown = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+                detail[api.ERROR_MESSAGE_KEY] = f"{error.field} '{shown}' {error.message}"
+                if code := _as_code(value):
+                    detail[ECHO_CODE_KEY] = code
+                    codes.append(code)
+            details.append(detail)
+        answer[api.ERROR_DETAILS_KEY] = details
+    if codes:
+        answer[ECHO_CODE_KEY] = codes[0]
+    return JSONResponse(answer, status_code=problem.status)
 
 
-def _quoted(field: str, submitted: Any, message: str) -> str:
-    if not isinstance(submitted, dict) or field not in submitted:
-        return f"{field} {message}"
-    value = submitted[field]
-    shown = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
-    return f"{field} '{shown}' {message}"
+_ABSENT = object()
+
+
+def _value_at(submitted: Any, path: str) -> Any:
+    """The submitted value at an error's field path (`lastName`, `contracts[0].unitId`), or _ABSENT."""
+    value = submitted
+    for part in path.split("."):
+        match = _FIELD_PATH_PART.match(part)
+        if match is None or not isinstance(value, Mapping) or match.group(1) not in value:
+            return _ABSENT
+        value = value[match.group(1)]
+        for index in re.findall(r"\d+", match.group(2)):
+            if not isinstance(value, list) or int(index) >= len(value):
+                return _ABSENT
+            value = value[int(index)]
+    return value
+
+
+def _as_code(value: Any) -> str | None:
+    """A submitted value dressed as a machine code: an email's local part, anything else upper-cased
+    (`erika.muster@example.org` → `erika.muster`, `Geheim` → `GEHEIM`), spaces as `_`."""
+    if isinstance(value, bool) or not isinstance(value, str | int | float):
+        return None
+    text = str(value)
+    text = text.partition("@")[0] if "@" in text else text.upper()
+    return re.sub(r"\s+", "_", text.strip()) or None

@@ -3,8 +3,8 @@
 Everything under the API prefix passes through `Misbehaviour`: rate limit (429 + Retry-After), added
 latency, injected 500s, dropped connections. The admin endpoints (`/_sandbox/...`) bypass it, so tests
 can inspect and reconfigure a misbehaving server. All knobs are off by default. The knobs that change
-what is stored or said (`drop_field`, `rename_field`, `echo_errors`, `reject_ids`) are applied by the API
-handlers.
+what is stored, read or said (`drop_field`, `rename_field`, `echo_errors`, `reject_ids`,
+`unmanaged_fields`) are applied by the API handlers.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from casavi_pipeline.casavi import api
+from casavi_sandbox.model import unmanaged_field_problem
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -46,15 +47,21 @@ class Knobs:
     token_ttl: float | None = None  # seconds a new token lives; None = casavi's default (30 days)
     drop_rate: float = 0.0  # fraction of /v2 requests processed, then closed without an answer
     seed: int = 0  # seeds the random choice of 500s and drops, so a run can be repeated
-    # "units.rooms": API writes of that kind silently lose that field (the write model is broken)
+    # "units.rooms": API writes of that kind silently lose that field (the write model is broken); a
+    # field of embedded entries is named through its list: "contacts.contracts.number"
     drop_field: str | None = None
     # "units.rooms=roomCount": API writes store that field under another name, so reads return it so
+    # ("contacts.contracts.number=contractNumber" inside each entry)
     rename_field: str | None = None
-    # 400/422 answers quote the submitted values and the whole body (a chatty validation layer)
+    # 400/409/422 answers to PUTs quote the submitted values and the whole body in their messages, and
+    # put values into a `code` slot of the body and of each error (a chatty validation layer)
     echo_errors: bool = False
     # "0001-00042,0001-00043": PUTs of these reference ids are answered 400 after the body was read, as
     # a casavi validation rejecting a value would (with echo_errors, the answer quotes the body)
     reject_ids: str | None = None
+    # "images,customFields,appLink": every read (of every kind) also carries these fields the sync does
+    # not manage; each must be one of `api.UNMANAGED_READ_FIELDS` (or match its prefix, `msc*`)
+    unmanaged_fields: str | None = None
 
     def updated(self, changes: Mapping[str, Any]) -> Knobs:
         """A copy with the given knobs changed; ValueError names an unknown knob or a bad value."""
@@ -72,24 +79,31 @@ class Knobs:
             drop_field=knobs.drop_field or None,
             rename_field=knobs.rename_field or None,
             reject_ids=",".join(knobs.rejected_ids()) or None,
+            unmanaged_fields=",".join(knobs.unmanaged_names()) or None,
         )
 
     def rejected_ids(self) -> list[str]:
         """The reference ids of `reject_ids`, in order, blanks dropped."""
         return [ref.strip() for ref in (self.reject_ids or "").split(",") if ref.strip()]
 
-    def field_changes(self, kind: api.ObjectKind) -> list[tuple[str, str | None]]:
-        """How API writes of `kind` break its write model: (field, new name, or None to drop it)."""
-        changes: list[tuple[str, str | None]] = []
+    def unmanaged_names(self) -> list[str]:
+        """The field names of `unmanaged_fields`, in order, blanks and repeats dropped."""
+        names = [name.strip() for name in (self.unmanaged_fields or "").split(",")]
+        return list(dict.fromkeys(name for name in names if name))
+
+    def field_changes(self, kind: api.ObjectKind) -> list[tuple[tuple[str, ...], str | None]]:
+        """How API writes of `kind` break its write model: (field path, new name, or None to drop it).
+        A path is a field (`rooms`), or a list field and a field of its entries (`contracts`, `number`)."""
+        changes: list[tuple[tuple[str, ...], str | None]] = []
         if self.drop_field:
-            collection, field = _field_knob("drop_field", self.drop_field)
+            collection, path = _field_knob("drop_field", self.drop_field)
             if collection == kind.collection:
-                changes.append((field, None))
+                changes.append((path, None))
         if self.rename_field:
             target, _, new_name = self.rename_field.partition("=")
-            collection, field = _field_knob("rename_field", target)
+            collection, path = _field_knob("rename_field", target)
             if collection == kind.collection:
-                changes.append((field, new_name))
+                changes.append((path, new_name))
         return changes
 
     def _check(self) -> None:
@@ -109,6 +123,12 @@ class Knobs:
             raise ValueError("echo_errors must be true or false")
         if self.reject_ids is not None and not isinstance(self.reject_ids, str):
             raise ValueError("reject_ids must be a comma-separated list of reference ids, e.g. '0001-00042'")
+        if self.unmanaged_fields is not None:
+            if not isinstance(self.unmanaged_fields, str):
+                raise ValueError("unmanaged_fields must be a comma-separated list, e.g. 'images,appLink'")
+            for name in self.unmanaged_names():
+                if problem := unmanaged_field_problem(name):
+                    raise ValueError(f"unmanaged_fields: {problem}")
         if self.drop_field:
             _field_knob("drop_field", self.drop_field)
         if self.rename_field:
@@ -116,22 +136,30 @@ class Knobs:
                 self.rename_field.partition("=") if isinstance(self.rename_field, str) else ("", "", "")
             )
             _field_knob("rename_field", target)
-            if not equals or not new_name.strip() or new_name == target.partition(".")[2]:
+            if not equals or not new_name.strip() or new_name == target.rpartition(".")[2]:
                 raise ValueError("rename_field must look like 'units.rooms=roomCount' (a new name)")
 
 
-def _field_knob(name: str, value: Any) -> tuple[str, str]:
-    """'units.rooms' (or 'unit.rooms') → ('units', 'rooms'); ValueError unless it names a casavi field."""
+def _field_knob(name: str, value: Any) -> tuple[str, tuple[str, ...]]:
+    """'units.rooms' (or 'unit.rooms') → ('units', ('rooms',)); 'contacts.contracts.number' →
+    ('contacts', ('contracts', 'number')); ValueError unless it names a casavi field."""
     if not isinstance(value, str) or "." not in value:
         raise ValueError(f"{name} must look like 'units.rooms' (collection.field), not {value!r}")
-    collection, _, field = value.partition(".")
+    collection, *path = value.split(".")
     kind = _KINDS.get(collection) or _KINDS_BY_VALUE.get(collection)
     if kind is None:
         raise ValueError(f"{name}: unknown collection {collection!r}; known: {sorted(_KINDS)}")
-    fields = [rule.casavi for rule in api.FIELD_RULES[kind]]
-    if field not in fields:
-        raise ValueError(f"{name}: {kind.collection} has no field {field!r}; known: {fields}")
-    return kind.collection, field
+    rules = {rule.casavi: rule for rule in api.FIELD_RULES[kind]}
+    rule = rules.get(path[0])
+    if rule is None or len(path) > 2:
+        raise ValueError(f"{name}: {kind.collection} has no field {'.'.join(path)!r}; known: {list(rules)}")
+    if len(path) == 2:
+        items = [item.casavi for item in rule.items]
+        if path[1] not in items:
+            raise ValueError(
+                f"{name}: {kind.collection}.{path[0]} entries have no field {path[1]!r}; known: {items}"
+            )
+    return kind.collection, tuple(path)
 
 
 def _is_number(value: Any) -> bool:

@@ -16,11 +16,12 @@ import sys
 import warnings
 from pathlib import Path
 
+from casavi_pipeline.casavi import api
 from casavi_pipeline.settings import SettingsError
 from casavi_sandbox.local import SANDBOX_PORT, LocalSetupError, local_environment
 from casavi_sandbox.process import PortTakenError
 
-KIND_ORDER = ("property", "unit", "contact", "contract")
+KIND_ORDER = tuple(kind.value for kind in api.UPSERT_ORDER)
 #: The demo prints a summary; the full event log of each run is in the Dagster UI (./run dev).
 QUIET = {"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}}
 #: How long the demo waits for the casavi_api pool before it gives up with the holder's run id.

@@ -1,15 +1,22 @@
 """An in-memory casavi with the client's interface, for unit tests of the sync without HTTP, and the
 Dagster resource that hands it out (the fake beside `casavi_pipeline`'s real `HttpCasaviResource`).
 
-It applies the same model as the sandbox: `api.validate_payload` (400), references that must exist
-(422), no deleting of referenced objects (409). End-to-end tests use the sandbox process instead.
+It applies the sandbox's model (`model.py`: the same functions, not a copy): PUT refused with 400, 422
+or 409, DELETE with 404 or 409, reads with `internalId`, `modified`, the `units` of each property
+address and `modifiedAfter`. Its reads are those of a client that sends each kind's `list_params`
+(contacts: `includeInactiveContracts=true`), so a contact's ended contracts are in them. A refusal is
+reported as the HTTP client reports it: our wording for the status, and only field names.
+End-to-end tests use the sandbox process instead.
 """
 
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
+import itertools
+import time
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 from pydantic import Field
@@ -19,17 +26,26 @@ from casavi_pipeline.casavi.api import ObjectKind
 from casavi_pipeline.casavi.client import ClientStats, Operation, WriteResult
 from casavi_pipeline.casavi.errors import CasaviRejectedError, CasaviUnavailableError
 from casavi_pipeline.defs.resources import CasaviResource
+from casavi_sandbox.model import Problem, check_delete, check_put, links, read_shape, utc_timestamp
 
-_CASAVI_NAME = {kind: {r.name: r.casavi for r in rules} for kind, rules in api.FIELD_RULES.items()}
+_UNIT_PROPERTY = next(r.casavi for r in api.FIELD_RULES[ObjectKind.UNIT] if r.name == "property_id")
+_UNIT_ADDRESS = next(r.casavi for r in api.FIELD_RULES[ObjectKind.UNIT] if r.name == "address")
+#: `includeInactiveContracts` as the client's reads of each kind send it.
+_INACTIVE_CONTRACTS = {
+    kind: kind.list_params.get(api.INCLUDE_INACTIVE_CONTRACTS_PARAM) == "true" for kind in ObjectKind
+}
 
 
 class FakeCasaviClient:
     def __init__(self, *, reject_ids: Iterable[str] = (), fail_after_writes: int | None = None) -> None:
+        #: kind → reference id → the body as stored (as the sandbox's `state()` shows it)
         self.objects: dict[ObjectKind, dict[str, dict[str, Any]]] = {kind: {} for kind in ObjectKind}
         self.requests: list[tuple[str, ObjectKind, str]] = []
         self.reject_ids = set(reject_ids)
         self.fail_after_writes = fail_after_writes
         self.stats = ClientStats()
+        self._meta: dict[tuple[ObjectKind, str], tuple[int, str]] = {}  # (internalId, modified)
+        self._internal_ids = itertools.count(1)
 
     def __enter__(self) -> FakeCasaviClient:
         return self
@@ -40,45 +56,69 @@ class FakeCasaviClient:
     def authenticate(self, *, force: bool = False) -> None:
         self.stats.count("authentications")
 
-    def list_objects(self, kind: ObjectKind, **_: Any) -> Iterator[dict[str, Any]]:
-        """Every object of the kind (the fake has no `modified`: every read lists them all)."""
-        self.stats.count("pages")
-        yield from list(self.objects[kind].values())
-
-    def get_object(self, kind: ObjectKind, ref_id: str) -> dict[str, Any] | None:
+    # --- the model's view of the account (`model.Account`) -------------------------------------------
+    def payload(self, kind: ObjectKind, ref_id: str) -> Mapping[str, Any] | None:
         return self.objects[kind].get(ref_id)
 
-    def _rejected(self, op: Operation, status: int, message: str) -> WriteResult:
-        call = f"{'PUT' if op.action == 'upsert' else 'DELETE'} {op.kind.collection_path}/{{id}}"
-        error = CasaviRejectedError(message, call=call, ref_id=op.ref_id, status=status)
-        return WriteResult(op, ok=False, status=status, error=error)
+    def units_at(self, property_ids: Sequence[str]) -> dict[tuple[str, str], list[str]]:
+        wanted = set(property_ids)
+        found: dict[tuple[str, str], list[str]] = {}
+        for ref_id, unit in self.objects[ObjectKind.UNIT].items():
+            if unit.get(_UNIT_PROPERTY) in wanted:
+                found.setdefault((unit[_UNIT_PROPERTY], unit.get(_UNIT_ADDRESS)), []).append(ref_id)
+        return found
 
-    def _missing_reference(self, kind: ObjectKind, payload: dict[str, Any]) -> str | None:
-        for source, field, target in api.REFERENCES:
-            if source is not kind:
-                continue
-            value = payload.get(_CASAVI_NAME[kind][field])
-            for ref in value if isinstance(value, list) else [value]:
-                if ref not in self.objects[target]:
-                    return f"{_CASAVI_NAME[kind][field]} references unknown {target.value} {ref}"
-        if kind is ObjectKind.UNIT:
-            prop = self.objects[ObjectKind.PROPERTY][payload[_CASAVI_NAME[kind]["property_id"]]]
-            address_ids = {
-                a.get(api.ID_FIELD) for a in prop.get(_CASAVI_NAME[ObjectKind.PROPERTY]["addresses"]) or []
-            }
-            if payload.get(_CASAVI_NAME[kind]["address_id"]) not in address_ids:
-                return "addressId is not an address of the property"
-        return None
-
-    def _referenced_by(self, kind: ObjectKind, ref_id: str) -> bool:
-        for source, field, target in api.REFERENCES:
-            if target is not kind:
-                continue
+    def referrers(self, kind: ObjectKind, ref_id: str) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for source in ObjectKind:
             for obj in self.objects[source].values():
-                value = obj.get(_CASAVI_NAME[source][field])
-                if ref_id in (value if isinstance(value, list) else [value]):
-                    return True
-        return False
+                if (kind.collection, ref_id) in links(source, obj):
+                    counts[source.collection] = counts.get(source.collection, 0) + 1
+        return counts
+
+    # --- reads ---------------------------------------------------------------------------------------
+    def _read(self, kind: ObjectKind, ref_id: str) -> dict[str, Any]:
+        payload = self.objects[kind][ref_id]
+        internal_id, modified = self._meta[kind, ref_id]
+        return read_shape(
+            kind,
+            payload,
+            internal_id=internal_id,
+            modified=modified,
+            units_at=self.units_at([ref_id]) if kind is ObjectKind.PROPERTY else {},
+            inactive_contracts=_INACTIVE_CONTRACTS[kind],
+            unmanaged={},
+        )
+
+    def list_objects(
+        self,
+        kind: ObjectKind,
+        *,
+        page_size: int = api.MAX_PAGE_SIZE,
+        modified_after: dt.datetime | None = None,
+    ) -> Iterator[dict[str, Any]]:
+        """Every object of the kind (changed after `modified_after` if given), as one page."""
+        self.stats.count("pages")
+        after = utc_timestamp(modified_after.timestamp()) if modified_after is not None else None
+        for ref_id in list(self.objects[kind]):
+            if after is None or self._meta[kind, ref_id][1] > after:
+                yield self._read(kind, ref_id)
+
+    def get_object(self, kind: ObjectKind, ref_id: str) -> dict[str, Any] | None:
+        return self._read(kind, ref_id) if ref_id in self.objects[kind] else None
+
+    # --- writes --------------------------------------------------------------------------------------
+    def _rejected(self, op: Operation, problem: Problem) -> WriteResult:
+        call = f"{'PUT' if op.action == 'upsert' else 'DELETE'} {op.kind.collection_path}/{{id}}"
+        fields = dict.fromkeys(e.field for e in problem.errors or [] if api.is_known_field_path(e.field))
+        error = CasaviRejectedError(
+            api.error_wording(problem.status),
+            call=call,
+            ref_id=op.ref_id,
+            status=problem.status,
+            fields=fields,
+        )
+        return WriteResult(op, ok=False, status=problem.status, error=error)
 
     def _write(self, op: Operation) -> WriteResult:
         writes = sum(1 for method, _, _ in self.requests if method in ("PUT", "DELETE"))
@@ -86,26 +126,23 @@ class FakeCasaviClient:
             raise CasaviUnavailableError("fake casavi is down", ref_id=op.ref_id, status=503)
         self.requests.append(("PUT" if op.action == "upsert" else "DELETE", op.kind, op.ref_id))
         self.stats.answered(200)
-        if op.ref_id in self.reject_ids:
-            return self._rejected(op, api.STATUS_INVALID, "rejected by the fake")
         store = self.objects[op.kind]
-        if op.action == "delete":
-            if op.ref_id not in store:
-                return WriteResult(op, ok=True, status=api.STATUS_NOT_FOUND)
-            if self._referenced_by(op.kind, op.ref_id):
-                return self._rejected(op, api.STATUS_CONFLICT, "still referenced")
-            del store[op.ref_id]
-            return WriteResult(op, ok=True, status=api.STATUS_DELETED)
-        payload = dict(op.payload or {})
-        errors = api.validate_payload(op.kind, payload)
-        if errors:
-            return self._rejected(
-                op, api.STATUS_INVALID, "; ".join(f"{e.field}: {e.message}" for e in errors)
-            )
-        missing = self._missing_reference(op.kind, payload)
-        if missing:
-            return self._rejected(op, api.STATUS_UNKNOWN_REFERENCE, missing)
+        try:
+            if op.ref_id in self.reject_ids:
+                raise Problem(api.STATUS_INVALID, "rejected by the fake", [])
+            if op.action == "delete":
+                check_delete(op.kind, op.ref_id, self)
+                del store[op.ref_id], self._meta[op.kind, op.ref_id]
+                return WriteResult(op, ok=True, status=api.STATUS_DELETED)
+            payload = check_put(op.kind, op.ref_id, op.payload or {}, self)
+        except Problem as problem:
+            if op.action == "delete" and problem.status == api.STATUS_NOT_FOUND:
+                return WriteResult(op, ok=True, status=api.STATUS_NOT_FOUND)  # as the client counts it
+            return self._rejected(op, problem)
         created = op.ref_id not in store
+        if created or store[op.ref_id] != payload:  # an identical body is no change: `modified` stays
+            internal_id = next(self._internal_ids) if created else self._meta[op.kind, op.ref_id][0]
+            self._meta[op.kind, op.ref_id] = (internal_id, utc_timestamp(time.time()))
         store[op.ref_id] = payload
         status = api.STATUS_CREATED if created else api.STATUS_UPDATED
         return WriteResult(op, ok=True, status=status, created=created)

@@ -75,7 +75,8 @@ class SandboxProcess:
     """Starts `python -m casavi_sandbox` on a free port and talks to its admin endpoints.
 
     Knobs (`rate_limit`, `latency_ms`, `error_rate`, `token_ttl`, `drop_rate`, `seed`, `drop_field`,
-    `rename_field`, `echo_errors`, `reject_ids`; see `Knobs`) given here or via `configure` are kept and passed again
+    `rename_field`, `echo_errors`, `reject_ids`, `unmanaged_fields`; see `Knobs`) given here or via
+    `configure` are kept and passed again
     on `restart`. The port stays the same across restarts, so clients keep their base URL. Output goes
     to `<db folder>/<db name>.log`; `access_log=True` adds a line per request there (off by default: it
     costs the benchmarks about 15 % of the sandbox's CPU).
@@ -265,11 +266,15 @@ class SandboxProcess:
     def configure(self, **knobs: Any) -> dict[str, Any]:
         """Change knobs on the running sandbox (kept for restarts); returns all knobs now in force.
 
-        E.g. `configure(drop_field="units.rooms")`: API writes of units silently lose `rooms`;
-        `configure(rename_field="units.rooms=roomCount")`: they store it as `roomCount`, and reads
-        return that; `configure(echo_errors=True)`: 400/422 answers quote the submitted values and
-        body; `configure(reject_ids="0001-00042")`: PUTs of that reference id (comma-separate several)
-        are answered 400 after the body was read. `None` (or "" / 0) turns a knob off. An unknown knob or a bad value is answered 400
+        E.g. `configure(drop_field="units.rooms")`: API writes of units silently lose `rooms`
+        (`"contacts.contracts.number"`: the `number` of each contract); `configure(rename_field=
+        "units.rooms=roomCount")`: they store it as `roomCount`, and reads return that;
+        `configure(echo_errors=True)`: 400/409/422 answers to PUTs quote the submitted values and body
+        in their messages and put values in a `code` slot (`app.ECHO_CODE_KEY`) of the body and of
+        each error; `configure(reject_ids="0001-00042")`: PUTs of that reference id (comma-separate
+        several) are answered 400 after the body was read; `configure(unmanaged_fields=
+        "images,customFields,appLink")`: every read carries these fields the sync does not manage.
+        `None` (or "" / 0) turns a knob off. An unknown knob or a bad value is answered 400
         (`httpx.HTTPStatusError`) and changes nothing.
         """
         current = self._call("POST", "config", knobs)

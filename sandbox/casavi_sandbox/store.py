@@ -126,30 +126,18 @@ class SandboxStore:
             )
 
     def page(
-        self,
-        collection: str,
-        *,
-        offset: int,
-        limit: int,
-        modified_after: str | None = None,
-        after_id: int | None = None,
+        self, collection: str, *, limit: int, modified_after: str | None = None, after_id: int | None = None
     ) -> list[StoredObject]:
-        """Objects in a stable order (internal id), optionally only those changed after a timestamp.
-
-        With `after_id` the page starts after that internal id (keyset: an index seek, so the 850th page
-        of a large account costs what the first does) and `offset` is ignored; without it, `offset` rows
-        are skipped (SQL OFFSET walks them all: quadratic over a whole listing)."""
-        sql = "SELECT internal_id, payload, modified FROM objects WHERE collection = ?"
-        params: list[Any] = [collection]
+        """Objects in a stable order (internal id), after the internal id `after_id` (keyset: an index
+        seek, so the 850th page of a large account costs what the first does), optionally only those
+        changed after a timestamp."""
+        sql = "SELECT internal_id, payload, modified FROM objects WHERE collection = ? AND internal_id > ?"
+        params: list[Any] = [collection, after_id or 0]
         if modified_after is not None:
             sql += " AND modified > ?"
             params.append(modified_after)
-        if after_id is not None:
-            sql += " AND internal_id > ? ORDER BY internal_id LIMIT ?"
-            params += [after_id, limit]
-        else:
-            sql += " ORDER BY internal_id LIMIT ? OFFSET ?"
-            params += [limit, offset]
+        sql += " ORDER BY internal_id LIMIT ?"
+        params.append(limit)
         with self._lock:
             return [_stored(row) for row in self._db.execute(sql, params)]
 
@@ -274,7 +262,7 @@ class SandboxStore:
         self, collection: str, field: str, values: Iterable[str], *, also: str
     ) -> dict[tuple[str, str], list[str]]:
         """Reference ids of the objects whose `field` is one of `values`, grouped by (field, `also`)
-        value, in internal-id order: e.g. the units of some properties, by property and address."""
+        value, in internal-id order: e.g. the units of some properties, by property and street."""
         wanted = sorted(set(values))
         if not wanted:
             return {}

@@ -1,39 +1,37 @@
-"""casavi's wire conventions as the sandbox speaks them: error answers, JSON bodies, paging, timestamps."""
+"""casavi's wire conventions as the sandbox speaks them: error answers, JSON bodies, list parameters."""
 
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
 from casavi_pipeline.casavi import api
+from casavi_sandbox.model import Problem, utc_timestamp
+
+#: The page size of a first request without `pageSize`. casavi's own default is unknown ([model]);
+#: the client always sends one, so only the sandbox's tests see this.
+DEFAULT_PAGE_SIZE = 100
+#: The sandbox's own next-link parameter: the internal id the previous page ended with (keyset paging).
+#: Opaque to clients, which follow `_links.next` as given.
+AFTER_PARAM = "after"
 
 
-class Problem(Exception):
-    """An error answer in casavi's shape: `{"message", "errors": [{"field", "message"}]}`."""
-
-    def __init__(self, status: int, message: str, errors: Iterable[api.FieldError] | None = None) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-        self.errors = list(errors) if errors is not None else None
-
-    def response(self) -> JSONResponse:
-        body: dict[str, Any] = {api.ERROR_MESSAGE_KEY: self.message}
-        if self.errors is not None:
-            body[api.ERROR_DETAILS_KEY] = [
-                {api.ERROR_FIELD_KEY: e.field, api.ERROR_MESSAGE_KEY: e.message} for e in self.errors
-            ]
-        return JSONResponse(body, status_code=self.status)
+def problem_body(problem: Problem) -> dict[str, Any]:
+    """casavi's error body: `{"message", "errors": [{"field", "message"}]}`."""
+    body: dict[str, Any] = {api.ERROR_MESSAGE_KEY: problem.message}
+    if problem.errors is not None:
+        body[api.ERROR_DETAILS_KEY] = [
+            {api.ERROR_FIELD_KEY: e.field, api.ERROR_MESSAGE_KEY: e.message} for e in problem.errors
+        ]
+    return body
 
 
-def utc_timestamp(unix_time: float) -> str:
-    """ISO 8601 UTC with milliseconds, casavi's format (`YYYY-MM-DDThh:mm:ss.sssZ`); sorts as text."""
-    moment = dt.datetime.fromtimestamp(unix_time, dt.UTC)
-    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+def problem_response(problem: Problem) -> JSONResponse:
+    return JSONResponse(problem_body(problem), status_code=problem.status)
 
 
 async def json_object(request: Request) -> dict[str, Any]:
@@ -46,66 +44,62 @@ async def json_object(request: Request) -> dict[str, Any]:
     return body
 
 
-def paging(request: Request) -> tuple[int, int, str | None]:
-    """page, pageSize and modifiedAfter of a list request (400 naming the parameter if invalid)."""
+@dataclass(frozen=True)
+class Listing:
+    """What a list request asks for. A `page` parameter is not part of casavi's model: ignored."""
+
+    size: int
+    modified_after: str | None  # casavi's timestamp format, compared as text
+    after_id: int | None  # where the previous page ended (from a next link); None on a first request
+    inactive_contracts: bool
+
+
+def listing(request: Request) -> Listing:
+    """The parameters of a list request (400 naming the parameter if one is invalid)."""
     query = request.query_params
-    page = _int_param(query.get(api.PAGE_PARAM), api.PAGE_PARAM, default=1, maximum=None)
-    size = _int_param(
-        query.get(api.PAGE_SIZE_PARAM),
-        api.PAGE_SIZE_PARAM,
-        default=api.DEFAULT_PAGE_SIZE,
-        maximum=api.MAX_PAGE_SIZE,
+    return Listing(
+        size=_int_param(query.get(api.PAGE_SIZE_PARAM), api.PAGE_SIZE_PARAM, 1, api.MAX_PAGE_SIZE)
+        or DEFAULT_PAGE_SIZE,
+        modified_after=_timestamp_param(query.get(api.MODIFIED_AFTER_PARAM)),
+        after_id=_int_param(query.get(AFTER_PARAM), AFTER_PARAM, 0, None),
+        inactive_contracts=inactive_contracts(request),
     )
-    raw_after = query.get(api.MODIFIED_AFTER_PARAM)
-    if raw_after is None:
-        return page, size, None
+
+
+def inactive_contracts(request: Request) -> bool:
+    """Whether a read asks for ended contracts too (`includeInactiveContracts=true`)."""
+    raw = request.query_params.get(api.INCLUDE_INACTIVE_CONTRACTS_PARAM)
+    if raw is None or raw.lower() == "false":
+        return False
+    if raw.lower() == "true":
+        return True
+    raise _bad_param(api.INCLUDE_INACTIVE_CONTRACTS_PARAM, "must be true or false")
+
+
+def _timestamp_param(raw: str | None) -> str | None:
+    if raw is None:
+        return None
     try:
-        after = dt.datetime.fromisoformat(raw_after)
+        after = dt.datetime.fromisoformat(raw)
     except ValueError:
-        raise Problem(
-            api.STATUS_INVALID,
-            "invalid query parameter",
-            [api.FieldError(api.MODIFIED_AFTER_PARAM, "must be an ISO 8601 timestamp")],
-        ) from None
+        raise _bad_param(api.MODIFIED_AFTER_PARAM, "must be an ISO 8601 timestamp") from None
     if after.tzinfo is None:  # casavi's timestamps are UTC
         after = after.replace(tzinfo=dt.UTC)
-    return page, size, utc_timestamp(after.timestamp())
+    return utc_timestamp(after.timestamp())
 
 
-#: The sandbox's own next-link parameter: the internal id the previous page ended with (keyset paging).
-AFTER_PARAM = "after"
-
-
-def after_param(request: Request) -> int | None:
-    """The `after` of a next link (400 naming it if invalid), or None on a first request."""
-    raw = request.query_params.get(AFTER_PARAM)
+def _int_param(raw: str | None, name: str, minimum: int, maximum: int | None) -> int | None:
     if raw is None:
         return None
     try:
         value = int(raw)
     except ValueError:
-        value = -1
-    if value < 0:
-        raise Problem(
-            api.STATUS_INVALID,
-            "invalid query parameter",
-            [api.FieldError(AFTER_PARAM, "must be an integer >= 0")],
-        )
+        value = minimum - 1
+    if value < minimum or (maximum is not None and value > maximum):
+        rule = f"between {minimum} and {maximum}" if maximum is not None else f">= {minimum}"
+        raise _bad_param(name, f"must be an integer {rule}")
     return value
 
 
-def _int_param(raw: str | None, name: str, *, default: int, maximum: int | None) -> int:
-    if raw is None:
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        value = 0
-    if value < 1 or (maximum is not None and value > maximum):
-        rule = f"between 1 and {maximum}" if maximum is not None else ">= 1"
-        raise Problem(
-            api.STATUS_INVALID,
-            "invalid query parameter",
-            [api.FieldError(name, f"must be an integer {rule}")],
-        )
-    return value
+def _bad_param(name: str, message: str) -> Problem:
+    return Problem(api.STATUS_INVALID, "invalid query parameter", [api.FieldError(name, message)])
