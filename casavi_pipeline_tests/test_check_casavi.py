@@ -7,12 +7,15 @@ process against the sandbox (a real process too), then the Dagster job.
 from __future__ import annotations
 
 import copy
+import http.server
 import json
 import os
 import subprocess
 import sys
+import threading
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 from urllib.parse import unquote
 
 import dagster as dg
@@ -23,6 +26,9 @@ from casavi_pipeline.casavi import api, conformance
 from casavi_pipeline.casavi.api import ObjectKind
 from casavi_pipeline.casavi.client import CasaviClient, Operation
 from casavi_pipeline.casavi.errors import CasaviModelMismatchError
+from casavi_sandbox import SandboxProcess
+from casavi_sandbox.accounts import mapped_bodies
+from casavi_sandbox.local import SAMPLE_EXPORT_DIR, SAMPLE_MANDANTEN
 
 CLI = Path(sys.executable).with_name("casavi-pipeline")
 NAMES_AND_VALUES = ("Lindenstraße", "Erika", "Mustermann", "erika@example.org", "+49 30 123", "Haus am See")
@@ -416,7 +422,175 @@ def test_the_command_line_knows_its_commands(tmp_path):
     assert subprocess.run([CLI], capture_output=True, text=True, timeout=60).returncode == 2
 
 
+# --- the command against the sandbox, a real casavi process -----------------------------------------------
+def sample_bodies() -> list[tuple[ObjectKind, dict[str, Any]]]:
+    return list(mapped_bodies(SAMPLE_EXPORT_DIR, SAMPLE_MANDANTEN.split(",")[0]))
+
+
+def personal_values(bodies: list[tuple[ObjectKind, dict[str, Any]]]) -> set[str]:
+    """The sample's names, emails, phones and streets (and the properties' names)."""
+    personal = {"firstName", "lastName", "companyName", "email", "telephone", "mobile", "street", "name"}
+    values = {
+        value
+        for _, body in bodies
+        for name, value in body.items()
+        if name in personal and isinstance(value, str) and len(value) >= 4
+    }
+    values |= {a["street"] for kind, body in bodies if kind is ObjectKind.PROPERTY for a in body["addresses"]}
+    return values
+
+
+def assert_read_only(sandbox: SandboxProcess) -> int:
+    """No write reached the sandbox, and at most 12 requests; returns how many."""
+    counted = sandbox.requests()
+    assert sandbox.write_count() == 0, counted
+    assert counted["total"] <= 12, counted
+    return counted["total"]
+
+
+def test_the_sample_account_matches_read_only_and_no_personal_value_is_printed(sandbox, tmp_path):
+    bodies = sample_bodies()
+    sandbox.seed(bodies)
+    sandbox.configure(unmanaged_fields="images,responsibilities,appLink,customFields,mscObjectNumber")
+    done = run_cli(settings_for(sandbox.base_url, sandbox.api_key, sandbox.api_secret), cwd=tmp_path)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert assert_read_only(sandbox) == 7
+    out = done.stdout + done.stderr
+    assert "fields casavi returned that the model does not know: -" in out
+    for kind in ("property", "unit", "contact"):
+        assert f"\n{kind}: " in out and "one read by id: 200, the same fields as listed" in out
+    leaked = sorted(value for value in personal_values(bodies) if value in out)
+    assert not leaked, f"{len(leaked)} personal values in the output"
+    assert done.stdout.splitlines()[-1].startswith(f"casavi at {sandbox.base_url} matches")
+
+
+def test_a_field_renamed_by_casavi_exits_1_naming_the_rule(sandbox, tmp_path):
+    sandbox.configure(rename_field="units.rooms=roomCount")
+    with CasaviClient(
+        sandbox.base_url, sandbox.api_key, sandbox.api_secret, requests_per_minute=None
+    ) as client:
+        for kind, body in sample_bodies():
+            assert client.upsert(kind, body).ok
+    sandbox.reset(objects=False, knobs=False)  # count only the check's requests
+    done = run_cli(settings_for(sandbox.base_url, sandbox.api_key, sandbox.api_secret), cwd=tmp_path)
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert_read_only(sandbox)
+    lines = [line for line in done.stdout.splitlines() if line.startswith("CONTRADICTION")]
+    assert lines == [
+        'CONTRADICTION FIELD_RULES[unit] field "rooms": casavi never returned it; it returned fields the model '
+        "does not know: roomCount (renamed?)"
+    ]
+
+
+def test_the_write_test_leaves_nothing_behind(sandbox, tmp_path):
+    sandbox.seed(sample_bodies())
+    before = sandbox.state()
+    for separator in ("-", "/"):
+        env = {
+            **settings_for(sandbox.base_url, sandbox.api_key, sandbox.api_secret),
+            "CASAVI_ID_SEPARATOR": separator,
+        }
+        done = run_cli(env, "--write-test", cwd=tmp_path)
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert "write test:" in done.stdout and "(expected" not in done.stdout
+        assert sandbox.state() == before
+    assert "separator '/': a reference id with '/' (%2F in the path) survives" in done.stdout
+
+
+def test_the_write_test_names_a_field_casavi_loses(sandbox, tmp_path):
+    sandbox.configure(drop_field="contacts.contracts.number")
+    done = run_cli(
+        settings_for(sandbox.base_url, sandbox.api_key, sandbox.api_secret), "--write-test", cwd=tmp_path
+    )
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert 'CONTRACT_RULES field "number": read back different from what was written' in done.stdout
+    assert not any(sandbox.state().values())
+
+
+def test_a_wrong_secret_exits_2_in_one_line_after_one_login(sandbox, tmp_path):
+    done = run_cli(settings_for(sandbox.base_url, sandbox.api_key, "wrong"), cwd=tmp_path)
+    assert done.returncode == 2
+    assert done.stdout == "" and done.stderr.count("\n") == 1
+    assert (
+        "casavi refused the API key/secret (401): set valid CASAVI_API_KEY and CASAVI_API_SECRET"
+        in done.stderr
+    )
+    assert "wrong" not in done.stderr
+    assert sandbox.requests()["total"] == 1 and sandbox.write_count() == 0
+
+
+class _Scripted(http.server.BaseHTTPRequestHandler):
+    """A casavi on a real socket answering as a `MockCasavi`: for what the sandbox refuses to store."""
+
+    mock: ClassVar[MockCasavi]
+
+    def _any(self) -> None:
+        length = int(self.headers.get("content-length") or 0)
+        request = httpx.Request(
+            self.command, f"http://casavi.test{self.path}", headers=dict(self.headers),
+            content=self.rfile.read(length) if length else b"",
+        )  # fmt: skip
+        answer = self.mock(request)
+        answer.read()
+        self.send_response(answer.status_code)
+        self.send_header("content-type", "application/json")
+        self.send_header("content-length", str(len(answer.content)))
+        self.end_headers()
+        self.wfile.write(answer.content)
+
+    do_GET = do_POST = do_PUT = do_DELETE = _any
+
+    def log_message(self, *_args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def scripted() -> Iterator[tuple[str, MockCasavi]]:
+    """A scripted casavi on a free port on 127.0.0.1: (base URL, its script)."""
+    mock = MockCasavi()
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), type("Handler", (_Scripted,), {"mock": mock}))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}", mock
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=10)
+
+
+def test_enum_values_outside_ours_exit_1_naming_each_enum(scripted, tmp_path):
+    # the sandbox validates every write and seed with the adapter's enums: a scripted casavi serves them
+    base_url, mock = scripted
+    mock.objects["units"]["0001-1-1"]["usage"] = "MIXED_USE"
+    mock.objects["contacts"]["0001-P1"]["contracts"][0]["type"] = "Untermieter Erika"
+    done = run_cli(settings_for(base_url), cwd=tmp_path)
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert [line.split(":")[0] for line in done.stdout.splitlines() if line.startswith("CONTRADICTION")] == [
+        "CONTRADICTION Usage",
+        "CONTRADICTION ContractType",
+    ]
+    assert "MIXED_USE (1)" in done.stdout and "Erika" not in done.stdout
+    assert {method for method, _ in mock.calls} == {"POST", "GET"} and len(mock.calls) == 7
+
+
 # --- the Dagster job --------------------------------------------------------------------------------------
+def test_the_job_passes_on_a_conforming_account(sandbox):
+    from casavi_pipeline.defs.conformance import casavi_conformance
+    from casavi_pipeline.defs.resources import HttpCasaviResource, SyncPolicy
+
+    sandbox.seed(sample_bodies())
+    casavi = HttpCasaviResource(
+        api_key=sandbox.api_key, api_secret=sandbox.api_secret, base_url=sandbox.base_url
+    )
+    result = casavi_conformance.execute_in_process(resources={"casavi": casavi, "sync_policy": SyncPolicy()})
+    assert result.success
+    (materialization,) = [e for e in result.all_events if e.event_type_value == "STEP_OUTPUT"]
+    metadata = materialization.event_specific_data.metadata
+    assert metadata["contradictions"].value == 0 and metadata["writes"].value == 0
+    assert_read_only(sandbox)
+
+
 def test_the_job_fails_with_the_same_one_line_report(tmp_path):
     from casavi_pipeline.defs.conformance import casavi_conformance
     from casavi_pipeline.defs.failures import FAILURE_REASON_TAG, reason_of_run
