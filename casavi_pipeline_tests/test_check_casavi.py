@@ -10,6 +10,7 @@ import copy
 import http.server
 import json
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -26,6 +27,8 @@ from casavi_pipeline.casavi import api, conformance
 from casavi_pipeline.casavi.api import ObjectKind
 from casavi_pipeline.casavi.client import CasaviClient, Operation
 from casavi_pipeline.casavi.errors import CasaviModelMismatchError
+from casavi_pipeline.defs.failures import reason_of_run
+from casavi_pipeline_tests.harness import run_from_environment
 from casavi_sandbox import SandboxProcess
 from casavi_sandbox.accounts import mapped_bodies
 from casavi_sandbox.local import SAMPLE_EXPORT_DIR, SAMPLE_MANDANTEN
@@ -128,6 +131,8 @@ class MockCasavi:
             page = list(stored.values())[:size]
             links = {"next": f"{collection}?cursor=2"} if len(stored) > size else {}
             return httpx.Response(200, json={"list": page, "_links": links})
+        if request.method in self.behaviour.get("not_allowed", ()):
+            return httpx.Response(405)
         if "%2F" in parts[3] and self.behaviour.get("slash_unrouted"):
             return httpx.Response(404, json={"message": "no route"})
         ref_id = unquote(parts[3])
@@ -574,6 +579,28 @@ def test_enum_values_outside_ours_exit_1_naming_each_enum(scripted, tmp_path):
     assert {method for method, _ in mock.calls} == {"POST", "GET"} and len(mock.calls) == 7
 
 
+def test_a_sync_meeting_a_405_says_in_one_line_to_run_check_casavi(scripted, tmp_path):
+    base_url, mock = scripted
+    mock.objects.clear()  # an empty account, whose PUTs casavi does not allow
+    mock.behaviour["not_allowed"] = {"PUT"}
+    values = {
+        **settings_for(base_url),
+        "ERP_EXPORT_DIR": str(SAMPLE_EXPORT_DIR),
+        "CASAVI_SNAPSHOT_DB": str(tmp_path / "snapshots"),
+    }
+    with dg.instance_for_test() as instance:
+        result = run_from_environment("0001", values, instance=instance)
+        reason = reason_of_run(instance, result.run_id)
+    assert not result.success
+    assert re.fullmatch(
+        rf"casavi_sync: casavi at {re.escape(base_url)}: PUT /v2/properties/\{{id\}} \[0001-[^\]]+\] → 405: "
+        r"casavi's API differs from casavi_pipeline's model at this call: run `casavi-pipeline check-casavi`",
+        reason,
+    ), reason
+    assert "unknown reference id" not in reason
+    assert 0 < sum(method == "PUT" for method, _ in mock.calls) <= 4  # the writes in flight, no more
+
+
 # --- the Dagster job --------------------------------------------------------------------------------------
 def test_the_job_passes_on_a_conforming_account(sandbox):
     from casavi_pipeline.defs.conformance import casavi_conformance
@@ -593,7 +620,7 @@ def test_the_job_passes_on_a_conforming_account(sandbox):
 
 def test_the_job_fails_with_the_same_one_line_report(tmp_path):
     from casavi_pipeline.defs.conformance import casavi_conformance
-    from casavi_pipeline.defs.failures import FAILURE_REASON_TAG, reason_of_run
+    from casavi_pipeline.defs.failures import FAILURE_REASON_TAG
     from casavi_pipeline.defs.resources import HttpCasaviResource, SyncPolicy
 
     casavi = HttpCasaviResource(api_key="k", api_secret="s", base_url="http://127.0.0.1:9", max_attempts=1)
