@@ -23,9 +23,10 @@ survives percent-encoding (`%2F`) in a path.
 
 from __future__ import annotations
 
+import fnmatch
 import re
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -42,7 +43,7 @@ from casavi_pipeline.casavi.errors import (
 from casavi_pipeline.dates import is_iso_date
 
 MATCHES, CONTRADICTS, CANNOT_CHECK = 0, 1, 2
-#: Reference ids of the write test start with this and the separator; no Mandant number looks like it.
+#: The write test's reference ids are this, the separator and the kind (`casavi-pipeline-check-unit`).
 RESERVED_PREFIX = "casavi-pipeline-check"
 #: An enum value is shown only in this shape; anything else (a name, a sentence) is only counted.
 CODE_SHAPE = re.compile(r"[A-Z][A-Z_]{0,39}")
@@ -71,10 +72,7 @@ class Contradiction:
 
 
 def _is_unmanaged(name: str) -> bool:
-    return any(
-        name.startswith(pattern[:-1]) if pattern.endswith("*") else name == pattern
-        for pattern in api.UNMANAGED_READ_FIELDS
-    )
+    return any(fnmatch.fnmatchcase(name, pattern) for pattern in api.UNMANAGED_READ_FIELDS)
 
 
 def _constant_name(value: object) -> str | None:
@@ -591,30 +589,23 @@ def write_test_records(separator: str) -> dict[ObjectKind, dict[str, Any]]:
     }
 
 
+#: How a test object's write and read-back ended: read back; refused (400, 422); lost on the way (a
+#: 404/405 on its PUT, or a 404 reading it back: casavi's paths are not what the model says).
+_READ, _REFUSED, _LOST = "read", "refused", "lost"
+
+
 def _write_test(client: CasaviClient, separator: str, report: Report) -> None:
     """Create, read back and delete one object of each kind; each step's status lands in the report."""
-    steps: list[Step] = []
-    report.steps = steps
+    report.steps = []
     records = write_test_records(separator)
     outcomes: list[str] = []
     try:
         for kind in api.UPSERT_ORDER:
-            outcome = _write_and_read_back(client, kind, records[kind], steps, report)
-            outcomes.append(outcome)
-            if outcome != _READ:
+            outcomes.append(_write_and_read_back(client, kind, records[kind], report))
+            if outcomes[-1] != _READ:
                 break  # the next kind references this one
     finally:
-        for kind in api.DELETE_ORDER:
-            ref_id = records[kind]["id"]
-            result = _step(steps, report, lambda k=kind, r=ref_id: client.delete(k, r), "DELETE", kind)
-            if result is None or not result.ok:
-                report.left_behind.append(ref_id)
-                if result is not None and result.status == api.STATUS_CONFLICT:
-                    report.contradictions.append(
-                        Contradiction(
-                            "DELETE_ORDER", f"deleting the test {kind.value} answered 409 (still referenced)"
-                        )
-                    )
+        _clean_up(client, records, report)
     if separator == "/":  # the test ids carry it: did casavi's front end route `%2F` in a path segment?
         if _LOST in outcomes:
             report.contradictions.append(
@@ -629,19 +620,59 @@ def _write_test(client: CasaviClient, separator: str, report: Report) -> None:
             report.notes.append("separator '/': a reference id with '/' (%2F in the path) survives")
 
 
-def _step(steps: list[Step], report: Report, send: Any, method: str, kind: ObjectKind) -> WriteResult | None:
-    """One write of the write test: its step, and a contradiction unless casavi confirmed it."""
+def _clean_up(client: CasaviClient, records: Mapping[ObjectKind, Mapping[str, Any]], report: Report) -> None:
+    """Delete the test objects (contact → unit → property), each even if an earlier delete failed; what
+    is left is named. A casavi that fails or refuses meanwhile is raised after every delete was tried."""
+    failure: CasaviError | None = None
+    for kind in api.DELETE_ORDER:
+        ref_id = records[kind][api.ID_FIELD]
+        try:
+            result = _write_step(report, kind, "DELETE", lambda k=kind, r=ref_id: client.delete(k, r))
+        except (CasaviAuthError, CasaviUnavailableError) as exc:
+            failure, result = failure or exc, None
+        if result is None or not result.ok:
+            report.left_behind.append(ref_id)
+        if result is not None and result.status == api.STATUS_CONFLICT:
+            report.contradictions.append(
+                Contradiction(
+                    "DELETE_ORDER", f"deleting the test {kind.value} answered 409 (still referenced)"
+                )
+            )
+    if failure is not None:
+        raise failure
+
+
+def _unexpected(report: Report, kind: ObjectKind, call: str, exc: CasaviError) -> None:
+    """A write-test call casavi answered unexpectedly: a contradiction (refusals and outages propagate)."""
+    if isinstance(exc, CasaviAuthError | CasaviUnavailableError):
+        raise exc
+    constant = (
+        f"_COLLECTIONS[{kind.name}] / ObjectKind.object_path"
+        if isinstance(exc, CasaviModelMismatchError)
+        else call
+    )
+    report.contradictions.append(Contradiction(constant, str(exc)))
+
+
+def _write_step(
+    report: Report, kind: ObjectKind, method: str, send: Callable[[], WriteResult]
+) -> WriteResult | None:
+    """One write of the write test: its step, and a contradiction unless casavi confirmed it (None: the
+    call itself is not what the model says)."""
+    assert report.steps is not None
     call = f"{method} {kind.collection_path}/{{id}}"
-    expected = (api.STATUS_CREATED, api.STATUS_UPDATED) if method == "PUT" else (api.STATUS_DELETED, 200, 404)
+    expected = (
+        (api.STATUS_CREATED, api.STATUS_UPDATED)
+        if method == "PUT"
+        else (api.STATUS_DELETED, api.STATUS_UPDATED, api.STATUS_NOT_FOUND)  # 404: never created, or gone
+    )
     try:
-        result: WriteResult = send()
-    except CasaviModelMismatchError as exc:
-        steps.append(Step(call, exc.status, expected))
-        report.contradictions.append(
-            Contradiction(f"_COLLECTIONS[{kind.name}] / ObjectKind.object_path", str(exc))
-        )
+        result = send()
+    except CasaviError as exc:
+        report.steps.append(Step(call, exc.status, expected))
+        _unexpected(report, kind, call, exc)
         return None
-    steps.append(Step(call, result.status, expected))
+    report.steps.append(Step(call, result.status, expected))
     if not result.ok and result.status != api.STATUS_CONFLICT:
         fields = ", ".join(result.error.fields) if result.error else ""
         constant = f"FIELD_RULES[{kind.value}]" + (f" fields {fields}" if fields else "")
@@ -651,26 +682,18 @@ def _step(steps: list[Step], report: Report, send: Any, method: str, kind: Objec
     return result
 
 
-#: How a test object's write and read-back ended: read back; refused (400, 422); lost on the way (a
-#: 404/405 on its PUT, or a 404 reading it back: casavi's paths are not what the model says).
-_READ, _REFUSED, _LOST = "read", "refused", "lost"
-
-
 def _write_and_read_back(
-    client: CasaviClient,
-    kind: ObjectKind,
-    record: dict[str, Any],
-    steps: list[Step],
-    report: Report,
+    client: CasaviClient, kind: ObjectKind, record: Mapping[str, Any], report: Report
 ) -> str:
+    assert report.steps is not None
     payload = api.to_payload(kind, record)
-    result = _step(steps, report, lambda: client.upsert(kind, payload), "PUT", kind)
+    result = _write_step(report, kind, "PUT", lambda: client.upsert(kind, payload))
     if result is None:
         return _LOST
     if not result.ok:
         return _REFUSED
     if kind is ObjectKind.PROPERTY:  # PUT creates *or updates*: the same body again is an update
-        again = _step(steps, report, lambda: client.upsert(kind, payload), "PUT", kind)
+        again = _write_step(report, kind, "PUT", lambda: client.upsert(kind, payload))
         if again is not None and again.status != api.STATUS_UPDATED:
             report.contradictions.append(
                 Contradiction(
@@ -680,11 +703,11 @@ def _write_and_read_back(
     call = f"GET {kind.collection_path}/{{id}}"
     try:
         read = client.get_object(kind, payload[api.ID_FIELD])
-    except CasaviModelMismatchError as exc:
-        steps.append(Step(call, exc.status, (200,)))
-        report.contradictions.append(Contradiction("ObjectKind.object_path", str(exc)))
+    except CasaviError as exc:
+        report.steps.append(Step(call, exc.status, (200,)))
+        _unexpected(report, kind, call, exc)
         return _LOST
-    steps.append(Step(call, 200 if read is not None else api.STATUS_NOT_FOUND, (200,)))
+    report.steps.append(Step(call, api.STATUS_NOT_FOUND if read is None else 200, (200,)))
     if read is None:
         report.contradictions.append(
             Contradiction(
@@ -702,31 +725,22 @@ def _compare(kind: ObjectKind, sent: Mapping[str, Any], read: Mapping[str, Any])
     got = api.to_payload(kind, api.record_from_read(kind, read))
     found: list[Contradiction] = []
     for rule in api.FIELD_RULES[kind]:
-        name, constant = rule.casavi, f'FIELD_RULES[{kind.value}] field "{rule.casavi}"'
+        name = rule.casavi
         if want[name] == got[name]:
             continue
-        if name not in read:
-            found.append(Contradiction(constant, f"written, read back without it (a {kind.value})"))
-        elif rule.type == "object_list" and len(want[name]) != len(got[name]):
+        if rule.type != "object_list" or len(want[name]) != len(got[name]) or name not in read:
             found.append(
-                Contradiction(
-                    constant, f"written with {len(want[name])} entries, read back with {len(got[name])}"
-                )
+                Contradiction(f'FIELD_RULES[{kind.value}] field "{name}"', _lost_or_changed(name in read))
             )
-        elif rule.type == "object_list":
-            items = _constant_name(rule.items) or constant
-            differing = [
-                item.casavi
-                for item in rule.items
-                if any(
-                    w.get(item.casavi) != g.get(item.casavi)
-                    for w, g in zip(want[name], got[name], strict=True)
-                )
-            ]
-            found += [
-                Contradiction(f'{items} field "{item}"', "read back different from what was written")
-                for item in differing
-            ]
-        else:
-            found.append(Contradiction(constant, "read back different from what was written"))
+            continue
+        items = _constant_name(rule.items) or f'FIELD_RULES[{kind.value}] field "{name}" items'
+        entries = [entry for entry in read[name] if isinstance(entry, Mapping)]
+        for item in rule.items:
+            if any(w[item.casavi] != g[item.casavi] for w, g in zip(want[name], got[name], strict=True)):
+                returned = any(item.casavi in entry for entry in entries)
+                found.append(Contradiction(f'{items} field "{item.casavi}"', _lost_or_changed(returned)))
     return found
+
+
+def _lost_or_changed(returned: bool) -> str:
+    return "read back different from what was written" if returned else "written, read back without it"
