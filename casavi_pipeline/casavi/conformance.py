@@ -56,6 +56,11 @@ _TYPE_WORDS = {
     "date": "dates YYYY-MM-DD",
     "object_list": "lists of objects",
 }
+#: casavi's names of what ties a unit to its property's address, by our domain names
+_ADDRESSES = api.rule_of(ObjectKind.PROPERTY, "addresses").casavi
+_STREET = next(rule.casavi for rule in api.ADDRESS_RULES if rule.name == "street")
+_UNIT_PROPERTY = api.rule_of(ObjectKind.UNIT, "property_id").casavi
+_UNIT_ADDRESS = api.rule_of(ObjectKind.UNIT, "address").casavi
 #: The JSON type a value of each rule type has: an unknown field of that type may be ours, renamed.
 _JSON_TYPES = {"string": "string", "date": "string", "number": "number", "object_list": "list"}
 
@@ -222,9 +227,12 @@ class _Level:
 
     def lines(self, indent: str = "  ") -> list[str]:
         n = self.objects
+        returned = {
+            rule.casavi: self.present[rule.casavi] for rule in self.rules if self.present[rule.casavi]
+        }
         never = [rule.casavi for rule in self.rules if not self.present[rule.casavi]]
         lines = [
-            f"{indent}fields we send, returned: {_names({r.casavi: self.present[r.casavi] for r in self.rules if self.present[r.casavi]}, n)}",
+            f"{indent}fields we send, returned: {_names(returned, n)}",
             f"{indent}fields we send, never returned: {', '.join(never) or '-'}"
             + (" (empty on every object read, or not kept by casavi: the write test tells)" if never else ""),
             f"{indent}fields casavi returned that the model does not know: {_names(self.unknown, n)}"
@@ -321,12 +329,12 @@ class Report:
     @property
     def summary(self) -> str:
         counted = f"{self.requests} requests, {self.writes} writes"
+        left = [f"left behind by the write test: {ref} (delete it in casavi)" for ref in self.left_behind]
         if self.cannot_check is not None:
-            return f"cannot check casavi at {self.target}: {self.cannot_check} ({counted})"
-        problems = [str(c) for c in self.all_contradictions]
-        problems += [
-            f"left behind by the write test: {ref} (delete it in casavi)" for ref in self.left_behind
-        ]
+            return f"cannot check casavi at {self.target}: {self.cannot_check} ({counted})" + "".join(
+                f" | {line}" for line in left
+            )
+        problems = [str(c) for c in self.all_contradictions] + left
         if problems:
             return f"casavi at {self.target} contradicts casavi_pipeline's model ({counted}): " + " | ".join(
                 problems
@@ -504,18 +512,18 @@ def _check_unit_addresses(report: Report) -> list[Contradiction]:
     objects = {check.kind: check.objects for check in report.kinds}
     streets: dict[str, dict[str, Any]] = {}
     for prop in objects.get(ObjectKind.PROPERTY, []):
-        addresses = prop.get("addresses")
+        addresses = prop.get(_ADDRESSES)
         if isinstance(prop.get(api.ID_FIELD), str) and isinstance(addresses, list):
             streets[prop[api.ID_FIELD]] = {
-                a.get("street"): a.get(api.ADDRESS_UNITS_FIELD) for a in addresses if isinstance(a, Mapping)
+                a.get(_STREET): a.get(api.ADDRESS_UNITS_FIELD) for a in addresses if isinstance(a, Mapping)
             }
     compared = matched = listed = 0
     for unit in objects.get(ObjectKind.UNIT, []):
-        at = streets.get(unit.get("propertyId"))  # type: ignore[arg-type]
+        at = streets.get(unit.get(_UNIT_PROPERTY))
         if not at:
             continue
         compared += 1
-        address = unit.get("address")
+        address = unit.get(_UNIT_ADDRESS)
         if isinstance(address, str) and address in at:
             matched += 1
             units = at[address]
@@ -524,13 +532,13 @@ def _check_unit_addresses(report: Report) -> list[Contradiction]:
         report.notes.append("unit addresses: no unit's property is on the first page; not compared")
         return []
     report.notes.append(
-        f'unit addresses: {matched} of {compared} units name a street of their property in "address"; '
+        f'unit addresses: {matched} of {compared} units name a street of their property in "{_UNIT_ADDRESS}"; '
         f'{listed} of {matched} are in that address\'s "{api.ADDRESS_UNITS_FIELD}"'
     )
     if matched < compared:
         return [
             Contradiction(
-                'FIELD_RULES[unit] field "address"',
+                f'FIELD_RULES[{ObjectKind.UNIT.value}] field "{_UNIT_ADDRESS}"',
                 f"{compared - matched} of {compared} units name no street of their property",
             )
         ]
@@ -625,7 +633,7 @@ def _clean_up(client: CasaviClient, records: Mapping[ObjectKind, Mapping[str, An
     is left is named. A casavi that fails or refuses meanwhile is raised after every delete was tried."""
     failure: CasaviError | None = None
     for kind in api.DELETE_ORDER:
-        ref_id = records[kind][api.ID_FIELD]
+        ref_id = records[kind]["id"]
         try:
             result = _write_step(report, kind, "DELETE", lambda k=kind, r=ref_id: client.delete(k, r))
         except (CasaviAuthError, CasaviUnavailableError) as exc:
