@@ -140,7 +140,6 @@ def test_exhausted_retries_raise_unavailable_naming_call_and_id():
     ("status", "wording"),
     [
         (400, "casavi refused a field value"),
-        (404, "unknown reference id"),
         (409, "still referenced by other objects"),
         (422, "references an object casavi does not know"),
     ],

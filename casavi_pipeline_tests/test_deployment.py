@@ -70,6 +70,12 @@ def test_a_deployment_installs_and_loads_without_the_harness(tmp_path):
     )  # fmt: skip
     assert loaded.returncode == 0, loaded.stderr[-2000:]
     assert int(loaded.stdout.strip()) == 15  # 7 ERP, 5 casavi, remote, changeset, sync
+    # the operator's command, installed as a console script
+    check = subprocess.run(
+        [venv / "bin" / "casavi-pipeline", "check-casavi"], env={"PATH": "", "HOME": str(tmp_path), **settings,
+        "CASAVI_BASE_URL": "http://127.0.0.1:9"}, capture_output=True, text=True, cwd=tmp_path, timeout=120,
+    )  # fmt: skip
+    assert check.returncode == 2 and "cannot check casavi at http://127.0.0.1:9" in check.stderr, check.stderr
     missing = subprocess.run(
         [python, "-W", "ignore", "-c", "import casavi_pipeline.definitions"], env={"PATH": "", "HOME": str(tmp_path)},
         capture_output=True, text=True, cwd=tmp_path, timeout=120,

@@ -3,7 +3,7 @@
 Transient trouble (429, 5xx, timeouts, dropped connections) is retried with exponential backoff and
 jitter through tenacity, honouring `Retry-After`. That is safe for writes too: PUT and DELETE by
 reference id are idempotent, so resending a write whose answer was lost leaves one object. Answers that
-will not change on retry (400, 404, 409, 422) are never retried. Every request, retries and
+will not change on retry (400, 404, 405, 409, 422) are never retried. Every request, retries and
 authentication included, passes one shared token bucket, so concurrency never multiplies the rate
 casavi sees.
 
@@ -24,7 +24,7 @@ from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from importlib.metadata import PackageNotFoundError, version
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import httpx
 from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, stop_after_delay
@@ -35,6 +35,7 @@ from casavi_pipeline.casavi.api import ObjectKind
 from casavi_pipeline.casavi.errors import (
     CasaviAuthError,
     CasaviError,
+    CasaviModelMismatchError,
     CasaviRejectedError,
     CasaviUnavailableError,
 )
@@ -47,7 +48,13 @@ except PackageNotFoundError:  # pragma: no cover - running from a source tree
 
 #: Longest wait a `Retry-After` may impose on one retry; beyond it the attempt budget decides.
 MAX_RETRY_AFTER_SECONDS = 120.0
-_REJECTED = {api.STATUS_INVALID, api.STATUS_NOT_FOUND, api.STATUS_CONFLICT, api.STATUS_UNKNOWN_REFERENCE}
+_REJECTED = {api.STATUS_INVALID, api.STATUS_CONFLICT, api.STATUS_UNKNOWN_REFERENCE}
+#: A PUT (which creates), a DELETE or a listing answered so: the path or method is not what our model
+#: says, for every object alike. One error that stops the run, not a rejection per object.
+_MODEL_MISMATCH = {api.STATUS_NOT_FOUND, api.STATUS_METHOD_NOT_ALLOWED}
+MODEL_MISMATCH_WORDING = (
+    "casavi's API differs from casavi_pipeline's model at this call: run `casavi-pipeline check-casavi`"
+)
 
 
 @dataclass(frozen=True)
@@ -69,6 +76,16 @@ class WriteResult:
     error: CasaviError | None = None
 
 
+@dataclass(frozen=True)
+class Page:
+    """One page of a listing: its objects and the envelope's field names (never its values)."""
+
+    objects: list[dict[str, Any]]
+    envelope: tuple[str, ...]  # the body's keys, e.g. ("list", "_links")
+    links: tuple[str, ...]  # the keys of `_links`, e.g. ("next",)
+    next_url: str | None  # the next page, checked to stay on the configured casavi
+
+
 @dataclass
 class ClientStats:
     """What the client sent; thread-safe counters."""
@@ -80,6 +97,7 @@ class ClientStats:
     server_errors: int = 0  # 5xx answers
     transport_errors: int = 0  # timeouts, refused or dropped connections
     authentications: int = 0  # attempts, refused ones included
+    writes: int = 0  # PUT and DELETE operations (each once; its retries are in `retries`)
     by_status: Counter[int] = field(default_factory=Counter)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
@@ -131,6 +149,7 @@ def _retry_after_seconds(response: httpx.Response) -> float | None:
 
 
 _NOT_JSON = object()
+_E = TypeVar("_E", bound=CasaviError)
 
 
 def _json_or_not(response: httpx.Response) -> Any:
@@ -144,12 +163,12 @@ def _json_or_not(response: httpx.Response) -> Any:
 
 def _error_from(
     response: httpx.Response,
-    cls: type[CasaviError],
+    cls: type[_E],
     *,
     call: str,
     ref_id: str | None,
     message: str | None = None,
-) -> CasaviError:
+) -> _E:
     """The client's error for an answer: our wording, plus only our model's field names from the body.
 
     casavi's `message` texts are dropped on purpose: a server or proxy echoing the payload would put
@@ -172,6 +191,12 @@ def _error_from(
         ref_id=ref_id,
         status=status,
         fields=fields,
+    )
+
+
+def _model_mismatch(response: httpx.Response, *, call: str, ref_id: str | None) -> CasaviModelMismatchError:
+    return _error_from(
+        response, CasaviModelMismatchError, call=call, ref_id=ref_id, message=MODEL_MISMATCH_WORDING
     )
 
 
@@ -365,6 +390,8 @@ class CasaviClient:
                     message="casavi refused the API key/secret; check CASAVI_API_KEY and CASAVI_API_SECRET",
                 )
             )
+        if response.status_code in _MODEL_MISMATCH:
+            raise _model_mismatch(response, call=call, ref_id=None)
         if response.status_code != 200:
             raise _error_from(response, CasaviError, call=call, ref_id=None)
         answer = _json(response, call=call)
@@ -427,8 +454,21 @@ class CasaviClient:
     ) -> Iterator[dict[str, Any]]:
         """Every object of a kind as casavi returns it, following `_links.next` through all pages.
 
-        `modified_after` (timezone-aware) asks only for objects changed after it. A next link must
-        stay on the configured host and scheme: the token is never sent anywhere else.
+        `modified_after` (timezone-aware) asks only for objects changed after it.
+        """
+        for page in self.list_pages(kind, page_size=page_size, modified_after=modified_after):
+            yield from page.objects
+
+    def list_pages(
+        self,
+        kind: ObjectKind,
+        *,
+        page_size: int = api.MAX_PAGE_SIZE,
+        modified_after: dt.datetime | None = None,
+    ) -> Iterator[Page]:
+        """The pages of a listing, one request each, fetched as the caller asks for the next.
+
+        A next link must stay on the configured host and scheme: the token is never sent anywhere else.
         """
         if not 1 <= page_size <= api.MAX_PAGE_SIZE:
             raise ValueError(f"page_size must be between 1 and {api.MAX_PAGE_SIZE}")
@@ -439,6 +479,8 @@ class CasaviClient:
         url: str | None = kind.collection_path
         while url:
             response = self._request("GET", url, call=call, params=params)
+            if response.status_code in _MODEL_MISMATCH:
+                raise _model_mismatch(response, call=call, ref_id=None)
             if response.status_code != 200:
                 raise _error_from(response, CasaviError, call=call, ref_id=None)
             body = _json(response, call=call)
@@ -446,10 +488,11 @@ class CasaviClient:
             if not isinstance(objects, list):
                 raise CasaviError("casavi answered a listing without its list", call=call, status=200)
             self.stats.count("pages")
-            yield from objects
             links = body.get(api.LINKS_KEY)
-            next_link = links.get(api.NEXT_LINK_KEY) if isinstance(links, dict) else None
+            links = links if isinstance(links, dict) else {}
+            next_link = links.get(api.NEXT_LINK_KEY)
             url = self._same_origin(next_link, call=call) if next_link else None
+            yield Page(objects, tuple(body), tuple(links), url)
             params = None  # the next link carries its own query
 
     def _same_origin(self, link: Any, *, call: str) -> str:
@@ -476,6 +519,8 @@ class CasaviClient:
         )
         if response.status_code == api.STATUS_NOT_FOUND:
             return None
+        if response.status_code == api.STATUS_METHOD_NOT_ALLOWED:
+            raise _model_mismatch(response, call=call, ref_id=ref_id)
         if response.status_code != 200:
             raise _error_from(response, CasaviError, call=call, ref_id=ref_id)
         body = _json(response, call=call, ref_id=ref_id)
@@ -497,6 +542,7 @@ class CasaviClient:
         method = "PUT" if op.action == "upsert" else "DELETE"
         call = f"{method} {op.kind.collection_path}/{{id}}"
         kwargs = {"json": op.payload} if op.action == "upsert" else {}
+        self.stats.count("writes")
         response = self._request(
             method, op.kind.object_path(op.ref_id), call=call, ref_id=op.ref_id, **kwargs
         )
@@ -505,6 +551,8 @@ class CasaviClient:
             return WriteResult(op, ok=True, status=status)
         if op.action == "upsert" and status in (api.STATUS_UPDATED, api.STATUS_CREATED):
             return WriteResult(op, ok=True, status=status, created=status == api.STATUS_CREATED)
+        if status in _MODEL_MISMATCH:  # a PUT creates, so a 404 is no unknown id; a 405 never passes
+            raise _model_mismatch(response, call=call, ref_id=op.ref_id)
         if status in _REJECTED:
             error = _error_from(response, CasaviRejectedError, call=call, ref_id=op.ref_id)
             return WriteResult(op, ok=False, status=status, error=error)

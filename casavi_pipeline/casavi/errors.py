@@ -56,7 +56,12 @@ class CasaviError(Exception):
 
 
 class CasaviRejectedError(CasaviError):
-    """casavi refused this object (400 invalid, 404 unknown, 409 conflict, 422 unknown reference)."""
+    """casavi refused this object (400 invalid, 409 conflict, 422 unknown reference)."""
+
+
+class CasaviModelMismatchError(CasaviError):
+    """casavi's API differs from our model at a call: a path that answers 404 or 405 to a PUT, a DELETE
+    or a listing. Not a rejection of one object: every object of the kind would fail alike."""
 
 
 class CasaviAuthError(CasaviError):

@@ -21,7 +21,7 @@ from pydantic import Field
 from casavi_pipeline.casavi import api
 from casavi_pipeline.casavi.api import ObjectKind
 from casavi_pipeline.casavi.client import CasaviClient
-from casavi_pipeline.casavi.errors import CasaviAuthError, CasaviUnavailableError
+from casavi_pipeline.casavi.errors import CasaviAuthError, CasaviModelMismatchError, CasaviUnavailableError
 from casavi_pipeline.defs.partitions import mandant_partitions
 from casavi_pipeline.defs.resources import SETTINGS, CasaviResource, SnapshotStore, SyncPolicy
 from casavi_pipeline.runs.health import describe_pool, reap_dead_runs, tag_run_host
@@ -63,6 +63,8 @@ def _casavi(casavi: CasaviResource) -> Iterator[CasaviClient]:
                 description=f"casavi at {casavi.target} is unavailable ({exc}). Is it up and is "
                 "CASAVI_BASE_URL right? Confirmed writes are recorded; the next attempt resumes.",
             ) from None
+        except CasaviModelMismatchError as exc:  # every object of the kind would fail alike: stop
+            raise dg.Failure(description=f"casavi at {casavi.target}: {exc}", allow_retries=False) from None
 
 
 def _open_snapshot(context: dg.AssetExecutionContext, snapshots: SnapshotStore) -> Snapshot:

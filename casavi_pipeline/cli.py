@@ -1,0 +1,83 @@
+"""`casavi-pipeline`: the operator's commands of an installed casavi_pipeline (no Dagster needed).
+
+    casavi-pipeline check-casavi [--write-test]
+        compare the casavi account of the settings with casavi_pipeline's model of its API
+        (exit 0 it matches, 1 it contradicts the model, 2 it cannot be checked)
+
+Settings come from the environment or `.env` in the working directory, exactly as the code location
+reads them (README, section Settings). In the repository, `./run check-casavi` runs the same command.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+
+from casavi_pipeline.casavi import conformance
+from casavi_pipeline.casavi.client import CasaviClient
+from casavi_pipeline.settings import Settings, SettingsError, load_settings
+
+#: The check tries a request at most this often: a casavi that is down says so in seconds, not minutes.
+CHECK_MAX_ATTEMPTS = 3
+CHECK_MAX_RETRY_SECONDS = 30.0
+
+
+def check_casavi_client(settings: Settings) -> CasaviClient:
+    """A client for the check, from the sync's own settings (URL, credentials, request rate)."""
+    return CasaviClient(
+        settings.casavi_base_url,
+        settings.casavi_api_key.get_secret_value(),
+        settings.casavi_api_secret.get_secret_value(),
+        requests_per_minute=settings.requests_per_minute or None,
+        max_attempts=CHECK_MAX_ATTEMPTS,
+        max_retry_seconds=CHECK_MAX_RETRY_SECONDS,
+    )
+
+
+def check_casavi(args: argparse.Namespace) -> int:
+    try:
+        settings = load_settings()
+    except SettingsError as exc:
+        print(f"check-casavi: cannot check: {exc}", file=sys.stderr)
+        return conformance.CANNOT_CHECK
+    with check_casavi_client(settings) as client:
+        report = conformance.check_account(
+            client, separator=settings.id_separator, write_test=args.write_test
+        )
+    if report.exit_code == conformance.CANNOT_CHECK:
+        print(f"check-casavi: {report.summary}", file=sys.stderr)
+    else:
+        print("\n".join(report.lines()))
+    return report.exit_code
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="casavi-pipeline", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    commands = parser.add_subparsers(title="commands", metavar="COMMAND", required=True)
+    check = commands.add_parser(
+        "check-casavi",
+        help="compare the casavi account with casavi_pipeline's model (read-only)",
+        description=conformance.__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    check.add_argument(
+        "--write-test",
+        action="store_true",
+        help="also create, read back and delete one property, unit and contact under the reserved "
+        f"reference-id prefix {conformance.RESERVED_PREFIX!r} (for a casavi TEST account only)",
+    )
+    check.set_defaults(command=check_casavi)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    command: Callable[[argparse.Namespace], int] = args.command
+    return command(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
