@@ -496,7 +496,7 @@ def _listing_contradiction(kind: ObjectKind, exc: CasaviError) -> Contradiction:
     if isinstance(exc, CasaviModelMismatchError):
         constant = f"_COLLECTIONS[{kind.name}]"
     elif exc.status == api.STATUS_INVALID:
-        constant = "MAX_PAGE_SIZE / ObjectKind.list_params"
+        constant = "MAX_PAGE_SIZE / ObjectKind.read_params"
     elif exc.status is None:  # the next link left the configured casavi
         constant = "LINKS_KEY / NEXT_LINK_KEY (or CASAVI_BASE_URL)"
     else:
