@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import pytest
 
 from casavi_pipeline.casavi.api import ObjectKind
 from casavi_pipeline.casavi.client import CasaviClient, Operation
 from casavi_pipeline.casavi.errors import CasaviAuthError, CasaviUnavailableError
+from casavi_pipeline.casavi.ratelimit import AccountBudget, budget_path
+from casavi_pipeline_tests.fake_time import FakeTime
 
 pytestmark = pytest.mark.e2e
 
@@ -127,3 +133,50 @@ def test_1000_upserts_arrive_exactly_once_under_500s_and_a_rate_limit(sandbox):
     assert sandbox.state()["contacts"] == {c["id"]: c | _nulls(c) for c in map(contact, range(1000))}
     by_status = sandbox.requests()["routes"]["PUT /v2/contacts/{id}"]
     assert by_status.get("201") == 1000 and "200" not in by_status  # created once, never written twice
+
+
+SHARING_WORKER = """
+import json, sys
+from pathlib import Path
+from casavi_pipeline.casavi.api import ObjectKind
+from casavi_pipeline.casavi.client import CasaviClient, Operation
+from casavi_pipeline.casavi.ratelimit import AccountBudget, budget_path
+
+url, key, secret, folder, prefix, n = sys.argv[1:]
+bodies = [{"id": f"{prefix}-{i:06d}", "lastName": "Weiß"} for i in range(int(n))]
+with (
+    AccountBudget(budget_path(Path(folder), url, key), ceiling_per_minute=180) as budget,
+    CasaviClient(url, key, secret, budget=budget, max_concurrency=4) as client,
+):
+    confirmed = sum(r.ok for r in client.execute(Operation(ObjectKind.CONTACT, "upsert", b["id"], b) for b in bodies))
+print(json.dumps({"confirmed": confirmed}))
+"""
+
+
+def _learned(path: Path, per_minute: float) -> None:
+    """A budget file that earlier runs left at `per_minute` (learned on a clock an hour back: no
+    request of theirs is still in the window)."""
+    clock = FakeTime(start=time.time() - 3600)
+    with AccountBudget(path, ceiling_per_minute=per_minute, clock=clock, sleep=clock.sleep) as budget:
+        while budget.rate_per_minute < per_minute:
+            grant = budget.acquire()
+            budget.answered(grant, call="PUT /v2/contacts/{id}", seconds=0.01, status=201)
+
+
+def test_two_processes_sharing_one_budget_stay_under_a_hidden_limit(sandbox, tmp_path):
+    """Two Mandanten syncing side by side. Each may send 3 requests/s (the ceiling, which earlier
+    runs reached), casavi allows 3.5/s: sharing the account's budget they send 3/s together and casavi
+    refuses nothing; each with a budget of its own they start at 6/s together (4-5 answers of 429 in
+    this test, until each has slowed down for itself)."""
+    sandbox.configure(rate_limit=210)
+    _learned(budget_path(tmp_path, sandbox.base_url, sandbox.api_key), 180)
+    account = [sandbox.base_url, sandbox.api_key, sandbox.api_secret, str(tmp_path)]
+    workers = [
+        subprocess.Popen([sys.executable, "-c", SHARING_WORKER, *account, prefix, "40"], stdout=subprocess.PIPE)
+        for prefix in ("0001", "0002")
+    ]
+    outputs = [json.loads(worker.communicate(timeout=280)[0]) for worker in workers]
+    assert [output["confirmed"] for output in outputs] == [40, 40]
+    statuses = sandbox.requests()["statuses"]
+    assert statuses.get("201") == 80  # the sandbox's own counts
+    assert int(statuses.get("429", 0)) <= 2  # generous: a shared budget at 3/s meets none at 3.5/s
