@@ -13,7 +13,7 @@ all answers in that window (target ≤ 2 %).
 
 | case | what runs |
 |---|---|
-| adaptive | one process, the client's adaptive budget (fresh: it starts at 1 request/s), ceiling far above |
+| adaptive | one process, the client's adaptive budget, fresh (it starts at 1 request/s), without ceiling |
 | fixed80 | one process, the client as it was before the adaptive budget (`BASELINE`, loaded from git): a fixed 80/min and 429 counted as a failed attempt |
 | two | two processes (two Mandanten) sharing one account's budget, under one hidden limit |
 | two_fixed80 | two processes of the old client, 80/min each, under the same limit |
@@ -45,7 +45,8 @@ OUT = Path(__file__).resolve().parent / "out"
 #: The last commit whose client throttled itself with a fixed token bucket (80/min by default).
 BASELINE = "c5cd697"
 CASES = ("adaptive", "fixed80", "two", "two_fixed80")
-CEILING_PER_MINUTE = 6000.0  # far above every hidden limit here
+#: No ceiling: as far above the hidden limits as it gets (a ceiling would also set the start, at a tenth of it).
+CEILING_PER_MINUTE = None
 OBJECTS = 3000
 WARM_UP_SECONDS = 60.0
 

@@ -57,6 +57,12 @@ def test_starts_cautiously_then_sends_faster_while_casavi_answers_promptly(tmp_p
         assert budget.waited_seconds == pytest.approx(sum(g.waited for g in grants))
 
 
+@pytest.mark.parametrize(("ceiling", "start"), [(None, 60), (600, 60), (6000, 600), (30, 30)])
+def test_a_fresh_budget_starts_at_a_tenth_of_the_ceiling_at_least_one_a_second(tmp_path, fake, ceiling, start):
+    with budget_on(tmp_path / "b.sqlite3", fake, ceiling=ceiling) as budget:
+        assert budget.rate_per_minute == pytest.approx(start)
+
+
 def test_only_requests_the_budget_held_back_raise_the_rate(tmp_path, fake):
     """A client slower than its budget would gain nothing from a higher one: the rate stays."""
     with budget_on(tmp_path / "b.sqlite3", fake) as budget:

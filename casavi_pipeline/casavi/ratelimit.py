@@ -2,7 +2,8 @@
 
 casavi publishes no rate limit (docs/casavi-api.md, "Rate limit"), so the client finds it out:
 
-- **Start cautiously**: 1 request/s, or the rate earlier runs learned (it is kept in the budget's file).
+- **Start cautiously**: at a tenth of the ceiling but at least 1 request/s (so 1/s with the default ceiling
+  or none), or at the rate earlier runs learned (it is kept in the budget's file).
 - **Send faster while casavi answers promptly** (additive increase), counted per answered request that
   had to wait for the budget (a client that is slower than its budget gains nothing by a higher one):
   until casavi first pushes back, +0.1 request/s per request (about +10 % a second: 1 → 25 requests/s in
@@ -171,7 +172,8 @@ class AccountBudget:
     ) -> None:
         if ceiling_per_minute is not None and not 0 <= ceiling_per_minute < float("inf"):
             raise ValueError("ceiling_per_minute must be a finite number >= 0 (0 or None: no ceiling)")
-        self.policy = AdaptiveRate(ceiling=ceiling_per_minute / 60.0 if ceiling_per_minute else None)
+        ceiling = ceiling_per_minute / 60.0 if ceiling_per_minute else None
+        self.policy = AdaptiveRate(ceiling=ceiling, start=max(1.0, ceiling / 10) if ceiling else 1.0)
         self._clock = clock  # wall time: the processes sharing the file compare their timestamps
         self._sleep = sleep
         Path(path).parent.mkdir(parents=True, exist_ok=True)
