@@ -290,7 +290,8 @@ class CasaviClient:
 
         429, 5xx and transport failures become `_Transient`.
         """
-        grant = self._budget.acquire() if self._budget is not None else None
+        budget = self._budget
+        grant = budget.acquire() if budget is not None else None
         if grant is not None:
             self.stats.count("budget_wait_seconds", grant.waited)
         started = self._clock()
@@ -299,20 +300,19 @@ class CasaviClient:
         except (httpx.TimeoutException, httpx.TransportError) as exc:
             self.stats.count("requests")
             self.stats.count("transport_errors")
-            if grant is not None and isinstance(exc, httpx.TimeoutException):
-                self._budget.pushed_back(grant)  # type: ignore[union-attr]  # too slow to answer at all
+            if budget is not None and grant is not None and isinstance(exc, httpx.TimeoutException):
+                budget.pushed_back(grant)  # too slow to answer at all
             raise _Transient(f"{type(exc).__name__} talking to casavi") from exc
         status = response.status_code
         self.stats.answered(status)
         pushed_back = status in (api.STATUS_RATE_LIMITED, api.STATUS_UNAVAILABLE)
         retry_after = _retry_after_seconds(response) if pushed_back else None
-        if grant is not None:
-            assert self._budget is not None
+        if budget is not None and grant is not None:
             if pushed_back:
-                self._budget.pushed_back(grant, retry_after)
+                budget.pushed_back(grant, retry_after)
             else:
-                self._budget.answered(grant, call=call, seconds=self._clock() - started, status=status)
-            self.stats.rate_per_minute = self._budget.rate_per_minute
+                budget.answered(grant, call=call, seconds=self._clock() - started, status=status)
+            self.stats.rate_per_minute = budget.rate_per_minute
         if status == api.STATUS_RATE_LIMITED:
             raise _Transient("429 too many requests", status=status, retry_after=retry_after)
         if status >= 500:

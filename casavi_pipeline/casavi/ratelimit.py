@@ -184,7 +184,6 @@ class AccountBudget:
         self._pending = 0  # prompt answers not yet added to the shared rate (added at the next acquire)
         self._latency: dict[str, _Latency] = {}
         self._grants = 0
-        self.waited_seconds = 0.0  # by this process's requests, for its run's figures
         with self._locked():
             conn = self._bucket.conn
             conn.execute(
@@ -275,7 +274,6 @@ class AccountBudget:
                         self._grants += 1
                         if self._grants % _LEAK_EVERY == 0:  # keep the last SENT_WINDOW_SECONDS
                             self._bucket.leak(int((now - SENT_WINDOW_SECONDS) * 1000))
-                        self.waited_seconds += waited
                         return Grant(at=now, waited=waited, binding=binding)
                     wait = max(1, self._bucket.waiting(item)) / 1000
                     binding = True
