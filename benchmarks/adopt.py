@@ -56,7 +56,7 @@ def work(export: Path, work_dir: Path, url: str, key: str, secret: str, mandante
     rows = []
     for mandant in mandanten:
         # one client per Mandant, as each nightly partition run has its own
-        client = CasaviClient(url, key, secret, requests_per_minute=None, max_concurrency=8)
+        client = CasaviClient(url, key, secret, budget=None, max_concurrency=8)
         started = time.perf_counter()
         erp = {e.name: read_entity(export, mandant, e).frame for e in ENTITIES}
         out = map_mandant(erp, mandant=mandant, separator=SEPARATOR)
@@ -97,7 +97,7 @@ def put_sample(export: Path, url: str, key: str, secret: str, mandant: str, coun
         Operation(kind, "upsert", body["id"], body)
         for kind, body in itertools.islice(mapped_bodies(export, mandant, separator=SEPARATOR), count)
     ]
-    client = CasaviClient(url, key, secret, requests_per_minute=None, max_concurrency=8)
+    client = CasaviClient(url, key, secret, budget=None, max_concurrency=8)
     started = time.perf_counter()
     ok = sum(1 for result in client.execute(iter(ops)) if result.ok)
     seconds = time.perf_counter() - started

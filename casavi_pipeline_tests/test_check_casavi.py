@@ -158,7 +158,7 @@ def make_client(
 ) -> CasaviClient:
     """The tests' one way to build a client: unpaced (requests are counted here, never timed)."""
     transport = httpx.MockTransport(handler) if handler is not None else None
-    return CasaviClient(base_url, key, secret, transport=transport, requests_per_minute=None)
+    return CasaviClient(base_url, key, secret, transport=transport, budget=None)
 
 
 def check(mock: MockCasavi, *, secret: str = "s", **kwargs: Any) -> conformance.Report:
