@@ -3,6 +3,9 @@
     casavi-pipeline check-casavi [--write-test]
         compare the casavi account of the settings with casavi_pipeline's model of its API
         (exit 0 it matches, 1 it contradicts the model, 2 it cannot be checked)
+    casavi-pipeline sync --mandant M [--dry-run]
+        run the main job for one Mandant in the Dagster instance ($DAGSTER_HOME) and print a short
+        summary: progress, per kind what casavi confirmed, a dry run's preview, or why it stopped
 
 Settings come from the environment or `.env` in the working directory, exactly as the code location
 reads them (README, section Settings). In the repository, `./run check-casavi` runs the same command.
@@ -15,6 +18,7 @@ import contextlib
 import sys
 from collections.abc import Callable, Iterator, Sequence
 
+from casavi_pipeline import run_sync
 from casavi_pipeline.casavi import conformance
 from casavi_pipeline.casavi.client import CasaviClient
 from casavi_pipeline.casavi.ratelimit import AccountBudget, budget_path
@@ -80,7 +84,22 @@ def _parser() -> argparse.ArgumentParser:
         f"reference-id prefix {conformance.RESERVED_PREFIX!r} (for a casavi TEST account only)",
     )
     check.set_defaults(command=check_casavi)
+    _add_sync(commands)
     return parser
+
+
+def _add_sync(commands: argparse._SubParsersAction) -> None:
+    sync = commands.add_parser(
+        "sync",
+        help="run the main job for one Mandant and print a short summary",
+        description=run_sync.__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sync.add_argument("--mandant", required=True, help="the Mandant (one of CASAVI_MANDANTEN)")
+    sync.add_argument(
+        "--dry-run", action="store_true", help="compute and preview the changeset, write nothing to casavi"
+    )
+    sync.set_defaults(command=run_sync.sync)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -11,6 +11,7 @@ from pathlib import Path
 import dagster as dg
 
 import casavi_pipeline.defs
+from casavi_pipeline.defs.failures import with_failure_reason
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
@@ -18,14 +19,22 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 warnings.filterwarnings(
     "ignore", message="Function `load_definitions_from_module", category=dg.PreviewWarning
 )
+# Dagster copies each asset check that carries a hook through a beta parameter of its own: not ours either.
+warnings.filterwarnings("ignore", message="Parameter `execution_type` of function", category=dg.BetaWarning)
 
 
-defs = dg.Definitions.merge(
-    # What `dg.load_from_defs_folder` does, without needing pyproject.toml beside the code: a deployment
-    # that installed the package (not the repo) has none.
-    dg.ComponentTree.from_module(defs_module=casavi_pipeline.defs, project_root=PROJECT_ROOT).build_defs(),
-    # One run = one Mandant, and its steps form a chain: parallelism comes from Mandant runs side by side
-    # (queued under dagster.yaml's limits), not from steps. A process per step would re-import dagster
-    # and pandas ~30 times per run for nothing.
-    dg.Definitions(executor=dg.in_process_executor),
+# Every asset and check carries the failure hook, so every run records why it stopped (defs/failures.py).
+# (One Definitions object at module scope: Dagster refuses a module with two.)
+defs = with_failure_reason(
+    dg.Definitions.merge(
+        # What `dg.load_from_defs_folder` does, without needing pyproject.toml beside the code: a
+        # deployment that installed the package (not the repo) has none.
+        dg.ComponentTree.from_module(
+            defs_module=casavi_pipeline.defs, project_root=PROJECT_ROOT
+        ).build_defs(),
+        # One run = one Mandant, and its steps form a chain: parallelism comes from Mandant runs side by
+        # side (queued under dagster.yaml's limits), not from steps. A process per step would re-import
+        # dagster and pandas ~30 times per run for nothing.
+        dg.Definitions(executor=dg.in_process_executor),
+    )
 )

@@ -1,21 +1,39 @@
-"""Why a run stopped, in one line: for the run's own log and tags, the failure sensor and the demo.
+"""Why a run stopped, in one line: in the run's own log and tags, the failure sensor and the CLIs.
 
 Expected failures (a guard, a bad export, casavi unreachable or refusing the credentials) already carry a
 one-line reason: a blocking check's description or a `dg.Failure` description. Dagster surfaces them
 under a generic `DagsterAssetCheckFailedError` or a step failure with a stack trace; this module finds the
 reason again from public APIs (check evaluations, step failure events) so every place that tells a person
-why a run stopped tells the same line. One implementation, used by the job's failure hook, the run
-failure sensor and the demo.
+why a run stopped tells the same line (`failure_reason`).
+
+Two mechanisms put the line into the run (ERROR "casavi_pipeline stopped: …" and the tag
+`casavi/failure_reason`), so that it does not depend on which job ran or how it was started:
+
+- **The failure hook on every asset and check** (`with_failure_reason`, applied to the whole code location
+  in `definitions.py`). Hooks attached to assets go with them into every job that runs them, also
+  Dagster's implicit `__ASSET_JOB` (*Materialize all* in the UI, `dg launch --assets`, `dagster asset
+  materialize`), `casavi_sync_job` (launchpad, schedule, sensor), and in-process runs (`execute_in_process`,
+  `materialize`: the tests, the demo, `casavi-pipeline sync`). It runs inside the failing step, so it needs
+  no daemon: the line is there when the run ends.
+- **The run-failure sensor `casavi_failure_reason`** (on by default, every job of every code location)
+  covers what no step hook sees: a run that failed outside its steps (killed and marked failed, failed to
+  start, a run worker that crashed). It writes the tag and the ERROR line to any failed run that lacks
+  them. It needs the daemon (`dagster dev`, `dagster-daemon`) and sees only runs that failed while it was
+  on: a run started from the CLI without a daemon relies on the hook alone.
 """
 
 from __future__ import annotations
 
+import logging
+import time
 from collections.abc import Iterable
 
 import dagster as dg
 
 #: The run tag carrying the one-line reason: shown at the top of the run page in the Dagster UI.
 FAILURE_REASON_TAG = "casavi/failure_reason"
+#: What `failure_reason` says when neither a check, a step nor an exception names a reason.
+NO_REASON = "see the run's event log in the Dagster UI"
 #: Dagster caps tag values; the reason is one line anyway.
 _MAX_TAG_LENGTH = 1000
 
@@ -41,7 +59,7 @@ def failure_reason(
         return _first_line(exception.description)
     if exception is not None:
         return f"{type(exception).__name__}: {_first_line(str(exception))}"
-    return "see the run's event log in the Dagster UI"
+    return NO_REASON
 
 
 def _first_line(text: str | None) -> str:
@@ -66,6 +84,11 @@ def reason_of_run(instance: dg.DagsterInstance, run_id: str) -> str:
     return failure_reason(check_evaluations_of_run(instance, run_id), step_failures_of_run(instance, run_id))
 
 
+def stopped_line(reason: str) -> str:
+    """The run log's ERROR line naming the reason (the same in every way a run is started)."""
+    return f"casavi_pipeline stopped: {reason}"
+
+
 @dg.failure_hook(name="casavi_failure_reason")
 def record_failure_reason(context: dg.HookContext) -> None:
     """When a step fails, put the run's one-line reason into its log (ERROR) and its tags."""
@@ -75,5 +98,61 @@ def record_failure_reason(context: dg.HookContext) -> None:
         step_failures_of_run(instance, run_id),
         context.op_exception,
     )
-    context.log.error(f"casavi_pipeline stopped: {reason}")
+    context.log.error(stopped_line(reason))
     context.instance.add_run_tags(context.run_id, {FAILURE_REASON_TAG: reason[:_MAX_TAG_LENGTH]})
+
+
+def with_failure_reason(defs: dg.Definitions) -> dg.Definitions:
+    """`defs` with the failure hook on every asset and asset check, so every job that runs them (Dagster's
+    implicit asset job included) records why it stopped."""
+    return dg.Definitions(
+        assets=[
+            asset.with_hooks({record_failure_reason}) if isinstance(asset, dg.AssetsDefinition) else asset
+            for asset in defs.assets or []
+        ],
+        asset_checks=[check.with_hooks({record_failure_reason}) for check in defs.asset_checks or []],
+        schedules=defs.schedules,
+        sensors=defs.sensors,
+        jobs=defs.jobs,
+        resources=defs.resources,
+        executor=defs.executor,
+        loggers=defs.loggers,
+        metadata=defs.metadata,
+        component_tree=defs.component_tree,
+    )
+
+
+@dg.run_failure_sensor(
+    name="casavi_failure_reason",
+    monitor_all_code_locations=True,
+    default_status=dg.DefaultSensorStatus.RUNNING,
+    minimum_interval_seconds=5,
+    description="Writes why a run stopped (tag casavi/failure_reason and an ERROR line in its log) into "
+    "every failed run that lacks it: one that failed outside its steps, where no step's hook ran.",
+)
+def casavi_failure_reason(context: dg.RunFailureSensorContext) -> None:
+    run = context.dagster_run
+    if FAILURE_REASON_TAG in run.tags:  # the failing step's hook already said it
+        return
+    instance = context.instance
+    reason = failure_reason(
+        check_evaluations_of_run(instance, run.run_id),
+        step_failures_of_run(instance, run.run_id),
+    )
+    if reason == NO_REASON and context.failure_event.message:
+        reason = _first_line(context.failure_event.message)
+    instance.add_run_tags(run.run_id, {FAILURE_REASON_TAG: reason[:_MAX_TAG_LENGTH]})
+    instance.handle_new_event(
+        dg.EventLogEntry(
+            error_info=None,
+            level=logging.ERROR,
+            user_message=stopped_line(reason),
+            run_id=run.run_id,
+            timestamp=time.time(),
+            job_name=run.job_name,
+        )
+    )
+    context.log.info(f"run {run.run_id}: {reason}")
+
+
+defs = dg.Definitions(sensors=[casavi_failure_reason])

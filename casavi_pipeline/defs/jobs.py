@@ -1,12 +1,12 @@
 """The main job: the whole graph (ERP → casavi objects → checks → changeset → sync) for one Mandant.
 
-Partitioned by Mandant like every asset it selects."""
+Partitioned by Mandant like every asset it selects. Why a failed run stopped is recorded by the hook its
+assets carry (defs/failures.py), as in every other job that runs them."""
 
 import warnings
 
 import dagster as dg
 
-from casavi_pipeline.defs.failures import record_failure_reason
 from casavi_pipeline.defs.partitions import mandant_partitions
 
 SYNC_JOB_NAME = "casavi_sync_job"
@@ -19,7 +19,6 @@ with warnings.catch_warnings():
         SYNC_JOB_NAME,
         selection=dg.AssetSelection.all(),
         partitions_def=mandant_partitions,
-        hooks={record_failure_reason},
         description="Reads one Mandant's ERP export, maps it to casavi objects, checks them, diffs against the "
         "snapshot and writes only what changed to casavi. One run per Mandant (partition).",
     )

@@ -27,6 +27,7 @@ from casavi_pipeline.casavi.errors import (
     CasaviRateLimitedError,
     CasaviUnavailableError,
 )
+from casavi_pipeline.defs.erp import erp_export
 from casavi_pipeline.defs.partitions import mandant_partitions
 from casavi_pipeline.defs.resources import SETTINGS, CasaviResource, SnapshotStore, SyncPolicy
 from casavi_pipeline.runs.health import describe_pool, reap_dead_runs, tag_run_host
@@ -103,6 +104,9 @@ class ReadConfig(dg.Config):
 
 
 @dg.asset(
+    # After the export was read: a Mandant without a (readable) export stops at its first step, before
+    # casavi is contacted.
+    deps=[erp_export],
     partitions_def=mandant_partitions,
     group_name="sync",
     kinds={"casavi", "duckdb"},
