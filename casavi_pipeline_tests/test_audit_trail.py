@@ -20,7 +20,8 @@ import pytest
 from casavi_pipeline import audit as audit_cli
 from casavi_pipeline.defs.failures import FAILURE_REASON_TAG
 from casavi_pipeline.erase import erase
-from casavi_pipeline.sync.audit import audit_path
+from casavi_pipeline.sync.audit import Attempt, audit_path
+from casavi_pipeline.sync.snapshot import Snapshot
 from casavi_pipeline_tests.e2e import MANDANT, assert_sandbox_holds, export, run_job, writes_by_route
 from casavi_pipeline_tests.erp_fixtures import default_rows
 from casavi_pipeline_tests.harness import check_results
@@ -218,3 +219,35 @@ def test_a_dry_run_lists_deletions_by_reference_id_and_tags_the_run(env, sandbox
     assert deletions == [{"kind": "contact", "ref_id": "0001-00044"}]
     assert observation.description.startswith("DRY RUN")
     assert "0001-00044" in observation.description
+
+
+# --- the trail's storage, without Dagster -------------------------------------------------------------
+def attempt(ref_id: str, status: int = 200) -> Attempt:
+    return Attempt("run-1", "0009", "contact", ref_id, "update", status, ("telephone",))
+
+
+def test_a_replayed_fold_adds_no_row_twice_and_a_torn_line_is_dropped(tmp_path):
+    path = tmp_path / "snapshot_0009.duckdb"
+    with Snapshot(path, "0009") as snapshot:
+        snapshot.record_attempt(attempt("0009-1"))
+        snapshot.record_attempt(attempt("0009-2", 400))
+        lines = audit_path(path).read_bytes()
+    # A crash after the fold committed and before the file went: the same lines again, one torn.
+    audit_path(path).write_bytes(lines + b'["abc", "2026-')
+    with Snapshot(path, "0009") as snapshot:
+        assert snapshot.dropped_audit_lines == 1
+    rows, busy = audit_cli.query(tmp_path, audit_cli.Filters())
+    assert (len(rows), busy) == (2, [])
+    assert not audit_path(path).exists()
+
+
+def test_a_snapshot_a_sync_holds_shows_its_unfolded_rows_and_exits_1(tmp_path):
+    with Snapshot(tmp_path / "snapshot_0009.duckdb", "0009") as snapshot:
+        snapshot.record_attempt(attempt("0009-1", 204))
+        busy = subprocess.run(
+            [sys.executable, "-m", "casavi_pipeline.cli", "audit", "--snapshot-dir", str(tmp_path)],
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+    assert busy.returncode == 1
+    assert "Mandant 0009 is in use by a running sync" in busy.stderr
+    assert "0009-1" in busy.stdout
