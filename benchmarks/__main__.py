@@ -8,6 +8,7 @@
     python -m benchmarks adopt --units 100000            # adopt a filled account: map + read + diff (adopt.py)
     python -m benchmarks adopt --units 40000 --mandanten 20   # 20 Mandanten share one listing
     python -m benchmarks dagster --units 25000           # Dagster run ÷ bare work, unchanged Mandant
+    python -m benchmarks rate                            # finding a hidden rate limit, alone and shared (rate.py)
 
 Each stage is a separate process (`benchmarks.stages`); its peak RSS is read with os.wait4. The
 sandbox runs as a real process on 127.0.0.1. Not a test: it prints figures, it asserts nothing.
@@ -191,6 +192,11 @@ if __name__ == "__main__":
 
         sys.argv = [f"{sys.argv[0]} adopt", *sys.argv[2:]]
         adopt.main()
+    elif sys.argv[1:2] == ["rate"]:  # ./run bench rate: finding a hidden rate limit, alone and shared
+        from benchmarks import rate
+
+        sys.argv = [f"{sys.argv[0]} rate", *sys.argv[2:]]
+        rate.main()
     elif sys.argv[1:2] == ["dagster"]:  # ./run bench dagster --units 25000: Dagster run ÷ bare work
         from benchmarks import dagster_run
 

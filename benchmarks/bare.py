@@ -52,7 +52,7 @@ def main(argv: list[str]) -> None:
             t = time.perf_counter()
             shutil.copy(snapshot_file.parent / CACHE_FILE, work / "snapshots" / CACHE_FILE)
             cache = RemoteCache(work / "snapshots")
-            client = CasaviClient(argv[3], argv[4], argv[5], requests_per_minute=None)
+            client = CasaviClient(argv[3], argv[4], argv[5], budget=None)
             client.authenticate()
             prefixes = tuple(f"{mandant}{s}" for s in ALLOWED_SEPARATORS)
             cache.refresh(client, prefixes=prefixes, max_age=dt.timedelta(0))

@@ -1,5 +1,6 @@
 """Client throughput against the sandbox: upserts/s with 20 ms injected latency at concurrency 1, 4, 16,
-and the share of a sandbox rate limit the client sustains when both are set to the same limit.
+and the share of a sandbox rate limit the client sustains when its budget's ceiling is that limit (the
+adaptive rate and the limit-finding are measured by `benchmarks.rate`).
 
     python -m benchmarks.client_throughput [--upserts 400] [--rate-limit 1200]
 """
@@ -13,6 +14,7 @@ from pathlib import Path
 
 from casavi_pipeline.casavi.api import ObjectKind
 from casavi_pipeline.casavi.client import CasaviClient, Operation
+from casavi_pipeline.casavi.ratelimit import AccountBudget
 from casavi_sandbox import SandboxProcess
 
 
@@ -39,17 +41,19 @@ def main() -> None:
     parser.add_argument("--upserts", type=int, default=400)
     parser.add_argument("--rate-limit", type=float, default=1200, help="requests/minute for the pacing run")
     args = parser.parse_args()
-    with SandboxProcess(Path(tempfile.mkdtemp()) / "sandbox.sqlite3", latency_ms=20) as sandbox:
+    work = Path(tempfile.mkdtemp())
+    with SandboxProcess(work / "sandbox.sqlite3", latency_ms=20) as sandbox:
         print("| concurrency | upserts/s (20 ms latency) |\n|---:|---:|")
         for concurrency in (1, 4, 16):
             with CasaviClient(sandbox.base_url, sandbox.api_key, sandbox.api_secret,
-                              max_concurrency=concurrency, requests_per_minute=None) as client:  # fmt: skip
+                              max_concurrency=concurrency, budget=None) as client:  # fmt: skip
                 print(f"| {concurrency} | {timed(client, args.upserts, f'c{concurrency}'):.0f} |")
         sandbox.configure(latency_ms=0, rate_limit=args.rate_limit)
         limit_per_s = args.rate_limit / 60
         n = int(limit_per_s * 60)  # one minute of traffic at the limit
-        with CasaviClient(sandbox.base_url, sandbox.api_key, sandbox.api_secret,
-                          max_concurrency=4, requests_per_minute=args.rate_limit) as client:  # fmt: skip
+        with AccountBudget(work / "budget.sqlite3", ceiling_per_minute=args.rate_limit) as budget, \
+                CasaviClient(sandbox.base_url, sandbox.api_key, sandbox.api_secret,
+                             max_concurrency=4, budget=budget) as client:  # fmt: skip
             rate = timed(client, n, "paced")
             print(f"\nrate limit {args.rate_limit:.0f}/min (sandbox and client): {rate:.1f} upserts/s = "
                   f"{rate / limit_per_s:.0%} of the limit over {n} upserts; 429s seen: {client.stats.rate_limited}")  # fmt: skip

@@ -17,6 +17,7 @@ from pathlib import Path
 from casavi_pipeline.casavi import api
 from casavi_pipeline.casavi.api import ObjectKind
 from casavi_pipeline.casavi.client import CasaviClient, Operation
+from casavi_pipeline.casavi.ratelimit import AccountBudget, budget_path
 from casavi_pipeline.erp.contract import ENTITIES
 from casavi_pipeline.erp.reader import read_entity
 from casavi_pipeline.mapping import map_mandant, quality
@@ -120,10 +121,12 @@ def naive_put_all(work: Path, mandant: str, client: CasaviClient) -> dict:
 
 def main(argv: list[str]) -> None:
     stage, export, work, mandanten = argv[0], Path(argv[1]), Path(argv[2]), argv[3].split(",")
-    client = None
+    client = budget = None
     if len(argv) > 4:
         url, key, secret, rpm = argv[4], argv[5], argv[6], float(argv[7])
-        client = CasaviClient(url, key, secret, requests_per_minute=rpm or None, max_concurrency=8)
+        # with a sandbox rate limit, the client finds it as it would casavi's (ceiling: the same figure)
+        budget = AccountBudget(budget_path(work, url, key), ceiling_per_minute=rpm) if rpm else None
+        client = CasaviClient(url, key, secret, budget=budget, max_concurrency=8)
     started = time.perf_counter()
     totals: dict[str, int] = {}
     for mandant in mandanten:
@@ -149,6 +152,8 @@ def main(argv: list[str]) -> None:
     if client is not None:
         totals["requests"] = client.stats.requests
         client.close()
+    if budget is not None:
+        budget.close()
     print(json.dumps({"stage": stage, "seconds": round(seconds, 2), **totals}))
 
 

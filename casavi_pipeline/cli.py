@@ -13,13 +13,15 @@ reads them (README, section Settings). In the repository, `./run check-casavi` r
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 from casavi_pipeline import audit
 from casavi_pipeline.casavi import conformance
 from casavi_pipeline.casavi.client import CasaviClient
+from casavi_pipeline.casavi.ratelimit import AccountBudget, budget_path
 from casavi_pipeline.settings import Settings, SettingsError, load_settings
 
 #: The check tries a request at most this often: a casavi that is down says so in seconds, not minutes.
@@ -27,16 +29,24 @@ CHECK_MAX_ATTEMPTS = 3
 CHECK_MAX_RETRY_SECONDS = 30.0
 
 
-def check_casavi_client(settings: Settings) -> CasaviClient:
-    """A client for the check, from the sync's own settings (URL, credentials, request rate)."""
-    return CasaviClient(
-        settings.casavi_base_url,
-        settings.casavi_api_key.get_secret_value(),
-        settings.casavi_api_secret.get_secret_value(),
-        requests_per_minute=settings.requests_per_minute or None,
-        max_attempts=CHECK_MAX_ATTEMPTS,
-        max_retry_seconds=CHECK_MAX_RETRY_SECONDS,
-    )
+@contextlib.contextmanager
+def check_casavi_client(settings: Settings) -> Iterator[CasaviClient]:
+    """A client for the check, from the sync's own settings, pacing its requests through the account's
+    budget like every other process that talks to the account."""
+    key = settings.casavi_api_key.get_secret_value()
+    path = budget_path(settings.snapshot_dir, settings.casavi_base_url, key)
+    with (
+        AccountBudget(path, ceiling_per_minute=settings.requests_per_minute or None) as budget,
+        CasaviClient(
+            settings.casavi_base_url,
+            key,
+            settings.casavi_api_secret.get_secret_value(),
+            budget=budget,
+            max_attempts=CHECK_MAX_ATTEMPTS,
+            max_retry_seconds=CHECK_MAX_RETRY_SECONDS,
+        ) as client,
+    ):
+        yield client
 
 
 def check_casavi(args: argparse.Namespace) -> int:

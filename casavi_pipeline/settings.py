@@ -12,7 +12,9 @@ There are no defaults for *what* to sync and *where to*: a deployment that forgo
 must fail at load time, not sync the bundled fake sample into a real casavi. The sample and the local
 sandbox are defaults of the demo and the tests only (`casavi_sandbox`). The casavi credentials are
 checked here for presence only; their values reach the casavi resource through `dagster.EnvVar`, so they
-never land in run config, the UI or the event log.
+never land in run config, the UI or the event log. Where they go is not run config either: the casavi
+resource takes `CASAVI_BASE_URL` from the run's environment (`casavi_base_url()`, the same rule as here),
+so a run launched with edited config cannot send the key and secret anywhere else.
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from casavi_pipeline.casavi.ratelimit import DEFAULT_CEILING_PER_MINUTE
 
 #: Local run state (snapshots) lives here unless configured otherwise (relative to the working directory).
 DEFAULT_SNAPSHOT_DIR = Path("data") / "snapshots"
@@ -42,10 +46,35 @@ def _env(name: str, **kw: object) -> object:
     return Field(validation_alias=name, **kw)  # type: ignore[arg-type]
 
 
+_CONFIG = SettingsConfigDict(env_file=".env", env_file_encoding="utf-8", extra="ignore", populate_by_name=True)
+
+
+def _checked_base_url(value: str) -> str:
+    """CASAVI_BASE_URL's rule: an https URL (plain http only to this machine) without user or password.
+
+    A URL carrying `user:password@` is refused without quoting it: the message must not spread the password.
+    """
+    parts = urlsplit(value.strip())
+    if parts.username is not None or parts.password is not None:
+        raise ValueError(
+            "CASAVI_BASE_URL carries a user name or password (user:password@host); give only the casavi "
+            "host root, e.g. https://api.mycasavi.com (the credentials are CASAVI_API_KEY and CASAVI_API_SECRET)"
+        )
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(
+            f"CASAVI_BASE_URL={value!r} is not an http(s) URL; use the casavi host root, "
+            "e.g. https://api.mycasavi.com"
+        )
+    if parts.scheme == "http" and not is_loopback(value):
+        raise ValueError(
+            f"CASAVI_BASE_URL={value!r} uses plain http to a remote host; the API key would travel "
+            "unencrypted: use https"
+        )
+    return value.strip().rstrip("/")
+
+
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(
-        env_file=".env", env_file_encoding="utf-8", extra="ignore", populate_by_name=True
-    )
+    model_config = _CONFIG
 
     # What to sync, and where to: required, no defaults (see the module docstring).
     erp_export_dir: Path = _env("ERP_EXPORT_DIR")
@@ -57,8 +86,10 @@ class Settings(BaseSettings):
     id_separator: str = _env("CASAVI_ID_SEPARATOR", default="-")
     erp_export_encoding: str = _env("ERP_EXPORT_ENCODING", default="utf-8")
     snapshot_dir: Path = _env("CASAVI_SNAPSHOT_DB", default=DEFAULT_SNAPSHOT_DIR)
-    # The casavi client
-    requests_per_minute: float = _env("CASAVI_REQUESTS_PER_MINUTE", default=80.0, ge=0)
+    # The casavi client: the ceiling of its adaptive rate (casavi_pipeline.casavi.ratelimit), 0 = none
+    requests_per_minute: float = _env(
+        "CASAVI_REQUESTS_PER_MINUTE", default=DEFAULT_CEILING_PER_MINUTE, ge=0, allow_inf_nan=False
+    )
     max_concurrency: int = _env("CASAVI_MAX_CONCURRENCY", default=4, ge=1, le=64)
     # Guards of the sync (see casavi_pipeline.sync.guards)
     max_delete_share: float = _env("CASAVI_MAX_DELETE_SHARE", default=0.10, ge=0, le=1)
@@ -83,21 +114,7 @@ class Settings(BaseSettings):
     # Automation
     delivery_settle_seconds: float = _env("CASAVI_DELIVERY_SETTLE_SECONDS", default=60.0, ge=0)
 
-    @field_validator("casavi_base_url")
-    @classmethod
-    def _url_valid(cls, value: str) -> str:
-        parts = urlsplit(value.strip())
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError(
-                f"CASAVI_BASE_URL={value!r} is not an http(s) URL; use the casavi host root, "
-                "e.g. https://api.mycasavi.com"
-            )
-        if parts.scheme == "http" and not is_loopback(value):
-            raise ValueError(
-                f"CASAVI_BASE_URL={value!r} uses plain http to a remote host; the API key would travel "
-                "unencrypted: use https"
-            )
-        return value.strip().rstrip("/")
+    _url_valid = field_validator("casavi_base_url")(_checked_base_url)
 
     @field_validator("id_separator")
     @classmethod
@@ -168,13 +185,31 @@ def _problem(error: dict) -> str:
     return message if variable in message else f"{variable}: {message}"
 
 
-def load_settings(**overrides: object) -> Settings:
-    """Read and validate the settings; raise `SettingsError` with one readable line when invalid."""
+def _loaded(cls: type[BaseSettings], overrides: dict[str, object]) -> BaseSettings:
     try:
-        return Settings(**overrides)  # type: ignore[arg-type]
+        return cls(**overrides)
     except ValidationError as exc:
         problems = "; ".join(_problem(err) for err in exc.errors())
         raise SettingsError(
             f"casavi_pipeline settings: {problems}. Set them in the environment or in .env "
             "(README, section Settings)."
         ) from None
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Read and validate the settings; raise `SettingsError` with one readable line when invalid."""
+    return _loaded(Settings, overrides)  # type: ignore[return-value]
+
+
+class _CasaviTarget(BaseSettings):
+    model_config = _CONFIG
+    casavi_base_url: str = _env("CASAVI_BASE_URL")
+    _url_valid = field_validator("casavi_base_url")(_checked_base_url)
+
+
+def casavi_base_url() -> str:
+    """CASAVI_BASE_URL read now and validated: where the casavi resource sends the key and secret.
+
+    Read when a run starts, from the run's environment like the credentials, never from run config.
+    """
+    return _loaded(_CasaviTarget, {}).casavi_base_url  # type: ignore[attr-defined]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import email.utils
 import json
+import logging
 import random
 import threading
 import time
@@ -19,10 +20,12 @@ from casavi_pipeline.casavi.client import MAX_RETRY_AFTER_SECONDS, CasaviClient,
 from casavi_pipeline.casavi.errors import (
     CasaviAuthError,
     CasaviError,
+    CasaviRateLimitedError,
     CasaviRejectedError,
     CasaviUnavailableError,
 )
-from casavi_pipeline.casavi.ratelimit import RateLimiter
+from casavi_pipeline.casavi.ratelimit import AccountBudget
+from casavi_pipeline_tests.fake_time import FakeTime
 
 FUTURE = (dt.datetime.now(dt.UTC) + dt.timedelta(days=30)).isoformat().replace("+00:00", "Z")
 
@@ -56,13 +59,13 @@ class FakeCasavi:
 
 
 def client_for(fake, sleeps: list[float] | None = None, **kwargs) -> CasaviClient:
-    kwargs.setdefault("requests_per_minute", None)
+    kwargs.setdefault("budget", None)
+    kwargs.setdefault("sleep", sleeps.append if sleeps is not None else lambda s: None)
     return CasaviClient(
         "https://casavi.test",
         "the-key",
         "the-secret",
         transport=httpx.MockTransport(fake),
-        sleep=(sleeps.append if sleeps is not None else lambda s: None),
         backoff_seconds=0.01,
         **kwargs,
     )
@@ -214,18 +217,55 @@ def test_execute_stops_when_casavi_is_down_after_yielding_what_finished():
     assert len(fake.writes()) == 4  # two confirmed, one op tried twice, nothing after
 
 
-def test_rate_limiter_spaces_requests():
-    clock = {"t": 0.0}
-    waits: list[float] = []
+# --- 429: a request to slow down, not a failure ----------------------------------------------------
+def test_429s_spend_no_attempt():
+    """A casavi limit below the client's rate used to end as "unavailable" after 6 answers of 429."""
+    fake = FakeCasavi(*([429] * 8), 201, retry_after="1")
+    with client_for(fake, max_attempts=2) as client:
+        assert client.upsert(ObjectKind.PROPERTY, PAYLOAD).created
+        assert (client.stats.rate_limited, client.stats.retries) == (8, 8)
+    assert len(fake.writes()) == 9
 
-    def sleep(seconds: float) -> None:
-        waits.append(seconds)
-        clock["t"] += seconds
 
-    limiter = RateLimiter(120, burst=1, clock=lambda: clock["t"], sleep=sleep)
-    for _ in range(5):
-        limiter.acquire()
-    assert clock["t"] == pytest.approx(2.0)  # 4 waits of 0.5 s at 2 requests per second
+def test_429s_and_failures_together_stop_at_max_attempts_failures():
+    fake = FakeCasavi(429, 503, 429, 429, 503, 429, 201)
+    with client_for(fake, max_attempts=2) as client, pytest.raises(CasaviUnavailableError) as info:
+        client.upsert(ObjectKind.PROPERTY, PAYLOAD)
+    assert len(fake.writes()) == 5 and "503 server error" in str(info.value)
+
+
+def test_a_casavi_answering_only_429_ends_in_one_line_that_says_it_is_rate_limiting(tmp_path):
+    clock = FakeTime()
+    fake = FakeCasavi(*([429] * 10_000), retry_after="7")
+    with (
+        AccountBudget(tmp_path / "budget.sqlite3", ceiling_per_minute=600, clock=clock, sleep=clock.sleep) as budget,
+        client_for(fake, budget=budget, clock=clock, sleep=clock.sleep, max_retry_seconds=300) as client,
+        pytest.raises(CasaviRateLimitedError) as info,
+    ):
+        client.upsert(ObjectKind.PROPERTY, PAYLOAD)
+    message = str(info.value)
+    assert "\n" not in message and "rate limiting" in message and "429" in message
+    assert "slowed down to 6 requests/minute" in message  # the budget's floor, after halving and halving
+    assert isinstance(info.value, CasaviUnavailableError)  # the step's retry policy still applies
+    # paced by casavi's Retry-After (7 s), then by the floor (one per 10 s); ends after 300 s
+    assert 300 / 10 <= len(fake.writes()) <= 300 / 7 + 2
+    assert client.stats.budget_wait_seconds >= 300
+
+
+def test_every_request_passes_the_budget_logins_and_retries_included(tmp_path):
+    clock = FakeTime()
+    fake = FakeCasavi(503, 201)
+    with (
+        AccountBudget(tmp_path / "budget.sqlite3", ceiling_per_minute=None, clock=clock, sleep=clock.sleep) as budget,
+        client_for(fake, budget=budget, clock=clock, sleep=clock.sleep) as client,
+    ):
+        assert client.upsert(ObjectKind.PROPERTY, PAYLOAD).created
+        stats = client.stats
+    assert [call[1] for call in fake.calls] == ["/v2/authenticate", "/v2/properties/0001-1", "/v2/properties/0001-1"]
+    # login, the 503 and its retry go one a second at the cautious start, slower after the 503
+    assert stats.budget_wait_seconds >= 2.0 and stats.rate_per_minute == pytest.approx(48)
+    assert stats.rate_figures() == {"rate_limited_429": 0, "budget_wait_s": round(stats.budget_wait_seconds, 1),
+                                    "rate_found_per_min": 48.0}  # fmt: skip
 
 
 # --- casavi's error text never leaves the client ---------------------------------------------------
@@ -260,7 +300,7 @@ def _answering(status: int, **response) -> Callable[[httpx.Request], httpx.Respo
     return handler
 
 
-def test_a_rejection_keeps_field_names_and_codes_but_none_of_casavis_text():
+def test_a_rejection_keeps_field_names_but_none_of_casavis_text():
     contact = {"id": "0001-7", "firstName": "Max", "lastName": NAME, "email": EMAIL}
     with client_for(_answering(400, json=LEAKY_BODY)) as client:
         error = client.upsert(ObjectKind.CONTACT, contact).error
@@ -268,7 +308,6 @@ def test_a_rejection_keeps_field_names_and_codes_but_none_of_casavis_text():
     assert (error.status, error.call, error.ref_id) == (400, "PUT /v2/contacts/{id}", "0001-7")
     assert error.message == "casavi refused a field value"
     assert error.fields == ("email", "lastName", "addresses[0].street", "telephone", "mobile", "firstName")
-    assert error.codes == ("VALIDATION_FAILED", "INVALID_EMAIL", "TOO_LONG")
     everything = _everything_in(error)
     assert EMAIL not in everything and NAME not in everything and "Max" not in everything
     assert "Schulze" not in everything and "03511234567" not in everything and "1234567" not in everything
@@ -281,7 +320,7 @@ def test_a_non_json_error_body_goes_nowhere():
     page = f"<html>Bad gateway while sending {EMAIL}</html>"
     with client_for(_answering(409, text=page)) as client:
         error = client.delete(ObjectKind.CONTACT, "0001-7").error
-    assert error is not None and (error.fields, error.codes) == ((), ())
+    assert error is not None and error.fields == ()
     assert EMAIL not in _everything_in(error) and error.__context__ is None
 
 
@@ -289,6 +328,52 @@ def test_a_non_json_success_body_is_an_error_without_the_body():
     with client_for(_answering(200, text=f"oops {EMAIL}")) as client, pytest.raises(CasaviError) as info:
         client.get_object(ObjectKind.CONTACT, "0001-7")
     assert EMAIL not in _everything_in(info.value) and info.value.__context__ is None
+
+
+# --- values in casavi's `code` slots go nowhere ----------------------------------------------------
+SLOT_VALUES = ("SCHULZ", "EVELYNE.SCHULZ99")  # a surname and an email's local part, shaped like codes
+CODED_BODY = {
+    "message": "rejected",
+    "code": "SCHULZ",
+    "errors": [
+        {"field": "lastName", "code": "SCHULZ"},
+        {"field": "email", "code": "EVELYNE.SCHULZ99"},
+        {"code": "EVELYNE.SCHULZ99"},
+    ],
+}
+
+
+def _whole_chain(exc: BaseException | None) -> str:
+    seen = []
+    while exc is not None:
+        seen.append(_everything_in(exc))
+        exc = exc.__cause__ or exc.__context__
+    return "\n".join(seen)
+
+
+@pytest.mark.parametrize("where", ["call", "login"])
+@pytest.mark.parametrize("status", [400, 401, 403, 404, 409, 418, 422, 429, 500, 503])
+def test_values_in_code_slots_reach_no_error_field_or_log(status, where, caplog):
+    caplog.set_level(logging.DEBUG)
+    clock = FakeTime()
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        if where == "call" and request.url.path == "/v2/authenticate":
+            return httpx.Response(200, json={"token": "t", "expiresAt": FUTURE})
+        return httpx.Response(status, json=CODED_BODY)
+
+    with client_for(answer, max_attempts=2, max_retry_seconds=30, clock=clock, sleep=clock.sleep) as client:
+        try:
+            result = client.upsert(ObjectKind.CONTACT, {"id": "0001-7"})
+            error, seen = result.error, repr(result)
+        except CasaviError as exc:
+            error, seen = exc, ""
+        seen += "\n".join([_whole_chain(error), repr(client.stats), caplog.text])
+    assert error is not None
+    for value in SLOT_VALUES:
+        assert value.lower() not in seen.lower()
+    assert set(error.fields) <= {"lastName", "email"}  # names of our model's fields, nothing else
+    assert "code" not in vars(error) and "codes" not in vars(error)
 
 
 # --- credentials are never sprayed -----------------------------------------------------------------
@@ -378,8 +463,8 @@ def test_a_403_on_a_call_is_a_permission_error_not_retried_not_latched():
     fake = RefusingCasavi(200, 403)
     with client_for(fake) as client:
         with pytest.raises(CasaviAuthError) as info:
-            client.upsert(ObjectKind.CONTRACT, {"id": "0001-1"})
-        assert (fake.count("/v2/contracts"), client.stats.retries) == (1, 0)
+            client.upsert(ObjectKind.UNIT, {"id": "0001-1"})
+        assert (fake.count("/v2/units"), client.stats.retries) == (1, 0)
         assert client.upsert(ObjectKind.CONTACT, {"id": "0001-2"}).ok  # other calls still go out
     assert info.value.message == "casavi refused the credentials for this call (missing permission)"
     assert fake.count("/v2/authenticate") == 1
@@ -422,33 +507,16 @@ SENT_RECORDS = {
         "id": "0001-1",
         "name": "WE 1",
         "number": "1",
-        "street": "Lindenstraße 12a",
         "postal_code": "04109",
         "city": "Leipzig",
-        "country": "DE",
+        "country": "Germany",
         "note": None,
-        "addresses": [  # by id, as the mapping sends them: "…-10" before "…-2"
-            {
-                "id": "0001-1-1",
-                "street": "Lindenstraße 12a",
-                "postal_code": "04109",
-                "city": "Leipzig",
-                "country": "DE",
-            },
-            {"id": "0001-1-10", "street": "Hof 1", "postal_code": "04109", "city": None, "country": None},
-            {
-                "id": "0001-1-2",
-                "street": "Lindenstraße 14",
-                "postal_code": None,
-                "city": "Leipzig",
-                "country": "DE",
-            },
-        ],
+        "addresses": [{"street": "Hof 1"}, {"street": "Lindenstraße 12a"}, {"street": "Lindenstraße 14"}],
     },
     ObjectKind.UNIT: {
         "id": "0001-1-1-3",
         "property_id": "0001-1",
-        "address_id": "0001-1-1",
+        "address": "Lindenstraße 12a",
         "name": "Wohnung 2. OG links",
         "number": "3",
         "usage": "PRIVATE",
@@ -470,15 +538,32 @@ SENT_RECORDS = {
         "city": None,
         "country": None,
         "preferred_way_of_contact": "ONLINE",
-    },
-    ObjectKind.CONTRACT: {
-        "id": "0001-V-9",
-        "contract_type": "RENTER",
-        "unit_id": "0001-1-1-3",
-        "contact_ids": sorted(["0001-M-5", "0001-M-10", "0001-M-6"]),
-        "number": "9",
-        "start_date": "2020-01-01",
-        "end_date": None,
+        "contracts": [  # as the mapping orders them: unit, type, start, number
+            {
+                "contract_type": "OWNER",
+                "property_id": "0001-1",
+                "unit_id": "0001-1-1-3",
+                "number": "7",
+                "start_date": "2019-05-01",
+                "end_date": "2019-12-31",
+            },
+            {
+                "contract_type": "RENTER",
+                "property_id": "0001-1",
+                "unit_id": "0001-1-1-3",
+                "number": "9",
+                "start_date": "2020-01-01",
+                "end_date": None,
+            },
+            {
+                "contract_type": "RENTER",
+                "property_id": "0001-1",
+                "unit_id": "0001-1-1-4",
+                "number": None,
+                "start_date": "2021-02-01",
+                "end_date": None,
+            },
+        ],
     },
 }
 
@@ -488,14 +573,11 @@ def _as_read(kind: ObjectKind, body: dict, rng: random.Random) -> dict:
     read = {k: v for k, v in body.items() if v is not None}
     read |= {"internalId": 4711, "modified": "2026-03-01T02:03:04.000Z", "createdBy": "someone"}
     if "addresses" in read:
-        read["addresses"] = [
-            {k: v for k, v in a.items() if v is not None} | {"units": [f"{a['id']}-{i}" for i in range(2)]}
-            for a in read["addresses"]
-        ]
+        read["addresses"] = [a | {"units": [f"0001-1-{i}" for i in range(2)]} for a in read["addresses"]]
         rng.shuffle(read["addresses"])
-    if "contactIds" in read:
-        read["contactIds"] = list(read["contactIds"])
-        rng.shuffle(read["contactIds"])
+    if "contracts" in read:
+        read["contracts"] = [{k: v for k, v in c.items() if v is not None} for c in read["contracts"]]
+        rng.shuffle(read["contracts"])
     if isinstance(read.get("area"), float) and read["area"].is_integer():
         read["area"] = int(read["area"])  # JSON has one number type: 72.0 may come back as 72
     items = list(read.items())
@@ -514,9 +596,9 @@ def test_a_read_normalises_to_the_body_that_was_sent(kind):
         assert json.dumps(api.to_payload(kind, record)) == json.dumps(sent)  # same text: same hash
 
 
-def test_a_read_without_addresses_or_contacts_is_an_empty_list_or_none():
+def test_a_read_without_addresses_or_contracts_is_an_empty_list():
     assert api.record_from_read(ObjectKind.PROPERTY, {"id": "0001-1", "name": "WE"})["addresses"] == []
-    assert api.record_from_read(ObjectKind.CONTRACT, {"id": "0001-V-1"})["contact_ids"] is None
+    assert api.record_from_read(ObjectKind.CONTACT, {"id": "0001-M-1"})["contracts"] == []
 
 
 # --- listing for read-back -------------------------------------------------------------------------
@@ -549,7 +631,7 @@ def test_list_objects_follows_three_pages_with_the_largest_page_size_and_counts_
         assert (client.stats.pages, client.stats.requests) == (3, 4)
     assert ids == [f"p{p}-{i}" for p in range(1, 4) for i in range(2)]
     first = pages.reads()[0].url.params
-    assert dict(first) == {"page": "1", "pageSize": "500", "modifiedAfter": "2026-03-01T11:00:00.000Z"}
+    assert dict(first) == {"pageSize": "500", "modifiedAfter": "2026-03-01T11:00:00.000Z"}
     assert all(r.headers["token"] == "the-token" for r in pages.reads())
 
 
@@ -573,7 +655,7 @@ def test_a_next_link_off_the_configured_host_is_refused_without_sending_the_toke
     pages = Pages(lambda p: foreign if p == 1 else None)
     with client_for(pages) as client, pytest.raises(CasaviError) as info:
         list(client.list_objects(ObjectKind.UNIT))
-    assert [str(r.url) for r in pages.reads()] == ["https://casavi.test/v2/units?page=1&pageSize=500"]
+    assert [str(r.url) for r in pages.reads()] == ["https://casavi.test/v2/units?pageSize=500"]
     assert "refusing to send the token" in str(info.value) and "the-token" not in _everything_in(info.value)
 
 

@@ -158,7 +158,7 @@ def make_client(
 ) -> CasaviClient:
     """The tests' one way to build a client: unpaced (requests are counted here, never timed)."""
     transport = httpx.MockTransport(handler) if handler is not None else None
-    return CasaviClient(base_url, key, secret, transport=transport, requests_per_minute=None)
+    return CasaviClient(base_url, key, secret, transport=transport, budget=None)
 
 
 def check(mock: MockCasavi, *, secret: str = "s", **kwargs: Any) -> conformance.Report:
@@ -591,7 +591,7 @@ def test_a_sync_meeting_a_405_says_in_one_line_to_run_check_casavi(scripted, tmp
         "ERP_EXPORT_DIR": str(SAMPLE_EXPORT_DIR),
         "CASAVI_SNAPSHOT_DB": str(tmp_path / "snapshots"),
     }
-    for name in ("CASAVI_API_KEY", "CASAVI_API_SECRET"):  # the resource reads them when the run starts
+    for name in ("CASAVI_BASE_URL", "CASAVI_API_KEY", "CASAVI_API_SECRET"):  # read when the run starts
         monkeypatch.setenv(name, values[name])
     with dg.instance_for_test() as instance:
         result = run_from_environment("0001", values, instance=instance)
@@ -607,13 +607,16 @@ def test_a_sync_meeting_a_405_says_in_one_line_to_run_check_casavi(scripted, tmp
 
 
 # --- the Dagster job --------------------------------------------------------------------------------------
-def test_the_job_passes_on_a_conforming_account(sandbox):
+def test_the_job_passes_on_a_conforming_account(sandbox, tmp_path, monkeypatch):
     from casavi_pipeline.defs.conformance import casavi_conformance
     from casavi_pipeline.defs.resources import HttpCasaviResource, SyncPolicy
 
     sandbox.seed(sample_bodies())
+    monkeypatch.setenv(
+        "CASAVI_BASE_URL", sandbox.base_url
+    )  # the resource takes it from the run's environment
     casavi = HttpCasaviResource(
-        api_key=sandbox.api_key, api_secret=sandbox.api_secret, base_url=sandbox.base_url
+        api_key=sandbox.api_key, api_secret=sandbox.api_secret, state_directory=str(tmp_path)
     )
     result = casavi_conformance.execute_in_process(resources={"casavi": casavi, "sync_policy": SyncPolicy()})
     assert result.success
@@ -623,12 +626,13 @@ def test_the_job_passes_on_a_conforming_account(sandbox):
     assert_read_only(sandbox)
 
 
-def test_the_job_fails_with_the_same_one_line_report(tmp_path):
+def test_the_job_fails_with_the_same_one_line_report(tmp_path, monkeypatch):
     from casavi_pipeline.defs.conformance import casavi_conformance
     from casavi_pipeline.defs.failures import FAILURE_REASON_TAG
     from casavi_pipeline.defs.resources import HttpCasaviResource, SyncPolicy
 
-    casavi = HttpCasaviResource(api_key="k", api_secret="s", base_url="http://127.0.0.1:9", max_attempts=1)
+    monkeypatch.setenv("CASAVI_BASE_URL", "http://127.0.0.1:9")
+    casavi = HttpCasaviResource(api_key="k", api_secret="s", state_directory=str(tmp_path), max_attempts=1)
     with dg.instance_for_test() as instance:
         result = casavi_conformance.execute_in_process(
             resources={"casavi": casavi, "sync_policy": SyncPolicy()}, instance=instance, raise_on_error=False

@@ -1,11 +1,15 @@
 """The casavi manager API v2 client over httpx: auth, paging, upserts and deletes by reference id.
 
-Transient trouble (429, 5xx, timeouts, dropped connections) is retried with exponential backoff and
-jitter through tenacity, honouring `Retry-After`. That is safe for writes too: PUT and DELETE by
-reference id are idempotent, so resending a write whose answer was lost leaves one object. Answers that
-will not change on retry (400, 404, 405, 409, 422) are never retried. Every request, retries and
-authentication included, passes one shared token bucket, so concurrency never multiplies the rate
-casavi sees.
+Transient trouble (5xx, timeouts, dropped connections) is retried with exponential backoff and jitter
+through tenacity, at most `max_attempts` times or `max_retry_seconds`. That is safe for writes too: PUT
+and DELETE by reference id are idempotent, so resending a write whose answer was lost leaves one object.
+Answers that will not change on retry (400, 409, 422; a 404 or 405 where our model expects none is `CasaviModelMismatchError`) are never retried. A 429 is casavi asking to
+slow down, not a failure: the request is sent again once the budget allows, without spending an attempt,
+until casavi has answered it with nothing but 429 for `max_retry_seconds` (`CasaviRateLimitedError`).
+
+Every request, retries and authentication included, passes the account's budget (`ratelimit`): an
+adaptive rate shared by every thread and process that talks to the account, so neither concurrency nor
+Mandanten syncing side by side multiply the rate casavi sees.
 
 Credentials are never sprayed: a key/secret refused by `/v2/authenticate` is tried once per client,
 never retried, and the refusal is latched, so every thread and every later call fails at once without
@@ -27,7 +31,7 @@ from importlib.metadata import PackageNotFoundError, version
 from typing import Any, Literal, TypeVar
 
 import httpx
-from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, stop_after_delay
+from tenacity import Retrying, retry_if_exception_type
 from tenacity.wait import wait_exponential_jitter
 
 from casavi_pipeline.casavi import api
@@ -36,18 +40,19 @@ from casavi_pipeline.casavi.errors import (
     CasaviAuthError,
     CasaviError,
     CasaviModelMismatchError,
+    CasaviRateLimitedError,
     CasaviRejectedError,
     CasaviUnavailableError,
 )
-from casavi_pipeline.casavi.ratelimit import RateLimiter
+from casavi_pipeline.casavi.ratelimit import MAX_PAUSE_SECONDS, AccountBudget
 
 try:
     USER_AGENT = f"casavi_pipeline/{version('casavi_pipeline')}"
 except PackageNotFoundError:  # pragma: no cover - running from a source tree
     USER_AGENT = "casavi_pipeline"
 
-#: Longest wait a `Retry-After` may impose on one retry; beyond it the attempt budget decides.
-MAX_RETRY_AFTER_SECONDS = 120.0
+#: Longest wait a `Retry-After` may impose on one retry; beyond it the retry time budget decides.
+MAX_RETRY_AFTER_SECONDS = MAX_PAUSE_SECONDS
 _REJECTED = {api.STATUS_INVALID, api.STATUS_CONFLICT, api.STATUS_UNKNOWN_REFERENCE}
 #: A PUT (which creates), a DELETE or a listing answered so: the path or method is not what our model
 #: says, for every object alike. One error that stops the run, not a rejection per object.
@@ -98,12 +103,29 @@ class ClientStats:
     transport_errors: int = 0  # timeouts, refused or dropped connections
     authentications: int = 0  # attempts, refused ones included
     writes: int = 0  # PUT and DELETE operations (each once; its retries are in `retries`)
+    budget_wait_seconds: float = 0.0  # waited for the account's budget (its rate, casavi's Retry-After)
+    rate_per_minute: float | None = None  # the rate the account's budget allowed last (None: no budget)
     by_status: Counter[int] = field(default_factory=Counter)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
-    def count(self, attribute: str, n: int = 1) -> None:
+    def count(self, attribute: str, n: float = 1) -> None:
         with self._lock:
             setattr(self, attribute, getattr(self, attribute) + n)
+
+    def rate_figures(self) -> dict[str, float | int]:
+        """What the run learned of casavi's rate limit, for its metadata: the rate found, 429s, waiting."""
+        figures: dict[str, float | int] = {
+            "rate_limited_429": self.rate_limited,
+            "budget_wait_s": round(self.budget_wait_seconds, 1),
+        }
+        if self.rate_per_minute is not None:
+            figures["rate_found_per_min"] = round(self.rate_per_minute, 1)
+        return figures
+
+    def rate_line(self) -> str:
+        """The same figures for a progress line."""
+        rate = f"rate {self.rate_per_minute:.0f}/min, " if self.rate_per_minute is not None else ""
+        return f"{rate}{self.rate_limited}× 429, {self.budget_wait_seconds:.0f} s waited for the budget"
 
     def answered(self, status: int) -> None:
         with self._lock:
@@ -123,6 +145,10 @@ class _Transient(Exception):
         self.reason = reason
         self.status = status
         self.retry_after = retry_after
+
+
+def _rate_limited(exc: BaseException | None) -> bool:
+    return isinstance(exc, _Transient) and exc.status == api.STATUS_RATE_LIMITED
 
 
 def _retry_after_seconds(response: httpx.Response) -> float | None:
@@ -220,7 +246,12 @@ def _utc_stamp(moment: dt.datetime) -> str:
 
 
 class CasaviClient:
-    """A casavi API client for one account. Thread-safe; use as a context manager."""
+    """A casavi API client for one account. Thread-safe; use as a context manager.
+
+    `budget` paces every request (see `ratelimit`; the caller opens and closes it); None sends as fast
+    as `max_concurrency` allows, for the local sandbox and benchmarks only. `clock` and `sleep` are
+    injectable so tests of waiting need no time to pass.
+    """
 
     def __init__(
         self,
@@ -228,24 +259,27 @@ class CasaviClient:
         api_key: str,
         api_secret: str,
         *,
+        budget: AccountBudget | None,
         timeout: float = 30.0,
         max_concurrency: int = 4,
-        requests_per_minute: float | None = 80.0,
         max_attempts: int = 6,
         max_retry_seconds: float = 300.0,
         backoff_seconds: float = 0.5,
         transport: httpx.BaseTransport | None = None,
+        clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         if max_concurrency < 1:
             raise ValueError("max_concurrency must be at least 1")
         self.base_url = base_url.rstrip("/")
         self.max_concurrency = max_concurrency
-        self.max_attempts = max_attempts
-        self.max_retry_seconds = max_retry_seconds
+        self.max_attempts = max_attempts  # failed tries per request; 429s are not failures
+        self.max_retry_seconds = max_retry_seconds  # per request, 429s included
         self.backoff_seconds = backoff_seconds  # first retry's base wait; doubles per attempt up to 30 s
         self._key = api_key
         self._secret = api_secret
+        self._budget = budget
+        self._clock = clock
         self._sleep = sleep
         self._http = httpx.Client(
             base_url=self.base_url,
@@ -256,16 +290,12 @@ class CasaviClient:
                 max_connections=max_concurrency + 1, max_keepalive_connections=max_concurrency + 1
             ),
         )
-        burst = max(1.0, min(float(max_concurrency), (requests_per_minute or 60.0) / 60.0))
-        self._limiter = (
-            RateLimiter(requests_per_minute, burst=burst, sleep=sleep) if requests_per_minute else None
-        )
         self._auth_lock = threading.Lock()  # one login at a time; the others wait for its token
         self._latch_lock = threading.Lock()
         self._token: str | None = None
         self._refresh_at = 0.0
         self._auth_failure: CasaviAuthError | None = None  # latched: this client never logs in again
-        self.stats = ClientStats()
+        self.stats = ClientStats(rate_per_minute=budget.rate_per_minute if budget is not None else None)
 
     def __repr__(self) -> str:  # never the key, secret or token
         return f"CasaviClient({self.base_url!r})"
@@ -280,30 +310,60 @@ class CasaviClient:
         self._http.close()
 
     # --- transport ---------------------------------------------------------------------------------
-    def _send(self, method: str, url: str, **kwargs: Any) -> httpx.Response:
-        """One HTTP exchange through the rate limiter; transport failures become `_Transient`."""
-        if self._limiter is not None:
-            self._limiter.acquire()
+    def _send(self, method: str, url: str, *, call: str, **kwargs: Any) -> httpx.Response:
+        """One HTTP exchange through the account's budget, which learns from its answer.
+
+        429, 5xx and transport failures become `_Transient`.
+        """
+        budget = self._budget
+        grant = budget.acquire() if budget is not None else None
+        if grant is not None:
+            self.stats.count("budget_wait_seconds", grant.waited)
+        started = self._clock()
         try:
             response = self._http.request(method, url, **kwargs)
         except (httpx.TimeoutException, httpx.TransportError) as exc:
             self.stats.count("requests")
             self.stats.count("transport_errors")
+            if budget is not None and grant is not None and isinstance(exc, httpx.TimeoutException):
+                budget.pushed_back(grant)  # too slow to answer at all
             raise _Transient(f"{type(exc).__name__} talking to casavi") from exc
-        self.stats.answered(response.status_code)
-        if response.status_code == api.STATUS_RATE_LIMITED:
-            raise _Transient("429 too many requests", status=429, retry_after=_retry_after_seconds(response))
-        if response.status_code >= 500:
-            raise _Transient(f"{response.status_code} server error", status=response.status_code)
+        status = response.status_code
+        self.stats.answered(status)
+        pushed_back = status in (api.STATUS_RATE_LIMITED, api.STATUS_UNAVAILABLE)
+        retry_after = _retry_after_seconds(response) if pushed_back else None
+        if budget is not None and grant is not None:
+            if pushed_back:
+                budget.pushed_back(grant, retry_after)
+            else:
+                budget.answered(grant, call=call, seconds=self._clock() - started, status=status)
+            self.stats.rate_per_minute = budget.rate_per_minute
+        if status == api.STATUS_RATE_LIMITED:
+            raise _Transient("429 too many requests", status=status, retry_after=retry_after)
+        if status >= 500:
+            raise _Transient(f"{status} server error", status=status, retry_after=retry_after)
         return response
 
     def _retrying(self) -> Retrying:
         backoff = wait_exponential_jitter(
             multiplier=self.backoff_seconds, max=30.0, jitter=2 * self.backoff_seconds
         )
+        started = self._clock()
+        failures = 0
+
+        def stop(retry_state: Any) -> bool:
+            nonlocal failures
+            if self._clock() - started >= self.max_retry_seconds:
+                return True
+            if _rate_limited(retry_state.outcome.exception()):
+                return False  # a request to slow down, not a failed attempt
+            failures += 1
+            return failures >= self.max_attempts
 
         def wait_for(retry_state: Any) -> float:
             exc = retry_state.outcome.exception()
+            if _rate_limited(exc) and self._budget is not None:
+                return 0.0  # the budget has slowed down and holds the pause: it paces the next try
             if isinstance(exc, _Transient) and exc.retry_after is not None:
                 return exc.retry_after
             return backoff(retry_state)
@@ -312,7 +372,7 @@ class CasaviClient:
             self.stats.count("retries")
 
         return Retrying(
-            stop=stop_after_attempt(self.max_attempts) | stop_after_delay(self.max_retry_seconds),
+            stop=stop,
             wait=wait_for,
             retry=retry_if_exception_type(_Transient),
             before_sleep=before_sleep,
@@ -328,6 +388,16 @@ class CasaviClient:
                 with attempt:
                     return fn()
         except _Transient as exc:
+            if _rate_limited(exc):
+                rate = self.stats.rate_per_minute
+                raise CasaviRateLimitedError(
+                    f"casavi is rate limiting this account: it answered only 429 (too many requests) for "
+                    f"{self.max_retry_seconds:g}s"
+                    + (f" although the client slowed down to {rate:.0f} requests/minute" if rate else ""),
+                    call=call,
+                    ref_id=ref_id,
+                    status=exc.status,
+                ) from exc
             raise CasaviUnavailableError(
                 f"casavi kept failing ({exc.reason}); gave up after {self.max_attempts} attempts "
                 f"or {self.max_retry_seconds:g}s",
@@ -375,7 +445,7 @@ class CasaviClient:
 
         def send() -> httpx.Response:
             self.stats.count("authentications")
-            return self._send("POST", api.AUTH_PATH, json=body)
+            return self._send("POST", api.AUTH_PATH, call=call, json=body)
 
         response = self._with_retries(send, call=call, ref_id=None)
         if response.status_code in (api.STATUS_UNAUTHORIZED, api.STATUS_FORBIDDEN):
@@ -421,11 +491,11 @@ class CasaviClient:
 
         def attempt() -> httpx.Response:
             token = self._current_token()
-            response = self._send(method, url, headers={api.TOKEN_HEADER: token}, **kwargs)
+            response = self._send(method, url, call=call, headers={api.TOKEN_HEADER: token}, **kwargs)
             if response.status_code == api.STATUS_UNAUTHORIZED:  # expired or revoked: one fresh token
                 self._forget_token(token)
                 response = self._send(
-                    method, url, headers={api.TOKEN_HEADER: self._current_token()}, **kwargs
+                    method, url, call=call, headers={api.TOKEN_HEADER: self._current_token()}, **kwargs
                 )
                 if response.status_code == api.STATUS_UNAUTHORIZED:
                     # A token casavi just issued is refused too: the access is gone for this run.

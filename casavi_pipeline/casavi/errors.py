@@ -69,4 +69,8 @@ class CasaviAuthError(CasaviError):
 
 
 class CasaviUnavailableError(CasaviError):
-    """casavi kept failing (5xx, 429, timeouts, dropped connections) until the retries ran out."""
+    """casavi kept failing (5xx, timeouts, dropped connections) until the retries ran out."""
+
+
+class CasaviRateLimitedError(CasaviUnavailableError):
+    """casavi answered a request with nothing but 429 for the whole retry time, although the client slowed down."""

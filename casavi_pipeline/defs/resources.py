@@ -9,6 +9,8 @@ resources instead of patching the environment.
 The casavi resource is an abstract `ConfigurableResource` with a real (httpx) implementation here and a
 fake in the test harness (`casavi_sandbox.fake`). Its credentials are bound through `dg.EnvVar`, so they
 are read from the environment when a run starts and never stored in run config, the UI or the event log.
+Where they go is no run config at all: the resource reads `CASAVI_BASE_URL` from the run's environment
+too (validated by the settings' rule), so a run launched with edited config cannot redirect them.
 """
 
 from __future__ import annotations
@@ -21,10 +23,16 @@ import dagster as dg
 from pydantic import Field
 
 from casavi_pipeline.casavi.client import CasaviClient
+from casavi_pipeline.casavi.ratelimit import (
+    DEFAULT_CEILING_PER_MINUTE,
+    AccountBudget,
+    budget_path,
+    learned_rate,
+)
 from casavi_pipeline.erase import VALUES_FOLDER
 from casavi_pipeline.erp.contract import Entity
 from casavi_pipeline.erp.reader import ErpTable, read_entity
-from casavi_pipeline.settings import Settings, load_settings
+from casavi_pipeline.settings import Settings, casavi_base_url, load_settings
 from casavi_pipeline.sync.deliveries import Delivery, scan_delivery
 from casavi_pipeline.sync.guards import GuardPolicy
 from casavi_pipeline.sync.rejections import RejectionPolicy
@@ -125,46 +133,61 @@ class CasaviResource(dg.ConfigurableResource):
         raise NotImplementedError
 
     def expected_seconds(self, requests: int) -> float | None:
-        """How long `requests` take at the configured rate limit (None: no limit)."""
+        """How long `requests` take at the rate casavi allowed so far (None: not known)."""
         return None
 
 
 class HttpCasaviResource(CasaviResource):
-    """casavi's manager API v2 over HTTP (or the local sandbox, which speaks the same API)."""
+    """casavi's manager API v2 over HTTP (or the local sandbox, which speaks the same API).
+
+    Every client it hands out paces its requests through the account's budget, a file in
+    `state_directory` shared by all processes (see `casavi_pipeline.casavi.ratelimit`).
+    """
 
     api_key: str = Field(description="casavi API key (bound to EnvVar('CASAVI_API_KEY'))")
     api_secret: str = Field(description="casavi API secret (bound to EnvVar('CASAVI_API_SECRET'))")
-    base_url: str = Field(description="casavi host root (CASAVI_BASE_URL)")
+    state_directory: str = Field(description="folder of the account's request budget (CASAVI_SNAPSHOT_DB)")
     requests_per_minute: float = Field(
-        default=80.0, ge=0, description="client-side rate limit, 0 = none (CASAVI_REQUESTS_PER_MINUTE)"
+        default=DEFAULT_CEILING_PER_MINUTE,
+        ge=0,
+        allow_inf_nan=False,
+        description="ceiling of the adaptive rate, 0 = none (CASAVI_REQUESTS_PER_MINUTE)",
     )
     max_concurrency: int = Field(
         default=4, ge=1, le=64, description="writes in flight (CASAVI_MAX_CONCURRENCY)"
     )
     timeout_seconds: float = Field(default=30.0, gt=0)
-    max_attempts: int = Field(default=6, ge=1, description="tries per request on 429/5xx/timeouts")
-    max_retry_seconds: float = Field(default=300.0, gt=0, description="retry budget per request")
+    max_attempts: int = Field(default=6, ge=1, description="tries per request on 5xx/timeouts")
+    max_retry_seconds: float = Field(default=300.0, gt=0, description="retry time per request, 429s included")
 
     @property
     def target(self) -> str:
-        return self.base_url
+        return casavi_base_url()
+
+    def _budget_path(self) -> Path:
+        return budget_path(Path(self.state_directory), self.target, self.api_key)
 
     def expected_seconds(self, requests: int) -> float | None:
-        return requests * 60.0 / self.requests_per_minute if self.requests_per_minute else None
+        rate = learned_rate(self._budget_path())  # requests/s; else the ceiling: the fastest it may go
+        per_minute = rate * 60.0 if rate else self.requests_per_minute
+        return requests * 60.0 / per_minute if per_minute else None
 
     @contextlib.contextmanager
     def get_client(self) -> Iterator[CasaviClient]:
-        client = CasaviClient(
-            self.base_url,
-            self.api_key,
-            self.api_secret,
-            timeout=self.timeout_seconds,
-            max_concurrency=self.max_concurrency,
-            requests_per_minute=self.requests_per_minute or None,
-            max_attempts=self.max_attempts,
-            max_retry_seconds=self.max_retry_seconds,
-        )
-        with client:
+        base_url = self.target
+        with (
+            AccountBudget(self._budget_path(), ceiling_per_minute=self.requests_per_minute or None) as budget,
+            CasaviClient(
+                base_url,
+                self.api_key,
+                self.api_secret,
+                budget=budget,
+                timeout=self.timeout_seconds,
+                max_concurrency=self.max_concurrency,
+                max_attempts=self.max_attempts,
+                max_retry_seconds=self.max_retry_seconds,
+            ) as client,
+        ):
             yield client
 
 
@@ -202,7 +225,7 @@ def build_resources(settings: Settings) -> dict[str, object]:
         "casavi": HttpCasaviResource(
             api_key=dg.EnvVar("CASAVI_API_KEY"),
             api_secret=dg.EnvVar("CASAVI_API_SECRET"),
-            base_url=settings.casavi_base_url,
+            state_directory=snapshots.directory,
             requests_per_minute=settings.requests_per_minute,
             max_concurrency=settings.max_concurrency,
         ),

@@ -21,8 +21,13 @@ from pydantic import Field
 
 from casavi_pipeline.casavi import api
 from casavi_pipeline.casavi.api import ObjectKind
-from casavi_pipeline.casavi.client import CasaviClient
-from casavi_pipeline.casavi.errors import CasaviAuthError, CasaviModelMismatchError, CasaviUnavailableError
+from casavi_pipeline.casavi.client import CasaviClient, ClientStats
+from casavi_pipeline.casavi.errors import (
+    CasaviAuthError,
+    CasaviModelMismatchError,
+    CasaviRateLimitedError,
+    CasaviUnavailableError,
+)
 from casavi_pipeline.defs.partitions import mandant_partitions
 from casavi_pipeline.defs.resources import SETTINGS, CasaviResource, SnapshotStore, SyncPolicy
 from casavi_pipeline.runs.health import describe_pool, reap_dead_runs, tag_run_host
@@ -64,6 +69,11 @@ def _casavi(casavi: CasaviResource) -> Iterator[CasaviClient]:
                 description=f"casavi at {casavi.target} refused the credentials ({exc.status}): set valid "
                 "CASAVI_API_KEY and CASAVI_API_SECRET (one login attempt per run; nothing was retried).",
                 allow_retries=False,
+            ) from None
+        except CasaviRateLimitedError as exc:
+            raise dg.Failure(
+                description=f"casavi at {casavi.target} kept refusing with 429 ({exc}). Confirmed writes "
+                "are recorded; the next attempt resumes.",
             ) from None
         except CasaviUnavailableError as exc:
             raise dg.Failure(
@@ -152,6 +162,7 @@ def casavi_remote(
             "account_objects": read.account_objects,
             "requests": client.stats.requests,
             "pages": client.stats.pages - pages_before,
+            **client.stats.rate_figures(),
             "duration_s": round(read.seconds, 2),
             "adopted": sum(adopted.values()),
             **{f"mandant/{kind}": n for kind, n in sorted(snapshot.remote_counts().items())},
@@ -395,6 +406,7 @@ class _Progress:
     ) -> None:
         self.context, self.total, self.casavi, self.every = context, total, casavi, every
         self.started = self.last = time.monotonic()
+        self.stats: ClientStats | None = None  # the client's, once it is open
 
     def __call__(self, report: SyncReport) -> None:
         now = time.monotonic()
@@ -408,6 +420,7 @@ class _Progress:
         line = (
             f"Mandant {self.context.partition_key}: {done}/{self.total} writes "
             f"({done / max(self.total, 1):.0%}), {rate:.0f}/min, about {_duration(eta)} left"
+            + (f"; {self.stats.rate_line()}" if self.stats else "")
         )
         self.context.log.info(line)  # the run's events
         print(line, file=sys.stderr, flush=True)  # the terminal of the CLI or the demo (and compute logs)
@@ -469,6 +482,7 @@ def casavi_sync(
             cache.mark_written()
         report = SyncReport(mandant=mandant)
         with _casavi(casavi) as client:
+            progress.stats = client.stats
             try:
                 apply_changeset(
                     snapshot,
@@ -492,7 +506,7 @@ def casavi_sync(
                 # whole run), and what casavi confirmed deleted leaves the listing.
                 totals = _run_totals(snapshot, context.run.run_id, report)
                 cache.forget(report.deleted)
-            metadata = _sync_metadata(report, totals, client.stats.requests)
+            metadata = _sync_metadata(report, totals, client.stats.requests) | client.stats.rate_figures()
         # `apply_changeset` folded the audit file: the run's rows (every attempt) are in the table.
         metadata.update({f"audit/{k}": v for k, v in snapshot.audit_summary(context.run.run_id).items()})
         nights = snapshot.nights_refused([(r.kind, r.ref_id) for r in report.rejections])
