@@ -6,6 +6,8 @@
     casavi-pipeline sync --mandant M [--dry-run]
         run the main job for one Mandant in the Dagster instance ($DAGSTER_HOME) and print a short
         summary: progress, per kind what casavi confirmed, a dry run's preview, or why it stopped
+    casavi-pipeline audit [--mandant M] [--ref-id ID] [--run RUN] [--since T] [--until T] [--csv]
+        the audit trail: every write attempt casavi answered (names and statuses, never values)
 
 Settings come from the environment or `.env` in the working directory, exactly as the code location
 reads them (README, section Settings). In the repository, `./run check-casavi` runs the same command.
@@ -17,8 +19,9 @@ import argparse
 import contextlib
 import sys
 from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
 
-from casavi_pipeline import run_sync
+from casavi_pipeline import audit, run_sync
 from casavi_pipeline.casavi import conformance
 from casavi_pipeline.casavi.client import CasaviClient
 from casavi_pipeline.casavi.ratelimit import AccountBudget, budget_path
@@ -66,6 +69,22 @@ def check_casavi(args: argparse.Namespace) -> int:
     return report.exit_code
 
 
+def audit_trail(args: argparse.Namespace) -> int:
+    try:
+        snapshot_dir = args.snapshot_dir or load_settings().snapshot_dir
+        filters = audit.Filters(
+            mandant=args.mandant,
+            ref_id=args.ref_id,
+            run=args.run,
+            since=audit.parse_time(args.since) if args.since else None,
+            until=audit.parse_time(args.until) if args.until else None,
+        )
+    except (SettingsError, ValueError) as exc:
+        print(f"audit: {exc}", file=sys.stderr)
+        return 2
+    return audit.run(Path(snapshot_dir), filters, as_csv=args.csv)
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="casavi-pipeline", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -84,6 +103,24 @@ def _parser() -> argparse.ArgumentParser:
         f"reference-id prefix {conformance.RESERVED_PREFIX!r} (for a casavi TEST account only)",
     )
     check.set_defaults(command=check_casavi)
+    trail = commands.add_parser(
+        "audit",
+        help="what the sync wrote to casavi, write by write (the audit trail)",
+        description=audit.__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    trail.add_argument("--mandant", help="only this Mandant, e.g. 0001")
+    trail.add_argument("--ref-id", help="only this object, by reference id, e.g. 0001-00042")
+    trail.add_argument("--run", help="only this run (its id, or the first characters as the UI shows them)")
+    trail.add_argument("--since", help="from this UTC time on (ISO: 2025-01-31 or 2025-01-31T02:00)")
+    trail.add_argument("--until", help="before this UTC time (ISO)")
+    trail.add_argument("--csv", action="store_true", help="CSV with full run ids instead of a table")
+    trail.add_argument(
+        "--snapshot-dir",
+        type=Path,
+        help="default: CASAVI_SNAPSHOT_DB from the settings (environment or .env)",
+    )
+    trail.set_defaults(command=audit_trail)
     _add_sync(commands)
     return parser
 

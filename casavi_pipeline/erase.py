@@ -11,6 +11,9 @@ A housing company must answer erasure requests (GDPR art. 17). casavi_pipeline k
 - snapshot files moved aside as unreadable (`snapshot_<M>.duckdb.corrupt-*` and their `.wal`),
   deleted here: diagnostics of a damaged file, which after an erasure request must go.
 
+The snapshot's audit trail (`sync/audit.py`: reference ids, statuses, field names) holds no personal
+data and is kept as it is; the rewrite copies it over.
+
 Setting a column to NULL leaves the old bytes in DuckDB's freed blocks, so the snapshot and the listing
 are then rewritten into fresh files (`rewrite_compacted`) that hold only what is left.
 

@@ -106,6 +106,11 @@ class Settings(BaseSettings):
     email_drop_warn_share: float = _env("CASAVI_EMAIL_DROP_WARN_SHARE", default=0.25, ge=0, le=1)
     # How often a long sync reports its progress (run events and terminal)
     progress_seconds: float = _env("CASAVI_PROGRESS_SECONDS", default=30.0, gt=0)
+    # The audit trail of writes (casavi_pipeline.sync.audit) and records casavi rejects (sync.rejections)
+    audit_retention_days: float = _env("CASAVI_AUDIT_RETENTION_DAYS", default=400.0, gt=0)
+    max_rejected_share: float = _env("CASAVI_MAX_REJECTED_SHARE", default=0.05, ge=0, le=1)
+    rejected_min_count: int = _env("CASAVI_REJECTED_MIN_COUNT", default=10, ge=0)
+    rejection_escalate_nights: int = _env("CASAVI_REJECTION_ESCALATE_NIGHTS", default=3, ge=1)
     # Automation
     delivery_settle_seconds: float = _env("CASAVI_DELIVERY_SETTLE_SECONDS", default=60.0, ge=0)
 

@@ -35,6 +35,7 @@ from casavi_pipeline.erp.reader import ErpTable, read_entity
 from casavi_pipeline.settings import Settings, casavi_base_url, load_settings
 from casavi_pipeline.sync.deliveries import Delivery, scan_delivery
 from casavi_pipeline.sync.guards import GuardPolicy
+from casavi_pipeline.sync.rejections import RejectionPolicy
 from casavi_pipeline.sync.remote import RemoteCache
 from casavi_pipeline.sync.snapshot import Snapshot
 
@@ -59,6 +60,9 @@ class SnapshotStore(dg.ConfigurableResource):
     """Where the snapshots live: one DuckDB file per Mandant, so Mandanten run in parallel."""
 
     directory: str = Field(description="folder of the snapshot files (CASAVI_SNAPSHOT_DB)")
+    audit_retention_days: float = Field(
+        default=400.0, gt=0, description="audit rows older than this go (CASAVI_AUDIT_RETENTION_DAYS)"
+    )
 
     def path(self, mandant: str) -> Path:
         return Path(self.directory) / f"snapshot_{mandant}.duckdb"
@@ -92,6 +96,9 @@ class SyncPolicy(dg.ConfigurableResource):
     read_max_age_minutes: float = Field(default=10.0, ge=0, description="CASAVI_READ_MAX_AGE_MINUTES")
     progress_seconds: float = Field(default=30.0, gt=0, description="CASAVI_PROGRESS_SECONDS")
     full_read_every_days: float = Field(default=0.75, gt=0, description="CASAVI_FULL_READ_EVERY_DAYS")
+    max_rejected_share: float = Field(default=0.05, ge=0, le=1, description="CASAVI_MAX_REJECTED_SHARE")
+    rejected_min_count: int = Field(default=10, ge=0, description="CASAVI_REJECTED_MIN_COUNT")
+    rejection_escalate_nights: int = Field(default=3, ge=1, description="CASAVI_REJECTION_ESCALATE_NIGHTS")
 
     @property
     def guards(self) -> GuardPolicy:
@@ -101,6 +108,14 @@ class SyncPolicy(dg.ConfigurableResource):
             delete_guard_min_count=self.delete_guard_min_count,
             allow_mass_delete=self.allow_mass_delete,
             allow_separator_change=self.allow_separator_change,
+        )
+
+    @property
+    def rejections(self) -> RejectionPolicy:
+        return RejectionPolicy(
+            max_share=self.max_rejected_share,
+            min_count=self.rejected_min_count,
+            escalate_nights=self.rejection_escalate_nights,
         )
 
 
@@ -178,7 +193,9 @@ class HttpCasaviResource(CasaviResource):
 
 def build_resources(settings: Settings) -> dict[str, object]:
     """The resources of the code location, from validated settings; secrets only through EnvVar."""
-    snapshots = SnapshotStore(directory=str(settings.snapshot_dir.resolve()))
+    snapshots = SnapshotStore(
+        directory=str(settings.snapshot_dir.resolve()), audit_retention_days=settings.audit_retention_days
+    )
     return {
         # The frames between steps hold names, emails and phones: they are kept beside the Mandant's
         # snapshot (one file per asset and Mandant, overwritten by its next run, erased by
@@ -201,6 +218,9 @@ def build_resources(settings: Settings) -> dict[str, object]:
             read_max_age_minutes=settings.read_max_age_minutes,
             progress_seconds=settings.progress_seconds,
             full_read_every_days=settings.full_read_every_days,
+            max_rejected_share=settings.max_rejected_share,
+            rejected_min_count=settings.rejected_min_count,
+            rejection_escalate_nights=settings.rejection_escalate_nights,
         ),
         "casavi": HttpCasaviResource(
             api_key=dg.EnvVar("CASAVI_API_KEY"),

@@ -9,6 +9,7 @@ payloads, which the sync reads page by page.
 """
 
 import datetime as dt
+import itertools
 import json
 import sys
 import time
@@ -35,12 +36,18 @@ from casavi_pipeline.settings import ALLOWED_SEPARATORS
 from casavi_pipeline.sync.apply import SyncReport, apply_changeset
 from casavi_pipeline.sync.changeset import ChangesetSummary, compute_changeset, summarize
 from casavi_pipeline.sync.guards import GuardResult, GuardResults, evaluate_guards
+from casavi_pipeline.sync.rejections import RejectionVerdict, assess
 from casavi_pipeline.sync.snapshot import META_ADOPTED, Snapshot, SnapshotCorruptError
 
 CASAVI_POOL = "casavi_api"
 #: How a sync stopped by a person (Ctrl-C, SIGTERM, terminate) describes itself; the demo looks for it.
 INTERRUPTED = "sync stopped by an interrupt"
 REJECTIONS_LISTED = 50
+#: A dry run lists this many deletions by reference id (the mass-deletion guard keeps them few anyway).
+DELETIONS_LISTED = 1_000
+#: The run tag a dry run sets: shown at the top of the run page, beside the green "Success".
+DRY_RUN_TAG = "casavi/dry_run"
+REJECTIONS_CHECK = "casavi_rejections"
 DRIFT_LISTED = 10
 
 
@@ -429,6 +436,17 @@ class _Progress:
     group_name="sync",
     kinds={"casavi"},
     pool=CASAVI_POOL,
+    check_specs=[
+        dg.AssetCheckSpec(
+            REJECTIONS_CHECK,
+            asset="casavi_sync",
+            partitions_def=mandant_partitions,
+            description="WARN when casavi refused records (400, 409, 422): listed by reference id with the "
+            "field names casavi named, sent again on the next run; escalated after "
+            "CASAVI_REJECTION_ESCALATE_NIGHTS nights. Fails (and the run with it) above "
+            "CASAVI_MAX_REJECTED_SHARE and CASAVI_REJECTED_MIN_COUNT.",
+        )
+    ],
     output_required=False,  # a dry run observes, it does not materialize
     # Transient trouble (casavi down, timeouts after the client's own retries) is retried; each attempt
     # resumes with what is still pending. Guards, refused credentials, rejections and a wrong model of
@@ -453,15 +471,10 @@ def casavi_sync(
         # alone cannot bypass them.
         for guard in evaluate_guards(sync_policy.guards, snapshot).failures:
             raise dg.Failure(description=guard.reason, metadata=guard.metadata, allow_retries=False)
+        snapshot.prune_audit(snapshots.audit_retention_days)
         summary = summarize(snapshot)
         if config.dry_run:
-            context.log.info(f"Dry run for Mandant {mandant}: {summary.total_writes} writes not sent")
-            yield dg.AssetObservation(
-                asset_key=context.asset_key,
-                partition=mandant,
-                description="dry run: nothing was written to casavi",
-                metadata={"dry_run": True, **_changeset_metadata(summary, casavi)},
-            )
+            yield from _dry_run(context, snapshot, summary, casavi)
             return
         if snapshot.synced_total() == 0 or sync_policy.allow_separator_change:
             snapshot.set_separator(sync_policy.id_separator)
@@ -482,6 +495,7 @@ def casavi_sync(
                     verify=sync_policy.verify_writes,
                     on_progress=progress,
                     progress_every=1,
+                    run_id=context.run.run_id,
                 )
             except (KeyboardInterrupt, dg.DagsterExecutionInterruptedError):
                 # Ctrl-C, SIGTERM, a terminate from the UI: a person stopped the run; the retry policy
@@ -497,22 +511,91 @@ def casavi_sync(
                 totals = _run_totals(snapshot, context.run.run_id, report)
                 cache.forget(report.deleted)
             metadata = _sync_metadata(report, totals, client.stats.requests) | client.stats.rate_figures()
+        # `apply_changeset` folded the audit file: the run's rows (every attempt) are in the table.
+        metadata.update({f"audit/{k}": v for k, v in snapshot.audit_summary(context.run.run_id).items()})
+        nights = snapshot.nights_refused([(r.kind, r.ref_id) for r in report.rejections])
+    verdict = assess(report.rejections, report.total_sent, nights, sync_policy.rejections)
     context.log.info(
         f"Mandant {mandant}: {metadata['confirmed']} writes confirmed in this run, "
         f"{metadata['rejected']} rejected ({report.seconds:.1f}s this attempt)"
     )
     if report.mismatches:
         raise dg.Failure(description=report.mismatches[0].reason, metadata=metadata, allow_retries=False)
+    if verdict.too_many:
+        yield _rejections_check(verdict)
+        raise dg.Failure(description=verdict.description, metadata=metadata, allow_retries=False)
     if report.rejections:
-        first = report.rejections[0]
-        raise dg.Failure(
-            description=f"casavi rejected {len(report.rejections)} of {report.total_sent} writes "
-            f"(first: {first.kind} {first.ref_id}: {first.status} {first.message}); the others were "
-            "written. Fix the data, then rerun: only what is still pending is sent.",
-            metadata=metadata,
-            allow_retries=False,
+        context.log.warning(f"Mandant {mandant}: {verdict.description}")
+    yield dg.MaterializeResult(metadata=metadata, check_results=[_rejections_check(verdict)])
+
+
+def _rejections_check(verdict: RejectionVerdict) -> dg.AssetCheckResult:
+    """WARN while casavi refuses a few records (they are retried next run), ERROR when it refuses many."""
+    rows = [
+        dg.TableRecord({"kind": r.kind, "change": r.action, "ref_id": r.ref_id, "status": r.status or 0,
+                        "fields": ", ".join(r.fields), "nights": verdict.nights.get((r.kind, r.ref_id), 1)})
+        for r in verdict.rejections[:REJECTIONS_LISTED]
+    ]  # fmt: skip
+    schema = dg.TableSchema(
+        columns=[
+            dg.TableColumn("kind"),
+            dg.TableColumn("change"),
+            dg.TableColumn("ref_id"),
+            dg.TableColumn("status", type="int"),
+            dg.TableColumn("fields", description="the field names casavi named (never values)"),
+            dg.TableColumn("nights", type="int", description="nights rejected since casavi last accepted it"),
+        ]
+    )
+    return dg.AssetCheckResult(
+        check_name=REJECTIONS_CHECK,
+        passed=not verdict.rejections,
+        severity=dg.AssetCheckSeverity.ERROR if verdict.too_many else dg.AssetCheckSeverity.WARN,
+        description=verdict.description,
+        metadata={
+            "rejected": len(verdict.rejections),
+            "sent": verdict.sent,
+            "escalated": dg.MetadataValue.json([r.ref_id for r in verdict.escalated[:REJECTIONS_LISTED]]),
+            "rejections": dg.MetadataValue.table(rows, schema=schema),
+        },
+    )
+
+
+def _dry_run(
+    context: dg.AssetExecutionContext, snapshot: Snapshot, summary: ChangesetSummary, casavi: CasaviResource
+) -> Iterator[dg.AssetObservation | dg.AssetCheckResult]:
+    """Show what a sync would write, deletions by reference id, and mark the run as a dry run."""
+    mandant = context.partition_key
+    context.instance.add_run_tags(context.run.run_id, {DRY_RUN_TAG: "true"})
+    deletions = [
+        {"kind": op.kind.value, "ref_id": op.ref_id}
+        for op in itertools.islice(
+            itertools.chain.from_iterable(snapshot.pending_ops(kind, "delete") for kind in api.DELETE_ORDER),
+            DELETIONS_LISTED,
         )
-    yield dg.MaterializeResult(metadata=metadata)
+    ]
+    deletes = sum(changes.delete for changes in summary.kinds.values())
+    first = ", ".join(d["ref_id"] for d in deletions[:10])
+    line = (
+        f"DRY RUN for Mandant {mandant}: {summary.total_writes} writes not sent, {deletes} of them deletions"
+        + (f" ({first}{', …' if deletes > 10 else ''})" if deletes else "")
+    )
+    context.log.info(line)
+    yield dg.AssetObservation(
+        asset_key=context.asset_key,
+        partition=mandant,
+        description=f"{line}: nothing was written to casavi",
+        metadata={
+            "dry_run": True,
+            **_changeset_metadata(summary, casavi),
+            "deletions": dg.MetadataValue.table(
+                [dg.TableRecord(d) for d in deletions],
+                schema=dg.TableSchema(columns=[dg.TableColumn("kind"), dg.TableColumn("ref_id")]),
+            ),
+        },
+    )
+    yield dg.AssetCheckResult(
+        check_name=REJECTIONS_CHECK, passed=True, description="dry run: nothing was sent, nothing rejected"
+    )
 
 
 defs = dg.Definitions(

@@ -4,6 +4,7 @@ Upserts go kind by kind in dependency order (properties → units → contacts, 
 contracts), deletes in reverse (contacts → units → properties): casavi resolves references on write (422) and
 refuses to delete referenced objects (409), so one kind must be confirmed before the next starts.
 Within a kind the client sends concurrently. A rejected object is reported and skipped; the rest go on.
+Every answered attempt gets a row in the audit trail (`sync/audit.py`) before it is confirmed.
 If casavi becomes unavailable, what was confirmed stays recorded and the error propagates: the next
 attempt resumes with the pending operations that are left.
 """
@@ -20,6 +21,8 @@ from typing import Protocol
 from casavi_pipeline.casavi import api
 from casavi_pipeline.casavi.api import ObjectKind
 from casavi_pipeline.casavi.client import Operation, WriteResult
+from casavi_pipeline.sync.audit import Attempt
+from casavi_pipeline.sync.changeset import changed_fields
 from casavi_pipeline.sync.snapshot import Snapshot
 
 #: The pending action of a property's second PUT when it drops a street (`changeset.stage_street_moves`).
@@ -39,6 +42,7 @@ class Rejection:
     ref_id: str
     status: int | None
     message: str  # our wording per status and the field names casavi named; never casavi's text or values
+    fields: tuple[str, ...] = ()  # the field names casavi named (names only)
 
 
 @dataclass(frozen=True)
@@ -83,11 +87,19 @@ class SyncReport:
         return Counter(f"{r.kind}/{r.action}" for r in self.rejections)
 
 
+@dataclass(frozen=True)
+class _InFlight:
+    change: str  # create, update, delete or settle
+    content_hash: str | None
+    fields: tuple[str, ...]  # an update's changed field names, for the audit trail
+
+
 def _operations(
-    snapshot: Snapshot, kind: ObjectKind, action: str, in_flight: dict[str, tuple[str, str | None]]
+    snapshot: Snapshot, kind: ObjectKind, action: str, in_flight: dict[str, _InFlight]
 ) -> Iterator[Operation]:
     for op in snapshot.pending_ops(kind, action):
-        in_flight[op.ref_id] = (op.change, op.content_hash)
+        names = changed_fields(op.payload, op.synced_payload) if op.change in ("update", SETTLE) else ""
+        in_flight[op.ref_id] = _InFlight(op.change, op.content_hash, tuple(filter(None, names.split(", "))))
         payload = json.loads(op.payload) if op.payload is not None else None
         sent = "upsert" if action == SETTLE else action  # a settling write is a PUT like any other
         yield Operation(kind=kind, action=sent, ref_id=op.ref_id, payload=payload)  # type: ignore[arg-type]
@@ -118,6 +130,7 @@ def apply_changeset(
     verify: bool = True,
     on_progress: Callable[[SyncReport], None] | None = None,
     progress_every: int = 1_000,
+    run_id: str = "-",
 ) -> SyncReport:
     """Send the snapshot's pending operations to casavi; return what was sent, confirmed and rejected.
 
@@ -125,6 +138,7 @@ def apply_changeset(
     if casavi stored something else, the model of casavi in `casavi/api.py` is wrong for this account,
     and that kind's writes (and those of kinds referencing it) stop before thousands go wrong.
     Pass `report` to keep what was sent and confirmed when casavi fails half-way (the error propagates).
+    `run_id` names the run in the audit trail.
     """
     report = report if report is not None else SyncReport(mandant=snapshot.mandant)
     started = time.monotonic()
@@ -140,20 +154,30 @@ def apply_changeset(
         *deletes[settle_at:],
     ]
 
-    def record(kind: ObjectKind, result: WriteResult, in_flight: dict[str, tuple[str, str | None]]) -> None:
+    def attempt(kind: ObjectKind, result: WriteResult, sent: _InFlight) -> None:
+        change = "update" if sent.change == SETTLE else sent.change  # a settling PUT updates the property
+        refused = result.error.fields if result.error else ()
+        snapshot.record_attempt(
+            Attempt(run_id, snapshot.mandant, kind.value, result.operation.ref_id, change,
+                    result.status, sent.fields, refused)
+        )  # fmt: skip
+
+    def record(kind: ObjectKind, result: WriteResult, in_flight: dict[str, _InFlight]) -> None:
         op = result.operation
-        change, content_hash = in_flight.pop(op.ref_id)
-        label = f"{kind.value}/{change}"
+        sent = in_flight.pop(op.ref_id)
+        label = f"{kind.value}/{sent.change}"
         report.sent[label] += 1
+        attempt(kind, result, sent)
         if result.ok:
-            snapshot.confirm(kind, op.action, op.ref_id, content_hash)
+            snapshot.confirm(kind, op.action, op.ref_id, sent.content_hash)
             report.confirmed[label] += 1
             if op.action == "delete":
                 report.deleted.append((kind, op.ref_id))
         else:
             report.rejections.append(
-                Rejection(kind.value, change, op.ref_id, result.status, str(result.error or ""))
-            )
+                Rejection(kind.value, sent.change, op.ref_id, result.status, str(result.error or ""),
+                          result.error.fields if result.error else ())
+            )  # fmt: skip
         if on_progress and report.total_sent % progress_every == 0:
             on_progress(report)
 
@@ -161,7 +185,7 @@ def apply_changeset(
         for kind, action in plan:
             if kind in stopped:
                 continue
-            in_flight: dict[str, tuple[str, str | None]] = {}
+            in_flight: dict[str, _InFlight] = {}
             operations = _operations(snapshot, kind, action, in_flight)
             if verify and action == "upsert":  # (a settling PUT was verified as an upsert already)
                 # Probe: one write at a time until casavi confirms one, then read that one back.
@@ -175,8 +199,9 @@ def apply_changeset(
                             break
                         continue  # rejected: the next one is the probe
                     # Not confirmed: the snapshot must not claim casavi holds what was sent.
-                    change, _ = in_flight.pop(probe.ref_id)
-                    report.sent[f"{kind.value}/{change}"] += 1
+                    sent = in_flight.pop(probe.ref_id)
+                    attempt(kind, result, sent)
+                    report.sent[f"{kind.value}/{sent.change}"] += 1
                     stopped |= _dependents(kind)
                     report.mismatches.append(
                         ModelMismatch(

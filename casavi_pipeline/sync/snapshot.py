@@ -4,6 +4,7 @@ Tables
 - `synced`  one row per object casavi confirmed: kind, reference id, content hash, payload (for previews).
 - `pending` the current changeset (written by `changeset.compute_changeset`, consumed by `apply`).
 - `meta`    key/value facts, e.g. the ID separator the snapshot was built with.
+- `audit`   one row per write attempt casavi answered (names and statuses only; `sync/audit.py`).
 
 Why a journal beside the DuckDB file: the snapshot must advance with *every* confirmed write, so a
 killed run resends only what casavi did not confirm. A DuckDB commit per write costs 1-3 ms (measured),
@@ -43,11 +44,12 @@ import pandas as pd
 from casavi_pipeline.casavi import api
 from casavi_pipeline.casavi.api import ObjectKind
 from casavi_pipeline.settings import ALLOWED_SEPARATORS
+from casavi_pipeline.sync import audit
 
 if TYPE_CHECKING:
     from casavi_pipeline.sync.remote import RemoteCache
 
-_SCHEMA = """
+_SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS synced (
     kind VARCHAR NOT NULL,
     ref_id VARCHAR NOT NULL,
@@ -74,7 +76,7 @@ CREATE TABLE IF NOT EXISTS remote (
     modified VARCHAR,
     PRIMARY KEY (kind, ref_id)
 );
-"""
+{audit.SCHEMA}"""
 
 META_SEPARATOR = "id_separator"
 #: The casavi model revision (`api.MODEL_REVISION`) the hashes and bodies were made with.
@@ -225,6 +227,7 @@ class PendingOp:
     ref_id: str
     content_hash: str | None
     payload: str | None
+    synced_payload: str | None = None  # what casavi was last confirmed to hold (for the changed fields)
 
 
 class Snapshot:
@@ -243,6 +246,10 @@ class Snapshot:
         self.path = Path(path)
         self.mandant = mandant
         self.journal_path = _journal_path(self.path)
+        self.audit_path = audit.audit_path(self.path)
+        self._audit = audit.AuditFile(self.audit_path)
+        #: Audit lines dropped as torn since this snapshot was opened (their attempts are not in the trail).
+        self.dropped_audit_lines = 0
         self._read_only = read_only
         self._journal: TextIO | None = None
         self._unfolded = 0
@@ -439,17 +446,35 @@ class Snapshot:
         last_seq = -1
         while True:
             rows = self._con.execute(
-                "SELECT seq, kind, action, change, ref_id, content_hash, payload FROM pending "
-                "WHERE kind = ? AND action = ? AND seq > ? ORDER BY seq LIMIT ?",
+                "SELECT p.seq, p.kind, p.action, p.change, p.ref_id, p.content_hash, p.payload, s.payload "
+                "FROM pending p LEFT JOIN synced s ON s.kind = p.kind AND s.ref_id = p.ref_id "
+                "WHERE p.kind = ? AND p.action = ? AND p.seq > ? ORDER BY p.seq LIMIT ?",
                 [kind.value, action, last_seq, page_size],
             ).fetchall()
             if not rows:
                 return
-            for seq, k, a, change, ref_id, content_hash, payload in rows:
-                yield PendingOp(seq, ObjectKind(k), a, change, ref_id, content_hash, payload)
+            for seq, k, a, change, ref_id, content_hash, payload, synced_payload in rows:
+                yield PendingOp(seq, ObjectKind(k), a, change, ref_id, content_hash, payload, synced_payload)
             last_seq = rows[-1][0]
 
     # --- confirmed writes ----------------------------------------------------------------------------
+    def record_attempt(self, attempt: audit.Attempt) -> None:
+        """Add one write attempt to the audit trail. Call it before `confirm`: no write is counted
+        without its row (a crash in between leaves a row of a write that is re-sent, and rows again)."""
+        self._audit.append(attempt)
+
+    def audit_summary(self, run_id: str) -> dict[str, int]:
+        """The attempts of one run per kind, change and status (folded ones: call after `fold`)."""
+        return audit.run_summary(self._con, run_id)
+
+    def nights_refused(self, objects: list[tuple[str, str]]) -> dict[tuple[str, str], int]:
+        """(kind, ref_id) → days on which casavi refused it since it last accepted it (after `fold`)."""
+        return audit.nights_refused(self._con, objects)
+
+    def prune_audit(self, retention_days: float) -> int:
+        """Drop audit rows older than `retention_days`; return how many went."""
+        return audit.prune(self._con, retention_days)
+
     def confirm(self, kind: ObjectKind, action: str, ref_id: str, content_hash: str | None) -> None:
         """Record one write casavi confirmed. Durable against a killed process once this returns."""
         if self._journal is None:
@@ -476,7 +501,24 @@ class Snapshot:
         """Apply the journal to `synced` and `pending` in one transaction, then empty the journal."""
         self._fold_journal()
 
+    def _fold_audit(self) -> None:
+        self._audit.close()
+        if not self.audit_path.exists():
+            return
+        con = self._con
+        con.execute("BEGIN TRANSACTION")
+        try:
+            self.dropped_audit_lines += audit.fold(con, self.audit_path)
+            con.execute("COMMIT")
+        except Exception:
+            with contextlib.suppress(duckdb.Error):
+                con.execute("ROLLBACK")
+            raise
+        con.execute("CHECKPOINT")
+        self.audit_path.unlink()  # after the commit is durable; a replay adds no row twice
+
     def _fold_journal(self) -> None:
+        self._fold_audit()
         if self._journal is not None:
             os.fsync(self._journal.fileno())
             self._journal.close()

@@ -1,0 +1,215 @@
+"""The audit trail: one row per write attempt casavi answered, kept in the Mandant's snapshot.
+
+A row says when, in which run, for which Mandant, which object (kind, reference id), what was attempted
+(create, update or delete), what casavi answered (the HTTP status), for an update the names of the fields
+that changed, and for a refusal the names of the fields casavi named. Never a value: the trail holds no
+personal data, so erasing a Mandant's personal data (`casavi_pipeline.erase`) leaves it as it is.
+
+Written like the snapshot's journal, for the same reason (a DuckDB commit per write would cap a sync at
+a few hundred writes per second): each attempt is one ASCII JSON line appended and flushed to
+`snapshot_<M>.audit` *before* the write is confirmed in the journal, so a write is never counted
+without its row. The file is folded into the snapshot's `audit` table whenever the journal is.
+Each line carries a random id, so a fold replayed after a crash (committed, file not yet removed)
+adds nothing twice; a torn line is dropped and counted, like a torn journal line.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import secrets
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TextIO
+
+import duckdb
+import pandas as pd
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS audit (
+    entry VARCHAR NOT NULL,       -- random id of the line (a replayed fold adds nothing twice)
+    answered_at TIMESTAMPTZ NOT NULL,
+    run_id VARCHAR NOT NULL,
+    mandant VARCHAR NOT NULL,
+    kind VARCHAR NOT NULL,
+    ref_id VARCHAR NOT NULL,
+    change VARCHAR NOT NULL,      -- 'create', 'update' or 'delete'
+    status INTEGER,               -- casavi's HTTP status (NULL: no answer)
+    fields VARCHAR[] NOT NULL,    -- an update: the casavi field names that changed (names, never values)
+    refused VARCHAR[] NOT NULL    -- a refusal: the field names casavi named
+);
+"""
+
+#: The columns of a row, in the order of a line of the audit file.
+COLUMNS = (
+    "entry",
+    "answered_at",
+    "run_id",
+    "mandant",
+    "kind",
+    "ref_id",
+    "change",
+    "status",
+    "fields",
+    "refused",
+)
+CHANGES = ("create", "update", "delete")
+
+
+def audit_path(snapshot_path: Path) -> Path:
+    return Path(snapshot_path).with_suffix(".audit")
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """One write attempt as casavi answered it (names only, never values)."""
+
+    run_id: str
+    mandant: str
+    kind: str
+    ref_id: str
+    change: str
+    status: int | None
+    fields: tuple[str, ...] = ()
+    refused: tuple[str, ...] = ()
+
+    @property
+    def ok(self) -> bool:
+        return self.status is not None and 200 <= self.status < 300
+
+
+class AuditFile:
+    """The append-only file of attempts not yet folded into the snapshot."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self._file: TextIO | None = None
+
+    def append(self, attempt: Attempt) -> None:
+        """Record one attempt; it survives a killed process once this returns."""
+        if self._file is None:
+            self._file = self.path.open("a", encoding="ascii", newline="\n")
+            if self._file.tell() > 0:
+                self._file.write("\n")  # end a line a crash may have torn; empty lines are skipped
+        now = dt.datetime.now(dt.UTC).isoformat()
+        line = [secrets.token_hex(8), now, attempt.run_id, attempt.mandant, attempt.kind, attempt.ref_id,
+                attempt.change, attempt.status, list(attempt.fields), list(attempt.refused)]  # fmt: skip
+        self._file.write(json.dumps(line) + "\n")
+        self._file.flush()
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+
+def _row(line: bytes) -> tuple | None:
+    try:
+        row = json.loads(line)
+    except ValueError:
+        return None
+    if not (isinstance(row, list) and len(row) == len(COLUMNS)):
+        return None
+    entry, at, run_id, mandant, kind, ref_id, change, status, fields, refused = row
+    texts = (entry, at, run_id, mandant, kind, ref_id)
+    if not all(isinstance(t, str) and t for t in texts) or change not in CHANGES:
+        return None
+    if not (status is None or isinstance(status, int)):
+        return None
+    if not all(
+        isinstance(names, list) and all(isinstance(n, str) for n in names) for names in (fields, refused)
+    ):
+        return None
+    try:
+        when = dt.datetime.fromisoformat(at)
+    except ValueError:
+        return None
+    return entry, when, run_id, mandant, kind, ref_id, change, status, fields, refused
+
+
+def read_file(path: Path) -> tuple[pd.DataFrame, int]:
+    """The whole rows of an audit file, and how many lines were dropped as torn."""
+    rows, dropped = [], 0
+    if Path(path).exists():
+        for line in Path(path).read_bytes().split(b"\n"):
+            if not line.strip():
+                continue
+            row = _row(line)
+            if row is None:
+                dropped += 1
+            else:
+                rows.append(row)
+    return as_frame(rows), dropped
+
+
+def as_frame(rows: Sequence[tuple]) -> pd.DataFrame:
+    frame = pd.DataFrame(list(rows), columns=list(COLUMNS))
+    frame["answered_at"] = pd.to_datetime(frame["answered_at"], utc=True)
+    frame["status"] = frame["status"].astype("Int64")
+    return frame
+
+
+def fold(con: duckdb.DuckDBPyConnection, path: Path) -> int:
+    """Add the file's rows to the `audit` table (in the caller's transaction); return the torn lines.
+
+    The caller removes the file after its transaction committed.
+    """
+    frame, dropped = read_file(path)
+    if frame.empty:
+        return dropped
+    con.register("audit_lines", frame)
+    try:
+        # Only rows at or after the batch's first are compared: DuckDB skips older row groups.
+        con.execute(
+            f"INSERT INTO audit SELECT {', '.join(COLUMNS)} FROM audit_lines l "
+            "WHERE NOT EXISTS (SELECT 1 FROM audit a WHERE a.answered_at >= (SELECT min(answered_at) FROM audit_lines) "
+            "AND a.entry = l.entry)"
+        )
+    finally:
+        con.unregister("audit_lines")
+    return dropped
+
+
+def prune(con: duckdb.DuckDBPyConnection, retention_days: float, now: dt.datetime | None = None) -> int:
+    """Drop the rows older than the retention; return how many went."""
+    cutoff = (now or dt.datetime.now(dt.UTC)) - dt.timedelta(days=retention_days)
+    (dropped,) = con.execute("SELECT count(*) FROM audit WHERE answered_at < ?", [cutoff]).fetchone()  # type: ignore[misc]
+    if dropped:
+        con.execute("DELETE FROM audit WHERE answered_at < ?", [cutoff])
+    return dropped
+
+
+def run_summary(con: duckdb.DuckDBPyConnection, run_id: str) -> dict[str, int]:
+    """Attempts of one run per kind, change and status, e.g. {"contact/update/200": 1}."""
+    rows = con.execute(
+        "SELECT kind, change, coalesce(status::VARCHAR, 'none'), count(*) FROM audit WHERE run_id = ? "
+        "GROUP BY ALL ORDER BY ALL",
+        [run_id],
+    ).fetchall()
+    return {f"{kind}/{change}/{status}": n for kind, change, status, n in rows}
+
+
+def nights_refused(
+    con: duckdb.DuckDBPyConnection, objects: Iterable[tuple[str, str]]
+) -> dict[tuple[str, str], int]:
+    """(kind, ref_id) → on how many days (UTC) casavi refused the object since it last accepted it."""
+    keys = pd.DataFrame(list(objects), columns=["kind", "ref_id"], dtype="string")
+    if keys.empty:
+        return {}
+    con.register("refused_objects", keys)
+    try:
+        rows = con.execute(
+            """
+            SELECT a.kind, a.ref_id, count(DISTINCT (a.answered_at AT TIME ZONE 'UTC')::DATE)
+            FROM audit a JOIN refused_objects o ON o.kind = a.kind AND o.ref_id = a.ref_id
+            WHERE a.status >= 400 AND a.answered_at > coalesce((
+                SELECT max(b.answered_at) FROM audit b
+                WHERE b.kind = a.kind AND b.ref_id = a.ref_id AND b.status BETWEEN 200 AND 299
+            ), '-infinity'::TIMESTAMPTZ)
+            GROUP BY ALL
+            """
+        ).fetchall()
+    finally:
+        con.unregister("refused_objects")
+    return {(kind, ref_id): n for kind, ref_id, n in rows}
