@@ -20,6 +20,7 @@ from pathlib import Path
 import dagster as dg
 from pydantic import Field
 
+from casavi_pipeline.alerts import AlertChannels, Smtp
 from casavi_pipeline.casavi.client import CasaviClient
 from casavi_pipeline.erase import VALUES_FOLDER
 from casavi_pipeline.erp.contract import Entity
@@ -84,6 +85,7 @@ class SyncPolicy(dg.ConfigurableResource):
     read_max_age_minutes: float = Field(default=10.0, ge=0, description="CASAVI_READ_MAX_AGE_MINUTES")
     progress_seconds: float = Field(default=30.0, gt=0, description="CASAVI_PROGRESS_SECONDS")
     full_read_every_days: float = Field(default=0.75, gt=0, description="CASAVI_FULL_READ_EVERY_DAYS")
+    freshness_hours: float = Field(default=26.0, gt=0, description="CASAVI_FRESHNESS_HOURS")
 
     @property
     def guards(self) -> GuardPolicy:
@@ -93,6 +95,48 @@ class SyncPolicy(dg.ConfigurableResource):
             delete_guard_min_count=self.delete_guard_min_count,
             allow_mass_delete=self.allow_mass_delete,
             allow_separator_change=self.allow_separator_change,
+        )
+
+
+class Alerting(dg.ConfigurableResource):
+    """Who is told when a night fails or a Mandant goes stale (`casavi_pipeline.alerts`).
+
+    The webhook URLs and the SMTP password are bound through `dg.EnvVar` (`build_resources`), like the
+    casavi credentials: never in run config, the UI or the event log."""
+
+    ui_url: str | None = Field(default=None, description="the Dagster UI's base URL (CASAVI_ALERT_UI_URL)")
+    smtp_host: str | None = Field(default=None, description="CASAVI_ALERT_SMTP_HOST")
+    smtp_port: int = Field(default=587, description="CASAVI_ALERT_SMTP_PORT")
+    smtp_starttls: bool = Field(default=True, description="CASAVI_ALERT_SMTP_STARTTLS")
+    smtp_from: str | None = Field(default=None, description="CASAVI_ALERT_SMTP_FROM")
+    smtp_to: list[str] = Field(default=[], description="CASAVI_ALERT_SMTP_TO")
+    smtp_user: str | None = Field(default=None, description="CASAVI_ALERT_SMTP_USER")
+    smtp_password: str | None = Field(default=None, description="EnvVar('CASAVI_ALERT_SMTP_PASSWORD')")
+    slack_webhook_url: str | None = Field(
+        default=None, description="EnvVar('CASAVI_ALERT_SLACK_WEBHOOK_URL')"
+    )
+    teams_webhook_url: str | None = Field(
+        default=None, description="EnvVar('CASAVI_ALERT_TEAMS_WEBHOOK_URL')"
+    )
+
+    @property
+    def channels(self) -> AlertChannels:
+        smtp = None
+        if self.smtp_host and self.smtp_from:
+            smtp = Smtp(
+                host=self.smtp_host,
+                port=self.smtp_port,
+                sender=self.smtp_from,
+                recipients=tuple(self.smtp_to),
+                starttls=self.smtp_starttls,
+                user=self.smtp_user,
+                password=self.smtp_password,
+            )
+        return AlertChannels(
+            smtp=smtp,
+            slack_webhook_url=self.slack_webhook_url,
+            teams_webhook_url=self.teams_webhook_url,
+            ui_url=self.ui_url,
         )
 
 
@@ -178,6 +222,19 @@ def build_resources(settings: Settings) -> dict[str, object]:
             read_max_age_minutes=settings.read_max_age_minutes,
             progress_seconds=settings.progress_seconds,
             full_read_every_days=settings.full_read_every_days,
+            freshness_hours=settings.freshness_hours,
+        ),
+        "alerting": Alerting(
+            ui_url=settings.alert_ui_url,
+            smtp_host=settings.alert_smtp_host,
+            smtp_port=settings.alert_smtp_port,
+            smtp_starttls=settings.alert_smtp_starttls,
+            smtp_from=settings.alert_smtp_from,
+            smtp_to=settings.alert_smtp_recipients,
+            smtp_user=settings.alert_smtp_user,
+            smtp_password=_secret("CASAVI_ALERT_SMTP_PASSWORD", settings.alert_smtp_password),
+            slack_webhook_url=_secret("CASAVI_ALERT_SLACK_WEBHOOK_URL", settings.alert_slack_webhook_url),
+            teams_webhook_url=_secret("CASAVI_ALERT_TEAMS_WEBHOOK_URL", settings.alert_teams_webhook_url),
         ),
         "casavi": HttpCasaviResource(
             api_key=dg.EnvVar("CASAVI_API_KEY"),
@@ -187,6 +244,11 @@ def build_resources(settings: Settings) -> dict[str, object]:
             max_concurrency=settings.max_concurrency,
         ),
     }
+
+
+def _secret(variable: str, value: object | None) -> dg.EnvVar | None:
+    """Bind an optional secret through EnvVar only when it is set (an unset EnvVar fails the resource)."""
+    return dg.EnvVar(variable) if value is not None else None
 
 
 @dg.definitions
