@@ -286,6 +286,13 @@ def test_freshness_fails_for_a_stale_mandant_once_alerted_and_passes_after_a_syn
     assert "the export is incomplete (missing" in checks["0002"].description  # never delivered
     assert "waits in the queue" in checks["0420"].description
     assert all(c.asset_key == dg.AssetKey("casavi_sync") for c in checks.values())
+    with dg.DagsterInstance.get() as instance:  # what the daemon does with a sensor's asset events
+        for evaluation in checks.values():
+            instance.report_runless_asset_event(evaluation)
+        stored = instance.get_records_for_run("", of_type=dg.DagsterEventType.ASSET_CHECK_EVALUATION).records
+    assert {r.event_log_entry.dagster_event.asset_check_evaluation_data.partition for r in stored} == set(
+        checks
+    )
     subjects = sorted(m["Subject"] for m in inbox)
     assert len(subjects) == 2
     assert subjects[0].startswith("casavi sync of Mandant 0002: not synced successfully since ")
@@ -310,3 +317,13 @@ def test_freshness_fails_for_a_stale_mandant_once_alerted_and_passes_after_a_syn
     set_env(env, monkeypatch, CASAVI_FRESHNESS_HOURS="30")
     fifth = evaluate_freshness(env, fourth.cursor)
     assert evaluations(fifth)["0002"].passed and "limit 30 h" in evaluations(fifth)["0002"].description
+
+
+def test_alert_settings_are_checked_without_repeating_a_webhook_url(env):
+    from casavi_pipeline.settings import SettingsError
+
+    with pytest.raises(SettingsError) as raised:
+        settings_from({**env, "CASAVI_ALERT_SLACK_WEBHOOK_URL": "http://hooks.example.org/T0/B0/token-xyz"})
+    assert "CASAVI_ALERT_SLACK_WEBHOOK_URL" in str(raised.value) and "token-xyz" not in str(raised.value)
+    with pytest.raises(SettingsError, match="CASAVI_ALERT_SMTP_FROM or CASAVI_ALERT_SMTP_TO is not"):
+        settings_from({**env, "CASAVI_ALERT_SMTP_HOST": "smtp.example.org"})
