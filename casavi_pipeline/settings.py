@@ -24,7 +24,7 @@ import re
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from casavi_pipeline.casavi.ratelimit import DEFAULT_CEILING_PER_MINUTE
@@ -113,6 +113,27 @@ class Settings(BaseSettings):
     rejection_escalate_nights: int = _env("CASAVI_REJECTION_ESCALATE_NIGHTS", default=3, ge=1)
     # Automation
     delivery_settle_seconds: float = _env("CASAVI_DELIVERY_SETTLE_SECONDS", default=60.0, ge=0)
+    # Alerts (casavi_pipeline.alerts): every channel off until configured. Webhook URLs carry their
+    # own token and the SMTP password is one: like the casavi credentials they reach the resource only
+    # through dagster.EnvVar (checked here, never kept in run config or logs).
+    alert_ui_url: str | None = _env("CASAVI_ALERT_UI_URL", default=None)
+    alert_smtp_host: str | None = _env("CASAVI_ALERT_SMTP_HOST", default=None)
+    alert_smtp_port: int = _env("CASAVI_ALERT_SMTP_PORT", default=587, ge=1, le=65535)
+    alert_smtp_starttls: bool = _env("CASAVI_ALERT_SMTP_STARTTLS", default=True)
+    alert_smtp_from: str | None = _env("CASAVI_ALERT_SMTP_FROM", default=None)
+    alert_smtp_to_csv: str | None = _env("CASAVI_ALERT_SMTP_TO", default=None)
+    alert_smtp_user: str | None = _env("CASAVI_ALERT_SMTP_USER", default=None)
+    alert_smtp_password: SecretStr | None = _env(
+        "CASAVI_ALERT_SMTP_PASSWORD", default=None, repr=False, exclude=True
+    )
+    alert_slack_webhook_url: SecretStr | None = _env(
+        "CASAVI_ALERT_SLACK_WEBHOOK_URL", default=None, repr=False, exclude=True
+    )
+    alert_teams_webhook_url: SecretStr | None = _env(
+        "CASAVI_ALERT_TEAMS_WEBHOOK_URL", default=None, repr=False, exclude=True
+    )
+    # Freshness: a Mandant not synced successfully for longer than this fails its freshness check
+    freshness_hours: float = _env("CASAVI_FRESHNESS_HOURS", default=26.0, gt=0)
 
     _url_valid = field_validator("casavi_base_url")(_checked_base_url)
 
@@ -153,6 +174,49 @@ class Settings(BaseSettings):
         if duplicates:
             raise ValueError(f"CASAVI_MANDANTEN lists {duplicates} more than once")
         return ",".join(numbers)
+
+    @field_validator("alert_ui_url")
+    @classmethod
+    def _ui_url_valid(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        if urlsplit(value.strip()).scheme not in ("http", "https"):
+            raise ValueError(
+                f"CASAVI_ALERT_UI_URL={value!r} is not an http(s) URL; use the Dagster UI's address, "
+                "e.g. https://dagster.example.org"
+            )
+        return value.strip().rstrip("/")
+
+    @field_validator("alert_slack_webhook_url", "alert_teams_webhook_url")
+    @classmethod
+    def _webhook_valid(cls, value: SecretStr | None) -> SecretStr | None:
+        # The message never names the URL: it carries the webhook's token.
+        if value is None or not value.get_secret_value().strip():
+            return None
+        url = value.get_secret_value().strip()
+        if urlsplit(url).scheme != "https" and not (urlsplit(url).scheme == "http" and is_loopback(url)):
+            raise ValueError("is not an https URL (plain http only to this machine)")
+        return SecretStr(url)
+
+    @model_validator(mode="after")
+    def _smtp_complete(self) -> Settings:
+        if self.alert_smtp_host and not (self.alert_smtp_from and self.alert_smtp_recipients):
+            raise ValueError(
+                "CASAVI_ALERT_SMTP_HOST is set but CASAVI_ALERT_SMTP_FROM or CASAVI_ALERT_SMTP_TO is not; "
+                "set both (CASAVI_ALERT_SMTP_TO: comma-separated addresses)"
+            )
+        if self.alert_smtp_password and not self.alert_smtp_user:
+            raise ValueError("CASAVI_ALERT_SMTP_PASSWORD is set without CASAVI_ALERT_SMTP_USER")
+        return self
+
+    @property
+    def alert_smtp_recipients(self) -> list[str]:
+        return [part.strip() for part in (self.alert_smtp_to_csv or "").split(",") if part.strip()]
+
+    @property
+    def alerts_configured(self) -> bool:
+        """Is at least one alert channel set? (Only then do the alert sensors run by default.)"""
+        return bool(self.alert_smtp_host or self.alert_slack_webhook_url or self.alert_teams_webhook_url)
 
     @property
     def mandanten(self) -> list[str]:

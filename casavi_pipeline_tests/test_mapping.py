@@ -183,6 +183,14 @@ def test_conflicting_rows_latest_beginn_wins_and_are_counted(tmp_path):
     conflicts = conflicting_persons(*people, mandant=M, separator="-")
     assert conflicts.to_dict("records") == [{"contact_id": "0001-00042", "rows": 2}]
 
+    # Counted and listed, passing: such persons are everyday ERP data. Above the share, a warning.
+    counted = quality.conflicting_person_rows(list(conflicts["contact_id"]), contacts=20)
+    assert counted.passed and counted.ids == ("0001-00042",)
+    assert counted.reason.startswith("1 of 20 persons (5%) have differing rows across contracts")
+    warned = quality.conflicting_person_rows(list(conflicts["contact_id"]), contacts=19)
+    assert not warned.passed and warned.severity is quality.Severity.WARN
+    assert "more than the usual 5% (first: 0001-00042)" in warned.reason
+
 
 def test_erp_number_containing_the_separator_collides_and_the_check_names_both(tmp_path):
     rows = default_rows()

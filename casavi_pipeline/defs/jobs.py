@@ -7,6 +7,7 @@ import warnings
 
 import dagster as dg
 
+from casavi_pipeline.defs.freshness import casavi_sync_fresh
 from casavi_pipeline.defs.partitions import mandant_partitions
 
 SYNC_JOB_NAME = "casavi_sync_job"
@@ -17,7 +18,9 @@ with warnings.catch_warnings():
     warnings.simplefilter("ignore", DeprecationWarning)
     casavi_sync_job = dg.define_asset_job(
         SYNC_JOB_NAME,
-        selection=dg.AssetSelection.all(),
+        # The freshness check judges the nights from outside (its sensor): inside a sync it would
+        # only ever see the sync it follows.
+        selection=dg.AssetSelection.all() - dg.AssetSelection.checks(casavi_sync_fresh),
         partitions_def=mandant_partitions,
         description="Reads one Mandant's ERP export, maps it to casavi objects, checks them, diffs against the "
         "snapshot and writes only what changed to casavi. One run per Mandant (partition).",

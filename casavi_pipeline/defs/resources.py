@@ -22,6 +22,7 @@ from pathlib import Path
 import dagster as dg
 from pydantic import Field
 
+from casavi_pipeline.alerts import AlertChannels, Smtp
 from casavi_pipeline.casavi.client import CasaviClient
 from casavi_pipeline.casavi.ratelimit import (
     DEFAULT_CEILING_PER_MINUTE,
@@ -99,6 +100,7 @@ class SyncPolicy(dg.ConfigurableResource):
     max_rejected_share: float = Field(default=0.05, ge=0, le=1, description="CASAVI_MAX_REJECTED_SHARE")
     rejected_min_count: int = Field(default=10, ge=0, description="CASAVI_REJECTED_MIN_COUNT")
     rejection_escalate_nights: int = Field(default=3, ge=1, description="CASAVI_REJECTION_ESCALATE_NIGHTS")
+    freshness_hours: float = Field(default=26.0, gt=0, description="CASAVI_FRESHNESS_HOURS")
 
     @property
     def guards(self) -> GuardPolicy:
@@ -116,6 +118,48 @@ class SyncPolicy(dg.ConfigurableResource):
             max_share=self.max_rejected_share,
             min_count=self.rejected_min_count,
             escalate_nights=self.rejection_escalate_nights,
+        )
+
+
+class Alerting(dg.ConfigurableResource):
+    """Who is told when a night fails or a Mandant goes stale (`casavi_pipeline.alerts`).
+
+    The webhook URLs and the SMTP password are bound through `dg.EnvVar` (`build_resources`), like the
+    casavi credentials: never in run config, the UI or the event log."""
+
+    ui_url: str | None = Field(default=None, description="the Dagster UI's base URL (CASAVI_ALERT_UI_URL)")
+    smtp_host: str | None = Field(default=None, description="CASAVI_ALERT_SMTP_HOST")
+    smtp_port: int = Field(default=587, description="CASAVI_ALERT_SMTP_PORT")
+    smtp_starttls: bool = Field(default=True, description="CASAVI_ALERT_SMTP_STARTTLS")
+    smtp_from: str | None = Field(default=None, description="CASAVI_ALERT_SMTP_FROM")
+    smtp_to: list[str] = Field(default=[], description="CASAVI_ALERT_SMTP_TO")
+    smtp_user: str | None = Field(default=None, description="CASAVI_ALERT_SMTP_USER")
+    smtp_password: str | None = Field(default=None, description="EnvVar('CASAVI_ALERT_SMTP_PASSWORD')")
+    slack_webhook_url: str | None = Field(
+        default=None, description="EnvVar('CASAVI_ALERT_SLACK_WEBHOOK_URL')"
+    )
+    teams_webhook_url: str | None = Field(
+        default=None, description="EnvVar('CASAVI_ALERT_TEAMS_WEBHOOK_URL')"
+    )
+
+    @property
+    def channels(self) -> AlertChannels:
+        smtp = None
+        if self.smtp_host and self.smtp_from:
+            smtp = Smtp(
+                host=self.smtp_host,
+                port=self.smtp_port,
+                sender=self.smtp_from,
+                recipients=tuple(self.smtp_to),
+                starttls=self.smtp_starttls,
+                user=self.smtp_user,
+                password=self.smtp_password,
+            )
+        return AlertChannels(
+            smtp=smtp,
+            slack_webhook_url=self.slack_webhook_url,
+            teams_webhook_url=self.teams_webhook_url,
+            ui_url=self.ui_url,
         )
 
 
@@ -221,6 +265,19 @@ def build_resources(settings: Settings) -> dict[str, object]:
             max_rejected_share=settings.max_rejected_share,
             rejected_min_count=settings.rejected_min_count,
             rejection_escalate_nights=settings.rejection_escalate_nights,
+            freshness_hours=settings.freshness_hours,
+        ),
+        "alerting": Alerting(
+            ui_url=settings.alert_ui_url,
+            smtp_host=settings.alert_smtp_host,
+            smtp_port=settings.alert_smtp_port,
+            smtp_starttls=settings.alert_smtp_starttls,
+            smtp_from=settings.alert_smtp_from,
+            smtp_to=settings.alert_smtp_recipients,
+            smtp_user=settings.alert_smtp_user,
+            smtp_password=_secret("CASAVI_ALERT_SMTP_PASSWORD", settings.alert_smtp_password),
+            slack_webhook_url=_secret("CASAVI_ALERT_SLACK_WEBHOOK_URL", settings.alert_slack_webhook_url),
+            teams_webhook_url=_secret("CASAVI_ALERT_TEAMS_WEBHOOK_URL", settings.alert_teams_webhook_url),
         ),
         "casavi": HttpCasaviResource(
             api_key=dg.EnvVar("CASAVI_API_KEY"),
@@ -230,6 +287,11 @@ def build_resources(settings: Settings) -> dict[str, object]:
             max_concurrency=settings.max_concurrency,
         ),
     }
+
+
+def _secret(variable: str, value: object | None) -> dg.EnvVar | None:
+    """Bind an optional secret through EnvVar only when it is set (an unset EnvVar fails the resource)."""
+    return dg.EnvVar(variable) if value is not None else None
 
 
 @dg.definitions

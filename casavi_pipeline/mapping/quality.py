@@ -217,6 +217,39 @@ def erp_foreign_keys(
     )
 
 
+# --- persons with differing rows (rule 5) ------------------------------------------------------------
+#: A person's rows differing across their contracts is everyday ERP data (a phone updated on one lease
+#: only); more than this share of a Mandant's contacts looks like a broken export, and warns.
+CONFLICTING_PERSONS_WARN_SHARE = 0.05
+
+
+def conflicting_person_rows(
+    conflicting_ids: Sequence[str], contacts: int, *, warn_share: float = CONFLICTING_PERSONS_WARN_SHARE
+) -> CheckOutcome:
+    """How many persons have differing rows across contracts (the latest contract's row was synced).
+
+    Like the email rule's count: passes with the counts and the ids (so the ERP can be cleaned up), and
+    warns only when the share of contacts affected exceeds `warn_share`.
+    """
+    ids = list(dict.fromkeys(conflicting_ids))
+    share = len(ids) / contacts if contacts else 0.0
+    counts = {"contacts": contacts, "persons_with_conflicts": len(ids)}
+    summary = (
+        f"{len(ids)} of {contacts} persons ({share:.0%}) have differing rows across contracts; the row of "
+        "the contract with the latest beginn was synced"
+    )
+    if share <= warn_share:
+        return CheckOutcome(True, Severity.WARN, summary, counts, tuple(ids[:MAX_LISTED]))
+    return _outcome(
+        ids,
+        Severity.WARN,
+        ok=summary,
+        failed=f"{summary}; that is more than the usual {warn_share:.0%} (first: {{first}}): align the ERP "
+        "records of each person",
+        counts=counts,
+    )
+
+
 # --- the email rule (rule 2) ------------------------------------------------------------------------
 def email_rule(contracts: pd.DataFrame, contacts: pd.DataFrame, renter_type: str) -> CheckOutcome:
     """Every contact that carries a rental contract has a valid email (rule 2, after the mapping)."""

@@ -1,0 +1,71 @@
+"""`casavi_failure_alert`: one alert per failed Mandant night, through the configured channels.
+
+A run failure sensor fires once per failed run; step retries happen inside the run and fire nothing. A
+re-execution of a failed run (from the UI, `dagster/root_run_id` names the original) is the same night:
+the sensor tags each run it alerted for and stays silent for re-executions of a run already alerted.
+It monitors every job of the code location, so runs started with *Materialize all* or `dg launch`
+(Dagster's implicit asset job) alert like the nightly schedule's. It runs by default as soon as a channel
+is configured, so a person is told without anyone switching it on in the UI; with no channel it is off.
+"""
+
+from __future__ import annotations
+
+import dagster as dg
+
+from casavi_pipeline.alerts import RUN_PATH, Alert
+from casavi_pipeline.defs.failures import check_evaluations_of_run, failure_reason
+from casavi_pipeline.defs.resources import SETTINGS, Alerting
+from casavi_pipeline.settings import Settings
+
+#: Run tag: the channels that took this run's failure alert.
+ALERTED_TAG = "casavi/alerted"
+PARTITION_TAG = "dagster/partition"
+_ROOT_RUN_TAG = "dagster/root_run_id"
+FAILURE_ACTION = "fix what it names, then re-run the Mandant (re-execute the run in the Dagster UI)"
+
+
+def _default_status(settings: Settings) -> dg.DefaultSensorStatus:
+    return dg.DefaultSensorStatus.RUNNING if settings.alerts_configured else dg.DefaultSensorStatus.STOPPED
+
+
+def build_failure_alert_sensor(settings: Settings) -> dg.SensorDefinition:
+    @dg.run_failure_sensor(
+        name="casavi_failure_alert",
+        default_status=_default_status(settings),
+        description="Sends one alert per failed Mandant run (email, Slack, Teams: CASAVI_ALERT_* settings): "
+        "the Mandant, why it stopped, what to do, and a link to the run. Runs by default once a channel "
+        "is configured.",
+    )
+    def casavi_failure_alert(context: dg.RunFailureSensorContext, alerting: Alerting):
+        channels = alerting.channels
+        if not channels.configured:
+            return dg.SkipReason("no alert channel configured (CASAVI_ALERT_* settings)")
+        run = context.dagster_run
+        root = run.tags.get(_ROOT_RUN_TAG)
+        if root and root != run.run_id:
+            original = context.instance.get_run_by_id(root)
+            if original is not None and ALERTED_TAG in original.tags:
+                return dg.SkipReason(f"run {run.run_id} re-executes {root}, already alerted")
+        reason = failure_reason(
+            check_evaluations_of_run(context.instance, run.run_id), context.get_step_failure_events()
+        )
+        alert = Alert(
+            mandant=run.tags.get(PARTITION_TAG, "(none)"),
+            reason=reason,
+            action=FAILURE_ACTION,
+            path=RUN_PATH.format(run_id=run.run_id),
+            run_id=run.run_id,
+        )
+        sent, warnings = channels.send(alert)
+        for warning in warnings:
+            context.log.warning(warning)
+        if sent:
+            context.instance.add_run_tags(run.run_id, {ALERTED_TAG: ",".join(sent)})
+        return None
+
+    return casavi_failure_alert
+
+
+casavi_failure_alert = build_failure_alert_sensor(SETTINGS)
+
+defs = dg.Definitions(sensors=[casavi_failure_alert])
