@@ -19,11 +19,18 @@ from aiosmtpd.controller import Controller
 from dagster._core.events import DagsterEvent, StepMaterializationData
 from dagster._core.events.log import EventLogEntry
 
-from casavi_pipeline.defs.alerts import ALERTED_TAG, FAILURE_ACTION, build_failure_alert_sensor
+from casavi_pipeline.defs.alerts import (
+    ALERTED_TAG,
+    ESCALATION_ACTION,
+    FAILURE_ACTION,
+    build_escalation_alert_sensor,
+    build_failure_alert_sensor,
+)
 from casavi_pipeline.defs.freshness import FRESHNESS_CHECK, SYNC_ASSET, casavi_freshness
 from casavi_pipeline.defs.jobs import SYNC_JOB_NAME
 from casavi_pipeline.defs.resources import build_resources
 from casavi_pipeline_tests.e2e import MANDANT, export, run_job
+from casavi_pipeline_tests.erp_fixtures import default_rows
 from casavi_pipeline_tests.harness import definitions_with, settings_from
 from casavi_sandbox.process import free_port
 
@@ -136,6 +143,49 @@ def test_a_guard_stop_sends_exactly_one_email_naming_mandant_reason_and_run_link
         )
     assert isinstance(evaluate_failure_alert(env, again.run_id), dg.SkipReason)
     assert len(inbox) == 1
+
+
+def test_records_refused_night_after_night_are_escalated_in_one_alert_per_night(
+    env, sandbox, smtp, monkeypatch
+):
+    """The night succeeds (casavi_rejections only warns), but a record refused on
+    CASAVI_REJECTION_ESCALATE_NIGHTS nights needs a person: one alert, naming the ids, never values."""
+    port, inbox = smtp
+    with_email(env, monkeypatch, port)
+    set_env(env, monkeypatch, CASAVI_REJECTION_ESCALATE_NIGHTS="1")
+    settings = settings_from(env)
+    sensor = build_escalation_alert_sensor(settings)
+
+    def evaluate(run_id: str):
+        with dg.DagsterInstance.get() as instance:
+            run = instance.get_run_by_id(run_id)
+            success = instance.get_records_for_run(run_id, of_type=dg.DagsterEventType.RUN_SUCCESS).records
+            context = dg.build_run_status_sensor_context(
+                sensor_name=sensor.name,
+                dagster_event=success[0].event_log_entry.dagster_event,
+                dagster_instance=instance,
+                dagster_run=run,
+                resources={"alerting": build_resources(settings)["alerting"]},
+            )
+            return sensor(context)
+
+    export(env)
+    clean = run_job(env)
+    assert clean.success
+    assert isinstance(evaluate(clean.run_id), dg.SkipReason) and inbox == []  # nothing refused
+
+    rows = default_rows()
+    rows["mieter"][0]["telefon"] = "0351 7654321"  # one update of 0001-00042, which casavi now refuses
+    export(env, rows)
+    sandbox.configure(reject_ids="0001-00042")
+    refused = run_job(env)
+    assert refused.success
+    evaluate(refused.run_id)
+    assert len(inbox) == 1
+    first_line = inbox[0].get_body().get_content().splitlines()[0]
+    assert first_line.startswith("casavi sync of Mandant 0001: check casavi_rejections: ")
+    assert "ESCALATED: 0001-00042" in first_line and first_line.endswith(ESCALATION_ACTION)
+    assert "0351" not in inbox[0].as_string()
 
 
 @pytest.fixture

@@ -1,4 +1,5 @@
-"""`casavi_failure_alert`: one alert per failed Mandant night, through the configured channels.
+"""`casavi_failure_alert`: one alert per failed Mandant night, through the configured channels;
+`casavi_escalation_alert`: one per night that succeeded while casavi kept refusing records.
 
 A run failure sensor fires once per failed run; step retries happen inside the run and fire nothing. A
 re-execution of a failed run (from the UI, `dagster/root_run_id` names the original) is the same night:
@@ -6,6 +7,11 @@ the sensor tags each run it alerted for and stays silent for re-executions of a 
 It monitors every job of the code location, so runs started with *Materialize all* or `dg launch`
 (Dagster's implicit asset job) alert like the nightly schedule's. It runs by default as soon as a channel
 is configured, so a person is told without anyone switching it on in the UI; with no channel it is off.
+
+A record casavi refuses does not fail the night (`sync/rejections.py`): the run succeeds with the WARN
+check `casavi_rejections`. One refused on `CASAVI_REJECTION_ESCALATE_NIGHTS` nights will not fix itself,
+so the check names it ESCALATED, and `casavi_escalation_alert` tells a person, once per such run (that is,
+once a night while it lasts), through the same channels.
 """
 
 from __future__ import annotations
@@ -22,6 +28,11 @@ ALERTED_TAG = "casavi/alerted"
 PARTITION_TAG = "dagster/partition"
 _ROOT_RUN_TAG = "dagster/root_run_id"
 FAILURE_ACTION = "fix what it names, then re-run the Mandant (re-execute the run in the Dagster UI)"
+ESCALATION_ACTION = (
+    "casavi refuses these records night after night: fix them in the ERP "
+    "(`casavi-pipeline audit --ref-id ID` shows each one's history)"
+)
+REJECTIONS_CHECK = "casavi_rejections"
 
 
 def _default_status(settings: Settings) -> dg.DefaultSensorStatus:
@@ -66,6 +77,47 @@ def build_failure_alert_sensor(settings: Settings) -> dg.SensorDefinition:
     return casavi_failure_alert
 
 
-casavi_failure_alert = build_failure_alert_sensor(SETTINGS)
+def _escalation(instance: dg.DagsterInstance, run_id: str) -> dg.AssetCheckEvaluation | None:
+    """The run's `casavi_rejections` evaluation if it names escalated records."""
+    for evaluation in check_evaluations_of_run(instance, run_id):
+        escalated = evaluation.metadata.get("escalated")
+        if evaluation.check_name == REJECTIONS_CHECK and escalated is not None and escalated.value:
+            return evaluation
+    return None
 
-defs = dg.Definitions(sensors=[casavi_failure_alert])
+
+def build_escalation_alert_sensor(settings: Settings) -> dg.SensorDefinition:
+    @dg.run_status_sensor(
+        run_status=dg.DagsterRunStatus.SUCCESS,
+        name="casavi_escalation_alert",
+        default_status=_default_status(settings),
+        description="Sends one alert for a successful Mandant run whose casavi_rejections check names "
+        "records casavi refused on CASAVI_REJECTION_ESCALATE_NIGHTS nights (email, Slack, Teams).",
+    )
+    def casavi_escalation_alert(context: dg.RunStatusSensorContext, alerting: Alerting):
+        channels = alerting.channels
+        if not channels.configured:
+            return dg.SkipReason("no alert channel configured (CASAVI_ALERT_* settings)")
+        run = context.dagster_run
+        evaluation = _escalation(context.instance, run.run_id)
+        if evaluation is None:
+            return dg.SkipReason(f"run {run.run_id}: no record escalated")
+        alert = Alert(
+            mandant=run.tags.get(PARTITION_TAG, "(none)"),
+            reason=f"check {REJECTIONS_CHECK}: {(evaluation.description or '').strip().splitlines()[0]}",
+            action=ESCALATION_ACTION,
+            path=RUN_PATH.format(run_id=run.run_id),
+            run_id=run.run_id,
+        )
+        _sent, warnings = channels.send(alert)
+        for warning in warnings:
+            context.log.warning(warning)
+        return None
+
+    return casavi_escalation_alert
+
+
+casavi_failure_alert = build_failure_alert_sensor(SETTINGS)
+casavi_escalation_alert = build_escalation_alert_sensor(SETTINGS)
+
+defs = dg.Definitions(sensors=[casavi_failure_alert, casavi_escalation_alert])
