@@ -259,10 +259,11 @@ def email_rule(contracts: pd.DataFrame, contacts: pd.DataFrame, renter_type: str
     return _outcome(
         bad,
         Severity.ERROR,
-        ok=f"all {_plural(len(renter), 'rental contract')} belong to tenants with a valid email",
+        # contracts, not entries: a contract with two tenants is one entry in each tenant's contact
+        ok=f"all {_plural(renter['number'].nunique(), 'rental contract')} belong to tenants with a valid email",
         failed="{n} contacts carry a rental contract without a valid email (first: {first}); "
         "the mapping must drop such tenants — report this as a bug",
-        counts={"rental_contracts": len(renter), "tenants_failing": len(bad)},
+        counts={"rental_contracts": int(renter["number"].nunique()), "tenants_failing": len(bad)},
         details=[f"{c}: tenant without valid email" for c in bad],
     )
 
