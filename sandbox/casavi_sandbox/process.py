@@ -118,7 +118,14 @@ class SandboxProcess:
         self._knobs: dict[str, Any] = dict(knobs)
         self._process: subprocess.Popen[bytes] | None = None
         self._log: IO[bytes] | None = None
-        self._admin = httpx.Client(base_url=self.base_url, timeout=10.0, trust_env=False)
+        # No keep-alive: uvicorn closes an idle connection after 5 s, and a test that paused longer (a run
+        # on a loaded machine) would send its next admin call into a closing socket (connection reset).
+        self._admin = httpx.Client(
+            base_url=self.base_url,
+            timeout=10.0,
+            trust_env=False,
+            limits=httpx.Limits(max_keepalive_connections=0),
+        )
 
     @property
     def base_url(self) -> str:
