@@ -81,22 +81,29 @@ def set_env(env, monkeypatch, **values: str) -> None:
         monkeypatch.setenv(key, value)
 
 
-def evaluate_failure_alert(env, run_id: str):
-    """The failure alert sensor for this failed run, as the daemon evaluates it once per run."""
+def evaluate_run_sensor(env, build_sensor, run_id: str, event_type: dg.DagsterEventType):
+    """A run status sensor for this run, as the daemon evaluates it once per run and status."""
     settings = settings_from(env)
-    sensor = build_failure_alert_sensor(settings)
+    sensor = build_sensor(settings)
     with dg.DagsterInstance.get() as instance:
         run = instance.get_run_by_id(run_id)
-        assert run.status == dg.DagsterRunStatus.FAILURE
-        failure = instance.get_records_for_run(run_id, of_type=dg.DagsterEventType.RUN_FAILURE).records
+        event = instance.get_records_for_run(run_id, of_type=event_type).records[0]
         context = dg.build_run_status_sensor_context(
             sensor_name=sensor.name,
-            dagster_event=failure[0].event_log_entry.dagster_event,
+            dagster_event=event.event_log_entry.dagster_event,
             dagster_instance=instance,
             dagster_run=run,
             resources={"alerting": build_resources(settings)["alerting"]},
-        ).for_run_failure()
+        )
+        if event_type == dg.DagsterEventType.RUN_FAILURE:
+            assert run.status == dg.DagsterRunStatus.FAILURE
+            context = context.for_run_failure()
         return sensor(context)
+
+
+def evaluate_failure_alert(env, run_id: str):
+    """The failure alert sensor for this failed run."""
+    return evaluate_run_sensor(env, build_failure_alert_sensor, run_id, dg.DagsterEventType.RUN_FAILURE)
 
 
 def guard_stop(env) -> str:
@@ -153,21 +160,11 @@ def test_records_refused_night_after_night_are_escalated_in_one_alert_per_night(
     port, inbox = smtp
     with_email(env, monkeypatch, port)
     set_env(env, monkeypatch, CASAVI_REJECTION_ESCALATE_NIGHTS="1")
-    settings = settings_from(env)
-    sensor = build_escalation_alert_sensor(settings)
 
     def evaluate(run_id: str):
-        with dg.DagsterInstance.get() as instance:
-            run = instance.get_run_by_id(run_id)
-            success = instance.get_records_for_run(run_id, of_type=dg.DagsterEventType.RUN_SUCCESS).records
-            context = dg.build_run_status_sensor_context(
-                sensor_name=sensor.name,
-                dagster_event=success[0].event_log_entry.dagster_event,
-                dagster_instance=instance,
-                dagster_run=run,
-                resources={"alerting": build_resources(settings)["alerting"]},
-            )
-            return sensor(context)
+        return evaluate_run_sensor(
+            env, build_escalation_alert_sensor, run_id, dg.DagsterEventType.RUN_SUCCESS
+        )
 
     export(env)
     clean = run_job(env)

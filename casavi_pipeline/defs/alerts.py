@@ -39,6 +39,28 @@ def _default_status(settings: Settings) -> dg.DefaultSensorStatus:
     return dg.DefaultSensorStatus.RUNNING if settings.alerts_configured else dg.DefaultSensorStatus.STOPPED
 
 
+_NO_CHANNEL = dg.SkipReason("no alert channel configured (CASAVI_ALERT_* settings)")
+
+
+def _send_for_run(
+    context: dg.RunStatusSensorContext, alerting: Alerting, reason: str, action: str
+) -> list[str]:
+    """Send the alert about the sensor's run through every configured channel; return the channels that
+    took it. A failing channel is a warning in the sensor's log (no URL, no password), never an error."""
+    run = context.dagster_run
+    alert = Alert(
+        mandant=run.tags.get(PARTITION_TAG, "(none)"),
+        reason=reason,
+        action=action,
+        path=RUN_PATH.format(run_id=run.run_id),
+        run_id=run.run_id,
+    )
+    sent, warnings = alerting.channels.send(alert)
+    for warning in warnings:
+        context.log.warning(warning)
+    return sent
+
+
 def build_failure_alert_sensor(settings: Settings) -> dg.SensorDefinition:
     @dg.run_failure_sensor(
         name="casavi_failure_alert",
@@ -48,9 +70,8 @@ def build_failure_alert_sensor(settings: Settings) -> dg.SensorDefinition:
         "is configured.",
     )
     def casavi_failure_alert(context: dg.RunFailureSensorContext, alerting: Alerting):
-        channels = alerting.channels
-        if not channels.configured:
-            return dg.SkipReason("no alert channel configured (CASAVI_ALERT_* settings)")
+        if not alerting.channels.configured:
+            return _NO_CHANNEL
         run = context.dagster_run
         root = run.tags.get(_ROOT_RUN_TAG)
         if root and root != run.run_id:
@@ -60,16 +81,7 @@ def build_failure_alert_sensor(settings: Settings) -> dg.SensorDefinition:
         reason = failure_reason(
             check_evaluations_of_run(context.instance, run.run_id), context.get_step_failure_events()
         )
-        alert = Alert(
-            mandant=run.tags.get(PARTITION_TAG, "(none)"),
-            reason=reason,
-            action=FAILURE_ACTION,
-            path=RUN_PATH.format(run_id=run.run_id),
-            run_id=run.run_id,
-        )
-        sent, warnings = channels.send(alert)
-        for warning in warnings:
-            context.log.warning(warning)
+        sent = _send_for_run(context, alerting, reason, FAILURE_ACTION)
         if sent:
             context.instance.add_run_tags(run.run_id, {ALERTED_TAG: ",".join(sent)})
         return None
@@ -95,23 +107,13 @@ def build_escalation_alert_sensor(settings: Settings) -> dg.SensorDefinition:
         "records casavi refused on CASAVI_REJECTION_ESCALATE_NIGHTS nights (email, Slack, Teams).",
     )
     def casavi_escalation_alert(context: dg.RunStatusSensorContext, alerting: Alerting):
-        channels = alerting.channels
-        if not channels.configured:
-            return dg.SkipReason("no alert channel configured (CASAVI_ALERT_* settings)")
-        run = context.dagster_run
-        evaluation = _escalation(context.instance, run.run_id)
+        if not alerting.channels.configured:
+            return _NO_CHANNEL
+        evaluation = _escalation(context.instance, context.dagster_run.run_id)
         if evaluation is None:
-            return dg.SkipReason(f"run {run.run_id}: no record escalated")
-        alert = Alert(
-            mandant=run.tags.get(PARTITION_TAG, "(none)"),
-            reason=f"check {REJECTIONS_CHECK}: {(evaluation.description or '').strip().splitlines()[0]}",
-            action=ESCALATION_ACTION,
-            path=RUN_PATH.format(run_id=run.run_id),
-            run_id=run.run_id,
-        )
-        _sent, warnings = channels.send(alert)
-        for warning in warnings:
-            context.log.warning(warning)
+            return dg.SkipReason(f"run {context.dagster_run.run_id}: no record escalated")
+        reason = f"check {REJECTIONS_CHECK}: {(evaluation.description or '').strip().splitlines()[0]}"
+        _send_for_run(context, alerting, reason, ESCALATION_ACTION)
         return None
 
     return casavi_escalation_alert
