@@ -304,12 +304,11 @@ class Snapshot:
         ).fetchone()[0]  # type: ignore[index]
         older = revision or "1"  # revision 1 did not record its revision
         rebuilt = older if held or self.journal_path.exists() else None
-        self._con.execute("BEGIN TRANSACTION")
-        for table in ("synced", "pending", "remote"):
-            self._con.execute(f"DELETE FROM {table}")
-        self._con.execute("DELETE FROM meta WHERE key = ?", [META_ADOPTED])  # the separator stays guarded
-        self.set_meta(META_MODEL, api.MODEL_REVISION)
-        self._con.execute("COMMIT")
+        with self._transaction():
+            for table in ("synced", "pending", "remote"):
+                self._con.execute(f"DELETE FROM {table}")
+            self._con.execute("DELETE FROM meta WHERE key = ?", [META_ADOPTED])  # the separator stays guarded
+            self.set_meta(META_MODEL, api.MODEL_REVISION)
         self.journal_path.unlink(missing_ok=True)
         return rebuilt
 
@@ -331,6 +330,19 @@ class Snapshot:
     def connection(self) -> duckdb.DuckDBPyConnection:
         """The DuckDB connection, for the changeset's SQL."""
         return self._con
+
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[None]:
+        """One DuckDB transaction: committed when the block ends, rolled back when it raises."""
+        self._con.execute("BEGIN TRANSACTION")
+        try:
+            yield
+            self._con.execute("COMMIT")
+        except BaseException:
+            # A failed ROLLBACK (e.g. on a damaged file) must not hide the error that caused it.
+            with contextlib.suppress(duckdb.Error):
+                self._con.execute("ROLLBACK")
+            raise
 
     # --- meta ----------------------------------------------------------------------------------------
     def get_meta(self, key: str) -> str | None:
@@ -366,8 +378,7 @@ class Snapshot:
         """
         now = dt.datetime.now(dt.UTC)
         con = self._con
-        con.execute("BEGIN TRANSACTION")
-        try:
+        with self._transaction():
             con.execute("DELETE FROM synced")
             con.execute(
                 "INSERT INTO synced SELECT kind, ref_id, content_hash, payload, ?::TIMESTAMPTZ FROM remote",
@@ -376,10 +387,6 @@ class Snapshot:
             if separator is not None:
                 self.set_separator(separator)
             self.set_meta(META_ADOPTED, now.isoformat())
-            con.execute("COMMIT")
-        except Exception:
-            con.execute("ROLLBACK")
-            raise
         return self.synced_counts()
 
     def drift(self, *, listed: int = 10) -> Drift:
@@ -506,14 +513,8 @@ class Snapshot:
         if not self.audit_path.exists():
             return
         con = self._con
-        con.execute("BEGIN TRANSACTION")
-        try:
+        with self._transaction():
             self.dropped_audit_lines += audit.fold(con, self.audit_path)
-            con.execute("COMMIT")
-        except Exception:
-            with contextlib.suppress(duckdb.Error):
-                con.execute("ROLLBACK")
-            raise
         con.execute("CHECKPOINT")
         self.audit_path.unlink()  # after the commit is durable; a replay adds no row twice
 
@@ -539,8 +540,7 @@ class Snapshot:
         )
         con = self._con
         now = dt.datetime.now(dt.UTC)
-        con.execute("BEGIN TRANSACTION")
-        try:
+        with self._transaction():
             con.execute(
                 "CREATE OR REPLACE TEMP TABLE journal (seq BIGINT NOT NULL, action VARCHAR NOT NULL, "
                 "kind VARCHAR NOT NULL, ref_id VARCHAR NOT NULL, content_hash VARCHAR)"
@@ -587,12 +587,6 @@ class Snapshot:
             )
             con.execute("DROP TABLE journal")
             con.execute("DROP TABLE latest")
-            con.execute("COMMIT")
-        except Exception:
-            # A failed ROLLBACK (e.g. on a damaged file) must not hide the error that caused it.
-            with contextlib.suppress(duckdb.Error):
-                con.execute("ROLLBACK")
-            raise
         con.execute("CHECKPOINT")
         # Only after the commit is durable may the journal go: a crash before this line replays it.
         self.journal_path.unlink()
