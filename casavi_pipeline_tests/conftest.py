@@ -16,6 +16,7 @@ from typing import ClassVar
 
 import pytest
 
+from casavi_pipeline_tests.postgres import MISSING, PostgresServer, pg_bin
 from casavi_sandbox import SandboxProcess
 from casavi_sandbox.local import SAMPLE_EXPORT_DIR, SAMPLE_MANDANTEN
 
@@ -44,6 +45,17 @@ def sandbox(sandbox_server: SandboxProcess) -> SandboxProcess:
         sandbox_server.restart()
     sandbox_server.reset()
     return sandbox_server
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    """One real PostgreSQL server on 127.0.0.1 for the session; tests create their own databases in it."""
+    bin_dir = pg_bin()
+    if bin_dir is None:
+        pytest.skip(MISSING)
+    server = PostgresServer(bin_dir).start()
+    yield server
+    server.stop()
 
 
 from casavi_pipeline_tests.e2e import env  # noqa: E402,F401  (the end-to-end tests' settings fixture)

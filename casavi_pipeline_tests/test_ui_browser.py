@@ -55,8 +55,7 @@ shots_module = _screenshot_module()
 CHROMIUM = shots_module.find_chromium()
 if CHROMIUM is None:
     pytest.skip(
-        "no Chromium: the browser test drives Debian's /usr/bin/chromium (apt-get install chromium; .ci/run "
-        "installs it)",
+        "Chromium is not installed: the browser test drives Debian's /usr/bin/chromium; run `./run setup-system`",
         allow_module_level=True,
     )
 
