@@ -8,7 +8,7 @@ an import), then runs in ONE child process, Mandant after Mandant, what the firs
 - read: `RemoteCache.refresh` with a real `CasaviClient` against the sandbox (no rate limit): the account
         listed page by page (pageSize 500, `_links.next`), normalised, hashed into the shared DuckDB cache.
         The first Mandant lists in full (nothing adopted yet); later ones reuse the listing (`max_age` 10 min)
-- diff: `replace_remote` (the Mandant's slice) + `adopt_remote` + `compute_changeset` (expect 0 writes)
+- diff: `RemoteCache.take_slice` (the Mandant's slice) + `adopt_remote` + `compute_changeset` (expect 0 writes)
 
 and prints per Mandant: seconds per part, requests (authentication + list pages), writes; the child's peak
 RSS comes from `os.wait4`. Beside it the naive first sync, which PUTs every object (requests = objects + 1):
@@ -46,9 +46,9 @@ def work(export: Path, work_dir: Path, url: str, key: str, secret: str, mandante
     from casavi_pipeline.erp.reader import read_entity
     from casavi_pipeline.mapping import map_mandant
     from casavi_pipeline.settings import ALLOWED_SEPARATORS
-    from casavi_pipeline.sync.changeset import compute_changeset
-    from casavi_pipeline.sync.remote import RemoteCache
-    from casavi_pipeline.sync.snapshot import Snapshot
+    from casavi_pipeline.state.diff import compute_changeset
+    from casavi_pipeline.state.listing import RemoteCache
+    from casavi_pipeline.state.snapshot import Snapshot
 
     cache = RemoteCache(work_dir / "snapshots")
     # the configured Mandanten with any separator: what the asset keeps of the account listing
@@ -69,7 +69,7 @@ def work(export: Path, work_dir: Path, url: str, key: str, secret: str, mandante
                 client, prefixes=prefixes, full=never_synced, max_age=dt.timedelta(minutes=10)
             )
             listed = time.perf_counter()
-            in_slice = snap.replace_remote(cache)
+            in_slice = cache.take_slice(snap, ALLOWED_SEPARATORS)
             adopted = sum(snap.adopt_remote().values()) if never_synced and in_slice else 0
             writes = compute_changeset(snap, frames).total_writes
         done = time.perf_counter()

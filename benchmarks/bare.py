@@ -5,7 +5,7 @@
 ingest (seven files read + validated) → map + all quality checks → changeset against a COPY of the given
 snapshot (the one the Dagster runs keep, so it is synced: expect 0 writes). With sandbox credentials (new
 code only) it also does the read-back the `casavi_remote` asset does on a later night: authenticate +
-`RemoteCache.refresh` (incremental: `max_age` 0) + `replace_remote`, on a copy of the Dagster runs' cache.
+`RemoteCache.refresh` (incremental: `max_age` 0) + `RemoteCache.take_slice`, on a copy of the Dagster runs' cache.
 Compare its wall time with `dagster asset materialize ... --select '*' --partition MANDANT` on the same
 data (see RESULTS.md). Uses only `benchmarks.stages` functions, which are the same at commit 661dbb7, so
 the old commit runs it too (`PYTHONPATH=<old worktree> <old venv>/bin/python <this file> ...`).
@@ -46,8 +46,8 @@ def main(argv: list[str]) -> None:
 
             from casavi_pipeline.casavi.client import CasaviClient
             from casavi_pipeline.settings import ALLOWED_SEPARATORS
-            from casavi_pipeline.sync.remote import CACHE_FILE, RemoteCache
-            from casavi_pipeline.sync.snapshot import Snapshot
+            from casavi_pipeline.state.listing import CACHE_FILE, RemoteCache
+            from casavi_pipeline.state.snapshot import Snapshot
 
             t = time.perf_counter()
             shutil.copy(snapshot_file.parent / CACHE_FILE, work / "snapshots" / CACHE_FILE)
@@ -57,7 +57,7 @@ def main(argv: list[str]) -> None:
             prefixes = tuple(f"{mandant}{s}" for s in ALLOWED_SEPARATORS)
             cache.refresh(client, prefixes=prefixes, max_age=dt.timedelta(0))
             with Snapshot(work / "snapshots" / f"snapshot_{mandant}.duckdb", mandant) as snap:
-                snap.replace_remote(cache)
+                cache.take_slice(snap, ALLOWED_SEPARATORS)
             parts["read_s"] = time.perf_counter() - t
             parts["requests"] = client.stats.requests
             client.close()

@@ -23,9 +23,9 @@ from casavi_pipeline.erp.reader import read_entity
 from casavi_pipeline.mapping import map_mandant, quality
 from casavi_pipeline.mapping.people import conflicting_persons
 from casavi_pipeline.mapping.schemas import contract_problems, payload_problems
+from casavi_pipeline.state.diff import compute_changeset
+from casavi_pipeline.state.snapshot import Snapshot
 from casavi_pipeline.sync.apply import apply_changeset
-from casavi_pipeline.sync.changeset import compute_changeset
-from casavi_pipeline.sync.snapshot import Snapshot
 
 SEPARATOR = "-"
 KINDS = {

@@ -4,7 +4,7 @@ Every write attempt casavi answered is a row: when (UTC), the run, the Mandant, 
 reference id), create / update / delete, casavi's HTTP status, for an update the names of the fields that
 changed and for a refusal the names of the fields casavi named. Never a value: the trail holds no
 personal data. Rows are kept CASAVI_AUDIT_RETENTION_DAYS (default 400) in each Mandant's snapshot under
-CASAVI_SNAPSHOT_DB (see `casavi_pipeline.sync.audit`).
+CASAVI_SNAPSHOT_DB (see `casavi_pipeline.state.audit`).
 
 Snapshots are opened read-only for the few milliseconds of the query. A Mandant whose snapshot a running
 sync holds shows only that sync's rows not yet folded in (it is named on stderr; exit code 1).
@@ -23,7 +23,8 @@ from typing import TextIO
 import duckdb
 import pandas as pd
 
-from casavi_pipeline.sync import audit
+from casavi_pipeline.state import audit
+from casavi_pipeline.state.logs import FileLog
 
 #: The Mandant's snapshot files; moved-aside copies (`.duckdb.corrupt-*`) do not match.
 SNAPSHOT_GLOB = "snapshot_*.duckdb"
@@ -90,7 +91,7 @@ def query(snapshot_dir: Path, filters: Filters) -> tuple[pd.DataFrame, list[str]
     with contextlib.closing(duckdb.connect()) as con:
         con.execute(audit.SCHEMA)  # an empty table to stand for a snapshot without one
         for path in paths:
-            unfolded, _ = audit.read_file(audit.audit_path(path))
+            unfolded, _ = audit.read_lines(FileLog(path.with_suffix(".audit")).read()[0])
             con.register("unfolded", unfolded)
             attached = _attach(con, path)
             if attached is None:

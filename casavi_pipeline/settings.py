@@ -86,6 +86,9 @@ class Settings(BaseSettings):
     id_separator: str = _env("CASAVI_ID_SEPARATOR", default="-")
     erp_export_encoding: str = _env("ERP_EXPORT_ENCODING", default="utf-8")
     snapshot_dir: Path = _env("CASAVI_SNAPSHOT_DB", default=DEFAULT_SNAPSHOT_DIR)
+    # The state in PostgreSQL (casavi_pipeline.state.postgres) instead of only local files; may carry a
+    # password, so it reaches the resource through dagster.EnvVar like the casavi credentials.
+    state_url: SecretStr | None = _env("CASAVI_STATE_URL", default=None, repr=False, exclude=True)
     # The casavi client: the ceiling of its adaptive rate (casavi_pipeline.casavi.ratelimit), 0 = none
     requests_per_minute: float = _env(
         "CASAVI_REQUESTS_PER_MINUTE", default=DEFAULT_CEILING_PER_MINUTE, ge=0, allow_inf_nan=False
@@ -97,7 +100,7 @@ class Settings(BaseSettings):
     allow_mass_delete: bool = _env("CASAVI_ALLOW_MASS_DELETE", default=False)
     allow_separator_change: bool = _env("CASAVI_ALLOW_SEPARATOR_CHANGE", default=False)
     dry_run: bool = _env("CASAVI_DRY_RUN", default=False)
-    # Reading casavi back (see casavi_pipeline.sync.remote)
+    # Reading casavi back (see casavi_pipeline.state.listing)
     repair_drift: bool = _env("CASAVI_REPAIR_DRIFT", default=False)
     verify_writes: bool = _env("CASAVI_VERIFY_WRITES", default=True)
     read_max_age_minutes: float = _env("CASAVI_READ_MAX_AGE_MINUTES", default=10.0, ge=0)
@@ -106,7 +109,7 @@ class Settings(BaseSettings):
     email_drop_warn_share: float = _env("CASAVI_EMAIL_DROP_WARN_SHARE", default=0.25, ge=0, le=1)
     # How often a long sync reports its progress (run events and terminal)
     progress_seconds: float = _env("CASAVI_PROGRESS_SECONDS", default=30.0, gt=0)
-    # The audit trail of writes (casavi_pipeline.sync.audit) and records casavi rejects (sync.rejections)
+    # The audit trail of writes (casavi_pipeline.state.audit) and records casavi rejects (sync.rejections)
     audit_retention_days: float = _env("CASAVI_AUDIT_RETENTION_DAYS", default=400.0, gt=0)
     max_rejected_share: float = _env("CASAVI_MAX_REJECTED_SHARE", default=0.05, ge=0, le=1)
     rejected_min_count: int = _env("CASAVI_REJECTED_MIN_COUNT", default=10, ge=0)
@@ -186,6 +189,20 @@ class Settings(BaseSettings):
                 "e.g. https://dagster.example.org"
             )
         return value.strip().rstrip("/")
+
+    @field_validator("state_url")
+    @classmethod
+    def _state_url_valid(cls, value: SecretStr | None) -> SecretStr | None:
+        # The message never quotes the URL: it may carry the database password.
+        if value is None or not value.get_secret_value().strip():
+            return None
+        scheme = urlsplit(value.get_secret_value().strip()).scheme
+        if scheme not in ("postgresql", "postgresql+psycopg2", "postgres"):
+            raise ValueError(
+                "CASAVI_STATE_URL is not a PostgreSQL URL; use postgresql://user:password@host:5432/database "
+                "(or leave it unset: the state then lives in CASAVI_SNAPSHOT_DB)"
+            )
+        return SecretStr(value.get_secret_value().strip())
 
     @field_validator("alert_slack_webhook_url", "alert_teams_webhook_url")
     @classmethod

@@ -8,9 +8,9 @@ import pytest
 from casavi_pipeline.casavi import api
 from casavi_pipeline.casavi.api import ObjectKind
 from casavi_pipeline.casavi.errors import CasaviUnavailableError
+from casavi_pipeline.state.diff import compute_changeset
+from casavi_pipeline.state.snapshot import Snapshot
 from casavi_pipeline.sync.apply import apply_changeset
-from casavi_pipeline.sync.changeset import compute_changeset
-from casavi_pipeline.sync.snapshot import Snapshot
 from casavi_sandbox.fake import FakeCasaviClient
 
 

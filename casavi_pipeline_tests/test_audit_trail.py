@@ -20,8 +20,8 @@ import pytest
 from casavi_pipeline import audit as audit_cli
 from casavi_pipeline.defs.failures import FAILURE_REASON_TAG
 from casavi_pipeline.erase import erase
-from casavi_pipeline.sync.audit import Attempt, audit_path
-from casavi_pipeline.sync.snapshot import Snapshot
+from casavi_pipeline.state.audit import Attempt
+from casavi_pipeline.state.snapshot import Snapshot
 from casavi_pipeline_tests.e2e import MANDANT, assert_sandbox_holds, export, run_job, writes_by_route
 from casavi_pipeline_tests.erp_fixtures import default_rows
 from casavi_pipeline_tests.harness import check_results
@@ -121,7 +121,7 @@ def test_every_write_is_a_row_and_audit_answers_what_happened_to_a_contact(env, 
         stored = "\n".join(str(row) for row in con.execute("SELECT * FROM audit").fetchall())
     assert "telephone" in stored
     assert not [value for value in personal_values() if value in stored]
-    assert not audit_path(snapshot_path(env)).exists()  # folded into the snapshot at the end of the sync
+    assert not snapshot_path(env).with_suffix(".audit").exists()  # folded into the snapshot at the end of the sync
 
 
 def test_erasure_keeps_the_trail_and_retention_drops_old_rows(env, sandbox):
@@ -231,14 +231,14 @@ def test_a_replayed_fold_adds_no_row_twice_and_a_torn_line_is_dropped(tmp_path):
     with Snapshot(path, "0009") as snapshot:
         snapshot.record_attempt(attempt("0009-1"))
         snapshot.record_attempt(attempt("0009-2", 400))
-        lines = audit_path(path).read_bytes()
+        lines = path.with_suffix(".audit").read_bytes()
     # A crash after the fold committed and before the file went: the same lines again, one torn.
-    audit_path(path).write_bytes(lines + b'["abc", "2026-')
+    path.with_suffix(".audit").write_bytes(lines + b'["abc", "2026-')
     with Snapshot(path, "0009") as snapshot:
         assert snapshot.dropped_audit_lines == 1
     rows, busy = audit_cli.query(tmp_path, audit_cli.Filters())
     assert (len(rows), busy) == (2, [])
-    assert not audit_path(path).exists()
+    assert not path.with_suffix(".audit").exists()
 
 
 def test_a_snapshot_a_sync_holds_shows_its_unfolded_rows_and_exits_1(tmp_path):

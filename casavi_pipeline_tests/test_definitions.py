@@ -212,7 +212,7 @@ def test_a_failing_blocking_check_stops_the_sync_of_that_mandant(tmp_path):
 def test_erasing_a_mandants_personal_data_keeps_what_the_sync_needs(tmp_path):
     """`./run erase-personal-data M`: run values gone, bodies erased; the next run still sends nothing."""
     from casavi_pipeline.erase import erase
-    from casavi_pipeline.sync.snapshot import Snapshot
+    from casavi_pipeline.state.snapshot import Snapshot
 
     bound = resources(tmp_path, SAMPLE_EXPORT_DIR)
     bound["io_manager"] = dg.FilesystemIOManager(base_dir=str(tmp_path / "snapshots" / "values"))

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from casavi_pipeline.defs.sync import _run_totals
+from casavi_pipeline.state.snapshot import Snapshot
 from casavi_pipeline.sync.apply import Rejection, SyncReport
-from casavi_pipeline.sync.snapshot import Snapshot
 from casavi_sandbox.local import (
     SAMPLE_EXPORT_DIR,
     LocalSetupError,

@@ -25,7 +25,7 @@ import pytest
 from dagster._serdes import serialize_value
 
 from casavi_pipeline.erp.contract import ENTITIES
-from casavi_pipeline.sync.remote import CACHE_FILE
+from casavi_pipeline.state.listing import CACHE_FILE
 from casavi_pipeline_tests.e2e import (
     MANDANT,
     assert_created_once,

@@ -15,7 +15,7 @@ import pytest
 
 from casavi_pipeline.casavi import api
 from casavi_pipeline.casavi.api import ObjectKind
-from casavi_pipeline.sync.changeset import hashed_payloads_sql
+from casavi_pipeline.state.hashing import hashed_payloads_sql
 
 RECORDS = {
     ObjectKind.PROPERTY: {

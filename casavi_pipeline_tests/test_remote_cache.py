@@ -6,7 +6,7 @@ import datetime as dt
 
 from casavi_pipeline.casavi.api import ObjectKind
 from casavi_pipeline.settings import Settings
-from casavi_pipeline.sync.remote import RemoteCache
+from casavi_pipeline.state.listing import RemoteCache
 
 PREFIXES = ("0001-",)
 T0 = dt.datetime(2026, 11, 26, 2, 0, tzinfo=dt.UTC)

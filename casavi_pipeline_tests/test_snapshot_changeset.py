@@ -9,9 +9,10 @@ import pytest
 
 from casavi_pipeline.casavi import api
 from casavi_pipeline.casavi.api import ObjectKind
-from casavi_pipeline.sync.changeset import compute_changeset
+from casavi_pipeline.state.diff import compute_changeset
+from casavi_pipeline.state.files import StateBusyError, StateCorruptError, quarantine
+from casavi_pipeline.state.snapshot import Snapshot
 from casavi_pipeline.sync.guards import mass_deletion_guard, separator_guard
-from casavi_pipeline.sync.snapshot import Snapshot, SnapshotBusyError, SnapshotCorruptError, quarantine
 
 
 def _properties(*rows: tuple[str, str]) -> pd.DataFrame:
@@ -120,7 +121,7 @@ def test_second_writer_gets_a_clear_busy_error(snapshot_path):
 def _open_and_report(path: str) -> str:
     try:
         Snapshot(path, "0001").close()
-    except SnapshotBusyError as exc:
+    except StateBusyError as exc:
         return str(exc)
     return "opened"
 
@@ -282,7 +283,7 @@ def test_an_unreadable_snapshot_is_moved_aside_with_a_clear_error_and_rebuilt_fr
     _filled_snapshot(snapshot_path, objects)
     damage(snapshot_path)
 
-    with pytest.raises(SnapshotCorruptError) as info:
+    with pytest.raises(StateCorruptError) as info:
         Snapshot(snapshot_path, "0001")
     message = str(info.value)
     moved_to = info.value.moved_to
@@ -302,11 +303,11 @@ def test_quarantine_moves_file_wal_and_journal_aside_and_never_overwrites(snapsh
     wal.write_bytes(b"wal")
     journal = snapshot_path.with_suffix(".journal")
     journal.write_bytes(b"journal")
-    first = quarantine(snapshot_path)
+    first = quarantine(snapshot_path, journal)
     assert not journal.exists()
     assert [p.read_bytes() for p in snapshot_path.parent.glob("*.journal.corrupt-*")] == [b"journal"]
     snapshot_path.write_bytes(b"db2")
-    second = quarantine(snapshot_path)
+    second = quarantine(snapshot_path, journal)
     assert first != second and (first.read_bytes(), second.read_bytes()) == (b"db", b"db2")
     assert first.with_name(f"{first.name}.wal").read_bytes() == b"wal"
     assert not snapshot_path.exists() and not wal.exists()
@@ -315,7 +316,7 @@ def test_quarantine_moves_file_wal_and_journal_aside_and_never_overwrites(snapsh
 def test_a_damaged_snapshot_opened_read_only_is_also_reported(snapshot_path):
     _filled_snapshot(snapshot_path, 10)
     _garble_all(snapshot_path)
-    with pytest.raises(SnapshotCorruptError):
+    with pytest.raises(StateCorruptError):
         Snapshot(snapshot_path, "0001", read_only=True)
     with Snapshot(snapshot_path, "0001", read_only=True) as empty:
         assert empty.synced_total() == 0

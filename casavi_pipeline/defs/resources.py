@@ -34,11 +34,12 @@ from casavi_pipeline.erase import VALUES_FOLDER
 from casavi_pipeline.erp.contract import Entity
 from casavi_pipeline.erp.reader import ErpTable, read_entity
 from casavi_pipeline.settings import Settings, casavi_base_url, load_settings
+from casavi_pipeline.state.listing import RemoteCache
+from casavi_pipeline.state.snapshot import Snapshot
+from casavi_pipeline.state.store import StateStore
 from casavi_pipeline.sync.deliveries import Delivery, scan_delivery
 from casavi_pipeline.sync.guards import GuardPolicy
 from casavi_pipeline.sync.rejections import RejectionPolicy
-from casavi_pipeline.sync.remote import RemoteCache
-from casavi_pipeline.sync.snapshot import Snapshot
 
 #: The settings of this code location, read once when it loads (a bad setting fails the load in one line).
 SETTINGS: Settings = load_settings()
@@ -58,18 +59,23 @@ class ErpExport(dg.ConfigurableResource):
 
 
 class SnapshotStore(dg.ConfigurableResource):
-    """Where the snapshots live: one DuckDB file per Mandant, so Mandanten run in parallel."""
+    """Where the sync's state lives (`casavi_pipeline.state.store`): one snapshot per Mandant, so
+    Mandanten run in parallel, and one listing of casavi shared by all of them."""
 
-    directory: str = Field(description="folder of the snapshot files (CASAVI_SNAPSHOT_DB)")
+    directory: str = Field(description="folder of the state files or their working copies (CASAVI_SNAPSHOT_DB)")
+    state_url: str | None = Field(
+        default=None, description="EnvVar('CASAVI_STATE_URL'): the state in PostgreSQL; unset: local files"
+    )
     audit_retention_days: float = Field(
         default=400.0, gt=0, description="audit rows older than this go (CASAVI_AUDIT_RETENTION_DAYS)"
     )
 
-    def path(self, mandant: str) -> Path:
-        return Path(self.directory) / f"snapshot_{mandant}.duckdb"
+    @property
+    def store(self) -> StateStore:
+        return StateStore(Path(self.directory), self.state_url)
 
     def open(self, mandant: str, *, read_only: bool = False) -> Snapshot:
-        return Snapshot(self.path(mandant), mandant, read_only=read_only)
+        return self.store.open(mandant, read_only=read_only)
 
     @property
     def values_directory(self) -> Path:
@@ -78,7 +84,7 @@ class SnapshotStore(dg.ConfigurableResource):
 
     def remote_cache(self) -> RemoteCache:
         """The account-wide listing of casavi that every Mandant takes its slice from."""
-        return RemoteCache(Path(self.directory))
+        return self.store.listing()
 
 
 class SyncPolicy(dg.ConfigurableResource):
@@ -238,7 +244,9 @@ class HttpCasaviResource(CasaviResource):
 def build_resources(settings: Settings) -> dict[str, object]:
     """The resources of the code location, from validated settings; secrets only through EnvVar."""
     snapshots = SnapshotStore(
-        directory=str(settings.snapshot_dir.resolve()), audit_retention_days=settings.audit_retention_days
+        directory=str(settings.snapshot_dir.resolve()),
+        state_url=_secret("CASAVI_STATE_URL", settings.state_url),
+        audit_retention_days=settings.audit_retention_days,
     )
     return {
         # The frames between steps hold names, emails and phones: they are kept beside the Mandant's

@@ -33,11 +33,12 @@ from casavi_pipeline.defs.partitions import mandant_partitions
 from casavi_pipeline.defs.resources import SETTINGS, CasaviResource, SnapshotStore, SyncPolicy
 from casavi_pipeline.runs.health import describe_pool, reap_dead_runs, tag_run_host
 from casavi_pipeline.settings import ALLOWED_SEPARATORS
+from casavi_pipeline.state.diff import ChangesetSummary, compute_changeset, summarize
+from casavi_pipeline.state.files import StateCorruptError
+from casavi_pipeline.state.snapshot import META_ADOPTED, Snapshot
 from casavi_pipeline.sync.apply import SyncReport, apply_changeset
-from casavi_pipeline.sync.changeset import ChangesetSummary, compute_changeset, summarize
 from casavi_pipeline.sync.guards import GuardResult, GuardResults, evaluate_guards
 from casavi_pipeline.sync.rejections import RejectionVerdict, assess
-from casavi_pipeline.sync.snapshot import META_ADOPTED, Snapshot, SnapshotCorruptError
 
 CASAVI_POOL = "casavi_api"
 #: How a sync stopped by a person (Ctrl-C, SIGTERM, terminate) describes itself; the demo looks for it.
@@ -90,9 +91,14 @@ def _open_snapshot(context: dg.AssetExecutionContext, snapshots: SnapshotStore) 
     mandant = context.partition_key
     try:
         snapshot = snapshots.open(mandant)
-    except SnapshotCorruptError as exc:
+    except StateCorruptError as exc:
         context.log.warning(f"{exc} It is rebuilt now from a full listing of casavi.")
         snapshot = snapshots.open(mandant)
+    if snapshot.dropped_journal_lines:
+        context.log.warning(
+            f"Mandant {mandant}: {snapshot.dropped_journal_lines} torn lines of the journal of confirmed writes "
+            "were dropped (a crash or a full disk); those writes are sent again, which is harmless."
+        )
     if snapshot.rebuilt_for_model:
         context.log.info(
             f"Mandant {mandant}: the state was kept for casavi model revision {snapshot.rebuilt_for_model}; "
@@ -145,7 +151,12 @@ def casavi_remote(
             max_age=dt.timedelta(minutes=sync_policy.read_max_age_minutes),
             full_every=dt.timedelta(days=sync_policy.full_read_every_days),
         )
-        in_slice = snapshot.replace_remote(cache)
+        in_slice = cache.take_slice(snapshot, ALLOWED_SEPARATORS)
+        for moved in read.moved_aside:
+            context.log.warning(
+                f"The casavi listing was unreadable; it was moved to {moved} (kept for diagnosis) and "
+                "rebuilt by a full listing. Nothing needs repair."
+            )
         adopted: dict[str, int] = {}
         if first_contact:
             # An account filled with another separator is adopted under that one, so the separator guard
@@ -284,7 +295,7 @@ def casavi_changeset(
         if config.repair_drift and snapshot.drift(listed=0).count():
             context.log.info(f"Mandant {mandant}: repairing drift: casavi's state is taken as synced")
             snapshot.adopt_remote()
-        summary = compute_changeset(snapshot, frames)
+        summary = compute_changeset(snapshot, frames, identity=_run_identity(context))
     expected = casavi.expected_seconds(summary.total_writes)
     context.log.info(
         f"Mandant {mandant}: {summary.total_writes} writes pending ({summary.counts()}); at the configured "
@@ -364,6 +375,11 @@ def _attempt_key(run_id: str) -> str:
     return f"run/{run_id}"
 
 
+def _run_identity(context: dg.AssetExecutionContext) -> str:
+    """The changeset's identity: the run that computed it, or the run a re-execution started from."""
+    return context.run.root_run_id or context.run.run_id
+
+
 def _run_totals(snapshot: Snapshot, run_id: str, report: SyncReport) -> dict[str, dict[str, int]]:
     """This attempt's counts added to the earlier attempts' of the same run (kept in the snapshot)."""
     previous = json.loads(snapshot.get_meta(_attempt_key(run_id)) or "{}")
@@ -378,6 +394,8 @@ def _run_totals(snapshot: Snapshot, run_id: str, report: SyncReport) -> dict[str
             merged[label] = merged.get(label, 0) + n
         totals[name] = merged
     totals["attempts"] = {"n": previous.get("attempts", {}).get("n", 0) + 1}
+    # Only this run's totals are ever read again: earlier runs' rows go (one row, not one per run).
+    snapshot.connection.execute("DELETE FROM meta WHERE starts_with(key, 'run/') AND key <> ?", [_attempt_key(run_id)])
     snapshot.set_meta(_attempt_key(run_id), json.dumps(totals, sort_keys=True))
     return totals
 
@@ -471,6 +489,13 @@ def casavi_sync(
         # alone cannot bypass them.
         for guard in evaluate_guards(sync_policy.guards, snapshot).failures:
             raise dg.Failure(description=guard.reason, metadata=guard.metadata, allow_retries=False)
+        if snapshot.changeset_identity() != _run_identity(context):
+            raise dg.Failure(
+                description=f"Mandant {mandant}: the pending changeset was not computed in this run (it is of run "
+                f"{snapshot.changeset_identity() or 'none'}), so it may be stale; nothing was sent. Materialize "
+                "casavi_changeset and casavi_sync together (the job casavi_sync_job does).",
+                allow_retries=False,
+            )
         snapshot.prune_audit(snapshots.audit_retention_days)
         summary = summarize(snapshot)
         if config.dry_run:

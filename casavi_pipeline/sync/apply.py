@@ -4,7 +4,7 @@ Upserts go kind by kind in dependency order (properties → units → contacts, 
 contracts), deletes in reverse (contacts → units → properties): casavi resolves references on write (422) and
 refuses to delete referenced objects (409), so one kind must be confirmed before the next starts.
 Within a kind the client sends concurrently. A rejected object is reported and skipped; the rest go on.
-Every answered attempt gets a row in the audit trail (`sync/audit.py`) before it is confirmed.
+Every answered attempt gets a row in the audit trail (`state/audit.py`) before it is confirmed.
 If casavi becomes unavailable, what was confirmed stays recorded and the error propagates: the next
 attempt resumes with the pending operations that are left.
 """
@@ -21,9 +21,9 @@ from typing import Protocol
 from casavi_pipeline.casavi import api
 from casavi_pipeline.casavi.api import ObjectKind
 from casavi_pipeline.casavi.client import Operation, WriteResult
-from casavi_pipeline.sync.audit import Attempt
-from casavi_pipeline.sync.changeset import changed_fields
-from casavi_pipeline.sync.snapshot import Snapshot
+from casavi_pipeline.state.audit import Attempt
+from casavi_pipeline.state.diff import changed_fields
+from casavi_pipeline.state.snapshot import Snapshot
 
 #: The pending action of a property's second PUT when it drops a street (`changeset.stage_street_moves`).
 SETTLE = "settle"

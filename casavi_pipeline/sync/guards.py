@@ -11,8 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from casavi_pipeline.sync.changeset import ChangesetSummary, summarize
-from casavi_pipeline.sync.snapshot import Snapshot
+from casavi_pipeline.state.diff import ChangesetSummary, summarize
+from casavi_pipeline.state.snapshot import Snapshot
 
 
 @dataclass(frozen=True)

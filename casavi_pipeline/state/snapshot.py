@@ -4,24 +4,21 @@ Tables
 - `synced`  one row per object casavi confirmed: kind, reference id, content hash, payload (for previews).
 - `pending` the current changeset (written by `changeset.compute_changeset`, consumed by `apply`).
 - `meta`    key/value facts, e.g. the ID separator the snapshot was built with.
-- `audit`   one row per write attempt casavi answered (names and statuses only; `sync/audit.py`).
+- `audit`   one row per write attempt casavi answered (names and statuses only; `state/audit.py`).
 
-Why a journal beside the DuckDB file: the snapshot must advance with *every* confirmed write, so a
-killed run resends only what casavi did not confirm. A DuckDB commit per write costs 1-3 ms (measured),
-which would cap a sync at a few hundred writes per second; an appended, flushed journal line costs
-microseconds and survives a killed process. The journal is folded into `synced` in one transaction
-periodically, at the end of a sync and whenever a snapshot is opened, so a crash between a write and
-the next fold loses nothing. Invariant: `synced` never claims an object casavi has not confirmed.
+Every confirmed write is appended to the snapshot's journal (`state.logs`: durable when appended,
+microseconds instead of a DuckDB commit) and folded into `synced` in one transaction periodically, at
+the end of a sync and whenever a snapshot is opened, so a crash between a write and the next fold loses
+nothing. Invariant: `synced` never claims an object casavi has not confirmed.
 
-The journal holds one JSON array per line, `["upsert", "contact", "<ref id>", "<hash>"]`, ASCII only:
-`json.dumps` escapes every control character, so no reference id can break a line, and a line torn
-by a crash or a full disk is simply not valid JSON. Such a line is dropped on the fold and counted
-(`Snapshot.dropped_journal_lines`); its write is re-sent next run, which is safe because PUT and
-DELETE by reference id are idempotent. The lines are parsed in Python against a fixed shape, never
-sniffed.
+The journal holds one JSON array per line, `["upsert", "contact", "<ref id>", "<hash>"]`. A line torn
+by a crash or a full disk is dropped on the fold and counted (`Snapshot.dropped_journal_lines`); its
+write is re-sent next run, which is safe because PUT and DELETE by reference id are idempotent. The
+lines are parsed in Python against a fixed shape, never sniffed.
 
-A snapshot file DuckDB cannot read is moved aside (`quarantine`, never deleted) and reported as
-`SnapshotCorruptError`; the file is a record of what casavi holds, so it can be rebuilt.
+Where the file and its logs persist, and who may hold them, is the snapshot's home (`state.homes`): a
+local file (the default) or PostgreSQL. A file DuckDB cannot read is moved aside (never deleted) and
+reported as `StateCorruptError`; the file is a record of what casavi holds, so it can be rebuilt.
 
 One file per Mandant lets Mandanten run in parallel (DuckDB allows one writer process per file).
 """
@@ -31,23 +28,25 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import json
-import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING, TextIO
 
 import duckdb
 import pandas as pd
 
 from casavi_pipeline.casavi import api
 from casavi_pipeline.casavi.api import ObjectKind
-from casavi_pipeline.settings import ALLOWED_SEPARATORS
-from casavi_pipeline.sync import audit
-
-if TYPE_CHECKING:
-    from casavi_pipeline.sync.remote import RemoteCache
+from casavi_pipeline.state import audit
+from casavi_pipeline.state.files import (
+    StateCorruptError,
+    is_corruption,
+    moved_aside_error,
+    open_duckdb,
+    rewrite_compacted,
+)
+from casavi_pipeline.state.homes import AUDIT, JOURNAL, Home, LocalHome
 
 _SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS synced (
@@ -84,89 +83,8 @@ META_MODEL = "model_revision"
 #: When casavi's state was first taken as synced (a snapshot without it has never met casavi).
 META_ADOPTED = "adopted_at"
 META_MANDANT = "mandant"
-
-
-class SnapshotBusyError(RuntimeError):
-    """Another process holds this Mandant's snapshot (a second run of the same Mandant)."""
-
-
-class SnapshotCorruptError(RuntimeError):
-    """The snapshot file is unreadable; it was moved aside to `moved_to` (never deleted)."""
-
-    def __init__(self, path: Path, mandant: str, moved_to: Path, reason: str) -> None:
-        self.path = path
-        self.moved_to = moved_to
-        super().__init__(
-            f"The snapshot of Mandant {mandant} ({path}) is unreadable ({reason}); it was moved to "
-            f"{moved_to}, and the next run starts a fresh snapshot and rebuilds it, re-sending what it "
-            "cannot confirm (harmless: writes by reference id are idempotent). Keep the moved file for "
-            "diagnosis; nothing needs repair."
-        )
-
-
-#: What DuckDB 2.0 says about a file that is not (or no longer) a readable database. Anything else
-#: (permissions, a full disk, an unknown message) is raised as it is: moving a healthy file aside
-#: would cost a full rebuild from casavi.
-_CORRUPTION_SIGNS = (
-    "not a valid DuckDB database file",
-    "Could not read enough bytes",
-    "Corrupt database file",
-    "checksum",
-)
-
-
-def _is_corruption(exc: duckdb.Error) -> bool:
-    if isinstance(exc, duckdb.SerializationException | duckdb.InternalException):
-        return True
-    return any(sign in str(exc) for sign in _CORRUPTION_SIGNS)
-
-
-def quarantine(path: Path) -> Path:
-    """Move an unreadable snapshot file aside, to `<path>.corrupt-<UTC timestamp>`; return the new path.
-
-    Its `.wal` goes first (to `<new path>.wal`, so the moved file opens with it for diagnosis): a WAL
-    left beside a fresh snapshot would be replayed into it. Its journal goes last, to
-    `<journal>.corrupt-<UTC timestamp>`. Nothing is deleted, and nothing existing is overwritten.
-    """
-    path = Path(path)
-    stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S%fZ")
-    moved_to = path.with_name(f"{path.name}.corrupt-{stamp}")
-    counter = 0
-    while moved_to.exists() or moved_to.with_name(f"{moved_to.name}.wal").exists():
-        counter += 1
-        moved_to = path.with_name(f"{path.name}.corrupt-{stamp}-{counter}")
-    wal = path.with_name(f"{path.name}.wal")
-    if wal.exists():
-        wal.rename(moved_to.with_name(f"{moved_to.name}.wal"))
-    if path.exists():
-        path.rename(moved_to)
-    journal = _journal_path(path)
-    if journal.exists():
-        journal.rename(journal.with_name(f"{journal.name}.corrupt-{stamp}{f'-{counter}' if counter else ''}"))
-    return moved_to
-
-
-def _read_every_table(con: duckdb.DuckDBPyConnection) -> None:
-    """Read every value of every table once, so a damaged file fails on open, not in the middle of a sync.
-
-    DuckDB checks a block's checksum when it reads the block, and reads lazily. This pass costs about a
-    second at 1.8 M synced objects. Index blocks are read only when first used; the fold and the meta
-    write on open touch those of `synced` and `meta`, inside the same corruption handling.
-    """
-    tables: dict[str, list[str]] = {}
-    for table, column in con.execute(
-        "SELECT table_name, column_name FROM duckdb_columns() "
-        "JOIN duckdb_tables() USING (database_name, schema_name, table_name) "
-        "WHERE database_name = current_database() ORDER BY table_name, column_index"
-    ).fetchall():
-        tables.setdefault(table, []).append(column)
-    for table, columns in tables.items():
-        probes = ", ".join(f'max(hash("{column}"))' for column in columns)
-        con.execute(f'SELECT count(*), {probes} FROM "{table}"').fetchall()
-
-
-def _journal_path(path: Path) -> Path:
-    return path.with_suffix(".journal")
+#: The pending changeset's identity (the run that computed it) and how many objects it wanted per kind.
+META_CHANGESET = "changeset"
 
 
 _ACTIONS = frozenset({"upsert", "delete"})
@@ -189,14 +107,11 @@ def _journal_entry(line: bytes) -> tuple[str, str, str, str | None] | None:
     return action, kind, ref_id, content_hash
 
 
-def read_journal(path: Path) -> tuple[list[tuple[str, str, str, str | None]], int]:
-    """The whole entries of a journal file in write order, and how many lines were dropped as broken."""
+def read_journal(lines: list[bytes]) -> tuple[list[tuple[str, str, str, str | None]], int]:
+    """The whole entries of a journal's lines in write order, and how many lines were dropped as broken."""
     entries = []
     dropped = 0
-    # Split on b"\n" only: the lines are ASCII JSON, so a line break is never part of a value.
-    for line in Path(path).read_bytes().split(b"\n"):
-        if not line.strip():
-            continue
+    for line in lines:
         entry = _journal_entry(line)
         if entry is None:
             dropped += 1
@@ -236,56 +151,65 @@ class Snapshot:
     #: Fold the journal into DuckDB after this many confirmations (bounds the replay work after a crash).
     FOLD_EVERY = 20_000
 
-    def __init__(self, path: Path, mandant: str, *, read_only: bool = False) -> None:
+    def __init__(self, path: Path, mandant: str, *, read_only: bool = False, home: Home | None = None) -> None:
         """Open (or create) the snapshot and fold any journal a crash left.
 
-        Raises `SnapshotBusyError` if another process holds the file, and `SnapshotCorruptError` if
-        DuckDB cannot read it (the file is then already moved aside; opening again starts afresh).
-        Other DuckDB errors (permissions, a full disk) are raised as they are.
+        Raises `StateBusyError` if another process holds it, and `StateCorruptError` if DuckDB cannot
+        read it (the file is then already moved aside; opening again starts afresh). Other DuckDB
+        errors (permissions, a full disk) are raised as they are.
         """
         self.path = Path(path)
         self.mandant = mandant
-        self.journal_path = _journal_path(self.path)
-        self.audit_path = audit.audit_path(self.path)
-        self._audit = audit.AuditFile(self.audit_path)
-        #: Audit lines dropped as torn since this snapshot was opened (their attempts are not in the trail).
-        self.dropped_audit_lines = 0
+        self.home = home or LocalHome(self.path)
+        self._journal = self.home.log(JOURNAL)
+        self._audit = self.home.log(AUDIT)
         self._read_only = read_only
-        self._journal: TextIO | None = None
         self._unfolded = 0
         #: Journal lines dropped as torn or unreadable since this snapshot was opened: their writes are
         #: re-sent next run. Worth a warning: more than one points at a disk or a crash loop.
         self.dropped_journal_lines = 0
+        #: Audit lines dropped as torn since this snapshot was opened (their attempts are not in the trail).
+        self.dropped_audit_lines = 0
         #: The snapshot held state of an earlier casavi model and was emptied to be rebuilt from casavi.
         self.rebuilt_for_model: str | None = None
-        if read_only and not self.path.exists():
+        what = f"snapshot of Mandant {mandant}"
+        if read_only and not self.home.exists():
             self._con = duckdb.connect()  # an empty in-memory snapshot: nothing synced yet
             self._con.execute(_SCHEMA)
             return
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        con = None
+        self.home.open(read_only=read_only)
+        companions = getattr(self.home, "companions", ())
         try:
-            con = duckdb.connect(str(self.path), read_only=read_only)
-            self._con = con
-            _read_every_table(con)
+            self._con = open_duckdb(
+                self.path,
+                what,
+                read_only=read_only,
+                busy_hint="Another run of this Mandant is probably still going; wait for it, or stop it, then rerun.",
+                companions=companions,
+            )
             if not read_only:
-                con.execute(_SCHEMA)
-                self.rebuilt_for_model = self._forget_older_model()
-                self._fold_journal()
-                self.set_meta(META_MANDANT, mandant)
-        except duckdb.Error as exc:
-            if con is not None:
+                try:
+                    self._con.execute(_SCHEMA)
+                    self.rebuilt_for_model = self._forget_older_model()
+                    self._fold_logs()
+                    self.set_meta(META_MANDANT, mandant)
+                except duckdb.Error as exc:
+                    # Index and meta blocks are read only when first used: a damage found by the first
+                    # writes on open is still the file's, not the run's.
+                    if not is_corruption(exc):
+                        raise
+                    with contextlib.suppress(duckdb.Error):
+                        self._con.close()
+                    raise moved_aside_error(self.path, what, exc, companions) from exc
+        except StateCorruptError as exc:
+            self.home.moved_aside(exc)
+            self.home.close()
+            raise
+        except BaseException:
+            if hasattr(self, "_con"):
                 with contextlib.suppress(duckdb.Error):
-                    con.close()
-            if isinstance(exc, duckdb.IOException) and "lock" in str(exc).lower():
-                raise SnapshotBusyError(
-                    f"The snapshot of Mandant {mandant} ({self.path}) is in use by another process; "
-                    "another run of this Mandant is probably still going. Wait for it, or stop it, then rerun."
-                ) from exc
-            if _is_corruption(exc):
-                moved_to = quarantine(self.path)
-                reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-                raise SnapshotCorruptError(self.path, mandant, moved_to, reason) from exc
+                    self._con.close()
+            self.home.close()
             raise
 
     def _forget_older_model(self) -> str | None:
@@ -303,13 +227,14 @@ class Snapshot:
             "SELECT (SELECT count(*) FROM synced) + (SELECT count(*) FROM pending) + (SELECT count(*) FROM remote)"
         ).fetchone()[0]  # type: ignore[index]
         older = revision or "1"  # revision 1 did not record its revision
-        rebuilt = older if held or self.journal_path.exists() else None
+        lines, mark = self._journal.read()
+        rebuilt = older if held or lines else None
         with self._transaction():
             for table in ("synced", "pending", "remote"):
                 self._con.execute(f"DELETE FROM {table}")
             self._con.execute("DELETE FROM meta WHERE key = ?", [META_ADOPTED])  # the separator stays guarded
             self.set_meta(META_MODEL, api.MODEL_REVISION)
-        self.journal_path.unlink(missing_ok=True)
+        self._journal.clear(mark)
         return rebuilt
 
     # --- lifecycle -----------------------------------------------------------------------------------
@@ -322,9 +247,12 @@ class Snapshot:
         self.close()
 
     def close(self) -> None:
-        if not self._read_only:
-            self._fold_journal()
-        self._con.close()
+        try:
+            if not self._read_only:
+                self._fold_logs()
+        finally:
+            self._con.close()
+            self.home.close()
 
     @property
     def connection(self) -> duckdb.DuckDBPyConnection:
@@ -359,11 +287,7 @@ class Snapshot:
     def separator(self) -> str | None:
         return self.get_meta(META_SEPARATOR)
 
-    # --- casavi read back (see sync/remote.py) ---------------------------------------------------------
-    def replace_remote(self, cache: RemoteCache) -> int:
-        """Take this Mandant's slice of the account listing (its number + any separator) into `remote`."""
-        return cache.copy_slice(self._con, "remote", self.mandant, ALLOWED_SEPARATORS)
-
+    # --- casavi read back (`state.listing` copies this Mandant's slice into `remote`) ---------------
     def remote_counts(self) -> dict[str, int]:
         rows = self._con.execute("SELECT kind, count(*) FROM remote GROUP BY kind").fetchall()
         return {kind: count for kind, count in rows}
@@ -421,7 +345,11 @@ class Snapshot:
         con.execute("UPDATE synced SET payload = NULL")
         con.execute("DELETE FROM pending")
         con.execute("UPDATE remote SET payload = NULL")
+        # NULL leaves the old bytes in freed blocks: rewrite the file (this process keeps the home's lock).
         con.execute("CHECKPOINT")
+        con.close()
+        rewrite_compacted(self.path)
+        self._con = duckdb.connect(str(self.path))
         return erased
 
     # --- reads ---------------------------------------------------------------------------------------
@@ -441,6 +369,10 @@ class Snapshot:
         """(kind, change) → number of pending operations."""
         rows = self._con.execute("SELECT kind, change, count(*) FROM pending GROUP BY ALL").fetchall()
         return {(kind, change): count for kind, change, count in rows}
+
+    def changeset_identity(self) -> str | None:
+        """The identity the pending changeset was computed with (`diff.compute_changeset`), if any."""
+        return json.loads(self.get_meta(META_CHANGESET) or "{}").get("id")
 
     def pending_total(self) -> int:
         return self._con.execute("SELECT count(*) FROM pending").fetchone()[0]  # type: ignore[index]
@@ -468,7 +400,7 @@ class Snapshot:
     def record_attempt(self, attempt: audit.Attempt) -> None:
         """Add one write attempt to the audit trail. Call it before `confirm`: no write is counted
         without its row (a crash in between leaves a row of a write that is re-sent, and rows again)."""
-        self._audit.append(attempt)
+        self._audit.append(audit.line(attempt))
 
     def audit_summary(self, run_id: str) -> dict[str, int]:
         """The attempts of one run per kind, change and status (folded ones: call after `fold`)."""
@@ -484,51 +416,35 @@ class Snapshot:
 
     def confirm(self, kind: ObjectKind, action: str, ref_id: str, content_hash: str | None) -> None:
         """Record one write casavi confirmed. Durable against a killed process once this returns."""
-        if self._journal is None:
-            self._journal = self._open_journal()
         # ASCII JSON: every control character in a reference id is escaped, so the line stays one line.
-        self._journal.write(json.dumps([action, kind.value, ref_id, content_hash]) + "\n")
-        self._journal.flush()
+        self._journal.append(json.dumps([action, kind.value, ref_id, content_hash]))
         self._unfolded += 1
         if self._unfolded >= self.FOLD_EVERY:
             self.fold()
 
-    def _open_journal(self) -> TextIO:
-        journal = self.journal_path.open("a", encoding="ascii", newline="\n")
-        # A journal whose last line was torn (a fold that failed after a crash left it): end that
-        # line, so the next entry starts a line of its own instead of being glued to the broken one.
-        if journal.tell() > 0:
-            with self.journal_path.open("rb") as existing:
-                existing.seek(-1, os.SEEK_END)
-                if existing.read(1) != b"\n":
-                    journal.write("\n")
-        return journal
-
     def fold(self) -> None:
-        """Apply the journal to `synced` and `pending` in one transaction, then empty the journal."""
-        self._fold_journal()
+        """Apply the logs to `synced`, `pending` and `audit` in one transaction, save, then clear the logs."""
+        self._fold_logs()
 
-    def _fold_audit(self) -> None:
-        self._audit.close()
-        if not self.audit_path.exists():
-            return
+    def _fold_logs(self) -> None:
+        audit_lines, audit_mark = self._audit.read()
+        journal_lines, journal_mark = self._journal.read()
+        self._unfolded = 0
+        entries, dropped = read_journal(journal_lines)
+        self.dropped_journal_lines += dropped
         con = self._con
         with self._transaction():
-            self.dropped_audit_lines += audit.fold(con, self.audit_path)
-        con.execute("CHECKPOINT")
-        self.audit_path.unlink()  # after the commit is durable; a replay adds no row twice
+            if audit_lines:
+                self.dropped_audit_lines += audit.fold(con, audit_lines)
+            if entries:
+                self._fold_journal(entries)
+        if audit_lines or journal_lines or self.home.saves_file:
+            con.execute("CHECKPOINT")  # the file alone (no WAL) holds the state now
+        # Only once the fold is durable where the home keeps it may the log lines go: a crash before
+        # this replays them (harmless: the fold is idempotent).
+        self.home.saved([(self._audit, audit_mark), (self._journal, journal_mark)])
 
-    def _fold_journal(self) -> None:
-        self._fold_audit()
-        if self._journal is not None:
-            os.fsync(self._journal.fileno())
-            self._journal.close()
-            self._journal = None
-        self._unfolded = 0
-        if not self.journal_path.exists() or self.journal_path.stat().st_size == 0:
-            return
-        entries, dropped = read_journal(self.journal_path)
-        self.dropped_journal_lines += dropped
+    def _fold_journal(self, entries: list[tuple[str, str, str, str | None]]) -> None:
         journal = pd.DataFrame(
             {
                 "seq": pd.array(range(len(entries)), dtype="int64"),
@@ -540,53 +456,49 @@ class Snapshot:
         )
         con = self._con
         now = dt.datetime.now(dt.UTC)
-        with self._transaction():
-            con.execute(
-                "CREATE OR REPLACE TEMP TABLE journal (seq BIGINT NOT NULL, action VARCHAR NOT NULL, "
-                "kind VARCHAR NOT NULL, ref_id VARCHAR NOT NULL, content_hash VARCHAR)"
-            )
-            con.register("journal_entries", journal)
-            con.execute(
-                "INSERT INTO journal SELECT seq, action, kind, ref_id, content_hash FROM journal_entries"
-            )
-            con.unregister("journal_entries")
-            # The last entry of an object decides: an upsert after a delete (or the reverse) in one
-            # journal ends as what casavi did last.
-            con.execute(
-                "CREATE OR REPLACE TEMP TABLE latest AS SELECT * FROM journal "
-                "QUALIFY row_number() OVER (PARTITION BY kind, ref_id ORDER BY seq DESC) = 1"
-            )
-            # Replaying a journal whose fold already committed is harmless: the payload comes from
-            # `pending` and falls back to what `synced` already holds.
-            con.execute(
-                """
-                INSERT INTO synced BY NAME
-                SELECT j.kind, j.ref_id, j.content_hash, p.payload, ?::TIMESTAMPTZ AS synced_at
-                FROM (SELECT * FROM latest WHERE action = 'upsert') j
-                LEFT JOIN pending p
-                  ON p.kind = j.kind AND p.ref_id = j.ref_id AND p.action IN ('upsert', 'settle')
-                     AND p.content_hash = j.content_hash
-                ON CONFLICT (kind, ref_id) DO UPDATE SET
-                    content_hash = excluded.content_hash,
-                    payload = coalesce(excluded.payload, synced.payload),
-                    synced_at = excluded.synced_at
-                """,
-                [now],
-            )
-            con.execute(
-                "DELETE FROM synced s USING latest j "
-                "WHERE j.action = 'delete' AND s.kind = j.kind AND s.ref_id = j.ref_id"
-            )
-            # A confirmed upsert settles the pending PUT with that body: a property that drops a street
-            # has two (`changeset.stage_street_moves`), and confirming the first must leave the second.
-            con.execute(
-                "DELETE FROM pending p USING journal j "
-                "WHERE p.kind = j.kind AND p.ref_id = j.ref_id AND CASE WHEN j.action = 'delete' "
-                "THEN p.action = 'delete' ELSE p.action IN ('upsert', 'settle') "
-                "AND p.content_hash = j.content_hash END"
-            )
-            con.execute("DROP TABLE journal")
-            con.execute("DROP TABLE latest")
-        con.execute("CHECKPOINT")
-        # Only after the commit is durable may the journal go: a crash before this line replays it.
-        self.journal_path.unlink()
+        con.execute(
+            "CREATE OR REPLACE TEMP TABLE journal (seq BIGINT NOT NULL, action VARCHAR NOT NULL, "
+            "kind VARCHAR NOT NULL, ref_id VARCHAR NOT NULL, content_hash VARCHAR)"
+        )
+        con.register("journal_entries", journal)
+        con.execute(
+            "INSERT INTO journal SELECT seq, action, kind, ref_id, content_hash FROM journal_entries"
+        )
+        con.unregister("journal_entries")
+        # The last entry of an object decides: an upsert after a delete (or the reverse) in one
+        # journal ends as what casavi did last.
+        con.execute(
+            "CREATE OR REPLACE TEMP TABLE latest AS SELECT * FROM journal "
+            "QUALIFY row_number() OVER (PARTITION BY kind, ref_id ORDER BY seq DESC) = 1"
+        )
+        # Replaying a journal whose fold already committed is harmless: the payload comes from
+        # `pending` and falls back to what `synced` already holds.
+        con.execute(
+            """
+            INSERT INTO synced BY NAME
+            SELECT j.kind, j.ref_id, j.content_hash, p.payload, ?::TIMESTAMPTZ AS synced_at
+            FROM (SELECT * FROM latest WHERE action = 'upsert') j
+            LEFT JOIN pending p
+              ON p.kind = j.kind AND p.ref_id = j.ref_id AND p.action IN ('upsert', 'settle')
+                 AND p.content_hash = j.content_hash
+            ON CONFLICT (kind, ref_id) DO UPDATE SET
+                content_hash = excluded.content_hash,
+                payload = coalesce(excluded.payload, synced.payload),
+                synced_at = excluded.synced_at
+            """,
+            [now],
+        )
+        con.execute(
+            "DELETE FROM synced s USING latest j "
+            "WHERE j.action = 'delete' AND s.kind = j.kind AND s.ref_id = j.ref_id"
+        )
+        # A confirmed upsert settles the pending PUT with that body: a property that drops a street
+        # has two (`changeset.stage_street_moves`), and confirming the first must leave the second.
+        con.execute(
+            "DELETE FROM pending p USING journal j "
+            "WHERE p.kind = j.kind AND p.ref_id = j.ref_id AND CASE WHEN j.action = 'delete' "
+            "THEN p.action = 'delete' ELSE p.action IN ('upsert', 'settle') "
+            "AND p.content_hash = j.content_hash END"
+        )
+        con.execute("DROP TABLE journal")
+        con.execute("DROP TABLE latest")

@@ -10,15 +10,17 @@ A read is incremental when it can be: `modifiedAfter` = the last listing's high-
 ids missing from a full listing, so a full listing runs when asked, when the cache has none, and at least
 every `full_every` (the nightly runs then see deletions within a week by default).
 
-DuckDB allows one writer per file: every access to the cache holds an exclusive lock on a lock file
-beside it, so two Mandant runs never open it at once (the second waits, then reuses the fresh listing).
+Every access holds the listing's home (`state.homes`) exclusively: an `flock` on a lock file beside it,
+or PostgreSQL's advisory lock, so two Mandant runs never open it at once (the second waits, then reuses
+the fresh listing). A listing DuckDB cannot read (a truncated file opens, then fails on a later read) is
+found on open, moved aside with a warning naming where (`RemoteCache.moved_aside`) and rebuilt by a
+full listing: it is a copy of what casavi holds.
 """
 
 from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import fcntl
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -30,8 +32,10 @@ import pandas as pd
 
 from casavi_pipeline.casavi import api
 from casavi_pipeline.casavi.api import ObjectKind
-from casavi_pipeline.sync.changeset import hashed_payloads_sql
-from casavi_pipeline.sync.snapshot import quarantine
+from casavi_pipeline.state.files import StateCorruptError, open_duckdb, rewrite_compacted
+from casavi_pipeline.state.hashing import hashed_payloads_sql
+from casavi_pipeline.state.homes import Home, LocalHome
+from casavi_pipeline.state.snapshot import Snapshot
 
 CACHE_FILE = "casavi_remote.duckdb"
 #: Rows normalised in Python before they go to DuckDB in one batch: bounds memory on huge accounts.
@@ -79,6 +83,7 @@ class ReadReport:
     removed: dict[str, int] = field(default_factory=dict)  # kind → gone from a full listing
     account_objects: int = 0
     seconds: float = 0.0
+    moved_aside: list[str] = field(default_factory=list)  # unreadable listings moved aside (and rebuilt)
 
 
 def _utc(stamp: str | None) -> dt.datetime | None:
@@ -93,35 +98,41 @@ def _utc(stamp: str | None) -> dt.datetime | None:
 class RemoteCache:
     """The account-wide listing of casavi, one file shared by every Mandant of the account."""
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, home: Home | None = None) -> None:
         self.path = Path(directory) / CACHE_FILE
-        self.lock_path = self.path.with_suffix(".lock")
+        self.home = home or LocalHome(self.path, lock_file=self.path.with_suffix(".lock"))
+        #: Unreadable listings this cache moved aside (and started afresh), for a warning.
+        self.moved_aside: list[str] = []
 
     @contextlib.contextmanager
-    def _locked(self) -> Iterator[None]:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with self.lock_path.open("a") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, also if the process dies
-            yield
+    def _open(self, *, write: bool = True, compact: bool = False) -> Iterator[duckdb.DuckDBPyConnection]:
+        """The listing, held exclusively; an unreadable one is moved aside and a new one starts empty.
 
-    @contextlib.contextmanager
-    def _open(self, *, read_only: bool = False) -> Iterator[duckdb.DuckDBPyConnection]:
-        """The cache (under the lock); an unreadable file is moved aside and a new one starts empty."""
+        `write`: what the block changed is saved to the home when it ends without an error; `compact`:
+        the file is rewritten first, so values set to NULL leave no bytes behind (`files.rewrite_compacted`).
+        """
+        self.home.open(read_only=False)
         try:
-            con = duckdb.connect(str(self.path), read_only=read_only)
-            con.execute("SELECT count(*) FROM meta").fetchall() if read_only else con.execute(_SCHEMA)
-            if not read_only:
+            try:
+                con = open_duckdb(self.path, "casavi listing")
+            except StateCorruptError as exc:
+                self.home.moved_aside(exc)
+                self.moved_aside.append(str(exc.moved_to))  # the next refresh lists everything anew
+                con = duckdb.connect(str(self.path))
+            try:
+                con.execute(_SCHEMA)
                 self._forget_older_model(con)
-        except duckdb.Error as exc:
-            if "lock" in str(exc).lower() or not self.path.exists():
-                raise
-            quarantine(self.path)  # never deleted: kept for diagnosis; the next listing is a full one
-            con = duckdb.connect(str(self.path))
-            con.execute(_SCHEMA)
-        try:
-            yield con
+                yield con
+                if write:
+                    con.execute("CHECKPOINT")
+            finally:
+                con.close()
+            if compact:
+                rewrite_compacted(self.path)
+            if write:
+                self.home.saved([])
         finally:
-            con.close()
+            self.home.close()
 
     @staticmethod
     def _forget_older_model(con: duckdb.DuckDBPyConnection) -> None:
@@ -157,7 +168,7 @@ class RemoteCache:
         started = time.monotonic()
         now = now or dt.datetime.now(dt.UTC)
         scope = ",".join(sorted(prefixes))
-        with self._locked(), self._open() as con:
+        with self._open() as con:
             meta = dict(con.execute("SELECT key, value FROM meta").fetchall())
             read_at, full_at = _utc(meta.get(_META_READ_AT)), _utc(meta.get(_META_FULL_AT))
             written_at = _utc(meta.get(_META_WRITTEN_AT))
@@ -177,7 +188,7 @@ class RemoteCache:
             )
             if not need_full and fresh(read_at):
                 total = con.execute("SELECT count(*) FROM objects").fetchone()[0]  # type: ignore[index]
-                return ReadReport(full=False, reused=True, account_objects=total)
+                return ReadReport(full=False, reused=True, account_objects=total, moved_aside=list(self.moved_aside))
             report = ReadReport(full=need_full, reused=False)
             for kind in api.UPSERT_ORDER:
                 since = None if need_full else _utc(meta.get(_META_SINCE + kind.value))
@@ -211,9 +222,9 @@ class RemoteCache:
             if need_full:
                 con.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", [_META_FULL_AT, stamp])
                 con.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", [_META_SCOPE, scope])
-            con.execute("CHECKPOINT")
             report.account_objects = con.execute("SELECT count(*) FROM objects").fetchone()[0]  # type: ignore[index]
         report.seconds = time.monotonic() - started
+        report.moved_aside = list(self.moved_aside)
         return report
 
     def _list_kind(
@@ -288,58 +299,55 @@ class RemoteCache:
     def mark_written(self, at: dt.datetime | None = None) -> None:
         """The sync writes to casavi: no listing before `at` may be reused (it misses those writes)."""
         stamp = (at or dt.datetime.now(dt.UTC)).isoformat()
-        with self._locked(), self._open() as con:
+        with self._open() as con:
             con.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", [_META_WRITTEN_AT, stamp])
 
     def forget(self, deleted: list[tuple[ObjectKind, str]]) -> None:
         """Objects casavi confirmed deleted: an incremental read never shows a deletion, so drop them here,
         or they would look like ours-but-unknown drift until the next full listing."""
-        if not deleted or not self.path.exists():
+        if not deleted:
             return
-        with self._locked(), self._open() as con:
+        with self._open() as con:
             con.executemany(
                 "DELETE FROM objects WHERE kind = ? AND ref_id = ?", [(k.value, ref) for k, ref in deleted]
             )
 
-    def erase_payloads(self, prefix: str) -> int:
-        """Drop the stored bodies of the objects whose id has `prefix` (a Mandant's personal data)."""
-        if not self.path.exists():
-            return 0
-        with self._locked(), self._open() as con:
-            erased = con.execute(
-                "SELECT count(*) FROM objects WHERE starts_with(ref_id, ?) AND payload IS NOT NULL", [prefix]
-            ).fetchone()[0]  # type: ignore[index]
-            con.execute("UPDATE objects SET payload = NULL WHERE starts_with(ref_id, ?)", [prefix])
-            con.execute("CHECKPOINT")
+    def erase_payloads(self, prefixes: list[str]) -> int:
+        """Drop the stored bodies of the objects whose id has one of `prefixes` (a Mandant's personal
+        data), and rewrite the file so no old bytes stay; return how many bodies went."""
+        erased = 0
+        with self._open(compact=True) as con:
+            for prefix in prefixes:
+                erased += con.execute(
+                    "SELECT count(*) FROM objects WHERE starts_with(ref_id, ?) AND payload IS NOT NULL", [prefix]
+                ).fetchone()[0]  # type: ignore[index]
+                con.execute("UPDATE objects SET payload = NULL WHERE starts_with(ref_id, ?)", [prefix])
         return erased
 
-    def copy_slice(
-        self, target: duckdb.DuckDBPyConnection, table: str, mandant: str, separators: tuple[str, ...]
-    ) -> int:
-        """Replace `table` of the target connection with the Mandant's objects: ids `mandant` + any of
+    def take_slice(self, snapshot: Snapshot, separators: tuple[str, ...]) -> int:
+        """Replace the snapshot's `remote` table with its Mandant's objects: ids `mandant` + any of
         `separators` + …, so a slice also holds what was written under an earlier separator."""
-        with self._locked():
-            if not self.path.exists():
-                target.execute(f"DELETE FROM {table}")
-                return 0
-            target.execute("ATTACH ? AS account_cache (READ_ONLY)", [str(self.path)])
-            try:
-                target.execute(f"DELETE FROM {table}")
-                target.execute(
-                    f"INSERT INTO {table} SELECT kind, ref_id, content_hash, payload, modified "
-                    "FROM account_cache.objects WHERE starts_with(ref_id, ?) "
-                    "AND substr(ref_id, length(?) + 1, 1) IN ?",
-                    [mandant, mandant, list(separators)],
-                )
-            finally:
-                target.execute("DETACH account_cache")
-        return target.execute(f"SELECT count(*) FROM {table}").fetchone()[0]  # type: ignore[index]
+        mandant = snapshot.mandant
+        with self._open(write=False) as con:
+            rows = con.execute(
+                "SELECT kind, ref_id, content_hash, payload, modified FROM objects "
+                "WHERE starts_with(ref_id, ?) AND substr(ref_id, length(?) + 1, 1) IN ?",
+                [mandant, mandant, list(separators)],
+            ).to_arrow_table()
+        target = snapshot.connection
+        target.register("listing_slice", rows)
+        try:
+            target.execute("BEGIN TRANSACTION")
+            target.execute("DELETE FROM remote")
+            target.execute("INSERT INTO remote SELECT * FROM listing_slice")
+            target.execute("COMMIT")
+        finally:
+            target.unregister("listing_slice")
+        return rows.num_rows
 
     def prefix_counts(self, prefixes: dict[str, str]) -> dict[str, int]:
         """How many objects start with each prefix (separator → prefix), e.g. to detect the separator."""
-        if not self.path.exists():
-            return dict.fromkeys(prefixes, 0)
-        with self._locked(), self._open(read_only=True) as con:
+        with self._open(write=False) as con:
             return {
                 name: con.execute(
                     "SELECT count(*) FROM objects WHERE starts_with(ref_id, ?)", [prefix]

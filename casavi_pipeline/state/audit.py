@@ -5,10 +5,9 @@ A row says when, in which run, for which Mandant, which object (kind, reference 
 that changed, and for a refusal the names of the fields casavi named. Never a value: the trail holds no
 personal data, so erasing a Mandant's personal data (`casavi_pipeline.erase`) leaves it as it is.
 
-Written like the snapshot's journal, for the same reason (a DuckDB commit per write would cap a sync at
-a few hundred writes per second): each attempt is one ASCII JSON line appended and flushed to
-`snapshot_<M>.audit` *before* the write is confirmed in the journal, so a write is never counted
-without its row. The file is folded into the snapshot's `audit` table whenever the journal is.
+Written like the snapshot's journal, for the same reason (`state.logs`): each attempt is one ASCII JSON
+line appended to the snapshot's audit log *before* the write is confirmed in the journal, so a write is
+never counted without its row. The log is folded into the snapshot's `audit` table with the journal.
 Each line carries a random id, so a fold replayed after a crash (committed, file not yet removed)
 adds nothing twice; a torn line is dropped and counted, like a torn journal line.
 """
@@ -20,8 +19,6 @@ import json
 import secrets
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
-from typing import TextIO
 
 import duckdb
 import pandas as pd
@@ -57,10 +54,6 @@ COLUMNS = (
 CHANGES = ("create", "update", "delete")
 
 
-def audit_path(snapshot_path: Path) -> Path:
-    return Path(snapshot_path).with_suffix(".audit")
-
-
 @dataclass(frozen=True)
 class Attempt:
     """One write attempt as casavi answered it (names only, never values)."""
@@ -79,29 +72,12 @@ class Attempt:
         return self.status is not None and 200 <= self.status < 300
 
 
-class AuditFile:
-    """The append-only file of attempts not yet folded into the snapshot."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = Path(path)
-        self._file: TextIO | None = None
-
-    def append(self, attempt: Attempt) -> None:
-        """Record one attempt; it survives a killed process once this returns."""
-        if self._file is None:
-            self._file = self.path.open("a", encoding="ascii", newline="\n")
-            if self._file.tell() > 0:
-                self._file.write("\n")  # end a line a crash may have torn; empty lines are skipped
-        now = dt.datetime.now(dt.UTC).isoformat()
-        line = [secrets.token_hex(8), now, attempt.run_id, attempt.mandant, attempt.kind, attempt.ref_id,
-                attempt.change, attempt.status, list(attempt.fields), list(attempt.refused)]  # fmt: skip
-        self._file.write(json.dumps(line) + "\n")
-        self._file.flush()
-
-    def close(self) -> None:
-        if self._file is not None:
-            self._file.close()
-            self._file = None
+def line(attempt: Attempt) -> str:
+    """One attempt as a log line (ASCII JSON) with a random id and the time of casavi's answer."""
+    now = dt.datetime.now(dt.UTC).isoformat()
+    return json.dumps([secrets.token_hex(8), now, attempt.run_id, attempt.mandant, attempt.kind,
+                       attempt.ref_id, attempt.change, attempt.status, list(attempt.fields),
+                       list(attempt.refused)])  # fmt: skip
 
 
 def _row(line: bytes) -> tuple | None:
@@ -128,18 +104,15 @@ def _row(line: bytes) -> tuple | None:
     return entry, when, run_id, mandant, kind, ref_id, change, status, fields, refused
 
 
-def read_file(path: Path) -> tuple[pd.DataFrame, int]:
-    """The whole rows of an audit file, and how many lines were dropped as torn."""
+def read_lines(lines: Iterable[bytes]) -> tuple[pd.DataFrame, int]:
+    """The whole rows of audit lines, and how many lines were dropped as torn."""
     rows, dropped = [], 0
-    if Path(path).exists():
-        for line in Path(path).read_bytes().split(b"\n"):
-            if not line.strip():
-                continue
-            row = _row(line)
-            if row is None:
-                dropped += 1
-            else:
-                rows.append(row)
+    for raw in lines:
+        row = _row(raw)
+        if row is None:
+            dropped += 1
+        else:
+            rows.append(row)
     return as_frame(rows), dropped
 
 
@@ -150,12 +123,12 @@ def as_frame(rows: Sequence[tuple]) -> pd.DataFrame:
     return frame
 
 
-def fold(con: duckdb.DuckDBPyConnection, path: Path) -> int:
-    """Add the file's rows to the `audit` table (in the caller's transaction); return the torn lines.
+def fold(con: duckdb.DuckDBPyConnection, lines: Iterable[bytes]) -> int:
+    """Add the lines' rows to the `audit` table (in the caller's transaction); return the torn lines.
 
-    The caller removes the file after its transaction committed.
+    The caller clears the log after its transaction committed.
     """
-    frame, dropped = read_file(path)
+    frame, dropped = read_lines(lines)
     if frame.empty:
         return dropped
     con.register("audit_lines", frame)

@@ -24,7 +24,8 @@ import pandas as pd
 
 from casavi_pipeline.casavi import api
 from casavi_pipeline.casavi.api import ObjectKind
-from casavi_pipeline.sync.snapshot import Snapshot
+from casavi_pipeline.state.hashing import hashed_payloads_sql
+from casavi_pipeline.state.snapshot import META_CHANGESET, Snapshot
 
 CHANGES = ("create", "update", "delete")
 
@@ -67,27 +68,18 @@ class ChangesetSummary:
         }
 
 
-def hashed_payloads_sql(kind: ObjectKind, view: str, *, keep: tuple[str, ...] = ()) -> str:
-    """(kind, ref_id, payload, content_hash[, keep...]) for every row of a frame of domain columns.
-
-    The one hash of the project: md5 of the exact JSON body a write sends (`api.payload_json_sql`). The
-    changeset hashes the mapped objects with it and the read-back hashes casavi's normalised reads with
-    it, so equal hashes mean casavi holds what the ERP says. `keep` passes extra columns through.
-    """
-    extra = "".join(f', "{column}"' for column in keep)
-    return (
-        f"SELECT '{kind.value}' AS kind, id AS ref_id, payload, md5(payload) AS content_hash{extra} "
-        f"FROM (SELECT id, {api.payload_json_sql(kind)} AS payload{extra} FROM {view})"
-    )
-
-
 def compute_changeset(
-    snapshot: Snapshot, frames: Mapping[ObjectKind, pd.DataFrame], *, preview_rows: int = 10
+    snapshot: Snapshot,
+    frames: Mapping[ObjectKind, pd.DataFrame],
+    *,
+    identity: str | None = None,
+    preview_rows: int = 10,
 ) -> ChangesetSummary:
     """Diff the mapped objects against the snapshot and store the result as the pending changeset.
 
     `frames` holds one mapped frame per object kind (domain columns, one row per reference id). A kind
-    missing from `frames` is left untouched rather than read as "delete everything".
+    missing from `frames` is left untouched rather than read as "delete everything". `identity` (the
+    computing run's) is stored with it: the sync sends only a changeset that carries its own run's.
     """
     con = snapshot.connection
     selects = []
@@ -131,6 +123,9 @@ def compute_changeset(
             """
         )
         stage_street_moves(con)
+        desired = dict(con.execute("SELECT kind, count(*) FROM desired GROUP BY kind").fetchall())
+        snapshot.set_meta(META_CHANGESET, json.dumps({"id": identity, "desired": desired}, sort_keys=True))
+        con.execute("DROP TABLE desired")
         con.execute("COMMIT")
     except Exception:
         con.execute("ROLLBACK")
@@ -215,14 +210,7 @@ def summarize(
     kinds = kinds or list(api.UPSERT_ORDER)
     pending = snapshot.pending_counts()
     synced = snapshot.synced_counts()
-    has_desired = bool(
-        con.execute(
-            "SELECT count(*) FROM duckdb_tables() WHERE table_name = 'desired' AND temporary"
-        ).fetchone()[0]  # type: ignore[index]
-    )
-    desired: dict[str, int] = {}
-    if has_desired:
-        desired = dict(con.execute("SELECT kind, count(*) FROM desired GROUP BY kind").fetchall())
+    desired: dict[str, int] = json.loads(snapshot.get_meta(META_CHANGESET) or "{}").get("desired", {})
     result = {}
     for kind in kinds:
         create = pending.get((kind.value, "create"), 0)
