@@ -58,7 +58,7 @@ def postgres_server() -> Iterator[PostgresServer]:
     server.stop()
 
 
-from casavi_pipeline_tests.e2e import env  # noqa: E402,F401  (the end-to-end tests' settings fixture)
+from casavi_pipeline_tests.e2e import backend, env  # noqa: E402,F401  (the end-to-end tests' fixtures)
 
 
 class _Impostor(http.server.BaseHTTPRequestHandler):

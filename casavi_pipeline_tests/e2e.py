@@ -24,12 +24,23 @@ MAPPED_ASSETS = {
 }
 
 
+#: The state backends (`casavi_pipeline.state`): a test parametrized over `backend` runs on both.
+BACKENDS = ("duckdb", "postgresql")
+
+
 @pytest.fixture
-def env(tmp_path, sandbox: SandboxProcess, monkeypatch):
+def backend() -> str:
+    """The state backend of a test: the embedded default, unless the test is parametrized over BACKENDS."""
+    return "duckdb"
+
+
+@pytest.fixture
+def env(tmp_path, sandbox: SandboxProcess, monkeypatch, backend: str, request: pytest.FixtureRequest):
     """Settings for one test: its own export, snapshot folder, Dagster instance, and the sandbox.
 
     They are set in the environment too, for the subprocesses (Dagster's CLI, the demo) that read them
-    there; the instance uses the shipped dagster.yaml (pools and run limits as users run them).
+    there; the instance uses the shipped dagster.yaml (pools and run limits as users run them). With
+    `backend` "postgresql" the state lives in a fresh database of the session's PostgreSQL server.
     """
     values = {
         "ERP_EXPORT_DIR": str(tmp_path / "export"),
@@ -43,6 +54,9 @@ def env(tmp_path, sandbox: SandboxProcess, monkeypatch):
         "CASAVI_DELETE_GUARD_MIN_COUNT": "2",
         "DAGSTER_HOME": str(tmp_path / "dagster_home"),
     }
+    if backend == "postgresql":
+        server = request.getfixturevalue("postgres_server")
+        values["CASAVI_STATE_URL"] = server.url(server.create_database("state"))
     for key, value in values.items():
         monkeypatch.setenv(key, value)
     Path(values["DAGSTER_HOME"]).mkdir()

@@ -232,9 +232,9 @@ def test_erasing_a_mandants_personal_data_keeps_what_the_sync_needs(tmp_path):
         path.write_bytes(snapshot_file.read_bytes())
     done = erase(tmp_path / "snapshots", "0001")
     assert not list(values.glob("*/0001"))
-    assert len(done) == 4
+    assert len(done) == 5
     assert not any(path.exists() for path in moved_aside)
-    assert all(str(path) in done[2] for path in moved_aside) and done[2].startswith("moved-aside")
+    assert all(str(path) in done[3] for path in moved_aside) and done[3].startswith("moved-aside snapshot")
     for path in (snapshot_file, cache_file):
         assert not any(value in path.read_bytes() for value in person), path
         assert not path.with_name(path.name + ".wal").exists()

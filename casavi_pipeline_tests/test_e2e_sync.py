@@ -16,6 +16,7 @@ import pytest
 
 from casavi_pipeline.defs.failures import FAILURE_REASON_TAG
 from casavi_pipeline_tests.e2e import (
+    BACKENDS,
     MANDANT,
     assert_created_once,
     assert_sandbox_holds,
@@ -29,6 +30,7 @@ from casavi_pipeline_tests.erp_fixtures import Append, default_rows
 pytestmark = pytest.mark.e2e
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_first_sync_equals_mapping_and_an_unchanged_rerun_writes_nothing(env, sandbox):
     export(env)
     first = run_job(env)
@@ -193,6 +195,7 @@ def test_truncated_export_trips_the_mass_deletion_guard_and_sends_nothing(env, s
     assert sandbox.state() == before
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_killed_sync_resumes_without_duplicate_creates(env, sandbox, tmp_path):
     big_export(env, contracts=230)  # about 460 writes
     sandbox.configure(latency_ms=15)

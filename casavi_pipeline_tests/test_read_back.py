@@ -11,7 +11,7 @@ import dagster as dg
 import pytest
 
 from casavi_pipeline.casavi.api import ObjectKind
-from casavi_pipeline_tests.e2e import MANDANT, export, run_job, writes_by_route
+from casavi_pipeline_tests.e2e import BACKENDS, MANDANT, export, run_job, writes_by_route
 from casavi_pipeline_tests.erp_fixtures import default_rows
 from casavi_pipeline_tests.harness import check_results, run_mandant
 from casavi_sandbox import SandboxProcess
@@ -32,6 +32,7 @@ def routes(sandbox: SandboxProcess) -> dict[str, int]:
     return {route: sum(by_status.values()) for route, by_status in sandbox.requests()["routes"].items()}
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_an_account_filled_with_the_same_mapping_is_adopted_with_zero_writes(env, sandbox):
     export(env)
     bodies = fill_account(sandbox, env)
@@ -98,6 +99,7 @@ def test_an_account_filled_with_another_separator_trips_the_separator_guard(env,
     assert sandbox.write_count() == 0
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_drift_is_reported_repaired_on_request_and_read_incrementally_afterwards(env, sandbox):
     export(env)
     assert run_job(env).success

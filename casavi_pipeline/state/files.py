@@ -153,7 +153,7 @@ def rewrite_compacted(path: Path) -> None:
     for leftover in (fresh, fresh.with_name(fresh.name + ".wal")):
         leftover.unlink(missing_ok=True)
     with contextlib.closing(duckdb.connect(str(path))) as con:
-        con.execute("CHECKPOINT")
+        con.execute("CHECKPOINT").fetchall()
         name = con.execute("SELECT current_database()").fetchone()[0]  # type: ignore[index]
         quoted_path, quoted_name = str(fresh).replace("'", "''"), name.replace('"', '""')
         con.execute(f"ATTACH '{quoted_path}' AS erase_rewrite")

@@ -124,7 +124,7 @@ class RemoteCache:
                 self._forget_older_model(con)
                 yield con
                 if write:
-                    con.execute("CHECKPOINT")
+                    con.execute("CHECKPOINT").fetchall()
             finally:
                 con.close()
             if compact:
@@ -333,17 +333,15 @@ class RemoteCache:
                 "SELECT kind, ref_id, content_hash, payload, modified FROM objects "
                 "WHERE starts_with(ref_id, ?) AND substr(ref_id, length(?) + 1, 1) IN ?",
                 [mandant, mandant, list(separators)],
-            ).to_arrow_table()
-        target = snapshot.connection
-        target.register("listing_slice", rows)
-        try:
+            ).df()
+        # A cursor of its own: the snapshot's connection may hold a result not read to its end.
+        with snapshot.connection.cursor() as target:
+            target.register("listing_slice", rows)
             target.execute("BEGIN TRANSACTION")
             target.execute("DELETE FROM remote")
             target.execute("INSERT INTO remote SELECT * FROM listing_slice")
             target.execute("COMMIT")
-        finally:
-            target.unregister("listing_slice")
-        return rows.num_rows
+        return len(rows)
 
     def prefix_counts(self, prefixes: dict[str, str]) -> dict[str, int]:
         """How many objects start with each prefix (separator → prefix), e.g. to detect the separator."""

@@ -346,7 +346,7 @@ class Snapshot:
         con.execute("DELETE FROM pending")
         con.execute("UPDATE remote SET payload = NULL")
         # NULL leaves the old bytes in freed blocks: rewrite the file (this process keeps the home's lock).
-        con.execute("CHECKPOINT")
+        con.execute("CHECKPOINT").fetchall()
         con.close()
         rewrite_compacted(self.path)
         self._con = duckdb.connect(str(self.path))
@@ -439,7 +439,7 @@ class Snapshot:
             if entries:
                 self._fold_journal(entries)
         if audit_lines or journal_lines or self.home.saves_file:
-            con.execute("CHECKPOINT")  # the file alone (no WAL) holds the state now
+            con.execute("CHECKPOINT").fetchall()  # the file alone (no WAL) holds the state now
         # Only once the fold is durable where the home keeps it may the log lines go: a crash before
         # this replays them (harmless: the fold is idempotent).
         self.home.saved([(self._audit, audit_mark), (self._journal, journal_mark)])
