@@ -149,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     try:
-        snapshot_dir = args.snapshot_dir or load_settings().snapshot_dir
+        snapshot_dir = args.snapshot_dir or load_settings().state.directory
     except SettingsError as exc:
         print(f"erase-personal-data: {exc} (or pass --snapshot-dir)", file=sys.stderr)
         return 2

@@ -11,6 +11,7 @@ from collections.abc import Mapping
 
 import dagster as dg
 
+from casavi_pipeline.defs.failures import check_evaluations_of_run, failure_reason, step_failures_of_run
 from casavi_pipeline.defs.jobs import SYNC_JOB_NAME
 from casavi_pipeline.defs.resources import build_resources
 from casavi_pipeline.settings import Settings, load_settings
@@ -69,3 +70,8 @@ def check_results(result: dg.ExecuteInProcessResult) -> dict[str, dg.AssetCheckE
         for e in result.all_events
         if e.event_type_value == "ASSET_CHECK_EVALUATION"
     }
+
+
+def reason_of_run(instance: dg.DagsterInstance, run_id: str) -> str:
+    """The one-line reason the failure hook gives for this finished run (without the step's exception)."""
+    return failure_reason(check_evaluations_of_run(instance, run_id), step_failures_of_run(instance, run_id))

@@ -44,8 +44,8 @@ def test_a_ceiling_that_is_no_finite_number_is_refused_for_what_it_is(value):
 
 
 def test_the_ceiling_defaults_to_600_and_0_means_none():
-    assert load_settings(_env_file=None, **REQUIRED).requests_per_minute == 600
-    assert load_settings(_env_file=None, **REQUIRED, CASAVI_REQUESTS_PER_MINUTE="0").requests_per_minute == 0
+    assert load_settings(_env_file=None, **REQUIRED).casavi.requests_per_minute == 600
+    assert load_settings(_env_file=None, **REQUIRED, CASAVI_REQUESTS_PER_MINUTE="0").casavi.requests_per_minute == 0
 
 
 @dg.asset
