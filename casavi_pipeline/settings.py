@@ -444,6 +444,8 @@ def _problem(error: dict) -> str:
 
 
 def _raise(problems: list[str]) -> NoReturn:
+    """One line for every problem. Never raise this inside an `except ValidationError`: the chained
+    error quotes the input, which may be a secret."""
     raise SettingsError(
         f"casavi_pipeline settings: {'; '.join(problems)}. Set them in the environment or in .env "
         "(README, section Settings)."
@@ -475,4 +477,5 @@ def casavi_base_url() -> str:
     try:
         return CasaviTarget().base_url
     except ValidationError as exc:
-        _raise([_problem(err) for err in exc.errors()])
+        problems = [_problem(err) for err in exc.errors()]
+    _raise(problems)  # outside the `except`: the chained pydantic error would quote the URL
