@@ -16,6 +16,15 @@ from casavi_pipeline.defs.jobs import SYNC_JOB_NAME
 from casavi_pipeline.defs.resources import build_resources
 from casavi_pipeline.settings import Settings, load_settings
 
+#: The settings without a default, set to values no test sends anything to.
+REQUIRED = {
+    "ERP_EXPORT_DIR": "/srv/erp",
+    "CASAVI_MANDANTEN": "0001",
+    "CASAVI_BASE_URL": "https://api.mycasavi.com",
+    "CASAVI_API_KEY": "key",
+    "CASAVI_API_SECRET": "secret",
+}
+
 
 def settings_from(values: Mapping[str, str]) -> Settings:
     """Settings from variables as the environment would hold them (names as in README)."""

@@ -15,14 +15,7 @@ from casavi_pipeline.casavi.errors import CasaviRateLimitedError
 from casavi_pipeline.defs.resources import CasaviResource, HttpCasaviResource
 from casavi_pipeline.defs.sync import _casavi, _Progress
 from casavi_pipeline.settings import SettingsError, load_settings
-
-REQUIRED = {
-    "ERP_EXPORT_DIR": "/srv/erp",
-    "CASAVI_MANDANTEN": "0001",
-    "CASAVI_BASE_URL": "https://api.mycasavi.com",
-    "CASAVI_API_KEY": "key",
-    "CASAVI_API_SECRET": "secret",
-}
+from casavi_pipeline_tests.harness import REQUIRED
 
 
 def settings_error(**values: str) -> str:

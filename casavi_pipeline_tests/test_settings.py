@@ -28,17 +28,10 @@ from casavi_pipeline.settings import (
     variable_of,
 )
 from casavi_pipeline_tests.erp_fixtures import default_rows, write_export
-from casavi_pipeline_tests.harness import run_mandant, settings_from
+from casavi_pipeline_tests.harness import REQUIRED, run_mandant, settings_from
 from casavi_sandbox.fake import FakeCasaviResource
 
 README = Path(__file__).resolve().parents[1] / "README.md"
-REQUIRED = {
-    "ERP_EXPORT_DIR": "/srv/erp",
-    "CASAVI_MANDANTEN": "0001",
-    "CASAVI_BASE_URL": "https://api.mycasavi.com",
-    "CASAVI_API_KEY": "key",
-    "CASAVI_API_SECRET": "secret",
-}
 RESOURCES = {
     "erp": ErpExport,
     "state": SnapshotStore,
