@@ -36,14 +36,15 @@ CHECK_MAX_RETRY_SECONDS = 30.0
 def check_casavi_client(settings: Settings) -> Iterator[CasaviClient]:
     """A client for the check, from the sync's own settings, pacing its requests through the account's
     budget like every other process that talks to the account."""
-    key = settings.casavi_api_key.get_secret_value()
-    path = budget_path(settings.snapshot_dir, settings.casavi_base_url, key)
+    casavi = settings.casavi
+    key = casavi.api_key.get_secret_value()
+    path = budget_path(settings.state.directory, casavi.base_url, key)
     with (
-        AccountBudget(path, ceiling_per_minute=settings.requests_per_minute or None) as budget,
+        AccountBudget(path, ceiling_per_minute=casavi.requests_per_minute or None) as budget,
         CasaviClient(
-            settings.casavi_base_url,
+            casavi.base_url,
             key,
-            settings.casavi_api_secret.get_secret_value(),
+            casavi.api_secret.get_secret_value(),
             budget=budget,
             max_attempts=CHECK_MAX_ATTEMPTS,
             max_retry_seconds=CHECK_MAX_RETRY_SECONDS,
@@ -60,7 +61,7 @@ def check_casavi(args: argparse.Namespace) -> int:
         return conformance.CANNOT_CHECK
     with check_casavi_client(settings) as client:
         report = conformance.check_account(
-            client, separator=settings.id_separator, write_test=args.write_test
+            client, separator=settings.sync.id_separator, write_test=args.write_test
         )
     if report.exit_code == conformance.CANNOT_CHECK:
         print(f"check-casavi: {report.summary}", file=sys.stderr)
@@ -71,7 +72,7 @@ def check_casavi(args: argparse.Namespace) -> int:
 
 def audit_trail(args: argparse.Namespace) -> int:
     try:
-        snapshot_dir = args.snapshot_dir or load_settings().snapshot_dir
+        snapshot_dir = args.snapshot_dir or load_settings().state.directory
         filters = audit.Filters(
             mandant=args.mandant,
             ref_id=args.ref_id,

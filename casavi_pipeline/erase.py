@@ -80,12 +80,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     try:
-        settings = load_settings() if args.snapshot_dir is None else None
+        state = load_settings().state if args.snapshot_dir is None else None
     except SettingsError as exc:
         print(f"erase-personal-data: {exc} (or pass --snapshot-dir)", file=sys.stderr)
         return 2
-    snapshot_dir = args.snapshot_dir or settings.snapshot_dir  # type: ignore[union-attr]
-    state_url = settings.state_url.get_secret_value() if settings and settings.state_url else None
+    snapshot_dir = args.snapshot_dir or state.directory  # type: ignore[union-attr]
+    state_url = state.url.get_secret_value() if state and state.url else None
     try:
         for line in erase(Path(snapshot_dir).resolve(), args.mandant, state_url):
             print(line)

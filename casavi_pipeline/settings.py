@@ -8,23 +8,35 @@ directory is read too: here a real environment variable wins over `.env` (pydant
 `dagster dev` and Dagster's other CLI commands load that `.env` *over* the environment before the code
 location (and its runs) start, so under Dagster the value in `.env` is the one this class sees.
 
+Each setting is declared once, with `setting(...)`: its variable, default, bounds and meaning. The
+settings come in groups, one per concern and per Dagster resource (`ErpSettings` → `ErpExport`,
+`StateSettings` → `SnapshotStore`, `CasaviSettings` → the casavi resource, `SyncPolicySettings` →
+`SyncPolicy`, `AlertSettings` → `Alerting`): each resource's config fields are generated from its group,
+so a new setting is one line here, one row in README's Settings table (a test compares both), and
+whatever code uses it.
+
 There are no defaults for *what* to sync and *where to*: a deployment that forgot `ERP_EXPORT_DIR`
 must fail at load time, not sync the bundled fake sample into a real casavi. The sample and the local
-sandbox are defaults of the demo and the tests only (`casavi_sandbox`). The casavi credentials are
-checked here for presence only; their values reach the casavi resource through `dagster.EnvVar`, so they
-never land in run config, the UI or the event log. Where they go is not run config either: the casavi
-resource takes `CASAVI_BASE_URL` from the run's environment (`casavi_base_url()`, the same rule as here),
-so a run launched with edited config cannot send the key and secret anywhere else.
+sandbox are defaults of the demo and the tests only (`casavi_sandbox`). Secrets (`SecretStr`: the casavi
+credentials, the SMTP password, webhook URLs, database URLs that may carry a password) are checked here;
+their values reach the resources only through `dagster.EnvVar`, so they never land in run config, the UI
+or the event log. Where the casavi credentials go is not run config either: the casavi resource takes
+`CASAVI_BASE_URL` from the run's environment (`casavi_base_url()`, the same rule as here), so a run
+launched with edited config cannot send the key and secret anywhere else.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import re
+from dataclasses import dataclass
+from enum import StrEnum
 from pathlib import Path
+from typing import Any, NoReturn
 from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from casavi_pipeline.casavi.ratelimit import DEFAULT_CEILING_PER_MINUTE
@@ -38,15 +50,48 @@ ALLOWED_ENCODINGS = ("utf-8", "cp1252")
 MANDANT_PATTERN = re.compile(r"[0-9A-Za-z]{1,16}")
 
 
+class SyncRule(StrEnum):
+    """Which tenants, and with them which objects, are synced (rule 2 of `docs/export-format.md`)."""
+
+    EMAIL = "email"  # tenants with a valid email; all real estate and all owners
+    LAST_NAME = "last-name"  # Aareon Connect's rule since 2024-02-07: tenants by name, only linked objects
+
+
+#: Schemes of CASAVI_STATE_URL (SQLAlchemy URLs of PostgreSQL).
+STATE_URL_SCHEMES = ("postgresql", "postgresql+psycopg2")
+#: The key of a setting's field that marks it as no field of its group's resource (see `setting`).
+NOT_IN_RESOURCE = "casavi_pipeline_not_in_resource"
+
+
 class SettingsError(ValueError):
     """The settings cannot be used; the message says which one and what is allowed."""
 
 
-def _env(name: str, **kw: object) -> object:
-    return Field(validation_alias=name, **kw)  # type: ignore[arg-type]
+def setting(variable: str, default: Any = ..., *, description: str, in_resource: bool = True, **bounds: Any) -> Any:
+    """The one declaration of a setting: its environment variable, default (none: required), bounds
+    (pydantic's ge, le, gt, allow_inf_nan) and meaning (shown in the Dagster UI beside the resource's field).
+
+    `in_resource=False`: the setting is used when the code location loads or read from the run's
+    environment, never a field of the group's resource (whose config a run could change).
+    """
+    extra = {NOT_IN_RESOURCE: True} if not in_resource else None
+    return Field(default, validation_alias=variable, description=description, json_schema_extra=extra, **bounds)
 
 
-_CONFIG = SettingsConfigDict(env_file=".env", env_file_encoding="utf-8", extra="ignore", populate_by_name=True)
+def variable_of(field: FieldInfo) -> str:
+    """The environment variable a setting's field is read from."""
+    return str(field.validation_alias)
+
+
+def in_resource(field: FieldInfo) -> bool:
+    """Is the setting a config field of its group's Dagster resource?"""
+    return not (isinstance(field.json_schema_extra, dict) and field.json_schema_extra.get(NOT_IN_RESOURCE))
+
+
+class _Group(BaseSettings):
+    """One concern's settings, read from the environment (and `.env`) by their variables' names only."""
+
+    model_config = SettingsConfigDict(env_file=".env", env_file_encoding="utf-8", extra="ignore")
 
 
 def _checked_base_url(value: str) -> str:
@@ -73,93 +118,37 @@ def _checked_base_url(value: str) -> str:
     return value.strip().rstrip("/")
 
 
-class Settings(BaseSettings):
-    model_config = _CONFIG
+def _database_url(value: SecretStr | None, schemes: tuple[str, ...] | None = None) -> SecretStr | None:
+    """An optional SQLAlchemy URL; the message never quotes it (it may carry a password)."""
+    if value is None or not value.get_secret_value().strip():
+        return None
+    url = value.get_secret_value().strip()
+    scheme = urlsplit(url).scheme
+    if not scheme or "://" not in url:
+        raise ValueError("is not an SQLAlchemy URL (dialect://user:password@host/database)")
+    if schemes is not None and scheme not in schemes:
+        raise ValueError(f"is not a PostgreSQL URL; use {' or '.join(s + '://…' for s in schemes)}")
+    return SecretStr(url)
 
-    # What to sync, and where to: required, no defaults (see the module docstring).
-    erp_export_dir: Path = _env("ERP_EXPORT_DIR")
-    mandanten_csv: str = _env("CASAVI_MANDANTEN")
-    casavi_base_url: str = _env("CASAVI_BASE_URL")
-    casavi_api_key: SecretStr = _env("CASAVI_API_KEY", repr=False, exclude=True)
-    casavi_api_secret: SecretStr = _env("CASAVI_API_SECRET", repr=False, exclude=True)
-    # The mapping
-    id_separator: str = _env("CASAVI_ID_SEPARATOR", default="-")
-    erp_export_encoding: str = _env("ERP_EXPORT_ENCODING", default="utf-8")
-    snapshot_dir: Path = _env("CASAVI_SNAPSHOT_DB", default=DEFAULT_SNAPSHOT_DIR)
-    # The state in PostgreSQL (casavi_pipeline.state.postgres) instead of only local files; may carry a
-    # password, so it reaches the resource through dagster.EnvVar like the casavi credentials.
-    state_url: SecretStr | None = _env("CASAVI_STATE_URL", default=None, repr=False, exclude=True)
-    # The casavi client: the ceiling of its adaptive rate (casavi_pipeline.casavi.ratelimit), 0 = none
-    requests_per_minute: float = _env(
-        "CASAVI_REQUESTS_PER_MINUTE", default=DEFAULT_CEILING_PER_MINUTE, ge=0, allow_inf_nan=False
-    )
-    max_concurrency: int = _env("CASAVI_MAX_CONCURRENCY", default=4, ge=1, le=64)
-    # Guards of the sync (see casavi_pipeline.sync.guards)
-    max_delete_share: float = _env("CASAVI_MAX_DELETE_SHARE", default=0.10, ge=0, le=1)
-    delete_guard_min_count: int = _env("CASAVI_DELETE_GUARD_MIN_COUNT", default=0, ge=0)
-    allow_mass_delete: bool = _env("CASAVI_ALLOW_MASS_DELETE", default=False)
-    allow_separator_change: bool = _env("CASAVI_ALLOW_SEPARATOR_CHANGE", default=False)
-    dry_run: bool = _env("CASAVI_DRY_RUN", default=False)
-    # Reading casavi back (see casavi_pipeline.state.listing)
-    repair_drift: bool = _env("CASAVI_REPAIR_DRIFT", default=False)
-    verify_writes: bool = _env("CASAVI_VERIFY_WRITES", default=True)
-    read_max_age_minutes: float = _env("CASAVI_READ_MAX_AGE_MINUTES", default=10.0, ge=0)
-    full_read_every_days: float = _env("CASAVI_FULL_READ_EVERY_DAYS", default=0.75, gt=0)
-    # Data quality: warn when more than this share of a Mandant's tenants has no valid email
-    email_drop_warn_share: float = _env("CASAVI_EMAIL_DROP_WARN_SHARE", default=0.25, ge=0, le=1)
-    # How often a long sync reports its progress (run events and terminal)
-    progress_seconds: float = _env("CASAVI_PROGRESS_SECONDS", default=30.0, gt=0)
-    # The audit trail of writes (casavi_pipeline.state.audit) and records casavi rejects (sync.rejections)
-    audit_retention_days: float = _env("CASAVI_AUDIT_RETENTION_DAYS", default=400.0, gt=0)
-    max_rejected_share: float = _env("CASAVI_MAX_REJECTED_SHARE", default=0.05, ge=0, le=1)
-    rejected_min_count: int = _env("CASAVI_REJECTED_MIN_COUNT", default=10, ge=0)
-    rejection_escalate_nights: int = _env("CASAVI_REJECTION_ESCALATE_NIGHTS", default=3, ge=1)
-    # Automation
-    delivery_settle_seconds: float = _env("CASAVI_DELIVERY_SETTLE_SECONDS", default=60.0, ge=0)
-    # Alerts (casavi_pipeline.alerts): every channel off until configured. Webhook URLs carry their
-    # own token and the SMTP password is one: like the casavi credentials they reach the resource only
-    # through dagster.EnvVar (checked here, never kept in run config or logs).
-    alert_ui_url: str | None = _env("CASAVI_ALERT_UI_URL", default=None)
-    alert_smtp_host: str | None = _env("CASAVI_ALERT_SMTP_HOST", default=None)
-    alert_smtp_port: int = _env("CASAVI_ALERT_SMTP_PORT", default=587, ge=1, le=65535)
-    alert_smtp_starttls: bool = _env("CASAVI_ALERT_SMTP_STARTTLS", default=True)
-    alert_smtp_from: str | None = _env("CASAVI_ALERT_SMTP_FROM", default=None)
-    alert_smtp_to_csv: str | None = _env("CASAVI_ALERT_SMTP_TO", default=None)
-    alert_smtp_user: str | None = _env("CASAVI_ALERT_SMTP_USER", default=None)
-    alert_smtp_password: SecretStr | None = _env(
-        "CASAVI_ALERT_SMTP_PASSWORD", default=None, repr=False, exclude=True
-    )
-    alert_slack_webhook_url: SecretStr | None = _env(
-        "CASAVI_ALERT_SLACK_WEBHOOK_URL", default=None, repr=False, exclude=True
-    )
-    alert_teams_webhook_url: SecretStr | None = _env(
-        "CASAVI_ALERT_TEAMS_WEBHOOK_URL", default=None, repr=False, exclude=True
-    )
-    # Freshness: a Mandant not synced successfully for longer than this fails its freshness check
-    freshness_hours: float = _env("CASAVI_FRESHNESS_HOURS", default=26.0, gt=0)
 
-    _url_valid = field_validator("casavi_base_url")(_checked_base_url)
+class ErpSettings(_Group):
+    """What to sync: the ERP's export (→ the `erp_export` resource)."""
 
-    @field_validator("id_separator")
-    @classmethod
-    def _separator_allowed(cls, value: str) -> str:
-        if value not in ALLOWED_SEPARATORS:
-            raise ValueError(
-                f"CASAVI_ID_SEPARATOR={value!r} is not allowed; use one of "
-                + " ".join(repr(s) for s in ALLOWED_SEPARATORS)
-            )
-        return value
-
-    @field_validator("erp_export_encoding")
-    @classmethod
-    def _encoding_allowed(cls, value: str) -> str:
-        normalized = value.strip().lower().replace("_", "-")
-        normalized = {"utf8": "utf-8", "windows-1252": "cp1252"}.get(normalized, normalized)
-        if normalized not in ALLOWED_ENCODINGS:
-            raise ValueError(
-                f"ERP_EXPORT_ENCODING={value!r} is not supported; use one of {', '.join(ALLOWED_ENCODINGS)}"
-            )
-        return normalized
+    directory: Path = setting(
+        "ERP_EXPORT_DIR", description="the ERP export folder: one sub-folder per Mandant with the CSV files"
+    )
+    mandanten_csv: str = setting(
+        "CASAVI_MANDANTEN",
+        description="comma-separated Mandanten numbers to sync; one Dagster partition each",
+        in_resource=False,  # the partitions are fixed when the code location loads
+    )
+    encoding: str = setting("ERP_EXPORT_ENCODING", "utf-8", description="utf-8 or cp1252")
+    source_url: SecretStr | None = setting(
+        "ERP_SOURCE_URL", None, description="SQLAlchemy URL of an ERP database to read instead of the folder"
+    )
+    mapping_file: Path | None = setting(
+        "ERP_MAPPING_FILE", None, description="a YAML file mapping the ERP's columns to the export contract"
+    )
 
     @field_validator("mandanten_csv")
     @classmethod
@@ -178,7 +167,192 @@ class Settings(BaseSettings):
             raise ValueError(f"CASAVI_MANDANTEN lists {duplicates} more than once")
         return ",".join(numbers)
 
-    @field_validator("alert_ui_url")
+    @field_validator("encoding")
+    @classmethod
+    def _encoding_allowed(cls, value: str) -> str:
+        normalized = value.strip().lower().replace("_", "-")
+        normalized = {"utf8": "utf-8", "windows-1252": "cp1252"}.get(normalized, normalized)
+        if normalized not in ALLOWED_ENCODINGS:
+            raise ValueError(
+                f"ERP_EXPORT_ENCODING={value!r} is not supported; use one of {', '.join(ALLOWED_ENCODINGS)}"
+            )
+        return normalized
+
+    @field_validator("source_url")
+    @classmethod
+    def _source_url_valid(cls, value: SecretStr | None) -> SecretStr | None:
+        return _database_url(value)
+
+    @property
+    def mandanten(self) -> list[str]:
+        """The Mandanten numbers to sync, as strings with their leading zeros."""
+        return self.mandanten_csv.split(",")
+
+
+class StateSettings(_Group):
+    """Where the run state lives (→ the `snapshots` resource)."""
+
+    directory: Path = setting(
+        "CASAVI_SNAPSHOT_DB",
+        DEFAULT_SNAPSHOT_DIR,
+        description="folder of the Mandanten's snapshots, the casavi listing and the run values",
+    )
+    url: SecretStr | None = setting(
+        "CASAVI_STATE_URL", None, description="SQLAlchemy URL of a PostgreSQL database for the run state"
+    )
+    audit_retention_days: float = setting(
+        "CASAVI_AUDIT_RETENTION_DAYS", 400.0, gt=0, description="audit rows older than this are dropped"
+    )
+
+    @field_validator("directory")
+    @classmethod
+    def _absolute(cls, value: Path) -> Path:
+        # Resolved against the directory the code location loads in: runs may start elsewhere.
+        return value.resolve()
+
+    @field_validator("url")
+    @classmethod
+    def _state_url_valid(cls, value: SecretStr | None) -> SecretStr | None:
+        return _database_url(value, STATE_URL_SCHEMES)
+
+
+class CasaviTarget(_Group):
+    """Where casavi is: read at load and again when a run starts (`casavi_base_url`)."""
+
+    base_url: str = setting(
+        "CASAVI_BASE_URL",
+        description="casavi host root, e.g. https://api.mycasavi.com (plain http only to this machine)",
+        in_resource=False,  # read from the run's environment, never run config (module docstring)
+    )
+
+    _url_valid = field_validator("base_url")(_checked_base_url)
+
+
+class CasaviSettings(CasaviTarget):
+    """The casavi account and its client (→ the `casavi` resource)."""
+
+    api_key: SecretStr = setting("CASAVI_API_KEY", description="casavi API key")
+    api_secret: SecretStr = setting("CASAVI_API_SECRET", description="casavi API secret")
+    requests_per_minute: float = setting(
+        "CASAVI_REQUESTS_PER_MINUTE",
+        DEFAULT_CEILING_PER_MINUTE,
+        ge=0,
+        allow_inf_nan=False,
+        description="ceiling of the client's adaptive rate (casavi_pipeline.casavi.ratelimit), 0 = none",
+    )
+    max_concurrency: int = setting(
+        "CASAVI_MAX_CONCURRENCY", 4, ge=1, le=64, description="requests in flight at once per sync"
+    )
+
+
+class SyncPolicySettings(_Group):
+    """How ids are composed and what the sync may do on its own (→ the `sync_policy` resource)."""
+
+    id_separator: str = setting("CASAVI_ID_SEPARATOR", "-", description="separator of composite reference ids")
+    sync_rule: SyncRule = setting(
+        "CASAVI_SYNC_RULE", SyncRule.EMAIL, description="which tenants and objects are synced: email or last-name"
+    )
+    # Guards of the sync (casavi_pipeline.sync.guards)
+    max_delete_share: float = setting(
+        "CASAVI_MAX_DELETE_SHARE", 0.10, ge=0, le=1, description="mass-deletion guard: share of a kind"
+    )
+    delete_guard_min_count: int = setting(
+        "CASAVI_DELETE_GUARD_MIN_COUNT", 0, ge=0, description="deleting at most this many is never mass deletion"
+    )
+    allow_mass_delete: bool = setting(
+        "CASAVI_ALLOW_MASS_DELETE", False, description="let a run pass the mass-deletion guard"
+    )
+    allow_separator_change: bool = setting(
+        "CASAVI_ALLOW_SEPARATOR_CHANGE", False, description="migrate to a new CASAVI_ID_SEPARATOR"
+    )
+    # Defaults of run config, applied when the step runs (a run's config may override them)
+    dry_run: bool = setting(
+        "CASAVI_DRY_RUN", False, description="default of casavi_sync's dry_run: write nothing to casavi"
+    )
+    repair_drift: bool = setting(
+        "CASAVI_REPAIR_DRIFT", False, description="default of casavi_changeset's repair_drift"
+    )
+    # Reading casavi back (casavi_pipeline.state.listing)
+    verify_writes: bool = setting(
+        "CASAVI_VERIFY_WRITES", True, description="read back the first write per kind"
+    )
+    read_max_age_minutes: float = setting(
+        "CASAVI_READ_MAX_AGE_MINUTES", 10.0, ge=0, description="reuse a listing of casavi this fresh"
+    )
+    full_read_every_days: float = setting(
+        "CASAVI_FULL_READ_EVERY_DAYS", 0.75, gt=0, description="list the whole account at least this often"
+    )
+    # Data quality: warn when more than this share of a Mandant's tenants has no valid email
+    email_drop_warn_share: float = setting(
+        "CASAVI_EMAIL_DROP_WARN_SHARE", 0.25, ge=0, le=1, description="email_rule_dropped warns above this share"
+    )
+    progress_seconds: float = setting(
+        "CASAVI_PROGRESS_SECONDS", 30.0, gt=0, description="how often a long sync reports its progress"
+    )
+    # Records casavi rejects (casavi_pipeline.sync.rejections)
+    max_rejected_share: float = setting(
+        "CASAVI_MAX_REJECTED_SHARE", 0.05, ge=0, le=1, description="a sync refused more often than this fails"
+    )
+    rejected_min_count: int = setting(
+        "CASAVI_REJECTED_MIN_COUNT", 10, ge=0, description="at most this many refused writes never fail a run"
+    )
+    rejection_escalate_nights: int = setting(
+        "CASAVI_REJECTION_ESCALATE_NIGHTS", 3, ge=1, description="nights of refusal before a record escalates"
+    )
+    # Automation and freshness
+    delivery_settle_seconds: float = setting(
+        "CASAVI_DELIVERY_SETTLE_SECONDS", 60.0, ge=0, description="a delivery is unchanged this long before a run"
+    )
+    freshness_hours: float = setting(
+        "CASAVI_FRESHNESS_HOURS", 26.0, gt=0, description="a Mandant not synced for longer fails its freshness check"
+    )
+
+    @field_validator("id_separator")
+    @classmethod
+    def _separator_allowed(cls, value: str) -> str:
+        if value not in ALLOWED_SEPARATORS:
+            raise ValueError(
+                f"CASAVI_ID_SEPARATOR={value!r} is not allowed; use one of "
+                + " ".join(repr(s) for s in ALLOWED_SEPARATORS)
+            )
+        return value
+
+    @field_validator("sync_rule", mode="before")
+    @classmethod
+    def _sync_rule_allowed(cls, value: object) -> object:
+        normalized = value.strip().lower() if isinstance(value, str) else value
+        if normalized not in tuple(SyncRule):
+            raise ValueError(f"CASAVI_SYNC_RULE={value!r} is not allowed; use one of {', '.join(SyncRule)}")
+        return normalized
+
+
+def addresses(csv: str | None) -> list[str]:
+    """The addresses of a comma-separated list (CASAVI_ALERT_SMTP_TO)."""
+    return [part.strip() for part in (csv or "").split(",") if part.strip()]
+
+
+class AlertSettings(_Group):
+    """Who is told when a night fails or a Mandant goes stale (→ the `alerting` resource).
+
+    Every channel is off until configured. Webhook URLs carry their own token and the SMTP password is
+    one: secrets, like the casavi credentials."""
+
+    ui_url: str | None = setting("CASAVI_ALERT_UI_URL", None, description="the Dagster UI's base URL")
+    smtp_host: str | None = setting("CASAVI_ALERT_SMTP_HOST", None, description="SMTP server for alert emails")
+    smtp_port: int = setting("CASAVI_ALERT_SMTP_PORT", 587, ge=1, le=65535, description="its port")
+    smtp_starttls: bool = setting("CASAVI_ALERT_SMTP_STARTTLS", True, description="upgrade with STARTTLS")
+    smtp_from: str | None = setting("CASAVI_ALERT_SMTP_FROM", None, description="sender address")
+    smtp_to: str | None = setting("CASAVI_ALERT_SMTP_TO", None, description="comma-separated recipients")
+    smtp_user: str | None = setting("CASAVI_ALERT_SMTP_USER", None, description="SMTP login")
+    smtp_password: SecretStr | None = setting("CASAVI_ALERT_SMTP_PASSWORD", None, description="SMTP password")
+    slack_webhook_url: SecretStr | None = setting(
+        "CASAVI_ALERT_SLACK_WEBHOOK_URL", None, description="a Slack incoming-webhook URL"
+    )
+    teams_webhook_url: SecretStr | None = setting(
+        "CASAVI_ALERT_TEAMS_WEBHOOK_URL", None, description="a Microsoft Teams incoming-webhook URL"
+    )
+
+    @field_validator("ui_url")
     @classmethod
     def _ui_url_valid(cls, value: str | None) -> str | None:
         if value is None or not value.strip():
@@ -190,21 +364,7 @@ class Settings(BaseSettings):
             )
         return value.strip().rstrip("/")
 
-    @field_validator("state_url")
-    @classmethod
-    def _state_url_valid(cls, value: SecretStr | None) -> SecretStr | None:
-        # The message never quotes the URL: it may carry the database password.
-        if value is None or not value.get_secret_value().strip():
-            return None
-        scheme = urlsplit(value.get_secret_value().strip()).scheme
-        if scheme not in ("postgresql", "postgresql+psycopg2", "postgres"):
-            raise ValueError(
-                "CASAVI_STATE_URL is not a PostgreSQL URL; use postgresql://user:password@host:5432/database "
-                "(or leave it unset: the state then lives in CASAVI_SNAPSHOT_DB)"
-            )
-        return SecretStr(value.get_secret_value().strip())
-
-    @field_validator("alert_slack_webhook_url", "alert_teams_webhook_url")
+    @field_validator("slack_webhook_url", "teams_webhook_url")
     @classmethod
     def _webhook_valid(cls, value: SecretStr | None) -> SecretStr | None:
         # The message never names the URL: it carries the webhook's token.
@@ -216,34 +376,51 @@ class Settings(BaseSettings):
         return SecretStr(url)
 
     @model_validator(mode="after")
-    def _smtp_complete(self) -> Settings:
-        if self.alert_smtp_host and not (self.alert_smtp_from and self.alert_smtp_recipients):
+    def _smtp_complete(self) -> AlertSettings:
+        if self.smtp_host and not (self.smtp_from and addresses(self.smtp_to)):
             raise ValueError(
                 "CASAVI_ALERT_SMTP_HOST is set but CASAVI_ALERT_SMTP_FROM or CASAVI_ALERT_SMTP_TO is not; "
                 "set both (CASAVI_ALERT_SMTP_TO: comma-separated addresses)"
             )
-        if self.alert_smtp_password and not self.alert_smtp_user:
+        if self.smtp_password and not self.smtp_user:
             raise ValueError("CASAVI_ALERT_SMTP_PASSWORD is set without CASAVI_ALERT_SMTP_USER")
         return self
 
     @property
-    def alert_smtp_recipients(self) -> list[str]:
-        return [part.strip() for part in (self.alert_smtp_to_csv or "").split(",") if part.strip()]
-
-    @property
-    def alerts_configured(self) -> bool:
+    def configured(self) -> bool:
         """Is at least one alert channel set? (Only then do the alert sensors run by default.)"""
-        return bool(self.alert_smtp_host or self.alert_slack_webhook_url or self.alert_teams_webhook_url)
+        return bool(self.smtp_host or self.slack_webhook_url or self.teams_webhook_url)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """All settings, one group per concern (read in this order: the messages list problems in it)."""
+
+    erp: ErpSettings
+    casavi: CasaviSettings
+    state: StateSettings
+    sync: SyncPolicySettings
+    alerts: AlertSettings
 
     @property
     def mandanten(self) -> list[str]:
         """The Mandanten numbers to sync, as strings with their leading zeros."""
-        return self.mandanten_csv.split(",")
+        return self.erp.mandanten
 
-    @property
-    def sandbox_target(self) -> bool:
-        """True when casavi is on this machine (the local sandbox), never a customer's account."""
-        return is_loopback(self.casavi_base_url)
+
+#: The groups in the order of `Settings`' fields.
+GROUPS: dict[str, type[_Group]] = {
+    "erp": ErpSettings,
+    "casavi": CasaviSettings,
+    "state": StateSettings,
+    "sync": SyncPolicySettings,
+    "alerts": AlertSettings,
+}
+
+
+def declared_variables() -> list[str]:
+    """Every environment variable a setting is read from, in declaration order."""
+    return [variable_of(field) for group in GROUPS.values() for field in group.model_fields.values()]
 
 
 def is_loopback(url: str) -> bool:
@@ -266,26 +443,30 @@ def _problem(error: dict) -> str:
     return message if variable in message else f"{variable}: {message}"
 
 
-def _loaded(cls: type[BaseSettings], overrides: dict[str, object]) -> BaseSettings:
-    try:
-        return cls(**overrides)
-    except ValidationError as exc:
-        problems = "; ".join(_problem(err) for err in exc.errors())
-        raise SettingsError(
-            f"casavi_pipeline settings: {problems}. Set them in the environment or in .env "
-            "(README, section Settings)."
-        ) from None
+def _raise(problems: list[str]) -> NoReturn:
+    """One line for every problem. Never raise this inside an `except ValidationError`: the chained
+    error quotes the input, which may be a secret."""
+    raise SettingsError(
+        f"casavi_pipeline settings: {'; '.join(problems)}. Set them in the environment or in .env "
+        "(README, section Settings)."
+    )
 
 
 def load_settings(**overrides: object) -> Settings:
-    """Read and validate the settings; raise `SettingsError` with one readable line when invalid."""
-    return _loaded(Settings, overrides)  # type: ignore[return-value]
+    """Read and validate the settings; raise `SettingsError` with one readable line when invalid.
 
-
-class _CasaviTarget(BaseSettings):
-    model_config = _CONFIG
-    casavi_base_url: str = _env("CASAVI_BASE_URL")
-    _url_valid = field_validator("casavi_base_url")(_checked_base_url)
+    `overrides` are values by variable name (as the environment holds them), and `_env_file`.
+    """
+    groups: dict[str, _Group] = {}
+    problems: list[str] = []
+    for name, group in GROUPS.items():
+        try:
+            groups[name] = group(**overrides)
+        except ValidationError as exc:
+            problems += [_problem(err) for err in exc.errors()]
+    if problems:
+        _raise(problems)
+    return Settings(**groups)  # type: ignore[arg-type]
 
 
 def casavi_base_url() -> str:
@@ -293,4 +474,8 @@ def casavi_base_url() -> str:
 
     Read when a run starts, from the run's environment like the credentials, never from run config.
     """
-    return _loaded(_CasaviTarget, {}).casavi_base_url  # type: ignore[attr-defined]
+    try:
+        return CasaviTarget().base_url
+    except ValidationError as exc:
+        problems = [_problem(err) for err in exc.errors()]
+    _raise(problems)  # outside the `except`: the chained pydantic error would quote the URL

@@ -11,9 +11,19 @@ from collections.abc import Mapping
 
 import dagster as dg
 
+from casavi_pipeline.defs.failures import check_evaluations_of_run, failure_reason, step_failures_of_run
 from casavi_pipeline.defs.jobs import SYNC_JOB_NAME
 from casavi_pipeline.defs.resources import build_resources
 from casavi_pipeline.settings import Settings, load_settings
+
+#: The settings without a default, set to values no test sends anything to.
+REQUIRED = {
+    "ERP_EXPORT_DIR": "/srv/erp",
+    "CASAVI_MANDANTEN": "0001",
+    "CASAVI_BASE_URL": "https://api.mycasavi.com",
+    "CASAVI_API_KEY": "key",
+    "CASAVI_API_SECRET": "secret",
+}
 
 
 def settings_from(values: Mapping[str, str]) -> Settings:
@@ -69,3 +79,8 @@ def check_results(result: dg.ExecuteInProcessResult) -> dict[str, dg.AssetCheckE
         for e in result.all_events
         if e.event_type_value == "ASSET_CHECK_EVALUATION"
     }
+
+
+def reason_of_run(instance: dg.DagsterInstance, run_id: str) -> str:
+    """The one-line reason the failure hook gives for this finished run (without the step's exception)."""
+    return failure_reason(check_evaluations_of_run(instance, run_id), step_failures_of_run(instance, run_id))

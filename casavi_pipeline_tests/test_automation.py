@@ -11,10 +11,11 @@ import dagster as dg
 import pytest
 
 from casavi_pipeline.defs.automation import casavi_export_delivery_sensor, casavi_nightly_sync
-from casavi_pipeline.defs.failures import failure_reason, reason_of_run
+from casavi_pipeline.defs.failures import failure_reason
 from casavi_pipeline.defs.resources import ErpExport, SyncPolicy
-from casavi_pipeline.sync.deliveries import scan_delivery
+from casavi_pipeline.erp.deliveries import scan_delivery
 from casavi_pipeline_tests.erp_fixtures import write_export
+from casavi_pipeline_tests.harness import reason_of_run
 
 MANDANTEN = ["0001", "0002", "0420"]  # the partitions the tests' code location loads with (conftest)
 

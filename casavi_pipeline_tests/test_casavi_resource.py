@@ -15,14 +15,7 @@ from casavi_pipeline.casavi.errors import CasaviRateLimitedError
 from casavi_pipeline.defs.resources import CasaviResource, HttpCasaviResource
 from casavi_pipeline.defs.sync import _casavi, _Progress
 from casavi_pipeline.settings import SettingsError, load_settings
-
-REQUIRED = {
-    "ERP_EXPORT_DIR": "/srv/erp",
-    "CASAVI_MANDANTEN": "0001",
-    "CASAVI_BASE_URL": "https://api.mycasavi.com",
-    "CASAVI_API_KEY": "key",
-    "CASAVI_API_SECRET": "secret",
-}
+from casavi_pipeline_tests.harness import REQUIRED
 
 
 def settings_error(**values: str) -> str:
@@ -44,8 +37,8 @@ def test_a_ceiling_that_is_no_finite_number_is_refused_for_what_it_is(value):
 
 
 def test_the_ceiling_defaults_to_600_and_0_means_none():
-    assert load_settings(_env_file=None, **REQUIRED).requests_per_minute == 600
-    assert load_settings(_env_file=None, **REQUIRED, CASAVI_REQUESTS_PER_MINUTE="0").requests_per_minute == 0
+    assert load_settings(_env_file=None, **REQUIRED).casavi.requests_per_minute == 600
+    assert load_settings(_env_file=None, **REQUIRED, CASAVI_REQUESTS_PER_MINUTE="0").casavi.requests_per_minute == 0
 
 
 @dg.asset

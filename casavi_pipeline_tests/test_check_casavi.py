@@ -27,8 +27,7 @@ from casavi_pipeline.casavi import api, conformance
 from casavi_pipeline.casavi.api import ObjectKind
 from casavi_pipeline.casavi.client import CasaviClient, Operation
 from casavi_pipeline.casavi.errors import CasaviModelMismatchError
-from casavi_pipeline.defs.failures import reason_of_run
-from casavi_pipeline_tests.harness import run_from_environment
+from casavi_pipeline_tests.harness import reason_of_run, run_from_environment
 from casavi_sandbox import SandboxProcess
 from casavi_sandbox.accounts import mapped_bodies
 from casavi_sandbox.local import SAMPLE_EXPORT_DIR, SAMPLE_MANDANTEN

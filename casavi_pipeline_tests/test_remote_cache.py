@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 
 from casavi_pipeline.casavi.api import ObjectKind
-from casavi_pipeline.settings import Settings
+from casavi_pipeline.settings import SyncPolicySettings
 from casavi_pipeline.state.listing import RemoteCache
 
 PREFIXES = ("0001-",)
@@ -82,7 +82,7 @@ def test_an_unreadable_cache_is_moved_aside_and_listed_again(tmp_path):
 
 def test_with_the_shipped_default_every_nightly_run_lists_in_full_and_sees_deletions(tmp_path):
     """A unit deleted by hand in casavi's UI is seen the next night, not up to a week later."""
-    nightly_full = dt.timedelta(days=Settings.model_fields["full_read_every_days"].default)
+    nightly_full = dt.timedelta(days=SyncPolicySettings.model_fields["full_read_every_days"].default)
     cache = RemoteCache(tmp_path)
     casavi = Casavi([unit("0001-1-01-1", T0), unit("0001-1-01-2", T0)])
     cache.refresh(casavi, prefixes=PREFIXES, now=T0, full_every=nightly_full)

@@ -36,7 +36,7 @@ REJECTIONS_CHECK = "casavi_rejections"
 
 
 def _default_status(settings: Settings) -> dg.DefaultSensorStatus:
-    return dg.DefaultSensorStatus.RUNNING if settings.alerts_configured else dg.DefaultSensorStatus.STOPPED
+    return dg.DefaultSensorStatus.RUNNING if settings.alerts.configured else dg.DefaultSensorStatus.STOPPED
 
 
 _NO_CHANNEL = dg.SkipReason("no alert channel configured (CASAVI_ALERT_* settings)")

@@ -80,10 +80,6 @@ def step_failures_of_run(instance: dg.DagsterInstance, run_id: str) -> list[dg.D
     return [r.event_log_entry.dagster_event for r in records if r.event_log_entry.dagster_event]
 
 
-def reason_of_run(instance: dg.DagsterInstance, run_id: str) -> str:
-    return failure_reason(check_evaluations_of_run(instance, run_id), step_failures_of_run(instance, run_id))
-
-
 def stopped_line(reason: str) -> str:
     """The run log's ERROR line naming the reason (the same in every way a run is started)."""
     return f"casavi_pipeline stopped: {reason}"

@@ -6,50 +6,113 @@ receives what it needs as a resource (or, for the partitions, as `SETTINGS.manda
 because Dagster needs static partitions when the code location loads). Tests hand in their own
 resources instead of patching the environment.
 
+Each resource takes one group of settings (`casavi_pipeline.settings`): its config fields are generated
+from the group's declarations (`_fields_of`: same names, defaults, bounds and meanings, the variable named
+in each field's description), and `from_settings` fills them from the loaded group. Secrets (`SecretStr`)
+are bound through `dg.EnvVar`, so they are read from the environment when a run starts and never stored
+in run config, the UI or the event log.
+
 The casavi resource is an abstract `ConfigurableResource` with a real (httpx) implementation here and a
-fake in the test harness (`casavi_sandbox.fake`). Its credentials are bound through `dg.EnvVar`, so they
-are read from the environment when a run starts and never stored in run config, the UI or the event log.
-Where they go is no run config at all: the resource reads `CASAVI_BASE_URL` from the run's environment
-too (validated by the settings' rule), so a run launched with edited config cannot redirect them.
+fake in the test harness (`casavi_sandbox.fake`). Where its credentials go is no run config at all: the
+resource reads `CASAVI_BASE_URL` from the run's environment too (validated by the settings' rule), so a
+run launched with edited config cannot redirect them.
 """
 
 from __future__ import annotations
 
 import contextlib
+import types
+import typing
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Annotated, Any, Self
 
 import dagster as dg
-from pydantic import Field
+from pydantic import BaseModel, Field, SecretStr, create_model
+from pydantic.fields import FieldInfo
 
 from casavi_pipeline.alerts import AlertChannels, Smtp
 from casavi_pipeline.casavi.client import CasaviClient
-from casavi_pipeline.casavi.ratelimit import (
-    DEFAULT_CEILING_PER_MINUTE,
-    AccountBudget,
-    budget_path,
-    learned_rate,
-)
+from casavi_pipeline.casavi.ratelimit import AccountBudget, budget_path, learned_rate
 from casavi_pipeline.erase import VALUES_FOLDER
 from casavi_pipeline.erp.contract import Entity
+from casavi_pipeline.erp.deliveries import Delivery, scan_delivery
 from casavi_pipeline.erp.reader import ErpTable, read_entity
-from casavi_pipeline.settings import Settings, casavi_base_url, load_settings
+from casavi_pipeline.settings import (
+    AlertSettings,
+    CasaviSettings,
+    ErpSettings,
+    Settings,
+    StateSettings,
+    SyncPolicySettings,
+    addresses,
+    casavi_base_url,
+    in_resource,
+    load_settings,
+    variable_of,
+)
+from casavi_pipeline.sync.guards import GuardPolicy
+from casavi_pipeline.sync.rejections import RejectionPolicy
 from casavi_pipeline.state.listing import RemoteCache
 from casavi_pipeline.state.snapshot import Snapshot
 from casavi_pipeline.state.store import StateStore
-from casavi_pipeline.sync.deliveries import Delivery, scan_delivery
-from casavi_pipeline.sync.guards import GuardPolicy
-from casavi_pipeline.sync.rejections import RejectionPolicy
 
 #: The settings of this code location, read once when it loads (a bad setting fails the load in one line).
 SETTINGS: Settings = load_settings()
 
 
-class ErpExport(dg.ConfigurableResource):
-    """The ERP export folder: one sub-folder per Mandant with the seven CSV files."""
+def _is_secret(field: FieldInfo) -> bool:
+    return SecretStr in (field.annotation, *typing.get_args(field.annotation))
 
-    directory: str = Field(description="the export folder (ERP_EXPORT_DIR)")
-    encoding: str = Field(default="utf-8", description="utf-8 or cp1252 (ERP_EXPORT_ENCODING)")
+
+def _config_type(annotation: Any) -> Any:
+    """The type of a setting as Dagster config: secrets and paths are strings there."""
+    if isinstance(annotation, types.UnionType):
+        return _config_type(typing.get_args(annotation)[0]) | None  # settings unions are `X | None`
+    return str if annotation in (SecretStr, Path) else annotation
+
+
+def _fields_of(group: type[BaseModel]) -> dict[str, Any]:
+    """The resource's config fields of a settings group: every setting that is `in_resource`."""
+    fields: dict[str, Any] = {}
+    for name, field in group.model_fields.items():
+        if not in_resource(field):
+            continue
+        variable = variable_of(field)
+        source = f"dg.EnvVar('{variable}'), a secret" if _is_secret(field) else variable
+        default = str(field.default) if isinstance(field.default, Path) else field.default
+        config_type = _config_type(field.annotation)
+        if field.metadata:  # the bounds (ge, le, gt, allow_inf_nan)
+            config_type = Annotated[(config_type, *field.metadata)]
+        fields[name] = (config_type, Field(default, description=f"{field.description} ({source})"))
+    return fields
+
+
+class _SettingsResource(dg.ConfigurableResource):
+    @classmethod
+    def from_settings(cls, group: BaseModel, **more: Any) -> Self:
+        """The resource for the loaded group; secrets only as `dg.EnvVar` (and only when set)."""
+        values: dict[str, Any] = {}
+        for name, field in type(group).model_fields.items():
+            if not in_resource(field):
+                continue
+            value = getattr(group, name)
+            if _is_secret(field):
+                # An unset EnvVar would fail the resource: an optional secret that is not set stays None.
+                value = dg.EnvVar(variable_of(field)) if value is not None else None
+            elif isinstance(value, Path):
+                value = str(value)
+            values[name] = value
+        return cls(**values, **more)
+
+
+def _resource_of(group: type[BaseModel]) -> type[_SettingsResource]:
+    """A resource base class whose config fields are the group's settings."""
+    return create_model(f"{group.__name__}Fields", __base__=_SettingsResource, **_fields_of(group))
+
+
+class ErpExport(_resource_of(ErpSettings)):
+    """The ERP export folder: one sub-folder per Mandant with the seven CSV files."""
 
     def read(self, mandant: str, entity: Entity) -> ErpTable:
         return read_entity(Path(self.directory), mandant, entity, self.encoding)
@@ -58,21 +121,14 @@ class ErpExport(dg.ConfigurableResource):
         return scan_delivery(Path(self.directory), mandant)
 
 
-class SnapshotStore(dg.ConfigurableResource):
+class SnapshotStore(_resource_of(StateSettings)):
     """Where the sync's state lives (`casavi_pipeline.state.store`): one snapshot per Mandant, so
-    Mandanten run in parallel, and one listing of casavi shared by all of them."""
-
-    directory: str = Field(description="folder of the state files or their working copies (CASAVI_SNAPSHOT_DB)")
-    state_url: str | None = Field(
-        default=None, description="EnvVar('CASAVI_STATE_URL'): the state in PostgreSQL; unset: local files"
-    )
-    audit_retention_days: float = Field(
-        default=400.0, gt=0, description="audit rows older than this go (CASAVI_AUDIT_RETENTION_DAYS)"
-    )
+    Mandanten run in parallel, and one listing of casavi shared by all of them; local files, or
+    PostgreSQL when CASAVI_STATE_URL is set."""
 
     @property
     def store(self) -> StateStore:
-        return StateStore(Path(self.directory), self.state_url)
+        return StateStore(Path(self.directory), self.url)
 
     def open(self, mandant: str, *, read_only: bool = False) -> Snapshot:
         return self.store.open(mandant, read_only=read_only)
@@ -87,26 +143,8 @@ class SnapshotStore(dg.ConfigurableResource):
         return self.store.listing()
 
 
-class SyncPolicy(dg.ConfigurableResource):
+class SyncPolicy(_resource_of(SyncPolicySettings)):
     """How reference ids are composed and what the sync may do on its own."""
-
-    id_separator: str = Field(default="-", description="separator of composite ids (CASAVI_ID_SEPARATOR)")
-    max_delete_share: float = Field(default=0.10, ge=0, le=1, description="CASAVI_MAX_DELETE_SHARE")
-    delete_guard_min_count: int = Field(default=0, ge=0, description="CASAVI_DELETE_GUARD_MIN_COUNT")
-    allow_mass_delete: bool = Field(default=False, description="CASAVI_ALLOW_MASS_DELETE")
-    allow_separator_change: bool = Field(default=False, description="CASAVI_ALLOW_SEPARATOR_CHANGE")
-    email_drop_warn_share: float = Field(default=0.25, ge=0, le=1, description="CASAVI_EMAIL_DROP_WARN_SHARE")
-    delivery_settle_seconds: float = Field(default=60.0, ge=0, description="CASAVI_DELIVERY_SETTLE_SECONDS")
-    verify_writes: bool = Field(
-        default=True, description="read back the first write per kind (CASAVI_VERIFY_WRITES)"
-    )
-    read_max_age_minutes: float = Field(default=10.0, ge=0, description="CASAVI_READ_MAX_AGE_MINUTES")
-    progress_seconds: float = Field(default=30.0, gt=0, description="CASAVI_PROGRESS_SECONDS")
-    full_read_every_days: float = Field(default=0.75, gt=0, description="CASAVI_FULL_READ_EVERY_DAYS")
-    max_rejected_share: float = Field(default=0.05, ge=0, le=1, description="CASAVI_MAX_REJECTED_SHARE")
-    rejected_min_count: int = Field(default=10, ge=0, description="CASAVI_REJECTED_MIN_COUNT")
-    rejection_escalate_nights: int = Field(default=3, ge=1, description="CASAVI_REJECTION_ESCALATE_NIGHTS")
-    freshness_hours: float = Field(default=26.0, gt=0, description="CASAVI_FRESHNESS_HOURS")
 
     @property
     def guards(self) -> GuardPolicy:
@@ -127,26 +165,11 @@ class SyncPolicy(dg.ConfigurableResource):
         )
 
 
-class Alerting(dg.ConfigurableResource):
+class Alerting(_resource_of(AlertSettings)):
     """Who is told when a night fails or a Mandant goes stale (`casavi_pipeline.alerts`).
 
-    The webhook URLs and the SMTP password are bound through `dg.EnvVar` (`build_resources`), like the
+    The webhook URLs and the SMTP password are bound through `dg.EnvVar` (`from_settings`), like the
     casavi credentials: never in run config, the UI or the event log."""
-
-    ui_url: str | None = Field(default=None, description="the Dagster UI's base URL (CASAVI_ALERT_UI_URL)")
-    smtp_host: str | None = Field(default=None, description="CASAVI_ALERT_SMTP_HOST")
-    smtp_port: int = Field(default=587, description="CASAVI_ALERT_SMTP_PORT")
-    smtp_starttls: bool = Field(default=True, description="CASAVI_ALERT_SMTP_STARTTLS")
-    smtp_from: str | None = Field(default=None, description="CASAVI_ALERT_SMTP_FROM")
-    smtp_to: list[str] = Field(default=[], description="CASAVI_ALERT_SMTP_TO")
-    smtp_user: str | None = Field(default=None, description="CASAVI_ALERT_SMTP_USER")
-    smtp_password: str | None = Field(default=None, description="EnvVar('CASAVI_ALERT_SMTP_PASSWORD')")
-    slack_webhook_url: str | None = Field(
-        default=None, description="EnvVar('CASAVI_ALERT_SLACK_WEBHOOK_URL')"
-    )
-    teams_webhook_url: str | None = Field(
-        default=None, description="EnvVar('CASAVI_ALERT_TEAMS_WEBHOOK_URL')"
-    )
 
     @property
     def channels(self) -> AlertChannels:
@@ -156,7 +179,7 @@ class Alerting(dg.ConfigurableResource):
                 host=self.smtp_host,
                 port=self.smtp_port,
                 sender=self.smtp_from,
-                recipients=tuple(self.smtp_to),
+                recipients=tuple(addresses(self.smtp_to)),
                 starttls=self.smtp_starttls,
                 user=self.smtp_user,
                 password=self.smtp_password,
@@ -187,25 +210,14 @@ class CasaviResource(dg.ConfigurableResource):
         return None
 
 
-class HttpCasaviResource(CasaviResource):
+class HttpCasaviResource(CasaviResource, _resource_of(CasaviSettings)):
     """casavi's manager API v2 over HTTP (or the local sandbox, which speaks the same API).
 
     Every client it hands out paces its requests through the account's budget, a file in
     `state_directory` shared by all processes (see `casavi_pipeline.casavi.ratelimit`).
     """
 
-    api_key: str = Field(description="casavi API key (bound to EnvVar('CASAVI_API_KEY'))")
-    api_secret: str = Field(description="casavi API secret (bound to EnvVar('CASAVI_API_SECRET'))")
     state_directory: str = Field(description="folder of the account's request budget (CASAVI_SNAPSHOT_DB)")
-    requests_per_minute: float = Field(
-        default=DEFAULT_CEILING_PER_MINUTE,
-        ge=0,
-        allow_inf_nan=False,
-        description="ceiling of the adaptive rate, 0 = none (CASAVI_REQUESTS_PER_MINUTE)",
-    )
-    max_concurrency: int = Field(
-        default=4, ge=1, le=64, description="writes in flight (CASAVI_MAX_CONCURRENCY)"
-    )
     timeout_seconds: float = Field(default=30.0, gt=0)
     max_attempts: int = Field(default=6, ge=1, description="tries per request on 5xx/timeouts")
     max_retry_seconds: float = Field(default=300.0, gt=0, description="retry time per request, 429s included")
@@ -243,63 +255,19 @@ class HttpCasaviResource(CasaviResource):
 
 def build_resources(settings: Settings) -> dict[str, object]:
     """The resources of the code location, from validated settings; secrets only through EnvVar."""
-    snapshots = SnapshotStore(
-        directory=str(settings.snapshot_dir.resolve()),
-        state_url=_secret("CASAVI_STATE_URL", settings.state_url),
-        audit_retention_days=settings.audit_retention_days,
-    )
+    snapshots = SnapshotStore.from_settings(settings.state)
     return {
         # The frames between steps hold names, emails and phones: they are kept beside the Mandant's
         # snapshot (one file per asset and Mandant, overwritten by its next run, erased by
         # `./run erase-personal-data M`), not in Dagster's storage under $DAGSTER_HOME, which grows
         # with every instance and is not the Mandant's to erase.
         "io_manager": dg.FilesystemIOManager(base_dir=str(snapshots.values_directory)),
-        "erp_export": ErpExport(
-            directory=str(settings.erp_export_dir), encoding=settings.erp_export_encoding
-        ),
+        "erp_export": ErpExport.from_settings(settings.erp),
         "snapshots": snapshots,
-        "sync_policy": SyncPolicy(
-            id_separator=settings.id_separator,
-            max_delete_share=settings.max_delete_share,
-            delete_guard_min_count=settings.delete_guard_min_count,
-            allow_mass_delete=settings.allow_mass_delete,
-            allow_separator_change=settings.allow_separator_change,
-            email_drop_warn_share=settings.email_drop_warn_share,
-            delivery_settle_seconds=settings.delivery_settle_seconds,
-            verify_writes=settings.verify_writes,
-            read_max_age_minutes=settings.read_max_age_minutes,
-            progress_seconds=settings.progress_seconds,
-            full_read_every_days=settings.full_read_every_days,
-            max_rejected_share=settings.max_rejected_share,
-            rejected_min_count=settings.rejected_min_count,
-            rejection_escalate_nights=settings.rejection_escalate_nights,
-            freshness_hours=settings.freshness_hours,
-        ),
-        "alerting": Alerting(
-            ui_url=settings.alert_ui_url,
-            smtp_host=settings.alert_smtp_host,
-            smtp_port=settings.alert_smtp_port,
-            smtp_starttls=settings.alert_smtp_starttls,
-            smtp_from=settings.alert_smtp_from,
-            smtp_to=settings.alert_smtp_recipients,
-            smtp_user=settings.alert_smtp_user,
-            smtp_password=_secret("CASAVI_ALERT_SMTP_PASSWORD", settings.alert_smtp_password),
-            slack_webhook_url=_secret("CASAVI_ALERT_SLACK_WEBHOOK_URL", settings.alert_slack_webhook_url),
-            teams_webhook_url=_secret("CASAVI_ALERT_TEAMS_WEBHOOK_URL", settings.alert_teams_webhook_url),
-        ),
-        "casavi": HttpCasaviResource(
-            api_key=dg.EnvVar("CASAVI_API_KEY"),
-            api_secret=dg.EnvVar("CASAVI_API_SECRET"),
-            state_directory=snapshots.directory,
-            requests_per_minute=settings.requests_per_minute,
-            max_concurrency=settings.max_concurrency,
-        ),
+        "sync_policy": SyncPolicy.from_settings(settings.sync),
+        "alerting": Alerting.from_settings(settings.alerts),
+        "casavi": HttpCasaviResource.from_settings(settings.casavi, state_directory=snapshots.directory),
     }
-
-
-def _secret(variable: str, value: object | None) -> dg.EnvVar | None:
-    """Bind an optional secret through EnvVar only when it is set (an unset EnvVar fails the resource)."""
-    return dg.EnvVar(variable) if value is not None else None
 
 
 @dg.definitions

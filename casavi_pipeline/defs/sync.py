@@ -30,7 +30,7 @@ from casavi_pipeline.casavi.errors import (
 )
 from casavi_pipeline.defs.erp import erp_export
 from casavi_pipeline.defs.partitions import mandant_partitions
-from casavi_pipeline.defs.resources import SETTINGS, CasaviResource, SnapshotStore, SyncPolicy
+from casavi_pipeline.defs.resources import CasaviResource, SnapshotStore, SyncPolicy
 from casavi_pipeline.runs.health import describe_pool, reap_dead_runs, tag_run_host
 from casavi_pipeline.settings import ALLOWED_SEPARATORS
 from casavi_pipeline.state.diff import ChangesetSummary, compute_changeset, summarize
@@ -257,13 +257,13 @@ def _changeset_metadata(summary: ChangesetSummary, casavi: CasaviResource) -> di
     }
 
 
-# Run-config defaults (`repair_drift`, `dry_run`) are settings read when the code location loads, like
-# the partitions: the launchpad then shows the default that applies, and a run may override it.
+# Run-config options whose default is a setting: None means "the setting", read from the sync_policy
+# resource when the step runs (so a run takes the settings of its own environment, and tests theirs).
 class ChangesetConfig(dg.Config):
-    repair_drift: bool = Field(
-        default=SETTINGS.repair_drift,
+    repair_drift: bool | None = Field(
+        default=None,
         description="Put objects changed or deleted in casavi (and ours that we never wrote) into this "
-        "changeset, restoring the ERP's state (default: CASAVI_REPAIR_DRIFT).",
+        "changeset, restoring the ERP's state (unset: the setting CASAVI_REPAIR_DRIFT).",
     )
 
 
@@ -279,6 +279,7 @@ def casavi_changeset(
     context: dg.AssetExecutionContext,
     config: ChangesetConfig,
     snapshots: SnapshotStore,
+    sync_policy: SyncPolicy,
     casavi: CasaviResource,
     casavi_properties,
     casavi_units,
@@ -292,7 +293,8 @@ def casavi_changeset(
     }
     _before_the_pool(context)
     with snapshots.open(mandant) as snapshot:
-        if config.repair_drift and snapshot.drift(listed=0).count():
+        repair_drift = sync_policy.repair_drift if config.repair_drift is None else config.repair_drift
+        if repair_drift and snapshot.drift(listed=0).count():
             context.log.info(f"Mandant {mandant}: repairing drift: casavi's state is taken as synced")
             snapshot.adopt_remote()
         summary = compute_changeset(snapshot, frames, identity=_run_identity(context))
@@ -364,10 +366,10 @@ def mass_deletion_guard_check(
 
 # --- sync -----------------------------------------------------------------------------------------
 class SyncConfig(dg.Config):
-    dry_run: bool = Field(
-        default=SETTINGS.dry_run,
-        description="Compute and show the changeset, write nothing to casavi (default: CASAVI_DRY_RUN). A "
-        "dry run records an observation of casavi_sync, not a materialization.",
+    dry_run: bool | None = Field(
+        default=None,
+        description="Compute and show the changeset, write nothing to casavi (unset: the setting "
+        "CASAVI_DRY_RUN). A dry run records an observation of casavi_sync, not a materialization.",
     )
 
 
@@ -498,7 +500,8 @@ def casavi_sync(
             )
         snapshot.prune_audit(snapshots.audit_retention_days)
         summary = summarize(snapshot)
-        if config.dry_run:
+        dry_run = sync_policy.dry_run if config.dry_run is None else config.dry_run
+        if dry_run:
             yield from _dry_run(context, snapshot, summary, casavi)
             return
         if snapshot.synced_total() == 0 or sync_policy.allow_separator_change:

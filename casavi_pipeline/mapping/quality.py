@@ -15,10 +15,9 @@ import pandas as pd
 
 from casavi_pipeline.erp.contract import ENTITIES_BY_NAME, FOREIGN_KEYS
 from casavi_pipeline.mapping.email import first_valid_emails, is_valid_email
-from casavi_pipeline.settings import ALLOWED_SEPARATORS, Settings
+from casavi_pipeline.settings import ALLOWED_SEPARATORS
 
 MAX_LISTED = 50
-SEPARATOR_SETTING = str(Settings.model_fields["id_separator"].validation_alias)
 
 ForeignKey = tuple[str, tuple[str, ...], str, tuple[str, ...]]
 
@@ -78,7 +77,7 @@ def unique_ids(
     groups = duplicated.groupby("id", sort=True)["erp_key"].agg(lambda keys: " | ".join(sorted(keys)))
     details = [f"{ref_id} ← {keys}" for ref_id, keys in groups.items()]
     free = free_separators(frame["id"], separator)
-    hint = f"an ERP number contains the separator {separator!r}: set {SEPARATOR_SETTING} to " + (
+    hint = f"an ERP number contains the separator {separator!r}: set CASAVI_ID_SEPARATOR to " + (
         " or ".join(repr(s) for s in free) if free else "… (none is free: renumber the ERP records)"
     )
     return _outcome(
