@@ -51,11 +51,11 @@ from casavi_pipeline.settings import (
     load_settings,
     variable_of,
 )
-from casavi_pipeline.sync.guards import GuardPolicy
-from casavi_pipeline.sync.rejections import RejectionPolicy
 from casavi_pipeline.state.listing import RemoteCache
 from casavi_pipeline.state.snapshot import Snapshot
 from casavi_pipeline.state.store import StateStore
+from casavi_pipeline.sync.guards import GuardPolicy
+from casavi_pipeline.sync.rejections import RejectionPolicy
 
 #: The settings of this code location, read once when it loads (a bad setting fails the load in one line).
 SETTINGS: Settings = load_settings()
