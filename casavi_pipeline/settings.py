@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+from enum import StrEnum
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -34,6 +35,15 @@ DEFAULT_SNAPSHOT_DIR = Path("data") / "snapshots"
 
 ALLOWED_SEPARATORS = ("-", "_", ".", "/", "|")
 ALLOWED_ENCODINGS = ("utf-8", "cp1252")
+
+
+class SyncRule(StrEnum):
+    """Which tenants, and with them which objects, are synced (rule 2 of `docs/export-format.md`)."""
+
+    EMAIL = "email"  # tenants with a valid email; all real estate and all owners
+    LAST_NAME = "last-name"  # Aareon Connect's rule since 2024-02-07: tenants by name, only linked objects
+
+
 #: A Mandant number: 1-16 letters or digits (it names files and folders: never a path or a glob). Use fullmatch.
 MANDANT_PATTERN = re.compile(r"[0-9A-Za-z]{1,16}")
 
@@ -86,6 +96,7 @@ class Settings(BaseSettings):
     id_separator: str = _env("CASAVI_ID_SEPARATOR", default="-")
     erp_export_encoding: str = _env("ERP_EXPORT_ENCODING", default="utf-8")
     snapshot_dir: Path = _env("CASAVI_SNAPSHOT_DB", default=DEFAULT_SNAPSHOT_DIR)
+    sync_rule: SyncRule = _env("CASAVI_SYNC_RULE", default=SyncRule.EMAIL)
     # The casavi client: the ceiling of its adaptive rate (casavi_pipeline.casavi.ratelimit), 0 = none
     requests_per_minute: float = _env(
         "CASAVI_REQUESTS_PER_MINUTE", default=DEFAULT_CEILING_PER_MINUTE, ge=0, allow_inf_nan=False
@@ -146,6 +157,14 @@ class Settings(BaseSettings):
                 + " ".join(repr(s) for s in ALLOWED_SEPARATORS)
             )
         return value
+
+    @field_validator("sync_rule", mode="before")
+    @classmethod
+    def _sync_rule_allowed(cls, value: object) -> object:
+        normalized = value.strip().lower() if isinstance(value, str) else value
+        if normalized not in tuple(SyncRule):
+            raise ValueError(f"CASAVI_SYNC_RULE={value!r} is not allowed; use one of {', '.join(SyncRule)}")
+        return normalized
 
     @field_validator("erp_export_encoding")
     @classmethod

@@ -13,6 +13,7 @@ from casavi_pipeline.mapping import map_mandant, quality
 from casavi_pipeline.mapping.email import first_valid_email, is_valid_email
 from casavi_pipeline.mapping.people import conflicting_persons
 from casavi_pipeline.mapping.schemas import contract_problems, payload_problems
+from casavi_pipeline.settings import SyncRule
 from casavi_pipeline_tests.erp_fixtures import Append, default_rows, write_export
 
 M = "0001"
@@ -23,8 +24,10 @@ def erp(tmp_path, rows=None) -> dict[str, pd.DataFrame]:
     return {e.name: read_entity(root, M, e).frame for e in ENTITIES}
 
 
-def mapped(frames: dict[str, pd.DataFrame], separator: str = "-") -> dict[str, pd.DataFrame]:
-    return map_mandant(frames, mandant=M, separator=separator)
+def mapped(
+    frames: dict[str, pd.DataFrame], separator: str = "-", rule: SyncRule = SyncRule.EMAIL
+) -> dict[str, pd.DataFrame]:
+    return map_mandant(frames, mandant=M, separator=separator, rule=rule)
 
 
 @pytest.mark.parametrize("s", ["-", "_", ".", "/", "|"])
@@ -180,7 +183,7 @@ def test_conflicting_rows_latest_beginn_wins_and_are_counted(tmp_path):
         frames["eigentuemer"],
         frames["eigentuemervertraege"],
     )
-    conflicts = conflicting_persons(*people, mandant=M, separator="-")
+    conflicts = conflicting_persons(*people, mandant=M, separator="-", rule=SyncRule.EMAIL)
     assert conflicts.to_dict("records") == [{"contact_id": "0001-00042", "rows": 2}]
 
     # Counted and listed, passing: such persons are everyday ERP data. Above the share, a warning.

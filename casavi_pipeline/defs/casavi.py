@@ -3,7 +3,9 @@
 Thin wiring over `casavi_pipeline.mapping`; the lineage reads like the mapping table of the README
 (Wirtschaftseinheit → property, Gebäude → address → property, Verwaltungseinheit → unit, Mietvertrag →
 contract → contact, ...). Addresses and contracts have no reference id in casavi: they are parts of
-their property and contact, and their assets are the flat rows those embed.
+their property and contact, and their assets are the flat rows those embed. Under the sync rule
+`last-name` (`CASAVI_SYNC_RULE`) properties and units follow the synced contracts: they read
+`casavi_contracts` to send only what a synced contract links.
 """
 
 import dagster as dg
@@ -36,20 +38,25 @@ def casavi_addresses(
 
 
 @dg.asset(
-    **_COMMON, description="Wirtschaftseinheiten → casavi properties (Liegenschaften) with their addresses."
+    **_COMMON,
+    description="Wirtschaftseinheiten → casavi properties (Liegenschaften) with their addresses; under the "
+    "sync rule last-name only those a synced contract links.",
 )
 def casavi_properties(
     context: dg.AssetExecutionContext,
     sync_policy: SyncPolicy,
     wirtschaftseinheiten: pd.DataFrame,
     casavi_addresses: pd.DataFrame,
+    casavi_contracts: pd.DataFrame,
 ) -> dg.Output[pd.DataFrame]:
     return _result(
         map_properties(
             wirtschaftseinheiten,
             casavi_addresses,
+            casavi_contracts,
             mandant=context.partition_key,
             separator=sync_policy.id_separator,
+            rule=sync_policy.sync_rule,
         )
     )
 
@@ -57,17 +64,24 @@ def casavi_properties(
 @dg.asset(
     **_COMMON,
     description="Verwaltungseinheiten → casavi units (Einheiten), linked to their property and, by street, "
-    "to their building's address.",
+    "to their building's address; under the sync rule last-name only those a synced contract links (no "
+    "vacant unit).",
 )
 def casavi_units(
     context: dg.AssetExecutionContext,
     sync_policy: SyncPolicy,
     verwaltungseinheiten: pd.DataFrame,
     gebaeude: pd.DataFrame,
+    casavi_contracts: pd.DataFrame,
 ) -> dg.Output[pd.DataFrame]:
     return _result(
         map_units(
-            verwaltungseinheiten, gebaeude, mandant=context.partition_key, separator=sync_policy.id_separator
+            verwaltungseinheiten,
+            gebaeude,
+            casavi_contracts,
+            mandant=context.partition_key,
+            separator=sync_policy.id_separator,
+            rule=sync_policy.sync_rule,
         )
     )
 
@@ -75,7 +89,9 @@ def casavi_units(
 @dg.asset(
     **_COMMON,
     description="Mietverträge with their synced tenants (type RENTER) and Eigentümerverträge with their "
-    "owners (type OWNER) → the contracts casavi keeps inside each contact, one row per contract and person.",
+    "synced owners (type OWNER) → the contracts casavi keeps inside each contact, one row per contract and "
+    "person. Which are synced is CASAVI_SYNC_RULE: email (tenants with a valid email, all owners) or "
+    "last-name (tenants with a name, owners of a unit a synced tenant rents).",
 )
 def casavi_contracts(
     context: dg.AssetExecutionContext,
@@ -94,13 +110,14 @@ def casavi_contracts(
         verwaltungseinheiten,
         mandant=context.partition_key,
         separator=sync_policy.id_separator,
+        rule=sync_policy.sync_rule,
     )
     return _result(frame, "contact_id")
 
 
 @dg.asset(
     **_COMMON,
-    description="Mieter with a valid email and all Eigentümer → casavi contacts, one per person, each "
+    description="Synced Mieter and Eigentümer (CASAVI_SYNC_RULE) → casavi contacts, one per person, each "
     "carrying its contracts (conflicting rows: the contract with the latest beginn wins).",
 )
 def casavi_contacts(
@@ -120,6 +137,7 @@ def casavi_contacts(
         casavi_contracts,
         mandant=context.partition_key,
         separator=sync_policy.id_separator,
+        rule=sync_policy.sync_rule,
     )
     return _result(frame)
 

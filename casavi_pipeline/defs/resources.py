@@ -33,7 +33,7 @@ from casavi_pipeline.casavi.ratelimit import (
 from casavi_pipeline.erase import VALUES_FOLDER
 from casavi_pipeline.erp.contract import Entity
 from casavi_pipeline.erp.reader import ErpTable, read_entity
-from casavi_pipeline.settings import Settings, casavi_base_url, load_settings
+from casavi_pipeline.settings import Settings, SyncRule, casavi_base_url, load_settings
 from casavi_pipeline.sync.deliveries import Delivery, scan_delivery
 from casavi_pipeline.sync.guards import GuardPolicy
 from casavi_pipeline.sync.rejections import RejectionPolicy
@@ -85,6 +85,9 @@ class SyncPolicy(dg.ConfigurableResource):
     """How reference ids are composed and what the sync may do on its own."""
 
     id_separator: str = Field(default="-", description="separator of composite ids (CASAVI_ID_SEPARATOR)")
+    sync_rule: SyncRule = Field(
+        default=SyncRule.EMAIL, description="which tenants and objects are synced (CASAVI_SYNC_RULE)"
+    )
     max_delete_share: float = Field(default=0.10, ge=0, le=1, description="CASAVI_MAX_DELETE_SHARE")
     delete_guard_min_count: int = Field(default=0, ge=0, description="CASAVI_DELETE_GUARD_MIN_COUNT")
     allow_mass_delete: bool = Field(default=False, description="CASAVI_ALLOW_MASS_DELETE")
@@ -106,6 +109,7 @@ class SyncPolicy(dg.ConfigurableResource):
     def guards(self) -> GuardPolicy:
         return GuardPolicy(
             separator=self.id_separator,
+            sync_rule=self.sync_rule,
             max_delete_share=self.max_delete_share,
             delete_guard_min_count=self.delete_guard_min_count,
             allow_mass_delete=self.allow_mass_delete,
@@ -252,6 +256,7 @@ def build_resources(settings: Settings) -> dict[str, object]:
         "snapshots": snapshots,
         "sync_policy": SyncPolicy(
             id_separator=settings.id_separator,
+            sync_rule=settings.sync_rule,
             max_delete_share=settings.max_delete_share,
             delete_guard_min_count=settings.delete_guard_min_count,
             allow_mass_delete=settings.allow_mass_delete,

@@ -7,21 +7,25 @@ import pandas as pd
 from casavi_pipeline.mapping.contracts import map_contracts
 from casavi_pipeline.mapping.people import map_contacts
 from casavi_pipeline.mapping.real_estate import map_addresses, map_properties, map_units
+from casavi_pipeline.settings import SyncRule
 
 
-def map_mandant(erp: dict[str, pd.DataFrame], *, mandant: str, separator: str) -> dict[str, pd.DataFrame]:
-    """All casavi frames of one Mandant from its seven ERP frames (what the casavi assets do step by step)."""
-    ids = {"mandant": mandant, "separator": separator}
+def map_mandant(
+    erp: dict[str, pd.DataFrame], *, mandant: str, separator: str, rule: SyncRule = SyncRule.EMAIL
+) -> dict[str, pd.DataFrame]:
+    """All casavi frames of one Mandant from its seven ERP frames (what the casavi assets do step by step),
+    under the sync rule (default: CASAVI_SYNC_RULE's)."""
+    ids = {"mandant": mandant, "separator": separator, "rule": rule}
     people = (erp["mieter"], erp["mietvertraege"], erp["eigentuemer"], erp["eigentuemervertraege"])
-    addresses = map_addresses(erp["gebaeude"], **ids)
+    addresses = map_addresses(erp["gebaeude"], mandant=mandant, separator=separator)
     contracts = map_contracts(
         erp["mietvertraege"], erp["mieter"], erp["eigentuemervertraege"], erp["eigentuemer"],
         erp["verwaltungseinheiten"], **ids,
     )  # fmt: skip
     return {
         "addresses": addresses,
-        "properties": map_properties(erp["wirtschaftseinheiten"], addresses, **ids),
-        "units": map_units(erp["verwaltungseinheiten"], erp["gebaeude"], **ids),
+        "properties": map_properties(erp["wirtschaftseinheiten"], addresses, contracts, **ids),
+        "units": map_units(erp["verwaltungseinheiten"], erp["gebaeude"], contracts, **ids),
         "contacts": map_contacts(*people, contracts, **ids),
         "contracts": contracts,
     }

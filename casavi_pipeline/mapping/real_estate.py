@@ -5,6 +5,11 @@ it is an address of its property, identified by its street ("strasse hausnummer"
 and a unit names its address by that street. Every function returns one row per source record, sorted
 by `id` (then `erp_key`): two ERP records that compose to the same ID (or two buildings with the same
 street) are kept side by side, never merged, so the checks can name both.
+
+Which properties and units are sent depends on the sync rule (`sql_in_scope`): all of the export under
+`email`; under `last-name` only those a synced contract links, so a vacant unit, and a property none of
+whose units is rented by a synced tenant, stay out of casavi. The synced contracts come from
+`people.person_rows`, the one statement of which rows are synced.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ from casavi_pipeline.casavi import api
 from casavi_pipeline.casavi.api import ObjectKind
 from casavi_pipeline.mapping.duck import DuckSession
 from casavi_pipeline.mapping.ids import sql_erp_key, sql_ref_id
+from casavi_pipeline.settings import SyncRule
 
 ADDRESS_COLUMNS: tuple[str, ...] = ("property_id", *(rule.name for rule in api.ADDRESS_RULES), "erp_key")
 PROPERTY_COLUMNS: tuple[str, ...] = (*api.DOMAIN_COLUMNS[ObjectKind.PROPERTY], "erp_key")
@@ -53,6 +59,18 @@ def sql_country(alias: str = "") -> str:
     return f"COALESCE((SELECT c.name FROM countries c WHERE c.code = {code}), {code})"
 
 
+def sql_in_scope(duck: DuckSession, rule: SyncRule, contracts: pd.DataFrame, column: str, id_sql: str) -> str:
+    """The condition on the reference id `id_sql` that keeps a property or unit in scope under `rule`.
+
+    `email`: everything in the export. `last-name`: only ids that `column` (`property_id` or `unit_id`)
+    of a synced contract names; the contracts frame is registered as view `linked`.
+    """
+    if rule is SyncRule.EMAIL:
+        return "TRUE"
+    duck.add_frame("linked", contracts, [f'CAST("{column}" AS VARCHAR) AS id'])
+    return f"{id_sql} IN (SELECT id FROM linked)"
+
+
 def map_addresses(gebaeude: pd.DataFrame, *, mandant: str, separator: str) -> pd.DataFrame:
     """Gebäude → the addresses of their property (one per building), with `property_id` for grouping."""
     with DuckSession(mandant, separator) as duck:
@@ -69,14 +87,22 @@ def map_addresses(gebaeude: pd.DataFrame, *, mandant: str, separator: str) -> pd
 
 
 def map_properties(
-    wirtschaftseinheiten: pd.DataFrame, addresses: pd.DataFrame, *, mandant: str, separator: str
+    wirtschaftseinheiten: pd.DataFrame,
+    addresses: pd.DataFrame,
+    contracts: pd.DataFrame,
+    *,
+    mandant: str,
+    separator: str,
+    rule: SyncRule,
 ) -> pd.DataFrame:
-    """Wirtschaftseinheiten → properties, each with its buildings' addresses (ordered by street)."""
+    """Wirtschaftseinheiten in scope (see `sql_in_scope`; `contracts` is the frame of `mapping.contracts`)
+    → properties, each with all its buildings' addresses (ordered by street)."""
     address_fields = ", ".join(f"{rule.name} := a.{rule.name}" for rule in api.ADDRESS_RULES)
     with DuckSession(mandant, separator) as duck:
         duck.add_erp("wirtschaftseinheiten", wirtschaftseinheiten)
         duck.add_frame("addresses", addresses, [f'CAST("{c}" AS VARCHAR) AS "{c}"' for c in ADDRESS_COLUMNS])
         add_countries(duck)
+        in_scope = sql_in_scope(duck, rule, contracts, "property_id", sql_ref_id("w.we_nr"))
         return duck.frame(
             f"""
             WITH by_property AS (
@@ -95,6 +121,7 @@ def map_properties(
                    {sql_erp_key("we_nr", alias="w")} AS erp_key
             FROM wirtschaftseinheiten w
             LEFT JOIN by_property b ON b.property_id = {sql_ref_id("w.we_nr")}
+            WHERE {in_scope}
             ORDER BY id, erp_key
             """,
             list_columns=("addresses",),
@@ -115,9 +142,16 @@ def _labels_frame() -> pd.DataFrame:
 
 
 def map_units(
-    verwaltungseinheiten: pd.DataFrame, gebaeude: pd.DataFrame, *, mandant: str, separator: str
+    verwaltungseinheiten: pd.DataFrame,
+    gebaeude: pd.DataFrame,
+    contracts: pd.DataFrame,
+    *,
+    mandant: str,
+    separator: str,
+    rule: SyncRule,
 ) -> pd.DataFrame:
-    """Verwaltungseinheiten → units, linked to their property and, by street, to their building's address.
+    """Verwaltungseinheiten in scope (see `sql_in_scope`; `contracts` is the frame of `mapping.contracts`)
+    → units, linked to their property and, by street, to their building's address.
 
     A unit whose building is missing from gebaeude.csv gets no address: the payload check blocks it
     (casavi requires one) and the ERP foreign-key check names the missing building.
@@ -128,6 +162,9 @@ def map_units(
         duck.add_frame("unit_labels", _labels_frame())
         duck.params["fallback_label"] = FALLBACK_UNIT_LABEL
         duck.params["private"] = api.Usage.PRIVATE.value
+        in_scope = sql_in_scope(
+            duck, rule, contracts, "unit_id", sql_ref_id("v.we_nr", "v.geb_nr", "v.ve_nr")
+        )
         return duck.frame(
             f"""
             SELECT {sql_ref_id("v.we_nr", "v.geb_nr", "v.ve_nr")} AS id,
@@ -142,6 +179,7 @@ def map_units(
             FROM verwaltungseinheiten v
             LEFT JOIN unit_labels l ON l.nutzungsart = v.nutzungsart
             LEFT JOIN gebaeude g ON g.we_nr = v.we_nr AND g.geb_nr = v.geb_nr
+            WHERE {in_scope}
             ORDER BY id, erp_key
             """
         )[list(UNIT_COLUMNS)]
