@@ -4,8 +4,8 @@ Thin wiring over `casavi_pipeline.mapping`; the lineage reads like the mapping t
 (Wirtschaftseinheit → property, Gebäude → address → property, Verwaltungseinheit → unit, Mietvertrag →
 contract → contact, ...). Addresses and contracts have no reference id in casavi: they are parts of
 their property and contact, and their assets are the flat rows those embed. Under the sync rule
-`last-name` (`CASAVI_SYNC_RULE`) properties and units follow the synced contracts: they read
-`casavi_contracts` to send only what a synced contract links.
+`last-name` (`CASAVI_SYNC_RULE`) properties and units follow the synced contracts: they read the
+tenants, owners and their contracts to send only what a synced contract links.
 """
 
 import dagster as dg
@@ -14,7 +14,7 @@ import pandas as pd
 from casavi_pipeline.defs.partitions import mandant_partitions
 from casavi_pipeline.defs.resources import SyncPolicy
 from casavi_pipeline.mapping.contracts import map_contracts
-from casavi_pipeline.mapping.people import map_contacts
+from casavi_pipeline.mapping.people import linked_units, map_contacts
 from casavi_pipeline.mapping.real_estate import map_addresses, map_properties, map_units
 
 PREVIEW_ROWS = 5
@@ -24,6 +24,15 @@ def _result(frame: pd.DataFrame, id_column: str = "id") -> dg.Output[pd.DataFram
     """The frame plus metadata: row count and the first reference ids (never names or emails)."""
     preview = ", ".join(frame[id_column].drop_duplicates().head(PREVIEW_ROWS))
     return dg.Output(frame, metadata={"dagster/row_count": len(frame), "first_reference_ids": preview})
+
+
+def _linked(
+    context: dg.AssetExecutionContext, sync_policy: SyncPolicy, *people: pd.DataFrame
+) -> pd.DataFrame | None:
+    """The units a synced contract links when the sync rule sends only those, else None (all)."""
+    return linked_units(
+        *people, mandant=context.partition_key, separator=sync_policy.id_separator, rule=sync_policy.sync_rule
+    )
 
 
 _COMMON = {"partitions_def": mandant_partitions, "group_name": "casavi", "kinds": {"duckdb", "pandas"}}
@@ -47,16 +56,18 @@ def casavi_properties(
     sync_policy: SyncPolicy,
     wirtschaftseinheiten: pd.DataFrame,
     casavi_addresses: pd.DataFrame,
-    casavi_contracts: pd.DataFrame,
+    mieter: pd.DataFrame,
+    mietvertraege: pd.DataFrame,
+    eigentuemer: pd.DataFrame,
+    eigentuemervertraege: pd.DataFrame,
 ) -> dg.Output[pd.DataFrame]:
     return _result(
         map_properties(
             wirtschaftseinheiten,
             casavi_addresses,
-            casavi_contracts,
+            _linked(context, sync_policy, mieter, mietvertraege, eigentuemer, eigentuemervertraege),
             mandant=context.partition_key,
             separator=sync_policy.id_separator,
-            rule=sync_policy.sync_rule,
         )
     )
 
@@ -72,16 +83,18 @@ def casavi_units(
     sync_policy: SyncPolicy,
     verwaltungseinheiten: pd.DataFrame,
     gebaeude: pd.DataFrame,
-    casavi_contracts: pd.DataFrame,
+    mieter: pd.DataFrame,
+    mietvertraege: pd.DataFrame,
+    eigentuemer: pd.DataFrame,
+    eigentuemervertraege: pd.DataFrame,
 ) -> dg.Output[pd.DataFrame]:
     return _result(
         map_units(
             verwaltungseinheiten,
             gebaeude,
-            casavi_contracts,
+            _linked(context, sync_policy, mieter, mietvertraege, eigentuemer, eigentuemervertraege),
             mandant=context.partition_key,
             separator=sync_policy.id_separator,
-            rule=sync_policy.sync_rule,
         )
     )
 

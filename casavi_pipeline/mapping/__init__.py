@@ -5,7 +5,7 @@ from __future__ import annotations
 import pandas as pd
 
 from casavi_pipeline.mapping.contracts import map_contracts
-from casavi_pipeline.mapping.people import map_contacts
+from casavi_pipeline.mapping.people import linked_units, map_contacts
 from casavi_pipeline.mapping.real_estate import map_addresses, map_properties, map_units
 from casavi_pipeline.settings import SyncRule
 
@@ -17,15 +17,17 @@ def map_mandant(
     under the sync rule (default: CASAVI_SYNC_RULE's)."""
     ids = {"mandant": mandant, "separator": separator, "rule": rule}
     people = (erp["mieter"], erp["mietvertraege"], erp["eigentuemer"], erp["eigentuemervertraege"])
-    addresses = map_addresses(erp["gebaeude"], mandant=mandant, separator=separator)
+    places = {"mandant": mandant, "separator": separator}
+    addresses = map_addresses(erp["gebaeude"], **places)
+    linked = linked_units(*people, **ids)
     contracts = map_contracts(
         erp["mietvertraege"], erp["mieter"], erp["eigentuemervertraege"], erp["eigentuemer"],
         erp["verwaltungseinheiten"], **ids,
     )  # fmt: skip
     return {
         "addresses": addresses,
-        "properties": map_properties(erp["wirtschaftseinheiten"], addresses, contracts, **ids),
-        "units": map_units(erp["verwaltungseinheiten"], erp["gebaeude"], contracts, **ids),
+        "properties": map_properties(erp["wirtschaftseinheiten"], addresses, linked, **places),
+        "units": map_units(erp["verwaltungseinheiten"], erp["gebaeude"], linked, **places),
         "contacts": map_contacts(*people, contracts, **ids),
         "contracts": contracts,
     }

@@ -5,8 +5,8 @@ Which rows make a contact is the sync rule (`CASAVI_SYNC_RULE`), stated once, in
   synced); an owner row always.
 - `last-name` (Aareon Connect's rule since 2024-02-07): a tenant row when the tenant has a name casavi
   can address them by, `nachname` or, for a company, `firma`; an owner row only when a synced tenant
-  row rents the same unit (the owner of a vacant unit is not synced). Properties and units follow the
-  contracts (`real_estate.linked_scope`): only those a synced contract links are sent.
+  row rents the same unit (the owner of a vacant unit is not synced). Properties and units follow:
+  only those a synced contract links are sent (`linked_units`).
 In both, a row counts only when its contract exists (a dangling row is reported by the foreign-key
 check, not synced). Each such row is one synced contract of the person (`person_rows`, the one
 statement of that scope: `mapping.contracts` builds the contracts from it), and a person with at least
@@ -119,6 +119,35 @@ def open_person_session(
         """
     )
     return duck
+
+
+def linked_units(
+    mieter: pd.DataFrame,
+    mietvertraege: pd.DataFrame,
+    eigentuemer: pd.DataFrame,
+    eigentuemervertraege: pd.DataFrame,
+    *,
+    mandant: str,
+    separator: str,
+    rule: SyncRule,
+) -> pd.DataFrame | None:
+    """The units (`we_nr`, `ve_nr`) the synced contracts of `person_rows` link, when the rule sends only
+    those (`last-name`); None when it sends every property and unit of the export (`email`).
+
+    A property is sent when one of these units is in it (`real_estate.map_properties`).
+    """
+    if rule is SyncRule.EMAIL:
+        return None
+    with open_person_session(
+        mieter,
+        mietvertraege,
+        eigentuemer,
+        eigentuemervertraege,
+        mandant=mandant,
+        separator=separator,
+        rule=rule,
+    ) as duck:
+        return duck.frame("SELECT DISTINCT we_nr, ve_nr FROM person_rows ORDER BY we_nr, ve_nr")
 
 
 def map_contacts(

@@ -333,7 +333,7 @@ def email_rule_dropped(
         summary = (
             f"sync rule last-name: {dropped} have neither last name nor company name and "
             f"{len(dropped_contracts)} rental contracts no such tenant: not synced; no email is required "
-            f"({without_email} tenant rows have no valid email: reached by post)"
+            f"({_plural(without_email, 'tenant row')} without a valid email: reached by post)"
         )
         hint = "are the nachname and firma columns of mieter.csv empty?"
     if share <= warn_share:

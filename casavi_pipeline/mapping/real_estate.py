@@ -6,10 +6,10 @@ and a unit names its address by that street. Every function returns one row per 
 by `id` (then `erp_key`): two ERP records that compose to the same ID (or two buildings with the same
 street) are kept side by side, never merged, so the checks can name both.
 
-Which properties and units are sent depends on the sync rule (`sql_in_scope`): all of the export under
-`email`; under `last-name` only those a synced contract links, so a vacant unit, and a property none of
-whose units is rented by a synced tenant, stay out of casavi. The synced contracts come from
-`people.person_rows`, the one statement of which rows are synced.
+Which properties and units are sent depends on the sync rule: all of the export under `email`; under
+`last-name` only those a synced contract links, so a vacant unit, and a property none of whose units is
+rented by a synced tenant, stay out of casavi. `people.linked_units` says which (from `person_rows`,
+the one statement of which rows are synced); `map_properties` and `map_units` keep those.
 """
 
 from __future__ import annotations
@@ -20,7 +20,6 @@ from casavi_pipeline.casavi import api
 from casavi_pipeline.casavi.api import ObjectKind
 from casavi_pipeline.mapping.duck import DuckSession
 from casavi_pipeline.mapping.ids import sql_erp_key, sql_ref_id
-from casavi_pipeline.settings import SyncRule
 
 ADDRESS_COLUMNS: tuple[str, ...] = ("property_id", *(rule.name for rule in api.ADDRESS_RULES), "erp_key")
 PROPERTY_COLUMNS: tuple[str, ...] = (*api.DOMAIN_COLUMNS[ObjectKind.PROPERTY], "erp_key")
@@ -59,16 +58,14 @@ def sql_country(alias: str = "") -> str:
     return f"COALESCE((SELECT c.name FROM countries c WHERE c.code = {code}), {code})"
 
 
-def sql_in_scope(duck: DuckSession, rule: SyncRule, contracts: pd.DataFrame, column: str, id_sql: str) -> str:
-    """The condition on the reference id `id_sql` that keeps a property or unit in scope under `rule`.
-
-    `email`: everything in the export. `last-name`: only ids that `column` (`property_id` or `unit_id`)
-    of a synced contract names; the contracts frame is registered as view `linked`.
-    """
-    if rule is SyncRule.EMAIL:
+def _sql_linked(duck: DuckSession, linked: pd.DataFrame | None, alias: str, columns: tuple[str, ...]) -> str:
+    """The condition that keeps a row (`alias`) whose `columns` are among the `linked` units; TRUE when
+    `linked` is None (the rule sends all of the export)."""
+    if linked is None:
         return "TRUE"
-    duck.add_frame("linked", contracts, [f'CAST("{column}" AS VARCHAR) AS id'])
-    return f"{id_sql} IN (SELECT id FROM linked)"
+    duck.add_frame("linked", linked, [f'CAST("{c}" AS VARCHAR) AS "{c}"' for c in ("we_nr", "ve_nr")])
+    match = " AND ".join(f"l.{c} = {alias}.{c}" for c in columns)
+    return f"EXISTS (SELECT 1 FROM linked l WHERE {match})"
 
 
 def map_addresses(gebaeude: pd.DataFrame, *, mandant: str, separator: str) -> pd.DataFrame:
@@ -89,20 +86,22 @@ def map_addresses(gebaeude: pd.DataFrame, *, mandant: str, separator: str) -> pd
 def map_properties(
     wirtschaftseinheiten: pd.DataFrame,
     addresses: pd.DataFrame,
-    contracts: pd.DataFrame,
+    linked: pd.DataFrame | None,
     *,
     mandant: str,
     separator: str,
-    rule: SyncRule,
 ) -> pd.DataFrame:
-    """Wirtschaftseinheiten in scope (see `sql_in_scope`; `contracts` is the frame of `mapping.contracts`)
-    → properties, each with all its buildings' addresses (ordered by street)."""
+    """Wirtschaftseinheiten → properties, each with all its buildings' addresses (ordered by street).
+
+    With `linked` (the units a synced contract links, `people.linked_units`) only the properties of
+    those units; with None all of them.
+    """
     address_fields = ", ".join(f"{rule.name} := a.{rule.name}" for rule in api.ADDRESS_RULES)
     with DuckSession(mandant, separator) as duck:
         duck.add_erp("wirtschaftseinheiten", wirtschaftseinheiten)
         duck.add_frame("addresses", addresses, [f'CAST("{c}" AS VARCHAR) AS "{c}"' for c in ADDRESS_COLUMNS])
         add_countries(duck)
-        in_scope = sql_in_scope(duck, rule, contracts, "property_id", sql_ref_id("w.we_nr"))
+        in_scope = _sql_linked(duck, linked, "w", ("we_nr",))
         return duck.frame(
             f"""
             WITH by_property AS (
@@ -144,14 +143,14 @@ def _labels_frame() -> pd.DataFrame:
 def map_units(
     verwaltungseinheiten: pd.DataFrame,
     gebaeude: pd.DataFrame,
-    contracts: pd.DataFrame,
+    linked: pd.DataFrame | None,
     *,
     mandant: str,
     separator: str,
-    rule: SyncRule,
 ) -> pd.DataFrame:
-    """Verwaltungseinheiten in scope (see `sql_in_scope`; `contracts` is the frame of `mapping.contracts`)
-    → units, linked to their property and, by street, to their building's address.
+    """Verwaltungseinheiten → units, linked to their property and, by street, to their building's address.
+
+    With `linked` (the units a synced contract links, `people.linked_units`) only those; with None all.
 
     A unit whose building is missing from gebaeude.csv gets no address: the payload check blocks it
     (casavi requires one) and the ERP foreign-key check names the missing building.
@@ -162,9 +161,7 @@ def map_units(
         duck.add_frame("unit_labels", _labels_frame())
         duck.params["fallback_label"] = FALLBACK_UNIT_LABEL
         duck.params["private"] = api.Usage.PRIVATE.value
-        in_scope = sql_in_scope(
-            duck, rule, contracts, "unit_id", sql_ref_id("v.we_nr", "v.geb_nr", "v.ve_nr")
-        )
+        in_scope = _sql_linked(duck, linked, "v", ("we_nr", "ve_nr"))
         return duck.frame(
             f"""
             SELECT {sql_ref_id("v.we_nr", "v.geb_nr", "v.ve_nr")} AS id,
