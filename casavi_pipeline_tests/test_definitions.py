@@ -314,7 +314,14 @@ def test_switching_the_sync_rule_to_last_name_goes_through_the_mass_deletion_gua
     assert changeset["sync_rule"].value == "last-name"
     assert len(held[ObjectKind.UNIT]) == 13  # nothing was written
 
-    assert run_mandant("0001", bound(CASAVI_SYNC_RULE="last-name", CASAVI_ALLOW_MASS_DELETE="true")).success
+    allowed = run_mandant("0001", bound(CASAVI_SYNC_RULE="last-name", CASAVI_ALLOW_MASS_DELETE="true"))
+    assert allowed.success
+    units = next(
+        e.materialization.metadata
+        for e in allowed.get_asset_materialization_events()
+        if e.asset_key.to_user_string() == "casavi_units"
+    )
+    assert (units["sync_rule"].value, units["left_out_by_sync_rule"].value) == ("last-name", 11)
     assert sorted(held[ObjectKind.UNIT]) == ["0001-001-01-0001", "0001-001-01-0002"]
     # the owner of only a vacant unit left; Dr. Weiß (a last name, no email) came, reached by post
     assert sorted(held[ObjectKind.CONTACT]) == ["0001-00042", "0001-00043", "0001-00044"]

@@ -20,10 +20,19 @@ from casavi_pipeline.mapping.real_estate import map_addresses, map_properties, m
 PREVIEW_ROWS = 5
 
 
-def _result(frame: pd.DataFrame, id_column: str = "id") -> dg.Output[pd.DataFrame]:
-    """The frame plus metadata: row count and the first reference ids (never names or emails)."""
+def _result(frame: pd.DataFrame, id_column: str = "id", **extra: object) -> dg.Output[pd.DataFrame]:
+    """The frame plus metadata: row count and the first reference ids (never names or emails), and `extra`."""
     preview = ", ".join(frame[id_column].drop_duplicates().head(PREVIEW_ROWS))
-    return dg.Output(frame, metadata={"dagster/row_count": len(frame), "first_reference_ids": preview})
+    metadata = {"dagster/row_count": len(frame), "first_reference_ids": preview, **extra}
+    return dg.Output(frame, metadata=metadata)
+
+
+def _scoped(frame: pd.DataFrame, records: pd.DataFrame, sync_policy: SyncPolicy) -> dg.Output[pd.DataFrame]:
+    """A property or unit frame, with how many of the export's `records` the sync rule left out (vacant
+    units and properties with nothing rented, under last-name)."""
+    return _result(
+        frame, sync_rule=sync_policy.sync_rule.value, left_out_by_sync_rule=len(records) - len(frame)
+    )
 
 
 def _linked(
@@ -61,15 +70,14 @@ def casavi_properties(
     eigentuemer: pd.DataFrame,
     eigentuemervertraege: pd.DataFrame,
 ) -> dg.Output[pd.DataFrame]:
-    return _result(
-        map_properties(
-            wirtschaftseinheiten,
-            casavi_addresses,
-            _linked(context, sync_policy, mieter, mietvertraege, eigentuemer, eigentuemervertraege),
-            mandant=context.partition_key,
-            separator=sync_policy.id_separator,
-        )
+    frame = map_properties(
+        wirtschaftseinheiten,
+        casavi_addresses,
+        _linked(context, sync_policy, mieter, mietvertraege, eigentuemer, eigentuemervertraege),
+        mandant=context.partition_key,
+        separator=sync_policy.id_separator,
     )
+    return _scoped(frame, wirtschaftseinheiten, sync_policy)
 
 
 @dg.asset(
@@ -88,15 +96,14 @@ def casavi_units(
     eigentuemer: pd.DataFrame,
     eigentuemervertraege: pd.DataFrame,
 ) -> dg.Output[pd.DataFrame]:
-    return _result(
-        map_units(
-            verwaltungseinheiten,
-            gebaeude,
-            _linked(context, sync_policy, mieter, mietvertraege, eigentuemer, eigentuemervertraege),
-            mandant=context.partition_key,
-            separator=sync_policy.id_separator,
-        )
+    frame = map_units(
+        verwaltungseinheiten,
+        gebaeude,
+        _linked(context, sync_policy, mieter, mietvertraege, eigentuemer, eigentuemervertraege),
+        mandant=context.partition_key,
+        separator=sync_policy.id_separator,
     )
+    return _scoped(frame, verwaltungseinheiten, sync_policy)
 
 
 @dg.asset(
