@@ -23,6 +23,7 @@ from casavi_pipeline.erp.reader import read_entity
 from casavi_pipeline.mapping import map_mandant, quality
 from casavi_pipeline.mapping.people import conflicting_persons
 from casavi_pipeline.mapping.schemas import contract_problems, payload_problems
+from casavi_pipeline.settings import SyncRule
 from casavi_pipeline.state.diff import compute_changeset
 from casavi_pipeline.state.snapshot import Snapshot
 from casavi_pipeline.sync.apply import apply_changeset
@@ -54,7 +55,7 @@ def map_and_check(work: Path, mandant: str) -> dict:
         quality.erp_foreign_keys(erp),
         quality.email_rule(out["contracts"], out["contacts"], api.ContractType.RENTER.value),
     ]
-    conflicting_persons(*people, **ids)
+    conflicting_persons(*people, **ids, rule=SyncRule.EMAIL)
     problems = sum(len(payload_problems(kind, out[name])) for name, kind in KINDS.items())
     problems += len(contract_problems(out["contracts"]))
     (work / f"casavi_{mandant}.pkl").write_bytes(pickle.dumps(out))

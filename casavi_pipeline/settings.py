@@ -46,8 +46,6 @@ DEFAULT_SNAPSHOT_DIR = Path("data") / "snapshots"
 
 ALLOWED_SEPARATORS = ("-", "_", ".", "/", "|")
 ALLOWED_ENCODINGS = ("utf-8", "cp1252")
-#: A Mandant number: 1-16 letters or digits (it names files and folders: never a path or a glob). Use fullmatch.
-MANDANT_PATTERN = re.compile(r"[0-9A-Za-z]{1,16}")
 
 
 class SyncRule(StrEnum):
@@ -55,6 +53,10 @@ class SyncRule(StrEnum):
 
     EMAIL = "email"  # tenants with a valid email; all real estate and all owners
     LAST_NAME = "last-name"  # Aareon Connect's rule since 2024-02-07: tenants by name, only linked objects
+
+
+#: A Mandant number: 1-16 letters or digits (it names files and folders: never a path or a glob). Use fullmatch.
+MANDANT_PATTERN = re.compile(r"[0-9A-Za-z]{1,16}")
 
 
 #: Schemes of CASAVI_STATE_URL (SQLAlchemy URLs of PostgreSQL).

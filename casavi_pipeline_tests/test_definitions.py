@@ -8,9 +8,11 @@ import sys
 import dagster as dg
 import pytest
 
-from casavi_pipeline.defs.resources import ErpExport, SnapshotStore, SyncPolicy
+from casavi_pipeline.casavi.api import ObjectKind
+from casavi_pipeline.defs.resources import ErpExport, SnapshotStore, SyncPolicy, build_resources
+from casavi_pipeline.settings import SettingsError, SyncRule
 from casavi_pipeline_tests.erp_fixtures import default_rows, write_export
-from casavi_pipeline_tests.harness import check_results, run_mandant
+from casavi_pipeline_tests.harness import check_results, run_mandant, settings_from
 from casavi_sandbox.fake import FakeCasaviResource
 from casavi_sandbox.local import SAMPLE_EXPORT_DIR, SAMPLE_MANDANTEN
 
@@ -61,9 +63,11 @@ def test_groups_lineage_and_partitions():
         key.to_user_string(): {p.to_user_string() for p in graph.get(key).parent_keys}
         for key in graph.get_all_asset_keys()
     }
-    assert parents["casavi_properties"] == {"wirtschaftseinheiten", "casavi_addresses"}
+    # the persons and their contracts too: under the sync rule last-name only linked objects are sent
+    people = {"mieter", "mietvertraege", "eigentuemer", "eigentuemervertraege"}
+    assert parents["casavi_properties"] == {"wirtschaftseinheiten", "casavi_addresses", *people}
     assert parents["casavi_addresses"] == {"gebaeude"}
-    assert parents["casavi_units"] == {"verwaltungseinheiten", "gebaeude"}
+    assert parents["casavi_units"] == {"verwaltungseinheiten", "gebaeude", *people}
     assert parents["casavi_contacts"] == {
         "mieter", "mietvertraege", "eigentuemer", "eigentuemervertraege", "casavi_contracts"
     }  # fmt: skip
@@ -258,3 +262,67 @@ def test_erase_refuses_anything_but_a_mandant_number_before_touching_a_file(tmp_
     with pytest.raises(EraseError, match="is not a Mandant number") as info:
         erase(tmp_path / "snapshots", mandant)
     assert "\n" not in str(info.value).replace("\\n", "") and kept.exists()
+
+
+def test_the_sync_rule_setting_is_validated_in_one_line():
+    with pytest.raises(SettingsError) as info:
+        settings_from({**REQUIRED, "CASAVI_SYNC_RULE": "nachname"})
+    assert "CASAVI_SYNC_RULE='nachname' is not allowed; use one of email, last-name" in str(info.value)
+    assert settings_from(REQUIRED).sync.sync_rule is SyncRule.EMAIL  # the default: today's rule
+
+
+def test_switching_the_sync_rule_to_last_name_goes_through_the_mass_deletion_guard(tmp_path):
+    """A synced Mandant with many vacant units: under last-name they leave casavi, so the switch deletes
+    more than the allowed share and stops at the guard, like any other change of scope."""
+    rows = default_rows()  # units 0001 and 0002 rented, 0003 vacant (owned by 00050)
+    rows["verwaltungseinheiten"] += [
+        {"we_nr": "001", "ve_nr": f"01{i:02d}", "geb_nr": "02", "nutzungsart": "STELLPLATZ"}
+        for i in range(10)
+    ]
+    rows["mieter"][0]["email"] = "jürgen.müller@bücher.de"  # a non-ASCII address, through the whole sync
+    export = write_export(tmp_path / "export", {"0001": rows})
+    fake = FakeCasaviResource()
+
+    def bound(**env: str) -> dict[str, object]:
+        """The resources the settings give (as in production), casavi faked."""
+        values = {**REQUIRED, "ERP_EXPORT_DIR": str(export), "CASAVI_SNAPSHOT_DB": str(tmp_path / "snap")}
+        return {**build_resources(settings_from({**values, **env})), "casavi": fake}
+
+    assert run_mandant("0001", bound()).success
+    held = fake.client.objects
+    assert len(held[ObjectKind.UNIT]) == 13
+    assert sorted(held[ObjectKind.CONTACT]) == ["0001-00042", "0001-00044", "0001-00050"]
+    assert held[ObjectKind.CONTACT]["0001-00042"]["email"] == "jürgen.müller@bücher.de"
+
+    switched = bound(CASAVI_SYNC_RULE="last-name")
+    assert switched["sync_policy"].sync_rule is SyncRule.LAST_NAME  # the setting reaches the resource
+    result = run_mandant("0001", switched)
+    assert not result.success
+    checks = check_results(result)
+    guard = checks["mass_deletion_guard_check"]
+    assert not guard.passed
+    assert guard.description.startswith("Mandant 0001 (sync rule last-name): the sync would delete")
+    assert "11 of 13 units (85%)" in guard.description and "1 of 3 contacts (33%)" in guard.description
+    assert "CASAVI_SYNC_RULE changed from email to last-name since the last sync" in guard.description
+    assert guard.metadata["sync_rule"].value == "last-name"
+    assert checks["tenants_have_valid_email"].description.startswith("sync rule last-name: all 2 rental")
+    changeset = next(
+        e.materialization.metadata
+        for e in result.get_asset_materialization_events()
+        if e.asset_key.to_user_string() == "casavi_changeset"
+    )
+    assert changeset["sync_rule"].value == "last-name"
+    assert len(held[ObjectKind.UNIT]) == 13  # nothing was written
+
+    allowed = run_mandant("0001", bound(CASAVI_SYNC_RULE="last-name", CASAVI_ALLOW_MASS_DELETE="true"))
+    assert allowed.success
+    units = next(
+        e.materialization.metadata
+        for e in allowed.get_asset_materialization_events()
+        if e.asset_key.to_user_string() == "casavi_units"
+    )
+    assert (units["sync_rule"].value, units["left_out_by_sync_rule"].value) == ("last-name", 11)
+    assert sorted(held[ObjectKind.UNIT]) == ["0001-001-01-0001", "0001-001-01-0002"]
+    # the owner of only a vacant unit left; Dr. Weiß (a last name, no email) came, reached by post
+    assert sorted(held[ObjectKind.CONTACT]) == ["0001-00042", "0001-00043", "0001-00044"]
+    assert held[ObjectKind.CONTACT]["0001-00043"]["preferredWayOfContact"] == "POSTAL"

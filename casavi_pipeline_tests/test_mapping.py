@@ -13,6 +13,7 @@ from casavi_pipeline.mapping import map_mandant, quality
 from casavi_pipeline.mapping.email import first_valid_email, is_valid_email
 from casavi_pipeline.mapping.people import conflicting_persons
 from casavi_pipeline.mapping.schemas import contract_problems, payload_problems
+from casavi_pipeline.settings import SyncRule
 from casavi_pipeline_tests.erp_fixtures import Append, default_rows, write_export
 
 M = "0001"
@@ -23,8 +24,10 @@ def erp(tmp_path, rows=None) -> dict[str, pd.DataFrame]:
     return {e.name: read_entity(root, M, e).frame for e in ENTITIES}
 
 
-def mapped(frames: dict[str, pd.DataFrame], separator: str = "-") -> dict[str, pd.DataFrame]:
-    return map_mandant(frames, mandant=M, separator=separator)
+def mapped(
+    frames: dict[str, pd.DataFrame], separator: str = "-", rule: SyncRule = SyncRule.EMAIL
+) -> dict[str, pd.DataFrame]:
+    return map_mandant(frames, mandant=M, separator=separator, rule=rule)
 
 
 @pytest.mark.parametrize("s", ["-", "_", ".", "/", "|"])
@@ -107,6 +110,10 @@ def test_contract_whose_tenants_all_lack_email_is_not_synced(tmp_path):
         ("a@b@c.de", None),
         ("bad; good@x.de", "good@x.de"),
         ("first@x.de, second@y.de", "first@x.de"),
+        # non-ASCII local part or domain (an internationalised address): the contract's rule accepts them
+        ("name@bücher.de", "name@bücher.de"),
+        ("jürgen@example.de", "jürgen@example.de"),
+        ("bad; Jürgen.Weiß@straße.example", "Jürgen.Weiß@straße.example"),
         ("", None),
         (None, None),
     ],
@@ -115,6 +122,18 @@ def test_email_rule(value, expected):
     assert first_valid_email(value) == expected
     if value and ";" not in value and "," not in value:
         assert is_valid_email(value.strip()) is (expected is not None)
+
+
+def test_a_tenant_with_a_non_ascii_email_is_synced_online_and_passes_casavis_rules(tmp_path):
+    rows = default_rows()
+    rows["mieter"][0]["email"] = "jürgen.müller@bücher.de"
+    out = mapped(erp(tmp_path, rows))
+    contact = out["contacts"].set_index("id").loc["0001-00042"]
+    assert (contact["email"], contact["preferred_way_of_contact"]) == ("jürgen.müller@bücher.de", "ONLINE")
+    assert payload_problems(api.ObjectKind.CONTACT, out["contacts"]) == []
+    body = api.to_payload(api.ObjectKind.CONTACT, {"id": "0001-00042", **contact.to_dict()})
+    assert api.validate_payload(api.ObjectKind.CONTACT, body) == []  # what the sandbox answers 400 with
+    assert quality.email_rule(out["contracts"], out["contacts"], "RENTER").passed
 
 
 def test_ended_contract_keeps_its_end_date_and_owner_contract_has_type_owner(tmp_path):
@@ -180,7 +199,7 @@ def test_conflicting_rows_latest_beginn_wins_and_are_counted(tmp_path):
         frames["eigentuemer"],
         frames["eigentuemervertraege"],
     )
-    conflicts = conflicting_persons(*people, mandant=M, separator="-")
+    conflicts = conflicting_persons(*people, mandant=M, separator="-", rule=SyncRule.EMAIL)
     assert conflicts.to_dict("records") == [{"contact_id": "0001-00042", "rows": 2}]
 
     # Counted and listed, passing: such persons are everyday ERP data. Above the share, a warning.
@@ -323,3 +342,106 @@ def test_payload_schema_keeps_the_cross_field_rules(tmp_path):
     contracts.loc[1, "end_date"] = "2001-01-01"  # before its start
     contracts.loc[2, "contract_type"] = "TENANT"  # not casavi's
     assert {(p.row, p.field) for p in contract_problems(contracts)} == {(1, "endDate"), (2, "type")}
+
+
+# --- the sync rule last-name (CASAVI_SYNC_RULE) --------------------------------------------------------
+def _with_vacant_economic_unit() -> dict:
+    """The default rows (unit 0003 is vacant and owned by Erika Schäfer, 00050), plus economic unit 002
+    whose only unit is vacant and owned by 00060, and owner 00061 of the rented unit 0001."""
+    rows = default_rows()
+    rows["wirtschaftseinheiten"].append({"we_nr": "002", "bezeichnung": "Leerstand"})
+    rows["gebaeude"].append(
+        {
+            "we_nr": "002",
+            "geb_nr": "01",
+            "strasse": "Hof",
+            "hausnummer": "1",
+            "plz": "01067",
+            "ort": "Dresden",
+        }
+    )
+    rows["verwaltungseinheiten"].append(
+        {"we_nr": "002", "ve_nr": "0001", "geb_nr": "01", "nutzungsart": "GARAGE"}
+    )
+    rows["eigentuemervertraege"] += [
+        {"ev_nr": "200002", "we_nr": "002", "ve_nr": "0001", "beginn": "2018-07-01"},
+        {"ev_nr": "200003", "we_nr": "001", "ve_nr": "0001", "beginn": "2018-07-01"},
+    ]
+    rows["eigentuemer"] += [
+        {"ev_nr": "200002", "person_nr": "00060", "nachname": "Leer", "email": "leer@example.org"},
+        {"ev_nr": "200003", "person_nr": "00061", "nachname": "Vermieter"},
+    ]
+    return rows
+
+
+def test_last_name_rule_sends_tenants_by_name_and_only_the_real_estate_their_contracts_link(tmp_path):
+    frames = erp(tmp_path, _with_vacant_economic_unit())
+    out = mapped(frames, rule=SyncRule.LAST_NAME)
+    # Dr. Weiß has no email but a last name: synced, reached by post, on her rental contract
+    assert [(c["type"], c["number"]) for c in _contracts_of(out, "0001-00043")] == [("RENTER", "100001")]
+    weiss = out["contacts"].set_index("id").loc["0001-00043"]
+    assert (weiss["email"], weiss["preferred_way_of_contact"]) == (None, "POSTAL")
+    # a company tenant is named by its firma: synced (its contract ended, and is sent with its end date)
+    assert [c["number"] for c in _contracts_of(out, "0001-00044")] == ["100002"]
+    # the owners of only vacant units (00050, 00060) are not synced; the owner of a rented unit is
+    assert list(out["contacts"]["id"]) == ["0001-00042", "0001-00043", "0001-00044", "0001-00061"]
+    assert [(c["type"], c["unitId"]) for c in _contracts_of(out, "0001-00061")] == [
+        ("OWNER", "0001-001-01-0001")
+    ]
+    # vacant units are not sent, nor is the economic unit with nothing linked; the linked property keeps
+    # all its buildings' addresses
+    assert list(out["units"]["id"]) == ["0001-001-01-0001", "0001-001-01-0002"]
+    assert list(out["properties"]["id"]) == ["0001-001"]
+    assert len(out["properties"].iloc[0]["addresses"]) == 2
+    # what is sent is consistent: every check passes, and names the rule
+    assert quality.unit_references(out["units"], out["properties"]).passed
+    assert quality.contract_references(out["contracts"], out["units"]).passed
+    outcome = quality.email_rule(out["contracts"], out["contacts"], "RENTER", rule=SyncRule.LAST_NAME)
+    assert outcome.passed and outcome.reason.startswith("sync rule last-name: all 2 rental contracts")
+    assert "no email required (1 of 3 tenants have none: reached by post)" in outcome.reason
+    assert "valid email" not in outcome.reason
+    people = (
+        frames["mieter"],
+        frames["mietvertraege"],
+        frames["eigentuemer"],
+        frames["eigentuemervertraege"],
+    )
+    conflicts = conflicting_persons(*people, mandant=M, separator="-", rule=SyncRule.LAST_NAME)
+    assert conflicts.empty
+
+
+def test_email_rule_is_unchanged_by_the_last_name_rule_beside_it(tmp_path):
+    out = mapped(erp(tmp_path, _with_vacant_economic_unit()), rule=SyncRule.EMAIL)
+    # every unit and property of the export and every owner; tenants only with a valid email
+    assert list(out["units"]["id"]) == [
+        "0001-001-01-0001", "0001-001-01-0002", "0001-001-02-0003", "0001-002-01-0001"
+    ]  # fmt: skip
+    assert list(out["properties"]["id"]) == ["0001-001", "0001-002"]
+    assert list(out["contacts"]["id"]) == [
+        "0001-00042",
+        "0001-00044",
+        "0001-00050",
+        "0001-00060",
+        "0001-00061",
+    ]
+
+
+def test_under_last_name_the_checks_name_the_rule_and_never_require_an_email(tmp_path):
+    frames = erp(tmp_path)
+    out = mapped(frames, rule=SyncRule.LAST_NAME)
+    dropped = quality.email_rule_dropped(
+        frames["mieter"], frames["mietvertraege"], out["contracts"], "RENTER", warn_share=0.25,
+        rule=SyncRule.LAST_NAME,
+    )  # fmt: skip
+    assert dropped.passed and dropped.counts["tenants_dropped"] == 0
+    assert dropped.reason.startswith("sync rule last-name: 0 of 3 tenants (0%) have neither last name nor")
+    assert "no email is required (1 tenant row without a valid email: reached by post)" in dropped.reason
+    # the safety net checks the rule in force: a tenant contact without a name, not one without email
+    contacts = out["contacts"].copy()
+    contacts.loc[contacts["id"] == "0001-00043", "last_name"] = None
+    failed = quality.email_rule(out["contracts"], contacts, "RENTER", rule=SyncRule.LAST_NAME)
+    assert not failed.passed and failed.ids == ("0001-00043",)
+    assert failed.reason.startswith("sync rule last-name: 1 contacts carry a rental contract without a last")
+    # under the email rule the same contacts fail for the missing email
+    email = quality.email_rule(out["contracts"], out["contacts"], "RENTER", rule=SyncRule.EMAIL)
+    assert not email.passed and email.ids == ("0001-00043",)

@@ -31,8 +31,9 @@ _SEVERITY = {Severity.ERROR: dg.AssetCheckSeverity.ERROR, Severity.WARN: dg.Asse
 _ERP_INS = {entity.name: dg.AssetIn(entity.name) for entity in ENTITIES}
 
 
-def _result(outcome: CheckOutcome) -> dg.AssetCheckResult:
-    metadata: dict[str, object] = {"reason": outcome.reason, **outcome.counts}
+def _result(outcome: CheckOutcome, **extra: object) -> dg.AssetCheckResult:
+    """The check's result; `extra` metadata (e.g. the sync rule in force) goes beside the counts."""
+    metadata: dict[str, object] = {"reason": outcome.reason, **extra, **outcome.counts}
     if outcome.ids:
         metadata["offending_ids"] = dg.MetadataValue.json(list(outcome.ids))
     if outcome.details:
@@ -170,15 +171,23 @@ def erp_foreign_keys_check(
     return _result(quality.erp_foreign_keys(frames))
 
 
-# --- email rule (rule 2) ----------------------------------------------------------------------------
+# --- the sync rule (rule 2) ------------------------------------------------------------------------
+# The check names are kept from the time the email rule was the only one; each result names the rule in
+# force (CASAVI_SYNC_RULE) and checks that rule, never an email the rule does not require.
 @_check(
     casavi_contacts,
     name="tenants_have_valid_email",
     additional_ins={"casavi_contracts": dg.AssetIn("casavi_contracts")},
-    description="Every contact that carries a rental contract has a valid email (the email rule, after mapping).",
+    description="Every contact that carries a rental contract passes the sync rule (CASAVI_SYNC_RULE), after "
+    "mapping: a valid email under the rule email; a last name or company name under last-name (no email "
+    "required).",
 )
-def email_rule_check(casavi_contacts: pd.DataFrame, casavi_contracts: pd.DataFrame) -> dg.AssetCheckResult:
-    return _result(quality.email_rule(casavi_contracts, casavi_contacts, api.ContractType.RENTER.value))
+def email_rule_check(
+    sync_policy: SyncPolicy, casavi_contacts: pd.DataFrame, casavi_contracts: pd.DataFrame
+) -> dg.AssetCheckResult:
+    rule = sync_policy.sync_rule
+    outcome = quality.email_rule(casavi_contracts, casavi_contacts, api.ContractType.RENTER.value, rule=rule)
+    return _result(outcome, sync_rule=rule.value)
 
 
 @_check(
@@ -186,8 +195,9 @@ def email_rule_check(casavi_contacts: pd.DataFrame, casavi_contracts: pd.DataFra
     name="email_rule_dropped",
     blocking=False,
     additional_ins={"mieter": dg.AssetIn("mieter"), "mietvertraege": dg.AssetIn("mietvertraege")},
-    description="How many tenants (no valid email) and rental contracts (no synced tenant) the email rule "
-    "keeps out of casavi. Passes with the counts: that is the rule working. Warns only when the share of "
+    description="How many tenants and rental contracts (no synced tenant) the sync rule (CASAVI_SYNC_RULE) "
+    "keeps out of casavi: tenants without a valid email under email, without a last name or company name "
+    "under last-name. Passes with the counts: that is the rule working. Warns only when the share of "
     "tenants dropped exceeds CASAVI_EMAIL_DROP_WARN_SHARE (default 25 %), e.g. an empty email column.",
 )
 def email_rule_dropped_check(
@@ -202,8 +212,9 @@ def email_rule_dropped_check(
         casavi_contracts,
         api.ContractType.RENTER.value,
         warn_share=sync_policy.email_drop_warn_share,
+        rule=sync_policy.sync_rule,
     )
-    return _result(outcome)
+    return _result(outcome, sync_rule=sync_policy.sync_rule.value)
 
 
 @_check(
@@ -233,6 +244,7 @@ def conflicting_persons_check(
         eigentuemervertraege,
         mandant=context.partition_key,
         separator=sync_policy.id_separator,
+        rule=sync_policy.sync_rule,
     )
     return _result(quality.conflicting_person_rows(list(conflicts["contact_id"]), len(casavi_contacts)))
 

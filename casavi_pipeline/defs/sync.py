@@ -37,7 +37,7 @@ from casavi_pipeline.state.diff import ChangesetSummary, compute_changeset, summ
 from casavi_pipeline.state.files import StateCorruptError
 from casavi_pipeline.state.snapshot import META_ADOPTED, Snapshot
 from casavi_pipeline.sync.apply import SyncReport, apply_changeset
-from casavi_pipeline.sync.guards import GuardResult, GuardResults, evaluate_guards
+from casavi_pipeline.sync.guards import GuardResult, GuardResults, evaluate_guards, record_sync_rule
 from casavi_pipeline.sync.rejections import RejectionVerdict, assess
 
 CASAVI_POOL = "casavi_api"
@@ -247,9 +247,12 @@ def _preview_table(summary: ChangesetSummary) -> dg.MetadataValue:
     return dg.MetadataValue.table(rows, schema=schema)
 
 
-def _changeset_metadata(summary: ChangesetSummary, casavi: CasaviResource) -> dict[str, object]:
+def _changeset_metadata(
+    summary: ChangesetSummary, casavi: CasaviResource, policy: SyncPolicy
+) -> dict[str, object]:
     expected = casavi.expected_seconds(summary.total_writes)
     return {
+        "sync_rule": policy.sync_rule.value,
         "writes": summary.total_writes,
         "expected_duration": _duration(expected),
         **{k: dg.MetadataValue.int(v) for k, v in summary.counts().items()},
@@ -300,10 +303,10 @@ def casavi_changeset(
         summary = compute_changeset(snapshot, frames, identity=_run_identity(context))
     expected = casavi.expected_seconds(summary.total_writes)
     context.log.info(
-        f"Mandant {mandant}: {summary.total_writes} writes pending ({summary.counts()}); at the configured "
-        f"rate limit that takes {_duration(expected)}"
+        f"Mandant {mandant} (sync rule {sync_policy.sync_rule.value}): {summary.total_writes} writes pending "
+        f"({summary.counts()}); at the configured rate limit that takes {_duration(expected)}"
     )
-    return dg.MaterializeResult(metadata=_changeset_metadata(summary, casavi))
+    return dg.MaterializeResult(metadata=_changeset_metadata(summary, casavi, sync_policy))
 
 
 def _before_the_pool(context: dg.AssetExecutionContext) -> None:
@@ -502,10 +505,11 @@ def casavi_sync(
         summary = summarize(snapshot)
         dry_run = sync_policy.dry_run if config.dry_run is None else config.dry_run
         if dry_run:
-            yield from _dry_run(context, snapshot, summary, casavi)
+            yield from _dry_run(context, snapshot, summary, casavi, sync_policy)
             return
         if snapshot.synced_total() == 0 or sync_policy.allow_separator_change:
             snapshot.set_separator(sync_policy.id_separator)
+        record_sync_rule(sync_policy.guards, snapshot)
         progress = _Progress(context, summary.total_writes, casavi, sync_policy.progress_seconds)
         cache = snapshots.remote_cache()
         if summary.total_writes:
@@ -589,7 +593,11 @@ def _rejections_check(verdict: RejectionVerdict) -> dg.AssetCheckResult:
 
 
 def _dry_run(
-    context: dg.AssetExecutionContext, snapshot: Snapshot, summary: ChangesetSummary, casavi: CasaviResource
+    context: dg.AssetExecutionContext,
+    snapshot: Snapshot,
+    summary: ChangesetSummary,
+    casavi: CasaviResource,
+    policy: SyncPolicy,
 ) -> Iterator[dg.AssetObservation | dg.AssetCheckResult]:
     """Show what a sync would write, deletions by reference id, and mark the run as a dry run."""
     mandant = context.partition_key
@@ -604,7 +612,8 @@ def _dry_run(
     deletes = sum(changes.delete for changes in summary.kinds.values())
     first = ", ".join(d["ref_id"] for d in deletions[:10])
     line = (
-        f"DRY RUN for Mandant {mandant}: {summary.total_writes} writes not sent, {deletes} of them deletions"
+        f"DRY RUN for Mandant {mandant} (sync rule {policy.sync_rule.value}): {summary.total_writes} writes "
+        f"not sent, {deletes} of them deletions"
         + (f" ({first}{', …' if deletes > 10 else ''})" if deletes else "")
     )
     context.log.info(line)
@@ -614,7 +623,7 @@ def _dry_run(
         description=f"{line}: nothing was written to casavi",
         metadata={
             "dry_run": True,
-            **_changeset_metadata(summary, casavi),
+            **_changeset_metadata(summary, casavi, policy),
             "deletions": dg.MetadataValue.table(
                 [dg.TableRecord(d) for d in deletions],
                 schema=dg.TableSchema(columns=[dg.TableColumn("kind"), dg.TableColumn("ref_id")]),

@@ -55,7 +55,10 @@ _PERSON_COLUMNS = (
     Column("vorname", description="first name"),
     Column("nachname", description="last name (a person needs nachname or firma)"),
     Column("firma", description="company name (a person needs nachname or firma)"),
-    Column("email", description="email; the first valid address is used (tenants need one to be synced)"),
+    Column(
+        "email",
+        description="email; the first valid address is used (under the sync rule email, tenants need one)",
+    ),
     Column("telefon", description="telephone number"),
     Column("mobil", description="mobile number"),
     Column("strasse", description="street of the postal address"),

@@ -5,23 +5,29 @@ from __future__ import annotations
 import pandas as pd
 
 from casavi_pipeline.mapping.contracts import map_contracts
-from casavi_pipeline.mapping.people import map_contacts
+from casavi_pipeline.mapping.people import linked_units, map_contacts
 from casavi_pipeline.mapping.real_estate import map_addresses, map_properties, map_units
+from casavi_pipeline.settings import SyncRule
 
 
-def map_mandant(erp: dict[str, pd.DataFrame], *, mandant: str, separator: str) -> dict[str, pd.DataFrame]:
-    """All casavi frames of one Mandant from its seven ERP frames (what the casavi assets do step by step)."""
-    ids = {"mandant": mandant, "separator": separator}
+def map_mandant(
+    erp: dict[str, pd.DataFrame], *, mandant: str, separator: str, rule: SyncRule = SyncRule.EMAIL
+) -> dict[str, pd.DataFrame]:
+    """All casavi frames of one Mandant from its seven ERP frames (what the casavi assets do step by step),
+    under the sync rule (default: CASAVI_SYNC_RULE's)."""
+    ids = {"mandant": mandant, "separator": separator, "rule": rule}
     people = (erp["mieter"], erp["mietvertraege"], erp["eigentuemer"], erp["eigentuemervertraege"])
-    addresses = map_addresses(erp["gebaeude"], **ids)
+    places = {"mandant": mandant, "separator": separator}
+    addresses = map_addresses(erp["gebaeude"], **places)
+    linked = linked_units(*people, **ids)
     contracts = map_contracts(
         erp["mietvertraege"], erp["mieter"], erp["eigentuemervertraege"], erp["eigentuemer"],
         erp["verwaltungseinheiten"], **ids,
     )  # fmt: skip
     return {
         "addresses": addresses,
-        "properties": map_properties(erp["wirtschaftseinheiten"], addresses, **ids),
-        "units": map_units(erp["verwaltungseinheiten"], erp["gebaeude"], **ids),
+        "properties": map_properties(erp["wirtschaftseinheiten"], addresses, linked, **places),
+        "units": map_units(erp["verwaltungseinheiten"], erp["gebaeude"], linked, **places),
         "contacts": map_contacts(*people, contracts, **ids),
         "contracts": contracts,
     }

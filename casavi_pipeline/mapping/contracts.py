@@ -2,8 +2,9 @@
 
 casavi has no contracts collection (revision 2): a contract is an entry of its contact's `contracts`,
 one per (contract, synced person). Which (contract, person) pairs are synced is said once, by
-`people.person_rows`: a rental contract only with its tenants who pass the email rule (and nowhere if
-none does), an ownership contract with all its owners. The unit ID needs the unit's building number,
+`people.person_rows` under the sync rule: a rental contract only with its tenants who pass the rule (and
+nowhere if none does); an ownership contract with all its owners (`email`) or only when a synced rental
+contract rents its unit (`last-name`). The unit ID needs the unit's building number,
 which only the Verwaltungseinheit knows: a contract whose unit is missing from the export keeps `unit_id`
 NULL, so the contract check blocks it instead of sending a guess.
 """
@@ -16,6 +17,7 @@ from casavi_pipeline.casavi import api
 from casavi_pipeline.casavi.api import ObjectKind
 from casavi_pipeline.mapping.ids import sql_ref_id
 from casavi_pipeline.mapping.people import open_person_session
+from casavi_pipeline.settings import SyncRule
 
 #: One row per synced (contract, person): the contact it belongs to, the entry's fields, the ERP key.
 CONTRACT_COLUMNS: tuple[str, ...] = (
@@ -34,10 +36,17 @@ def map_contracts(
     *,
     mandant: str,
     separator: str,
+    rule: SyncRule,
 ) -> pd.DataFrame:
     """The synced contracts, one row per (contract, person), sorted by contact and casavi's entry order."""
     with open_person_session(
-        mieter, mietvertraege, eigentuemer, eigentuemervertraege, mandant=mandant, separator=separator
+        mieter,
+        mietvertraege,
+        eigentuemer,
+        eigentuemervertraege,
+        mandant=mandant,
+        separator=separator,
+        rule=rule,
     ) as duck:
         duck.add_erp("verwaltungseinheiten", verwaltungseinheiten)
         duck.params.update(renter=api.ContractType.RENTER.value, owner=api.ContractType.OWNER.value)

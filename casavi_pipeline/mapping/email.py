@@ -5,6 +5,8 @@ exactly as written in the contract: after trimming, exactly one `@`, no whitespa
 part, and a domain that contains a dot and neither starts nor ends with one. So `max@`, `a b@c.de`,
 `x@.de`, `x@de` and `x@de.` are invalid, while `x@d..e` is valid (the contract does not forbid empty
 labels in the middle of the domain; a stricter rule would silently drop tenants the contract syncs).
+Nor does it restrict the alphabet: `jürgen@example.de` and `name@bücher.de` (internationalised addresses)
+are valid and reach casavi as written; casavi's model asks only for a valid address.
 
 ERPs often keep several addresses in one field: the value is split at `;` and `,`, and the first part
 that is valid on its own is used, e.g. `"bad; good@x.de"` → `good@x.de`.

@@ -1,10 +1,16 @@
 """Mieter and Eigentümer → casavi contacts (rules 2, 4 and 5 of `docs/export-format.md`).
 
-Which rows make a contact: a tenant row only when its email passes the rule (a tenant without one is
-not synced), an owner row always, in both cases only when its contract exists (a dangling row is
-reported by the foreign-key check, not synced). Each such row is one synced contract of the person
-(`person_rows`, the one statement of that scope: `mapping.contracts` builds the contracts from it), and
-a person with at least one is one contact carrying all of them in `contracts`.
+Which rows make a contact is the sync rule (`CASAVI_SYNC_RULE`), stated once, in `person_rows`:
+- `email` (the default): a tenant row when its email passes the rule (a tenant without one is not
+  synced); an owner row always.
+- `last-name` (Aareon Connect's rule since 2024-02-07): a tenant row when the tenant has a name casavi
+  can address them by, `nachname` or, for a company, `firma`; an owner row only when a synced tenant
+  row rents the same unit (the owner of a vacant unit is not synced). Properties and units follow:
+  only those a synced contract links are sent (`linked_units`).
+In both, a row counts only when its contract exists (a dangling row is reported by the foreign-key
+check, not synced). Each such row is one synced contract of the person (`person_rows`, the one
+statement of that scope: `mapping.contracts` builds the contracts from it), and a person with at least
+one is one contact carrying all of them in `contracts`.
 
 Which row wins when a person's rows differ: the row of the contract with the latest `beginn`. Ties
 are broken by the higher contract number in *natural* order (leading zeros ignored, then shorter is
@@ -13,7 +19,8 @@ raw string (`7` over `007`). A tenant number (`vertrag_nr`) and an owner number 
 compared the same way although they come from separate ranges; only on identical numbers the tenant
 row wins. One exception keeps the email rule intact: if the winning row has no valid email but the
 person is a synced tenant, the contact keeps the valid email of their latest tenant row, so a contact
-referenced by a rental contract always has the address that qualified them.
+referenced by a rental contract always has the address that qualified them (under `last-name`: the valid
+email of their latest tenant row that has one; with none the contact is reached by post).
 """
 
 from __future__ import annotations
@@ -27,6 +34,7 @@ from casavi_pipeline.mapping.duck import DuckSession
 from casavi_pipeline.mapping.email import first_valid_emails
 from casavi_pipeline.mapping.ids import sql_ref_id
 from casavi_pipeline.mapping.real_estate import add_countries, sql_country, sql_street
+from casavi_pipeline.settings import SyncRule
 
 CONTACT_COLUMNS: tuple[str, ...] = (*api.DOMAIN_COLUMNS[ObjectKind.CONTACT], "erp_key")
 #: ERP `anrede` (compared case-insensitively) → casavi salutation; empty → null.
@@ -37,6 +45,8 @@ SALUTATIONS: dict[str, str] = {
     "firma": api.Salutation.COMPANY.value,
 }
 VALID_EMAIL_COLUMN = "email_valid"
+#: Whether a tenant row passes the sync rule (`tenant_rows_synced`).
+SYNCED_COLUMN = "synced"
 #: The person columns compared to decide whether a person's rows conflict (email as it would be sent).
 _PERSON_DATA = [c.name for c in MIETER.columns if c.name not in ("vertrag_nr", "person_nr", "email")]
 
@@ -44,6 +54,18 @@ _PERSON_DATA = [c.name for c in MIETER.columns if c.name not in ("vertrag_nr", "
 def with_valid_email(persons: pd.DataFrame) -> pd.DataFrame:
     """The frame plus `email_valid`: the address rule 2 picks from `email`, or None."""
     return persons.assign(**{VALID_EMAIL_COLUMN: first_valid_emails(persons["email"])})
+
+
+def tenant_rows_synced(mieter: pd.DataFrame, rule: SyncRule) -> pd.Series:
+    """Whether each tenant row passes the sync rule on its own (`mieter` with `email_valid`).
+
+    `email`: the row has a valid email. `last-name`: the row has `nachname` or `firma`, the name casavi
+    requires (lastName or companyName); a company tenant is named by its `firma`. Ingestion refuses a
+    row with neither, so under `last-name` every tenant row of an existing contract is synced.
+    """
+    if rule is SyncRule.EMAIL:
+        return mieter[VALID_EMAIL_COLUMN].notna()
+    return mieter["nachname"].notna() | mieter["firma"].notna()
 
 
 def open_person_session(
@@ -54,32 +76,41 @@ def open_person_session(
     *,
     mandant: str,
     separator: str,
+    rule: SyncRule,
 ) -> DuckSession:
     """A session with the four person/contract entities and view `person_rows`: the rows that feed contacts.
 
-    `person_rows` has one row per synced (contract, person) with `role` (MV/EV), `contract_nr`,
-    `beginn`, `ende`, the contract's unit (`we_nr`, `ve_nr`), the person columns and `email_valid`, plus
-    `rank` (1 = the row that wins for the person).
+    `person_rows` has one row per synced (contract, person) under `rule` with `role` (MV/EV),
+    `contract_nr`, `beginn`, `ende`, the contract's unit (`we_nr`, `ve_nr`), the person columns and
+    `email_valid`, plus `rank` (1 = the row that wins for the person).
     """
     duck = DuckSession(mandant, separator)
-    extra = {VALID_EMAIL_COLUMN: "VARCHAR"}
-    duck.add_erp("mieter", with_valid_email(mieter), extra)
-    duck.add_erp("eigentuemer", with_valid_email(eigentuemer), extra)
+    tenants = with_valid_email(mieter)
+    tenants[SYNCED_COLUMN] = tenant_rows_synced(tenants, rule)
+    duck.add_erp("mieter", tenants, {VALID_EMAIL_COLUMN: "VARCHAR", SYNCED_COLUMN: "BOOLEAN"})
+    duck.add_erp("eigentuemer", with_valid_email(eigentuemer), {VALID_EMAIL_COLUMN: "VARCHAR"})
     duck.add_erp("mietvertraege", mietvertraege)
     duck.add_erp("eigentuemervertraege", eigentuemervertraege)
     person_columns = ", ".join(f"p.{c}" for c in [*_PERSON_DATA, VALID_EMAIL_COLUMN])
     contract_columns = "c.beginn, c.ende, c.we_nr, c.ve_nr"
     natural = "length(ltrim(contract_nr, '0')) DESC, ltrim(contract_nr, '0') DESC, contract_nr DESC"
+    # email: every owner; last-name: only the owners of a unit a synced tenant rents (a view takes no
+    # parameters, so the rule is a literal)
+    all_owners = "TRUE" if rule is SyncRule.EMAIL else "FALSE"
     duck.connection.execute(
         f"""
         CREATE VIEW person_rows AS
-        WITH synced AS (
+        WITH tenant_rows AS (
             SELECT p.person_nr, 'MV' AS role, p.vertrag_nr AS contract_nr, {contract_columns}, {person_columns}
             FROM mieter p JOIN mietvertraege c USING (vertrag_nr)
-            WHERE p.{VALID_EMAIL_COLUMN} IS NOT NULL
+            WHERE p.{SYNCED_COLUMN}
+        ), synced AS (
+            SELECT * FROM tenant_rows
             UNION ALL
             SELECT p.person_nr, 'EV' AS role, p.ev_nr AS contract_nr, {contract_columns}, {person_columns}
             FROM eigentuemer p JOIN eigentuemervertraege c USING (ev_nr)
+            WHERE {all_owners}
+               OR EXISTS (SELECT 1 FROM tenant_rows t WHERE t.we_nr = c.we_nr AND t.ve_nr = c.ve_nr)
         )
         SELECT *, row_number() OVER (
             PARTITION BY person_nr ORDER BY beginn DESC, {natural}, role DESC  -- 'MV' > 'EV': tenant wins
@@ -88,6 +119,35 @@ def open_person_session(
         """
     )
     return duck
+
+
+def linked_units(
+    mieter: pd.DataFrame,
+    mietvertraege: pd.DataFrame,
+    eigentuemer: pd.DataFrame,
+    eigentuemervertraege: pd.DataFrame,
+    *,
+    mandant: str,
+    separator: str,
+    rule: SyncRule,
+) -> pd.DataFrame | None:
+    """The units (`we_nr`, `ve_nr`) the synced contracts of `person_rows` link, when the rule sends only
+    those (`last-name`); None when it sends every property and unit of the export (`email`).
+
+    A property is sent when one of these units is in it (`real_estate.map_properties`).
+    """
+    if rule is SyncRule.EMAIL:
+        return None
+    with open_person_session(
+        mieter,
+        mietvertraege,
+        eigentuemer,
+        eigentuemervertraege,
+        mandant=mandant,
+        separator=separator,
+        rule=rule,
+    ) as duck:
+        return duck.frame("SELECT DISTINCT we_nr, ve_nr FROM person_rows ORDER BY we_nr, ve_nr")
 
 
 def map_contacts(
@@ -99,11 +159,18 @@ def map_contacts(
     *,
     mandant: str,
     separator: str,
+    rule: SyncRule,
 ) -> pd.DataFrame:
-    """Synced tenants and all owners → one contact per person_nr, the winning row's data, carrying the
+    """Synced tenants and owners → one contact per person_nr, the winning row's data, carrying the
     person's synced contracts (the `contracts` frame of `mapping.contracts`) in casavi's order."""
     with open_person_session(
-        mieter, mietvertraege, eigentuemer, eigentuemervertraege, mandant=mandant, separator=separator
+        mieter,
+        mietvertraege,
+        eigentuemer,
+        eigentuemervertraege,
+        mandant=mandant,
+        separator=separator,
+        rule=rule,
     ) as duck:
         duck.add_frame(
             "salutations",
@@ -167,6 +234,7 @@ def conflicting_persons(
     *,
     mandant: str,
     separator: str,
+    rule: SyncRule,
 ) -> pd.DataFrame:
     """Persons whose synced rows differ (so the latest-`beginn` rule chose): `contact_id`, `rows`, sorted.
 
@@ -174,7 +242,13 @@ def conflicting_persons(
     """
     distinct_data = ", ".join(f"{c} := {c}" for c in [*_PERSON_DATA, VALID_EMAIL_COLUMN])
     with open_person_session(
-        mieter, mietvertraege, eigentuemer, eigentuemervertraege, mandant=mandant, separator=separator
+        mieter,
+        mietvertraege,
+        eigentuemer,
+        eigentuemervertraege,
+        mandant=mandant,
+        separator=separator,
+        rule=rule,
     ) as duck:
         return duck.frame(
             f"""

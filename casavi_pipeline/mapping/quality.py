@@ -14,8 +14,9 @@ from enum import StrEnum
 import pandas as pd
 
 from casavi_pipeline.erp.contract import ENTITIES_BY_NAME, FOREIGN_KEYS
-from casavi_pipeline.mapping.email import first_valid_emails, is_valid_email
-from casavi_pipeline.settings import ALLOWED_SEPARATORS
+from casavi_pipeline.mapping.email import is_valid_email
+from casavi_pipeline.mapping.people import VALID_EMAIL_COLUMN, tenant_rows_synced, with_valid_email
+from casavi_pipeline.settings import ALLOWED_SEPARATORS, SyncRule
 
 MAX_LISTED = 50
 
@@ -249,21 +250,45 @@ def conflicting_person_rows(
     )
 
 
-# --- the email rule (rule 2) ------------------------------------------------------------------------
-def email_rule(contracts: pd.DataFrame, contacts: pd.DataFrame, renter_type: str) -> CheckOutcome:
-    """Every contact that carries a rental contract has a valid email (rule 2, after the mapping)."""
-    emails = dict(zip(contacts["id"], contacts["email"], strict=True))
+# --- the sync rule (rule 2) ------------------------------------------------------------------------
+def email_rule(
+    contracts: pd.DataFrame, contacts: pd.DataFrame, renter_type: str, *, rule: SyncRule = SyncRule.EMAIL
+) -> CheckOutcome:
+    """Every contact that carries a rental contract passes the sync rule, after the mapping (a safety net).
+
+    `email`: a valid email. `last-name`: a last name or company name; an email is not required, and the
+    reason counts the tenants casavi reaches by post instead.
+    """
     renter = contracts[contracts["contract_type"] == renter_type]
-    bad = sorted({c for c in renter["contact_id"] if not is_valid_email(emails.get(c))})
+    tenant_ids = set(renter["contact_id"])
+    emails = dict(zip(contacts["id"], contacts["email"], strict=True))
+    without_email = sorted(c for c in tenant_ids if not is_valid_email(emails.get(c)))
+    # contracts, not entries: a contract with two tenants is one entry in each tenant's contact
+    rental_contracts = _plural(renter["number"].nunique(), "rental contract")
+    counts = {"rental_contracts": int(renter["number"].nunique())}
+    if rule is SyncRule.EMAIL:
+        return _outcome(
+            without_email,
+            Severity.ERROR,
+            ok=f"sync rule email: all {rental_contracts} belong to tenants with a valid email",
+            failed="sync rule email: {n} contacts carry a rental contract without a valid email (first: "
+            "{first}); the mapping must drop such tenants — report this as a bug",
+            counts={**counts, "tenants_failing": len(without_email)},
+            details=[f"{c}: tenant without valid email" for c in without_email],
+        )
+    named = contacts["last_name"].notna() | contacts["company_name"].notna()
+    has_name = dict(zip(contacts["id"], named, strict=True))
+    unnamed = sorted(c for c in tenant_ids if not has_name.get(c))
     return _outcome(
-        bad,
+        unnamed,
         Severity.ERROR,
-        # contracts, not entries: a contract with two tenants is one entry in each tenant's contact
-        ok=f"all {_plural(renter['number'].nunique(), 'rental contract')} belong to tenants with a valid email",
-        failed="{n} contacts carry a rental contract without a valid email (first: {first}); "
-        "the mapping must drop such tenants — report this as a bug",
-        counts={"rental_contracts": int(renter["number"].nunique()), "tenants_failing": len(bad)},
-        details=[f"{c}: tenant without valid email" for c in bad],
+        ok=f"sync rule last-name: all {rental_contracts} belong to tenants with a last name or company "
+        f"name; no email required ({len(without_email)} of {len(tenant_ids)} tenants have none: reached "
+        "by post)",
+        failed="sync rule last-name: {n} contacts carry a rental contract without a last name or company "
+        "name (first: {first}); the mapping must drop such tenants — report this as a bug",
+        counts={**counts, "tenants_failing": len(unnamed), "tenants_without_email": len(without_email)},
+        details=[f"{c}: tenant without last name or company name" for c in unnamed],
     )
 
 
@@ -274,37 +299,49 @@ def email_rule_dropped(
     renter_type: str,
     *,
     warn_share: float,
+    rule: SyncRule = SyncRule.EMAIL,
 ) -> CheckOutcome:
-    """How many tenants and rental contracts the email rule kept out of casavi.
+    """How many tenants and rental contracts the sync rule kept out of casavi.
 
-    Tenants without email are the rule working, not a failure: the check passes with the counts and
+    Tenants the rule drops are the rule working, not a failure: the check passes with the counts and
     warns only when the share of tenants dropped exceeds `warn_share` (a broken email column, say).
     """
-    valid = pd.Series(first_valid_emails(mieter["email"]), index=mieter.index)
-    persons_with_email = set(mieter.loc[valid.notna(), "person_nr"])
+    rows = with_valid_email(mieter)
+    passing = tenant_rows_synced(rows, rule)
     tenants = set(mieter["person_nr"])
-    dropped_tenants = sorted(tenants - persons_with_email)
+    dropped_tenants = sorted(tenants - set(mieter.loc[passing, "person_nr"]))
     synced = set(contracts.loc[contracts["contract_type"] == renter_type, "number"])
     dropped_contracts = [f"vertrag_nr={nr}" for nr in mietvertraege["vertrag_nr"] if nr not in synced]
     share = len(dropped_tenants) / len(tenants) if tenants else 0.0
+    without_email = int(rows[VALID_EMAIL_COLUMN].isna().sum())
     counts = {
         "tenants": len(tenants),
         "tenants_dropped": len(dropped_tenants),
-        "tenant_rows_without_valid_email": int(valid.isna().sum()),
+        "tenant_rows_without_valid_email": without_email,
         "rental_contracts_dropped": len(dropped_contracts),
         "rental_contracts": len(mietvertraege),
     }
-    summary = (
-        f"{len(dropped_tenants)} of {len(tenants)} tenants ({share:.0%}) have no valid email and "
-        f"{len(dropped_contracts)} rental contracts no such tenant: not synced, as the email rule says"
-    )
+    dropped = f"{len(dropped_tenants)} of {len(tenants)} tenants ({share:.0%})"
+    if rule is SyncRule.EMAIL:
+        summary = (
+            f"sync rule email: {dropped} have no valid email and {len(dropped_contracts)} rental contracts "
+            "no such tenant: not synced, as the email rule says"
+        )
+        hint = "is the email column of mieter.csv empty or broken?"
+    else:
+        summary = (
+            f"sync rule last-name: {dropped} have neither last name nor company name and "
+            f"{len(dropped_contracts)} rental contracts no such tenant: not synced; no email is required "
+            f"({_plural(without_email, 'tenant row')} without a valid email: reached by post)"
+        )
+        hint = "are the nachname and firma columns of mieter.csv empty?"
     if share <= warn_share:
         return CheckOutcome(True, Severity.WARN, summary, counts)
     return _outcome(
         [f"person_nr={p}" for p in dropped_tenants] + dropped_contracts,
         Severity.WARN,
         ok=summary,
-        failed=f"{summary}; that is more than the usual {warn_share:.0%} (first: {{first}}): is the email "
-        "column of mieter.csv empty or broken? (CASAVI_EMAIL_DROP_WARN_SHARE sets the threshold)",
+        failed=f"{summary}; that is more than the usual {warn_share:.0%} (first: {{first}}): {hint} "
+        "(CASAVI_EMAIL_DROP_WARN_SHARE sets the threshold)",
         counts=counts,
     )

@@ -5,6 +5,11 @@ it is an address of its property, identified by its street ("strasse hausnummer"
 and a unit names its address by that street. Every function returns one row per source record, sorted
 by `id` (then `erp_key`): two ERP records that compose to the same ID (or two buildings with the same
 street) are kept side by side, never merged, so the checks can name both.
+
+Which properties and units are sent depends on the sync rule: all of the export under `email`; under
+`last-name` only those a synced contract links, so a vacant unit, and a property none of whose units is
+rented by a synced tenant, stay out of casavi. `people.linked_units` says which (from `person_rows`,
+the one statement of which rows are synced); `map_properties` and `map_units` keep those.
 """
 
 from __future__ import annotations
@@ -53,6 +58,16 @@ def sql_country(alias: str = "") -> str:
     return f"COALESCE((SELECT c.name FROM countries c WHERE c.code = {code}), {code})"
 
 
+def _sql_linked(duck: DuckSession, linked: pd.DataFrame | None, alias: str, columns: tuple[str, ...]) -> str:
+    """The condition that keeps a row (`alias`) whose `columns` are among the `linked` units; TRUE when
+    `linked` is None (the rule sends all of the export)."""
+    if linked is None:
+        return "TRUE"
+    duck.add_frame("linked", linked, [f'CAST("{c}" AS VARCHAR) AS "{c}"' for c in ("we_nr", "ve_nr")])
+    match = " AND ".join(f"l.{c} = {alias}.{c}" for c in columns)
+    return f"EXISTS (SELECT 1 FROM linked l WHERE {match})"
+
+
 def map_addresses(gebaeude: pd.DataFrame, *, mandant: str, separator: str) -> pd.DataFrame:
     """Gebäude → the addresses of their property (one per building), with `property_id` for grouping."""
     with DuckSession(mandant, separator) as duck:
@@ -69,14 +84,24 @@ def map_addresses(gebaeude: pd.DataFrame, *, mandant: str, separator: str) -> pd
 
 
 def map_properties(
-    wirtschaftseinheiten: pd.DataFrame, addresses: pd.DataFrame, *, mandant: str, separator: str
+    wirtschaftseinheiten: pd.DataFrame,
+    addresses: pd.DataFrame,
+    linked: pd.DataFrame | None,
+    *,
+    mandant: str,
+    separator: str,
 ) -> pd.DataFrame:
-    """Wirtschaftseinheiten → properties, each with its buildings' addresses (ordered by street)."""
+    """Wirtschaftseinheiten → properties, each with all its buildings' addresses (ordered by street).
+
+    With `linked` (the units a synced contract links, `people.linked_units`) only the properties of
+    those units; with None all of them.
+    """
     address_fields = ", ".join(f"{rule.name} := a.{rule.name}" for rule in api.ADDRESS_RULES)
     with DuckSession(mandant, separator) as duck:
         duck.add_erp("wirtschaftseinheiten", wirtschaftseinheiten)
         duck.add_frame("addresses", addresses, [f'CAST("{c}" AS VARCHAR) AS "{c}"' for c in ADDRESS_COLUMNS])
         add_countries(duck)
+        in_scope = _sql_linked(duck, linked, "w", ("we_nr",))
         return duck.frame(
             f"""
             WITH by_property AS (
@@ -95,6 +120,7 @@ def map_properties(
                    {sql_erp_key("we_nr", alias="w")} AS erp_key
             FROM wirtschaftseinheiten w
             LEFT JOIN by_property b ON b.property_id = {sql_ref_id("w.we_nr")}
+            WHERE {in_scope}
             ORDER BY id, erp_key
             """,
             list_columns=("addresses",),
@@ -115,9 +141,16 @@ def _labels_frame() -> pd.DataFrame:
 
 
 def map_units(
-    verwaltungseinheiten: pd.DataFrame, gebaeude: pd.DataFrame, *, mandant: str, separator: str
+    verwaltungseinheiten: pd.DataFrame,
+    gebaeude: pd.DataFrame,
+    linked: pd.DataFrame | None,
+    *,
+    mandant: str,
+    separator: str,
 ) -> pd.DataFrame:
     """Verwaltungseinheiten → units, linked to their property and, by street, to their building's address.
+
+    With `linked` (the units a synced contract links, `people.linked_units`) only those; with None all.
 
     A unit whose building is missing from gebaeude.csv gets no address: the payload check blocks it
     (casavi requires one) and the ERP foreign-key check names the missing building.
@@ -128,6 +161,7 @@ def map_units(
         duck.add_frame("unit_labels", _labels_frame())
         duck.params["fallback_label"] = FALLBACK_UNIT_LABEL
         duck.params["private"] = api.Usage.PRIVATE.value
+        in_scope = _sql_linked(duck, linked, "v", ("we_nr", "ve_nr"))
         return duck.frame(
             f"""
             SELECT {sql_ref_id("v.we_nr", "v.geb_nr", "v.ve_nr")} AS id,
@@ -142,6 +176,7 @@ def map_units(
             FROM verwaltungseinheiten v
             LEFT JOIN unit_labels l ON l.nutzungsart = v.nutzungsart
             LEFT JOIN gebaeude g ON g.we_nr = v.we_nr AND g.geb_nr = v.geb_nr
+            WHERE {in_scope}
             ORDER BY id, erp_key
             """
         )[list(UNIT_COLUMNS)]

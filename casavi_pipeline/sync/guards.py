@@ -4,6 +4,10 @@ Both protect casavi from a mistake upstream. A truncated export looks exactly li
 were removed", and a new separator turns every reference id into a new one; either would delete what
 residents and managers rely on. They run as blocking asset checks on the changeset and again inside the
 sync itself, so materializing the sync alone cannot bypass them.
+
+Switching `CASAVI_SYNC_RULE` changes the scope (under `last-name` vacant units, their owners and
+properties with nothing rented leave casavi): it passes the mass-deletion guard like any other change,
+and the guard's message names the rule in force and, when it changed since the last sync, the switch.
 """
 
 from __future__ import annotations
@@ -11,8 +15,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from casavi_pipeline.settings import SyncRule
 from casavi_pipeline.state.diff import ChangesetSummary, summarize
 from casavi_pipeline.state.snapshot import Snapshot
+
+#: Snapshot meta: the sync rule of the last sync that passed the guards (`record_sync_rule`).
+META_SYNC_RULE = "sync_rule"
 
 
 @dataclass(frozen=True)
@@ -20,6 +28,7 @@ class GuardPolicy:
     """What the guards allow: the user's settings, as the sync sees them."""
 
     separator: str
+    sync_rule: SyncRule = SyncRule.EMAIL
     max_delete_share: float = 0.10
     delete_guard_min_count: int = 0
     allow_mass_delete: bool = False
@@ -57,14 +66,21 @@ def separator_guard(
 
 
 def mass_deletion_guard(
-    summary: ChangesetSummary, *, max_share: float, min_count: int = 0, allow: bool = False
+    summary: ChangesetSummary,
+    *,
+    max_share: float,
+    min_count: int = 0,
+    allow: bool = False,
+    sync_rule: SyncRule = SyncRule.EMAIL,
+    previous_rule: str | None = None,
 ) -> GuardResult:
     """Stop when a kind would lose more than `max_share` of its synced objects, or all of them.
 
-    Deleting at most `min_count` objects of a kind never counts as mass deletion by share.
+    Deleting at most `min_count` objects of a kind never counts as mass deletion by share. The reason
+    names the sync rule in force, and the switch when `previous_rule` (the last sync's) differs.
     """
     tripped = []
-    meta: dict[str, Any] = {"max_delete_share": max_share}
+    meta: dict[str, Any] = {"max_delete_share": max_share, "sync_rule": sync_rule.value}
     for kind, changes in summary.kinds.items():
         meta[f"{kind.value}/delete"] = changes.delete
         meta[f"{kind.value}/synced"] = changes.synced
@@ -73,16 +89,24 @@ def mass_deletion_guard(
         share = changes.delete / changes.synced if changes.synced else 1.0
         if changes.delete == changes.synced or (share > max_share and changes.delete > min_count):
             tripped.append(f"{changes.delete} of {changes.synced} {kind.collection} ({share:.0%})")
+    rule = f"sync rule {sync_rule.value}"
     if not tripped:
-        return GuardResult(True, "no mass deletion", meta)
+        return GuardResult(True, f"no mass deletion ({rule})", meta)
     what = "; ".join(tripped)
     if allow:
-        return GuardResult(True, f"mass deletion allowed by CASAVI_ALLOW_MASS_DELETE: {what}", meta)
+        return GuardResult(True, f"mass deletion allowed by CASAVI_ALLOW_MASS_DELETE ({rule}): {what}", meta)
+    if previous_rule not in (None, sync_rule.value):
+        cause = (
+            f"CASAVI_SYNC_RULE changed from {previous_rule} to {sync_rule.value} since the last sync, which "
+            "changes what is in scope. If that is intended"
+        )
+    else:
+        cause = "Is the export truncated? Check the export; if the deletions are intended"
     return GuardResult(
         False,
-        f"Mandant {summary.mandant}: the sync would delete {what}, more than the allowed "
-        f"{max_share:.0%}. Is the export truncated? Check the export; if the deletions are intended, "
-        "rerun with CASAVI_ALLOW_MASS_DELETE=true or raise CASAVI_MAX_DELETE_SHARE.",
+        f"Mandant {summary.mandant} ({rule}): the sync would delete {what}, more than the allowed "
+        f"{max_share:.0%}. {cause}, rerun with CASAVI_ALLOW_MASS_DELETE=true or raise "
+        "CASAVI_MAX_DELETE_SHARE.",
         meta,
     )
 
@@ -114,5 +138,12 @@ def evaluate_guards(policy: GuardPolicy, snapshot: Snapshot) -> GuardResults:
         min_count=policy.delete_guard_min_count,
         # A separator migration deletes every old id by design; the explicit setting covers it.
         allow=policy.allow_mass_delete or migrating,
+        sync_rule=policy.sync_rule,
+        previous_rule=snapshot.get_meta(META_SYNC_RULE),
     )
     return GuardResults(separator=separator, mass_deletion=deletion)
+
+
+def record_sync_rule(policy: GuardPolicy, snapshot: Snapshot) -> None:
+    """Remember the rule of a sync that passed the guards, so a later switch is named as the cause."""
+    snapshot.set_meta(META_SYNC_RULE, policy.sync_rule.value)
