@@ -24,10 +24,13 @@ import re
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import Field, SecretStr, ValidationError, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
 
 from casavi_pipeline.casavi.ratelimit import DEFAULT_CEILING_PER_MINUTE
+from casavi_pipeline.erp.mapping_file import MappingFileError, load_mapping_file
 
 #: Local run state (snapshots) lives here unless configured otherwise (relative to the working directory).
 DEFAULT_SNAPSHOT_DIR = Path("data") / "snapshots"
@@ -76,8 +79,12 @@ def _checked_base_url(value: str) -> str:
 class Settings(BaseSettings):
     model_config = _CONFIG
 
-    # What to sync, and where to: required, no defaults (see the module docstring).
-    erp_export_dir: Path = _env("ERP_EXPORT_DIR")
+    # What to sync, and where to: required, no defaults (see the module docstring). The ERP is read
+    # from its export folder, or from its database when ERP_SOURCE_URL is set (casavi_pipeline.erp.sources);
+    # the URL may carry the database password, so it reaches the resource only through dagster.EnvVar.
+    erp_source_url: SecretStr | None = _env("ERP_SOURCE_URL", default=None, repr=False, exclude=True)
+    erp_export_dir: Path | None = _env("ERP_EXPORT_DIR", default=None, validate_default=True)
+    erp_mapping_file: Path | None = _env("ERP_MAPPING_FILE", default=None)
     mandanten_csv: str = _env("CASAVI_MANDANTEN")
     casavi_base_url: str = _env("CASAVI_BASE_URL")
     casavi_api_key: SecretStr = _env("CASAVI_API_KEY", repr=False, exclude=True)
@@ -158,6 +165,40 @@ class Settings(BaseSettings):
             )
         return normalized
 
+    @field_validator("erp_source_url")
+    @classmethod
+    def _source_url_valid(cls, value: SecretStr | None) -> SecretStr | None:
+        # The message never quotes the URL: it may carry the database password.
+        if value is None or not value.get_secret_value().strip():
+            return None
+        try:
+            make_url(value.get_secret_value().strip())
+        except ArgumentError:
+            raise ValueError(
+                "ERP_SOURCE_URL is not a database URL; write it as dialect+driver://user:password@host:port/database, "
+                "e.g. postgresql://erp_reader:secret@erp-db/erp (docs/erp-sources.md)"
+            ) from None
+        return SecretStr(value.get_secret_value().strip())
+
+    @field_validator("erp_export_dir")
+    @classmethod
+    def _erp_input_set(cls, value: Path | None, info: ValidationInfo) -> Path | None:
+        # ERP_SOURCE_URL is declared first, so it is validated (and in `info.data`) by now.
+        if value is None and info.data.get("erp_source_url") is None:
+            raise ValueError("ERP_EXPORT_DIR is not set (nor ERP_SOURCE_URL, to read the ERP's database instead)")
+        return value
+
+    @field_validator("erp_mapping_file")
+    @classmethod
+    def _mapping_file_valid(cls, value: Path | None) -> Path | None:
+        if value is None or not str(value).strip():
+            return None
+        try:
+            load_mapping_file(value)
+        except MappingFileError as exc:
+            raise ValueError(str(exc)) from None
+        return value
+
     @field_validator("mandanten_csv")
     @classmethod
     def _mandanten_valid(cls, value: str) -> str:
@@ -219,6 +260,13 @@ class Settings(BaseSettings):
         return bool(self.alert_smtp_host or self.alert_slack_webhook_url or self.alert_teams_webhook_url)
 
     @property
+    def erp_input(self) -> str:
+        """Where the ERP's data is read from, for messages: the database URL without password, or the folder."""
+        if self.erp_source_url is not None:
+            return make_url(self.erp_source_url.get_secret_value()).render_as_string(hide_password=True)
+        return str(self.erp_export_dir)
+
+    @property
     def mandanten(self) -> list[str]:
         """The Mandanten numbers to sync, as strings with their leading zeros."""
         return self.mandanten_csv.split(",")
@@ -246,7 +294,8 @@ def _problem(error: dict) -> str:
     if error["type"] == "missing":
         return f"{variable} is not set"
     message = error["msg"].removeprefix("Value error, ")
-    return message if variable in message else f"{variable}: {message}"
+    # A field validated by default (not given at all) is located by its field name: `erp_export_dir`.
+    return message if variable in message or variable.upper() in message else f"{variable}: {message}"
 
 
 def _loaded(cls: type[BaseSettings], overrides: dict[str, object]) -> BaseSettings:

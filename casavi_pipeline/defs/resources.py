@@ -31,8 +31,8 @@ from casavi_pipeline.casavi.ratelimit import (
     learned_rate,
 )
 from casavi_pipeline.erase import VALUES_FOLDER
-from casavi_pipeline.erp.contract import Entity
-from casavi_pipeline.erp.reader import ErpTable, read_entity
+from casavi_pipeline.erp.mapping_file import load_mapping_file
+from casavi_pipeline.erp.sources import CsvSource, ErpSource, SqlSource
 from casavi_pipeline.settings import Settings, casavi_base_url, load_settings
 from casavi_pipeline.sync.deliveries import Delivery, scan_delivery
 from casavi_pipeline.sync.guards import GuardPolicy
@@ -45,16 +45,25 @@ SETTINGS: Settings = load_settings()
 
 
 class ErpExport(dg.ConfigurableResource):
-    """The ERP export folder: one sub-folder per Mandant with the seven CSV files."""
+    """Where the ERP's data comes from: the export folder (one sub-folder per Mandant with the seven CSV
+    files) or, when `source_url` is set, the ERP's database (`casavi_pipeline.erp.sources`)."""
 
-    directory: str = Field(description="the export folder (ERP_EXPORT_DIR)")
+    directory: str | None = Field(default=None, description="the export folder (ERP_EXPORT_DIR)")
     encoding: str = Field(default="utf-8", description="utf-8 or cp1252 (ERP_EXPORT_ENCODING)")
+    source_url: str | None = Field(
+        default=None, description="the ERP database's SQLAlchemy URL (bound to EnvVar('ERP_SOURCE_URL'))"
+    )
+    mapping_file: str | None = Field(default=None, description="column and value mapping (ERP_MAPPING_FILE)")
 
-    def read(self, mandant: str, entity: Entity) -> ErpTable:
-        return read_entity(Path(self.directory), mandant, entity, self.encoding)
+    def source(self) -> ErpSource:
+        mapping = load_mapping_file(Path(self.mapping_file)) if self.mapping_file else None
+        if self.source_url:
+            return SqlSource(self.source_url, mapping)
+        return CsvSource(Path(self.directory or "."), self.encoding, mapping)
 
-    def delivery(self, mandant: str) -> Delivery:
-        return scan_delivery(Path(self.directory), mandant)
+    def delivery(self, mandant: str) -> Delivery | None:
+        """The Mandant's files in the export folder; None when the ERP is read from its database."""
+        return None if self.source_url else scan_delivery(Path(self.directory or "."), mandant)
 
 
 class SnapshotStore(dg.ConfigurableResource):
@@ -247,7 +256,10 @@ def build_resources(settings: Settings) -> dict[str, object]:
         # with every instance and is not the Mandant's to erase.
         "io_manager": dg.FilesystemIOManager(base_dir=str(snapshots.values_directory)),
         "erp_export": ErpExport(
-            directory=str(settings.erp_export_dir), encoding=settings.erp_export_encoding
+            directory=str(settings.erp_export_dir) if settings.erp_export_dir else None,
+            encoding=settings.erp_export_encoding,
+            source_url=_secret("ERP_SOURCE_URL", settings.erp_source_url),
+            mapping_file=str(settings.erp_mapping_file.resolve()) if settings.erp_mapping_file else None,
         ),
         "snapshots": snapshots,
         "sync_policy": SyncPolicy(
