@@ -152,14 +152,19 @@ def load_mapping_file(path: Path) -> MappingFile:
         mapping = MappingFile(entities=data)
     except ValidationError as exc:
         error = exc.errors()[0]
-        key_path = ".".join(str(part) for part in error["loc"][1:] if not _is_union_tag(part))
+        location = [part for part in error["loc"][1:] if not _is_union_tag(part)]
+        key_path = ".".join(str(part) for part in location if part != "[key]")
         message = error["msg"].removeprefix("Value error, ")
-        if error["type"] == "literal_error" and len(error["loc"]) == 2:
+        if error["type"] == "literal_error" and "[key]" in location:
             message = "is not an entity; use one of " + ", ".join(e.name for e in ENTITIES)
         elif error["type"] == "extra_forbidden":
             message = "is not a known key; allowed: source, columns, normalize, values"
-        elif "normalize" in error["loc"]:
+        elif "normalize" in location:
             message = "is not a normalisation; use salutation, floor or {split_postcode_town: [plz, ort]}"
+        elif error["type"] == "dict_type":
+            message = "must be a mapping (one `key: value` per line)"
+        elif error["type"] == "string_type":
+            message = "must be a single value (text)"
         raise MappingFileError(f"{where}: {key_path or '(top level)'} {message}") from None
     for name, entity_mapping in mapping.entities.items():
         _check_columns(where, ENTITIES_BY_NAME[name], entity_mapping)
