@@ -252,7 +252,7 @@ def _foreign_export(root: Path) -> Path:
     for entity in ENTITIES:
         if entity.name == "verwaltungseinheiten":
             continue
-        combined = _POSTCODE_TOWN <= set(entity.column_names)
+        combined = set(entity.column_names) >= _POSTCODE_TOWN
         renames = [
             f"    ERP_{n.upper()}: {n}" for n in entity.column_names if not (combined and n in _POSTCODE_TOWN)
         ]
@@ -274,11 +274,11 @@ def _foreign_export(root: Path) -> Path:
                     out["NUTZUNG"] = frame[name].map(_NUTZUNG)
                 elif name == "anrede":
                     out["ERP_ANREDE"] = frame[name].map(lambda v: _ANREDE_TEXT.get(v, ""))
-                elif name in _POSTCODE_TOWN and _POSTCODE_TOWN <= set(entity.column_names):
+                elif name in _POSTCODE_TOWN and set(entity.column_names) >= _POSTCODE_TOWN:
                     continue
                 else:
-                    out[f"ERP_{name.upper()}"] = text[name] if name in text else ""
-            if _POSTCODE_TOWN <= set(entity.column_names):
+                    out[f"ERP_{name.upper()}"] = text.get(name, "")
+            if set(entity.column_names) >= _POSTCODE_TOWN:
                 out["PLZ_ORT"] = [
                     " ".join(filter(None, pair)) for pair in zip(frame["plz"], frame["ort"], strict=True)
                 ]
@@ -369,7 +369,7 @@ def test_the_settings_check_the_mapping_file_and_the_source_url_at_load(tmp_path
         "casavi_api_secret": "s",
     }
     (tmp_path / "mapping.yaml").write_text("mieter:\n  colums: {}\n", encoding="utf-8")
-    with pytest.raises(SettingsError, match="mieter.colums is not a known key"):
+    with pytest.raises(SettingsError, match=r"mieter\.colums is not a known key"):
         load_settings(**required, erp_export_dir=tmp_path, erp_mapping_file=tmp_path / "mapping.yaml")
     with pytest.raises(SettingsError, match="ERP_EXPORT_DIR is not set") as caught:
         load_settings(**required, erp_export_dir=None, erp_source_url=None)
