@@ -35,11 +35,14 @@ from pathlib import Path
 from typing import Any, NoReturn
 from urllib.parse import urlsplit
 
-from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import Field, SecretStr, ValidationError, ValidationInfo, field_validator, model_validator
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, SettingsConfigDict
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
 
 from casavi_pipeline.casavi.ratelimit import DEFAULT_CEILING_PER_MINUTE
+from casavi_pipeline.erp.mapping_file import MappingFileError, load_mapping_file
 
 #: Local run state (snapshots) lives here unless configured otherwise (relative to the working directory).
 DEFAULT_SNAPSHOT_DIR = Path("data") / "snapshots"
@@ -136,8 +139,16 @@ def _database_url(value: SecretStr | None, schemes: tuple[str, ...] | None = Non
 class ErpSettings(_Group):
     """What to sync: the ERP's export (→ the `erp_export` resource)."""
 
-    directory: Path = setting(
-        "ERP_EXPORT_DIR", description="the ERP export folder: one sub-folder per Mandant with the CSV files"
+    # The ERP is read from its export folder, or from its database when ERP_SOURCE_URL is set
+    # (casavi_pipeline.erp.sources). Declared first: ERP_EXPORT_DIR's rule looks at it.
+    source_url: SecretStr | None = setting(
+        "ERP_SOURCE_URL", None, description="SQLAlchemy URL of an ERP database to read instead of the folder"
+    )
+    directory: Path | None = setting(
+        "ERP_EXPORT_DIR",
+        None,
+        description="the ERP export folder: one sub-folder per Mandant with the CSV files",
+        validate_default=True,
     )
     mandanten_csv: str = setting(
         "CASAVI_MANDANTEN",
@@ -145,12 +156,49 @@ class ErpSettings(_Group):
         in_resource=False,  # the partitions are fixed when the code location loads
     )
     encoding: str = setting("ERP_EXPORT_ENCODING", "utf-8", description="utf-8 or cp1252")
-    source_url: SecretStr | None = setting(
-        "ERP_SOURCE_URL", None, description="SQLAlchemy URL of an ERP database to read instead of the folder"
-    )
     mapping_file: Path | None = setting(
-        "ERP_MAPPING_FILE", None, description="a YAML file mapping the ERP's columns to the export contract"
+        "ERP_MAPPING_FILE", None, description="a YAML file mapping the ERP's columns and codes to the export contract"
     )
+
+    @field_validator("source_url")
+    @classmethod
+    def _source_url_valid(cls, value: SecretStr | None) -> SecretStr | None:
+        # The message never quotes the URL: it may carry the database password.
+        if value is None or not value.get_secret_value().strip():
+            return None
+        try:
+            make_url(value.get_secret_value().strip())
+        except ArgumentError:
+            raise ValueError(
+                "ERP_SOURCE_URL is not a database URL; write it as dialect+driver://user:password@host:port/database, "
+                "e.g. postgresql://erp_reader:secret@erp-db/erp (docs/erp-sources.md)"
+            ) from None
+        return SecretStr(value.get_secret_value().strip())
+
+    @field_validator("directory")
+    @classmethod
+    def _erp_input_set(cls, value: Path | None, info: ValidationInfo) -> Path | None:
+        if value is None and info.data.get("source_url") is None:
+            raise ValueError("ERP_EXPORT_DIR is not set (nor ERP_SOURCE_URL, to read the ERP's database instead)")
+        return value
+
+    @field_validator("mapping_file")
+    @classmethod
+    def _mapping_file_valid(cls, value: Path | None) -> Path | None:
+        if value is None or not str(value).strip():
+            return None
+        try:
+            load_mapping_file(value)
+        except MappingFileError as exc:
+            raise ValueError(str(exc)) from None
+        return value.resolve()
+
+    @property
+    def input(self) -> str:
+        """Where the ERP is read from, for messages (a database URL without its password)."""
+        if self.source_url is not None:
+            return make_url(self.source_url.get_secret_value()).render_as_string(hide_password=True)
+        return str(self.directory)
 
     @field_validator("mandanten_csv")
     @classmethod
@@ -179,11 +227,6 @@ class ErpSettings(_Group):
                 f"ERP_EXPORT_ENCODING={value!r} is not supported; use one of {', '.join(ALLOWED_ENCODINGS)}"
             )
         return normalized
-
-    @field_validator("source_url")
-    @classmethod
-    def _source_url_valid(cls, value: SecretStr | None) -> SecretStr | None:
-        return _database_url(value)
 
     @property
     def mandanten(self) -> list[str]:
@@ -436,9 +479,11 @@ def is_loopback(url: str) -> bool:
         return False
 
 
-def _problem(error: dict) -> str:
+def _problem(error: dict, group: type[_Group] | None = None) -> str:
     """One pydantic error as the user sees it: the variable, and what is wrong with it."""
-    variable = ".".join(map(str, error.get("loc", ())))  # the variable's name: fields are read by alias
+    variable = ".".join(map(str, error.get("loc", ())))  # fields are read by their variable's name...
+    if group is not None and variable in group.model_fields:  # ...but one validated by default by its own
+        variable = variable_of(group.model_fields[variable])
     if error["type"] == "missing":
         return f"{variable} is not set"
     message = error["msg"].removeprefix("Value error, ")
@@ -465,7 +510,7 @@ def load_settings(**overrides: object) -> Settings:
         try:
             groups[name] = group(**overrides)
         except ValidationError as exc:
-            problems += [_problem(err) for err in exc.errors()]
+            problems += [_problem(err, group) for err in exc.errors()]
     if problems:
         _raise(problems)
     return Settings(**groups)  # type: ignore[arg-type]

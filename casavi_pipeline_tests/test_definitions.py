@@ -98,7 +98,8 @@ def test_without_the_required_settings_the_location_does_not_load_and_says_what_
     out = load_location({})
     assert out.returncode != 0
     assert (
-        "casavi_pipeline settings: ERP_EXPORT_DIR is not set; CASAVI_MANDANTEN is not set; CASAVI_BASE_URL "
+        "casavi_pipeline settings: ERP_EXPORT_DIR is not set (nor ERP_SOURCE_URL, to read the ERP's database "
+        "instead); CASAVI_MANDANTEN is not set; CASAVI_BASE_URL "
         "is not set; CASAVI_API_KEY is not set; CASAVI_API_SECRET is not set." in out.stderr
     )
     assert load_location(REQUIRED).returncode == 0

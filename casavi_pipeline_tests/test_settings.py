@@ -117,7 +117,7 @@ def test_secrets_reach_the_resources_only_as_env_vars(tmp_path):
     [
         ("CASAVI_STATE_URL", "mysql://sync:Geheim42@db/state", "CASAVI_STATE_URL: is not a PostgreSQL URL"),
         ("CASAVI_STATE_URL", "Geheim42", "CASAVI_STATE_URL: is not an SQLAlchemy URL"),
-        ("ERP_SOURCE_URL", "erp-host:Geheim42", "ERP_SOURCE_URL: is not an SQLAlchemy URL"),
+        ("ERP_SOURCE_URL", "erp-host:Geheim42", "ERP_SOURCE_URL is not a database URL"),
         ("CASAVI_SYNC_RULE", "name", "CASAVI_SYNC_RULE='name' is not allowed; use one of email, last-name"),
     ],
 )
@@ -127,17 +127,19 @@ def test_the_new_settings_are_checked_without_quoting_a_url(variable, value, mes
     assert message in str(info.value) and "Geheim42" not in str(info.value)
 
 
-def test_the_new_settings_are_optional_and_take_their_values():
+def test_the_new_settings_are_optional_and_take_their_values(tmp_path):
     assert load_settings(_env_file=None, **REQUIRED).state.url is None
+    mapping = tmp_path / "columns.yaml"
+    mapping.write_text("mieter:\n  columns: {NAME: nachname}\n", encoding="utf-8")
     settings = load_settings(
         _env_file=None,
         **REQUIRED,
         CASAVI_STATE_URL="postgresql+psycopg2://sync:pw@db:5432/state",
-        ERP_MAPPING_FILE="/srv/erp/columns.yaml",
+        ERP_MAPPING_FILE=str(mapping),
         CASAVI_SYNC_RULE="Last-Name",
     )
     assert settings.state.url.get_secret_value() == "postgresql+psycopg2://sync:pw@db:5432/state"
-    assert settings.erp.mapping_file == Path("/srv/erp/columns.yaml")
+    assert settings.erp.mapping_file == mapping
     assert settings.sync.sync_rule == "last-name"
 
 

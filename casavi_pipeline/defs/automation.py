@@ -38,7 +38,8 @@ casavi_nightly_sync = dg.build_schedule_from_partitioned_job(
     minimum_interval_seconds=60,
     default_status=dg.DefaultSensorStatus.STOPPED,
     description="Requests a run for a Mandant when a complete new ERP delivery (all seven files, newer than "
-    "the last one requested, unchanged for CASAVI_DELIVERY_SETTLE_SECONDS) appears in its export folder.",
+    "the last one requested, unchanged for CASAVI_DELIVERY_SETTLE_SECONDS) appears in its export folder. "
+    "Does not apply when the ERP is read from its database (ERP_SOURCE_URL).",
 )
 def casavi_export_delivery_sensor(
     context: dg.SensorEvaluationContext, erp_export: ErpExport, sync_policy: SyncPolicy
@@ -47,6 +48,11 @@ def casavi_export_delivery_sensor(
     requests, waiting = [], []
     for mandant in mandant_partitions.get_partition_keys():
         delivery = erp_export.delivery(mandant)
+        if delivery is None:
+            return dg.SkipReason(
+                "ERP_SOURCE_URL is set: the ERP is read from its database, which delivers no files to watch; "
+                "use the nightly schedule instead of this sensor"
+            )
         if not delivery.complete:
             waiting.append(f"{mandant}: missing {', '.join(delivery.missing_files)}")
             continue

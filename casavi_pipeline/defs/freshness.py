@@ -93,8 +93,8 @@ def _why(instance: dg.DagsterInstance, erp_export: ErpExport, mandant: str) -> s
         waiting = instance.get_run_records(dg.RunsFilter(tags=tags, statuses=statuses), limit=1)
         if waiting:
             return f"run {waiting[0].dagster_run.run_id} {what} since {_stamp(waiting[0].create_timestamp.timestamp())}"
-    delivery = erp_export.delivery(mandant)
-    if not delivery.complete:
+    delivery = erp_export.delivery(mandant)  # None: read from the ERP's database, no files to check
+    if delivery is not None and not delivery.complete:
         return f"the export is incomplete (missing {', '.join(delivery.missing_files)})"
     latest = instance.get_run_records(dg.RunsFilter(tags=tags), limit=1)
     if latest and latest[0].dagster_run.status == dg.DagsterRunStatus.FAILURE:

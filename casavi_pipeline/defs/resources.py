@@ -35,9 +35,9 @@ from casavi_pipeline.alerts import AlertChannels, Smtp
 from casavi_pipeline.casavi.client import CasaviClient
 from casavi_pipeline.casavi.ratelimit import AccountBudget, budget_path, learned_rate
 from casavi_pipeline.erase import VALUES_FOLDER
-from casavi_pipeline.erp.contract import Entity
 from casavi_pipeline.erp.deliveries import Delivery, scan_delivery
-from casavi_pipeline.erp.reader import ErpTable, read_entity
+from casavi_pipeline.erp.mapping_file import load_mapping_file
+from casavi_pipeline.erp.sources import CsvSource, ErpSource, SqlSource
 from casavi_pipeline.settings import (
     AlertSettings,
     CasaviSettings,
@@ -112,13 +112,18 @@ def _resource_of(group: type[BaseModel]) -> type[_SettingsResource]:
 
 
 class ErpExport(_resource_of(ErpSettings)):
-    """The ERP export folder: one sub-folder per Mandant with the seven CSV files."""
+    """Where the ERP's data comes from: the export folder (one sub-folder per Mandant with the seven CSV
+    files) or, when `source_url` is set, the ERP's database (`casavi_pipeline.erp.sources`)."""
 
-    def read(self, mandant: str, entity: Entity) -> ErpTable:
-        return read_entity(Path(self.directory), mandant, entity, self.encoding)
+    def source(self) -> ErpSource:
+        mapping = load_mapping_file(Path(self.mapping_file)) if self.mapping_file else None
+        if self.source_url:
+            return SqlSource(self.source_url, mapping)
+        return CsvSource(Path(self.directory or "."), self.encoding, mapping)
 
-    def delivery(self, mandant: str) -> Delivery:
-        return scan_delivery(Path(self.directory), mandant)
+    def delivery(self, mandant: str) -> Delivery | None:
+        """The Mandant's files in the export folder; None when the ERP is read from its database."""
+        return None if self.source_url else scan_delivery(Path(self.directory or "."), mandant)
 
 
 class SnapshotStore(_resource_of(StateSettings)):

@@ -14,13 +14,13 @@ MAX_LISTED_PROBLEMS = 10
 
 
 class ErpExportError(ValueError):
-    """An ERP export file (or folder) breaks the contract in `docs/export-format.md`.
+    """An ERP export file (or folder, or database table/view) breaks the contract in `docs/export-format.md`.
 
-    `path` is the file or folder at fault; `problems` lists every problem found (the message shows the
+    `path` is the file or folder at fault (for a database: the table/view and the URL without password); `problems` lists every problem found (the message shows the
     first `MAX_LISTED_PROBLEMS`).
     """
 
-    def __init__(self, path: Path, summary: str, problems: Sequence[str] = ()) -> None:
+    def __init__(self, path: Path | str, summary: str, problems: Sequence[str] = ()) -> None:
         self.path = path
         self.problems = list(problems)
         super().__init__(_format(summary, self.problems))
@@ -39,6 +39,11 @@ def _format(summary: str, problems: list[str]) -> str:
 def row_label(row: int, line: int | None) -> str:
     """`row 3 (line 4)`: rows count data records from 1; the header is line 1 of the file."""
     return f"row {row} (line {line})" if line is not None else f"row {row}"
+
+
+def place(*parts: str) -> str:
+    """`row 3 (line 4), we_nr=001`: the non-empty parts of a location (a database row has no line)."""
+    return ", ".join(part for part in parts if part)
 
 
 def key_label(key_columns: Sequence[str], values: Sequence[object]) -> str:

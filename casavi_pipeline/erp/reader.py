@@ -5,6 +5,10 @@ The output frame has exactly the contract's columns in contract order: text and 
 in file order on a fresh RangeIndex. Anything that breaks the contract raises one `ErpExportError`
 naming the file, where, and what to fix.
 
+The validation itself (`text_frame`, `validated_frame`) is shared with the database source
+(`casavi_pipeline.erp.sources`): whatever the origin, a frame of text columns meets the same contract
+and breaks it with the same located messages.
+
 Parsing uses the `csv` module (C-implemented) rather than `pandas.read_csv`: pandas silently pads
 rows with too few fields and has no record-to-line map, both of which the error messages need.
 """
@@ -15,9 +19,10 @@ import csv
 import io
 import re
 from collections import Counter
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import cache
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +30,8 @@ import pandas as pd
 import pandera.errors
 
 from casavi_pipeline.erp.contract import ColumnType, Entity
-from casavi_pipeline.erp.errors import ErpExportError, row_label
+from casavi_pipeline.erp.errors import ErpExportError, place, row_label
+from casavi_pipeline.erp.mapping_file import EntityMapping
 from casavi_pipeline.erp.schemas import describe_failures, schema_for
 
 _DIALECT = {"delimiter": ";", "quotechar": '"', "doublequote": True, "strict": True}
@@ -49,25 +55,70 @@ class ErpTable:
     """One entity of one Mandant, read and validated."""
 
     frame: pd.DataFrame
-    path: Path
-    modified_at: datetime  # the file's mtime, UTC
+    origin: str  # the file, or the table/view/query and the database (URL without password)
+    modified_at: datetime | None  # the file's mtime, UTC; None for a database
     row_count: int
 
 
-def read_entity(export_dir: Path, mandant: str, entity: Entity, encoding: str = "utf-8") -> ErpTable:
-    """Read, clean and validate `<export_dir>/<mandant>/<entity>.csv`; raise `ErpExportError` if broken."""
+@dataclass(frozen=True)
+class Origin:
+    """Where a text frame came from, in the words its messages use."""
+
+    name: str  # `/export/0001/mieter.csv`, `table/view mieter of postgresql://erp@db/erp`
+    path: Path | str  # what `ErpExportError.path` holds
+    locate: Callable[[int], str]  # frame row → `row 3 (line 4)`; "" where rows have no place (a database)
+    rows_note: str = ""  # how the locations read, appended to a message's summary
+    source_columns: Mapping[str, str] = field(default_factory=dict)  # contract column → source column
+    may_hold_nul: bool = True  # False when a NUL is known to be absent (a scan of the text found none)
+
+    def column(self, name: str) -> str:
+        """A contract column for a message, with the source's column where the mapping file renamed it."""
+        source = self.source_columns.get(name)
+        return f"{name} (source column {source})" if source and source != name else name
+
+
+def read_entity(
+    export_dir: Path,
+    mandant: str,
+    entity: Entity,
+    encoding: str = "utf-8",
+    mapping: EntityMapping | None = None,
+) -> ErpTable:
+    """Read, clean and validate `<export_dir>/<mandant>/<entity>.csv`; raise `ErpExportError` if broken.
+
+    `mapping` (from `ERP_MAPPING_FILE`) renames and transforms the file's columns before the contract applies.
+    """
     path = entity_path(export_dir, mandant, entity)
     modified_at = datetime.fromtimestamp(path.stat().st_mtime, tz=UTC)
     text = _decode(path.read_bytes(), path, encoding)
     header, records = _parse(text, path)
-    frame = _text_frame(entity, header, records, path)
+    lines = cache(lambda: record_start_lines(text))  # only computed when a message needs it
+
+    def locate(index: int) -> str:
+        return row_label(index + 1, lines()[index] if index < len(lines()) else None)
+
+    origin = Origin(
+        name=str(path),
+        path=path,
+        locate=locate,
+        rows_note=" (rows count data records from 1; line 1 is the header)",
+        source_columns=mapping.source_columns() if mapping else {},
+        may_hold_nul="\x00" in text,
+    )
+    frame = validated_frame(entity, text_frame(entity, header, records, origin, mapping), origin)
+    return ErpTable(frame=frame, origin=str(path), modified_at=modified_at, row_count=len(frame))
+
+
+def validated_frame(entity: Entity, frame: pd.DataFrame, origin: Origin) -> pd.DataFrame:
+    """Validate a text frame (contract columns in order, each value a stripped `str` or None) from any
+    origin; return it with decimals parsed, or raise `ErpExportError` located in `origin`'s words."""
     # Before the schema: its messages quote keys, which must be known to be single-line by then.
-    _reject_control_characters(entity, frame, path, text)
-    _validate(entity, frame, path, text)
+    _reject_control_characters(entity, frame, origin)
+    _validate(entity, frame, origin)
     for column in entity.columns:
         if column.type is ColumnType.DECIMAL:
             frame[column.name] = pd.to_numeric(frame[column.name]).astype("float64")
-    return ErpTable(frame=frame, path=path, modified_at=modified_at, row_count=len(frame))
+    return frame
 
 
 def entity_path(export_dir: Path, mandant: str, entity: Entity) -> Path:
@@ -248,30 +299,46 @@ def record_start_lines(text: str) -> list[int]:
     return starts[1:]
 
 
-def _text_frame(entity: Entity, header: list[str], data: list[list[str]], path: Path) -> pd.DataFrame:
-    """Contract columns in contract order, values stripped, "" as None; extra columns dropped."""
-    position = {name: index for index, name in reversed(list(enumerate(header)))}
-    counts = Counter(header)
+def text_frame(
+    entity: Entity,
+    header: Sequence[str],
+    data: Sequence[Sequence[str]],
+    origin: Origin,
+    mapping: EntityMapping | None = None,
+) -> pd.DataFrame:
+    """Contract columns in contract order, values stripped, "" as None; extra columns dropped.
+
+    `header` names the source's columns; `mapping` renames them before the header is checked, and
+    transforms the values before the contract columns are taken.
+    """
+    names = mapping.renamed(list(header)) if mapping else list(header)
+    produced = mapping.produced if mapping else {}
+    position = {name: index for index, name in reversed(list(enumerate(names)))}
+    counts = Counter([*names, *produced])
     doubled = sorted(name for name in entity.column_names if counts[name] > 1)
-    missing = [name for name in entity.required_columns if name not in position]
+    missing = [name for name in entity.required_columns if name not in position and name not in produced]
     if doubled or missing:
-        problems = [f"required column {name} is missing" for name in missing]
-        problems += [f"column {name} appears more than once in the header" for name in doubled]
+        renamed = " after the renames of ERP_MAPPING_FILE" if mapping else ""
+        problems = [f"required column {origin.column(name)} is missing{renamed}" for name in missing]
+        problems += [f"column {origin.column(name)} appears more than once{renamed}" for name in doubled]
         raise ErpExportError(
-            path,
-            f"{path} has a header that breaks the contract (header found: {_header_excerpt(header)}); "
-            "fix the export so it has each contract column once:",
+            origin.path,
+            f"{origin.name} has a header that breaks the contract (header found: {_header_excerpt(header)}); "
+            "fix the export (or the columns of ERP_MAPPING_FILE) so it has each contract column once:",
             problems,
         )
     values = list(zip(*data, strict=True)) if data else [() for _ in header]
-    columns = {
-        name: _clean(values[position[name]]) if name in position else np.full(len(data), None, dtype=object)
-        for name in entity.column_names
-    }
-    return pd.DataFrame(columns, columns=list(entity.column_names))
+    wanted = [*entity.column_names, *(mapping.normalize if mapping else ())]
+    columns = {name: _clean(values[position[name]]) for name in dict.fromkeys(wanted) if name in position}
+    if mapping:
+        columns = mapping.apply(columns)
+    return pd.DataFrame(
+        {name: columns.get(name, np.full(len(data), None, dtype=object)) for name in entity.column_names},
+        columns=list(entity.column_names),
+    )
 
 
-def _header_excerpt(header: list[str]) -> str:
+def _header_excerpt(header: Sequence[str]) -> str:
     """The header as a message may echo it: the first columns, each on one line, only names echoed.
 
     A file whose first line is data (the header row lost) would otherwise put a person's name, email
@@ -298,14 +365,14 @@ def _clean(values: Sequence[str]) -> np.ndarray:
     return cleaned
 
 
-def _reject_control_characters(entity: Entity, frame: pd.DataFrame, path: Path, text: str) -> None:
+def _reject_control_characters(entity: Entity, frame: pd.DataFrame, origin: Origin) -> None:
     """Refuse a control character in an ERP number and a NUL in any value; other values stay unshown.
 
     A tab or line break arrives inside a quoted field. In a number it would become part of a casavi
     reference id; a NUL in any value is never data (C-based tools cut the string there). Each column
     is scanned joined into one string, so a clean file costs one regex pass per number column.
     """
-    has_nul = "\x00" in text
+    has_nul = origin.may_hold_nul
     suspects: list[tuple[int, str, bool]] = []  # (column position, column, is an ERP number)
     for position, name in enumerate(entity.column_names):
         is_number = name.endswith(_IDENTIFIER_SUFFIX)
@@ -315,27 +382,27 @@ def _reject_control_characters(entity: Entity, frame: pd.DataFrame, path: Path, 
                 suspects.append((position, name, is_number))
     if not suspects:
         return
-    lines = record_start_lines(text)
     located: list[tuple[int, int, str]] = []
     for position, name, is_number in suspects:
         pattern = _CONTROL_CHARACTER.pattern if is_number else "\x00"
         hits = frame[name].str.contains(pattern, regex=is_number, na=False).to_numpy(dtype=bool)
         for index in np.flatnonzero(hits):
-            where = row_label(int(index) + 1, lines[index] if index < len(lines) else None)
+            where = origin.locate(int(index))
             if is_number:
                 key = ", ".join(_escaped_key(k, frame.at[index, k]) for k in entity.key)
                 problem = (
-                    f"{where}, {key}: column {name} is {_quoted(frame.at[index, name])}, a number with a "
+                    f"{place(where, key)}: column {origin.column(name)} is {_quoted(frame.at[index, name])}, a number with a "
                     "control character (tab, line break, NUL, ...); the ERP must not put control characters "
                     "into numbers: correct the number in the ERP and re-export"
                 )
             else:  # the value may be a name or an address: only where it is
-                problem = f"{where}: column {name} contains a NUL character (\\x00); remove it in the ERP"
+                key = ", ".join(_escaped_key(k, frame.at[index, k]) for k in entity.key)
+                problem = f"{where or key}: column {origin.column(name)} contains a NUL character (\\x00); remove it in the ERP"
             located.append((int(index), position, problem))
     problems = [problem for _, _, problem in sorted(located)]
     raise ErpExportError(
-        path,
-        f"{path} has {len(problems)} value(s) with a control character the contract does not allow:",
+        origin.path,
+        f"{origin.name} has {len(problems)} value(s) with a control character the contract does not allow:",
         problems,
     )
 
@@ -352,21 +419,15 @@ def _quoted(value: str) -> str:
     return repr(value)
 
 
-def _validate(entity: Entity, frame: pd.DataFrame, path: Path, text: str) -> None:
+def _validate(entity: Entity, frame: pd.DataFrame, origin: Origin) -> None:
     try:
         schema_for(entity).validate(frame, lazy=True, inplace=True)
     except pandera.errors.SchemaErrors as exc:
-        lines = record_start_lines(text)
-
-        def locate(index: int) -> str:
-            return row_label(index + 1, lines[index] if index < len(lines) else None)
-
-        problems = describe_failures(entity, frame, exc.failure_cases, locate)
+        problems = describe_failures(entity, frame, exc.failure_cases, origin.locate, origin.column)
         # `from None`: pandera's own message quotes the failing values, which for tenants and owners
         # are names and emails; chaining it would carry them into Dagster's logs.
         raise ErpExportError(
-            path,
-            f"{path} breaks the ERP export contract in {len(problems)} place(s) "
-            "(rows count data records from 1; line 1 is the header):",
+            origin.path,
+            f"{origin.name} breaks the ERP export contract in {len(problems)} place(s){origin.rows_note}:",
             problems,
         ) from None

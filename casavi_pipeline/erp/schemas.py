@@ -17,7 +17,7 @@ import pycountry
 
 from casavi_pipeline.dates import iso_date_mask
 from casavi_pipeline.erp.contract import ANREDEN, NUTZUNGSARTEN, Column, ColumnType, Entity
-from casavi_pipeline.erp.errors import key_label
+from casavi_pipeline.erp.errors import key_label, place
 
 # Check names: pandera reports them in `failure_cases["check"]`; `_EXPLANATIONS` says what they mean.
 ISO_DATE = "iso_date"
@@ -91,11 +91,12 @@ def schema_for(entity: Entity) -> pa.DataFrameSchema:
     )
 
 
-def _explain(check: str, column: str, shown_value: str = "") -> str:
-    """What is wrong and what to fix, for one failed check of one column; `shown_value` e.g. ` ('80,5')`."""
-    subject = f"column {column}{shown_value}"
+def _explain(check: str, column: str, shown_value: str = "", label: str | None = None) -> str:
+    """What is wrong and what to fix, for one failed check of one column; `shown_value` e.g. ` ('80,5')`,
+    `label` the column as the message names it (with its source column, see `Origin.column`)."""
+    subject = f"column {label or column}{shown_value}"
     if check == NOT_NULL:
-        return f"column {column} is empty; fill it in (it is required in every row)"
+        return f"column {label or column} is empty; fill it in (it is required in every row)"
     if check == ISO_DATE:
         return f"{subject} is not a real date in the form YYYY-MM-DD; write it like 2024-03-01"
     if check == DECIMAL:
@@ -118,10 +119,12 @@ def describe_failures(
     frame: pd.DataFrame,
     failure_cases: pd.DataFrame,
     locate: Callable[[int], str],
+    column_label: Callable[[str], str] = str,
 ) -> list[str]:
     """One readable line per problem, in file order: location, ERP key, column, what is wrong, the fix.
 
-    `locate(index)` labels the frame row `index` (e.g. `row 3 (line 4)`). Values are shown only for
+    `locate(index)` labels the frame row `index` (e.g. `row 3 (line 4)`, or "" where rows have no place);
+    `column_label` names a column (e.g. with the source column it was mapped from). Values are shown only for
     files without person data; for tenants and owners the column and the key must do.
     """
     show_values = not holds_person_data(entity)
@@ -139,7 +142,9 @@ def describe_failures(
     for case in others.itertuples(index=False):
         column = case.column if isinstance(case.column, str) else ""
         if pd.isna(case.index):  # a schema-level failure, not tied to a row
-            located.append((-1.0, order.get(column, -1), _explain(str(case.check), column)))
+            located.append(
+                (-1.0, order.get(column, -1), _explain(str(case.check), column, "", column_label(column)))
+            )
             continue
         index = int(case.index)
         if case.check == PERSON_HAS_NAME:
@@ -147,8 +152,8 @@ def describe_failures(
                 continue
             seen_rows_without_name.add(index)
         shown_value = f" ({case.failure_case!r})" if show_values else ""
-        text = _explain(str(case.check), column, shown_value)
-        where = f"{locate(index)}, {key_label(entity.key, _key_values(frame, entity, index))}"
+        text = _explain(str(case.check), column, shown_value, column_label(column))
+        where = place(locate(index), key_label(entity.key, _key_values(frame, entity, index)))
         located.append((float(index), order.get(column, -1), f"{where}: {text}"))
     return [text for _, _, text in sorted(located, key=lambda item: (item[0], item[1]))]
 
@@ -168,13 +173,13 @@ def _describe_duplicates(
     for key, group in keys.groupby(list(entity.key), sort=False, dropna=False):
         members = list(group.index)
         values: Sequence[object] = key if isinstance(key, tuple) else (key,)
-        places = " and ".join(locate(i) for i in members)
+        places = " and ".join(filter(None, (locate(i) for i in members)))
         located.append(
             (
                 float(members[0]),
                 -1,
-                f"{locate(members[0])}, {key_label(entity.key, values)}: the key "
-                f"({', '.join(entity.key)}) appears more than once, in {places}; "
+                f"{place(locate(members[0]), key_label(entity.key, values))}: the key "
+                f"({', '.join(entity.key)}) appears {f'more than once, in {places}' if places else f'{len(members)} times'}; "
                 "each record needs its own key: remove the duplicate or renumber it",
             )
         )
