@@ -33,6 +33,7 @@ from casavi_pipeline.casavi.ratelimit import (
 from casavi_pipeline.erase import VALUES_FOLDER
 from casavi_pipeline.erp.contract import Entity
 from casavi_pipeline.erp.reader import ErpTable, read_entity
+from casavi_pipeline.runs.values import RunValuesIOManager, run_values_executor
 from casavi_pipeline.settings import Settings, casavi_base_url, load_settings
 from casavi_pipeline.sync.deliveries import Delivery, scan_delivery
 from casavi_pipeline.sync.guards import GuardPolicy
@@ -235,17 +236,22 @@ class HttpCasaviResource(CasaviResource):
             yield client
 
 
-def build_resources(settings: Settings) -> dict[str, object]:
-    """The resources of the code location, from validated settings; secrets only through EnvVar."""
-    snapshots = SnapshotStore(
+def snapshot_store(settings: Settings) -> SnapshotStore:
+    """Where the snapshots (and the run values) live."""
+    return SnapshotStore(
         directory=str(settings.snapshot_dir.resolve()), audit_retention_days=settings.audit_retention_days
     )
+
+
+def build_resources(settings: Settings) -> dict[str, object]:
+    """The resources of the code location, from validated settings; secrets only through EnvVar."""
+    snapshots = snapshot_store(settings)
     return {
         # The frames between steps hold names, emails and phones: they are kept beside the Mandant's
-        # snapshot (one file per asset and Mandant, overwritten by its next run, erased by
-        # `./run erase-personal-data M`), not in Dagster's storage under $DAGSTER_HOME, which grows
-        # with every instance and is not the Mandant's to erase.
-        "io_manager": dg.FilesystemIOManager(base_dir=str(snapshots.values_directory)),
+        # snapshot, per run and only while a run may need them (casavi_pipeline/runs/values.py), not in
+        # Dagster's storage under $DAGSTER_HOME, which grows with every instance and is not the
+        # Mandant's to erase.
+        "io_manager": RunValuesIOManager(base_dir=str(snapshots.values_directory)),
         "erp_export": ErpExport(
             directory=str(settings.erp_export_dir), encoding=settings.erp_export_encoding
         ),
@@ -296,4 +302,8 @@ def _secret(variable: str, value: object | None) -> dg.EnvVar | None:
 
 @dg.definitions
 def resources() -> dg.Definitions:
-    return dg.Definitions(resources=build_resources(SETTINGS))
+    # One run = one Mandant, and its steps form a chain: parallelism comes from Mandant runs side by
+    # side (queued under dagster.yaml's limits), not from steps. A process per step would re-import
+    # dagster and pandas ~30 times per run for nothing. The executor also keeps the run values.
+    values = snapshot_store(SETTINGS).values_directory
+    return dg.Definitions(resources=build_resources(SETTINGS), executor=run_values_executor(values))

@@ -31,7 +31,6 @@ from casavi_pipeline.casavi.errors import (
 from casavi_pipeline.defs.erp import erp_export
 from casavi_pipeline.defs.partitions import mandant_partitions
 from casavi_pipeline.defs.resources import SETTINGS, CasaviResource, SnapshotStore, SyncPolicy
-from casavi_pipeline.runs.health import describe_pool, reap_dead_runs, tag_run_host
 from casavi_pipeline.settings import ALLOWED_SEPARATORS
 from casavi_pipeline.sync.apply import SyncReport, apply_changeset
 from casavi_pipeline.sync.changeset import ChangesetSummary, compute_changeset, summarize
@@ -39,7 +38,6 @@ from casavi_pipeline.sync.guards import GuardResult, GuardResults, evaluate_guar
 from casavi_pipeline.sync.rejections import RejectionVerdict, assess
 from casavi_pipeline.sync.snapshot import META_ADOPTED, Snapshot, SnapshotCorruptError
 
-CASAVI_POOL = "casavi_api"
 #: How a sync stopped by a person (Ctrl-C, SIGTERM, terminate) describes itself; the demo looks for it.
 INTERRUPTED = "sync stopped by an interrupt"
 REJECTIONS_LISTED = 50
@@ -279,7 +277,6 @@ def casavi_changeset(
         ObjectKind.UNIT: casavi_units,
         ObjectKind.CONTACT: casavi_contacts,
     }
-    _before_the_pool(context)
     with snapshots.open(mandant) as snapshot:
         if config.repair_drift and snapshot.drift(listed=0).count():
             context.log.info(f"Mandant {mandant}: repairing drift: casavi's state is taken as synced")
@@ -291,19 +288,6 @@ def casavi_changeset(
         f"rate limit that takes {_duration(expected)}"
     )
     return dg.MaterializeResult(metadata=_changeset_metadata(summary, casavi))
-
-
-def _before_the_pool(context: dg.AssetExecutionContext) -> None:
-    """Right before the sync claims the casavi_api pool: free slots of killed runs, say who holds it.
-
-    A killed process never returns its pool slot, which would block every later sync (the daemon's
-    dead-run sensor does the same for queued runs; this covers the CLI and in-process runs).
-    """
-    tag_run_host(context)
-    reap_dead_runs(context.instance, log=context.log)
-    busy = describe_pool(context.instance, CASAVI_POOL, waiting_run_id=context.run.run_id)
-    if busy:
-        context.log.info(busy)
 
 
 def _guard_check_result(result: GuardResult) -> dg.AssetCheckResult:
@@ -435,7 +419,6 @@ class _Progress:
     partitions_def=mandant_partitions,
     group_name="sync",
     kinds={"casavi"},
-    pool=CASAVI_POOL,
     check_specs=[
         dg.AssetCheckSpec(
             REJECTIONS_CHECK,
