@@ -29,7 +29,7 @@ def env(tmp_path, sandbox: SandboxProcess, monkeypatch):
     """Settings for one test: its own export, snapshot folder, Dagster instance, and the sandbox.
 
     They are set in the environment too, for the subprocesses (Dagster's CLI, the demo) that read them
-    there; the instance uses the shipped dagster.yaml (pools and run limits as users run them).
+    there; the instance uses the shipped dagster.yaml (launcher and run limits as users run them).
     """
     values = {
         "ERP_EXPORT_DIR": str(tmp_path / "export"),

@@ -57,7 +57,9 @@ def test_a_failed_runs_values_serve_its_reexecution_and_a_successful_run_keeps_n
 
         (tmp_path / "fail").unlink()
         options = dg.ReexecutionOptions.from_failure(failed.run_id, instance)
-        with dg.execute_job(job, instance, tags={"dagster/partition": MANDANT}, reexecution_options=options) as again:
+        with dg.execute_job(
+            job, instance, tags={"dagster/partition": MANDANT}, reexecution_options=options
+        ) as again:
             assert again.success  # uses_frame read frame from the failed parent run's values
         assert not (values / again.run_id).exists()
         assert (values / failed.run_id).exists()  # failed: kept for KEEP_ENDED_RUN_SECONDS

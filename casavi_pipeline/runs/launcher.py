@@ -7,9 +7,11 @@ reboot) would stay STARTED for ever, and with it the Mandant's one queue slot
 monitoring (`run_monitoring:` in dagster.yaml) checks every STARTED run, however it was started (UI,
 schedule, sensor, CLI), and marks a dead one failed, which frees the slot.
 
-Where a run's worker lives is recorded by the worker itself (:func:`record_run_worker`, called when the
-run's first step sets up its IO manager; `run_sync` passes :func:`run_worker_tags` at creation): host,
-pid and the process's start time, so a later process that reuses the pid is not taken for it.
+Where a run's worker lives is recorded by the worker itself (:func:`record_run_worker`, called by the
+code location's executor before the first step, `runs/values.py`; `run_sync` passes :func:`run_worker_tags`
+at creation, since `execute_in_process` uses Dagster's own executor): host, pid and the process's start
+time, so a later process that reuses the pid is not taken for it. A run on another host is UNKNOWN, never
+FAILED: its processes cannot be seen from here.
 """
 
 from __future__ import annotations
@@ -59,7 +61,11 @@ def worker_health(tag: str | None) -> CheckRunHealthResult:
     """RUNNING, FAILED or UNKNOWN for the worker a run's :data:`WORKER_TAG` names (None: not recorded)."""
     if not tag:
         return CheckRunHealthResult(WorkerStatus.UNKNOWN, "the run has not recorded its worker yet")
-    host, pid, started = tag.split(" ")
+    try:
+        host, pid, started = tag.split(" ")
+        int(pid)
+    except ValueError:
+        return CheckRunHealthResult(WorkerStatus.UNKNOWN, f"unreadable {WORKER_TAG} tag {tag!r}")
     where = f"pid {pid} on {host}"
     if host != socket.gethostname():
         # Its processes cannot be seen from here; judging it dead would fail a healthy run.

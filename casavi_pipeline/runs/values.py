@@ -25,8 +25,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import dagster as dg
+from dagster._core.launcher import WorkerStatus
 
-from casavi_pipeline.runs.launcher import record_run_worker
+from casavi_pipeline.runs.launcher import WORKER_TAG, record_run_worker, worker_health
 
 #: How long the values of a failed or canceled run are kept for a re-execution from failure.
 KEEP_ENDED_RUN_SECONDS = 7 * 24 * 3600
@@ -78,7 +79,7 @@ def _folders(base_dir: Path) -> Iterator[Path]:
 
 
 def remove_ended_run_values(instance: dg.DagsterInstance, base_dir: Path) -> list[str]:
-    """Remove the values of runs that ended: succeeded at once, failed/canceled after the bound.
+    """Remove the values of runs that ended: succeeded at once, failed/canceled/killed after the bound.
 
     A folder whose run this instance does not know (deleted, or another instance's) goes once it
     was last written to longer ago than the bound. Returns the folder names removed.
@@ -92,7 +93,11 @@ def remove_ended_run_values(instance: dg.DagsterInstance, base_dir: Path) -> lis
         elif record.dagster_run.status == dg.DagsterRunStatus.SUCCESS:
             done = True
         else:
-            done = record.dagster_run.is_finished and (record.end_time or 0.0) < old
+            run = record.dagster_run
+            # A killed run no daemon has ended yet counts as ended, since it was last written to.
+            dead = worker_health(run.tags.get(WORKER_TAG)).status == WorkerStatus.FAILED
+            ended_at = record.end_time if run.is_finished else folder.stat().st_mtime if dead else None
+            done = ended_at is not None and ended_at < old
         if done:
             remove_run_values(base_dir, folder.name)
             removed.append(folder.name)
@@ -112,6 +117,10 @@ class _RunValuesExecutor(dg.Executor):
     def retries(self):
         return self._inner.retries
 
+    @property
+    def step_dependency_config(self):
+        return self._inner.step_dependency_config
+
     def execute(self, plan_context, execution_plan) -> Iterator[dg.DagsterEvent]:
         run_id = plan_context.run_id
         record_run_worker(plan_context.instance, plan_context.dagster_run)
@@ -125,7 +134,7 @@ class _RunValuesExecutor(dg.Executor):
 
 
 def run_values_executor(base_dir: Path) -> dg.ExecutorDefinition:
-    """The code location's executor: in-process (see definitions.py), with the run values' upkeep."""
+    """The code location's executor: in-process (why: defs/resources.py), with the run values' upkeep."""
 
     @dg.executor(name="in_process", config_schema=dg.in_process_executor.config_schema)
     def in_process(init_context: dg.InitExecutorContext) -> dg.Executor:
