@@ -26,15 +26,7 @@ warnings.filterwarnings("ignore", message="Parameter `execution_type` of functio
 # Every asset and check carries the failure hook, so every run records why it stopped (defs/failures.py).
 # (One Definitions object at module scope: Dagster refuses a module with two.)
 defs = with_failure_reason(
-    dg.Definitions.merge(
-        # What `dg.load_from_defs_folder` does, without needing pyproject.toml beside the code: a
-        # deployment that installed the package (not the repo) has none.
-        dg.ComponentTree.from_module(
-            defs_module=casavi_pipeline.defs, project_root=PROJECT_ROOT
-        ).build_defs(),
-        # One run = one Mandant, and its steps form a chain: parallelism comes from Mandant runs side by
-        # side (queued under dagster.yaml's limits), not from steps. A process per step would re-import
-        # dagster and pandas ~30 times per run for nothing.
-        dg.Definitions(executor=dg.in_process_executor),
-    )
+    # What `dg.load_from_defs_folder` does, without needing pyproject.toml beside the code: a
+    # deployment that installed the package (not the repo) has none.
+    dg.ComponentTree.from_module(defs_module=casavi_pipeline.defs, project_root=PROJECT_ROOT).build_defs()
 )

@@ -4,7 +4,8 @@ A housing company must answer erasure requests (GDPR art. 17). casavi_pipeline k
 (names, emails, phones, postal addresses) in these places of its own, under CASAVI_SNAPSHOT_DB and,
 when CASAVI_STATE_URL is set, in its PostgreSQL database (README, "Where personal data lives"):
 
-- the run values: the ERP and casavi frames between steps (`values/<asset>/<M>`), deleted here;
+- the run values: the ERP and casavi frames between steps (`values/<run id>/<asset>/<M>`, kept only
+  while a run may need them: `casavi_pipeline/runs/values.py`), M's of every run deleted here;
 - the Mandant's snapshot: the bodies last written or read per object, set to NULL here (ids and hashes
   stay: all the sync needs to know what casavi holds) and the pending changeset deleted;
 - the account-wide listing of casavi: the bodies of the objects with M's prefix, set to NULL here;
@@ -48,7 +49,8 @@ def erase(snapshot_dir: Path, mandant: str, state_url: str | None = None) -> lis
         raise EraseError(f"{mandant!r} is not a Mandant number (1-16 letters or digits, e.g. 0001)")
     done: list[str] = []
     values = snapshot_dir / VALUES_FOLDER
-    doomed = sorted(values.glob(f"*/{mandant}")) if values.exists() else []
+    # `*/M`: the layout before values were kept per run (one folder per asset), on machines that had it.
+    doomed = sorted([*values.glob(f"*/*/{mandant}"), *values.glob(f"*/{mandant}")]) if values.exists() else []
     _refuse_outside(doomed, values)
     for path in doomed:
         if path.is_dir() and not path.is_symlink():

@@ -25,8 +25,6 @@ if TYPE_CHECKING:  # Dagster is imported only when a run starts: the code locati
 
 #: Only the summary on the terminal; the full event log of each run is in the Dagster UI.
 QUIET = {"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}}
-#: How long to wait for the casavi_api pool before giving up with the holder's run id.
-POOL_WAIT_SECONDS = 120.0
 #: Preview lines of a dry run on the terminal; the run's metadata lists them all.
 PREVIEW_LINES = 20
 SYNC_ASSET = "casavi_sync"
@@ -45,15 +43,6 @@ class Outcome:
     interrupted: bool = False
     dry_run: bool = False
     preview: list[str] = field(default_factory=list)
-
-
-class _Print:
-    """A `log` for casavi_pipeline.runs.health that prints to the terminal."""
-
-    def info(self, message: str) -> None:
-        print(message, flush=True)
-
-    warning = info
 
 
 def _rows(mandant: str, metadata: dict[str, Any], prefix: str) -> list[tuple[str, ...]]:
@@ -113,24 +102,29 @@ def outcome_of(result: dg.ExecuteInProcessResult, mandant: str) -> Outcome:
 def sync_mandant(
     job: dg.JobDefinition, instance: dg.DagsterInstance, mandant: str, *, dry_run: bool | None = None
 ) -> Outcome:
-    """The main job for one Mandant in `instance`, quiet on the terminal but for the sync's progress."""
-    from casavi_pipeline.runs.health import PoolBusyError, run_host_tags, wait_for_pool
+    """The main job for one Mandant in `instance`, quiet on the terminal but for the sync's progress.
 
+    `execute_in_process` runs Dagster's own executor, not the code location's: what that one does for a
+    run (runs/values.py) is done here, around it.
+    """
+    from casavi_pipeline.defs.resources import SETTINGS, snapshot_store
+    from casavi_pipeline.runs.launcher import run_worker_tags
+    from casavi_pipeline.runs.values import remove_ended_run_values, remove_run_values
+
+    values = snapshot_store(SETTINGS).values_directory
     run_config: dict[str, Any] = dict(QUIET)
     if dry_run is not None:
         run_config["ops"] = {SYNC_ASSET: {"config": {"dry_run": dry_run}}}
-    try:
-        # A killed earlier run may still hold the casavi_api pool slot: free it, or say who holds it.
-        wait_for_pool(instance, "casavi_api", log=_Print(), timeout_seconds=POOL_WAIT_SECONDS)
-    except PoolBusyError as exc:
-        return Outcome(mandant, reason=str(exc))
+    remove_ended_run_values(instance, values)
     result = job.execute_in_process(
         run_config=run_config,
         partition_key=mandant,
         instance=instance,
         raise_on_error=False,
-        tags=run_host_tags(),
+        tags=run_worker_tags(),  # so run monitoring can tell whether this process still runs it
     )
+    if result.success:
+        remove_run_values(values, result.run_id)
     return outcome_of(result, mandant)
 
 

@@ -39,7 +39,7 @@ def env(tmp_path, sandbox: SandboxProcess, monkeypatch, backend: str, request: p
     """Settings for one test: its own export, snapshot folder, Dagster instance, and the sandbox.
 
     They are set in the environment too, for the subprocesses (Dagster's CLI, the demo) that read them
-    there; the instance uses the shipped dagster.yaml (pools and run limits as users run them). With
+    there; the instance uses the shipped dagster.yaml (launcher and run limits as users run them). With
     `backend` "postgresql" the state lives in a fresh database of the session's PostgreSQL server.
     """
     values = {

@@ -217,14 +217,15 @@ def test_a_failing_blocking_check_stops_the_sync_of_that_mandant(tmp_path):
 def test_erasing_a_mandants_personal_data_keeps_what_the_sync_needs(tmp_path):
     """`./run erase-personal-data M`: run values gone, bodies erased; the next run still sends nothing."""
     from casavi_pipeline.erase import erase
+    from casavi_pipeline.runs.values import RunValuesIOManager
     from casavi_pipeline.state.snapshot import Snapshot
 
     bound = resources(tmp_path, SAMPLE_EXPORT_DIR)
-    bound["io_manager"] = dg.FilesystemIOManager(base_dir=str(tmp_path / "snapshots" / "values"))
+    bound["io_manager"] = RunValuesIOManager(base_dir=str(tmp_path / "snapshots" / "values"))
     assert run_mandant("0001", bound).success
     assert run_mandant("0001", bound).success  # its read at the start fills the casavi listing
     values = tmp_path / "snapshots" / "values"
-    assert list(values.glob("*/0001"))
+    assert list(values.glob("*/*/0001"))  # <run id>/<asset>/<Mandant>: execute_in_process keeps them
     snapshot_file = tmp_path / "snapshots" / "snapshot_0001.duckdb"
     cache_file = tmp_path / "snapshots" / "casavi_remote.duckdb"
     # A tenant of the sample export (mieter.csv, Mandant 0001), synced to casavi.
@@ -236,7 +237,7 @@ def test_erasing_a_mandants_personal_data_keeps_what_the_sync_needs(tmp_path):
     for path in moved_aside:
         path.write_bytes(snapshot_file.read_bytes())
     done = erase(tmp_path / "snapshots", "0001")
-    assert not list(values.glob("*/0001"))
+    assert not list(values.glob("*/*/0001"))
     assert len(done) == 5
     assert not any(path.exists() for path in moved_aside)
     assert all(str(path) in done[3] for path in moved_aside) and done[3].startswith("moved-aside snapshot")

@@ -31,6 +31,7 @@ def test_partitioned_materialization_through_postgres_storage(postgres_server, t
 
     with dg.DagsterInstance.get() as instance:
         assert type(instance.run_storage).__name__ == "PostgresRunStorage"
+        assert type(instance.run_launcher).__name__ == "HealthCheckedRunLauncher"
         result = dg.materialize(
             erp_assets,
             partition_key="0420",

@@ -1,10 +1,8 @@
-"""Running unattended: a nightly schedule, a sensor for new ERP deliveries, failure reporting, and the
-dead-run sensor.
+"""Running unattended: a nightly schedule, a sensor for new ERP deliveries, and failure reporting.
 
-The schedule, the delivery sensor and the failure report are off by default (switch them on in the UI
-under Automation), so a fresh deployment never writes to casavi before someone decided it should. The
-dead-run sensor is on: it writes nothing to casavi; it marks runs whose process was killed as failed and
-frees their `casavi_api` pool slot, which would otherwise block every later sync.
+All three are off by default (switch them on in the UI under Automation), so a fresh deployment never
+writes to casavi before someone decided it should. Runs whose process was killed are ended by the
+daemon's run monitoring (casavi_pipeline/runs/launcher.py), not by a sensor.
 """
 
 import json
@@ -15,7 +13,6 @@ from casavi_pipeline.defs.failures import check_evaluations_of_run, failure_reas
 from casavi_pipeline.defs.jobs import casavi_sync_job
 from casavi_pipeline.defs.partitions import mandant_partitions
 from casavi_pipeline.defs.resources import ErpExport, SyncPolicy
-from casavi_pipeline.runs.health import build_dead_run_sensor
 
 NIGHTLY_CRON = "0 2 * * *"
 TIMEZONE = "Europe/Berlin"
@@ -90,5 +87,5 @@ def casavi_run_failure_report(context: dg.RunFailureSensorContext) -> None:
 
 defs = dg.Definitions(
     schedules=[casavi_nightly_sync],
-    sensors=[casavi_export_delivery_sensor, casavi_run_failure_report, build_dead_run_sensor()],
+    sensors=[casavi_export_delivery_sensor, casavi_run_failure_report],
 )

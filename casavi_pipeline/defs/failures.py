@@ -54,7 +54,11 @@ def failure_reason(
         if user and user.description:
             return f"{event.step_key}: {_first_line(user.description)}"
         if data and data.error:
-            return f"{event.step_key}: {_first_line(data.error.message)}"
+            error = data.error
+            # Dagster's wrapper ("Error occurred while executing op …") names no reason; what it wraps does.
+            while error.cls_name == "DagsterExecutionStepExecutionError" and error.cause is not None:
+                error = error.cause
+            return f"{event.step_key}: {_first_line(error.message)}"
     if isinstance(exception, dg.Failure) and exception.description:
         return _first_line(exception.description)
     if exception is not None:

@@ -38,6 +38,7 @@ from casavi_pipeline.erase import VALUES_FOLDER
 from casavi_pipeline.erp.deliveries import Delivery, scan_delivery
 from casavi_pipeline.erp.mapping_file import load_mapping_file
 from casavi_pipeline.erp.sources import CsvSource, ErpSource, SqlSource
+from casavi_pipeline.runs.values import RunValuesIOManager, run_values_executor
 from casavi_pipeline.settings import (
     AlertSettings,
     CasaviSettings,
@@ -259,15 +260,20 @@ class HttpCasaviResource(CasaviResource, _resource_of(CasaviSettings)):
             yield client
 
 
+def snapshot_store(settings: Settings) -> SnapshotStore:
+    """Where the sync's state (and the run values) live."""
+    return SnapshotStore.from_settings(settings.state)
+
+
 def build_resources(settings: Settings) -> dict[str, object]:
     """The resources of the code location, from validated settings; secrets only through EnvVar."""
-    snapshots = SnapshotStore.from_settings(settings.state)
+    snapshots = snapshot_store(settings)
     return {
         # The frames between steps hold names, emails and phones: they are kept beside the Mandant's
-        # snapshot (one file per asset and Mandant, overwritten by its next run, erased by
-        # `./run erase-personal-data M`), not in Dagster's storage under $DAGSTER_HOME, which grows
-        # with every instance and is not the Mandant's to erase.
-        "io_manager": dg.FilesystemIOManager(base_dir=str(snapshots.values_directory)),
+        # snapshot, per run and only while a run may need them (casavi_pipeline/runs/values.py), not in
+        # Dagster's storage under $DAGSTER_HOME, which grows with every instance and is not the
+        # Mandant's to erase.
+        "io_manager": RunValuesIOManager(base_dir=str(snapshots.values_directory)),
         "erp_export": ErpExport.from_settings(settings.erp),
         "snapshots": snapshots,
         "sync_policy": SyncPolicy.from_settings(settings.sync),
@@ -278,4 +284,8 @@ def build_resources(settings: Settings) -> dict[str, object]:
 
 @dg.definitions
 def resources() -> dg.Definitions:
-    return dg.Definitions(resources=build_resources(SETTINGS))
+    # One run = one Mandant, and its steps form a chain: parallelism comes from Mandant runs side by
+    # side (queued under dagster.yaml's limits), not from steps. A process per step would re-import
+    # dagster and pandas ~30 times per run for nothing. The executor also keeps the run values.
+    values = snapshot_store(SETTINGS).values_directory
+    return dg.Definitions(resources=build_resources(SETTINGS), executor=run_values_executor(values))

@@ -31,7 +31,6 @@ from casavi_pipeline.casavi.errors import (
 from casavi_pipeline.defs.erp import erp_export
 from casavi_pipeline.defs.partitions import mandant_partitions
 from casavi_pipeline.defs.resources import CasaviResource, SnapshotStore, SyncPolicy
-from casavi_pipeline.runs.health import describe_pool, reap_dead_runs, tag_run_host
 from casavi_pipeline.settings import ALLOWED_SEPARATORS
 from casavi_pipeline.state.diff import ChangesetSummary, compute_changeset, summarize
 from casavi_pipeline.state.files import StateCorruptError
@@ -40,7 +39,6 @@ from casavi_pipeline.sync.apply import SyncReport, apply_changeset
 from casavi_pipeline.sync.guards import GuardResult, GuardResults, evaluate_guards, record_sync_rule
 from casavi_pipeline.sync.rejections import RejectionVerdict, assess
 
-CASAVI_POOL = "casavi_api"
 #: How a sync stopped by a person (Ctrl-C, SIGTERM, terminate) describes itself; the demo looks for it.
 INTERRUPTED = "sync stopped by an interrupt"
 REJECTIONS_LISTED = 50
@@ -294,7 +292,6 @@ def casavi_changeset(
         ObjectKind.UNIT: casavi_units,
         ObjectKind.CONTACT: casavi_contacts,
     }
-    _before_the_pool(context)
     with snapshots.open(mandant) as snapshot:
         repair_drift = sync_policy.repair_drift if config.repair_drift is None else config.repair_drift
         if repair_drift and snapshot.drift(listed=0).count():
@@ -307,19 +304,6 @@ def casavi_changeset(
         f"({summary.counts()}); at the configured rate limit that takes {_duration(expected)}"
     )
     return dg.MaterializeResult(metadata=_changeset_metadata(summary, casavi, sync_policy))
-
-
-def _before_the_pool(context: dg.AssetExecutionContext) -> None:
-    """Right before the sync claims the casavi_api pool: free slots of killed runs, say who holds it.
-
-    A killed process never returns its pool slot, which would block every later sync (the daemon's
-    dead-run sensor does the same for queued runs; this covers the CLI and in-process runs).
-    """
-    tag_run_host(context)
-    reap_dead_runs(context.instance, log=context.log)
-    busy = describe_pool(context.instance, CASAVI_POOL, waiting_run_id=context.run.run_id)
-    if busy:
-        context.log.info(busy)
 
 
 def _guard_check_result(result: GuardResult) -> dg.AssetCheckResult:
@@ -458,7 +442,6 @@ class _Progress:
     partitions_def=mandant_partitions,
     group_name="sync",
     kinds={"casavi"},
-    pool=CASAVI_POOL,
     check_specs=[
         dg.AssetCheckSpec(
             REJECTIONS_CHECK,

@@ -69,7 +69,7 @@ def _run(only: list[str] | None) -> int:
             except KeyboardInterrupt:
                 outcome = Outcome(mandant, interrupted=True)
             outcomes.append(outcome)
-            if outcome.interrupted or (outcome.reason and not outcome.run_id):  # stopped, or the pool is busy
+            if outcome.interrupted:  # stopped by a person: no next Mandant either
                 break
     print_summary(outcomes)
     if any(outcome.interrupted for outcome in outcomes):
