@@ -1,9 +1,13 @@
 """Read one ERP export file into a validated DataFrame (contract: `docs/export-format.md`).
 
-The output frame has exactly the contract's columns in contract order: text and date columns hold
-`str` or `None` (dates as ISO `YYYY-MM-DD` text), decimal columns are `float64` (NaN = missing), rows
-in file order on a fresh RangeIndex. Anything that breaks the contract raises one `ErpExportError`
-naming the file, where, and what to fix.
+The output frame has exactly the contract's columns in contract order: text and date columns are
+Arrow-backed strings (`casavi_pipeline.frames.TEXT`; dates as ISO `YYYY-MM-DD` text, missing = NA),
+decimal columns are `float64` (NaN = missing), rows in file order on a fresh RangeIndex. Anything that
+breaks the contract raises one `ErpExportError` naming the file, where, and what to fix.
+
+Two steps: reading a CSV file into a *text frame* (`read_entity`), and `validated_frame`, which turns a
+text frame of any origin (a CSV file here; a database table elsewhere) into the typed frame. Its errors
+are located by the `Origin` (file and row/line, or table and key), never by a person's value.
 
 Parsing uses the `csv` module (C-implemented) rather than `pandas.read_csv`: pandas silently pads
 rows with too few fields and has no record-to-line map, both of which the error messages need.
@@ -16,9 +20,11 @@ import io
 import re
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import cached_property
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 import pandas as pd
@@ -27,6 +33,7 @@ import pandera.errors
 from casavi_pipeline.erp.contract import ColumnType, Entity
 from casavi_pipeline.erp.errors import ErpExportError, row_label
 from casavi_pipeline.erp.schemas import describe_failures, schema_for
+from casavi_pipeline.frames import text_array
 
 _DIALECT = {"delimiter": ";", "quotechar": '"', "doublequote": True, "strict": True}
 #: A UTF-8 byte order mark, as itself and as it reads when the file is decoded as cp1252.
@@ -38,10 +45,13 @@ _MAX_SHOWN_CHARS = 40
 #: A header cell a message may echo: shaped like a contract column name (never a name, email or phone).
 _COLUMN_NAME = re.compile(r"[a-z_][a-z0-9_]{0,39}")
 #: ERP numbers (`*_nr`, the keys and references) become casavi reference ids, snapshot keys and parts
-#: of log lines; a C0 control character or DEL in one is an export error, never a value to pass on.
+#: of log lines; a C0 control character or DEL in one is an export error, never a value to pass on. So
+#: is a bidirectional control (LRM/RLM, ALM, the embeddings/overrides U+202A-U+202E and isolates
+#: U+2066-U+2069): invisible, it makes an id display reversed in casavi's UI and in logs ("Trojan
+#: Source"), so two different ids can look alike. `repr` escapes all of them (they are not printable).
 _IDENTIFIER_SUFFIX = "_nr"
 _FIELD_END = re.compile(r"[;\r\n]")
-_CONTROL_CHARACTER = re.compile(r"[\x00-\x1f\x7f]")
+_CONTROL_CHARACTER = re.compile(r"[\x00-\x1f\x7f\u200e\u200f\u061c\u202a-\u202e\u2066-\u2069]")
 
 
 @dataclass(frozen=True)
@@ -61,13 +71,64 @@ def read_entity(export_dir: Path, mandant: str, entity: Entity, encoding: str = 
     text = _decode(path.read_bytes(), path, encoding)
     header, records = _parse(text, path)
     frame = _text_frame(entity, header, records, path)
-    # Before the schema: its messages quote keys, which must be known to be single-line by then.
-    _reject_control_characters(entity, frame, path, text)
-    _validate(entity, frame, path, text)
-    for column in entity.columns:
-        if column.type is ColumnType.DECIMAL:
-            frame[column.name] = pd.to_numeric(frame[column.name]).astype("float64")
+    del records  # the Python strings of every field: the largest thing ingest holds
+    frame = validated_frame(entity, frame, CsvOrigin(path, text))
     return ErpTable(frame=frame, path=path, modified_at=modified_at, row_count=len(frame))
+
+
+# --- validating a text frame of any origin ----------------------------------------------------------
+class Origin(Protocol):
+    """Where a text frame came from, for the messages of `validated_frame`.
+
+    `path` is what `ErpExportError.path` names (a file, or whatever names a table); `locate(index)`
+    labels frame row `index` (e.g. `row 3 (line 4)` of a file); `may_hold_nul()` may answer False only
+    when no value can contain a NUL (a cheap scan of the whole source said so).
+    """
+
+    path: Path
+
+    def locate(self, index: int) -> str: ...
+
+    def may_hold_nul(self) -> bool: ...
+
+
+@dataclass
+class CsvOrigin:
+    """A CSV file's text: rows are data records counted from 1, lines are the file's (header = line 1)."""
+
+    path: Path
+    text: str = field(repr=False)
+
+    @cached_property
+    def _lines(self) -> list[int]:
+        return record_start_lines(self.text)  # only when a message needs it
+
+    def locate(self, index: int) -> str:
+        lines = self._lines
+        return row_label(index + 1, lines[index] if index < len(lines) else None)
+
+    def may_hold_nul(self) -> bool:
+        return "\x00" in self.text
+
+
+def validated_frame(entity: Entity, frame: pd.DataFrame, origin: Origin) -> pd.DataFrame:
+    """A text frame of `entity` → the typed frame of the module docstring; raise `ErpExportError`.
+
+    `frame` holds the contract columns in contract order on a RangeIndex, every value a stripped `str`
+    or None (object dtype), whatever read it. Checks: control characters in ERP numbers and NULs, then
+    the contract's schema (`erp.schemas`); every problem is located by `origin`, never by a person's value.
+    """
+    # Before the schema: its messages quote keys, which must be known to be single-line by then.
+    _reject_control_characters(entity, frame, origin)
+    _validate(entity, frame, origin)
+    typed = {}
+    for column in entity.columns:
+        values = frame[column.name]
+        if column.type is ColumnType.DECIMAL:
+            typed[column.name] = pd.to_numeric(values).astype("float64")
+        else:
+            typed[column.name] = text_array(values.tolist())
+    return pd.DataFrame(typed, columns=list(entity.column_names))
 
 
 def entity_path(export_dir: Path, mandant: str, entity: Entity) -> Path:
@@ -298,14 +359,14 @@ def _clean(values: Sequence[str]) -> np.ndarray:
     return cleaned
 
 
-def _reject_control_characters(entity: Entity, frame: pd.DataFrame, path: Path, text: str) -> None:
+def _reject_control_characters(entity: Entity, frame: pd.DataFrame, origin: Origin) -> None:
     """Refuse a control character in an ERP number and a NUL in any value; other values stay unshown.
 
     A tab or line break arrives inside a quoted field. In a number it would become part of a casavi
     reference id; a NUL in any value is never data (C-based tools cut the string there). Each column
     is scanned joined into one string, so a clean file costs one regex pass per number column.
     """
-    has_nul = "\x00" in text
+    has_nul = origin.may_hold_nul()
     suspects: list[tuple[int, str, bool]] = []  # (column position, column, is an ERP number)
     for position, name in enumerate(entity.column_names):
         is_number = name.endswith(_IDENTIFIER_SUFFIX)
@@ -315,27 +376,27 @@ def _reject_control_characters(entity: Entity, frame: pd.DataFrame, path: Path, 
                 suspects.append((position, name, is_number))
     if not suspects:
         return
-    lines = record_start_lines(text)
     located: list[tuple[int, int, str]] = []
     for position, name, is_number in suspects:
         pattern = _CONTROL_CHARACTER.pattern if is_number else "\x00"
         hits = frame[name].str.contains(pattern, regex=is_number, na=False).to_numpy(dtype=bool)
         for index in np.flatnonzero(hits):
-            where = row_label(int(index) + 1, lines[index] if index < len(lines) else None)
+            where = origin.locate(int(index))
             if is_number:
                 key = ", ".join(_escaped_key(k, frame.at[index, k]) for k in entity.key)
                 problem = (
                     f"{where}, {key}: column {name} is {_quoted(frame.at[index, name])}, a number with a "
-                    "control character (tab, line break, NUL, ...); the ERP must not put control characters "
-                    "into numbers: correct the number in the ERP and re-export"
+                    "control character (tab, line break, NUL, a bidirectional control such as U+202E, ...); "
+                    "the ERP must not put control characters into numbers: correct the number in the ERP "
+                    "and re-export"
                 )
             else:  # the value may be a name or an address: only where it is
                 problem = f"{where}: column {name} contains a NUL character (\\x00); remove it in the ERP"
             located.append((int(index), position, problem))
     problems = [problem for _, _, problem in sorted(located)]
     raise ErpExportError(
-        path,
-        f"{path} has {len(problems)} value(s) with a control character the contract does not allow:",
+        origin.path,
+        f"{origin.path} has {len(problems)} value(s) with a control character the contract does not allow:",
         problems,
     )
 
@@ -352,21 +413,16 @@ def _quoted(value: str) -> str:
     return repr(value)
 
 
-def _validate(entity: Entity, frame: pd.DataFrame, path: Path, text: str) -> None:
+def _validate(entity: Entity, frame: pd.DataFrame, origin: Origin) -> None:
     try:
         schema_for(entity).validate(frame, lazy=True, inplace=True)
     except pandera.errors.SchemaErrors as exc:
-        lines = record_start_lines(text)
-
-        def locate(index: int) -> str:
-            return row_label(index + 1, lines[index] if index < len(lines) else None)
-
-        problems = describe_failures(entity, frame, exc.failure_cases, locate)
+        problems = describe_failures(entity, frame, exc.failure_cases, origin.locate)
         # `from None`: pandera's own message quotes the failing values, which for tenants and owners
         # are names and emails; chaining it would carry them into Dagster's logs.
         raise ErpExportError(
-            path,
-            f"{path} breaks the ERP export contract in {len(problems)} place(s) "
+            origin.path,
+            f"{origin.path} breaks the ERP export contract in {len(problems)} place(s) "
             "(rows count data records from 1; line 1 is the header):",
             problems,
         ) from None

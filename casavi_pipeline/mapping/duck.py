@@ -14,6 +14,7 @@ import duckdb
 import pandas as pd
 
 from casavi_pipeline.erp.contract import ENTITIES_BY_NAME, ColumnType
+from casavi_pipeline.frames import from_arrow
 
 _SQL_TYPES = {ColumnType.STRING: "VARCHAR", ColumnType.DATE: "VARCHAR", ColumnType.DECIMAL: "DOUBLE"}
 
@@ -50,10 +51,8 @@ class DuckSession:
         select = ", ".join(casts) if casts else "*"
         self.connection.execute(f'CREATE OR REPLACE VIEW "{name}" AS SELECT {select} FROM "{name}__frame"')
 
-    def frame(self, sql: str, *, list_columns: tuple[str, ...] = ()) -> pd.DataFrame:
-        """Run a query with the session's parameters; LIST columns become Python lists (not numpy arrays)."""
+    def frame(self, sql: str) -> pd.DataFrame:
+        """Run a query with the session's parameters; text and LIST columns come back Arrow-backed
+        (`casavi_pipeline.frames`), iterating a LIST column yields Python lists of dicts."""
         used = {k: v for k, v in self.params.items() if f"${k}" in sql}
-        result = self.connection.execute(sql, used).df()
-        for column in list_columns:
-            result[column] = [list(value) for value in result[column]]
-        return result
+        return from_arrow(self.connection.sql(sql, params=used).to_arrow_table())

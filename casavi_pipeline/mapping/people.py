@@ -154,8 +154,7 @@ def map_contacts(
             LEFT JOIN salutations s ON s.anrede = lower(w.anrede)
             LEFT JOIN by_contact b ON b.contact_id = {sql_ref_id("w.person_nr")}
             ORDER BY id
-            """,
-            list_columns=("contracts",),
+            """
         )[list(CONTACT_COLUMNS)]
 
 

@@ -96,8 +96,7 @@ def map_properties(
             FROM wirtschaftseinheiten w
             LEFT JOIN by_property b ON b.property_id = {sql_ref_id("w.we_nr")}
             ORDER BY id, erp_key
-            """,
-            list_columns=("addresses",),
+            """
         )[list(PROPERTY_COLUMNS)]
 
 
