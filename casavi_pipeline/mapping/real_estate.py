@@ -72,18 +72,17 @@ def map_properties(
     wirtschaftseinheiten: pd.DataFrame, addresses: pd.DataFrame, *, mandant: str, separator: str
 ) -> pd.DataFrame:
     """Wirtschaftseinheiten → properties, each with its buildings' addresses (ordered by street)."""
-    address_fields = ", ".join(f"{rule.name} := a.{rule.name}" for rule in api.ADDRESS_RULES)
+    address_fields = ", ".join(f"{rule.name} := {rule.name}" for rule in api.ADDRESS_RULES)
     with DuckSession(mandant, separator) as duck:
         duck.add_erp("wirtschaftseinheiten", wirtschaftseinheiten)
         duck.add_frame("addresses", addresses, [f'CAST("{c}" AS VARCHAR) AS "{c}"' for c in ADDRESS_COLUMNS])
         add_countries(duck)
+        duck.add_lists(
+            "by_property", "SELECT * FROM addresses", key="property_id", order=["street"],
+            item=f"struct_pack({address_fields})", alias="addresses",
+        )  # fmt: skip
         return duck.frame(
             f"""
-            WITH by_property AS (
-                SELECT a.property_id, list(struct_pack({address_fields}) ORDER BY a.street) AS addresses
-                FROM addresses a
-                GROUP BY a.property_id
-            )
             SELECT {sql_ref_id("w.we_nr")} AS id,
                    w.bezeichnung AS name,
                    w.we_nr AS number,
