@@ -8,6 +8,7 @@ import pytest
 from casavi_pipeline.erp.contract import ENTITIES_BY_NAME
 from casavi_pipeline.erp.errors import ErpExportError
 from casavi_pipeline.erp.reader import read_entity
+from casavi_pipeline.frames import TEXT
 from casavi_pipeline_tests.erp_fixtures import Append, default_rows, write_export
 
 M = "0001"
@@ -33,9 +34,11 @@ def test_frame_contract_leading_zeros_umlauts_and_types(tmp_path):
         False,
         True,
     ]
-    assert units["lage"].tolist() == ["EG links", "EG rechts", None]
+    # text columns are Arrow-backed strings: a missing value is NA (None in to_dict)
+    assert units["lage"].dtype == TEXT
+    assert units["lage"].to_dict() == {0: "EG links", 1: "EG rechts", 2: None}
     assert read(root, "gebaeude")["strasse"].tolist() == ["Müllerstraße", "Weißdornweg"]
-    assert read(root, "mietvertraege")["ende"].tolist() == [None, "2024-12-31"]
+    assert read(root, "mietvertraege")["ende"].to_dict() == {0: None, 1: "2024-12-31"}
 
 
 @pytest.mark.parametrize(("encoding", "bom", "newline"), [("utf-8", True, "\r\n"), ("cp1252", False, "\r\n")])
@@ -156,6 +159,29 @@ def test_control_character_in_a_quoted_key_names_file_row_column_and_the_escaped
     # One line per problem: the key's control character is escaped, never written out.
     assert all(line.startswith(("  - ", str(tmp_path))) for line in message.splitlines())
     assert number not in message
+
+
+@pytest.mark.parametrize("control", ["\u202e", "\u202a", "\u2066", "\u2069", "\u200e", "\u200f", "\u061c"])
+def test_bidirectional_control_in_a_number_is_refused_and_shown_escaped(tmp_path, control):
+    # U+202E (right-to-left override) makes "1000<RLO>10" display as "100001" reversed in casavi and logs
+    _write_raw(
+        tmp_path,
+        "mietvertraege",
+        f"{_CONTRACTS_HEADER}100001;001;0001;2020-01-01;\n1000{control}10;001;0002;2020-01-01;\n",
+    )
+    message = error_of(tmp_path, "mietvertraege")
+    escaped = repr(f"1000{control}10")  # e.g. '1000\u202e10'
+    assert "\\u" in escaped or "\\x" in escaped
+    assert "mietvertraege.csv" in message and "row 2 (line 3)" in message and "column vertrag_nr" in message
+    assert f"vertrag_nr={escaped}" in message and "control character" in message
+    assert control not in message
+
+
+def test_bidirectional_control_in_a_person_field_is_data(tmp_path):
+    # Arabic or Hebrew names legitimately carry direction marks; only ERP numbers are refused
+    header = "vertrag_nr;person_nr;nachname\n"
+    _write_raw(tmp_path, "mieter", f"{header}100001;00042;\u200fشريف\n")
+    assert read(tmp_path, "mieter")["nachname"].tolist() == ["\u200fشريف"]
 
 
 def test_control_character_in_a_reference_column_names_that_column_and_the_record_key(tmp_path):

@@ -1,13 +1,14 @@
 """Read one ERP export file into a validated DataFrame (contract: `docs/export-format.md`).
 
-The output frame has exactly the contract's columns in contract order: text and date columns hold
-`str` or `None` (dates as ISO `YYYY-MM-DD` text), decimal columns are `float64` (NaN = missing), rows
-in file order on a fresh RangeIndex. Anything that breaks the contract raises one `ErpExportError`
-naming the file, where, and what to fix.
+The output frame has exactly the contract's columns in contract order: text and date columns are
+Arrow-backed strings (`casavi_pipeline.frames.TEXT`; dates as ISO `YYYY-MM-DD` text, missing = NA),
+decimal columns are `float64` (NaN = missing), rows in file order on a fresh RangeIndex. Anything that
+breaks the contract raises one `ErpExportError` naming the file, where, and what to fix.
 
-The validation itself (`text_frame`, `validated_frame`) is shared with the database source
-(`casavi_pipeline.erp.sources`): whatever the origin, a frame of text columns meets the same contract
-and breaks it with the same located messages.
+Two steps: reading a CSV file into a *text frame* (`read_entity`, `text_frame`), and `validated_frame`,
+which turns a text frame of any origin (a CSV file here; a database table in `erp.sources`) into the
+typed frame: whatever the origin, the same contract, broken with the same messages, located by the
+`Origin` (file and row/line, or table and key), never by a person's value.
 
 Parsing uses the `csv` module (C-implemented) rather than `pandas.read_csv`: pandas silently pads
 rows with too few fields and has no record-to-line map, both of which the error messages need.
@@ -33,6 +34,7 @@ from casavi_pipeline.erp.contract import ColumnType, Entity
 from casavi_pipeline.erp.errors import ErpExportError, place, row_label
 from casavi_pipeline.erp.mapping_file import EntityMapping
 from casavi_pipeline.erp.schemas import describe_failures, schema_for
+from casavi_pipeline.frames import text_array
 
 _DIALECT = {"delimiter": ";", "quotechar": '"', "doublequote": True, "strict": True}
 #: A UTF-8 byte order mark, as itself and as it reads when the file is decoded as cp1252.
@@ -44,10 +46,13 @@ _MAX_SHOWN_CHARS = 40
 #: A header cell a message may echo: shaped like a contract column name (never a name, email or phone).
 _COLUMN_NAME = re.compile(r"[a-z_][a-z0-9_]{0,39}")
 #: ERP numbers (`*_nr`, the keys and references) become casavi reference ids, snapshot keys and parts
-#: of log lines; a C0 control character or DEL in one is an export error, never a value to pass on.
+#: of log lines; a C0 control character or DEL in one is an export error, never a value to pass on. So
+#: is a bidirectional control (LRM/RLM, ALM, the embeddings/overrides U+202A-U+202E and isolates
+#: U+2066-U+2069): invisible, it makes an id display reversed in casavi's UI and in logs ("Trojan
+#: Source"), so two different ids can look alike. `repr` escapes all of them (they are not printable).
 _IDENTIFIER_SUFFIX = "_nr"
 _FIELD_END = re.compile(r"[;\r\n]")
-_CONTROL_CHARACTER = re.compile(r"[\x00-\x1f\x7f]")
+_CONTROL_CHARACTER = re.compile(r"[\x00-\x1f\x7f\u200e\u200f\u061c\u202a-\u202e\u2066-\u2069]")
 
 
 @dataclass(frozen=True)
@@ -105,20 +110,30 @@ def read_entity(
         source_columns=mapping.source_columns() if mapping else {},
         may_hold_nul="\x00" in text,
     )
-    frame = validated_frame(entity, text_frame(entity, header, records, origin, mapping), origin)
+    frame = text_frame(entity, header, records, origin, mapping)
+    del records  # the Python strings of every field: the largest thing ingest holds
+    frame = validated_frame(entity, frame, origin)
     return ErpTable(frame=frame, origin=str(path), modified_at=modified_at, row_count=len(frame))
 
 
 def validated_frame(entity: Entity, frame: pd.DataFrame, origin: Origin) -> pd.DataFrame:
-    """Validate a text frame (contract columns in order, each value a stripped `str` or None) from any
-    origin; return it with decimals parsed, or raise `ErpExportError` located in `origin`'s words."""
+    """A text frame of `entity` → the typed frame of the module docstring; raise `ErpExportError`.
+
+    `frame` holds the contract columns in contract order on a RangeIndex, every value a stripped `str`
+    or None (object dtype), whatever read it. Checks: control characters in ERP numbers and NULs, then
+    the contract's schema (`erp.schemas`); every problem is located by `origin`, never by a person's value.
+    """
     # Before the schema: its messages quote keys, which must be known to be single-line by then.
     _reject_control_characters(entity, frame, origin)
     _validate(entity, frame, origin)
+    typed = {}
     for column in entity.columns:
+        values = frame[column.name]
         if column.type is ColumnType.DECIMAL:
-            frame[column.name] = pd.to_numeric(frame[column.name]).astype("float64")
-    return frame
+            typed[column.name] = pd.to_numeric(values).astype("float64")
+        else:
+            typed[column.name] = text_array(values.tolist())
+    return pd.DataFrame(typed, columns=list(entity.column_names))
 
 
 def entity_path(export_dir: Path, mandant: str, entity: Entity) -> Path:
@@ -391,9 +406,10 @@ def _reject_control_characters(entity: Entity, frame: pd.DataFrame, origin: Orig
             if is_number:
                 key = ", ".join(_escaped_key(k, frame.at[index, k]) for k in entity.key)
                 problem = (
-                    f"{place(where, key)}: column {origin.column(name)} is {_quoted(frame.at[index, name])}, a number with a "
-                    "control character (tab, line break, NUL, ...); the ERP must not put control characters "
-                    "into numbers: correct the number in the ERP and re-export"
+                    f"{place(where, key)}: column {origin.column(name)} is {_quoted(frame.at[index, name])}, a number "
+                    "with a control character (tab, line break, NUL, a bidirectional control such as U+202E, ...); "
+                    "the ERP must not put control characters into numbers: correct the number in the ERP "
+                    "and re-export"
                 )
             else:  # the value may be a name or an address: only where it is
                 key = ", ".join(_escaped_key(k, frame.at[index, k]) for k in entity.key)

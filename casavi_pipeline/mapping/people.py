@@ -184,8 +184,10 @@ def map_contacts(
         add_countries(duck)
         duck.params["online"] = api.WayOfContact.ONLINE.value
         duck.params["postal"] = api.WayOfContact.POSTAL.value
-        entry = ", ".join(f"{name} := k.{name}" for name in items)
-        order = ", ".join(f"k.{name}" for name in contract_rule.order)
+        duck.add_lists(
+            "by_contact", "SELECT * FROM contracts", key="contact_id", order=contract_rule.order,
+            item=f"struct_pack({', '.join(f'{name} := {name}' for name in items)})", alias="contracts",
+        )  # fmt: skip
         return duck.frame(
             f"""
             WITH tenant_email AS (
@@ -195,9 +197,6 @@ def map_contacts(
                 SELECT w.*, COALESCE(w.{VALID_EMAIL_COLUMN}, t.email) AS email
                 FROM person_rows w LEFT JOIN tenant_email t USING (person_nr)
                 WHERE w.rank = 1
-            ), by_contact AS (
-                SELECT k.contact_id, list(struct_pack({entry}) ORDER BY {order}) AS contracts
-                FROM contracts k GROUP BY k.contact_id
             )
             SELECT {sql_ref_id("w.person_nr")} AS id,
                    -- an unknown anrede is passed on unchanged so the payload check reports it
@@ -221,8 +220,7 @@ def map_contacts(
             LEFT JOIN salutations s ON s.anrede = lower(w.anrede)
             LEFT JOIN by_contact b ON b.contact_id = {sql_ref_id("w.person_nr")}
             ORDER BY id
-            """,
-            list_columns=("contracts",),
+            """
         )[list(CONTACT_COLUMNS)]
 
 

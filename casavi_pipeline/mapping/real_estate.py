@@ -96,19 +96,18 @@ def map_properties(
     With `linked` (the units a synced contract links, `people.linked_units`) only the properties of
     those units; with None all of them.
     """
-    address_fields = ", ".join(f"{rule.name} := a.{rule.name}" for rule in api.ADDRESS_RULES)
+    address_fields = ", ".join(f"{rule.name} := {rule.name}" for rule in api.ADDRESS_RULES)
     with DuckSession(mandant, separator) as duck:
         duck.add_erp("wirtschaftseinheiten", wirtschaftseinheiten)
         duck.add_frame("addresses", addresses, [f'CAST("{c}" AS VARCHAR) AS "{c}"' for c in ADDRESS_COLUMNS])
         add_countries(duck)
         in_scope = _sql_linked(duck, linked, "w", ("we_nr",))
+        duck.add_lists(
+            "by_property", "SELECT * FROM addresses", key="property_id", order=["street"],
+            item=f"struct_pack({address_fields})", alias="addresses",
+        )  # fmt: skip
         return duck.frame(
             f"""
-            WITH by_property AS (
-                SELECT a.property_id, list(struct_pack({address_fields}) ORDER BY a.street) AS addresses
-                FROM addresses a
-                GROUP BY a.property_id
-            )
             SELECT {sql_ref_id("w.we_nr")} AS id,
                    w.bezeichnung AS name,
                    w.we_nr AS number,
@@ -122,8 +121,7 @@ def map_properties(
             LEFT JOIN by_property b ON b.property_id = {sql_ref_id("w.we_nr")}
             WHERE {in_scope}
             ORDER BY id, erp_key
-            """,
-            list_columns=("addresses",),
+            """
         )[list(PROPERTY_COLUMNS)]
 
 

@@ -29,7 +29,8 @@ from casavi_pipeline.dates import iso_date_mask
 def _string_lengths(series: pd.Series) -> pd.Series:
     """Length of each str value, NaN for anything else (nulls are skipped by pandera)."""
     try:
-        return series.str.len()  # the .str accessor yields NaN for non-str values
+        # NaN for non-str values; float64 also for Arrow-backed text, whose lengths are a nullable dtype
+        return series.str.len().astype("float64")
     except AttributeError:  # no string at all in the column (e.g. all numbers)
         return pd.Series(float("nan"), index=series.index)
 
