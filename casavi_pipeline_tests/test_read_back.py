@@ -4,7 +4,9 @@ repair drift, rebuild a lost snapshot, verify the write model on first contact.
 
 from __future__ import annotations
 
+import logging
 import shutil
+import zlib
 from pathlib import Path
 
 import dagster as dg
@@ -160,6 +162,38 @@ def test_a_truncated_snapshot_is_moved_aside_and_rebuilt_without_writes(env, san
     with dg.DagsterInstance.get() as instance:  # the env fixture sets DAGSTER_HOME
         messages = [entry.user_message for entry in instance.all_logs(result.run_id)]
     assert any(str(moved[0]) in message for message in messages)  # the file is named in the run's log
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_truncated_listing_is_moved_aside_with_a_warning_and_rebuilt_without_writes(env, sandbox):
+    """The shared listing opens when truncated and fails only on a later read: found on open, moved
+    aside (kept, named in a warning), rebuilt by a full listing; every Mandant's run goes on."""
+    export(env)
+    assert run_job(env).success
+    listing = Path(env["CASAVI_SNAPSHOT_DB"]) / "casavi_remote.duckdb"
+    data = listing.read_bytes()
+    listing.write_bytes(data[: len(data) // 2])
+    if env.get("CASAVI_STATE_URL"):  # PostgreSQL holds the listing: damage its stored copy the same way
+        server_url = env["CASAVI_STATE_URL"]
+        import psycopg2
+
+        with psycopg2.connect(server_url) as con, con.cursor() as cur:
+            cur.execute(
+                "UPDATE casavi_state_chunks SET data = %s WHERE name = 'casavi_remote.duckdb'",
+                [zlib.compress(data[: len(data) // 2])],
+            )
+    sandbox.reset(objects=False)
+
+    result = run_job(env)
+    assert result.success
+    assert sandbox.write_count() == 0
+    moved = [path for path in listing.parent.glob(f"{listing.name}.corrupt-*") if path.suffix != ".wal"]
+    assert len(moved) == 1
+    with dg.DagsterInstance.get() as instance:  # the env fixture sets DAGSTER_HOME
+        warnings = [e.user_message for e in instance.all_logs(result.run_id) if e.level == logging.WARNING]
+    assert any(str(moved[0]) in message and "rebuilt" in message for message in warnings)
+    [read] = result.asset_materializations_for_node("casavi_remote")
+    assert read.metadata["full_listing"].value is True
 
 
 def test_a_casavi_that_drops_a_field_stops_that_kind_after_one_write(env, sandbox):

@@ -111,7 +111,11 @@ class RemoteCache:
         `write`: what the block changed is saved to the home when it ends without an error; `compact`:
         the file is rewritten first, so values set to NULL leave no bytes behind (`files.rewrite_compacted`).
         """
-        self.home.open(read_only=False)
+        try:
+            self.home.open(read_only=False)
+        except StateCorruptError as exc:  # the stored copy could not be fetched; it was moved aside
+            self.moved_aside.append(str(exc.moved_to))
+            self.home.open(read_only=False)
         try:
             try:
                 con = open_duckdb(self.path, "casavi listing")

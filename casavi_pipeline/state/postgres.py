@@ -157,8 +157,8 @@ class PostgresHome:
 
     saves_file = True
 
-    def __init__(self, url: str, name: str, path: Path, *, wait: bool, busy_hint: str = "") -> None:
-        self.url, self.name, self.path = url, name, Path(path)
+    def __init__(self, url: str, name: str, path: Path, *, what: str, wait: bool, busy_hint: str = "") -> None:
+        self.url, self.name, self.path, self.what = url, name, Path(path), what
         self._wait, self._busy_hint = wait, busy_hint
         self._con: Any = None
         self._digest: str | None = None
@@ -193,39 +193,47 @@ class PostgresHome:
                 if not cur.fetchone()[0]:
                     self.close()
                     raise StateBusyError(
-                        f"The {self.name} in the state database is held by another process (another "
-                        f"machine, perhaps). {self._busy_hint}".strip()
+                        f"The {self.what} ({self.name} in the state database) is in use by another process, "
+                        f"perhaps on another machine. {self._busy_hint}".strip()
                     )
             cur.execute("SELECT generation FROM casavi_state_heads WHERE name = %s", [self.name])
             row = cur.fetchone()
         self._generation = row[0] if row else 0
-        self._fetch_if_stale()
-        self._digest = _digest(self.path)
+        try:
+            self._fetch_if_stale()
+        except zlib.error as exc:  # the stored copy is damaged: like a file DuckDB cannot read
+            self.path.with_name(self.path.name + ".fetching").unlink(missing_ok=True)
+            aside = self._move_aside()
+            self.close()
+            raise StateCorruptError(self.path, self.what, Path(f"{aside} in the state database"), str(exc)) from None
 
     def _fetch_if_stale(self) -> None:
+        """Make the local file the stored generation; `_digest` is then what PostgreSQL holds (None: the
+        local file is not in PostgreSQL yet and the next `saved` stores it)."""
         marker = self.path.with_name(self.path.name + _MARKER)
         local = marker.read_text().strip() if marker.exists() else None
         if self._generation == 0:
             # Nothing in PostgreSQL yet. A local file that came from it (a marker) is of a database that
             # was reset: start afresh. One without a marker is a local state moving to PostgreSQL: kept,
-            # and saved there by the next fold.
+            # and stored there by the next fold.
             if local is not None:
                 self._drop_local()
+            self._digest = None
             return
-        if local == str(self._generation) and self.path.exists():
-            return
-        self._drop_local()
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        partial = self.path.with_name(self.path.name + ".fetching")
-        with self._con.cursor() as cur, partial.open("wb") as out:
-            cur.execute(
-                "SELECT data FROM casavi_state_chunks WHERE name = %s AND generation = %s ORDER BY seq",
-                [self.name, self._generation],
-            )
-            for (data,) in cur:
-                out.write(zlib.decompress(bytes(data)))
-        partial.replace(self.path)
-        marker.write_text(str(self._generation))
+        if local != str(self._generation) or not self.path.exists():
+            self._drop_local()
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            partial = self.path.with_name(self.path.name + ".fetching")
+            with self._con.cursor() as cur, partial.open("wb") as out:
+                cur.execute(
+                    "SELECT data FROM casavi_state_chunks WHERE name = %s AND generation = %s ORDER BY seq",
+                    [self.name, self._generation],
+                )
+                for (data,) in cur:
+                    out.write(zlib.decompress(bytes(data)))
+            partial.replace(self.path)
+            marker.write_text(str(self._generation))
+        self._digest = _digest(self.path)
 
     def _drop_local(self) -> None:
         for path in (self.path, self.path.with_name(self.path.name + ".wal"), self.path.with_name(self.path.name + _MARKER)):
@@ -268,7 +276,10 @@ class PostgresHome:
         self._generation = generation
 
     def moved_aside(self, error: StateCorruptError) -> None:
-        """The fetched file was unreadable: keep PostgreSQL's copy under a moved-aside name, start afresh."""
+        """The local file was unreadable: keep PostgreSQL's copy under a moved-aside name, start afresh."""
+        self._move_aside()
+
+    def _move_aside(self) -> str:
         aside = f"{self.name}{MOVED_ASIDE}{dt.datetime.now(dt.UTC).strftime('%Y%m%dT%H%M%S%fZ')}"
         with _transaction(self.connection) as cur:
             cur.execute("UPDATE casavi_state_chunks SET name = %s WHERE name = %s", [aside, self.name])
@@ -277,7 +288,9 @@ class PostgresHome:
                 "UPDATE casavi_state_log SET name = %s WHERE name = %s AND stream = 'journal'", [aside, self.name]
             )
         self._generation = 0
+        self._digest = None
         self.path.with_name(self.path.name + _MARKER).unlink(missing_ok=True)
+        return aside
 
     def leftovers(self) -> list[str]:
         con = _connect(self.url)

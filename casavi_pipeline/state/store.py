@@ -40,7 +40,7 @@ class StateStore:
     def snapshot_path(self, mandant: str) -> Path:
         return self.directory / f"snapshot_{mandant}.duckdb"
 
-    def _home(self, name: str, path: Path, *, wait: bool) -> Home:
+    def _home(self, name: str, path: Path, *, what: str, wait: bool) -> Home:
         if self.url is None:
             return LocalHome(path, lock_file=path.with_suffix(".lock") if wait else None)
         from casavi_pipeline.state.postgres import PostgresHome, ensure_schema
@@ -48,11 +48,11 @@ class StateStore:
         if not self._schema_ready:
             ensure_schema(self.url)
             self._schema_ready = True
-        return PostgresHome(self.url, name, path, wait=wait, busy_hint="" if wait else _BUSY_HINT)
+        return PostgresHome(self.url, name, path, what=what, wait=wait, busy_hint="" if wait else _BUSY_HINT)
 
     def snapshot_home(self, mandant: str) -> Home:
         path = self.snapshot_path(mandant)
-        return self._home(path.name, path, wait=False)
+        return self._home(path.name, path, what=f"snapshot of Mandant {mandant}", wait=False)
 
     def open(self, mandant: str, *, read_only: bool = False) -> Snapshot:
         """The Mandant's snapshot (one writer: `StateBusyError` when another process holds it)."""
@@ -61,7 +61,7 @@ class StateStore:
     def listing(self) -> RemoteCache:
         """The account-wide listing of casavi that every Mandant takes its slice from."""
         path = self.directory / CACHE_FILE
-        return RemoteCache(self.directory, home=self._home(path.name, path, wait=True))
+        return RemoteCache(self.directory, home=self._home(path.name, path, what="casavi listing", wait=True))
 
     def erase(self, mandant: str, prefixes: list[str]) -> list[str]:
         """Erase the Mandant's personal data from the state: the bodies in its snapshot and in the listing
