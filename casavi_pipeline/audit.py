@@ -3,8 +3,8 @@
 Every write attempt casavi answered is a row: when (UTC), the run, the Mandant, the object (kind and
 reference id), create / update / delete, casavi's HTTP status, for an update the names of the fields that
 changed and for a refusal the names of the fields casavi named. Never a value: the trail holds no
-personal data. Rows are kept CASAVI_AUDIT_RETENTION_DAYS (default 400) in each Mandant's snapshot under
-CASAVI_SNAPSHOT_DB (see `casavi_pipeline.state.audit`).
+personal data. Rows are kept CASAVI_AUDIT_RETENTION_DAYS (default 400) in each Mandant's snapshot, wherever
+the state lives (CASAVI_SNAPSHOT_DB, or PostgreSQL with CASAVI_STATE_URL; see `casavi_pipeline.state.audit`).
 
 Snapshots are opened read-only for the few milliseconds of the query. A Mandant whose snapshot a running
 sync holds shows only that sync's rows not yet folded in (it is named on stderr; exit code 1).
@@ -17,17 +17,16 @@ import csv
 import datetime as dt
 import sys
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TextIO
 
 import duckdb
 import pandas as pd
 
 from casavi_pipeline.state import audit
-from casavi_pipeline.state.logs import FileLog
+from casavi_pipeline.state.files import StateBusyError
+from casavi_pipeline.state.homes import AUDIT
+from casavi_pipeline.state.store import StateStore
 
-#: The Mandant's snapshot files; moved-aside copies (`.duckdb.corrupt-*`) do not match.
-SNAPSHOT_GLOB = "snapshot_*.duckdb"
 TABLE_COLUMNS = ("time", "mandant", "run", "kind", "ref_id", "change", "status", "fields", "refused")
 #: The run id as Dagster's UI shows it: its first 8 characters (`--run` accepts such a prefix).
 SHORT_RUN = 8
@@ -62,57 +61,48 @@ def parse_time(text: str) -> dt.datetime:
     return value if value.tzinfo else value.replace(tzinfo=dt.UTC)
 
 
-def _mandant_of(path: Path) -> str:
-    return path.name.removeprefix("snapshot_").removesuffix(".duckdb")
-
-
-def _attach(con: duckdb.DuckDBPyConnection, path: Path) -> bool | None:
-    """Attach a snapshot read-only as `snap`: True if it holds an audit table, None if a sync holds it."""
-    quoted = str(path).replace("'", "''")
-    try:
-        con.execute(f"ATTACH '{quoted}' AS snap (READ_ONLY)")
-    except duckdb.IOException as exc:
-        if "lock" not in str(exc).lower():
-            raise
-        return None
-    held = con.execute(
-        "SELECT count(*) FROM duckdb_tables() WHERE database_name = 'snap' AND table_name = 'audit'"
-    ).fetchone()[0]  # type: ignore[index]
-    return bool(held)
-
-
-def query(snapshot_dir: Path, filters: Filters) -> tuple[pd.DataFrame, list[str]]:
+def query(store: StateStore, filters: Filters) -> tuple[pd.DataFrame, list[str]]:
     """The rows matching `filters`, oldest first, and the Mandanten whose folded rows could not be read."""
-    paths = sorted(Path(snapshot_dir).glob(SNAPSHOT_GLOB))
+    mandanten = store.mandanten()
     if filters.mandant is not None:
-        paths = [p for p in paths if _mandant_of(p) == filters.mandant]
+        mandanten = [m for m in mandanten if m == filters.mandant]
     where, params = filters.sql()
     frames, busy = [], []
-    with contextlib.closing(duckdb.connect()) as con:
-        con.execute(audit.SCHEMA)  # an empty table to stand for a snapshot without one
-        for path in paths:
-            unfolded, _ = audit.read_lines(FileLog(path.with_suffix(".audit")).read()[0])
-            con.register("unfolded", unfolded)
-            attached = _attach(con, path)
-            if attached is None:
-                busy.append(_mandant_of(path))
-            source = "snap.audit" if attached else "audit"
-            try:
-                # The rows a sync appended and has not folded yet (running, or killed) count too;
-                # a fold replayed after a crash may have left a row in both places.
-                frames.append(
-                    con.execute(
-                        f"SELECT * FROM (SELECT * FROM {source} UNION ALL "
-                        f"SELECT * FROM unfolded WHERE entry NOT IN (SELECT entry FROM {source})) "
-                        f"WHERE {where}",
-                        params,
-                    ).df()
-                )
-            finally:
-                con.unregister("unfolded")
-                con.execute("DETACH DATABASE IF EXISTS snap")
+    for mandant in mandanten:
+        try:
+            snapshot = store.open(mandant, read_only=True)
+        except StateBusyError:
+            busy.append(mandant)  # a running sync holds it: only its rows not yet folded in are shown
+            unfolded, _ = audit.read_lines(store.snapshot_home(mandant).log(AUDIT).read()[0])
+            frames.append(_matching(unfolded, None, where, params))
+            continue
+        with snapshot:
+            # The rows a sync appended and has not folded yet (running, or killed) count too; a fold
+            # replayed after a crash may have left a row in both places.
+            unfolded, _ = audit.read_lines(snapshot.home.log(AUDIT).read()[0])
+            frames.append(_matching(unfolded, snapshot.connection, where, params))
     rows = pd.concat(frames, ignore_index=True) if frames else audit.as_frame([])
     return rows.sort_values(["answered_at", "mandant", "ref_id"], kind="stable", ignore_index=True), busy
+
+
+def _matching(
+    unfolded: pd.DataFrame, con: duckdb.DuckDBPyConnection | None, where: str, params: list[object]
+) -> pd.DataFrame:
+    """The folded rows of `con`'s audit table (none without one) and the unfolded ones, filtered."""
+    with contextlib.closing(duckdb.connect()) as scratch:
+        target = con.cursor() if con is not None else scratch
+        if con is None:
+            target.execute(audit.SCHEMA)
+        target.register("unfolded", unfolded)
+        try:
+            return target.execute(
+                "SELECT * FROM (SELECT * FROM audit UNION ALL "
+                "SELECT * FROM unfolded WHERE entry NOT IN (SELECT entry FROM audit)) "
+                f"WHERE {where}",
+                params,
+            ).df()
+        finally:
+            target.unregister("unfolded")
 
 
 def _cells(row: pd.Series, *, short: bool) -> list[str]:
@@ -140,9 +130,9 @@ def write_csv(rows: pd.DataFrame, out: TextIO) -> None:
         writer.writerow(_cells(row, short=False))
 
 
-def run(snapshot_dir: Path, filters: Filters, *, as_csv: bool, out: TextIO = sys.stdout) -> int:
+def run(store: StateStore, filters: Filters, *, as_csv: bool, out: TextIO = sys.stdout) -> int:
     """Print the matching rows; 0, or 1 when a Mandant's snapshot was busy (named on stderr)."""
-    rows, busy = query(snapshot_dir, filters)
+    rows, busy = query(store, filters)
     (write_csv if as_csv else write_table)(rows, out)
     for mandant in busy:
         print(

@@ -26,6 +26,7 @@ from casavi_pipeline.casavi import conformance
 from casavi_pipeline.casavi.client import CasaviClient
 from casavi_pipeline.casavi.ratelimit import AccountBudget, budget_path
 from casavi_pipeline.settings import Settings, SettingsError, load_settings
+from casavi_pipeline.state.store import StateStore
 
 #: The check tries a request at most this often: a casavi that is down says so in seconds, not minutes.
 CHECK_MAX_ATTEMPTS = 3
@@ -72,7 +73,7 @@ def check_casavi(args: argparse.Namespace) -> int:
 
 def audit_trail(args: argparse.Namespace) -> int:
     try:
-        snapshot_dir = args.snapshot_dir or load_settings().state.directory
+        state = load_settings().state if args.snapshot_dir is None else None
         filters = audit.Filters(
             mandant=args.mandant,
             ref_id=args.ref_id,
@@ -83,7 +84,11 @@ def audit_trail(args: argparse.Namespace) -> int:
     except (SettingsError, ValueError) as exc:
         print(f"audit: {exc}", file=sys.stderr)
         return 2
-    return audit.run(Path(snapshot_dir), filters, as_csv=args.csv)
+    if state is None:
+        store = StateStore(Path(args.snapshot_dir))
+    else:
+        store = StateStore(state.directory, state.url.get_secret_value() if state.url else None)
+    return audit.run(store, filters, as_csv=args.csv)
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -22,7 +22,15 @@ from casavi_pipeline.defs.failures import FAILURE_REASON_TAG
 from casavi_pipeline.erase import erase
 from casavi_pipeline.state.audit import Attempt
 from casavi_pipeline.state.snapshot import Snapshot
-from casavi_pipeline_tests.e2e import MANDANT, assert_sandbox_holds, export, run_job, writes_by_route
+from casavi_pipeline.state.store import StateStore
+from casavi_pipeline_tests.e2e import (
+    BACKENDS,
+    MANDANT,
+    assert_sandbox_holds,
+    export,
+    run_job,
+    writes_by_route,
+)
 from casavi_pipeline_tests.erp_fixtures import default_rows
 from casavi_pipeline_tests.harness import check_results
 
@@ -47,7 +55,9 @@ def trail(env, *args: str) -> subprocess.CompletedProcess:
 
 
 def all_rows(env):
-    rows, busy = audit_cli.query(Path(env["CASAVI_SNAPSHOT_DB"]), audit_cli.Filters())
+    rows, busy = audit_cli.query(
+        StateStore(Path(env["CASAVI_SNAPSHOT_DB"]), env.get("CASAVI_STATE_URL")), audit_cli.Filters()
+    )
     assert busy == []
     return rows
 
@@ -69,6 +79,7 @@ def personal_values() -> set[str]:
     } | {"0351 7654321"}
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_every_write_is_a_row_and_audit_answers_what_happened_to_a_contact(env, sandbox):
     export(env)
     first = run_job(env)
@@ -121,14 +132,17 @@ def test_every_write_is_a_row_and_audit_answers_what_happened_to_a_contact(env, 
         stored = "\n".join(str(row) for row in con.execute("SELECT * FROM audit").fetchall())
     assert "telephone" in stored
     assert not [value for value in personal_values() if value in stored]
-    assert not snapshot_path(env).with_suffix(".audit").exists()  # folded into the snapshot at the end of the sync
+    assert (
+        not snapshot_path(env).with_suffix(".audit").exists()
+    )  # folded into the snapshot at the end of the sync
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_erasure_keeps_the_trail_and_retention_drops_old_rows(env, sandbox):
     export(env)
     assert run_job(env).success
     snapshot_dir = Path(env["CASAVI_SNAPSHOT_DB"])
-    erase(snapshot_dir, MANDANT)
+    erase(snapshot_dir, MANDANT, env.get("CASAVI_STATE_URL"))
     assert len(all_rows(env)) == 7  # the trail holds no personal data: erasure leaves it as it is
 
     old = dt.datetime.now(dt.UTC) - dt.timedelta(days=401)  # CASAVI_AUDIT_RETENTION_DAYS is 400
@@ -236,7 +250,7 @@ def test_a_replayed_fold_adds_no_row_twice_and_a_torn_line_is_dropped(tmp_path):
     path.with_suffix(".audit").write_bytes(lines + b'["abc", "2026-')
     with Snapshot(path, "0009") as snapshot:
         assert snapshot.dropped_audit_lines == 1
-    rows, busy = audit_cli.query(tmp_path, audit_cli.Filters())
+    rows, busy = audit_cli.query(StateStore(tmp_path), audit_cli.Filters())
     assert (len(rows), busy) == (2, [])
     assert not path.with_suffix(".audit").exists()
 

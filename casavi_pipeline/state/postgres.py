@@ -104,6 +104,17 @@ def _digest(path: Path) -> str | None:
     return hasher.hexdigest()
 
 
+def stored_names(url: str) -> list[str]:
+    """The names of the state files PostgreSQL holds."""
+    con = _connect(url)
+    try:
+        with con.cursor() as cur:
+            cur.execute("SELECT name FROM casavi_state_heads ORDER BY name")
+            return [name for (name,) in cur.fetchall()]
+    finally:
+        con.close()
+
+
 def ensure_schema(url: str) -> None:
     con = _connect(url)
     try:
@@ -130,12 +141,18 @@ class PostgresLog:
             )
 
     def read(self) -> tuple[list[bytes], int]:
-        with self._home.connection.cursor() as cur:
-            cur.execute(
-                "SELECT id, line FROM casavi_state_log WHERE name = %s AND stream = %s ORDER BY id",
-                [self._home.name, self._stream],
-            )
-            rows = cur.fetchall()
+        # Also while another process holds the state (the audit trail of a running sync): no lock needed.
+        con = self._home._con or _connect(self._home.url)
+        try:
+            with con.cursor() as cur:
+                cur.execute(
+                    "SELECT id, line FROM casavi_state_log WHERE name = %s AND stream = %s ORDER BY id",
+                    [self._home.name, self._stream],
+                )
+                rows = cur.fetchall()
+        finally:
+            if con is not self._home._con:
+                con.close()
         return [line.encode("ascii", "replace") for _, line in rows], (rows[-1][0] if rows else 0)
 
     def clear(self, mark: int) -> None:

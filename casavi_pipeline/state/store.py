@@ -15,6 +15,7 @@ is set (then CASAVI_SNAPSHOT_DB holds only working copies, which a fresh contain
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from casavi_pipeline.state.files import StateCorruptError
@@ -22,6 +23,7 @@ from casavi_pipeline.state.homes import Home, LocalHome
 from casavi_pipeline.state.listing import CACHE_FILE, RemoteCache
 from casavi_pipeline.state.snapshot import Snapshot
 
+_SNAPSHOT = re.compile(r"snapshot_[0-9A-Za-z]{1,16}\.duckdb")
 _BUSY_HINT = "Another run of this Mandant is probably still going; wait for it, or stop it, then rerun."
 
 
@@ -49,6 +51,17 @@ class StateStore:
             ensure_schema(self.url)
             self._schema_ready = True
         return PostgresHome(self.url, name, path, what=what, wait=wait, busy_hint="" if wait else _BUSY_HINT)
+
+    def mandanten(self) -> list[str]:
+        """The Mandanten that have a snapshot (moved-aside copies do not count)."""
+        if self.url is not None:
+            from casavi_pipeline.state.postgres import ensure_schema, stored_names
+
+            ensure_schema(self.url)
+            names = stored_names(self.url)
+        else:
+            names = [path.name for path in self.directory.glob("snapshot_*.duckdb")]
+        return sorted(n.removeprefix("snapshot_").removesuffix(".duckdb") for n in names if _SNAPSHOT.fullmatch(n))
 
     def snapshot_home(self, mandant: str) -> Home:
         path = self.snapshot_path(mandant)
