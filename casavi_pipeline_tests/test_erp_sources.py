@@ -5,15 +5,13 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-from decimal import Decimal
 from pathlib import Path
 
 import pandas as pd
 import pytest
-import sqlalchemy as sa
 from pandas.testing import assert_frame_equal
 
-from casavi_pipeline.erp.contract import ENTITIES, ENTITIES_BY_NAME, ColumnType, Entity
+from casavi_pipeline.erp.contract import ENTITIES, ENTITIES_BY_NAME, Entity
 from casavi_pipeline.erp.errors import ErpExportError
 from casavi_pipeline.erp.mapping_file import (
     MappingFileError,
@@ -25,6 +23,7 @@ from casavi_pipeline.erp.mapping_file import (
 from casavi_pipeline.erp.reader import read_entity
 from casavi_pipeline.erp.sources import CsvSource, SqlSource
 from casavi_pipeline.settings import SettingsError, load_settings
+from casavi_pipeline_tests.erp_database import load_into_database, write_foreign_export
 from casavi_pipeline_tests.postgres import _free_port
 from casavi_sandbox.local import SAMPLE_EXPORT_DIR, SAMPLE_MANDANTEN
 
@@ -40,51 +39,11 @@ def _csv_frames() -> dict[tuple[str, str], pd.DataFrame]:
     return {(m, e.name): read_entity(SAMPLE_EXPORT_DIR, m, e).frame for m in MANDANTEN for e in ENTITIES}
 
 
-def _sql_type(entity: Entity, name: str) -> sa.types.TypeEngine:
-    kind = next(c.type for c in entity.columns if c.name == name)
-    return {ColumnType.DATE: sa.Date(), ColumnType.DECIMAL: sa.Numeric()}.get(kind, sa.String(200))
-
-
-def _db_value(value: object, kind: ColumnType) -> object:
-    if value is None or (isinstance(value, float) and pd.isna(value)):
-        return None
-    if kind is ColumnType.DATE:
-        return pd.Timestamp(value).date()
-    if kind is ColumnType.DECIMAL:
-        return Decimal(repr(value))
-    return value
-
-
 @pytest.fixture(scope="module")
 def erp_database(postgres_server) -> str:
-    """The sample export as an ERP database would hold it: tables `erp_<entity>` with the ERP's own
-    column names (`c_<column>`) and typed columns (date, numeric), all Mandanten in one table selected by
-    `mandant_nr`, and over each a view named like the export file with the contract's column names."""
+    """The sample export in the ERP's own tables, with a view named like each export file over them."""
     url = postgres_server.url(postgres_server.create_database("erp"))
-    frames = _csv_frames()
-    engine = sa.create_engine(url)
-    metadata = sa.MetaData()
-    with engine.begin() as connection:
-        for entity in ENTITIES:
-            table = sa.Table(
-                f"erp_{entity.name}",
-                metadata,
-                sa.Column("mandant_nr", sa.String(16)),
-                *(sa.Column(f"c_{name}", _sql_type(entity, name)) for name in entity.column_names),
-            )
-            table.create(connection)
-            kinds = {c.name: c.type for c in entity.columns}
-            rows = [
-                {"mandant_nr": m} | {f"c_{k}": _db_value(v, kinds[k]) for k, v in record.items()}
-                for m in MANDANTEN
-                for record in frames[(m, entity.name)].to_dict("records")
-            ]
-            connection.execute(table.insert(), rows)
-            selected = ", ".join(f"c_{name} AS {name}" for name in entity.column_names)
-            connection.exec_driver_sql(
-                f"CREATE VIEW {entity.name} AS SELECT mandant_nr, {selected} FROM erp_{entity.name}"
-            )
-    engine.dispose()
+    load_into_database(url, SAMPLE_EXPORT_DIR, MANDANTEN)
     return url
 
 
@@ -218,80 +177,9 @@ def test_a_bad_row_is_located_by_key_like_in_the_csv_export(
 
 # The mapping file: a foreign export (the ERP's own column names, codes and free text) → the contract.
 
-_ANREDE_TEXT = {"Herr": "Sehr geehrter Herr", "Frau": "Frau Dr.", "Firma": "Firma", "Divers": "Divers"}
-_NUTZUNG = {
-    "WOHNUNG": "Wohnraum",
-    "GEWERBE": "Gewerbe",
-    "STELLPLATZ": "TG-Platz",
-    "GARAGE": "Garage",
-    "SONSTIGE": "Sonst.",
-}
-_POSTCODE_TOWN = {"plz", "ort"}
-
-MAPPING_YAML = """\
-# The ERP calls its columns ERP_<NAME>, writes PLZ and Ort into one field, Anreden as free text,
-# and its own codes of the use.
-{columns}
-verwaltungseinheiten:
-  columns:
-    ERP_WE_NR: we_nr
-    ERP_VE_NR: ve_nr
-    ERP_GEB_NR: geb_nr
-    NUTZUNG: nutzungsart
-    ERP_LAGE: lage
-    ERP_FLAECHE_M2: flaeche_m2
-    ERP_ZIMMER: zimmer
-  values:
-    nutzungsart: {{Wohnraum: WOHNUNG, Gewerbe: GEWERBE, TG-Platz: STELLPLATZ, Garage: GARAGE, Sonst.: SONSTIGE}}
-"""
-
-
-def _foreign_export(root: Path) -> Path:
-    """The sample export written like a real ERP's; returns the mapping file that reads it."""
-    sections = []
-    for entity in ENTITIES:
-        if entity.name == "verwaltungseinheiten":
-            continue
-        combined = set(entity.column_names) >= _POSTCODE_TOWN
-        renames = [
-            f"    ERP_{n.upper()}: {n}" for n in entity.column_names if not (combined and n in _POSTCODE_TOWN)
-        ]
-        section = [f"{entity.name}:", "  columns:", *renames]
-        if combined:
-            section += ["  normalize:", "    PLZ_ORT: {split_postcode_town: [plz, ort]}"]
-            if "anrede" in entity.column_names:
-                section += ["    anrede: salutation"]
-        sections.append("\n".join(section))
-    for mandant in MANDANTEN:
-        for entity in ENTITIES:
-            frame = read_entity(SAMPLE_EXPORT_DIR, mandant, entity).frame
-            text = pd.read_csv(
-                SAMPLE_EXPORT_DIR / mandant / entity.file_name, sep=";", dtype=str, keep_default_na=False
-            )
-            out = pd.DataFrame(index=frame.index)
-            for name in entity.column_names:
-                if name == "nutzungsart":
-                    out["NUTZUNG"] = frame[name].map(_NUTZUNG)
-                elif name == "anrede":
-                    out["ERP_ANREDE"] = frame[name].map(lambda v: _ANREDE_TEXT.get(v, ""))
-                elif name in _POSTCODE_TOWN and set(entity.column_names) >= _POSTCODE_TOWN:
-                    continue
-                else:
-                    out[f"ERP_{name.upper()}"] = text.get(name, "")
-            if set(entity.column_names) >= _POSTCODE_TOWN:
-                out["PLZ_ORT"] = [
-                    " ".join(filter(None, pair)) for pair in zip(frame["plz"], frame["ort"], strict=True)
-                ]
-            path = root / mandant / entity.file_name
-            path.parent.mkdir(parents=True, exist_ok=True)
-            out.to_csv(path, sep=";", index=False)
-    mapping = root / "mapping.yaml"
-    mapping.write_text(MAPPING_YAML.format(columns="\n".join(sections)), encoding="utf-8")
-    return mapping
-
 
 def test_a_foreign_export_with_a_mapping_file_reads_as_the_contract_export(tmp_path):
-    mapping = load_mapping_file(_foreign_export(tmp_path / "foreign"))
+    mapping = load_mapping_file(write_foreign_export(SAMPLE_EXPORT_DIR, tmp_path / "foreign", MANDANTEN))
     for mandant in MANDANTEN:
         contract = list(CsvSource(SAMPLE_EXPORT_DIR).read(mandant))
         mapped = list(CsvSource(tmp_path / "foreign", mapping=mapping).read(mandant))

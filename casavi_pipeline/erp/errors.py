@@ -27,10 +27,15 @@ class ErpExportError(ValueError):
 
 
 def _format(summary: str, problems: list[str]) -> str:
+    """The summary with the first problem on its line, the others one a line below it.
+
+    The first line alone must say what is wrong and where (file or table, row, key, column): a run's
+    failure reason, its tag and the alerts show only that line.
+    """
     if not problems:
         return summary
     listed = problems[:MAX_LISTED_PROBLEMS]
-    lines = [summary, *(f"  - {p}" for p in listed)]
+    lines = [f"{summary} {listed[0]}", *(f"  - {p}" for p in listed[1:])]
     if len(problems) > len(listed):
         lines.append(f"  ... and {len(problems) - len(listed)} more problem(s) of the same file")
     return "\n".join(lines)
