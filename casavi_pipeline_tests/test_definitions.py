@@ -328,3 +328,20 @@ def test_switching_the_sync_rule_to_last_name_goes_through_the_mass_deletion_gua
     # the owner of only a vacant unit left; Dr. Weiß (a last name, no email) came, reached by post
     assert sorted(held[ObjectKind.CONTACT]) == ["0001-00042", "0001-00043", "0001-00044"]
     assert held[ObjectKind.CONTACT]["0001-00043"]["preferredWayOfContact"] == "POSTAL"
+
+
+def test_a_torn_journal_line_heals_and_the_run_says_so(tmp_path):
+    """A crash can tear the last line of the journal of confirmed writes: dropped (its write is sent again,
+    harmlessly), and the run's log says so with a warning instead of healing silently."""
+    import logging
+
+    bound = resources(tmp_path, SAMPLE_EXPORT_DIR)
+    assert run_mandant("0001", bound).success
+    journal = tmp_path / "snapshots" / "snapshot_0001.journal"
+    journal.write_bytes(b'["upsert", "contact", "0001-')  # a line torn by a crash
+    with dg.DagsterInstance.ephemeral() as instance:
+        result = run_mandant("0001", bound, instance=instance)
+        warnings = [e.user_message for e in instance.all_logs(result.run_id) if e.level == logging.WARNING]
+    assert result.success
+    assert any("1 torn line(s) of the journal" in message for message in warnings), warnings
+    assert not journal.exists()

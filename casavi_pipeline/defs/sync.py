@@ -94,8 +94,8 @@ def _open_snapshot(context: dg.AssetExecutionContext, snapshots: SnapshotStore) 
         snapshot = snapshots.open(mandant)
     if snapshot.dropped_journal_lines:
         context.log.warning(
-            f"Mandant {mandant}: {snapshot.dropped_journal_lines} torn lines of the journal of confirmed writes "
-            "were dropped (a crash or a full disk); those writes are sent again, which is harmless."
+            f"Mandant {mandant}: {snapshot.dropped_journal_lines} torn line(s) of the journal of confirmed "
+            "writes dropped (a crash or a full disk); those writes are sent again, which is harmless."
         )
     if snapshot.rebuilt_for_model:
         context.log.info(

@@ -191,7 +191,7 @@ class Snapshot:
                 try:
                     self._con.execute(_SCHEMA)
                     self.rebuilt_for_model = self._forget_older_model()
-                    self._fold_logs()
+                    self.fold()
                     self.set_meta(META_MANDANT, mandant)
                 except duckdb.Error as exc:
                     # Index and meta blocks are read only when first used: a damage found by the first
@@ -249,7 +249,7 @@ class Snapshot:
     def close(self) -> None:
         try:
             if not self._read_only:
-                self._fold_logs()
+                self.fold()
         finally:
             self._con.close()
             self.home.close()
@@ -424,9 +424,6 @@ class Snapshot:
 
     def fold(self) -> None:
         """Apply the logs to `synced`, `pending` and `audit` in one transaction, save, then clear the logs."""
-        self._fold_logs()
-
-    def _fold_logs(self) -> None:
         audit_lines, audit_mark = self._audit.read()
         journal_lines, journal_mark = self._journal.read()
         self._unfolded = 0
