@@ -14,6 +14,7 @@ import pickle
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from casavi_pipeline.casavi import api
 from casavi_pipeline.casavi.api import ObjectKind
@@ -42,7 +43,7 @@ def _dump(path: Path, value: object) -> None:
         pickle.dump(value, file, pickle.HIGHEST_PROTOCOL)
 
 
-def _load(path: Path):  # noqa: ANN202 - whatever the stage before stored
+def _load(path: Path) -> Any:  # whatever the stage before stored
     with path.open("rb") as file:
         return pickle.load(file)
 
