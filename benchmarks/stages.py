@@ -2,7 +2,8 @@
 
     python -m benchmarks.stages STAGE EXPORT_DIR WORK_DIR MANDANTEN [SANDBOX_URL KEY SECRET RPM]
 
-Stages hand data on through pickles in WORK_DIR, like Dagster's IO manager does between steps.
+Stages hand data on through pickles in WORK_DIR, like Dagster's IO manager does between steps (streamed to
+and from the file, as `casavi_pipeline.runs.values` does: never a second copy of the frames as one bytes object).
 Prints one JSON line: {"stage", "seconds", "requests", "writes", ...}.
 """
 
@@ -13,6 +14,7 @@ import pickle
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from casavi_pipeline.casavi import api
 from casavi_pipeline.casavi.api import ObjectKind
@@ -36,14 +38,24 @@ KINDS = {
 }
 
 
+def _dump(path: Path, value: object) -> None:
+    with path.open("wb") as file:
+        pickle.dump(value, file, pickle.HIGHEST_PROTOCOL)
+
+
+def _load(path: Path) -> Any:  # whatever the stage before stored
+    with path.open("rb") as file:
+        return pickle.load(file)
+
+
 def ingest(export: Path, work: Path, mandant: str) -> dict:
     frames = {e.name: read_entity(export, mandant, e).frame for e in ENTITIES}
-    (work / f"erp_{mandant}.pkl").write_bytes(pickle.dumps(frames))
+    _dump(work / f"erp_{mandant}.pkl", frames)
     return {"rows": sum(len(f) for f in frames.values())}
 
 
 def map_and_check(work: Path, mandant: str) -> dict:
-    erp = pickle.loads((work / f"erp_{mandant}.pkl").read_bytes())
+    erp = _load(work / f"erp_{mandant}.pkl")
     ids = {"mandant": mandant, "separator": SEPARATOR}
     people = (erp["mieter"], erp["mietvertraege"], erp["eigentuemer"], erp["eigentuemervertraege"])
     out = map_mandant(erp, **ids)
@@ -58,7 +70,7 @@ def map_and_check(work: Path, mandant: str) -> dict:
     conflicting_persons(*people, **ids, rule=SyncRule.EMAIL)
     problems = sum(len(payload_problems(kind, out[name])) for name, kind in KINDS.items())
     problems += len(contract_problems(out["contracts"]))
-    (work / f"casavi_{mandant}.pkl").write_bytes(pickle.dumps(out))
+    _dump(work / f"casavi_{mandant}.pkl", out)
     return {
         "objects": sum(len(out[n]) for n in KINDS),
         "failed_checks": sum(not o.passed for o in outcomes) + (problems > 0),
@@ -66,7 +78,7 @@ def map_and_check(work: Path, mandant: str) -> dict:
 
 
 def _frames(work: Path, mandant: str) -> dict[ObjectKind, object]:
-    out = pickle.loads((work / f"casavi_{mandant}.pkl").read_bytes())
+    out = _load(work / f"casavi_{mandant}.pkl")
     return {kind: out[name] for name, kind in KINDS.items()}
 
 
@@ -92,11 +104,11 @@ def confirm_all(work: Path, mandant: str) -> dict:
 def change_one_percent(work: Path, mandant: str) -> dict:
     """1 % of contacts get a new phone number (as if the ERP changed them)."""
     path = work / f"casavi_{mandant}.pkl"
-    out = pickle.loads(path.read_bytes())
+    out = _load(path)
     contacts = out["contacts"]
     step = 100
     contacts.loc[contacts.index[::step], "telephone"] = "0800 1234567"
-    path.write_bytes(pickle.dumps(out))
+    _dump(path, out)
     return {"changed": len(contacts.index[::step])}
 
 

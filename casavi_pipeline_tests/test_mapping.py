@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import duckdb
 import pandas as pd
 import pytest
 
+from casavi_pipeline import duck_memory
 from casavi_pipeline.casavi import api
 from casavi_pipeline.erp.contract import ENTITIES
 from casavi_pipeline.erp.errors import ErpExportError
 from casavi_pipeline.erp.reader import read_entity
 from casavi_pipeline.mapping import map_mandant, quality
+from casavi_pipeline.mapping.duck import DuckSession
 from casavi_pipeline.mapping.email import first_valid_email, is_valid_email
 from casavi_pipeline.mapping.people import conflicting_persons
 from casavi_pipeline.mapping.schemas import contract_problems, payload_problems
@@ -446,3 +451,16 @@ def test_under_last_name_the_checks_name_the_rule_and_never_require_an_email(tmp
     # under the email rule the same contacts fail for the missing email
     email = quality.email_rule(out["contracts"], out["contacts"], "RENTER", rule=SyncRule.EMAIL)
     assert not email.passed and email.ids == ("0001-00043",)
+
+
+def test_a_mapping_session_is_bounded_and_spills_into_a_private_directory_removed_with_it():
+    bounded = duckdb.connect(config=duck_memory.config())
+    expected = bounded.execute("SELECT current_setting('memory_limit')").fetchone()[0]
+    bounded.close()
+    with DuckSession("0001", "-") as duck:
+        limit, spill = duck.connection.execute(
+            "SELECT current_setting('memory_limit'), current_setting('temp_directory')"
+        ).fetchone()
+        assert limit == expected  # 512 MB, not DuckDB's 80 % of the RAM
+        assert Path(spill).is_dir() and Path(spill).name.startswith("casavi-duck-")  # not `.tmp` in the cwd
+    assert not Path(spill).exists()

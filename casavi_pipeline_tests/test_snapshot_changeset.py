@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 
+import duckdb
 import pandas as pd
 import pytest
 
+from casavi_pipeline import duck_memory
 from casavi_pipeline.casavi import api
 from casavi_pipeline.casavi.api import ObjectKind
 from casavi_pipeline.state.diff import compute_changeset
@@ -45,6 +47,18 @@ def _confirm_all(snapshot: Snapshot) -> None:
 @pytest.fixture
 def snapshot_path(tmp_path):
     return tmp_path / "snapshot_0001.duckdb"
+
+
+def test_the_snapshot_database_is_bounded_so_a_large_changeset_spills_beside_its_file(snapshot_path):
+    bounded = duckdb.connect(config=duck_memory.config())
+    expected = bounded.execute("SELECT current_setting('memory_limit')").fetchone()[0]
+    bounded.close()
+    with Snapshot(snapshot_path, "0001") as snap:
+        limit, spill = snap.connection.execute(
+            "SELECT current_setting('memory_limit'), current_setting('temp_directory')"
+        ).fetchone()
+    assert limit == expected  # 512 MB, not DuckDB's 80 % of the RAM
+    assert spill == f"{snapshot_path}.tmp"
 
 
 def test_first_changeset_creates_everything_with_the_exact_payload(snapshot_path):

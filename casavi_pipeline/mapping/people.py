@@ -30,7 +30,7 @@ import pandas as pd
 from casavi_pipeline.casavi import api
 from casavi_pipeline.casavi.api import ObjectKind
 from casavi_pipeline.erp.contract import MIETER
-from casavi_pipeline.mapping.duck import DuckSession
+from casavi_pipeline.mapping.duck import DuckSession, lists_of
 from casavi_pipeline.mapping.email import first_valid_emails
 from casavi_pipeline.mapping.ids import sql_ref_id
 from casavi_pipeline.mapping.real_estate import add_countries, sql_country, sql_street
@@ -184,11 +184,11 @@ def map_contacts(
         add_countries(duck)
         duck.params["online"] = api.WayOfContact.ONLINE.value
         duck.params["postal"] = api.WayOfContact.POSTAL.value
-        duck.add_lists(
-            "by_contact", "SELECT * FROM contracts", key="contact_id", order=contract_rule.order,
+        by_contact = duck.sorted_lists(
+            "SELECT * FROM contracts", key="contact_id", order=contract_rule.order,
             item=f"struct_pack({', '.join(f'{name} := {name}' for name in items)})", alias="contracts",
         )  # fmt: skip
-        return duck.frame(
+        contacts = duck.frame(
             f"""
             WITH tenant_email AS (
                 SELECT person_nr, arg_min({VALID_EMAIL_COLUMN}, rank) AS email
@@ -214,14 +214,14 @@ def map_contacts(
                    w.ort AS city,
                    {sql_country("w")} AS country,
                    CASE WHEN w.email IS NULL THEN $postal ELSE $online END AS preferred_way_of_contact,
-                   COALESCE(b.contracts, []) AS contracts,
                    'person_nr=' || w.person_nr AS erp_key
             FROM winner w
             LEFT JOIN salutations s ON s.anrede = lower(w.anrede)
-            LEFT JOIN by_contact b ON b.contact_id = {sql_ref_id("w.person_nr")}
             ORDER BY id
             """
-        )[list(CONTACT_COLUMNS)]
+        )
+    contacts["contracts"] = lists_of(contacts["id"], by_contact)
+    return contacts[list(CONTACT_COLUMNS)]
 
 
 def conflicting_persons(

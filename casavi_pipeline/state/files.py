@@ -17,6 +17,8 @@ from pathlib import Path
 
 import duckdb
 
+from casavi_pipeline import duck_memory
+
 #: What DuckDB 2.0 says about a file that is not (or no longer) a readable database.
 _CORRUPTION_SIGNS = (
     "not a valid DuckDB database file",
@@ -84,7 +86,7 @@ def open_duckdb(
     path.parent.mkdir(parents=True, exist_ok=True)
     con = None
     try:
-        con = duckdb.connect(str(path), read_only=read_only)
+        con = duckdb.connect(str(path), read_only=read_only, config=duck_memory.config())
         read_every_table(con)
         return con
     except duckdb.Error as exc:

@@ -30,6 +30,7 @@ from typing import Any, Protocol
 import duckdb
 import pandas as pd
 
+from casavi_pipeline import duck_memory
 from casavi_pipeline.casavi import api
 from casavi_pipeline.casavi.api import ObjectKind
 from casavi_pipeline.state.files import StateCorruptError, open_duckdb, rewrite_compacted
@@ -122,7 +123,7 @@ class RemoteCache:
             except StateCorruptError as exc:
                 self.home.moved_aside(exc)
                 self.moved_aside.append(str(exc.moved_to))  # the next refresh lists everything anew
-                con = duckdb.connect(str(self.path))
+                con = duckdb.connect(str(self.path), config=duck_memory.config())
             try:
                 con.execute(_SCHEMA)
                 self._forget_older_model(con)

@@ -36,6 +36,7 @@ from types import TracebackType
 import duckdb
 import pandas as pd
 
+from casavi_pipeline import duck_memory
 from casavi_pipeline.casavi import api
 from casavi_pipeline.casavi.api import ObjectKind
 from casavi_pipeline.state import audit
@@ -349,7 +350,7 @@ class Snapshot:
         con.execute("CHECKPOINT").fetchall()
         con.close()
         rewrite_compacted(self.path)
-        self._con = duckdb.connect(str(self.path))
+        self._con = duckdb.connect(str(self.path), config=duck_memory.config())
         return erased
 
     # --- reads ---------------------------------------------------------------------------------------
