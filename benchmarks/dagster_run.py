@@ -48,6 +48,29 @@ def measured(command: list[str], env: dict[str, str], cwd: Path) -> tuple[str, f
     return out, wall, usage.ru_maxrss / 1024
 
 
+def step_seconds(home: Path) -> tuple[dict[str, float], float]:
+    """Seconds per step of the latest run in the instance at `home` (STEP_START → its end), and the
+    run's own span (first to last event)."""
+    os.environ["DAGSTER_HOME"] = str(home)
+    import dagster as dg
+
+    with dg.DagsterInstance.get() as instance:
+        run = instance.get_runs(limit=1)[0]
+        started: dict[str, float] = {}
+        seconds: dict[str, float] = {}
+        records = instance.all_logs(run.run_id)
+        for record in records:
+            event, key = record.dagster_event, record.step_key
+            if event is None or key is None:
+                continue
+            if event.event_type_value == "STEP_START":
+                started[key] = record.timestamp
+            elif event.event_type_value in ("STEP_SUCCESS", "STEP_FAILURE", "STEP_SKIPPED") and key in started:
+                seconds[key] = record.timestamp - started[key]
+        span = records[-1].timestamp - records[0].timestamp if records else 0.0
+    return seconds, span
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -55,6 +78,10 @@ def main() -> None:
     parser.add_argument("--units", type=int, default=25_000)
     parser.add_argument("--tree", type=Path, default=Path(__file__).resolve().parent.parent)
     parser.add_argument("--export", type=Path, help="reuse this export instead of generating one")
+    parser.add_argument(
+        "--py-spy", type=Path, metavar="PY_SPY",
+        help="record the unchanged run with this py-spy binary (speedscope JSON beside the logs; slows it down)",
+    )  # fmt: skip
     args = parser.parse_args()
     tree = args.tree.resolve()
     py = str(tree / ".venv" / "bin")
@@ -105,8 +132,14 @@ def main() -> None:
         for run in ("first", "unchanged"):
             if run == "unchanged":
                 env["CASAVI_READ_MAX_AGE_MINUTES"] = "0"
-            out, wall, rss = measured(dagster, env, tree)
-            rows.append({"what": f"dagster run ({run})", "seconds": wall, "rss": rss})
+            command = dagster
+            if run == "unchanged" and args.py_spy:
+                profile = work / "unchanged.speedscope.json"
+                command = [str(args.py_spy), "record", "--format", "speedscope", "-o", str(profile), "--", *dagster]
+            out, wall, rss = measured(command, env, tree)
+            steps, span = step_seconds(home)
+            rows.append({"what": f"dagster run ({run})", "seconds": wall, "rss": rss, "run_span_s": span,
+                         "steps_s": {k: round(v, 2) for k, v in sorted(steps.items(), key=lambda kv: -kv[1])}})
             (work / f"run_{run}.log").write_text(out)
             print(rows[-1], file=sys.stderr)
         bare = [
