@@ -1,4 +1,5 @@
-"""casavi mapping assets: ERP frames → the rows the sync will PUT, one asset per casavi object kind.
+"""casavi mapping assets: ERP frames → the rows the sync will PUT, one asset per casavi object kind, all
+mapped in one step (`casavi_mapping`).
 
 Thin wiring over `casavi_pipeline.mapping`; the lineage reads like the mapping table of the README
 (Wirtschaftseinheit → property, Gebäude → address → property, Verwaltungseinheit → unit, Mietvertrag →
