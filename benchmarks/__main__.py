@@ -8,6 +8,7 @@
     python -m benchmarks adopt --units 100000            # adopt a filled account: map + read + diff (adopt.py)
     python -m benchmarks adopt --units 40000 --mandanten 20   # 20 Mandanten share one listing
     python -m benchmarks dagster --units 25000           # Dagster run ÷ bare work, unchanged Mandant
+    python -m benchmarks state --units 25000             # an unchanged night per state backend (state.py)
     python -m benchmarks rate                            # finding a hidden rate limit, alone and shared (rate.py)
 
 Each stage is a separate process (`benchmarks.stages`); its peak RSS is read with os.wait4. The
@@ -202,5 +203,10 @@ if __name__ == "__main__":
 
         sys.argv = [f"{sys.argv[0]} dagster", *sys.argv[2:]]
         dagster_run.main()
+    elif sys.argv[1:2] == ["state"]:  # ./run bench state --units 25000: an unchanged night per state backend
+        from benchmarks import state
+
+        sys.argv = [f"{sys.argv[0]} state", *sys.argv[2:]]
+        state.main()
     else:
         main()

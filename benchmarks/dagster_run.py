@@ -34,6 +34,10 @@ from pathlib import Path
 MANDANT = "0001"
 
 
+#: CPU seconds (user + system) of the last `measured` process: less moved by other load than wall time.
+last_cpu_seconds = 0.0
+
+
 def measured(command: list[str], env: dict[str, str], cwd: Path) -> tuple[str, float, float]:
     started = time.perf_counter()
     process = subprocess.Popen(
@@ -42,10 +46,35 @@ def measured(command: list[str], env: dict[str, str], cwd: Path) -> tuple[str, f
     out = process.stdout.read() if process.stdout else ""
     _, status, usage = os.wait4(process.pid, 0)
     wall = time.perf_counter() - started
+    global last_cpu_seconds
+    last_cpu_seconds = usage.ru_utime + usage.ru_stime
     if os.waitstatus_to_exitcode(status) != 0:
         print(out[-4000:], file=sys.stderr)
         raise SystemExit(f"{' '.join(command)} failed")
     return out, wall, usage.ru_maxrss / 1024
+
+
+def step_seconds(home: Path) -> tuple[dict[str, float], float]:
+    """Seconds per step of the latest run in the instance at `home` (STEP_START → its end), and the
+    run's own span (first to last event)."""
+    os.environ["DAGSTER_HOME"] = str(home)
+    import dagster as dg
+
+    with dg.DagsterInstance.get() as instance:
+        run = instance.get_runs(limit=1)[0]
+        started: dict[str, float] = {}
+        seconds: dict[str, float] = {}
+        records = instance.all_logs(run.run_id)
+        for record in records:
+            event, key = record.dagster_event, record.step_key
+            if event is None or key is None:
+                continue
+            if event.event_type_value == "STEP_START":
+                started[key] = record.timestamp
+            elif event.event_type_value in ("STEP_SUCCESS", "STEP_FAILURE", "STEP_SKIPPED") and key in started:
+                seconds[key] = record.timestamp - started[key]
+        span = records[-1].timestamp - records[0].timestamp if records else 0.0
+    return seconds, span
 
 
 def main() -> None:
@@ -55,6 +84,10 @@ def main() -> None:
     parser.add_argument("--units", type=int, default=25_000)
     parser.add_argument("--tree", type=Path, default=Path(__file__).resolve().parent.parent)
     parser.add_argument("--export", type=Path, help="reuse this export instead of generating one")
+    parser.add_argument(
+        "--py-spy", type=Path, metavar="PY_SPY",
+        help="record the unchanged run with this py-spy binary (speedscope JSON beside the logs; slows it down)",
+    )  # fmt: skip
     args = parser.parse_args()
     tree = args.tree.resolve()
     py = str(tree / ".venv" / "bin")
@@ -105,8 +138,15 @@ def main() -> None:
         for run in ("first", "unchanged"):
             if run == "unchanged":
                 env["CASAVI_READ_MAX_AGE_MINUTES"] = "0"
-            out, wall, rss = measured(dagster, env, tree)
-            rows.append({"what": f"dagster run ({run})", "seconds": wall, "rss": rss})
+            command = dagster
+            if run == "unchanged" and args.py_spy:
+                profile = work / "unchanged.speedscope.json"
+                command = [str(args.py_spy), "record", "--format", "speedscope", "-o", str(profile), "--", *dagster]
+            out, wall, rss = measured(command, env, tree)
+            steps, span = step_seconds(home)
+            rows.append({"what": f"dagster run ({run})", "seconds": wall, "cpu_s": last_cpu_seconds, "rss": rss,
+                         "run_span_s": span,
+                         "steps_s": {k: round(v, 2) for k, v in sorted(steps.items(), key=lambda kv: -kv[1])}})
             (work / f"run_{run}.log").write_text(out)
             print(rows[-1], file=sys.stderr)
         bare = [
@@ -121,14 +161,15 @@ def main() -> None:
             bare += [sandbox.base_url, sandbox.api_key, sandbox.api_secret]
         out, wall, rss = measured(bare, env, tree)
         parts = json.loads([line for line in out.splitlines() if line.startswith("{")][-1])
-        rows.append({"what": "bare work", "seconds": wall, "rss": rss, **parts})
+        rows.append({"what": "bare work", "seconds": wall, "cpu_s": last_cpu_seconds, "rss": rss, **parts})
         print(rows[-1], file=sys.stderr)
     ratio = rows[1]["seconds"] / rows[2]["seconds"]
-    print(json.dumps({"tree": str(tree), "units": args.units, "rows": rows, "ratio": ratio}))
-    print("\n| what | wall s | peak RSS MiB |\n|---|---:|---:|")
+    cpu_ratio = rows[1]["cpu_s"] / rows[2]["cpu_s"]
+    print(json.dumps({"tree": str(tree), "units": args.units, "rows": rows, "ratio": ratio, "cpu_ratio": cpu_ratio}))
+    print("\n| what | wall s | CPU s | peak RSS MiB |\n|---|---:|---:|---:|")
     for r in rows:
-        print(f"| {r['what']} | {r['seconds']:.1f} | {r['rss']:.0f} |")
-    print(f"| **Dagster (unchanged) ÷ bare** | **{ratio:.1f}×** | |")
+        print(f"| {r['what']} | {r['seconds']:.1f} | {r['cpu_s']:.1f} | {r['rss']:.0f} |")
+    print(f"| **Dagster (unchanged) ÷ bare** | **{ratio:.2f}×** | **{cpu_ratio:.2f}×** | |")
     print(f"bare parts: {json.dumps(rows[2])}")
 
 

@@ -78,7 +78,7 @@ def expected_state(result: dg.ExecuteInProcessResult) -> dict[str, dict[str, dic
     """What casavi must hold: every mapped row as the adapter's payload."""
     state = {}
     for kind, asset in MAPPED_ASSETS.items():
-        frame = result.output_for_node(asset)
+        frame = result.asset_value(asset)
         state[kind.collection] = {row["id"]: api.to_payload(kind, row) for row in frame.to_dict("records")}
     return state
 

@@ -36,7 +36,7 @@ from casavi_pipeline.state.diff import ChangesetSummary, compute_changeset, summ
 from casavi_pipeline.state.files import StateCorruptError
 from casavi_pipeline.state.snapshot import META_ADOPTED, Snapshot
 from casavi_pipeline.sync.apply import SyncReport, apply_changeset
-from casavi_pipeline.sync.guards import GuardResult, GuardResults, evaluate_guards, record_sync_rule
+from casavi_pipeline.sync.guards import GuardResult, evaluate_guards, record_sync_rule
 from casavi_pipeline.sync.rejections import RejectionVerdict, assess
 
 #: How a sync stopped by a person (Ctrl-C, SIGTERM, terminate) describes itself; the demo looks for it.
@@ -306,8 +306,10 @@ def casavi_changeset(
     return dg.MaterializeResult(metadata=_changeset_metadata(summary, casavi, sync_policy))
 
 
-def _guard_check_result(result: GuardResult) -> dg.AssetCheckResult:
+def _guard_check_result(spec: dg.AssetCheckSpec, result: GuardResult) -> dg.AssetCheckResult:
     return dg.AssetCheckResult(
+        asset_key=spec.asset_key,
+        check_name=spec.name,
         passed=result.passed,
         severity=dg.AssetCheckSeverity.ERROR,
         description=result.reason,
@@ -315,40 +317,37 @@ def _guard_check_result(result: GuardResult) -> dg.AssetCheckResult:
     )
 
 
-def _guards(
-    context: dg.AssetCheckExecutionContext, snapshots: SnapshotStore, policy: SyncPolicy
-) -> GuardResults:
+_GUARDS = {
+    "separator": dg.AssetCheckSpec(
+        "separator_change_guard_check",
+        asset="casavi_changeset",
+        blocking=True,
+        partitions_def=mandant_partitions,
+        description="Stops the sync when CASAVI_ID_SEPARATOR differs from the one the snapshot (or the adopted "
+        "casavi account) was built with: every reference id would change (set CASAVI_ALLOW_SEPARATOR_CHANGE to "
+        "migrate).",
+    ),
+    "mass_deletion": dg.AssetCheckSpec(
+        "mass_deletion_guard_check",
+        asset="casavi_changeset",
+        blocking=True,
+        partitions_def=mandant_partitions,
+        description="Stops the sync when it would delete more than CASAVI_MAX_DELETE_SHARE of a kind's synced "
+        "(or adopted) objects, or all of them (a truncated export looks exactly like that).",
+    ),
+}
+
+
+# Both guards in one step: one look at the snapshot, and one step's Dagster events instead of two.
+@dg.multi_asset_check(name="sync_guards", specs=list(_GUARDS.values()), can_subset=True)
+def sync_guards(
+    context: dg.AssetCheckExecutionContext, snapshots: SnapshotStore, sync_policy: SyncPolicy
+) -> Iterator[dg.AssetCheckResult]:
     with snapshots.open(context.partition_key, read_only=True) as snapshot:
-        return evaluate_guards(policy.guards, snapshot)
-
-
-@dg.asset_check(
-    asset=casavi_changeset,
-    name="separator_change_guard_check",
-    blocking=True,
-    partitions_def=mandant_partitions,
-    description="Stops the sync when CASAVI_ID_SEPARATOR differs from the one the snapshot (or the adopted "
-    "casavi account) was built with: every reference id would change (set CASAVI_ALLOW_SEPARATOR_CHANGE to "
-    "migrate).",
-)
-def separator_change_guard_check(
-    context: dg.AssetCheckExecutionContext, snapshots: SnapshotStore, sync_policy: SyncPolicy
-) -> dg.AssetCheckResult:
-    return _guard_check_result(_guards(context, snapshots, sync_policy).separator)
-
-
-@dg.asset_check(
-    asset=casavi_changeset,
-    name="mass_deletion_guard_check",
-    blocking=True,
-    partitions_def=mandant_partitions,
-    description="Stops the sync when it would delete more than CASAVI_MAX_DELETE_SHARE of a kind's synced "
-    "(or adopted) objects, or all of them (a truncated export looks exactly like that).",
-)
-def mass_deletion_guard_check(
-    context: dg.AssetCheckExecutionContext, snapshots: SnapshotStore, sync_policy: SyncPolicy
-) -> dg.AssetCheckResult:
-    return _guard_check_result(_guards(context, snapshots, sync_policy).mass_deletion)
+        results = evaluate_guards(sync_policy.guards, snapshot)
+    for name, spec in _GUARDS.items():
+        if spec.key in context.selected_asset_check_keys:
+            yield _guard_check_result(spec, getattr(results, name))
 
 
 # --- sync -----------------------------------------------------------------------------------------
@@ -620,5 +619,5 @@ def _dry_run(
 
 defs = dg.Definitions(
     assets=[casavi_remote, casavi_changeset, casavi_sync],
-    asset_checks=[casavi_drift_check, mass_deletion_guard_check, separator_change_guard_check],
+    asset_checks=[casavi_drift_check, sync_guards],
 )

@@ -13,8 +13,8 @@ from casavi_pipeline.settings import SyncRule
 def map_mandant(
     erp: dict[str, pd.DataFrame], *, mandant: str, separator: str, rule: SyncRule = SyncRule.EMAIL
 ) -> dict[str, pd.DataFrame]:
-    """All casavi frames of one Mandant from its seven ERP frames (what the casavi assets do step by step),
-    under the sync rule (default: CASAVI_SYNC_RULE's)."""
+    """All casavi frames of one Mandant from its seven ERP frames (the casavi assets' one step, and the
+    benchmarks' bare work), under the sync rule (default: CASAVI_SYNC_RULE's)."""
     ids = {"mandant": mandant, "separator": separator, "rule": rule}
     people = (erp["mieter"], erp["mietvertraege"], erp["eigentuemer"], erp["eigentuemervertraege"])
     places = {"mandant": mandant, "separator": separator}
