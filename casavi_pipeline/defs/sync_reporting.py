@@ -104,7 +104,7 @@ def remote_metadata(read: RemoteRead, stats: ClientStats) -> dict[str, object]:
         "full_listing": listing.full,
         "reused_listing": listing.reused,
         "account_objects": listing.account_objects,
-        "requests": stats.requests,
+        "requests": read.requests,
         "pages": read.pages,
         **stats.rate_figures(),
         "duration_s": round(listing.seconds, 2),

@@ -64,6 +64,7 @@ class RemoteRead:
 
     @property
     def summary(self) -> str:
+        """The step's closing line: how casavi was read and how much of it is this Mandant's."""
         listing = self.listing
         how = "full" if listing.full else "reused" if listing.reused else "incremental"
         return (
@@ -111,12 +112,21 @@ def read_remote(
         full_every=full_every,
     )
     in_slice = cache.take_slice(snapshot, ALLOWED_SEPARATORS)
+    for moved in listing.moved_aside:
+        log.warning(
+            f"The casavi listing was unreadable; it was moved to {moved} (kept for diagnosis) and "
+            "rebuilt by a full listing. Nothing needs repair."
+        )
     adopted: dict[str, int] = {}
     if first_contact:
-        separator = filled_with(
-            cache.prefix_counts({s: f"{mandant}{s}" for s in ALLOWED_SEPARATORS}), separator
-        )
+        counts = cache.prefix_counts({s: f"{mandant}{s}" for s in ALLOWED_SEPARATORS})
+        separator = filled_with(counts, separator)
         adopted = snapshot.adopt_remote(separator if in_slice else None)
+        if in_slice:
+            log.info(
+                f"Mandant {mandant}: casavi already holds {in_slice} objects of this Mandant (ids "
+                f"'{mandant}{separator}…'); adopted as synced, so only real differences are sent ({adopted})"
+            )
     return RemoteRead(
         mandant=mandant,
         listing=listing,
