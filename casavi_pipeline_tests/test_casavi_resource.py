@@ -13,7 +13,7 @@ import pytest
 from casavi_pipeline.casavi.client import ClientStats
 from casavi_pipeline.casavi.errors import CasaviRateLimitedError
 from casavi_pipeline.defs.resources import CasaviResource, HttpCasaviResource
-from casavi_pipeline.defs.sync_reporting import casavi_client, progress
+from casavi_pipeline.defs.sync_reporting import INTERRUPTED, casavi_client, progress
 from casavi_pipeline.settings import SettingsError, load_settings
 from casavi_pipeline_tests.harness import REQUIRED
 
@@ -111,6 +111,14 @@ def test_a_casavi_that_only_answers_429_fails_the_step_saying_so_not_asking_whet
     description = info.value.description or ""
     assert "kept refusing with 429" in description and "rate limiting this account" in description
     assert "Is it up" not in description and "\n" not in description
+
+
+def test_an_interrupted_write_fails_without_retry_and_an_interrupted_read_stays_an_interrupt():
+    with pytest.raises(dg.Failure) as info, casavi_client(_Casavi(), writes=True):
+        raise KeyboardInterrupt
+    assert info.value.allow_retries is False and (info.value.description or "").startswith(INTERRUPTED)
+    with pytest.raises(KeyboardInterrupt), casavi_client(_Casavi()):
+        raise KeyboardInterrupt
 
 
 def test_the_progress_line_and_the_metadata_carry_the_rate_found_the_429s_and_the_wait(capsys):
