@@ -1,8 +1,9 @@
 """Read casavi back, diff, write: the remote state, the changeset and the sync of one Mandant.
 
-Thin wiring: the logic lives in `casavi_pipeline.sync`. Everything of a Mandant lives in its snapshot
-file (DuckDB), not in an IO manager: a first sync of a large Mandant has hundreds of thousands of
-payloads, which the sync reads page by page.
+Thin wiring: the logic lives in `casavi_pipeline.sync` (`read.py`, `run.py`), what the steps show in
+Dagster (metadata, checks, one-line failures) in `sync_reporting.py`. Everything of a Mandant lives in
+its snapshot file (DuckDB), not in an IO manager: a first sync of a large Mandant has hundreds of
+thousands of payloads, which the sync reads page by page.
 
     casavi_remote ─┐                   (casavi as it is: listed, normalised, hashed; adopt a filled account)
     casavi_* ──────┴─► casavi_changeset ─► casavi_sync
