@@ -54,7 +54,7 @@ def _rows(mandant: str, metadata: dict[str, Any], prefix: str) -> list[tuple[str
 
 def _interrupted(result: dg.ExecuteInProcessResult) -> bool:
     """Was the run stopped by a person (Ctrl-C, SIGTERM)? Then no next Mandant either."""
-    from casavi_pipeline.defs.sync import INTERRUPTED
+    from casavi_pipeline.defs.sync_reporting import INTERRUPTED
 
     def stopped(event: dg.DagsterEvent) -> bool:
         data = event.step_failure_data

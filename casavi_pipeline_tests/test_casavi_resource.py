@@ -13,7 +13,7 @@ import pytest
 from casavi_pipeline.casavi.client import ClientStats
 from casavi_pipeline.casavi.errors import CasaviRateLimitedError
 from casavi_pipeline.defs.resources import CasaviResource, HttpCasaviResource
-from casavi_pipeline.defs.sync import _casavi, _Progress
+from casavi_pipeline.defs.sync_reporting import INTERRUPTED, casavi_client, progress
 from casavi_pipeline.settings import SettingsError, load_settings
 from casavi_pipeline_tests.harness import REQUIRED
 
@@ -106,22 +106,30 @@ def test_a_casavi_that_only_answers_429_fails_the_step_saying_so_not_asking_whet
         ref_id="0001-1",
         status=429,
     )
-    with pytest.raises(dg.Failure) as info, _casavi(_Casavi()):
+    with pytest.raises(dg.Failure) as info, casavi_client(_Casavi()):
         raise error
     description = info.value.description or ""
     assert "kept refusing with 429" in description and "rate limiting this account" in description
     assert "Is it up" not in description and "\n" not in description
 
 
+def test_an_interrupted_write_fails_without_retry_and_an_interrupted_read_stays_an_interrupt():
+    with pytest.raises(dg.Failure) as info, casavi_client(_Casavi(), writes=True):
+        raise KeyboardInterrupt
+    assert info.value.allow_retries is False and (info.value.description or "").startswith(INTERRUPTED)
+    with pytest.raises(KeyboardInterrupt), casavi_client(_Casavi()):
+        raise KeyboardInterrupt
+
+
 def test_the_progress_line_and_the_metadata_carry_the_rate_found_the_429s_and_the_wait(capsys):
     logged: list[str] = []
     context = SimpleNamespace(partition_key="0001", log=SimpleNamespace(info=logged.append))
-    progress = _Progress(context, 100, _Casavi(), every=0)  # type: ignore[arg-type]
-    progress.stats = ClientStats(rate_per_minute=287.4, rate_limited=3, budget_wait_seconds=41.26)
-    progress(SimpleNamespace(total_sent=10))  # type: ignore[arg-type]
+    client = SimpleNamespace(stats=ClientStats(rate_per_minute=287.4, rate_limited=3, budget_wait_seconds=41.26))
+    lines = progress(context, _Casavi(), client, 100, every=0)  # type: ignore[arg-type]
+    lines(SimpleNamespace(total_sent=10))  # type: ignore[arg-type]
     assert logged[0].endswith("; rate 287/min, 3× 429, 41 s waited for the budget")
     assert logged[0] in capsys.readouterr().err
-    assert progress.stats.rate_figures() == {
+    assert client.stats.rate_figures() == {
         "rate_found_per_min": 287.4,
         "rate_limited_429": 3,
         "budget_wait_s": 41.3,

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from casavi_pipeline.defs.sync import _run_totals
 from casavi_pipeline.state.snapshot import Snapshot
 from casavi_pipeline.sync.apply import Rejection, SyncReport
+from casavi_pipeline.sync.run import run_totals
 from casavi_sandbox.local import (
     SAMPLE_EXPORT_DIR,
     LocalSetupError,
@@ -110,9 +110,9 @@ def test_a_runs_counts_add_up_over_its_attempts(tmp_path):
             confirmed=Counter({"unit/create": 42, "contact/create": 4}),
             rejections=[Rejection("contact", "create", "0001-7", 400, "casavi refused a field value")],
         )
-        _run_totals(snapshot, "run-a", first)
-        totals = _run_totals(snapshot, "run-a", second)
-        other = _run_totals(snapshot, "run-b", second)
+        run_totals(snapshot, "run-a", first)
+        totals = run_totals(snapshot, "run-a", second)
+        other = run_totals(snapshot, "run-b", second)
     assert totals["confirmed"] == {"unit/create": 100, "contact/create": 4}
     assert totals["sent"] == {"unit/create": 102, "contact/create": 5}
     assert totals["rejected"] == {"contact/create": 1}

@@ -7,6 +7,7 @@ import datetime as dt
 from casavi_pipeline.casavi.api import ObjectKind
 from casavi_pipeline.settings import SyncPolicySettings
 from casavi_pipeline.state.listing import RemoteCache
+from casavi_pipeline.sync.read import filled_with
 
 PREFIXES = ("0001-",)
 T0 = dt.datetime(2026, 11, 26, 2, 0, tzinfo=dt.UTC)
@@ -103,3 +104,9 @@ def test_a_listing_of_an_earlier_casavi_model_is_dropped_and_listed_anew(tmp_pat
         con.execute("DELETE FROM meta WHERE key = 'model_revision'")
     report = cache.refresh(casavi, prefixes=PREFIXES, now=T0 + dt.timedelta(minutes=1))
     assert report.full and not report.reused and report.changed["unit"] == 1
+
+
+def test_a_first_contact_adopts_under_the_separator_the_account_was_filled_with():
+    assert filled_with({"-": 0, "_": 12, ".": 3}, "-") == "_"  # filled by another tool: its separator
+    assert filled_with({"-": 2, "_": 12}, "-") == "-"  # ours are there: the configured one stays
+    assert filled_with({"-": 0, "_": 0}, "-") == "-"  # nothing of the Mandant yet

@@ -21,6 +21,7 @@ import dagster as dg
 from casavi_pipeline.alerts import RUN_PATH, Alert
 from casavi_pipeline.defs.failures import check_evaluations_of_run, failure_reason
 from casavi_pipeline.defs.resources import SETTINGS, Alerting
+from casavi_pipeline.defs.sync_reporting import REJECTIONS_CHECK
 from casavi_pipeline.settings import Settings
 
 #: Run tag: the channels that took this run's failure alert.
@@ -32,7 +33,6 @@ ESCALATION_ACTION = (
     "casavi refuses these records night after night: fix them in the ERP "
     "(`casavi-pipeline audit --ref-id ID` shows each one's history)"
 )
-REJECTIONS_CHECK = "casavi_rejections"
 
 
 def _default_status(settings: Settings) -> dg.DefaultSensorStatus:

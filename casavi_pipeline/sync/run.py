@@ -1,0 +1,165 @@
+"""One sync of a Mandant as a run sees it: refuse when a guard fails, write, count every attempt of the run.
+
+A run's sync step may be retried (casavi down, a timeout) and each attempt resumes with what is still
+pending; what the run did is the sum of its attempts, kept in the snapshot's `meta` so a retried step
+reports the whole run. A dry run writes nothing and previews the changeset instead.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from casavi_pipeline.casavi import api
+from casavi_pipeline.settings import SyncRule
+from casavi_pipeline.state.diff import ChangesetSummary
+from casavi_pipeline.state.listing import RemoteCache
+from casavi_pipeline.state.snapshot import Snapshot
+from casavi_pipeline.sync.apply import SyncReport, WriteClient, apply_changeset
+from casavi_pipeline.sync.guards import GuardPolicy, GuardResult, evaluate_guards, record_sync_rule
+from casavi_pipeline.sync.rejections import RejectionPolicy, RejectionVerdict, assess
+
+#: A dry run lists this many deletions by reference id (the mass-deletion guard keeps them few anyway).
+DELETIONS_LISTED = 1_000
+#: Snapshot meta: + run id → the counts of that run's attempts so far (`run_totals`).
+_ATTEMPTS = "run/"
+
+#: Per run: name → label ("unit/create") → count; "attempts" → {"n": attempts}.
+RunTotals = dict[str, dict[str, int]]
+
+
+def refusal(snapshot: Snapshot, guards: GuardPolicy, identity: str) -> GuardResult | None:
+    """Why nothing may be written: a guard failed, or the pending changeset is not of the run `identity`.
+
+    The guards run as blocking checks too; repeating them here means materializing the sync alone cannot
+    bypass them. A changeset of another run may be stale: the ERP or casavi changed since.
+    """
+    if failed := evaluate_guards(guards, snapshot).failures:
+        return failed[0]
+    if snapshot.changeset_identity() == identity:
+        return None
+    return GuardResult(
+        False,
+        f"Mandant {snapshot.mandant}: the pending changeset was not computed in this run (it is of run "
+        f"{snapshot.changeset_identity() or 'none'}), so it may be stale; nothing was sent. Materialize "
+        "casavi_changeset and casavi_sync together (the job casavi_sync_job does).",
+    )
+
+
+def run_totals(snapshot: Snapshot, run_id: str, report: SyncReport) -> RunTotals:
+    """This attempt's counts added to the earlier attempts' of the same run (kept in the snapshot)."""
+    key = f"{_ATTEMPTS}{run_id}"
+    previous = json.loads(snapshot.get_meta(key) or "{}")
+    totals: RunTotals = {}
+    for name, counter in (
+        ("sent", report.sent),
+        ("confirmed", report.confirmed),
+        ("rejected", report.rejected_counts()),
+    ):
+        merged = dict(previous.get(name, {}))
+        for label, n in counter.items():
+            merged[label] = merged.get(label, 0) + n
+        totals[name] = merged
+    totals["attempts"] = {"n": previous.get("attempts", {}).get("n", 0) + 1}
+    # Only this run's totals are ever read again: earlier runs' rows go (one row, not one per run).
+    snapshot.connection.execute("DELETE FROM meta WHERE starts_with(key, ?) AND key <> ?", [_ATTEMPTS, key])
+    snapshot.set_meta(key, json.dumps(totals, sort_keys=True))
+    return totals
+
+
+@dataclass(frozen=True)
+class WriteOutcome:
+    """What a sync attempt wrote, what its run wrote so far, and the verdict on casavi's refusals."""
+
+    report: SyncReport  # this attempt
+    totals: RunTotals  # the run: every attempt so far, this one included
+    audit: dict[str, int]  # the run's rows of the audit trail per kind, change and status
+    verdict: RejectionVerdict
+
+    @property
+    def confirmed(self) -> int:
+        return sum(self.totals["confirmed"].values())
+
+    @property
+    def rejected(self) -> int:
+        return sum(self.totals["rejected"].values())
+
+    @property
+    def summary(self) -> str:
+        return (
+            f"Mandant {self.report.mandant}: {self.confirmed} writes confirmed in this run, "
+            f"{self.rejected} rejected ({self.report.seconds:.1f}s this attempt)"
+        )
+
+
+def write_changeset(
+    snapshot: Snapshot,
+    cache: RemoteCache,
+    client: WriteClient,
+    *,
+    writes: int,
+    guards: GuardPolicy,
+    rejections: RejectionPolicy,
+    verify: bool,
+    run_id: str,
+    on_progress: Callable[[SyncReport], None],
+) -> WriteOutcome:
+    """Send the pending changeset (`writes` operations) after the guards passed; count the attempt.
+
+    Whatever stops the writes (casavi down, an interrupt) propagates after this attempt's counts joined
+    the run's and what casavi confirmed deleted left the listing.
+    """
+    if snapshot.synced_total() == 0 or guards.allow_separator_change:
+        snapshot.set_separator(guards.separator)
+    record_sync_rule(guards, snapshot)
+    if writes:
+        # Marked before the first write (a kill gives no chance after it): a listing older than
+        # this misses our writes and must not be reused.
+        cache.mark_written()
+    report = SyncReport(mandant=snapshot.mandant)
+    try:
+        apply_changeset(
+            snapshot,
+            client,
+            report=report,
+            verify=verify,
+            on_progress=on_progress,
+            progress_every=1,
+            run_id=run_id,
+        )
+    finally:
+        totals = run_totals(snapshot, run_id, report)
+        cache.forget(report.deleted)
+    # `apply_changeset` folded the audit file: the run's rows (every attempt) are in the table.
+    audit = snapshot.audit_summary(run_id)
+    nights = snapshot.nights_refused([(r.kind, r.ref_id) for r in report.rejections])
+    return WriteOutcome(
+        report, totals, audit, assess(report.rejections, report.total_sent, nights, rejections)
+    )
+
+
+@dataclass(frozen=True)
+class DryRun:
+    line: str  # one line: the writes not sent and the first deletions by reference id
+    deletions: list[dict[str, str]]  # kind, ref_id: the first `DELETIONS_LISTED` deletions
+
+
+def preview_dry_run(snapshot: Snapshot, summary: ChangesetSummary, sync_rule: SyncRule) -> DryRun:
+    """What a sync would write, deletions by reference id: a person checks them before a real run."""
+    deletions = [
+        {"kind": op.kind.value, "ref_id": op.ref_id}
+        for op in itertools.islice(
+            itertools.chain.from_iterable(snapshot.pending_ops(kind, "delete") for kind in api.DELETE_ORDER),
+            DELETIONS_LISTED,
+        )
+    ]
+    deletes = sum(changes.delete for changes in summary.kinds.values())
+    first = ", ".join(d["ref_id"] for d in deletions[:10])
+    line = (
+        f"DRY RUN for Mandant {snapshot.mandant} (sync rule {sync_rule.value}): {summary.total_writes} writes "
+        f"not sent, {deletes} of them deletions"
+        + (f" ({first}{', …' if deletes > 10 else ''})" if deletes else "")
+    )
+    return DryRun(line, deletions)
