@@ -28,9 +28,6 @@ from casavi_pipeline.settings import SettingsError, load_settings
 from casavi_pipeline_tests.postgres import _free_port
 from casavi_sandbox.local import SAMPLE_EXPORT_DIR, SAMPLE_MANDANTEN
 
-# one worker for the whole module (pytest-xdist, --dist loadgroup): the ERP database is filled once
-pytestmark = pytest.mark.xdist_group("erp_sources")
-
 MANDANTEN = SAMPLE_MANDANTEN.split(",")
 
 

@@ -28,9 +28,7 @@ from casavi_pipeline_tests.erp_fixtures import write_export
 from casavi_sandbox import SandboxProcess
 from casavi_sandbox.process import free_port
 
-# one worker for the whole module (pytest-xdist, --dist loadgroup): its tests share one `dagster dev` and run in order
-# (every guard stop before the secret is rotated)
-pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.xdist_group("failure_reason_ways")]
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent

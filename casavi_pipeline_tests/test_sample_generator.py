@@ -20,9 +20,6 @@ from casavi_sandbox.local import SAMPLE_EXPORT_DIR, SAMPLE_MANDANTEN
 from casavi_sandbox.sample.__main__ import SAMPLE_ARGS, main, parse_mandanten
 from casavi_sandbox.sample.generator import AS_OF, generate
 
-# one worker for the whole module (pytest-xdist, --dist loadgroup): the generated export is made once
-pytestmark = pytest.mark.xdist_group("sample_generator")
-
 MANDANTEN = ["0001", "0420"]
 UNITS = 600  # 300 per Mandant
 FILES = [e.file_name for e in ENTITIES]

@@ -21,8 +21,7 @@ from casavi_sandbox.local import SAMPLE_EXPORT_DIR
 from casavi_sandbox.process import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
-# one worker for the whole module (pytest-xdist, --dist loadgroup): its tests share one `dagster dev`
-pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.xdist_group("ui")]
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 ASSETS_QUERY = """
 {
