@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import datetime as dt
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -24,6 +23,7 @@ import httpx
 import pytest
 
 from casavi_pipeline.defs.failures import FAILURE_REASON_TAG, casavi_failure_reason, stopped_line
+from casavi_pipeline.runs.instance_home import prepare
 from casavi_pipeline_tests.erp_fixtures import write_export
 from casavi_sandbox import SandboxProcess
 from casavi_sandbox.process import free_port
@@ -57,8 +57,10 @@ class Setup:
     def __init__(self, root: Path, sandbox: SandboxProcess) -> None:
         self.root, self.sandbox = root, sandbox
         self.home = root / "dagster_home"
-        self.home.mkdir()
-        shutil.copy(REPO / "dagster.yaml", self.home / "dagster.yaml")
+        # As ./run does before any command: the instance's storage once. `dagster dev` and the first sync
+        # start side by side on this home; two processes migrating fresh storage at once corrupt it
+        # ("alembic_version has more than one head").
+        prepare(self.home, REPO / "dagster.yaml")
         self.env = {
             **os.environ,
             "ERP_EXPORT_DIR": str(root / "export"),
