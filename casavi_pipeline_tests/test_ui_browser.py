@@ -147,6 +147,9 @@ def dev_ui(tmp_path_factory) -> Iterator[DevUI]:
 def page(dev_ui):
     with sync_playwright() as playwright, shots_module.browser(playwright, CHROMIUM) as context:
         page = context.new_page()
+        # Every wait is on a condition; on a machine at load 7+ the UI's first render of a page can take
+        # longer than Playwright's 30 s default, so the deadline is generous (a pass stays as fast).
+        page.set_default_timeout(120_000)
         shots_module.skip_community_notice(page)
         try:
             yield page
