@@ -3,8 +3,8 @@
 The sandbox's own reading of the contract: it imports nothing from `casavi_pipeline` (an import-linter
 contract in the suite enforces it), so a body the pipeline's adapter gets wrong is refused here instead
 of being accepted by the same rules that built it. Every name below is the contract's wire name; the
-tags say where the contract takes it from ([confirmed], [read], [model]) or that it is the sandbox's own
-choice where the contract is silent ([sandbox]).
+tags say where the contract takes it from ([confirmed], [read], [model]; † a limit the contract sets
+though nothing public states it).
 
 Where the sandbox followed the contract against its earlier behaviour (when it validated with the
 adapter's rules):
@@ -17,8 +17,8 @@ adapter's rules):
 - `propertyId`, `address` and a contract's `propertyId`/`unitId` are only required (non-null strings): an
   empty one names no object and is a `422`, like any other unknown reference.
 
-What casavi holds may be wider than what the API takes (`HELD` rules, used by the admin seed and edit
-endpoints, i.e. an import or a person in casavi's UI): the UI knows a third unit usage, *Stellplatz*
+What casavi holds may be wider than what the API takes (`problems(..., held=True)`, the rules of the
+admin seed and edit endpoints, i.e. of an import or a person in casavi's UI): the UI knows a third unit usage, *Stellplatz*
 (parking), and an empty one, so a held unit's `usage` may be any string ([model]: casavi's API name for
 Stellplatz is unknown; tests use `PARKING`).
 """
@@ -96,10 +96,6 @@ class Kind(StrEnum):
     @property
     def collection(self) -> str:
         return _COLLECTIONS[self]
-
-    @property
-    def path(self) -> str:
-        return f"{API_PREFIX}/{self.collection}"
 
 
 _COLLECTIONS = {Kind.PROPERTY: "properties", Kind.UNIT: "units", Kind.CONTACT: "contacts"}
@@ -198,14 +194,10 @@ FIELDS: dict[Kind, tuple[Field, ...]] = {
 }
 
 #: What casavi holds may be wider than what its API takes: a unit's usage set in the UI (see above).
-HELD_FIELDS: dict[Kind, tuple[Field, ...]] = {
+_HELD_FIELDS: dict[Kind, tuple[Field, ...]] = {
     **FIELDS,
     Kind.UNIT: tuple(Field(f.name) if f.name == "usage" else f for f in FIELDS[Kind.UNIT]),
 }
-
-
-def field_of(kind: Kind, name: str) -> Field | None:
-    return next((f for f in FIELDS[kind] if f.name == name), None)
 
 
 @dataclass(frozen=True)
@@ -254,7 +246,7 @@ _EMAIL = re.compile(r"[^@\s]+@[^@\s.][^@\s]*\.[^@\s]*[^@\s.]")
 _DATE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
 
 
-def is_date(value: Any) -> bool:
+def _is_date(value: Any) -> bool:
     """A real calendar date written `YYYY-MM-DD` (years 0001 to 9999)."""
     if not isinstance(value, str) or not _DATE.fullmatch(value):
         return False
@@ -273,7 +265,7 @@ def _value_problem(rule: Field, value: Any) -> str | None:
             return f"must be >= {rule.minimum:g}"
         return None
     if rule.type == "date":
-        return None if is_date(value) else "must be a real calendar date YYYY-MM-DD"
+        return None if _is_date(value) else "must be a real calendar date YYYY-MM-DD"
     if not isinstance(value, str):
         return "must be a string"
     if len(value) < rule.min_length:
@@ -313,7 +305,7 @@ def _list_problems(rule: Field, value: Any, name: str) -> list[FieldError]:
 def problems(kind: Kind, body: Mapping[str, Any], *, held: bool = False) -> list[FieldError]:
     """Why casavi answers a PUT of `body` with 400 (empty: it does not). `held=True`: the rules of what
     casavi can hold (an import, casavi's UI), which are wider for a unit's usage."""
-    errors = _field_problems((HELD_FIELDS if held else FIELDS)[kind], body)
+    errors = _field_problems((_HELD_FIELDS if held else FIELDS)[kind], body)
     if kind is Kind.CONTACT:
         if not (body.get("lastName") or body.get("companyName")):
             errors.append(FieldError("lastName", "lastName or companyName is required"))
@@ -325,7 +317,7 @@ def problems(kind: Kind, body: Mapping[str, Any], *, held: bool = False) -> list
             start, end = (
                 (entry.get("startDate"), entry.get("endDate")) if isinstance(entry, Mapping) else (0, 0)
             )
-            if is_date(start) and is_date(end) and end < start:
+            if _is_date(start) and _is_date(end) and end < start:
                 errors.append(FieldError(f"contracts[{i}].endDate", "must not be before startDate"))
     return errors
 
