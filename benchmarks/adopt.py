@@ -1,7 +1,7 @@
 """Adopting a filled casavi account: `python -m benchmarks.adopt --units 100000`.
 
-Generates an export (`casavi_sandbox.sample`), seeds a fresh sandbox with exactly what it maps to
-(`SandboxProcess.seed` of `casavi_sandbox.accounts.mapped_bodies`: casavi already holds everything, as after
+Generates an export (`casavi_harness.sample`), seeds a fresh sandbox with exactly what it maps to
+(`SandboxProcess.seed` of `casavi_harness.accounts.mapped_bodies`: casavi already holds everything, as after
 an import), then runs in ONE child process, Mandant after Mandant, what the first nightly run does:
 
 - map:  read the seven ERP files + `map_mandant`
@@ -90,8 +90,8 @@ def put_sample(export: Path, url: str, key: str, secret: str, mandant: str, coun
     """PUT the first `count` mapped objects (upsert order) again: the naive first sync's throughput."""
     import itertools
 
+    from casavi_harness.accounts import mapped_bodies
     from casavi_pipeline.casavi.client import CasaviClient, Operation
-    from casavi_sandbox.accounts import mapped_bodies
 
     ops = [
         Operation(kind, "upsert", body["id"], body)
@@ -151,11 +151,11 @@ def main() -> None:
     export = work_dir / "export"
     numbers = [f"{i:04d}" for i in range(1, args.mandanten + 1)]
     _, gen_s, _ = measured([
-        sys.executable, "-m", "casavi_sandbox.sample", "--out", str(export), "--units", str(args.units),
+        sys.executable, "-m", "casavi_harness.sample", "--out", str(export), "--units", str(args.units),
         "--mandanten", ",".join(numbers),
     ])  # fmt: skip
 
-    from casavi_sandbox.accounts import mapped_bodies
+    from casavi_harness.accounts import mapped_bodies
 
     with SandboxProcess(work_dir / "sandbox.sqlite3", access_log=False) as sandbox:
         started = time.perf_counter()

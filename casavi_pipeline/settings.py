@@ -17,7 +17,7 @@ whatever code uses it.
 
 There are no defaults for *what* to sync and *where to*: a deployment that forgot `ERP_EXPORT_DIR`
 must fail at load time, not sync the bundled fake sample into a real casavi. The sample and the local
-sandbox are defaults of the demo and the tests only (`casavi_sandbox`). Secrets (`SecretStr`: the casavi
+sandbox are defaults of the demo and the tests only (`casavi_harness`). Secrets (`SecretStr`: the casavi
 credentials, the SMTP password, webhook URLs, database URLs that may carry a password) are checked here;
 their values reach the resources only through `dagster.EnvVar`, so they never land in run config, the UI
 or the event log. Where the casavi credentials go is not run config either: the casavi resource takes

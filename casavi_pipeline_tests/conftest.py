@@ -16,9 +16,9 @@ from typing import ClassVar
 
 import pytest
 
+from casavi_harness.local import SAMPLE_EXPORT_DIR, SAMPLE_MANDANTEN
 from casavi_pipeline_tests.postgres import MISSING, PostgresServer, pg_bin
 from casavi_sandbox import SandboxProcess
-from casavi_sandbox.local import SAMPLE_EXPORT_DIR, SAMPLE_MANDANTEN
 
 os.environ.update(
     {

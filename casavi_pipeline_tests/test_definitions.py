@@ -9,14 +9,14 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
+from casavi_harness.fake import FakeCasaviResource
+from casavi_harness.local import SAMPLE_EXPORT_DIR, SAMPLE_MANDANTEN
 from casavi_pipeline import account
 from casavi_pipeline.casavi.api import ObjectKind
 from casavi_pipeline.defs.resources import ErpExport, SnapshotStore, SyncPolicy, build_resources
 from casavi_pipeline.settings import SettingsError, SyncRule
 from casavi_pipeline_tests.erp_fixtures import default_rows, write_export
 from casavi_pipeline_tests.harness import check_results, run_mandant, settings_from
-from casavi_sandbox.fake import FakeCasaviResource
-from casavi_sandbox.local import SAMPLE_EXPORT_DIR, SAMPLE_MANDANTEN
 
 ERP = {"wirtschaftseinheiten", "gebaeude", "verwaltungseinheiten", "mietvertraege", "mieter",
        "eigentuemervertraege", "eigentuemer"}  # fmt: skip
@@ -137,7 +137,7 @@ def test_the_deployed_package_imports_nothing_of_the_harness():
     code = (
         "import sys, casavi_pipeline.definitions; "
         "print(sorted(m for m in sys.modules if m.split('.')[0] in "
-        "('casavi_sandbox', 'starlette', 'uvicorn', 'faker')))"
+        "('casavi_sandbox', 'casavi_harness', 'starlette', 'uvicorn', 'faker')))"
     )
     out = load_location(REQUIRED, code)
     assert out.returncode == 0, out.stderr[-2000:]

@@ -1,4 +1,4 @@
-"""`./run dev` (`python -m casavi_sandbox.dev`): stopped by SIGTERM without leftovers; a taken port named
+"""`./run dev` (`python -m casavi_harness.dev`): stopped by SIGTERM without leftovers; a taken port named
 with the option that moves it."""
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from casavi_sandbox.local import SAMPLE_EXPORT_DIR, SAMPLE_MANDANTEN
+from casavi_harness.local import SAMPLE_EXPORT_DIR, SAMPLE_MANDANTEN
 from casavi_sandbox.process import free_port, port_taken
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -80,7 +80,7 @@ def test_sigterm_stops_the_sandbox_and_dagster_dev_and_frees_both_ports(tmp_path
     log_path = tmp_path / "dev.log"
     with log_path.open("wb") as log:
         process = subprocess.Popen(
-            [sys.executable, "-m", "casavi_sandbox.dev", "--port", str(ui_port),
+            [sys.executable, "-m", "casavi_harness.dev", "--port", str(ui_port),
              "--sandbox-port", str(sandbox_port), "--data-dir", str(tmp_path / "data")],
             cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
         )  # fmt: skip
@@ -114,7 +114,7 @@ def test_sigterm_stops_the_sandbox_and_dagster_dev_and_frees_both_ports(tmp_path
 def run_dev(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     """`./run dev` expected to give up at once; if it starts instead, everything it started is stopped."""
     with subprocess.Popen(
-        [sys.executable, "-m", "casavi_sandbox.dev", *args],
+        [sys.executable, "-m", "casavi_harness.dev", *args],
         cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
     ) as process:  # fmt: skip
         try:

@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 from pandas.testing import assert_frame_equal
 
+from casavi_harness.local import SAMPLE_EXPORT_DIR, SAMPLE_MANDANTEN
 from casavi_pipeline.erp.contract import ENTITIES, ENTITIES_BY_NAME, Entity
 from casavi_pipeline.erp.errors import ErpExportError
 from casavi_pipeline.erp.mapping_file import (
@@ -25,7 +26,6 @@ from casavi_pipeline.erp.sources import CsvSource, SqlSource
 from casavi_pipeline.settings import SettingsError, load_settings
 from casavi_pipeline_tests.erp_database import load_into_database, write_foreign_export
 from casavi_pipeline_tests.postgres import _free_port
-from casavi_sandbox.local import SAMPLE_EXPORT_DIR, SAMPLE_MANDANTEN
 
 MANDANTEN = SAMPLE_MANDANTEN.split(",")
 

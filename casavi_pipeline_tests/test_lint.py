@@ -1,4 +1,4 @@
-"""ruff is part of the test suite, so `./run test` (and CI) fails on lint errors too."""
+"""ruff and the import contracts are part of the test suite, so `./run test` (and CI) fails on either."""
 
 import shutil
 import subprocess
@@ -12,6 +12,20 @@ def test_ruff_is_clean():
     ruff = shutil.which("ruff") or str(Path(sys.executable).with_name("ruff"))
     result = subprocess.run([ruff, "check", "--no-cache", str(ROOT)], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_the_import_contracts_are_kept():
+    """`lint-imports` with the repository's contracts ([tool.importlinter] in pyproject.toml): among them,
+    the casavi sandbox imports nothing from casavi_pipeline, so it judges what the pipeline sends."""
+    lint_imports = shutil.which("lint-imports") or str(Path(sys.executable).with_name("lint-imports"))
+    result = subprocess.run(
+        [lint_imports, "--no-cache", "--config", str(ROOT / "pyproject.toml")],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "sandbox imports nothing from casavi_pipeline" in result.stdout  # the contract was checked
 
 
 def _imports_at_load(path: Path, package: str) -> set[str]:

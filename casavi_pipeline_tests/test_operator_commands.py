@@ -8,16 +8,16 @@ from pathlib import Path
 
 import pytest
 
-from casavi_pipeline.state.snapshot import Snapshot
-from casavi_pipeline.sync.apply import Rejection, SyncReport
-from casavi_pipeline.sync.run import run_totals
-from casavi_sandbox.local import (
+from casavi_harness.local import (
     SAMPLE_EXPORT_DIR,
     LocalSetupError,
     local_environment,
     refuse_dotenv_over_sandbox,
     refuse_sample_outside_loopback,
 )
+from casavi_pipeline.state.snapshot import Snapshot
+from casavi_pipeline.sync.apply import Rejection, SyncReport
+from casavi_pipeline.sync.run import run_totals
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -53,9 +53,9 @@ def tracebacks(output: str) -> int:
 def demo(
     *args: str, env: Mapping[str, str] | None = None, timeout: float = DEMO_TIMEOUT
 ) -> subprocess.CompletedProcess[str]:
-    """`python -m casavi_sandbox.demo` with this process's environment (the `env` fixture set it)."""
+    """`python -m casavi_harness.demo` with this process's environment (the `env` fixture set it)."""
     return subprocess.run(
-        [sys.executable, "-m", "casavi_sandbox.demo", *args],
+        [sys.executable, "-m", "casavi_harness.demo", *args],
         capture_output=True,
         text=True,
         timeout=timeout,
@@ -327,7 +327,7 @@ def test_sigterm_stops_the_demo_cleanly_and_the_next_run_converges(env, sandbox,
     out_path, err_path = tmp_path / "demo.out", tmp_path / "demo.err"
     with out_path.open("w") as out_file, err_path.open("w") as err_file:
         cli = subprocess.Popen(
-            [sys.executable, "-m", "casavi_sandbox.demo"],
+            [sys.executable, "-m", "casavi_harness.demo"],
             env={**os.environ, "CASAVI_MAX_CONCURRENCY": "2"},
             stdout=out_file,
             stderr=err_file,
@@ -376,7 +376,7 @@ def test_the_demo_prints_progress_of_a_long_sync(env, sandbox, monkeypatch, tmp_
     """A 10 000-unit export (10 Mandanten): the demo says written / total, rate and time left as it goes."""
     export_dir = tmp_path / "export10k"
     subprocess.run(
-        [sys.executable, "-m", "casavi_sandbox.sample", "--out", str(export_dir), "--units", "10000",
+        [sys.executable, "-m", "casavi_harness.sample", "--out", str(export_dir), "--units", "10000",
          "--mandanten", "10"],
         check=True, capture_output=True, timeout=120,
     )  # fmt: skip

@@ -12,12 +12,12 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
+from casavi_harness.accounts import mapped_bodies
 from casavi_pipeline.casavi.api import ObjectKind
 from casavi_pipeline_tests.e2e import BACKENDS, MANDANT, export, run_job, state_folder, writes_by_route
 from casavi_pipeline_tests.erp_fixtures import default_rows
 from casavi_pipeline_tests.harness import check_results, run_mandant
 from casavi_sandbox import SandboxProcess
-from casavi_sandbox.accounts import mapped_bodies
 
 pytestmark = pytest.mark.e2e
 
@@ -212,9 +212,9 @@ def test_a_casavi_that_drops_a_field_stops_that_kind_after_one_write(env, sandbo
 
 def test_fake_casavi_resource_adopts_too(tmp_path):
     """The in-process layer: the fake casavi filled beforehand is adopted, nothing sent."""
+    from casavi_harness.fake import FakeCasaviResource
+    from casavi_harness.local import SAMPLE_EXPORT_DIR
     from casavi_pipeline.defs.resources import ErpExport, SnapshotStore, SyncPolicy
-    from casavi_sandbox.fake import FakeCasaviResource
-    from casavi_sandbox.local import SAMPLE_EXPORT_DIR
 
     casavi = FakeCasaviResource()
     for kind, body in mapped_bodies(SAMPLE_EXPORT_DIR, "0001"):

@@ -10,6 +10,7 @@ import dagster as dg
 import pydantic
 import pytest
 
+from casavi_harness.fake import FakeCasaviResource
 from casavi_pipeline.casavi.api import ObjectKind
 from casavi_pipeline.defs.resources import (
     Alerting,
@@ -29,7 +30,6 @@ from casavi_pipeline.settings import (
 )
 from casavi_pipeline_tests.erp_fixtures import default_rows, write_export
 from casavi_pipeline_tests.harness import REQUIRED, run_mandant, settings_from
-from casavi_sandbox.fake import FakeCasaviResource
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 RESOURCES = {

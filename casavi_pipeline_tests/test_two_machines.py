@@ -99,7 +99,7 @@ def test_a_run_killed_on_one_machine_is_resumed_by_the_other(machines, sandbox):
     big_export(env, contracts=230)  # about 460 writes
     sandbox.configure(latency_ms=15)
     cli = subprocess.Popen(
-        [sys.executable, "-m", "casavi_sandbox.demo", "--mandant", MANDANT],
+        [sys.executable, "-m", "casavi_harness.demo", "--mandant", MANDANT],
         env={**os.environ, "CASAVI_MAX_CONCURRENCY": "2"},
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
     )  # fmt: skip

@@ -13,7 +13,7 @@ are bound through `dg.EnvVar`, so they are read from the environment when a run 
 in run config, the UI or the event log.
 
 The casavi resource is an abstract `ConfigurableResource` with a real (httpx) implementation here and a
-fake in the test harness (`casavi_sandbox.fake`). Where its credentials go is no run config at all: the
+fake in the test harness (`casavi_harness.fake`). Where its credentials go is no run config at all: the
 resource reads `CASAVI_BASE_URL` from the run's environment too (validated by the settings' rule), so a
 run launched with edited config cannot redirect them.
 """

@@ -17,9 +17,9 @@ import sys
 import warnings
 from pathlib import Path
 
+from casavi_harness.local import SANDBOX_PORT, LocalSetupError, local_environment
 from casavi_pipeline.run_sync import Outcome, print_summary, sync_mandant
 from casavi_pipeline.settings import SettingsError
-from casavi_sandbox.local import SANDBOX_PORT, LocalSetupError, local_environment
 from casavi_sandbox.process import PortTakenError
 
 

@@ -17,7 +17,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from casavi_sandbox.local import PROJECT_ROOT, SANDBOX_PORT, LocalSetupError, local_environment
+from casavi_harness.local import PROJECT_ROOT, SANDBOX_PORT, LocalSetupError, local_environment
 from casavi_sandbox.process import PortTakenError, port_taken
 
 #: How long `dagster dev` may take to stop its webserver and daemon before it is killed.
