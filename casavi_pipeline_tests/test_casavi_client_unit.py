@@ -16,7 +16,7 @@ import pytest
 
 from casavi_pipeline.casavi import api
 from casavi_pipeline.casavi.api import ObjectKind
-from casavi_pipeline.casavi.client import MAX_RETRY_AFTER_SECONDS, CasaviClient, Operation
+from casavi_pipeline.casavi.client import CasaviClient, Operation
 from casavi_pipeline.casavi.errors import (
     CasaviAuthError,
     CasaviError,
@@ -25,6 +25,7 @@ from casavi_pipeline.casavi.errors import (
     CasaviUnavailableError,
 )
 from casavi_pipeline.casavi.ratelimit import AccountBudget
+from casavi_pipeline.casavi.retry import MAX_RETRY_AFTER_SECONDS
 from casavi_pipeline_tests.fake_time import FakeTime
 
 FUTURE = (dt.datetime.now(dt.UTC) + dt.timedelta(days=30)).isoformat().replace("+00:00", "Z")
@@ -96,12 +97,16 @@ def test_a_second_401_is_an_auth_error():
         client.upsert(ObjectKind.PROPERTY, PAYLOAD)
 
 
-def test_token_is_renewed_before_it_expires():
-    soon = (dt.datetime.now(dt.UTC) + dt.timedelta(seconds=1)).isoformat().replace("+00:00", "Z")
-    fake = FakeCasavi(200, 200, expires=soon)
-    with client_for(fake) as client:
+def test_token_is_renewed_before_it_expires_on_the_injected_clock():
+    wall = FakeTime(start=dt.datetime(2026, 12, 24, tzinfo=dt.UTC).timestamp())
+    expires = dt.datetime(2026, 12, 24, 1, tzinfo=dt.UTC).isoformat().replace("+00:00", "Z")  # in one hour
+    fake = FakeCasavi(200, 200, 200, expires=expires)
+    with client_for(fake, now=wall) as client:
         client.upsert(ObjectKind.PROPERTY, PAYLOAD)
-        time.sleep(1.0)
+        wall.advance(3600 - 300 - 1)  # just over 5 minutes before it expires: still valid
+        client.upsert(ObjectKind.PROPERTY, PAYLOAD)
+        assert fake.tokens == 1
+        wall.advance(2)  # within its last 5 minutes: renewed before casavi would refuse it
         client.upsert(ObjectKind.PROPERTY, PAYLOAD)
     assert fake.tokens == 2
 

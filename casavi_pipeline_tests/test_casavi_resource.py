@@ -10,8 +10,8 @@ from types import SimpleNamespace
 import dagster as dg
 import pytest
 
-from casavi_pipeline.casavi.client import ClientStats
 from casavi_pipeline.casavi.errors import CasaviRateLimitedError
+from casavi_pipeline.casavi.transport import ClientStats
 from casavi_pipeline.defs.resources import CasaviResource, HttpCasaviResource
 from casavi_pipeline.defs.sync_reporting import INTERRUPTED, casavi_client, progress
 from casavi_pipeline.settings import SettingsError, load_settings

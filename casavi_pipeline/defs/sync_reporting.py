@@ -11,13 +11,14 @@ from contextlib import contextmanager
 
 import dagster as dg
 
-from casavi_pipeline.casavi.client import CasaviClient, ClientStats
+from casavi_pipeline.casavi.client import CasaviClient
 from casavi_pipeline.casavi.errors import (
     CasaviAuthError,
     CasaviModelMismatchError,
     CasaviRateLimitedError,
     CasaviUnavailableError,
 )
+from casavi_pipeline.casavi.transport import ClientStats
 from casavi_pipeline.defs.resources import CasaviResource, SyncPolicy
 from casavi_pipeline.state.diff import ChangesetSummary
 from casavi_pipeline.state.snapshot import Drift

@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-from casavi_pipeline.casavi.client import ClientStats
+from casavi_pipeline.casavi.transport import ClientStats
 from casavi_pipeline.sync.apply import SyncReport
 
 

@@ -24,8 +24,9 @@ from pydantic import Field
 
 from casavi_pipeline.casavi import api
 from casavi_pipeline.casavi.api import ObjectKind
-from casavi_pipeline.casavi.client import ClientStats, Operation, WriteResult
+from casavi_pipeline.casavi.client import Operation, WriteResult
 from casavi_pipeline.casavi.errors import CasaviRejectedError, CasaviUnavailableError
+from casavi_pipeline.casavi.transport import ClientStats
 from casavi_pipeline.defs.resources import CasaviResource
 from casavi_sandbox.contract import Kind, utc_timestamp
 from casavi_sandbox.model import Problem, check_delete, check_put, links, read_shape
