@@ -31,6 +31,8 @@ import sys
 import time
 from pathlib import Path
 
+from casavi_pipeline import account
+
 MANDANT = "0001"
 
 
@@ -154,7 +156,7 @@ def main() -> None:
             "-m",
             "benchmarks.bare",
             str(export),
-            str(snapshots / f"snapshot_{MANDANT}.duckdb"),
+            str(account.folder(snapshots, account.account_id(sandbox.api_key)) / f"snapshot_{MANDANT}.duckdb"),
             MANDANT,
         ]
         if new:

@@ -26,7 +26,7 @@ from casavi_pipeline.casavi import conformance
 from casavi_pipeline.casavi.client import CasaviClient
 from casavi_pipeline.casavi.ratelimit import AccountBudget, budget_path
 from casavi_pipeline.settings import Settings, SettingsError, load_settings
-from casavi_pipeline.state.store import StateStore
+from casavi_pipeline.state.store import StateStore, known_accounts
 
 #: The check tries a request at most this often: a casavi that is down says so in seconds, not minutes.
 CHECK_MAX_ATTEMPTS = 3
@@ -84,11 +84,13 @@ def audit_trail(args: argparse.Namespace) -> int:
     except (SettingsError, ValueError) as exc:
         print(f"audit: {exc}", file=sys.stderr)
         return 2
-    if state is None:
-        store = StateStore(Path(args.snapshot_dir))
-    else:
-        store = StateStore(state.directory, state.url.get_secret_value() if state.url else None)
-    return audit.run(store, filters, as_csv=args.csv)
+    directory, url = (
+        (Path(args.snapshot_dir), None)
+        if state is None
+        else (state.directory, state.url.get_secret_value() if state.url else None)
+    )
+    stores = [StateStore(directory, url, account=account) for account in known_accounts(directory, url)]
+    return audit.run(stores, filters, as_csv=args.csv)
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -10,6 +10,7 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
+from casavi_pipeline import account
 from casavi_pipeline.casavi.api import ObjectKind
 from casavi_pipeline.defs.resources import ErpExport, SnapshotStore, SyncPolicy, build_resources
 from casavi_pipeline.settings import SettingsError, SyncRule
@@ -31,6 +32,11 @@ REQUIRED = {
 }
 
 
+
+def state_of(tmp_path: Path) -> Path:
+    """The folder of the fake casavi account's state (`resources` binds the key "fake-account")."""
+    return account.folder(tmp_path / "snapshots", account.account_id("fake-account"))
+
 def load_location(
     env: dict[str, str], code: str = "import casavi_pipeline.definitions"
 ) -> subprocess.CompletedProcess:
@@ -44,7 +50,7 @@ def load_location(
 def resources(tmp_path, export_dir, **policy) -> dict[str, object]:
     return {
         "erp_export": ErpExport(directory=str(export_dir)),
-        "snapshots": SnapshotStore(directory=str(tmp_path / "snapshots")),
+        "snapshots": SnapshotStore(directory=str(tmp_path / "snapshots"), account_key="fake-account"),
         "sync_policy": SyncPolicy(**policy),
         "casavi": FakeCasaviResource(),
     }
@@ -245,13 +251,13 @@ def test_erasing_a_mandants_personal_data_keeps_what_the_sync_needs(tmp_path):
     assert run_mandant("0001", bound).success  # its read at the start fills the casavi listing
     values = tmp_path / "snapshots" / "values"
     assert list(values.glob("*/*/0001"))  # <run id>/<asset>/<Mandant>: execute_in_process keeps them
-    snapshot_file = tmp_path / "snapshots" / "snapshot_0001.duckdb"
-    cache_file = tmp_path / "snapshots" / "casavi_remote.duckdb"
+    snapshot_file = state_of(tmp_path) / "snapshot_0001.duckdb"
+    cache_file = state_of(tmp_path) / "casavi_remote.duckdb"
     # A tenant of the sample export (mieter.csv, Mandant 0001), synced to casavi.
     person = (b"Schaaf", b"darko.schaaf@gmail.com")
     for path in (snapshot_file, cache_file):
         assert all(value in path.read_bytes() for value in person), path
-    moved_aside = [tmp_path / "snapshots" / "snapshot_0001.duckdb.corrupt-20250101T000000000000Z"]
+    moved_aside = [state_of(tmp_path) / "snapshot_0001.duckdb.corrupt-20250101T000000000000Z"]
     moved_aside.append(moved_aside[0].with_name(moved_aside[0].name + ".wal"))
     for path in moved_aside:
         path.write_bytes(snapshot_file.read_bytes())
@@ -263,7 +269,7 @@ def test_erasing_a_mandants_personal_data_keeps_what_the_sync_needs(tmp_path):
     for path in (snapshot_file, cache_file):
         assert not any(value in path.read_bytes() for value in person), path
         assert not path.with_name(path.name + ".wal").exists()
-    with Snapshot(tmp_path / "snapshots" / "snapshot_0001.duckdb", "0001") as snapshot:
+    with Snapshot(state_of(tmp_path) / "snapshot_0001.duckdb", "0001") as snapshot:
         con = snapshot.connection
         assert con.execute("SELECT count(*) FROM synced WHERE payload IS NOT NULL").fetchone()[0] == 0
         assert con.execute("SELECT count(*) FROM remote WHERE payload IS NOT NULL").fetchone()[0] == 0
@@ -356,7 +362,7 @@ def test_a_torn_journal_line_heals_and_the_run_says_so(tmp_path):
 
     bound = resources(tmp_path, SAMPLE_EXPORT_DIR)
     assert run_mandant("0001", bound).success
-    journal = tmp_path / "snapshots" / "snapshot_0001.journal"
+    journal = state_of(tmp_path) / "snapshot_0001.journal"
     journal.write_bytes(b'["upsert", "contact", "0001-')  # a line torn by a crash
     with dg.DagsterInstance.ephemeral() as instance:
         result = run_mandant("0001", bound, instance=instance)

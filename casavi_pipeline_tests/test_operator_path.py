@@ -33,6 +33,7 @@ from casavi_pipeline_tests.e2e import (
     big_export,
     export,
     run_job,
+    state_folder,
 )
 from casavi_pipeline_tests.erp_fixtures import default_rows, write_export
 
@@ -189,7 +190,7 @@ def test_an_echoing_casavi_leaks_no_personal_data_into_events_tags_logs_files_or
     snapshot_dir = Path(env["CASAVI_SNAPSHOT_DB"])
     values = snapshot_dir / "values"
     assert any(leaks(path.read_bytes(), person) for path in files_under(values))  # the search finds it
-    snapshot = snapshot_dir / f"snapshot_{MANDANT}.duckdb"
+    snapshot = state_folder(env) / f"snapshot_{MANDANT}.duckdb"
     others = [
         p
         for p in files_under(snapshot_dir)

@@ -103,6 +103,7 @@ def test_secrets_reach_the_resources_only_as_env_vars(tmp_path):
     assert secret_fields == {
         ("erp", "source_url"): "ERP_SOURCE_URL",
         ("state", "url"): "CASAVI_STATE_URL",
+        ("state", "account_key"): "CASAVI_API_KEY",  # names the account the state belongs to (hashed)
         ("casavi", "api_key"): "CASAVI_API_KEY",
         ("casavi", "api_secret"): "CASAVI_API_SECRET",
         ("alerts", "smtp_password"): "CASAVI_ALERT_SMTP_PASSWORD",

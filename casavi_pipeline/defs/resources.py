@@ -31,6 +31,7 @@ import dagster as dg
 from pydantic import BaseModel, Field, SecretStr, create_model
 from pydantic.fields import FieldInfo
 
+from casavi_pipeline.account import account_id
 from casavi_pipeline.alerts import AlertChannels, Smtp
 from casavi_pipeline.casavi.client import CasaviClient
 from casavi_pipeline.casavi.ratelimit import AccountBudget, budget_path, learned_rate
@@ -55,11 +56,14 @@ from casavi_pipeline.settings import (
 from casavi_pipeline.state.listing import RemoteCache
 from casavi_pipeline.state.snapshot import Snapshot
 from casavi_pipeline.state.store import StateStore
+from casavi_pipeline.state.upgrade import old_budget_name
 from casavi_pipeline.sync.guards import GuardPolicy
 from casavi_pipeline.sync.rejections import RejectionPolicy
 
 #: The settings of this code location, read once when it loads (a bad setting fails the load in one line).
 SETTINGS: Settings = load_settings()
+#: The variable of the casavi API key: the secret that also names the account the state belongs to.
+CASAVI_API_KEY = variable_of(CasaviSettings.model_fields["api_key"])
 
 
 def _is_secret(field: FieldInfo) -> bool:
@@ -130,11 +134,22 @@ class ErpExport(_resource_of(ErpSettings)):
 class SnapshotStore(_resource_of(StateSettings)):
     """Where the sync's state lives (`casavi_pipeline.state.store`): one snapshot per Mandant, so
     Mandanten run in parallel, and one listing of casavi shared by all of them; local files, or
-    PostgreSQL when CASAVI_STATE_URL is set."""
+    PostgreSQL when CASAVI_STATE_URL is set. All of it belongs to the casavi account of `account_key`
+    (hashed: `casavi_pipeline.account`); another account's state is never opened."""
+
+    account_key: str = Field(
+        description="CASAVI_API_KEY (dg.EnvVar, a secret): names the casavi account the state belongs to; "
+        "only its hash is kept"
+    )
 
     @property
     def store(self) -> StateStore:
-        return StateStore(Path(self.directory), self.url)
+        return StateStore(
+            Path(self.directory),
+            self.url,
+            account=account_id(self.account_key),
+            old_budget=old_budget_name(casavi_base_url(), self.account_key),
+        )
 
     def open(self, mandant: str, *, read_only: bool = False) -> Snapshot:
         return self.store.open(mandant, read_only=read_only)
@@ -262,7 +277,7 @@ class HttpCasaviResource(CasaviResource, _resource_of(CasaviSettings)):
 
 def snapshot_store(settings: Settings) -> SnapshotStore:
     """Where the sync's state (and the run values) live."""
-    return SnapshotStore.from_settings(settings.state)
+    return SnapshotStore.from_settings(settings.state, account_key=dg.EnvVar(CASAVI_API_KEY))
 
 
 def build_resources(settings: Settings) -> dict[str, object]:

@@ -43,6 +43,16 @@ from casavi_pipeline.sync.run import preview_dry_run, refusal, write_changeset
 DRY_RUN_TAG = "casavi/dry_run"
 
 
+def _repairs_drift(context: dg.AssetExecutionContext, policy: SyncPolicy) -> bool:
+    """Does this run repair drift? `casavi_changeset`'s `repair_drift` config, else CASAVI_REPAIR_DRIFT.
+
+    Read from the run's config by the read step too: a run that repairs reads the account in full first.
+    """
+    ops = (context.run.run_config or {}).get("ops", {})
+    configured = ((ops.get("casavi_changeset") or {}).get("config") or {}).get("repair_drift")
+    return policy.repair_drift if configured is None else bool(configured)
+
+
 def _run_identity(context: dg.AssetExecutionContext) -> str:
     """The changeset's identity: the run that computed it, or the run a re-execution started from."""
     return context.run.root_run_id or context.run.run_id
@@ -53,7 +63,8 @@ class ReadConfig(dg.Config):
     full: bool = Field(
         default=False,
         description="List the whole account now (sees objects deleted in casavi). Otherwise the read is "
-        "incremental (modifiedAfter), and full at least every CASAVI_FULL_READ_EVERY_DAYS.",
+        "incremental (modifiedAfter), and full at least every CASAVI_FULL_READ_EVERY_DAYS, and whenever the "
+        "run repairs drift (casavi_changeset's repair_drift, or CASAVI_REPAIR_DRIFT).",
     )
 
 
@@ -84,6 +95,7 @@ def casavi_remote(
             mandanten=mandant_partitions.get_partition_keys(),
             separator=sync_policy.id_separator,
             full=config.full,
+            repair_drift=_repairs_drift(context, sync_policy),
             max_age=dt.timedelta(minutes=sync_policy.read_max_age_minutes),
             full_every=dt.timedelta(days=sync_policy.full_read_every_days),
             log=context.log,
@@ -146,8 +158,7 @@ def casavi_changeset(
         ObjectKind.CONTACT: casavi_contacts,
     }
     with snapshots.open(mandant) as snapshot:
-        repair_drift = sync_policy.repair_drift if config.repair_drift is None else config.repair_drift
-        if repair_drift and snapshot.drift(listed=0).count():
+        if _repairs_drift(context, sync_policy) and snapshot.drift(listed=0).count():
             context.log.info(f"Mandant {mandant}: repairing drift: casavi's state is taken as synced")
             snapshot.adopt_remote()
         summary = compute_changeset(snapshot, frames, identity=_run_identity(context))

@@ -101,6 +101,7 @@ def progress(
 def remote_metadata(read: RemoteRead, stats: ClientStats) -> dict[str, object]:
     listing = read.listing
     return {
+        "listing": read.how,
         "full_listing": listing.full,
         "reused_listing": listing.reused,
         "account_objects": listing.account_objects,

@@ -28,7 +28,13 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from casavi_pipeline.state.files import MOVED_ASIDE, StateBusyError, StateCorruptError
+from casavi_pipeline.state.files import (
+    MOVED_ASIDE,
+    StateBusyError,
+    StateCorruptError,
+    delete_files,
+    moved_aside,
+)
 from casavi_pipeline.urls import scrubbed, shown_url
 
 _SCHEMA = """
@@ -109,12 +115,23 @@ def _digest(path: Path) -> str | None:
 
 
 def stored_names(url: str) -> list[str]:
-    """The names of the state files PostgreSQL holds."""
+    """The names of the state files PostgreSQL holds (moved-aside ones included)."""
     con = _connect(url)
     try:
         with con.cursor() as cur:
             cur.execute("SELECT name FROM casavi_state_heads ORDER BY name")
             return [name for (name,) in cur.fetchall()]
+    finally:
+        con.close()
+
+
+def all_names(url: str) -> list[str]:
+    """Every name the state database holds anything under: stored files and log rows not yet folded."""
+    con = _connect(url)
+    try:
+        with con.cursor() as cur:
+            cur.execute("SELECT name FROM casavi_state_heads UNION SELECT DISTINCT name FROM casavi_state_log")
+            return sorted(name for (name,) in cur.fetchall())
     finally:
         con.close()
 
@@ -184,6 +201,7 @@ class PostgresHome:
         self._con: Any = None
         self._digest: str | None = None
         self._generation = 0
+        self._fetched = False  # this open fetched the local file from PostgreSQL
         self._logs = {stream: PostgresLog(self, stream) for stream in ("journal", "audit")}
 
     @property
@@ -220,15 +238,19 @@ class PostgresHome:
             cur.execute("SELECT generation FROM casavi_state_heads WHERE name = %s", [self.name])
             row = cur.fetchone()
         self._generation = row[0] if row else 0
+        self._fetched = False
+        self._fetch_if_stale()
+
+    def _fetch_if_stale(self, *, again: bool = False) -> None:
         try:
-            self._fetch_if_stale()
+            self._fetch(again=again)
         except zlib.error as exc:  # the stored copy is damaged: like a file DuckDB cannot read
             self.path.with_name(self.path.name + ".fetching").unlink(missing_ok=True)
             aside = self._move_aside()
             self.close()
             raise StateCorruptError(self.path, self.what, Path(f"{aside} in the state database"), str(exc)) from None
 
-    def _fetch_if_stale(self) -> None:
+    def _fetch(self, *, again: bool) -> None:
         """Make the local file the stored generation; `_digest` is then what PostgreSQL holds (None: the
         local file is not in PostgreSQL yet and the next `saved` stores it)."""
         marker = self.path.with_name(self.path.name + _MARKER)
@@ -241,7 +263,8 @@ class PostgresHome:
                 self._drop_local()
             self._digest = None
             return
-        if local != str(self._generation) or not self.path.exists():
+        if again or local != str(self._generation) or not self.path.exists():
+            self._fetched = True
             self._drop_local()
             self.path.parent.mkdir(parents=True, exist_ok=True)
             partial = self.path.with_name(self.path.name + ".fetching")
@@ -296,9 +319,21 @@ class PostgresHome:
         cur.execute("DELETE FROM casavi_state_chunks WHERE name = %s AND generation < %s", [self.name, generation])
         self._generation = generation
 
-    def moved_aside(self, error: StateCorruptError) -> None:
-        """The local file was unreadable: keep PostgreSQL's copy under a moved-aside name, start afresh."""
+    def moved_aside(self, error: StateCorruptError) -> bool:
+        """The local file was unreadable (and moved aside to `error.moved_to`).
+
+        A working copy that this open did not fetch was damaged here, not in PostgreSQL: it is deleted (it
+        holds personal data, and PostgreSQL holds the state) and the stored generation fetched again; True
+        says "open it again". A copy just fetched that DuckDB cannot read is PostgreSQL's own copy damaged:
+        that one is kept under a moved-aside name and the state starts afresh (False).
+        """
+        if self._generation and not self._fetched:
+            for path in (error.moved_to, error.moved_to.with_name(error.moved_to.name + ".wal")):
+                path.unlink(missing_ok=True)
+            self._fetch_if_stale(again=True)
+            return True
         self._move_aside()
+        return False
 
     def _move_aside(self) -> str:
         aside = f"{self.name}{MOVED_ASIDE}{dt.datetime.now(dt.UTC).strftime('%Y%m%dT%H%M%S%fZ')}"
@@ -314,6 +349,8 @@ class PostgresHome:
         return aside
 
     def leftovers(self) -> list[str]:
+        """What was moved aside: rows in PostgreSQL, and local copies (a machine that once held the state
+        in files, or an older version that kept damaged working copies)."""
         con = _connect(self.url)
         try:
             with con.cursor() as cur:
@@ -322,12 +359,14 @@ class PostgresHome:
                     "SELECT DISTINCT name FROM casavi_state_log WHERE starts_with(name, %s) ORDER BY 1",
                     [self.name + MOVED_ASIDE] * 2,
                 )
-                return [f"state database: {name}" for (name,) in cur.fetchall()]
+                stored = [f"state database: {name}" for (name,) in cur.fetchall()]
         finally:
             con.close()
+        return stored + [str(path) for path in moved_aside(self.path)]
 
     def erase_leftovers(self) -> int:
         doomed = self.leftovers()
+        delete_files(moved_aside(self.path), self.path.parent)
         con = _connect(self.url)
         try:
             with _transaction(con) as cur:
@@ -342,3 +381,31 @@ class PostgresHome:
         if self._con is not None:
             self._con.close()  # releases the advisory lock
             self._con = None
+
+
+_TABLES = ("casavi_state_heads", "casavi_state_chunks", "casavi_state_log")
+
+
+def count_old_rows(url: str) -> int:
+    """Stored files and log rows under names of the layout before accounts were told apart (no `/`)."""
+    con = _connect(url)
+    try:
+        with con.cursor() as cur:
+            cur.execute(
+                "SELECT (SELECT count(*) FROM casavi_state_heads WHERE strpos(name, '/') = 0) + "
+                "(SELECT count(*) FROM casavi_state_log WHERE strpos(name, '/') = 0)"
+            )
+            return int(cur.fetchone()[0])
+    finally:
+        con.close()
+
+
+def prefix_old_rows(url: str, prefix: str) -> None:
+    """Put every name of the old layout under `prefix` (an account's), in one transaction."""
+    con = _connect(url)
+    try:
+        with _transaction(con) as cur:
+            for table in _TABLES:
+                cur.execute(f"UPDATE {table} SET name = %s || name WHERE strpos(name, '/') = 0", [prefix])
+    finally:
+        con.close()
