@@ -24,6 +24,8 @@ import httpx
 
 #: Dagster's UI path of a run, below the UI's base URL.
 RUN_PATH = "/runs/{run_id}"
+#: SMTP over TLS from the first byte (SMTPS); other ports upgrade with STARTTLS.
+SMTPS_PORT = 465
 
 
 @dataclass(frozen=True)
@@ -109,14 +111,14 @@ class AlertChannels:
         message.set_content(alert.text(self.ui_url) + "\n")
         context = ssl.create_default_context()
         # Port 465 speaks TLS from the first byte (SMTPS); other ports upgrade with STARTTLS if asked.
-        if smtp.port == 465:
+        if smtp.port == SMTPS_PORT:
             server: smtplib.SMTP = smtplib.SMTP_SSL(
                 smtp.host, smtp.port, timeout=self.timeout_seconds, context=context
             )
         else:
             server = smtplib.SMTP(smtp.host, smtp.port, timeout=self.timeout_seconds)
         with server:
-            if smtp.starttls and smtp.port != 465:
+            if smtp.starttls and smtp.port != SMTPS_PORT:
                 server.starttls(context=context)
             if smtp.user:
                 server.login(smtp.user, smtp.password or "")

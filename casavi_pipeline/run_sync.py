@@ -170,7 +170,7 @@ def sync(args: argparse.Namespace) -> int:
         return 2
     # SIGTERM (a deploy, `kill`) stops the sync like Ctrl-C: confirmed writes are kept.
     signal.signal(signal.SIGTERM, signal.default_int_handler)
-    print(f"casavi {SETTINGS.casavi.base_url}; ERP {SETTINGS.erp.input}", flush=True)
+    print(SETTINGS.endpoints, flush=True)
     print(f"Mandant {args.mandant}: {'dry run' if args.dry_run or SETTINGS.sync.dry_run else 'syncing'}", flush=True)
     try:
         with dg.DagsterInstance.get() as instance:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -18,6 +19,7 @@ from casavi_pipeline.settings import SettingsError, SyncRule
 from casavi_pipeline_tests.erp_fixtures import default_rows, write_export
 from casavi_pipeline_tests.harness import check_results, run_mandant, settings_from
 
+REPO = Path(__file__).resolve().parents[1]
 ERP = {"wirtschaftseinheiten", "gebaeude", "verwaltungseinheiten", "mietvertraege", "mieter",
        "eigentuemervertraege", "eigentuemer"}  # fmt: skip
 CASAVI = {"casavi_addresses", "casavi_properties", "casavi_units", "casavi_contacts", "casavi_contracts"}
@@ -110,6 +112,22 @@ def test_without_the_required_settings_the_location_does_not_load_and_says_what_
         "is not set; CASAVI_API_KEY is not set; CASAVI_API_SECRET is not set." in out.stderr
     )
     assert load_location(REQUIRED).returncode == 0
+
+
+def test_dg_check_defs_without_the_settings_says_the_one_line_once(tmp_path):
+    """What `./run dg check defs` prints around it is Dagster's (its log prefix, one frame, the hidden
+    system frames); the line itself comes once, not three times in three stack traces."""
+    environment = {"PATH": os.environ["PATH"], "HOME": str(tmp_path), "DAGSTER_HOME": str(tmp_path / "home")}
+    out = subprocess.run(
+        [str(REPO / "run"), "dg", "check", "defs"], env=environment, cwd=REPO, capture_output=True, text=True,
+        timeout=300, stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+    printed = out.stdout + out.stderr
+    assert out.returncode != 0
+    assert printed.count("casavi_pipeline settings: ERP_EXPORT_DIR is not set") == 1, printed
+    assert "CASAVI_API_SECRET is not set. Set them in the environment or in .env" in printed
+    assert len(printed.splitlines()) <= 15, printed
+    assert "resources.py" not in printed and "settings.py" not in printed  # no frames of ours but the one
 
 
 @pytest.mark.parametrize(

@@ -47,6 +47,7 @@ def test_run_help_lists_the_commands_and_an_unknown_one_exits_2():
     ("url", "refused"),
     [
         ("https://api.mycasavi.com", True),
+        ("https://sync:Geheim42@api.mycasavi.com/?token=Geheim42", True),
         ("http://10.0.0.5:8765", True),
         ("http://127.0.0.1:8765", False),
         ("http://localhost:8765", False),
@@ -56,8 +57,9 @@ def test_run_help_lists_the_commands_and_an_unknown_one_exits_2():
 def test_the_bundled_sample_only_goes_to_a_casavi_on_this_machine(url, refused):
     environ = {"CASAVI_BASE_URL": url, "ERP_EXPORT_DIR": str(SAMPLE_EXPORT_DIR)}
     if refused:
-        with pytest.raises(LocalSetupError, match="refusing to sync the bundled sample export"):
+        with pytest.raises(LocalSetupError, match="refusing to sync the bundled sample export") as caught:
             refuse_sample_outside_loopback(environ)
+        assert "Geheim42" not in str(caught.value)
     else:
         refuse_sample_outside_loopback(environ)
     # A real export may go anywhere the user points it.

@@ -91,3 +91,28 @@ def test_an_unreachable_state_database_is_one_line_without_its_password(tmp_path
         store.open("0001")
     message = str(info.value)
     assert "Geheim42" not in message and "\n" not in message and "127.0.0.1:9" in message
+
+
+@pytest.mark.parametrize("form", ["password in the query", "socket folder in the query"])
+def test_the_state_url_takes_its_parameters_in_the_query_too(tmp_path, postgres_server, form):
+    """`?password=` beside the URL's user (libpq and SQLAlchemy take it) and `?host=` naming the folder of
+    the server's socket: both once crashed every run (psycopg2.connect got the password twice)."""
+    database = postgres_server.create_database("store")
+    server = postgres_server
+    url = {
+        "password in the query": f"postgresql://{server.USER}:ignored@{server.host}:{server.port}/{database}?password=Geheim42",
+        "socket folder in the query": f"postgresql://{server.USER}@/{database}?host={server.folder}&port={server.port}",
+    }[form]
+    _confirm(StateStore(tmp_path, url, account="a1"), 3)
+    assert postgres_server.psql(database, "SELECT name FROM casavi_state_heads") == "account-a1/snapshot_0001.duckdb"
+    with StateStore(tmp_path / "elsewhere", url, account="a1").open("0001") as snapshot:  # another machine
+        assert snapshot.synced_total() == 3
+
+
+def test_an_unreachable_state_database_is_one_line_without_a_password_in_its_query(tmp_path):
+    store = StateStore(tmp_path, "postgresql://sync@127.0.0.1:9/state?sslmode=disable&password=Geheim42", account="a1")
+    with pytest.raises(StateUnavailableError) as info:
+        store.open("0001")
+    message = str(info.value)
+    assert message.startswith("The state database CASAVI_STATE_URL=postgresql://sync@127.0.0.1:9/state cannot")
+    assert "Geheim42" not in message and "\n" not in message

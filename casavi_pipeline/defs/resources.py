@@ -123,7 +123,7 @@ class ErpExport(_resource_of(ErpSettings)):
     def source(self) -> ErpSource:
         mapping = load_mapping_file(Path(self.mapping_file)) if self.mapping_file else None
         if self.source_url:
-            return SqlSource(self.source_url, mapping)
+            return SqlSource(self.source_url, mapping, timeout_seconds=self.query_timeout_seconds)
         return CsvSource(Path(self.directory or "."), self.encoding, mapping)
 
     def delivery(self, mandant: str) -> Delivery | None:

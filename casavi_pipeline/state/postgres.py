@@ -35,6 +35,7 @@ from casavi_pipeline.state.files import (
     delete_files,
     moved_aside,
 )
+from casavi_pipeline.urls import scrubbed, shown_url
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS casavi_state_heads (
@@ -56,23 +57,26 @@ _MARKER = ".generation"
 
 
 def _connect(url: str) -> Any:
-    """A psycopg2 connection in autocommit mode (each log line commits on its own)."""
+    """A psycopg2 connection in autocommit mode (each log line commits on its own).
+
+    The URL's parts become libpq's parameters as SQLAlchemy makes them (the psycopg2 dialect's own
+    `create_connect_args`), so every form it takes works here too: `user:password@host`, `?password=`,
+    `?host=/run/postgresql` (a socket folder) or several hosts; a parameter in the query wins.
+    """
     import psycopg2
+    from sqlalchemy.dialects.postgresql.psycopg2 import PGDialect_psycopg2
     from sqlalchemy.engine import make_url
 
-    parsed = make_url(url)
+    _, parameters = PGDialect_psycopg2().create_connect_args(make_url(url))
+    parameters.setdefault("application_name", "casavi_pipeline")
+    parameters.setdefault("connect_timeout", 30)
     try:
-        con = psycopg2.connect(
-            host=parsed.host, port=parsed.port, user=parsed.username, password=parsed.password,
-            dbname=parsed.database, application_name="casavi_pipeline", connect_timeout=30,
-            **{k: v for k, v in parsed.query.items() if isinstance(v, str)},
-        )  # fmt: skip
+        con = psycopg2.connect(**parameters)
     except psycopg2.OperationalError as exc:
-        where = parsed.render_as_string(hide_password=True)
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise StateUnavailableError(
-            f"The state database CASAVI_STATE_URL={where} cannot be reached ({reason}); is PostgreSQL up, "
-            "and are host, port, user and password right? Nothing was sent to casavi."
+            f"The state database CASAVI_STATE_URL={shown_url(url)} cannot be reached ({scrubbed(reason, url)}); "
+            "is PostgreSQL up, and are host, port, user and password right? Nothing was sent to casavi."
         ) from None
     con.autocommit = True
     return con
@@ -108,13 +112,6 @@ def _digest(path: Path) -> str | None:
         while chunk := file.read(CHUNK):
             hasher.update(chunk)
     return hasher.hexdigest()
-
-
-def shown(url: str) -> str:
-    """The state database as messages name it: dialect, user, host, port and database, never a password."""
-    from sqlalchemy.engine import make_url
-
-    return make_url(url).set(password=None, query={}).render_as_string(hide_password=True)
 
 
 def stored_names(url: str) -> list[str]:

@@ -32,6 +32,7 @@ from casavi_pipeline.state.homes import Home, LocalHome
 from casavi_pipeline.state.listing import CACHE_FILE, RemoteCache
 from casavi_pipeline.state.snapshot import Snapshot
 from casavi_pipeline.state.upgrade import move_old_state
+from casavi_pipeline.urls import shown_url
 
 _SNAPSHOT = re.compile(r"snapshot_[0-9A-Za-z]{1,16}\.duckdb")
 _BUSY_HINT = "Another run of this Mandant is probably still going; wait for it, or stop it, then rerun."
@@ -64,9 +65,8 @@ class StateStore:
         """Where this account's state is, for messages (never a password)."""
         if self.url is None:
             return str(self.directory)
-        from casavi_pipeline.state.postgres import shown
 
-        return f"{self.prefix}* in the state database {shown(self.url)}"
+        return f"{self.prefix}* in the state database {shown_url(self.url)}"
 
     def snapshot_path(self, mandant: str) -> Path:
         return self.directory / f"snapshot_{mandant}.duckdb"

@@ -58,7 +58,7 @@ def _run(only: list[str] | None) -> int:
     from casavi_pipeline.defs.jobs import SYNC_JOB_NAME
     from casavi_pipeline.defs.resources import SETTINGS
 
-    print(f"casavi {SETTINGS.casavi.base_url}; ERP {SETTINGS.erp.input}", flush=True)
+    print(SETTINGS.endpoints, flush=True)
     job = defs.resolve_job_def(SYNC_JOB_NAME)
     outcomes: list[Outcome] = []
     with dg.DagsterInstance.get() as instance:
