@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import dagster as dg
@@ -18,6 +19,7 @@ from casavi_pipeline.defs.resources import ErpExport, SnapshotStore, SyncPolicy,
 from casavi_pipeline.settings import SettingsError, SyncRule
 from casavi_pipeline_tests.erp_fixtures import default_rows, write_export
 from casavi_pipeline_tests.harness import check_results, run_mandant, settings_from
+from casavi_pipeline_tests.processes import Processes, starts_processes
 
 REPO = Path(__file__).resolve().parents[1]
 ERP = {"wirtschaftseinheiten", "gebaeude", "verwaltungseinheiten", "mietvertraege", "mieter",
@@ -37,14 +39,15 @@ def state_of(tmp_path: Path) -> Path:
     """The folder of the fake casavi account's state (`resources` binds the key "fake-account")."""
     return account.folder(tmp_path / "snapshots", account.account_id("fake-account"))
 
-def load_location(
-    env: dict[str, str], code: str = "import casavi_pipeline.definitions"
-) -> subprocess.CompletedProcess:
+@pytest.fixture
+@starts_processes
+def load_location(processes: Processes) -> Callable[..., subprocess.CompletedProcess]:
     """Load the code location in a fresh interpreter with exactly this environment (and no .env)."""
-    return subprocess.run(
-        [sys.executable, "-c", code], env={"PATH": "", "HOME": "/tmp", **env}, capture_output=True,
-        text=True, cwd="/", timeout=120,
-    )  # fmt: skip
+
+    def load(env: dict[str, str], code: str = "import casavi_pipeline.definitions") -> subprocess.CompletedProcess:
+        return processes.run([sys.executable, "-c", code], env={"PATH": "", "HOME": "/tmp", **env}, cwd="/")
+
+    return load
 
 
 def resources(tmp_path, export_dir, **policy) -> dict[str, object]:
@@ -92,7 +95,7 @@ def test_groups_lineage_and_partitions():
     assert partitions.get_partition_keys() == SAMPLE_MANDANTEN.split(",")
 
 
-def test_partitions_follow_the_mandanten_setting():
+def test_partitions_follow_the_mandanten_setting(load_location):
     code = (
         "from casavi_pipeline.definitions import defs; "
         "print(defs.resolve_job_def('casavi_sync_job').partitions_def.get_partition_keys())"
@@ -102,7 +105,7 @@ def test_partitions_follow_the_mandanten_setting():
     assert out.stdout.strip() == "['0007', '0420']"
 
 
-def test_without_the_required_settings_the_location_does_not_load_and_says_what_to_set():
+def test_without_the_required_settings_the_location_does_not_load_and_says_what_to_set(load_location):
     """No default export and no default casavi: a forgotten ERP_EXPORT_DIR must not sync the sample."""
     out = load_location({})
     assert out.returncode != 0
@@ -114,14 +117,11 @@ def test_without_the_required_settings_the_location_does_not_load_and_says_what_
     assert load_location(REQUIRED).returncode == 0
 
 
-def test_dg_check_defs_without_the_settings_says_the_one_line_once(tmp_path):
+def test_dg_check_defs_without_the_settings_says_the_one_line_once(tmp_path, processes):
     """What `./run dg check defs` prints around it is Dagster's (its log prefix, one frame, the hidden
     system frames); the line itself comes once, not three times in three stack traces."""
     environment = {"PATH": os.environ["PATH"], "HOME": str(tmp_path), "DAGSTER_HOME": str(tmp_path / "home")}
-    out = subprocess.run(
-        [str(REPO / "run"), "dg", "check", "defs"], env=environment, cwd=REPO, capture_output=True, text=True,
-        timeout=300, stdin=subprocess.DEVNULL,
-    )  # fmt: skip
+    out = processes.run([str(REPO / "run"), "dg", "check", "defs"], env=environment, cwd=REPO, stdin=subprocess.DEVNULL)
     printed = out.stdout + out.stderr
     assert out.returncode != 0
     assert printed.count("casavi_pipeline settings: ERP_EXPORT_DIR is not set") == 1, printed
@@ -145,13 +145,14 @@ def test_dg_check_defs_without_the_settings_says_the_one_line_once(tmp_path):
         ("CASAVI_BASE_URL", "api.mycasavi.com", "is not an http(s) URL"),
     ],
 )
-def test_an_invalid_setting_fails_at_load_time_naming_the_variable(variable, value, message):
-    out = load_location({**REQUIRED, variable: value})
-    assert out.returncode != 0
-    assert message in out.stderr
+def test_an_invalid_setting_is_refused_naming_the_variable(variable, value, message):
+    """What the code location loads with (a fresh interpreter loading it without settings: above)."""
+    with pytest.raises(SettingsError) as refused:
+        settings_from({**REQUIRED, variable: value})
+    assert message in str(refused.value) and "\n" not in str(refused.value)
 
 
-def test_the_deployed_package_imports_nothing_of_the_harness():
+def test_the_deployed_package_imports_nothing_of_the_harness(load_location):
     code = (
         "import sys, casavi_pipeline.definitions; "
         "print(sorted(m for m in sys.modules if m.split('.')[0] in "

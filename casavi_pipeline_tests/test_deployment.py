@@ -23,7 +23,7 @@ def _uv() -> Path:
     return found[-1]
 
 
-def test_a_deployment_installs_and_loads_without_the_harness(tmp_path):
+def test_a_deployment_installs_and_loads_without_the_harness(tmp_path, processes):
     uv, venv = _uv(), tmp_path / "venv"
     env = {**os.environ, "UV_PYTHON_DOWNLOADS": "never"}
     subprocess.run([uv, "venv", "-q", venv, "--python", sys.executable], check=True, env=env, timeout=120)

@@ -10,16 +10,14 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 
-pytestmark = pytest.mark.slow
-
 
 @pytest.mark.parametrize("attempt", range(3))
-def test_commands_on_a_fresh_dagster_home_at_once_all_work(tmp_path, attempt):
+def test_commands_on_a_fresh_dagster_home_at_once_all_work(tmp_path, attempt, processes):
     """Without the lock, three at once failed in 3 of 4 attempts ("alembic_version ...")."""
     env = {**os.environ, "DAGSTER_HOME": str(tmp_path / "dagster_home")}  # does not exist yet
     command = [str(REPO / "run"), "dagster", "instance", "info"]
     started = [
-        subprocess.Popen(command, env=env, text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        processes.start(command, env=env, text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
         for _ in range(3)
     ]
     outputs = [process.communicate(timeout=600)[0] for process in started]

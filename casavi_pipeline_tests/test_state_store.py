@@ -31,7 +31,7 @@ def _confirm(store: StateStore, count: int, mandant: str = "0001") -> None:
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_one_writer_per_mandant_in_one_line_and_the_lock_dies_with_its_process(tmp_path, url):
+def test_one_writer_per_mandant_in_one_line_and_the_lock_dies_with_its_process(tmp_path, url, processes):
     holder = textwrap.dedent(f"""
         import sys, time
         from pathlib import Path
@@ -42,7 +42,7 @@ def test_one_writer_per_mandant_in_one_line_and_the_lock_dies_with_its_process(t
     """)
     # On one machine the same folder; with PostgreSQL another machine's folder (only the database is shared).
     other = StateStore(tmp_path / ("b" if url else "a"), url, account="a1")
-    process = subprocess.Popen([sys.executable, "-c", holder], stdout=subprocess.PIPE, text=True)
+    process = processes.start([sys.executable, "-c", holder], stdout=subprocess.PIPE, text=True)
     try:
         assert process.stdout.readline().strip() == "held"
         with pytest.raises(StateBusyError) as busy:
