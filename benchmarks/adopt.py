@@ -45,7 +45,8 @@ def work(export: Path, work_dir: Path, url: str, key: str, secret: str, mandante
     from casavi_pipeline.erp.contract import ENTITIES
     from casavi_pipeline.erp.reader import read_entity
     from casavi_pipeline.mapping import map_mandant
-    from casavi_pipeline.settings import ALLOWED_SEPARATORS
+    from casavi_pipeline.mapping.ids import ALLOWED_SEPARATORS
+    from casavi_pipeline.mapping.scope import SyncRule
     from casavi_pipeline.state.diff import compute_changeset
     from casavi_pipeline.state.listing import RemoteCache
     from casavi_pipeline.state.snapshot import Snapshot
@@ -59,7 +60,7 @@ def work(export: Path, work_dir: Path, url: str, key: str, secret: str, mandante
         client = CasaviClient(url, key, secret, budget=None, max_concurrency=8)
         started = time.perf_counter()
         erp = {e.name: read_entity(export, mandant, e).frame for e in ENTITIES}
-        out = map_mandant(erp, mandant=mandant, separator=SEPARATOR)
+        out = map_mandant(erp, mandant=mandant, separator=SEPARATOR, rule=SyncRule.EMAIL)
         frames = {kind: out[name] for name, kind in KINDS.items()}
         mapped = time.perf_counter()
         with Snapshot(work_dir / "snapshots" / f"snapshot_{mandant}.duckdb", mandant) as snap:

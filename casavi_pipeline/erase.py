@@ -33,7 +33,9 @@ import shutil
 import sys
 from pathlib import Path
 
-from casavi_pipeline.settings import ALLOWED_SEPARATORS, MANDANT_PATTERN, SettingsError, load_settings
+from casavi_pipeline.erp.contract import MANDANT_PATTERN
+from casavi_pipeline.mapping.ids import ALLOWED_SEPARATORS
+from casavi_pipeline.settings import SettingsError, load_settings
 from casavi_pipeline.state.files import StateBusyError
 from casavi_pipeline.state.store import StateStore, known_accounts
 

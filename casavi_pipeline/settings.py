@@ -30,7 +30,6 @@ from __future__ import annotations
 import ipaddress
 import re
 from dataclasses import dataclass
-from enum import StrEnum
 from pathlib import Path
 from typing import Any, NoReturn
 from urllib.parse import urlsplit
@@ -41,25 +40,19 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from casavi_pipeline.alerts import SMTPS_PORT
 from casavi_pipeline.casavi.ratelimit import DEFAULT_CEILING_PER_MINUTE
+from casavi_pipeline.erp.contract import MANDANT_PATTERN
 from casavi_pipeline.erp.mapping_file import MappingFileError, load_mapping_file
+from casavi_pipeline.mapping.ids import ALLOWED_SEPARATORS
+from casavi_pipeline.mapping.scope import SyncRule
 from casavi_pipeline.urls import UNPARSABLE, shown_url
 
 #: Local run state (snapshots) lives here unless configured otherwise (relative to the working directory).
 DEFAULT_SNAPSHOT_DIR = Path("data") / "snapshots"
 
-ALLOWED_SEPARATORS = ("-", "_", ".", "/", "|")
 ALLOWED_ENCODINGS = ("utf-8", "cp1252")
 
 
-class SyncRule(StrEnum):
-    """Which tenants, and with them which objects, are synced (rule 2 of `docs/export-format.md`)."""
 
-    EMAIL = "email"  # tenants with a valid email; all real estate and all owners
-    LAST_NAME = "last-name"  # Aareon Connect's rule since 2024-02-07: tenants by name, only linked objects
-
-
-#: A Mandant number: 1-16 letters or digits (it names files and folders: never a path or a glob). Use fullmatch.
-MANDANT_PATTERN = re.compile(r"[0-9A-Za-z]{1,16}")
 
 
 #: A host name, IPv4 or IPv6 address (CASAVI_ALERT_SMTP_HOST): letters, digits, `.`, `-`, `:` and nothing else.

@@ -16,7 +16,8 @@ from casavi_harness.local import SAMPLE_EXPORT_DIR, SAMPLE_MANDANTEN
 from casavi_pipeline import account
 from casavi_pipeline.casavi.api import ObjectKind
 from casavi_pipeline.defs.resources import ErpExport, SnapshotStore, SyncPolicy, build_resources
-from casavi_pipeline.settings import SettingsError, SyncRule
+from casavi_pipeline.mapping.scope import SyncRule
+from casavi_pipeline.settings import SettingsError
 from casavi_pipeline_tests.erp_fixtures import default_rows, write_export
 from casavi_pipeline_tests.harness import check_results, run_mandant, settings_from
 from casavi_pipeline_tests.processes import Processes, starts_processes

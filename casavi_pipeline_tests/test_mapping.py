@@ -18,7 +18,7 @@ from casavi_pipeline.mapping.duck import DuckSession
 from casavi_pipeline.mapping.email import first_valid_email, is_valid_email
 from casavi_pipeline.mapping.people import conflicting_persons
 from casavi_pipeline.mapping.schemas import contract_problems, payload_problems
-from casavi_pipeline.settings import SyncRule
+from casavi_pipeline.mapping.scope import SyncRule
 from casavi_pipeline_tests.erp_fixtures import Append, default_rows, write_export
 
 M = "0001"

@@ -17,8 +17,9 @@ from casavi_pipeline.erp.contract import ENTITIES, ENTITIES_BY_NAME, FOREIGN_KEY
 from casavi_pipeline.erp.reader import read_entity
 from casavi_pipeline.mapping import map_mandant, quality
 from casavi_pipeline.mapping.email import first_valid_email
+from casavi_pipeline.mapping.ids import ALLOWED_SEPARATORS
 from casavi_pipeline.mapping.schemas import contract_problems, payload_problems
-from casavi_pipeline.settings import ALLOWED_SEPARATORS
+from casavi_pipeline.mapping.scope import SyncRule
 
 MANDANTEN = ["0001", "0420"]
 UNITS = 600  # 300 per Mandant
@@ -108,7 +109,7 @@ def test_contract_dates_are_ordered(erp):
 @pytest.mark.parametrize("separator", ALLOWED_SEPARATORS)
 def test_every_blocking_check_passes_with_every_separator(erp, separator):
     for mandant, frames in erp.items():
-        casavi = map_mandant(frames, mandant=mandant, separator=separator)
+        casavi = map_mandant(frames, mandant=mandant, separator=separator, rule=SyncRule.EMAIL)
         for noun, kind in KINDS.items():
             assert quality.unique_ids(noun, casavi[noun], separator).passed
             assert payload_problems(kind, casavi[noun]) == []

@@ -15,8 +15,9 @@ import pandas as pd
 
 from casavi_pipeline.erp.contract import ENTITIES_BY_NAME, FOREIGN_KEYS
 from casavi_pipeline.mapping.email import is_valid_email
+from casavi_pipeline.mapping.ids import ALLOWED_SEPARATORS
 from casavi_pipeline.mapping.people import VALID_EMAIL_COLUMN, tenant_rows_synced, with_valid_email
-from casavi_pipeline.settings import ALLOWED_SEPARATORS, SyncRule
+from casavi_pipeline.mapping.scope import SyncRule
 
 MAX_LISTED = 50
 

@@ -16,7 +16,7 @@ from typing import Protocol
 from casavi_pipeline import account
 from casavi_pipeline.casavi import api
 from casavi_pipeline.casavi.client import CasaviClient
-from casavi_pipeline.settings import ALLOWED_SEPARATORS
+from casavi_pipeline.mapping.ids import ALLOWED_SEPARATORS
 from casavi_pipeline.state.files import StateCorruptError
 from casavi_pipeline.state.listing import ReadReport, RemoteCache
 from casavi_pipeline.state.snapshot import META_ACCOUNT, META_ADOPTED, Snapshot

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from casavi_pipeline.casavi import api
-from casavi_pipeline.settings import SyncRule
+from casavi_pipeline.mapping.scope import SyncRule
 from casavi_pipeline.state.diff import ChangesetSummary
 from casavi_pipeline.state.listing import RemoteCache
 from casavi_pipeline.state.snapshot import Snapshot
