@@ -22,7 +22,7 @@ import dagster as dg
 import httpx
 import pytest
 
-from casavi_pipeline.defs.failures import FAILURE_REASON_TAG, casavi_failure_reason, stopped_line
+from casavi_pipeline.defs.failures import FAILURE_REASON_TAG, stopped_line
 from casavi_pipeline.runs.instance_home import prepare
 from casavi_pipeline_tests.erp_fixtures import write_export
 from casavi_sandbox import SandboxProcess
@@ -250,29 +250,3 @@ def test_casavi_pipeline_sync_tells_an_unchanged_night_in_a_few_lines(setup):
     lines = setup.unchanged_output.splitlines()
     assert len(lines) <= 15, setup.unchanged_output
     assert any(line.split()[:2] == [MANDANT, "contact"] for line in lines), setup.unchanged_output
-
-
-def test_the_sensor_records_why_a_run_stopped_that_no_hook_saw():
-    """A run that failed without a step hook (here: a job of plain assets; in production a run killed
-    and marked failed, or one that failed to start) gets the reason from the run-failure sensor."""
-
-    @dg.asset
-    def export_read():
-        raise dg.Failure(description="Mandant folder /x/0001 is missing: fix the export")
-
-    with dg.DagsterInstance.ephemeral() as instance:
-        result = dg.materialize([export_read], instance=instance, raise_on_error=False)
-        run = instance.get_run_by_id(result.run_id)
-        assert FAILURE_REASON_TAG not in run.tags
-        failure = next(e for e in result.all_events if e.event_type == dg.DagsterEventType.RUN_FAILURE)
-        context = dg.build_run_status_sensor_context(
-            sensor_name="casavi_failure_reason", dagster_event=failure, dagster_instance=instance,
-            dagster_run=run,
-        ).for_run_failure()  # fmt: skip
-        casavi_failure_reason(context)
-        reason = instance.get_run_by_id(result.run_id).tags[FAILURE_REASON_TAG]
-        assert reason == "export_read: Mandant folder /x/0001 is missing: fix the export"
-        messages = [
-            r.event_log_entry.user_message for r in instance.get_records_for_run(result.run_id).records
-        ]
-        assert stopped_line(reason) in messages
