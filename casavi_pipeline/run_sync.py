@@ -185,7 +185,7 @@ def sync_mandant(
     run_config: dict[str, Any] = dict(QUIET)
     if dry_run is not None:
         run_config["ops"] = {SYNC_ASSET: {"config": {"dry_run": dry_run}}}
-    if not submit.queue_is_served(instance) and (busy := submit.busy_run(instance, mandant, besides="")):
+    if not submit.queue_is_served(instance) and (busy := submit.busy_run(instance, mandant)):
         raise NotStarted(
             f"Mandant {mandant} is being synced by run {busy.run_id} ({busy.status.value}): wait for it to "
             "end, or run the daemon (dagster-daemon run, ./run dev), which queues this run behind it"

@@ -25,9 +25,12 @@ import time
 from collections.abc import Iterator, Mapping
 
 import dagster as dg
+from dagster._core.launcher import WorkerStatus
 from dagster._core.remote_representation.external import RemoteRepository
 from dagster._core.workspace.context import BaseWorkspaceRequestContext, WorkspaceProcessContext
 from dagster._core.workspace.load_target import ModuleTarget
+
+from casavi_pipeline.runs.launcher import WORKER_TAG, worker_health
 
 #: The code location, named as in workspace.yaml and pyproject.toml (`[tool.dagster]`): the daemon's
 #: queue finds a run's code location by this name in its own workspace.
@@ -49,7 +52,10 @@ def code_location(instance: dg.DagsterInstance) -> Iterator[BaseWorkspaceRequest
     """A code server for the code location, as `dagster job launch -m` starts one; stopped on exit
     (once the runs it launched have ended: Dagster's code server waits for them)."""
     target = ModuleTarget(
-        module_name=LOCATION_MODULE, attribute=None, working_directory=os.getcwd(), location_name=LOCATION_NAME
+        module_name=LOCATION_MODULE,
+        attribute=None,
+        working_directory=os.getcwd(),
+        location_name=LOCATION_NAME,
     )
     with _output_to_devnull():
         process = WorkspaceProcessContext(instance, target)  # starts the code server
@@ -140,12 +146,14 @@ def queue_is_served(instance: dg.DagsterInstance) -> bool:
     return beat is not None and time.time() - beat.timestamp < DAEMON_HEARTBEAT_SECONDS
 
 
-def busy_run(instance: dg.DagsterInstance, partition: str, *, besides: str) -> dg.DagsterRun | None:
-    """Another run of `partition` that holds its slot (launched and not ended), if any."""
+def busy_run(instance: dg.DagsterInstance, partition: str) -> dg.DagsterRun | None:
+    """Another run of `partition` that holds its slot (launched, not ended, its worker not known to be
+    gone: a killed run no daemon has ended yet holds nothing), if any."""
     runs = instance.get_runs(
-        filters=dg.RunsFilter(tags={"dagster/partition": partition}, statuses=_HOLDING), limit=5
+        filters=dg.RunsFilter(tags={"dagster/partition": partition}, statuses=_HOLDING), limit=20
     )
-    return next((run for run in runs if run.run_id != besides), None)
+    alive = (run for run in runs if worker_health(run.tags.get(WORKER_TAG)).status != WorkerStatus.FAILED)
+    return next(alive, None)
 
 
 def start(instance: dg.DagsterInstance, workspace: BaseWorkspaceRequestContext, run_id: str) -> None:
