@@ -28,8 +28,9 @@ import pytest
 from casavi_pipeline.alerts import CHANNEL_DEADLINE_SECONDS
 from casavi_pipeline.defs.alerts import ALERTED_TAG, FAILURE_ACTION
 from casavi_pipeline.defs.automation import NIGHTLY_CRON
-from casavi_pipeline.defs.failures import FAILURE_REASON_TAG, stopped_line
+from casavi_pipeline.defs.failures import FAILURE_REASON_TAG, NO_REASON, stopped_line
 from casavi_pipeline.runs.instance_home import prepare
+from casavi_pipeline.runs.launcher import WORKER_TAG
 from casavi_pipeline_tests.erp_fixtures import write_export
 from casavi_pipeline_tests.receivers import Inbox, Webhooks, smtp_inbox, wait_for, webhooks
 from casavi_sandbox import SandboxProcess
@@ -208,7 +209,6 @@ def schedule(ways: Setup, instance: dg.DagsterInstance) -> str:
     """A tick of the nightly schedule, run by the daemon: the schedule is switched on as if that had
     been done a day ago, so the daemon's scheduler finds last night's 02:00 tick due and runs it
     (a schedule switched on now would wait for 02:00)."""
-    from dagster._core.definitions.selector import InstigatorSelector
     from dagster._core.remote_origin import (
         ManagedGrpcPythonEnvCodeLocationOrigin,
         RemoteInstigatorOrigin,
@@ -230,15 +230,13 @@ def schedule(ways: Setup, instance: dg.DagsterInstance) -> str:
     origin = RemoteInstigatorOrigin(
         RemoteRepositoryOrigin(location, LOCATION["repositoryName"]), "casavi_nightly_sync"
     )
-    selector = InstigatorSelector(LOCATION["repositoryLocationName"], LOCATION["repositoryName"],
-                                  "casavi_nightly_sync")  # fmt: skip
-    assert instance.get_instigator_state(origin.get_id(), selector.get_id()) is None, "switched on twice"
     state = InstigatorState(
         origin,
         InstigatorType.SCHEDULE,
         InstigatorStatus.RUNNING,
         ScheduleInstigatorData(NIGHTLY_CRON, start_timestamp=time.time() - 24 * 3600),
     )
+    assert instance.get_instigator_state(state.instigator_origin_id, state.selector_id) is None
     instance.add_instigator_state(state)
     try:
         scheduled = dg.RunsFilter(tags={"dagster/schedule_name": "casavi_nightly_sync"})
@@ -306,9 +304,12 @@ def assert_alerted_once(ways: Setup, instance: dg.DagsterInstance, run: dg.Dagst
     assert instance.get_run_by_id(run.run_id).tags[ALERTED_TAG] == "email,slack,teams"
 
 
-# The stop varies slowest: every guard run first, then the sandbox gets another secret once.
-@pytest.mark.parametrize("way", WAYS, ids=[w.__name__ for w in WAYS])
-@pytest.mark.parametrize("stop", ["guard", "secret"])
+# The stop varies slowest: every guard run first, then the sandbox gets another secret once. The
+# schedule ticks once a night: its one tick here meets the guard.
+RUNS = [(stop, way) for stop in ("guard", "secret") for way in WAYS if (stop, way) != ("secret", schedule)]
+
+
+@pytest.mark.parametrize(("stop", "way"), RUNS, ids=[f"{stop}-{way.__name__}" for stop, way in RUNS])
 def test_every_way_of_starting_a_run_records_why_it_stopped_and_alerts_once(setup, stop, way):
     setup.set_stop(stop)
     before = setup.sandbox.write_count()
@@ -381,13 +382,40 @@ def test_a_slow_webhook_delays_no_other_channel_and_is_not_repeated(setup):
     assert CHANNEL_DEADLINE_SECONDS < 60 / 5  # five failed runs' alerts fit into one sensor tick
 
 
+def test_a_run_killed_outside_its_steps_gets_dagsters_reason_and_one_alert(setup):
+    """Its worker is SIGKILLed (the OOM killer): no step failed, so no hook recorded a reason. Dagster
+    ends the run (its code server or run monitoring) with a reason of its own; the failure sensor puts
+    that into the tag and alerts with it."""
+    setup.sandbox.configure(latency_ms=2000)  # casavi answers slowly: the run is still going when killed
+    try:
+        with dg.DagsterInstance.from_config(str(setup.home)) as instance:
+            run_id = launchpad(setup, instance)
+            worker = wait_for(
+                lambda: instance.get_run_by_id(run_id).tags.get(WORKER_TAG), RUN_TIMEOUT, "the run's worker"
+            )
+            os.kill(int(worker.split(" ")[1]), signal.SIGKILL)
+            run = _ended(instance, run_id)
+            assert run.status == dg.DagsterRunStatus.FAILURE
+            assert (
+                instance.get_records_for_run(run_id, of_type=dg.DagsterEventType.STEP_FAILURE).records == []
+            )
+            wait_for(lambda: sensor_acted(instance, run_id), ALERT_TIMEOUT, "the sensor to finish the run")
+            reason = instance.get_run_by_id(run_id).tags.get(FAILURE_REASON_TAG)
+            assert reason and reason != NO_REASON and "\n" not in reason
+            assert_alerted_once(setup, instance, instance.get_run_by_id(run_id), reason)
+    finally:
+        setup.sandbox.configure(latency_ms=0)
+
+
 def test_every_failed_run_was_alerted_exactly_once(setup):
     """After all the runs above, and the sensor's ticks since: one email per failed run, none for the
     re-execution, one post per webhook (the slow one too: asked once, never again)."""
     with dg.DagsterInstance.from_config(str(setup.home)) as instance:
         failed = instance.get_runs(filters=dg.RunsFilter(statuses=[dg.DagsterRunStatus.FAILURE]))
         originals = [run for run in failed if "dagster/root_run_id" not in run.tags]
-        assert len(originals) == len(WAYS) * 2 + 1, [run.run_id for run in failed]
+        assert len(originals) == len(RUNS) + 2, [
+            run.run_id for run in failed
+        ]  # + the slow webhook's, the killed
         for run in originals:
             assert len(emails_of(setup, run.run_id)) == 1, run.run_id
             assert (
