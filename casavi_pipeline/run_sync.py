@@ -144,29 +144,37 @@ def outcome_of(result: FinishedRun, mandant: str) -> Outcome:
     return outcome
 
 
-def follow(instance: dg.DagsterInstance, run_id: str, *, deadline: float | None = None) -> FinishedRun:
-    """Read the run's events until it ended, showing its progress lines on the terminal (stderr)."""
-    events: list[dg.DagsterEvent] = []
-    cursor = None
-    while True:
-        run = instance.get_run_by_id(run_id)  # before its events: once ended, every event is stored
-        assert run is not None, run_id
+class Follower:
+    """Reads a run's events as they come, showing its progress lines on the terminal (stderr)."""
+
+    def __init__(self, instance: dg.DagsterInstance, run_id: str) -> None:
+        self.instance, self.run_id = instance, run_id
+        self.events: list[dg.DagsterEvent] = []
+        self._cursor: str | None = None
+
+    def until_ended(self, *, deadline: float | None = None) -> FinishedRun:
         while True:
-            batch = instance.get_records_for_run(run_id, cursor=cursor, limit=1000)
-            cursor = batch.cursor
+            run = self.instance.get_run_by_id(self.run_id)  # before its events: once ended, all are stored
+            assert run is not None, self.run_id
+            self._read()
+            if run.is_finished:
+                return FinishedRun(run, self.events)
+            if deadline is not None and time.monotonic() > deadline:
+                raise TimeoutError(f"run {self.run_id} did not end")
+            time.sleep(POLL_SECONDS)
+
+    def _read(self) -> None:
+        while True:
+            batch = self.instance.get_records_for_run(self.run_id, cursor=self._cursor, limit=1000)
+            self._cursor = batch.cursor
             for record in batch.records:
                 entry = record.event_log_entry
                 if entry.dagster_event is not None:
-                    events.append(entry.dagster_event)
+                    self.events.append(entry.dagster_event)
                 elif is_progress_line(entry.user_message):
                     print(entry.user_message, file=sys.stderr, flush=True)
             if not batch.has_more:
-                break
-        if run.is_finished:
-            return FinishedRun(run, events)
-        if deadline is not None and time.monotonic() > deadline:
-            raise TimeoutError(f"run {run_id} did not end")
-        time.sleep(POLL_SECONDS)
+                return
 
 
 def sync_mandant(
@@ -191,13 +199,14 @@ def sync_mandant(
             "end, or run the daemon (dagster-daemon run, ./run dev), which queues this run behind it"
         )
     run = submit.create_run(instance, workspace, SYNC_JOB_NAME, partition=mandant, run_config=run_config)
+    follower = Follower(instance, run.run_id)
     try:
         submit.start(instance, workspace, run.run_id)
-        finished = follow(instance, run.run_id)
+        finished = follower.until_ended()
     except KeyboardInterrupt:
-        submit.cancel(instance, run.run_id)
         try:
-            finished = follow(instance, run.run_id, deadline=time.monotonic() + STOP_WAIT_SECONDS)
+            submit.cancel(instance, run.run_id)
+            finished = follower.until_ended(deadline=time.monotonic() + STOP_WAIT_SECONDS)
         except (KeyboardInterrupt, TimeoutError):  # stopped again, or stopping takes too long
             return Outcome(mandant, run_id=run.run_id, interrupted=True)
     return outcome_of(finished, mandant)

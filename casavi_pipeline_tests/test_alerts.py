@@ -19,7 +19,7 @@ import pytest
 from dagster._core.events import DagsterEvent, StepMaterializationData
 from dagster._core.events.log import EventLogEntry
 
-from casavi_pipeline.alerts import RUN_PATH, Alert, AlertChannels, Smtp
+from casavi_pipeline.alerts import CHANNEL_DEADLINE_SECONDS, RUN_PATH, Alert, AlertChannels, Smtp
 from casavi_pipeline.defs.alerts import ALERTED_TAG, ESCALATION_ACTION, build_escalation_alert_sensor
 from casavi_pipeline.defs.freshness import FRESHNESS_CHECK, SYNC_ASSET, casavi_freshness
 from casavi_pipeline.defs.jobs import SYNC_JOB_NAME
@@ -135,6 +135,8 @@ def test_a_slow_webhook_is_cut_at_its_deadline_and_delays_no_other_channel(smtp,
     assert warnings == ["alert for Mandant 0001 not sent by slack: no answer within 4 s"]
     assert len(hooks.received("/slack")) == 1 and len(smtp.messages) == 1
     wait_for(lambda: hooks.abandoned("/slack") == 1, 30, "the slow webhook to see its client hang up")
+    # The default deadline lets a run failure sensor alert for its 5 runs per tick within Dagster's 60 s.
+    assert 5 * CHANNEL_DEADLINE_SECONDS < 60
 
 
 def test_channels_that_took_the_alert_are_not_sent_again(smtp, hooks):

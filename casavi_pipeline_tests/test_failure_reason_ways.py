@@ -25,7 +25,6 @@ import dagster as dg
 import httpx
 import pytest
 
-from casavi_pipeline.alerts import CHANNEL_DEADLINE_SECONDS
 from casavi_pipeline.defs.alerts import ALERTED_TAG, FAILURE_ACTION
 from casavi_pipeline.defs.automation import NIGHTLY_CRON
 from casavi_pipeline.defs.failures import FAILURE_REASON_TAG, NO_REASON, stopped_line
@@ -352,10 +351,8 @@ def test_a_re_execution_of_an_alerted_run_is_the_same_night_and_sends_nothing(se
             again.status == dg.DagsterRunStatus.FAILURE and again.tags["dagster/root_run_id"] == failed.run_id
         )
         wait_for(lambda: sensor_acted(instance, again.run_id), ALERT_TIMEOUT, "the sensor to finish the run")
-        assert (
-            emails_of(setup, again.run_id) == []
-            and ALERTED_TAG not in instance.get_run_by_id(again.run_id).tags
-        )
+        # (It carries its parent's tags, `casavi/alerted` among them: Dagster copies them to a re-execution.)
+        assert emails_of(setup, again.run_id) == [] and posts_of(setup, TEAMS, again.run_id) == []
 
 
 def test_a_slow_webhook_delays_no_other_channel_and_is_not_repeated(setup):
@@ -379,7 +376,6 @@ def test_a_slow_webhook_delays_no_other_channel_and_is_not_repeated(setup):
             )
     finally:
         setup.hooks.slow_paths.clear()
-    assert CHANNEL_DEADLINE_SECONDS < 60 / 5  # five failed runs' alerts fit into one sensor tick
 
 
 def test_a_run_killed_outside_its_steps_gets_dagsters_reason_and_one_alert(setup):

@@ -82,12 +82,13 @@ def step_failures_of_run(instance: dg.DagsterInstance, run_id: str) -> list[dg.D
 def reason_of_failed_run(instance: dg.DagsterInstance, run: dg.DagsterRun, failure_message: str | None) -> str:
     """Why `run` failed: the line its failing step's hook recorded, else (it failed outside its steps)
     the line found again from its events or Dagster's `failure_message`, recorded now in its tag."""
+    step_failures = step_failures_of_run(instance, run.run_id)
     recorded = run.tags.get(FAILURE_REASON_TAG)
-    if recorded:
+    # Only a failed step's hook writes the tag; one present without a failed step was inherited (a
+    # re-execution carries its parent's tags) and says why the parent stopped.
+    if recorded and step_failures:
         return recorded
-    reason = failure_reason(
-        check_evaluations_of_run(instance, run.run_id), step_failures_of_run(instance, run.run_id)
-    )
+    reason = failure_reason(check_evaluations_of_run(instance, run.run_id), step_failures)
     if reason == NO_REASON and failure_message:
         reason = _first_line(failure_message)
     instance.add_run_tags(run.run_id, {FAILURE_REASON_TAG: reason[:_MAX_TAG_LENGTH]})

@@ -44,7 +44,7 @@ _HOLDING = [dg.DagsterRunStatus.STARTING, dg.DagsterRunStatus.STARTED, dg.Dagste
 
 
 class LocationLoadError(Exception):
-    """The code location did not load in its code server (the message: its first line)."""
+    """The code location did not load in its code server (the message: why, in one line)."""
 
 
 @contextlib.contextmanager
@@ -64,9 +64,10 @@ def code_location(instance: dg.DagsterInstance) -> Iterator[BaseWorkspaceRequest
         entry = workspace.get_code_location_entries().get(LOCATION_NAME)
         if entry is None or entry.code_location is None:
             error = entry.load_error if entry is not None else None
-            message = error.message if error is not None else "no code location"
-            lines = [line for line in message.strip().splitlines() if line.strip()]
-            raise LocationLoadError(lines[-1] if lines else message)
+            while error is not None and error.cause is not None:  # Dagster's wrapper names no reason
+                error = error.cause
+            lines = (error.message if error is not None else "").strip().splitlines()
+            raise LocationLoadError(f"the code location did not load: {lines[0] if lines else 'no reason given'}")
         yield workspace
 
 
@@ -166,6 +167,11 @@ def start(instance: dg.DagsterInstance, workspace: BaseWorkspaceRequestContext, 
 
 def cancel(instance: dg.DagsterInstance, run_id: str) -> None:
     """Stop the run as the UI's Terminate does: off the queue if waiting, else its worker interrupted."""
+    from dagster._core.errors import DagsterUserCodeUnreachableError
+
     run = instance.get_run_by_id(run_id)
     if run is not None and not run.is_finished:
-        instance.run_coordinator.cancel_run(run_id)
+        # A code server that is gone cannot pass the request on; Ctrl-C reached its processes anyway
+        # (one process group), and the caller waits a bounded time for the run to end.
+        with contextlib.suppress(DagsterUserCodeUnreachableError):
+            instance.run_coordinator.cancel_run(run_id)
