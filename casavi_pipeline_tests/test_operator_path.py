@@ -319,7 +319,18 @@ def step_retries(instance: dg.DagsterInstance) -> list[str]:
     ]
 
 
-def test_sigterm_stops_the_demo_cleanly_and_the_next_run_converges(env, sandbox, monkeypatch, tmp_path):
+def _sigterm_to_the_process(pid: int) -> None:
+    os.kill(pid, signal.SIGTERM)  # the demo process only, as `kill <pid>` or a service manager sends it
+
+
+def _ctrl_c_in_a_terminal(pid: int) -> None:
+    os.killpg(pid, signal.SIGINT)  # the whole foreground process group: the run's processes get it too
+
+
+@pytest.mark.parametrize("stop", [_sigterm_to_the_process, _ctrl_c_in_a_terminal], ids=["sigterm", "ctrl-c"])
+def test_sigterm_stops_the_demo_cleanly_and_the_next_run_converges(
+    env, sandbox, monkeypatch, tmp_path, stop
+):
     big_export(env, contracts=230)  # about 460 writes for Mandant 0001
     write_export(Path(env["ERP_EXPORT_DIR"]), {"0002": {}})  # a second Mandant, after 0001
     monkeypatch.setenv("CASAVI_MANDANTEN", f"{MANDANT},0002")
@@ -341,14 +352,14 @@ def test_sigterm_stops_the_demo_cleanly_and_the_next_run_converges(env, sandbox,
         assert cli.poll() is None, "the demo ended before the signal"
         at_signal = sandbox.write_count()
         assert at_signal >= 50
-        os.kill(cli.pid, signal.SIGTERM)  # the demo process only, as `kill <pid>` would
+        stop(cli.pid)
         deadline = time.monotonic() + 60
         with dg.DagsterInstance.get() as instance:
             while cli.poll() is None and time.monotonic() < deadline:
                 retried = step_retries(instance)
                 assert not retried, f"the interrupt became a retry of {retried}; the demo would go on syncing"
                 time.sleep(0.2)
-        assert cli.poll() is not None, "the demo did not end within 60 s of SIGTERM"
+        assert cli.poll() is not None, "the demo did not end within 60 s of the signal"
     finally:
         if cli.poll() is None:
             os.killpg(cli.pid, signal.SIGKILL)
