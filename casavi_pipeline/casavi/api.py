@@ -192,6 +192,12 @@ class FieldRule:
     An `object_list` field embeds objects without an id of their own (a property's addresses, a
     contact's contracts): `items` are their fields, `order` the domain fields a body orders them by,
     `unique` the domain fields whose values must be unique within one list.
+
+    `keep_foreign` (an `enum` field): casavi may hold values outside `enum` that a person set in casavi's
+    UI. Such a *foreign* value (`is_foreign`) is casavi's to keep: a read carrying it is compared as read,
+    the changeset sends it back as casavi holds it instead of the ERP's value (`state.diff`), the run
+    reports it, and `check-casavi` notes it instead of calling it a contradiction. An empty value ("" or
+    none) is not foreign: the ERP's value fills it.
     """
 
     name: str  # domain name used throughout the project
@@ -206,6 +212,7 @@ class FieldRule:
     items: tuple[FieldRule, ...] = ()
     order: tuple[str, ...] = ()
     unique: tuple[str, ...] = ()
+    keep_foreign: bool = False
 
 
 def _s(name: str, casavi: str, **kw: Any) -> FieldRule:
@@ -259,7 +266,10 @@ FIELD_RULES: dict[ObjectKind, tuple[FieldRule, ...]] = {
         _s("address", "address", **_REQUIRED_ID, max_length=255),  # [read] a street of the property
         _s("name", "name", required=True, nullable=False, min_length=1, max_length=255),  # [read: UI]
         _s("number", "number", max_length=64),  # [read: UI]
-        _s("usage", "usage", enum=tuple(Usage)),  # [model: values]
+        # [model: values] casavi's help centre ("Verbrauchsdaten – Voraussetzungen") shows a third usage
+        # in its UI, Stellplatz (parking), and an empty one: a person's choice our ERP mapping cannot
+        # express, so it is kept as casavi holds it ([model]: the API's name for it is unknown).
+        _s("usage", "usage", enum=tuple(Usage), keep_foreign=True),
         FieldRule("area", "area", "number", minimum=0),  # [model]
         FieldRule("rooms", "rooms", "number", minimum=0),  # [model]
     ),
@@ -295,6 +305,32 @@ DOMAIN_COLUMNS: dict[ObjectKind, tuple[str, ...]] = {
 def rule_of(kind: ObjectKind, name: str) -> FieldRule:
     """The rule of one field of a kind, by domain name."""
     return next(rule for rule in FIELD_RULES[kind] if rule.name == name)
+
+
+#: The fields of each kind whose foreign values casavi keeps (`FieldRule.keep_foreign`).
+KEEP_FOREIGN_RULES: dict[ObjectKind, tuple[FieldRule, ...]] = {
+    kind: tuple(rule for rule in rules if rule.keep_foreign) for kind, rules in FIELD_RULES.items()
+}
+
+#: An enum value is shown (in the run's output, `check-casavi`) only in this shape: a code such as
+#: `PARKING`. Anything else (a name, a sentence typed into a field) is only counted: it may be personal.
+CODE_SHAPE = re.compile(r"[A-Z][A-Z0-9_]{0,31}")
+
+
+def looks_like_code(value: object) -> bool:
+    """Whether a value may be shown: shaped like an enum code (`CODE_SHAPE`)."""
+    return isinstance(value, str) and CODE_SHAPE.fullmatch(value) is not None
+
+
+def is_foreign(rule: FieldRule, value: object) -> bool:
+    """A value casavi holds for a `keep_foreign` field that is outside ours and not empty."""
+    return (
+        rule.keep_foreign
+        and rule.enum is not None
+        and isinstance(value, str)
+        and value != ""
+        and value not in rule.enum
+    )
 
 
 def _all_rules() -> Iterator[FieldRule]:
@@ -449,21 +485,21 @@ class FieldError:
     message: str
 
 
-def _check_string(rule: FieldRule, value: Any) -> str | None:
+def _check_string(rule: FieldRule, value: Any, held: bool) -> str | None:
     if not isinstance(value, str):
         return "must be a string"
     if len(value) < rule.min_length:
         return "must not be empty" if rule.min_length == 1 else f"must have at least {rule.min_length} chars"
     if rule.max_length is not None and len(value) > rule.max_length:
         return f"must have at most {rule.max_length} chars"
-    if rule.enum is not None and value not in rule.enum:
+    if rule.enum is not None and value not in rule.enum and not (held and rule.keep_foreign):
         return f"must be one of {', '.join(rule.enum)}"
     return None
 
 
-def _check_value(rule: FieldRule, value: Any) -> str | None:
+def _check_value(rule: FieldRule, value: Any, held: bool) -> str | None:
     if rule.type == "string":
-        return _check_string(rule, value)
+        return _check_string(rule, value, held)
     if rule.type == "number":
         if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
             return "must be a number"
@@ -475,7 +511,9 @@ def _check_value(rule: FieldRule, value: Any) -> str | None:
     raise ValueError(f"unknown field type {rule.type}")  # pragma: no cover
 
 
-def _check_fields(rules: tuple[FieldRule, ...], body: Mapping[str, Any], prefix: str) -> list[FieldError]:
+def _check_fields(
+    rules: tuple[FieldRule, ...], body: Mapping[str, Any], prefix: str, held: bool
+) -> list[FieldError]:
     errors: list[FieldError] = []
     for rule in rules:
         value = body.get(rule.casavi)
@@ -484,18 +522,18 @@ def _check_fields(rules: tuple[FieldRule, ...], body: Mapping[str, Any], prefix:
             if rule.required or not rule.nullable:
                 errors.append(FieldError(name, "is required"))
         elif rule.type == "object_list":
-            errors.extend(_check_list(rule, value, name))
-        elif problem := _check_value(rule, value):
+            errors.extend(_check_list(rule, value, name, held))
+        elif problem := _check_value(rule, value, held):
             errors.append(FieldError(name, problem))
     return errors
 
 
-def _check_list(rule: FieldRule, value: Any, name: str) -> list[FieldError]:
+def _check_list(rule: FieldRule, value: Any, name: str, held: bool) -> list[FieldError]:
     if not isinstance(value, list) or not all(isinstance(entry, Mapping) for entry in value):
         return [FieldError(name, "must be a list of objects")]
     errors: list[FieldError] = []
     for i, entry in enumerate(value):
-        errors.extend(_check_fields(rule.items, entry, f"{name}[{i}]."))
+        errors.extend(_check_fields(rule.items, entry, f"{name}[{i}].", held))
     if rule.unique:
         casavi = [item.casavi for item in rule.items if item.name in rule.unique]
         keys = [tuple(entry.get(c) for c in casavi) for entry in value]
@@ -504,9 +542,14 @@ def _check_list(rule: FieldRule, value: Any, name: str) -> list[FieldError]:
     return errors
 
 
-def validate_payload(kind: ObjectKind, payload: Mapping[str, Any]) -> list[FieldError]:
-    """The 400-rules of casavi for one PUT body (casavi field names). Empty list = acceptable."""
-    errors = _check_fields(FIELD_RULES[kind], payload, "")
+def validate_payload(kind: ObjectKind, payload: Mapping[str, Any], *, held: bool = False) -> list[FieldError]:
+    """The 400-rules of casavi for one PUT body (casavi field names). Empty list = acceptable.
+
+    `held=True`: the rules of what casavi can *hold* (an import, a person in casavi's UI), which are
+    wider: a `keep_foreign` field takes any string there, e.g. the UI's Stellplatz or an empty usage.
+    Whether casavi's API takes such a value back on a PUT is [model]: we assume it does not.
+    """
+    errors = _check_fields(FIELD_RULES[kind], payload, "", held)
     if kind is ObjectKind.CONTACT:
         if not (payload.get("lastName") or payload.get("companyName")):
             errors.append(FieldError("lastName", "lastName or companyName is required"))
@@ -518,6 +561,25 @@ def validate_payload(kind: ObjectKind, payload: Mapping[str, Any]) -> list[Field
             if isinstance(start, str) and isinstance(end, str) and end < start:
                 errors.append(FieldError(f"contracts[{i}].endDate", "must not be before startDate"))
     return errors
+
+
+def _holds(rule: FieldRule, value: Any) -> bool:
+    if value is None:
+        return True
+    if rule.type in ("string", "date"):  # held as text; a date that is no date is just a difference
+        return isinstance(value, str)
+    if rule.type == "number":
+        return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+    return isinstance(value, list) and all(
+        isinstance(entry, Mapping) and not unholdable_fields(rule.items, entry) for entry in value
+    )
+
+
+def unholdable_fields(rules: tuple[FieldRule, ...], body: Mapping[str, Any]) -> list[str]:
+    """The fields of a read (casavi names) our model cannot hold at all: a number field that is text, a
+    list that is not a list of objects. Everything else is compared as read: values outside our enums,
+    lengths and empty required fields are casavi's to decide, and only differ from what we send."""
+    return [rule.casavi for rule in rules if not _holds(rule, body.get(rule.casavi))]
 
 
 # --- the same conversion, vectorised in DuckDB (the changeset hashes millions of rows) --------------
