@@ -1,21 +1,30 @@
 """Values casavi holds outside our model (casavi's help centre: a unit usage *Stellplatz*, or none), on real
 DuckDB files: a read is compared as read, the changeset keeps such a value as casavi holds it, the run
-names it only if it looks like a code. End to end against the sandbox: `test_read_back.py`.
+names it only if it looks like a code; then end to end against the sandbox process.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import json
+from pathlib import Path
 
 import pandas as pd
+import pytest
 
+from casavi_pipeline import audit
 from casavi_pipeline.casavi import api
 from casavi_pipeline.casavi.api import ObjectKind
 from casavi_pipeline.settings import ALLOWED_SEPARATORS
 from casavi_pipeline.state.diff import changed_fields, compute_changeset, foreign_values
 from casavi_pipeline.state.listing import RemoteCache
 from casavi_pipeline.state.snapshot import Snapshot
+from casavi_pipeline.state.store import StateStore
+from casavi_pipeline_tests.e2e import MANDANT, export, run_job, writes_by_route
+from casavi_pipeline_tests.erp_fixtures import default_rows
+from casavi_pipeline_tests.harness import check_results
+from casavi_sandbox import SandboxProcess
+from casavi_sandbox.accounts import mapped_bodies
 
 T0 = dt.datetime(2026, 12, 6, 2, 0, tzinfo=dt.UTC)
 PARKING, EMPTY, PRIVATE, PERSONAL = "0001-1-01-1", "0001-1-01-2", "0001-1-01-3", "0001-1-01-4"
@@ -160,3 +169,59 @@ def test_a_unit_we_wrote_that_a_person_made_a_stellplatz_is_not_written_again(tm
         # the ERP changes the unit: the PUT keeps the Stellplatz
         compute_changeset(snap, {ObjectKind.UNIT: mapped(unit_body(PARKING, name="neu"), unit_body(EMPTY))})
         assert json.loads(pending(snap)[PARKING].payload)["usage"] == "PARKING"
+
+
+# --- end to end: an account filled by Aareon Connect, then touched in casavi's UI ---------------------------
+#: The sample export's units: a flat, a shop and a parking space (nutzungsart STELLPLATZ, mapped PRIVATE).
+FLAT, STELLPLATZ = "0001-001-01-0001", "0001-001-02-0003"
+
+
+def audit_rows(env) -> pd.DataFrame:
+    rows, _ = audit.query(StateStore(Path(env["CASAVI_SNAPSHOT_DB"])), audit.Filters(mandant=MANDANT))
+    return rows
+
+
+@pytest.mark.e2e
+def test_a_stellplatz_set_in_casavi_is_adopted_kept_and_named_and_an_empty_usage_filled(env, sandbox):
+    sandbox: SandboxProcess
+    rows = default_rows()
+    export(env, rows)
+    bodies = list(mapped_bodies(Path(env["ERP_EXPORT_DIR"]), MANDANT))
+    units = {body["id"]: body for kind, body in bodies if kind is ObjectKind.UNIT}
+    units[STELLPLATZ]["usage"] = "PARKING"  # a person chose Stellplatz in casavi's UI
+    units[FLAT]["usage"] = ""  # ... and emptied the flat's usage
+    sandbox.seed(bodies)
+    sandbox.reset(objects=False)
+
+    first = run_job(env)
+    assert first.success
+    # adopted; exactly one write: the empty usage filled with the ERP's
+    assert writes_by_route(sandbox) == {"PUT /v2/units/{id}": 1}
+    held = sandbox.state()["units"]
+    assert (held[FLAT]["usage"], held[STELLPLATZ]["usage"]) == ("PRIVATE", "PARKING")
+    read = first.asset_materializations_for_node("casavi_remote")[0].metadata
+    assert read["adopted"].value == len(bodies) and read["outside_model"].value == 1
+    assert read["first_outside_model"].value == [
+        f"unit {STELLPLATZ}: usage 'PARKING' is outside casavi_pipeline's model; kept as casavi holds it"
+    ]
+    assert check_results(first)["casavi_drift"].passed
+
+    # a full listing the next night: nothing deleted in casavi, nothing to write
+    sandbox.reset(objects=False)
+    again = run_job(env, run_config={"ops": {"casavi_remote": {"config": {"full": True}}}})
+    assert check_results(again)["casavi_drift"].passed and sandbox.write_count() == 0
+
+    # the ERP renames the parking space: its PUT carries casavi's usage, not the ERP's PRIVATE
+    rows["verwaltungseinheiten"][2]["lage"] = "TG-Stellplatz 3"
+    export(env, rows)
+    renamed = run_job(env)
+    assert writes_by_route(sandbox) == {"PUT /v2/units/{id}": 1}
+    trail = audit_rows(env)
+    (attempt,) = trail[(trail["ref_id"] == STELLPLATZ) & (trail["run_id"] == renamed.run_id)].itertuples()
+    assert list(attempt.fields) == ["name"]  # the body differs from casavi's only by the name
+    # The sandbox models casavi's API as taking only our usages on a PUT ([model]; its UI sets more): it
+    # refuses the body naming `usage`, and casavi keeps the Stellplatz either way. Should casavi's API
+    # take its own value back, the same PUT lands with the new name.
+    assert (attempt.status, list(attempt.refused)) == (400, ["usage"])
+    assert renamed.success and not check_results(renamed)["casavi_rejections"].passed  # named, not fatal
+    assert sandbox.state()["units"][STELLPLATZ]["usage"] == "PARKING"
