@@ -39,8 +39,8 @@ def unit_body(ref: str, usage: object = "PRIVATE", **changes: object) -> dict:
 class Casavi:
     """Lists the given units as casavi's read would (with `internalId` and `modified`)."""
 
-    def __init__(self, units: list[dict]) -> None:
-        stamp = T0.isoformat().replace("+00:00", "Z")
+    def __init__(self, units: list[dict], *, modified: dt.datetime = T0) -> None:
+        stamp = modified.isoformat().replace("+00:00", "Z")
         self.units = [{**u, "internalId": i, "modified": stamp} for i, u in enumerate(units)]
 
     def list_objects(self, kind, *, page_size=500, modified_after=None):
@@ -53,10 +53,10 @@ def mapped(*bodies: dict) -> pd.DataFrame:
     return pd.DataFrame(records, columns=list(api.DOMAIN_COLUMNS[ObjectKind.UNIT]))
 
 
-def read_into(snapshot: Snapshot, tmp_path, units: list[dict], *, now: dt.datetime = T0) -> None:
+def read_into(snapshot: Snapshot, tmp_path, units: list[dict], *, modified: dt.datetime = T0) -> None:
     """List casavi into the account's listing and take the Mandant's slice, as the read step does."""
     cache = RemoteCache(tmp_path)
-    cache.refresh(Casavi(units), prefixes=("0001-",), full=True, now=now)
+    cache.refresh(Casavi(units, modified=modified), prefixes=("0001-",), full=True, now=modified)
     cache.take_slice(snapshot, ALLOWED_SEPARATORS)
 
 
@@ -160,8 +160,13 @@ def test_a_unit_we_wrote_that_a_person_made_a_stellplatz_is_not_written_again(tm
         frames = {ObjectKind.UNIT: mapped(unit_body(PARKING), unit_body(EMPTY))}
         assert compute_changeset(snap, frames).total_writes == 2
         confirm_all(snap)
-        # a person sets Stellplatz on one of them in casavi's UI; the ERP still says PRIVATE
-        read_into(snap, tmp_path, [unit_body(PARKING, "PARKING"), unit_body(EMPTY)])
+        # a read from before our writes (a changeset recomputed without a new read) is not trusted
+        before = dt.datetime.now(dt.UTC) - dt.timedelta(hours=1)
+        read_into(snap, tmp_path, [unit_body(PARKING, "PARKING"), unit_body(EMPTY)], modified=before)
+        assert compute_changeset(snap, frames).total_writes == 1
+        # a person sets Stellplatz on one of them in casavi's UI after we wrote it; the ERP says PRIVATE
+        later = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=1)
+        read_into(snap, tmp_path, [unit_body(PARKING, "PARKING"), unit_body(EMPTY)], modified=later)
         assert [ids for ids in snap.drift().found.values()] == [(1, [PARKING])]  # seen as changed
         summary = compute_changeset(snap, frames)
         assert summary.total_writes == 0  # casavi holds what is desired: taken as synced, not sent

@@ -148,15 +148,19 @@ def take_what_casavi_holds(con: duckdb.DuckDBPyConnection) -> int:
     """Record as synced what casavi's read (`remote`) shows it already holds exactly as desired; return
     how many. A read is casavi's confirmation as much as a write's answer, and sending the same body
     again is a write for nothing: e.g. a unit we wrote as PRIVATE that a person then made a Stellplatz,
-    whose desired body now keeps that (casavi's API may not even take it back)."""
+    whose desired body now keeps that (casavi's API may not even take it back).
+
+    Only for objects casavi changed after we last confirmed them (its `modified` stamp): a read older than
+    our last write (a changeset recomputed without a new read) must not undo what that write recorded.
+    Without a stamp, or for an object we never wrote, the changeset writes as before."""
     rows = con.execute(
         """
         INSERT OR REPLACE INTO synced
         SELECT d.kind, d.ref_id, d.content_hash, d.payload, now()
         FROM desired d
         JOIN remote r ON r.kind = d.kind AND r.ref_id = d.ref_id AND r.content_hash = d.content_hash
-        LEFT JOIN synced s ON s.kind = d.kind AND s.ref_id = d.ref_id
-        WHERE s.ref_id IS NULL OR s.content_hash <> d.content_hash
+        JOIN synced s ON s.kind = d.kind AND s.ref_id = d.ref_id
+        WHERE s.content_hash <> d.content_hash AND TRY_CAST(r.modified AS TIMESTAMPTZ) > s.synced_at
         """
     ).fetchall()
     return rows[0][0] if rows else 0
