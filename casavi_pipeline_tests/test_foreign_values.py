@@ -12,6 +12,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from casavi_harness.accounts import mapped_bodies
 from casavi_pipeline import audit
 from casavi_pipeline.casavi import api
 from casavi_pipeline.casavi.api import ObjectKind
@@ -19,12 +20,10 @@ from casavi_pipeline.settings import ALLOWED_SEPARATORS
 from casavi_pipeline.state.diff import changed_fields, compute_changeset, foreign_values
 from casavi_pipeline.state.listing import RemoteCache
 from casavi_pipeline.state.snapshot import Snapshot
-from casavi_pipeline.state.store import StateStore
-from casavi_pipeline_tests.e2e import MANDANT, export, run_job, writes_by_route
+from casavi_pipeline_tests.e2e import MANDANT, export, run_job, state_store, writes_by_route
 from casavi_pipeline_tests.erp_fixtures import default_rows
 from casavi_pipeline_tests.harness import check_results
 from casavi_sandbox import SandboxProcess
-from casavi_sandbox.accounts import mapped_bodies
 
 T0 = dt.datetime(2026, 12, 6, 2, 0, tzinfo=dt.UTC)
 PARKING, EMPTY, PRIVATE, PERSONAL = "0001-1-01-1", "0001-1-01-2", "0001-1-01-3", "0001-1-01-4"
@@ -76,13 +75,10 @@ def test_casavi_holds_what_its_ui_sets_but_a_put_takes_only_ours():
     assert usage.keep_foreign and api.KEEP_FOREIGN_RULES[ObjectKind.UNIT] == (usage,)
     assert all(not rule.keep_foreign for kind in (ObjectKind.PROPERTY, ObjectKind.CONTACT)
                for rule in api.FIELD_RULES[kind])  # fmt: skip
-    for value in ("PARKING", ""):
+    for value in ("PARKING", ""):  # casavi holds them (its UI sets them); a PUT takes only ours [model]
         body = unit_body(PARKING, value)
-        assert [e.field for e in api.validate_payload(ObjectKind.UNIT, body)] == ["usage"]  # a PUT [model]
-        assert api.validate_payload(ObjectKind.UNIT, body, held=True) == []  # an import, casavi's UI
-    assert [e.field for e in api.validate_payload(ObjectKind.UNIT, unit_body(PARKING, area="x"), held=True)] == [
-        "area"
-    ]
+        assert [e.field for e in api.validate_payload(ObjectKind.UNIT, body)] == ["usage"]
+        assert api.unholdable_fields(api.FIELD_RULES[ObjectKind.UNIT], body) == []
     assert [api.is_foreign(usage, v) for v in ("PARKING", "Frau M.", "", None, "PRIVATE")] == [
         True, True, False, False, False,
     ]  # fmt: skip
@@ -182,7 +178,7 @@ FLAT, STELLPLATZ = "0001-001-01-0001", "0001-001-02-0003"
 
 
 def audit_rows(env) -> pd.DataFrame:
-    rows, _ = audit.query(StateStore(Path(env["CASAVI_SNAPSHOT_DB"])), audit.Filters(mandant=MANDANT))
+    rows, _ = audit.query([state_store(env)], audit.Filters(mandant=MANDANT))
     return rows
 
 

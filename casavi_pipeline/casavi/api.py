@@ -485,21 +485,21 @@ class FieldError:
     message: str
 
 
-def _check_string(rule: FieldRule, value: Any, held: bool) -> str | None:
+def _check_string(rule: FieldRule, value: Any) -> str | None:
     if not isinstance(value, str):
         return "must be a string"
     if len(value) < rule.min_length:
         return "must not be empty" if rule.min_length == 1 else f"must have at least {rule.min_length} chars"
     if rule.max_length is not None and len(value) > rule.max_length:
         return f"must have at most {rule.max_length} chars"
-    if rule.enum is not None and value not in rule.enum and not (held and rule.keep_foreign):
+    if rule.enum is not None and value not in rule.enum:
         return f"must be one of {', '.join(rule.enum)}"
     return None
 
 
-def _check_value(rule: FieldRule, value: Any, held: bool) -> str | None:
+def _check_value(rule: FieldRule, value: Any) -> str | None:
     if rule.type == "string":
-        return _check_string(rule, value, held)
+        return _check_string(rule, value)
     if rule.type == "number":
         if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
             return "must be a number"
@@ -511,9 +511,7 @@ def _check_value(rule: FieldRule, value: Any, held: bool) -> str | None:
     raise ValueError(f"unknown field type {rule.type}")  # pragma: no cover
 
 
-def _check_fields(
-    rules: tuple[FieldRule, ...], body: Mapping[str, Any], prefix: str, held: bool
-) -> list[FieldError]:
+def _check_fields(rules: tuple[FieldRule, ...], body: Mapping[str, Any], prefix: str) -> list[FieldError]:
     errors: list[FieldError] = []
     for rule in rules:
         value = body.get(rule.casavi)
@@ -522,18 +520,18 @@ def _check_fields(
             if rule.required or not rule.nullable:
                 errors.append(FieldError(name, "is required"))
         elif rule.type == "object_list":
-            errors.extend(_check_list(rule, value, name, held))
-        elif problem := _check_value(rule, value, held):
+            errors.extend(_check_list(rule, value, name))
+        elif problem := _check_value(rule, value):
             errors.append(FieldError(name, problem))
     return errors
 
 
-def _check_list(rule: FieldRule, value: Any, name: str, held: bool) -> list[FieldError]:
+def _check_list(rule: FieldRule, value: Any, name: str) -> list[FieldError]:
     if not isinstance(value, list) or not all(isinstance(entry, Mapping) for entry in value):
         return [FieldError(name, "must be a list of objects")]
     errors: list[FieldError] = []
     for i, entry in enumerate(value):
-        errors.extend(_check_fields(rule.items, entry, f"{name}[{i}].", held))
+        errors.extend(_check_fields(rule.items, entry, f"{name}[{i}]."))
     if rule.unique:
         casavi = [item.casavi for item in rule.items if item.name in rule.unique]
         keys = [tuple(entry.get(c) for c in casavi) for entry in value]
@@ -542,14 +540,13 @@ def _check_list(rule: FieldRule, value: Any, name: str, held: bool) -> list[Fiel
     return errors
 
 
-def validate_payload(kind: ObjectKind, payload: Mapping[str, Any], *, held: bool = False) -> list[FieldError]:
+def validate_payload(kind: ObjectKind, payload: Mapping[str, Any]) -> list[FieldError]:
     """The 400-rules of casavi for one PUT body (casavi field names). Empty list = acceptable.
 
-    `held=True`: the rules of what casavi can *hold* (an import, a person in casavi's UI), which are
-    wider: a `keep_foreign` field takes any string there, e.g. the UI's Stellplatz or an empty usage.
-    Whether casavi's API takes such a value back on a PUT is [model]: we assume it does not.
+    What casavi *holds* may be wider (a `keep_foreign` field set in its UI: `unholdable_fields` is what
+    a read must pass); whether a PUT takes such a value back is [model]: assumed not.
     """
-    errors = _check_fields(FIELD_RULES[kind], payload, "", held)
+    errors = _check_fields(FIELD_RULES[kind], payload, "")
     if kind is ObjectKind.CONTACT:
         if not (payload.get("lastName") or payload.get("companyName")):
             errors.append(FieldError("lastName", "lastName or companyName is required"))
