@@ -2,7 +2,8 @@
 
     casavi-pipeline check-casavi [--write-test]
         compare the casavi account of the settings with casavi_pipeline's model of its API
-        (exit 0 it matches, 1 it contradicts the model, 2 it cannot be checked)
+        (exit 0 it matches, 1 it contradicts the model, 2 it cannot be checked: settings, network,
+        credentials, or an empty account, which compares nothing without --write-test)
     casavi-pipeline sync --mandant M [--dry-run]
         run the main job for one Mandant in the Dagster instance ($DAGSTER_HOME) and print a short
         summary: progress, per kind what casavi confirmed, a dry run's preview, or why it stopped

@@ -275,8 +275,10 @@ def test_two_buildings_with_one_street_in_an_economic_unit_block_naming_both(tmp
     out = mapped(erp(tmp_path, rows))
     outcome = quality.unique_streets(out["addresses"])
     assert not outcome.passed and outcome.severity is quality.Severity.ERROR
-    assert outcome.details == ("0001-001: we_nr=001 geb_nr=01 and we_nr=001 geb_nr=03",)
-    assert "Müllerstraße" not in outcome.reason + " ".join(outcome.details)
+    # named by both buildings and the street they share (the company's address, what to fix)
+    expected = "0001-001: we_nr=001 geb_nr=01 and we_nr=001 geb_nr=03 share the street 'Müllerstraße 12'"
+    assert outcome.details == (expected,)
+    assert expected in outcome.reason and "\n" not in outcome.reason
     # casavi would refuse the property too (streets are unique within a property)
     assert {p.field for p in payload_problems(api.ObjectKind.PROPERTY, out["properties"])} == {"addresses"}
     # the same street in another economic unit is no collision

@@ -3,7 +3,8 @@
 
 A next link must stay on the configured host and scheme: the token is never sent anywhere else. (casavi
 may be reached under another host name: `check-casavi` reports the host a next link names, so the
-operator can set CASAVI_BASE_URL to it.)
+operator can set CASAVI_BASE_URL to it.) A link elsewhere is refused when the next page is asked for, not
+before the page carrying it is handed over: the check reads first pages only, and reports it.
 """
 
 from __future__ import annotations
@@ -25,7 +26,9 @@ class Page:
     objects: list[dict[str, Any]]
     envelope: tuple[str, ...]  # the body's keys, e.g. ("list", "_links")
     links: tuple[str, ...]  # the keys of `_links`, e.g. ("next",)
-    next_url: str | None  # the next page, checked to stay on the configured casavi
+    #: the next page's URL as casavi gave it (resolved against the base URL); followed only when it is on
+    #: the configured casavi (`on_origin`)
+    next_url: str | None
 
 
 class ForeignNextLink(CasaviError):
@@ -53,21 +56,32 @@ def pages(
         links = body.get(api.LINKS_KEY)
         links = links if isinstance(links, dict) else {}
         link = links.get(api.NEXT_LINK_KEY)
-        url = same_origin(link, base, call=call) if link else None
-        yield Page(objects, tuple(body), tuple(links), url)
+        target = _resolved(link, base) if link else None
+        yield Page(objects, tuple(body), tuple(links), str(target) if target is not None else None)
+        url = same_origin(target, base, call=call) if link else None
         query = None  # the next link carries its own query
 
 
-def same_origin(link: Any, base: httpx.URL, *, call: str) -> str:
-    """The next-page link, if it points at the configured casavi; else `ForeignNextLink`, sending nothing."""
+def _resolved(link: Any, base: httpx.URL) -> httpx.URL | None:
     try:
-        target = base.join(link) if isinstance(link, str) else None
+        return base.join(link) if isinstance(link, str) else None
     except (httpx.InvalidURL, ValueError):
-        target = None
-    if target is None or (target.scheme, target.host, target.port) != (base.scheme, base.host, base.port):
+        return None
+
+
+def on_origin(url: str, base: httpx.URL) -> bool:
+    """Whether a URL points at the configured casavi (scheme, host and port)."""
+    target = httpx.URL(url)
+    return (target.scheme, target.host, target.port) == (base.scheme, base.host, base.port)
+
+
+def same_origin(target: httpx.URL | None, base: httpx.URL, *, call: str) -> str:
+    """The next-page link, if it points at the configured casavi; else `ForeignNextLink`, sending nothing."""
+    if target is None or not on_origin(str(target), base):
         host = (target.host if target is not None else "") or "?"
         raise ForeignNextLink(
-            f"casavi's next-page link leaves {base.host} (to {host}); refusing to send the token there",
+            f"casavi's next-page link leaves {base.host} (to {host}); refusing to send the token there: "
+            "run `casavi-pipeline check-casavi`",
             call=call,
             host=host,
         )

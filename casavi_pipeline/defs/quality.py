@@ -149,7 +149,7 @@ CHECKS = [
             "casavi_addresses",
             "unique_streets_within_property",
             "No two buildings of one economic unit have the same street and house number: casavi identifies "
-            "a building by its street within the property. Names both buildings.",
+            "a building by its street within the property. Names both buildings and their street.",
         ),
         lambda f, _policy, _mandant: _result(quality.unique_streets(f["casavi_addresses"])),
     ),

@@ -115,6 +115,8 @@ def remote_metadata(read: RemoteRead, stats: ClientStats) -> dict[str, object]:
         **{f"listed/{kind}": n for kind, n in sorted(listing.listed.items())},
         **{f"changed/{kind}": n for kind, n in sorted(listing.changed.items())},
         **{f"skipped/{kind}": n for kind, n in sorted(listing.skipped.items()) if n},
+        "outside_model": read.foreign.count,
+        **({"first_outside_model": dg.MetadataValue.json(read.foreign.lines())} if read.foreign.count else {}),
     }
 
 

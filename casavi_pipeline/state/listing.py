@@ -282,8 +282,10 @@ class RemoteCache:
         """List one kind (page by page), normalise, hash and upsert what is ours; remember the ids seen.
 
         Returns (objects listed, of those new or changed, skipped as not matching our model, newest
-        `modified` seen). A read our model cannot hold (a hand-made object with a number field that is
-        text, say) is skipped and counted instead of stopping the read: it then counts as missing.
+        `modified` seen). A read is compared as read: a value casavi holds that we would not send (a
+        unit usage its UI sets, an empty required field) is just a difference. Only a read our model
+        cannot hold at all (a number field that is text, say: `api.unholdable_fields`) is skipped and
+        counted instead of stopping the read: it then counts as missing.
         """
         con.execute("CREATE OR REPLACE TEMP TABLE listed (ref_id VARCHAR)")
         batch: list[dict[str, Any]] = []
@@ -300,7 +302,7 @@ class RemoteCache:
             if not isinstance(reference, str) or not reference.startswith(prefixes):
                 continue  # not a configured Mandant's (or made by hand without a reference id): not ours
             record = api.record_from_read(kind, obj)
-            if api.validate_payload(kind, api.to_payload(kind, record)):
+            if api.unholdable_fields(api.FIELD_RULES[kind], api.to_payload(kind, record)):
                 skipped += 1
                 continue
             record["_internal_id"] = obj.get(api.INTERNAL_ID_FIELD)

@@ -17,6 +17,7 @@ from casavi_pipeline import account
 from casavi_pipeline.casavi import api
 from casavi_pipeline.casavi.client import CasaviClient
 from casavi_pipeline.mapping.ids import ALLOWED_SEPARATORS
+from casavi_pipeline.state.diff import ForeignValues, foreign_values
 from casavi_pipeline.state.files import StateCorruptError
 from casavi_pipeline.state.listing import ReadReport, RemoteCache
 from casavi_pipeline.state.snapshot import META_ACCOUNT, META_ADOPTED, Snapshot
@@ -100,6 +101,8 @@ class RemoteRead:
     pages: int  # pages listed by this read
     remote_counts: dict[str, int]  # kind → the Mandant's objects in casavi
     adopted: dict[str, int]  # kind → objects adopted as synced (first contact only)
+    #: values casavi holds outside our model (a unit's usage Stellplatz), kept as casavi holds them
+    foreign: ForeignValues
 
     @property
     def how(self) -> str:
@@ -182,6 +185,9 @@ def read_remote(
                 f"Mandant {mandant}: casavi already holds {in_slice} objects of this Mandant (ids "
                 f"'{mandant}{separator}…'); adopted as synced, so only real differences are sent ({adopted})"
             )
+    foreign = foreign_values(snapshot)
+    for line in foreign.lines():
+        log.info(line)
     return RemoteRead(
         mandant=mandant,
         listing=listing,
@@ -190,4 +196,5 @@ def read_remote(
         pages=client.stats.pages - pages_before,
         remote_counts=snapshot.remote_counts(),
         adopted=adopted,
+        foreign=foreign,
     )
