@@ -220,9 +220,9 @@ def test_a_stellplatz_set_in_casavi_is_adopted_kept_and_named_and_an_empty_usage
     trail = audit_rows(env)
     (attempt,) = trail[(trail["ref_id"] == STELLPLATZ) & (trail["run_id"] == renamed.run_id)].itertuples()
     assert list(attempt.fields) == ["name"]  # the body differs from casavi's only by the name
-    # The sandbox models casavi's API as taking only our usages on a PUT ([model]; its UI sets more): it
-    # refuses the body naming `usage`, and casavi keeps the Stellplatz either way. Should casavi's API
-    # take its own value back, the same PUT lands with the new name.
-    assert (attempt.status, list(attempt.refused)) == (400, ["usage"])
-    assert renamed.success and not check_results(renamed)["casavi_rejections"].passed  # named, not fatal
-    assert sandbox.state()["units"][STELLPLATZ]["usage"] == "PARKING"
+    # casavi takes its own value back on a PUT of the unit that holds it ([model]; the sandbox refuses a
+    # usage outside ours on any other unit): the new name lands, the Stellplatz stays.
+    assert attempt.status == 200 and not list(attempt.refused)
+    assert renamed.success and check_results(renamed)["casavi_rejections"].passed
+    held = sandbox.state()["units"][STELLPLATZ]
+    assert (held["usage"], held["name"]) == ("PARKING", "Stellplatz TG-Stellplatz 3")

@@ -20,7 +20,8 @@ adapter's rules):
 What casavi holds may be wider than what the API takes (`problems(..., held=True)`, the rules of the
 admin seed and edit endpoints, i.e. of an import or a person in casavi's UI): the UI knows a third unit usage, *Stellplatz*
 (parking), and an empty one, so a held unit's `usage` may be any string ([model]: casavi's API name for
-Stellplatz is unknown; tests use `PARKING`).
+Stellplatz is unknown; tests use `PARKING`). A PUT may carry that value back for the unit that holds it
+([model]: a generated API takes on write what it returns on read); any other usage outside ours is a 400.
 """
 
 from __future__ import annotations
@@ -193,10 +194,15 @@ FIELDS: dict[Kind, tuple[Field, ...]] = {
     ),
 }
 
-#: What casavi holds may be wider than what its API takes: a unit's usage set in the UI (see above).
+#: What casavi holds may be wider than what its API takes: a unit's usage set in the UI (see above). A PUT
+#: may carry such a value back for the object that holds it (`model._taken_back`).
+WIDER_WHEN_HELD: dict[Kind, tuple[str, ...]] = {Kind.UNIT: ("usage",)}
 _HELD_FIELDS: dict[Kind, tuple[Field, ...]] = {
     **FIELDS,
-    Kind.UNIT: tuple(Field(f.name) if f.name == "usage" else f for f in FIELDS[Kind.UNIT]),
+    **{
+        kind: tuple(Field(f.name) if f.name in names else f for f in FIELDS[kind])
+        for kind, names in WIDER_WHEN_HELD.items()
+    },
 }
 
 

@@ -97,6 +97,16 @@ def links(kind: Kind, body: Mapping[str, Any]) -> list[tuple[str, str]]:
     return sorted({(target.collection, ref) for _, target, ref in reference_targets(kind, body) if ref})
 
 
+def _taken_back(kind: Kind, ref_id: str, body: Mapping[str, Any], error: FieldError, account: Account) -> bool:
+    """[model] casavi takes back on a PUT a value outside the API's rules that it holds itself for that
+    very object (a usage set in its UI, such as Stellplatz): a generated API accepts on write what it
+    returns on read (`docs/casavi-api.md`, revision 2). Any other value outside the rules is a 400."""
+    if error.field not in c.WIDER_WHEN_HELD.get(kind, ()):
+        return False
+    held = account.payload(kind, ref_id)
+    return held is not None and held.get(error.field) == body.get(error.field)
+
+
 class Account(Protocol):
     """What the rules need to know about the objects an account holds."""
 
@@ -115,7 +125,7 @@ def check_put(kind: Kind, ref_id: str, body: Mapping[str, Any], account: Account
     errors: list[FieldError] = []
     if isinstance(body.get(c.ID_FIELD), str) and body[c.ID_FIELD] != ref_id:
         errors.append(FieldError(c.ID_FIELD, "must equal the id in the path"))
-    errors += c.problems(kind, body)
+    errors += [e for e in c.problems(kind, body) if not _taken_back(kind, ref_id, body, e, account)]
     if errors:
         raise Problem(c.STATUS_INVALID, f"invalid {kind.value}", errors)
     payload = c.stored_shape(kind, body)
