@@ -4,7 +4,8 @@
 It prints what `./run demo` prints (the demo uses the same functions): the sync's progress, per kind what
 casavi confirmed (or, in a dry run, what would be sent, and the preview: which objects and fields would
 change, names only), and one line saying why when the run stopped. The full event log is in the UI.
-Exit 0: synced; 1: the run failed (the line says why); 2: it could not start (settings); 130: stopped.
+Exit 0: synced; 1: the run failed (the line says why); 2: it could not start (settings, `DAGSTER_HOME`
+unset or without its dagster.yaml); 130: stopped.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from casavi_pipeline.casavi import api
+from casavi_pipeline.runs.instance_home import instance_problem
 from casavi_pipeline.settings import SettingsError
 
 if TYPE_CHECKING:  # Dagster is imported only when a run starts: the code location reads its settings then.
@@ -154,6 +156,9 @@ def print_summary(outcomes: Sequence[Outcome]) -> None:
 def sync(args: argparse.Namespace) -> int:
     """`casavi-pipeline sync`: see the module's docstring."""
     warnings.filterwarnings("ignore", message=".*(beta|preview).*", category=Warning)  # Dagster's notices
+    if problem := instance_problem():
+        print(f"sync: {problem}", file=sys.stderr)
+        return 2
     try:
         # Imported only now: the code location reads (and validates) its settings when it loads.
         import dagster as dg

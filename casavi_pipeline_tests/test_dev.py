@@ -75,9 +75,10 @@ def two_ports() -> tuple[int, int]:
     return ui_port, sandbox_port
 
 
-def stop_with_sigterm(pid: int, ended, ui_port: int, sandbox_port: int, log_path: Path) -> None:
-    """Wait for the UI, send SIGTERM to `pid` (the process only, as a service manager or `kill` sends
-    it), then everything `pid` started must end and both ports must be free within 60 s."""
+def stop_with_sigterm(pid: int, ended, ui_port: int, sandbox_port: int, log_path: Path, while_up=None) -> None:
+    """Wait for the UI (then call `while_up`), send SIGTERM to `pid` (the process only, as a service
+    manager or `kill` sends it), then everything `pid` started must end and both ports must be free
+    within 60 s."""
     started: set[int] = set()
     try:
 
@@ -91,6 +92,8 @@ def stop_with_sigterm(pid: int, ended, ui_port: int, sandbox_port: int, log_path
         assert port_taken("127.0.0.1", sandbox_port)
         started = descendants(pid)
         assert len(started) >= 3  # the sandbox, dagster dev, its webserver and daemon (and code servers)
+        if while_up is not None:
+            while_up()
 
         os.kill(pid, signal.SIGTERM)
         wait_until(lambda: not any(alive(p) for p in {pid, *started}), 60, "every process it started ends")
@@ -147,14 +150,30 @@ def test_sigterm_stops_dev_started_as_a_background_job_of_a_script(tmp_path):
         f"{ROOT}/run dev --port {ui_port} --sandbox-port {sandbox_port} --data-dir {tmp_path / 'data'} "
         f">{log_path} 2>&1 & echo $!; wait"
     )
+    env = shell_env(tmp_path)
     shell = subprocess.Popen(
-        ["bash", "-c", job], cwd=ROOT, env=shell_env(tmp_path), stdout=subprocess.PIPE, text=True,
-        start_new_session=True,
-    )  # fmt: skip
+        ["bash", "-c", job], cwd=ROOT, env=env, stdout=subprocess.PIPE, text=True, start_new_session=True
+    )
+
+    def a_second_daemon_is_refused() -> None:
+        """`./run dg dev` beside `./run dev` on one DAGSTER_HOME would run every sensor twice."""
+        second = subprocess.run(
+            [str(ROOT / "run"), "dg", "dev", "-p", str(free_port())], cwd=ROOT, env=env, capture_output=True,
+            text=True, timeout=120, start_new_session=True,
+        )  # fmt: skip
+        assert second.returncode == 2, second.stderr[-2000:]
+        assert second.stderr.strip() == (
+            f"./run: a Dagster daemon already runs on {env['DAGSTER_HOME']} (./run dev or ./run dg dev): a "
+            "second one would run every schedule and sensor twice; stop the other first, or set another "
+            "DAGSTER_HOME"
+        )
+
     try:
         assert shell.stdout is not None
         pid = int(shell.stdout.readline())  # `./run` execs Python: the job's pid is ./run dev's
-        stop_with_sigterm(pid, lambda: shell.poll() is not None, ui_port, sandbox_port, log_path)
+        stop_with_sigterm(
+            pid, lambda: shell.poll() is not None, ui_port, sandbox_port, log_path, a_second_daemon_is_refused
+        )
         assert shell.wait(timeout=30) == 0  # the shell's `wait` saw its job end
     finally:
         with contextlib.suppress(ProcessLookupError):

@@ -35,8 +35,11 @@ def test_run_help_lists_the_commands_and_an_unknown_one_exits_2():
         "dagster",
         "dg",
         "erase-personal-data",
+        "casavi-pipeline",
     ):
         assert f"./run {command}" in shown.stdout
+    for operator_command in ("sync --mandant M", "audit", "check-casavi"):  # casavi-pipeline's
+        assert f"\n                  {operator_command}" in shown.stdout
     assert "set -euo" not in shown.stdout and "usage()" not in shown.stdout  # text, not script code
     unknown = subprocess.run([REPO / "run", "foo"], capture_output=True, text=True, timeout=60)
     assert unknown.returncode == 2
@@ -118,3 +121,10 @@ def test_a_runs_counts_add_up_over_its_attempts(tmp_path):
     assert totals["rejected"] == {"contact/create": 1}
     assert totals["attempts"] == {"n": 2}
     assert other["attempts"] == {"n": 1} and other["confirmed"]["unit/create"] == 42
+
+
+def test_the_sandboxs_help_says_which_credentials_it_accepts():
+    shown = subprocess.run([REPO / "run", "sandbox", "--help"], capture_output=True, text=True, timeout=120)
+    assert shown.returncode == 0
+    text = " ".join(shown.stdout.split())
+    assert "CASAVI_API_KEY and CASAVI_API_SECRET" in text and "'sandbox-key' / 'sandbox-secret'" in text

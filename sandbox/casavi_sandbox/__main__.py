@@ -28,6 +28,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m casavi_sandbox",
         description="A local stand-in for the casavi API v2, with knobs to make it misbehave.",
+        epilog=f"Credentials: it accepts the API key and secret in CASAVI_API_KEY and CASAVI_API_SECRET; "
+        f"without them, the fixed local pair {DEFAULT_KEY!r} / {DEFAULT_SECRET!r} (a fake for a local "
+        "process, not a secret). Point the pipeline at it with CASAVI_BASE_URL=http://HOST:PORT and the same "
+        "pair.",
     )
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8765)
