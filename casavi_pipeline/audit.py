@@ -131,7 +131,16 @@ def write_csv(rows: pd.DataFrame, out: TextIO) -> None:
 
 
 def run(store: StateStore, filters: Filters, *, as_csv: bool, out: TextIO = sys.stdout) -> int:
-    """Print the matching rows; 0, or 1 when a Mandant's snapshot was busy (named on stderr)."""
+    """Print the matching rows; 0, or 1 when a Mandant's snapshot was busy (named on stderr), or 2 when
+    `--mandant` names a Mandant without a snapshot here (an empty table would look like "no writes")."""
+    if filters.mandant is not None and filters.mandant not in (known := store.mandanten()):
+        where = "in the state database (CASAVI_STATE_URL)" if store.url else f"in {store.directory}"
+        print(
+            f"audit: no Mandant {filters.mandant} here: it has no snapshot {where} (Mandanten with an audit "
+            f"trail: {', '.join(known) or 'none yet'}); check --mandant, or CASAVI_SNAPSHOT_DB / --snapshot-dir",
+            file=sys.stderr,
+        )
+        return 2
     rows, busy = query(store, filters)
     (write_csv if as_csv else write_table)(rows, out)
     for mandant in busy:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import signal
 import sys
+import uuid
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -45,6 +46,17 @@ class Outcome:
     interrupted: bool = False
     dry_run: bool = False
     preview: list[str] = field(default_factory=list)
+    #: The writes the sync set out with, when it got to writing and its counts are known (from the
+    #: metadata of its materialization, or of its failure when it stopped half-way).
+    planned: int | None = None
+    #: The sync stopped while writing and did not say what casavi confirmed (the audit trail knows).
+    uncounted: bool = False
+    warnings: list[str] = field(default_factory=list)  # one line per WARN check that did not pass
+
+    @property
+    def total(self) -> int:
+        """The writes in `rows`: confirmed by casavi, or in a dry run, the ones that would be sent."""
+        return sum(int(row[2]) + int(row[3]) + int(row[4]) for row in self.rows)
 
 
 def _rows(mandant: str, metadata: dict[str, Any], prefix: str) -> list[tuple[str, ...]]:
@@ -54,39 +66,51 @@ def _rows(mandant: str, metadata: dict[str, Any], prefix: str) -> list[tuple[str
     ]
 
 
-def _interrupted(result: dg.ExecuteInProcessResult) -> bool:
-    """Was the run stopped by a person (Ctrl-C, SIGTERM)? Then no next Mandant either."""
+def _stopped_by_a_person(event: dg.DagsterEvent) -> bool:
+    """A step failure of Ctrl-C, SIGTERM or a terminate from the UI."""
     from casavi_pipeline.defs.sync_reporting import INTERRUPTED
 
-    def stopped(event: dg.DagsterEvent) -> bool:
-        data = event.step_failure_data
-        user = data.user_failure_data if data else None
-        error = data.error if data else None
-        return bool(
-            (user and INTERRUPTED in (user.description or ""))
-            or (error and error.cls_name in ("DagsterExecutionInterruptedError", "KeyboardInterrupt"))
-        )
-
-    return result.dagster_run.status.value == "CANCELED" or any(
-        stopped(e) for e in result.get_step_failure_events()
+    data = event.step_failure_data
+    user = data.user_failure_data if data else None
+    error = data.error if data else None
+    return bool(
+        (user and INTERRUPTED in (user.description or ""))
+        or (error and error.cls_name in ("DagsterExecutionInterruptedError", "KeyboardInterrupt"))
     )
 
 
-def outcome_of(result: dg.ExecuteInProcessResult, mandant: str) -> Outcome:
-    """What the terminal says about a finished run: the sync's counts, a dry run's preview, or why not."""
+def _first_line(text: str | None) -> str:
+    return (text or "").strip().splitlines()[0] if (text or "").strip() else "(no description)"
+
+
+def outcome_of_run(
+    instance: dg.DagsterInstance, run_id: str, mandant: str, *, dry_run: bool, interrupted: bool = False
+) -> Outcome:
+    """What the terminal says about a run, from its events in the instance (however it was started):
+    what casavi confirmed (a sync stopped half-way says it in its failure's metadata), a dry run's
+    preview, the warnings, and why it did not sync."""
+    import dagster as dg
+
     from casavi_pipeline.defs.failures import failure_reason
 
-    outcome = Outcome(mandant, run_id=result.run_id, interrupted=_interrupted(result))
-    for event in result.get_asset_materialization_events():
-        if event.asset_key.to_user_string() == SYNC_ASSET:
-            metadata = {
-                k: v.value for k, v in event.step_materialization_data.materialization.metadata.items()
-            }
-            outcome.rows = _rows(mandant, metadata, "confirmed/")
-    for event in result.all_events:
-        observation = event.asset_observation_data.asset_observation if event.is_asset_observation else None
-        if observation is not None and observation.asset_key.to_user_string() == SYNC_ASSET:
-            metadata = {k: v.value for k, v in observation.metadata.items()}
+    events = [
+        record.event_log_entry.dagster_event
+        for record in instance.get_records_for_run(run_id, limit=1_000_000).records
+        if record.event_log_entry.dagster_event is not None
+    ]
+    run = instance.get_run_by_id(run_id)
+    outcome = Outcome(mandant, run_id=run_id, dry_run=dry_run, interrupted=interrupted)
+    failures = [e for e in events if e.event_type == dg.DagsterEventType.STEP_FAILURE]
+    checks = [e.asset_check_evaluation_data for e in events if e.event_type == dg.DagsterEventType.ASSET_CHECK_EVALUATION]
+    outcome.interrupted |= (run is not None and run.status == dg.DagsterRunStatus.CANCELED) or any(
+        _stopped_by_a_person(e) for e in failures
+    )
+    sync_started = any(e.step_key == SYNC_ASSET and e.event_type == dg.DagsterEventType.STEP_START for e in events)
+    for event in events:
+        if event.event_type == dg.DagsterEventType.ASSET_MATERIALIZATION and event.asset_key == dg.AssetKey(SYNC_ASSET):
+            _count(outcome, {k: v.value for k, v in event.step_materialization_data.materialization.metadata.items()})
+        elif event.event_type == dg.DagsterEventType.ASSET_OBSERVATION and event.asset_key == dg.AssetKey(SYNC_ASSET):
+            metadata = {k: v.value for k, v in event.asset_observation_data.asset_observation.metadata.items()}
             outcome.dry_run = True
             outcome.rows = _rows(mandant, metadata, "")
             outcome.preview = [
@@ -94,11 +118,32 @@ def outcome_of(result: dg.ExecuteInProcessResult, mandant: str) -> Outcome:
                 + (f": {r.data['fields']}" if r.data.get("fields") else "")
                 for r in (metadata["preview"].records if "preview" in metadata else [])
             ]
-    if not outcome.interrupted and (not result.success or not outcome.rows):
-        outcome.reason = failure_reason(
-            result.get_asset_check_evaluations(), result.get_step_failure_events()
-        )
+        elif event.event_type == dg.DagsterEventType.STEP_FAILURE and event.step_key == SYNC_ASSET:
+            user = event.step_failure_data.user_failure_data if event.step_failure_data else None
+            metadata = {k: v.value for k, v in (user.metadata if user else {}).items()}
+            if "planned" in metadata:
+                _count(outcome, metadata)
+            # A failure that is no dg.Failure (ours say what was sent) or an interrupt that left no
+            # failure: what casavi confirmed is not known here.
+            outcome.uncounted = user is None and not outcome.dry_run
+    if sync_started and not outcome.dry_run and outcome.planned is None and not any(
+        e.step_key == SYNC_ASSET for e in failures
+    ):
+        outcome.uncounted = outcome.uncounted or outcome.interrupted
+    outcome.warnings = [
+        f"warning: check {c.check_name}: {_first_line(c.description)}"
+        for c in checks
+        if not c.passed and c.severity == dg.AssetCheckSeverity.WARN
+    ]
+    succeeded = run is not None and run.status == dg.DagsterRunStatus.SUCCESS
+    if not outcome.interrupted and not succeeded:
+        outcome.reason = failure_reason(checks, failures)
     return outcome
+
+
+def _count(outcome: Outcome, metadata: dict[str, Any]) -> None:
+    outcome.rows = _rows(outcome.mandant, metadata, "confirmed/")
+    outcome.planned = int(metadata.get("planned", outcome.total))
 
 
 def sync_mandant(
@@ -107,8 +152,10 @@ def sync_mandant(
     """The main job for one Mandant in `instance`, quiet on the terminal but for the sync's progress.
 
     `execute_in_process` runs Dagster's own executor, not the code location's: what that one does for a
-    run (runs/values.py) is done here, around it.
+    run (runs/values.py) is done here, around it. Ctrl-C or SIGTERM stop the run; what it did is read
+    from its events all the same.
     """
+    from casavi_pipeline.defs import sync_reporting
     from casavi_pipeline.defs.resources import SETTINGS, snapshot_store
     from casavi_pipeline.runs.launcher import run_worker_tags
     from casavi_pipeline.runs.values import remove_ended_run_values, remove_run_values
@@ -118,35 +165,65 @@ def sync_mandant(
     if dry_run is not None:
         run_config["ops"] = {SYNC_ASSET: {"config": {"dry_run": dry_run}}}
     remove_ended_run_values(instance, values)
-    result = job.execute_in_process(
-        run_config=run_config,
-        partition_key=mandant,
-        instance=instance,
-        raise_on_error=False,
-        tags=run_worker_tags(),  # so run monitoring can tell whether this process still runs it
-    )
-    if result.success:
-        remove_run_values(values, result.run_id)
-    return outcome_of(result, mandant)
+    sync_reporting.terminal = sys.stderr  # the sync's progress and waits, with the console logger quiet
+    run_id = str(uuid.uuid4())  # known before it starts: an interrupt may end `execute_in_process` early
+    interrupted = False
+    try:
+        result = job.execute_in_process(
+            run_config=run_config,
+            partition_key=mandant,
+            instance=instance,
+            raise_on_error=False,
+            tags=run_worker_tags(),  # so run monitoring can tell whether this process still runs it
+            run_id=run_id,
+        )
+        if result.success:
+            remove_run_values(values, result.run_id)
+    except KeyboardInterrupt:
+        interrupted = True
+    dry = SETTINGS.sync.dry_run if dry_run is None else dry_run
+    return outcome_of_run(instance, run_id, mandant, dry_run=dry, interrupted=interrupted)
 
 
 def print_summary(outcomes: Sequence[Outcome]) -> None:
-    """The per-kind table, the total, a dry run's preview, and one line per Mandant that did not sync."""
+    """The per-kind table, what casavi confirmed (of what, when a run stopped half-way), a dry run's
+    preview, one line per warning, and one line per Mandant that did not sync."""
     rows = [row for outcome in outcomes for row in outcome.rows]
     widths = [max(len(r[i]) for r in [HEADER, *rows]) for i in range(len(HEADER))]
     print()
     for row in [HEADER, *rows]:
         print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
-    total = sum(int(r[2]) + int(r[3]) + int(r[4]) for r in rows)
-    if any(outcome.dry_run for outcome in outcomes):
-        print(f"\nDry run: {total} writes would be sent; nothing was written to casavi.")
-        for outcome in outcomes:
+    print()
+    dry = [outcome for outcome in outcomes if outcome.dry_run]
+    if dry:
+        pending = sum(outcome.total for outcome in dry if outcome.rows)
+        counted = all(outcome.rows for outcome in dry)
+        print(f"Dry run: {f'{pending} writes would be sent; ' if counted else ''}nothing was written to casavi.")
+        for outcome in dry:
             for line in outcome.preview[:PREVIEW_LINES]:
                 print(line)
-            if len(outcome.preview) > PREVIEW_LINES:
-                print(f"  … {len(outcome.preview) - PREVIEW_LINES} more in run {outcome.run_id}'s metadata")
-    else:
-        print(f"\n{total} writes confirmed by casavi.")
+            shown = min(len(outcome.preview), PREVIEW_LINES)
+            if outcome.total > shown:
+                print(
+                    f"  … {outcome.total - shown} more; run {outcome.run_id}'s metadata in the Dagster UI lists "
+                    "the first of each kind and change, and every deletion"
+                )
+    synced = [outcome for outcome in outcomes if not outcome.dry_run]
+    if synced:
+        confirmed = sum(outcome.total for outcome in synced)
+        if any(outcome.reason or outcome.interrupted for outcome in synced if outcome.planned is not None):
+            planned = sum(outcome.planned or outcome.total for outcome in synced)
+            print(f"{confirmed} of {planned} writes confirmed by casavi; the next run sends the rest.")
+        else:
+            print(f"{confirmed} writes confirmed by casavi.")
+    for outcome in outcomes:
+        if outcome.uncounted:
+            print(
+                f"Mandant {outcome.mandant}: stopped while writing; what casavi confirmed is recorded: "
+                f"casavi-pipeline audit --run {outcome.run_id}"
+            )
+        for warning in outcome.warnings:
+            print(f"Mandant {outcome.mandant} {warning}")
     for outcome in outcomes:
         if outcome.reason:
             where = f" (run {outcome.run_id})" if outcome.run_id else ""
@@ -177,15 +254,12 @@ def sync(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     print(f"casavi {SETTINGS.casavi.base_url}; ERP {SETTINGS.erp.input}", flush=True)
     print(f"Mandant {args.mandant}: {'dry run' if args.dry_run or SETTINGS.sync.dry_run else 'syncing'}", flush=True)
-    try:
-        with dg.DagsterInstance.get() as instance:
-            outcome = sync_mandant(
-                defs.resolve_job_def(SYNC_JOB_NAME), instance, args.mandant, dry_run=args.dry_run or None
-            )
-    except KeyboardInterrupt:
-        outcome = Outcome(args.mandant, interrupted=True)
+    with dg.DagsterInstance.get() as instance:
+        outcome = sync_mandant(
+            defs.resolve_job_def(SYNC_JOB_NAME), instance, args.mandant, dry_run=args.dry_run or None
+        )
     print_summary([outcome])
     if outcome.interrupted:
-        print("Stopped: what casavi confirmed is recorded; the next run sends the rest.", file=sys.stderr)
+        print("Stopped by Ctrl-C or SIGTERM: what casavi confirmed is recorded.", file=sys.stderr)
         return 130
     return 1 if outcome.reason else 0

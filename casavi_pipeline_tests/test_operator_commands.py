@@ -10,7 +10,7 @@ import pytest
 
 from casavi_pipeline.state.snapshot import Snapshot
 from casavi_pipeline.sync.apply import Rejection, SyncReport
-from casavi_pipeline.sync.run import run_totals
+from casavi_pipeline.sync.run import confirmed_line, recorded_totals, run_totals
 from casavi_sandbox.local import (
     SAMPLE_EXPORT_DIR,
     LocalSetupError,
@@ -113,13 +113,16 @@ def test_a_runs_counts_add_up_over_its_attempts(tmp_path):
             confirmed=Counter({"unit/create": 42, "contact/create": 4}),
             rejections=[Rejection("contact", "create", "0001-7", 400, "casavi refused a field value")],
         )
-        run_totals(snapshot, "run-a", first)
-        totals = run_totals(snapshot, "run-a", second)
-        other = run_totals(snapshot, "run-b", second)
+        run_totals(snapshot, "run-a", first, planned=120)
+        totals = run_totals(snapshot, "run-a", second, planned=60)
+        other = run_totals(snapshot, "run-b", second, planned=50)
+        assert recorded_totals(snapshot, "run-b") == other
     assert totals["confirmed"] == {"unit/create": 100, "contact/create": 4}
     assert totals["sent"] == {"unit/create": 102, "contact/create": 5}
     assert totals["rejected"] == {"contact/create": 1}
     assert totals["attempts"] == {"n": 2}
+    assert totals["planned"] == {"n": 120}  # the first attempt's: the second starts with what was left
+    assert confirmed_line(totals) == "104 of 120 writes confirmed by casavi"
     assert other["attempts"] == {"n": 1} and other["confirmed"]["unit/create"] == 42
 
 

@@ -7,6 +7,10 @@ Answers that will not change on retry (400, 409, 422; a 404 or 405 where our mod
 slow down, not a failure: the request is sent again once the budget allows, without spending an attempt,
 until casavi has answered it with nothing but 429 for `max_retry_seconds` (`CasaviRateLimitedError`).
 
+While casavi fails (not for a 429: that is pacing), `on_wait` hears it in one line when the first request
+starts waiting (why, and how long each request will try), again at most every `WAIT_LINE_SECONDS` while it
+lasts, and when casavi answers again: a sync is never silent for minutes before it gives up.
+
 Every request, retries and authentication included, passes the account's budget (`ratelimit`): an
 adaptive rate shared by every thread and process that talks to the account, so neither concurrency nor
 Mandanten syncing side by side multiply the rate casavi sees.
@@ -53,6 +57,8 @@ except PackageNotFoundError:  # pragma: no cover - running from a source tree
 
 #: Longest wait a `Retry-After` may impose on one retry; beyond it the retry time budget decides.
 MAX_RETRY_AFTER_SECONDS = MAX_PAUSE_SECONDS
+#: While casavi fails, `on_wait` hears "still waiting" at most this often.
+WAIT_LINE_SECONDS = 30.0
 _REJECTED = {api.STATUS_INVALID, api.STATUS_CONFLICT, api.STATUS_UNKNOWN_REFERENCE}
 #: A PUT (which creates), a DELETE or a listing answered so: the path or method is not what our model
 #: says, for every object alike. One error that stops the run, not a rejection per object.
@@ -123,9 +129,13 @@ class ClientStats:
         return figures
 
     def rate_line(self) -> str:
-        """The same figures for a progress line."""
+        """The same figures for a progress line. The wait is summed over the requests in flight at once
+        (4 waiting 10 s side by side make 40 s), so it can exceed the sync's wall time: the line says so."""
         rate = f"rate {self.rate_per_minute:.0f}/min, " if self.rate_per_minute is not None else ""
-        return f"{rate}{self.rate_limited}× 429, {self.budget_wait_seconds:.0f} s waited for the budget"
+        return (
+            f"{rate}{self.rate_limited}× 429, {self.budget_wait_seconds:.0f} s waited for the budget "
+            "(summed over concurrent requests)"
+        )
 
     def answered(self, status: int) -> None:
         with self._lock:
@@ -250,7 +260,8 @@ class CasaviClient:
 
     `budget` paces every request (see `ratelimit`; the caller opens and closes it); None sends as fast
     as `max_concurrency` allows, for the local sandbox and benchmarks only. `clock` and `sleep` are
-    injectable so tests of waiting need no time to pass.
+    injectable so tests of waiting need no time to pass. `on_wait` is told (one line) when requests start
+    waiting for a failing casavi, while they keep waiting, and when it answers again.
     """
 
     def __init__(
@@ -268,6 +279,7 @@ class CasaviClient:
         transport: httpx.BaseTransport | None = None,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
+        on_wait: Callable[[str], None] | None = None,
     ) -> None:
         if max_concurrency < 1:
             raise ValueError("max_concurrency must be at least 1")
@@ -296,6 +308,10 @@ class CasaviClient:
         self._refresh_at = 0.0
         self._auth_failure: CasaviAuthError | None = None  # latched: this client never logs in again
         self.stats = ClientStats(rate_per_minute=budget.rate_per_minute if budget is not None else None)
+        self._on_wait = on_wait
+        self._outage_lock = threading.Lock()
+        self._outage_since: float | None = None  # when requests started waiting for a failing casavi
+        self._outage_said = 0.0  # when `on_wait` last heard of it
 
     def __repr__(self) -> str:  # never the key, secret or token
         return f"CasaviClient({self.base_url!r})"
@@ -330,6 +346,8 @@ class CasaviClient:
             raise _Transient(f"{type(exc).__name__} talking to casavi") from exc
         status = response.status_code
         self.stats.answered(status)
+        if status < 500 and self._outage_since is not None:
+            self._answered_again(started)
         pushed_back = status in (api.STATUS_RATE_LIMITED, api.STATUS_UNAVAILABLE)
         retry_after = _retry_after_seconds(response) if pushed_back else None
         if budget is not None and grant is not None:
@@ -368,8 +386,11 @@ class CasaviClient:
                 return exc.retry_after
             return backoff(retry_state)
 
-        def before_sleep(_: Any) -> None:
+        def before_sleep(retry_state: Any) -> None:
             self.stats.count("retries")
+            exc = retry_state.outcome.exception()
+            if isinstance(exc, _Transient) and not _rate_limited(exc):
+                self._waiting(exc.reason)
 
         return Retrying(
             stop=stop,
@@ -379,6 +400,37 @@ class CasaviClient:
             sleep=self._sleep,
             reraise=True,
         )
+
+    def _waiting(self, reason: str) -> None:
+        """A request waits to try a failing casavi again: say so when the first starts, then now and then."""
+        with self._outage_lock:
+            now = self._clock()
+            if self._outage_since is None:
+                self._outage_since = self._outage_said = now
+                line = (
+                    f"casavi at {self.base_url} fails ({reason}): waiting for it; each request is tried "
+                    f"{self.max_attempts} times within {self.max_retry_seconds:g} s before the sync gives up"
+                )
+            elif now - self._outage_said >= WAIT_LINE_SECONDS:
+                self._outage_said = now
+                line = (
+                    f"still waiting for casavi at {self.base_url} ({reason}) for {now - self._outage_since:.0f} s; "
+                    f"a request gives up after {self.max_attempts} tries or {self.max_retry_seconds:g} s"
+                )
+            else:
+                return
+        if self._on_wait is not None:
+            self._on_wait(line)
+
+    def _answered_again(self, sent: float) -> None:
+        """casavi answered a request sent at `sent`: it is back, unless the request left before it failed
+        (an answer already on its way says nothing about now)."""
+        with self._outage_lock:
+            if self._outage_since is None or sent < self._outage_since:
+                return
+            waited, self._outage_since = self._clock() - self._outage_since, None
+        if self._on_wait is not None:
+            self._on_wait(f"casavi at {self.base_url} answers again, after {waited:.0f} s")
 
     def _with_retries(
         self, fn: Callable[[], httpx.Response], *, call: str, ref_id: str | None

@@ -55,10 +55,19 @@ def failure_reason(
             return f"{event.step_key}: {_first_line(user.description)}"
         if data and data.error:
             error = data.error
-            # Dagster's wrapper ("Error occurred while executing op …") names no reason; what it wraps does.
-            while error.cls_name == "DagsterExecutionStepExecutionError" and error.cause is not None:
+            # Dagster's wrappers name no reason ("Error occurred while executing op …", "Exceeded
+            # max_retries of 2" after the last retry): what they wrap does.
+            while error.cause is not None and (
+                error.cls_name == "DagsterExecutionStepExecutionError"
+                or error.message.startswith("Exceeded max_retries")
+            ):
                 error = error.cause
-            return f"{event.step_key}: {_first_line(error.message)}"
+            message = error.message
+            # An exception's message starts with its qualified class name ("pkg.mod.SomeError: …").
+            named, _, rest = message.partition(": ")
+            if rest and named.rsplit(".", 1)[-1] == error.cls_name and "." in named:
+                message = rest
+            return f"{event.step_key}: {_first_line(message)}"
     if isinstance(exception, dg.Failure) and exception.description:
         return _first_line(exception.description)
     if exception is not None:
