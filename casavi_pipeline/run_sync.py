@@ -93,57 +93,54 @@ def outcome_of_run(
 
     from casavi_pipeline.defs.failures import failure_reason
 
-    events = [
-        record.event_log_entry.dagster_event
-        for record in instance.get_records_for_run(run_id, limit=1_000_000).records
-        if record.event_log_entry.dagster_event is not None
-    ]
+    records = instance.get_records_for_run(run_id, limit=1_000_000).records
+    events = [r.event_log_entry.dagster_event for r in records if r.event_log_entry.dagster_event]
     run = instance.get_run_by_id(run_id)
-    outcome = Outcome(mandant, run_id=run_id, dry_run=dry_run, interrupted=interrupted)
-    failures = [e for e in events if e.event_type == dg.DagsterEventType.STEP_FAILURE]
+    failures = [e for e in events if e.is_step_failure]
     checks = [e.asset_check_evaluation_data for e in events if e.event_type == dg.DagsterEventType.ASSET_CHECK_EVALUATION]
-    outcome.interrupted |= (run is not None and run.status == dg.DagsterRunStatus.CANCELED) or any(
-        _stopped_by_a_person(e) for e in failures
-    )
-    sync_started = any(e.step_key == SYNC_ASSET and e.event_type == dg.DagsterEventType.STEP_START for e in events)
+    outcome = Outcome(mandant, run_id=run_id, dry_run=dry_run)
+    outcome.interrupted = interrupted or (run is not None and run.status == dg.DagsterRunStatus.CANCELED)
+    outcome.interrupted |= any(_stopped_by_a_person(e) for e in failures)
+    expected_stop = False  # the sync failed with a dg.Failure: ours carry what was sent, if anything was
     for event in events:
-        if event.event_type == dg.DagsterEventType.ASSET_MATERIALIZATION and event.asset_key == dg.AssetKey(SYNC_ASSET):
-            _count(outcome, {k: v.value for k, v in event.step_materialization_data.materialization.metadata.items()})
-        elif event.event_type == dg.DagsterEventType.ASSET_OBSERVATION and event.asset_key == dg.AssetKey(SYNC_ASSET):
-            metadata = {k: v.value for k, v in event.asset_observation_data.asset_observation.metadata.items()}
-            outcome.dry_run = True
-            outcome.rows = _rows(mandant, metadata, "")
-            outcome.preview = [
-                f"  {r.data.get('change')} {r.data.get('kind')} {r.data.get('ref_id')}"
-                + (f": {r.data['fields']}" if r.data.get("fields") else "")
-                for r in (metadata["preview"].records if "preview" in metadata else [])
-            ]
-        elif event.event_type == dg.DagsterEventType.STEP_FAILURE and event.step_key == SYNC_ASSET:
-            user = event.step_failure_data.user_failure_data if event.step_failure_data else None
-            metadata = {k: v.value for k, v in (user.metadata if user else {}).items()}
-            if "planned" in metadata:
+        if event.is_step_materialization and event.asset_key == dg.AssetKey(SYNC_ASSET):
+            _count(outcome, _values(event.step_materialization_data.materialization.metadata))
+        elif event.is_asset_observation and event.asset_key == dg.AssetKey(SYNC_ASSET):
+            _preview(outcome, _values(event.asset_observation_data.asset_observation.metadata))
+        elif event.is_step_failure and event.step_key == SYNC_ASSET and event.step_failure_data.user_failure_data:
+            expected_stop = True
+            if "planned" in (metadata := _values(event.step_failure_data.user_failure_data.metadata)):
                 _count(outcome, metadata)
-            # A failure that is no dg.Failure (ours say what was sent) or an interrupt that left no
-            # failure: what casavi confirmed is not known here.
-            outcome.uncounted = user is None and not outcome.dry_run
-    if sync_started and not outcome.dry_run and outcome.planned is None and not any(
-        e.step_key == SYNC_ASSET for e in failures
-    ):
-        outcome.uncounted = outcome.uncounted or outcome.interrupted
+    writing = any(e.is_step_start and e.step_key == SYNC_ASSET for e in events) and not outcome.dry_run
+    # Stopped while writing without saying what (a bug's exception, an interrupt before it was recorded).
+    outcome.uncounted = writing and outcome.planned is None and not expected_stop
     outcome.warnings = [
         f"warning: check {c.check_name}: {_first_line(c.description)}"
         for c in checks
         if not c.passed and c.severity == dg.AssetCheckSeverity.WARN
     ]
-    succeeded = run is not None and run.status == dg.DagsterRunStatus.SUCCESS
-    if not outcome.interrupted and not succeeded:
+    if not outcome.interrupted and not (run is not None and run.status == dg.DagsterRunStatus.SUCCESS):
         outcome.reason = failure_reason(checks, failures)
     return outcome
+
+
+def _values(metadata: Any) -> dict[str, Any]:
+    return {key: value.value for key, value in metadata.items()}
 
 
 def _count(outcome: Outcome, metadata: dict[str, Any]) -> None:
     outcome.rows = _rows(outcome.mandant, metadata, "confirmed/")
     outcome.planned = int(metadata.get("planned", outcome.total))
+
+
+def _preview(outcome: Outcome, metadata: dict[str, Any]) -> None:
+    outcome.dry_run = True
+    outcome.rows = _rows(outcome.mandant, metadata, "")
+    outcome.preview = [
+        f"  {r.data.get('change')} {r.data.get('kind')} {r.data.get('ref_id')}"
+        + (f": {r.data['fields']}" if r.data.get("fields") else "")
+        for r in (metadata["preview"].records if "preview" in metadata else [])
+    ]
 
 
 def sync_mandant(
