@@ -1,9 +1,12 @@
 """`casavi-pipeline sync --mandant M [--dry-run]`: the main job for one Mandant in the Dagster instance
 (`$DAGSTER_HOME`, so the run shows in the UI), told in a few lines instead of Dagster's event stream.
 
-It prints what `./run demo` prints (the demo uses the same functions): the sync's progress, per kind what
-casavi confirmed (or, in a dry run, what would be sent, and the preview: which objects and fields would
-change, names only), and one line saying why when the run stopped. The full event log is in the UI.
+It prints what `./run demo` prints (the demo uses the same functions): the sync's progress and its waits for
+a failing casavi, per kind what casavi confirmed — also of a run stopped half-way (casavi gone, Ctrl-C, the
+state database gone: "95 of 277 writes confirmed by casavi; the next run sends the rest") — or, in a dry
+run, what would be sent and the preview (which objects and fields would change, names only), one line per
+warning check that did not pass, and one line saying why when the run stopped. All of it is read from the
+run's events in the instance (`outcome_of_run`). The full event log is in the UI.
 Exit 0: synced; 1: the run failed (the line says why); 2: it could not start (settings, `DAGSTER_HOME`
 unset or without its dagster.yaml); 130: stopped.
 """

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from casavi_pipeline.casavi.api import ObjectKind
-from casavi_pipeline_tests.e2e import MANDANT, assert_created_once, big_export, export
+from casavi_pipeline_tests.e2e import MANDANT, REPO, assert_created_once, big_export, export
 from casavi_pipeline_tests.erp_fixtures import default_rows
 from casavi_pipeline_tests.postgres import MISSING, PostgresServer, pg_bin
 from casavi_sandbox import SandboxProcess
@@ -262,3 +262,17 @@ def test_sync_that_cannot_start_in_the_instance_says_why_in_one_line(env, tmp_pa
     else:
         assert refused.stderr.startswith(f"sync: DAGSTER_HOME={env['DAGSTER_HOME']} has no dagster.yaml, so Dagster")
     assert not (Path(env["DAGSTER_HOME"]) / "storage").exists()  # no run was made
+
+
+def test_dg_launch_prints_each_progress_line_once(env, sandbox, monkeypatch):
+    """Each progress line was logged (Dagster's console shows it) and printed to stderr as well."""
+    monkeypatch.setenv("CASAVI_PROGRESS_SECONDS", "0.001")  # a line for every write
+    export(env)
+    launched = subprocess.run(
+        [str(Path(sys.executable).parent / "dg"), "launch", "--assets", "*", "--partition", MANDANT],
+        cwd=REPO, env=dict(os.environ), capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    output = launched.stdout + launched.stderr
+    assert launched.returncode == 0, output[-3000:]
+    said = re.findall(rf"Mandant {MANDANT}: \d+/\d+ writes \(.*", output)
+    assert said and len(said) == len(set(said)), said
