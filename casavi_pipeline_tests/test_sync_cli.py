@@ -106,7 +106,7 @@ def test_casavi_stopped_mid_sync_is_waited_for_out_loud_and_what_it_confirmed_is
         sandbox.start()
     assert process.returncode == 1, stdout + stderr
     confirmed, planned = stopped_counts(stdout)
-    assert 30 <= confirmed < planned and confirmed == confirmed_in_audit(tmp_path), stdout
+    assert 0 < confirmed < planned and confirmed == confirmed_in_audit(tmp_path), stdout  # answers in flight are not counted
     waits = [line for line in stderr.splitlines() if re.match(r"casavi at \S+ fails \(\w+ talking to casavi\): waiting", line)]
     assert waits and "each request is tried 6 times within 300 s before the sync gives up" in waits[0], stderr
     retries = [line for line in stderr.splitlines() if line.startswith(f"Mandant {MANDANT}: attempt ")]
@@ -130,7 +130,7 @@ def test_ctrl_c_counts_what_casavi_confirmed_and_the_next_run_sends_the_rest(env
     stdout, stderr = process.communicate(timeout=300)
     assert process.returncode == 130, stdout + stderr
     confirmed, planned = stopped_counts(stdout)
-    assert 30 <= confirmed < planned and confirmed == confirmed_in_audit(tmp_path), stdout
+    assert 0 < confirmed < planned and confirmed == confirmed_in_audit(tmp_path), stdout  # answers in flight are not counted
     assert "Stopped by Ctrl-C or SIGTERM: what casavi confirmed is recorded." in stderr
     sandbox.configure(latency_ms=0)
     the_rest_is_sent(sandbox, tmp_path, confirmed, planned)
