@@ -140,7 +140,18 @@ def write_csv(rows: pd.DataFrame, out: TextIO) -> None:
 
 
 def run(stores: Sequence[StateStore], filters: Filters, *, as_csv: bool, out: TextIO = sys.stdout) -> int:
-    """Print the matching rows; 0, or 1 when a Mandant's snapshot was busy (named on stderr)."""
+    """Print the matching rows; 0, or 1 when a Mandant's snapshot was busy (named on stderr), or 2 when
+    `--mandant` names a Mandant without a snapshot here (an empty table would look like "no writes")."""
+    known = sorted({mandant for store in stores for mandant in store.mandanten()})
+    if filters.mandant is not None and filters.mandant not in known:
+        where = stores[0].root if stores else "this state"
+        print(
+            f"audit: no Mandant {filters.mandant} here: it has no snapshot in the state of any casavi account "
+            f"({where}; Mandanten with an audit trail: {', '.join(known) or 'none yet'}); check --mandant, "
+            "or CASAVI_SNAPSHOT_DB / CASAVI_STATE_URL / --snapshot-dir",
+            file=sys.stderr,
+        )
+        return 2
     rows, busy = query(stores, filters)
     (write_csv if as_csv else write_table)(rows, out)
     for mandant in busy:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
 from collections import Counter
 from pathlib import Path
 
@@ -17,13 +16,13 @@ from casavi_harness.local import (
 )
 from casavi_pipeline.state.snapshot import Snapshot
 from casavi_pipeline.sync.apply import Rejection, SyncReport
-from casavi_pipeline.sync.run import run_totals
+from casavi_pipeline.sync.run import confirmed_line, recorded_totals, run_totals
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-def test_run_help_lists_the_commands_and_an_unknown_one_exits_2():
-    shown = subprocess.run([REPO / "run", "help"], capture_output=True, text=True, timeout=60)
+def test_run_help_lists_the_commands_and_an_unknown_one_exits_2(processes):
+    shown = processes.run([REPO / "run", "help"], timeout=60)
     assert shown.returncode == 0
     for command in (
         "demo",
@@ -35,10 +34,13 @@ def test_run_help_lists_the_commands_and_an_unknown_one_exits_2():
         "dagster",
         "dg",
         "erase-personal-data",
+        "casavi-pipeline",
     ):
         assert f"./run {command}" in shown.stdout
+    for operator_command in ("sync --mandant M", "audit", "check-casavi"):  # casavi-pipeline's
+        assert f"\n                  {operator_command}" in shown.stdout
     assert "set -euo" not in shown.stdout and "usage()" not in shown.stdout  # text, not script code
-    unknown = subprocess.run([REPO / "run", "foo"], capture_output=True, text=True, timeout=60)
+    unknown = processes.run([REPO / "run", "foo"], timeout=60)
     assert unknown.returncode == 2
     assert unknown.stderr.startswith("./run: unknown command 'foo'")
 
@@ -112,11 +114,21 @@ def test_a_runs_counts_add_up_over_its_attempts(tmp_path):
             confirmed=Counter({"unit/create": 42, "contact/create": 4}),
             rejections=[Rejection("contact", "create", "0001-7", 400, "casavi refused a field value")],
         )
-        run_totals(snapshot, "run-a", first)
-        totals = run_totals(snapshot, "run-a", second)
-        other = run_totals(snapshot, "run-b", second)
+        run_totals(snapshot, "run-a", first, planned=120)
+        totals = run_totals(snapshot, "run-a", second, planned=60)
+        other = run_totals(snapshot, "run-b", second, planned=50)
+        assert recorded_totals(snapshot, "run-b") == other
     assert totals["confirmed"] == {"unit/create": 100, "contact/create": 4}
     assert totals["sent"] == {"unit/create": 102, "contact/create": 5}
     assert totals["rejected"] == {"contact/create": 1}
     assert totals["attempts"] == {"n": 2}
+    assert totals["planned"] == {"n": 120}  # the first attempt's: the second starts with what was left
+    assert confirmed_line(totals) == "104 of 120 writes confirmed by casavi"
     assert other["attempts"] == {"n": 1} and other["confirmed"]["unit/create"] == 42
+
+
+def test_the_sandboxs_help_says_which_credentials_it_accepts(processes):
+    shown = processes.run([REPO / "run", "sandbox", "--help"], timeout=120)
+    assert shown.returncode == 0
+    text = " ".join(shown.stdout.split())
+    assert "CASAVI_API_KEY and CASAVI_API_SECRET" in text and "'sandbox-key' / 'sandbox-secret'" in text

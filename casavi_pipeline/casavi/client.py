@@ -38,7 +38,7 @@ from casavi_pipeline.casavi.errors import (
     json_body,
 )
 from casavi_pipeline.casavi.paging import Page, pages
-from casavi_pipeline.casavi.retry import RetryPolicy, Transient, transient
+from casavi_pipeline.casavi.retry import OutageWatch, RetryPolicy, Transient, transient
 from casavi_pipeline.casavi.transport import CALL, Budget, BudgetedTransport, ClientStats
 
 try:
@@ -70,7 +70,9 @@ class CasaviClient:
 
     `budget` paces every request (the caller opens and closes it); None sends as fast as `max_concurrency`
     allows, for the local sandbox and benchmarks only. `clock`/`sleep` (retry time, latency) and `now`
-    (the token's expiry, a wall clock) are injectable so tests of waiting need no time to pass.
+    (the token's expiry, a wall clock) are injectable so tests of waiting need no time to pass. `on_wait`
+    is told (one line) when requests start waiting for a failing casavi, while they keep waiting, and when
+    it answers again (`retry.OutageWatch`).
     """
 
     def __init__(
@@ -89,6 +91,7 @@ class CasaviClient:
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
         now: Callable[[], float] = time.time,
+        on_wait: Callable[[str], None] | None = None,
     ) -> None:
         if max_concurrency < 1:
             raise ValueError("max_concurrency must be at least 1")
@@ -98,8 +101,9 @@ class CasaviClient:
         self.stats = ClientStats(rate_per_minute=budget.rate_per_minute if budget is not None else None)
         self.retry = RetryPolicy(
             max_attempts=max_attempts, max_retry_seconds=max_retry_seconds, backoff_seconds=backoff_seconds,
-            budgeted=budget is not None, clock=clock, sleep=sleep, on_retry=lambda exc: self.stats.count("retries"),
+            budgeted=budget is not None, clock=clock, sleep=sleep, on_retry=self._retrying,
         )  # fmt: skip
+        self.outage = OutageWatch(self.base_url, self.retry, say=on_wait, clock=clock)
         limits = httpx.Limits(max_connections=max_concurrency + 1, max_keepalive_connections=max_concurrency + 1)
         self._auth = TokenAuth(
             self.base_url, api_key, api_secret, on_login=lambda: self.stats.count("authentications"), now=now
@@ -107,7 +111,9 @@ class CasaviClient:
         self._http = httpx.Client(
             base_url=self.base_url,
             timeout=timeout,
-            transport=BudgetedTransport(transport or httpx.HTTPTransport(limits=limits), budget, self.stats, clock),
+            transport=BudgetedTransport(
+                transport or httpx.HTTPTransport(limits=limits), budget, self.stats, clock, self.outage.answered
+            ),
             headers={"User-Agent": USER_AGENT},
             auth=self._auth,
         )
@@ -123,6 +129,11 @@ class CasaviClient:
 
     def close(self) -> None:
         self._http.close()
+
+    def _retrying(self, exc: Transient) -> None:
+        self.stats.count("retries")
+        if not exc.rate_limited:
+            self.outage.failing(exc.reason)
 
     # --- one exchange, retried -----------------------------------------------------------------------
     def _exchange(

@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime as dt
 import email.utils
 import math
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -25,6 +26,8 @@ from casavi_pipeline.casavi.ratelimit import MAX_PAUSE_SECONDS
 
 #: Longest wait a `Retry-After` may impose on one retry; beyond it the retry time budget decides.
 MAX_RETRY_AFTER_SECONDS = MAX_PAUSE_SECONDS
+#: While casavi fails, the outage watch says "still waiting" at most this often.
+WAIT_LINE_SECONDS = 30.0
 
 
 class Transient(Exception):
@@ -148,3 +151,49 @@ class RetryPolicy:
             sleep=self.sleep,
             reraise=True,
         )
+
+
+class OutageWatch:
+    """Tells in one line when requests start waiting for a failing casavi (why, and how long each request
+    will try), again at most every `WAIT_LINE_SECONDS` while it lasts, and when casavi answers again: a
+    sync is never silent for minutes before it gives up. A 429 is pacing, not an outage: not told."""
+
+    def __init__(
+        self, where: str, policy: RetryPolicy, *, say: Callable[[str], None] | None, clock: Callable[[], float]
+    ) -> None:
+        self._where, self._policy, self._say, self._clock = where, policy, say, clock
+        self._lock = threading.Lock()
+        self._since: float | None = None  # when requests started waiting for a failing casavi
+        self._said = 0.0  # when it was last told
+
+    def failing(self, reason: str) -> None:
+        """A request waits to try a failing casavi again."""
+        with self._lock:
+            now = self._clock()
+            if self._since is None:
+                self._since = self._said = now
+                line = (
+                    f"casavi at {self._where} fails ({reason}): waiting for it; each request is tried "
+                    f"{self._policy.max_attempts} times within {self._policy.max_retry_seconds:g} s before "
+                    "the sync gives up"
+                )
+            elif now - self._said >= WAIT_LINE_SECONDS:
+                self._said = now
+                line = (
+                    f"still waiting for casavi at {self._where} ({reason}) for {now - self._since:.0f} s; a "
+                    f"request gives up after {self._policy.max_attempts} tries or {self._policy.max_retry_seconds:g} s"
+                )
+            else:
+                return
+        if self._say is not None:
+            self._say(line)
+
+    def answered(self, sent: float) -> None:
+        """casavi answered (not with a 5xx) a request sent at `sent`: it is back, unless the request left
+        before it failed (an answer already on its way says nothing about now)."""
+        with self._lock:
+            if self._since is None or sent < self._since:
+                return
+            waited, self._since = self._clock() - self._since, None
+        if self._say is not None:
+            self._say(f"casavi at {self._where} answers again, after {waited:.0f} s")

@@ -72,9 +72,13 @@ class ClientStats:
         return figures
 
     def rate_line(self) -> str:
-        """The same figures for a progress line."""
+        """The same figures for a progress line. The wait is summed over the requests in flight at once
+        (4 waiting 10 s side by side make 40 s), so it can exceed the sync's wall time: the line says so."""
         rate = f"rate {self.rate_per_minute:.0f}/min, " if self.rate_per_minute is not None else ""
-        return f"{rate}{self.rate_limited}× 429, {self.budget_wait_seconds:.0f} s waited for the budget"
+        return (
+            f"{rate}{self.rate_limited}× 429, {self.budget_wait_seconds:.0f} s waited for the budget "
+            "(summed over concurrent requests)"
+        )
 
     def answered(self, status: int) -> None:
         with self._lock:
@@ -90,9 +94,15 @@ class BudgetedTransport(httpx.BaseTransport):
     """Sends through `inner` once `budget` (None: no pacing) grants it; feeds the answer back."""
 
     def __init__(
-        self, inner: httpx.BaseTransport, budget: Budget | None, stats: ClientStats, clock: Callable[[], float]
+        self,
+        inner: httpx.BaseTransport,
+        budget: Budget | None,
+        stats: ClientStats,
+        clock: Callable[[], float],
+        on_answer: Callable[[float], None] = lambda sent: None,
     ) -> None:
         self._inner, self._budget, self._stats, self._clock = inner, budget, stats, clock
+        self._on_answer = on_answer  # told when casavi answered (not with a 5xx) a request sent then
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
         budget = self._budget
@@ -110,6 +120,8 @@ class BudgetedTransport(httpx.BaseTransport):
             raise
         status = response.status_code
         self._stats.answered(status)
+        if status < 500:
+            self._on_answer(started)
         if budget is not None and grant is not None:
             if status in (api.STATUS_RATE_LIMITED, api.STATUS_UNAVAILABLE):
                 budget.pushed_back(grant, retry_after_seconds(response))

@@ -50,10 +50,19 @@ def failure_reason(
             return f"{event.step_key}: {_first_line(user.description)}"
         if data and data.error:
             error = data.error
-            # Dagster's wrapper ("Error occurred while executing op …") names no reason; what it wraps does.
-            while error.cls_name == "DagsterExecutionStepExecutionError" and error.cause is not None:
+            # Dagster's wrappers name no reason ("Error occurred while executing op …", "Exceeded
+            # max_retries of 2" after the last retry): what they wrap does.
+            while error.cause is not None and (
+                error.cls_name == "DagsterExecutionStepExecutionError"
+                or error.message.startswith("Exceeded max_retries")
+            ):
                 error = error.cause
-            return f"{event.step_key}: {_first_line(error.message)}"
+            message = error.message
+            # An exception's message starts with its qualified class name ("pkg.mod.SomeError: …").
+            named, _, rest = message.partition(": ")
+            if rest and named.rsplit(".", 1)[-1] == error.cls_name and "." in named:
+                message = rest
+            return f"{event.step_key}: {_first_line(message)}"
     if isinstance(exception, dg.Failure) and exception.description:
         return _first_line(exception.description)
     if exception is not None:
@@ -95,9 +104,13 @@ def reason_of_failed_run(instance: dg.DagsterInstance, run: dg.DagsterRun, failu
     return reason
 
 
+#: How the run's ERROR line naming the reason begins (`stopped_line`).
+STOPPED = "casavi_pipeline stopped: "
+
+
 def stopped_line(reason: str) -> str:
     """The run log's ERROR line naming the reason (the same in every way a run is started)."""
-    return f"casavi_pipeline stopped: {reason}"
+    return f"{STOPPED}{reason}"
 
 
 @dg.failure_hook(name="casavi_failure_reason")

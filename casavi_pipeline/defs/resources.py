@@ -23,7 +23,7 @@ from __future__ import annotations
 import contextlib
 import types
 import typing
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Annotated, Any, Self
 
@@ -218,7 +218,8 @@ class CasaviResource(dg.ConfigurableResource):
     """Hands out a casavi client for the duration of one step."""
 
     @contextlib.contextmanager
-    def get_client(self) -> Iterator[CasaviClient]:
+    def get_client(self, on_wait: Callable[[str], None] | None = None) -> Iterator[CasaviClient]:
+        """A client for one step; `on_wait` hears when it waits for a failing casavi (`CasaviClient`)."""
         raise NotImplementedError
         yield  # pragma: no cover
 
@@ -257,7 +258,7 @@ class HttpCasaviResource(CasaviResource, _resource_of(CasaviSettings)):
         return requests * 60.0 / per_minute if per_minute else None
 
     @contextlib.contextmanager
-    def get_client(self) -> Iterator[CasaviClient]:
+    def get_client(self, on_wait: Callable[[str], None] | None = None) -> Iterator[CasaviClient]:
         base_url = self.target
         with (
             AccountBudget(self._budget_path(), ceiling_per_minute=self.requests_per_minute or None) as budget,
@@ -270,6 +271,7 @@ class HttpCasaviResource(CasaviResource, _resource_of(CasaviSettings)):
                 max_concurrency=self.max_concurrency,
                 max_attempts=self.max_attempts,
                 max_retry_seconds=self.max_retry_seconds,
+                on_wait=on_wait,
             ) as client,
         ):
             yield client

@@ -30,7 +30,9 @@ from casavi_pipeline.defs.sync_reporting import (
     progress,
     rejections_check,
     remote_metadata,
+    say,
     sync_metadata,
+    writing_client,
 )
 from casavi_pipeline.state.diff import ChangesetSummary, compute_changeset, summarize
 from casavi_pipeline.state.snapshot import Snapshot
@@ -87,7 +89,10 @@ def casavi_remote(
     sync_policy: SyncPolicy,
 ) -> dg.MaterializeResult:
     mandant = context.partition_key
-    with open_snapshot(snapshots.store, mandant, context.log) as snapshot, casavi_client(casavi) as client:
+    with (
+        open_snapshot(snapshots.store, mandant, context.log) as snapshot,
+        casavi_client(casavi, on_wait=say(context)) as client,
+    ):
         read = read_remote(
             snapshot,
             snapshots.remote_cache(),
@@ -254,7 +259,7 @@ def casavi_sync(
         if sync_policy.dry_run if config.dry_run is None else config.dry_run:
             yield from _dry_run(context, snapshot, summary, casavi, sync_policy)
             return
-        with casavi_client(casavi, writes=True) as client:
+        with writing_client(context, casavi, snapshot) as client:
             outcome = write_changeset(
                 snapshot,
                 snapshots.remote_cache(),

@@ -99,6 +99,24 @@ class StateUnavailableError(RuntimeError):
     """The state database cannot be reached; the message names it without its password."""
 
 
+@contextlib.contextmanager
+def _answering(url: str) -> Iterator[None]:
+    """A connection that broke while in use (the server stopped or restarted, the network went) as one
+    line naming the database by host, port and name only; psycopg2's other errors stay bugs."""
+    import psycopg2
+    from sqlalchemy.engine import make_url
+
+    try:
+        yield
+    except (psycopg2.OperationalError, psycopg2.InterfaceError) as exc:
+        parsed = make_url(url)
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise StateUnavailableError(
+            f"The state database of CASAVI_STATE_URL ({parsed.host}:{parsed.port or 5432}/{parsed.database}) "
+            f"stopped answering ({reason}); is PostgreSQL up? What was recorded before is kept: rerun when it is"
+        ) from None
+
+
 def _lock_key(name: str) -> int:
     """A stable signed 64-bit advisory-lock key for a state name."""
     return int.from_bytes(hashlib.blake2b(f"casavi_pipeline/{name}".encode(), digest_size=8).digest(), "big", signed=True)
@@ -155,7 +173,7 @@ class PostgresLog:
         self._home, self._stream = home, stream
 
     def append(self, line: str) -> None:
-        with self._home.connection.cursor() as cur:
+        with _answering(self._home.url), self._home.connection.cursor() as cur:
             cur.execute(
                 "INSERT INTO casavi_state_log (name, stream, line) VALUES (%s, %s, %s)",
                 [self._home.name, self._stream, line],
@@ -165,7 +183,7 @@ class PostgresLog:
         # Also while another process holds the state (the audit trail of a running sync): no lock needed.
         con = self._home._con or _connect(self._home.url)
         try:
-            with con.cursor() as cur:
+            with _answering(self._home.url), con.cursor() as cur:
                 cur.execute(
                     "SELECT id, line FROM casavi_state_log WHERE name = %s AND stream = %s ORDER BY id",
                     [self._home.name, self._stream],
@@ -289,7 +307,7 @@ class PostgresHome:
         if not changed and not any(mark for _, mark in clears):
             return
         # One transaction: the new generation and the log rows it now holds go together.
-        with _transaction(self.connection) as cur:
+        with _answering(self.url), _transaction(self.connection) as cur:
             if changed:
                 self._store(cur)
             for log, mark in clears:

@@ -48,6 +48,7 @@ from casavi_pipeline.state.files import (
     rewrite_compacted,
 )
 from casavi_pipeline.state.homes import AUDIT, JOURNAL, Home, LocalHome
+from casavi_pipeline.state.postgres import StateUnavailableError
 
 _SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS synced (
@@ -263,7 +264,14 @@ class Snapshot:
     def __exit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
-        self.close()
+        if exc is None:
+            self.close()
+            return
+        # Leaving on an error: the state database gone too must not hide the error that ended the work
+        # (it is usually the same one, told with its context). What the logs hold is durable and folded
+        # by the next open.
+        with contextlib.suppress(StateUnavailableError):
+            self.close()
 
     def close(self) -> None:
         try:

@@ -26,7 +26,8 @@ DELETIONS_LISTED = 1_000
 #: Snapshot meta: + run id → the counts of that run's attempts so far (`run_totals`).
 _ATTEMPTS = "run/"
 
-#: Per run: name → label ("unit/create") → count; "attempts" → {"n": attempts}.
+#: Per run: name → label ("unit/create") → count; "attempts" → {"n": attempts}; "planned" → {"n": the
+#: writes pending when its first attempt started}.
 RunTotals = dict[str, dict[str, int]]
 
 
@@ -48,10 +49,13 @@ def refusal(snapshot: Snapshot, guards: GuardPolicy, identity: str) -> GuardResu
     )
 
 
-def run_totals(snapshot: Snapshot, run_id: str, report: SyncReport) -> RunTotals:
-    """This attempt's counts added to the earlier attempts' of the same run (kept in the snapshot)."""
+def run_totals(snapshot: Snapshot, run_id: str, report: SyncReport, *, planned: int) -> RunTotals:
+    """This attempt's counts added to the earlier attempts' of the same run (kept in the snapshot).
+
+    `planned`: the writes pending when this attempt started; the run keeps its first attempt's.
+    """
     key = f"{_ATTEMPTS}{run_id}"
-    previous = json.loads(snapshot.get_meta(key) or "{}")
+    previous = recorded_totals(snapshot, run_id) or {}
     totals: RunTotals = {}
     for name, counter in (
         ("sent", report.sent),
@@ -63,10 +67,22 @@ def run_totals(snapshot: Snapshot, run_id: str, report: SyncReport) -> RunTotals
             merged[label] = merged.get(label, 0) + n
         totals[name] = merged
     totals["attempts"] = {"n": previous.get("attempts", {}).get("n", 0) + 1}
+    totals["planned"] = {"n": previous.get("planned", {}).get("n", planned)}
     # Only this run's totals are ever read again: earlier runs' rows go (one row, not one per run).
     snapshot.connection.execute("DELETE FROM meta WHERE starts_with(key, ?) AND key <> ?", [_ATTEMPTS, key])
     snapshot.set_meta(key, json.dumps(totals, sort_keys=True))
     return totals
+
+
+def recorded_totals(snapshot: Snapshot, run_id: str) -> RunTotals | None:
+    """The counts of the run's attempts so far (None: it wrote nothing yet); also after an attempt failed."""
+    recorded = snapshot.get_meta(f"{_ATTEMPTS}{run_id}")
+    return json.loads(recorded) if recorded else None
+
+
+def confirmed_line(totals: RunTotals) -> str:
+    """What casavi confirmed of a run that stopped half-way, for the lines that tell it."""
+    return f"{sum(totals['confirmed'].values())} of {totals['planned']['n']} writes confirmed by casavi"
 
 
 @dataclass(frozen=True)
@@ -109,7 +125,7 @@ def write_changeset(
     """Send the pending changeset (`writes` operations) after the guards passed; count the attempt.
 
     Whatever stops the writes (casavi down, an interrupt) propagates after this attempt's counts joined
-    the run's and what casavi confirmed deleted left the listing.
+    the run's (`recorded_totals` reads them) and what casavi confirmed deleted left the listing.
     """
     if snapshot.synced_total() == 0 or guards.allow_separator_change:
         snapshot.set_separator(guards.separator)
@@ -130,7 +146,7 @@ def write_changeset(
             run_id=run_id,
         )
     finally:
-        totals = run_totals(snapshot, run_id, report)
+        totals = run_totals(snapshot, run_id, report, planned=writes)
         cache.forget(report.deleted)
     # `apply_changeset` folded the audit file: the run's rows (every attempt) are in the table.
     audit = snapshot.audit_summary(run_id)

@@ -17,7 +17,7 @@ import datetime as dt
 import itertools
 import time
 import uuid
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 from pydantic import Field
@@ -189,5 +189,5 @@ class FakeCasaviResource(CasaviResource):
         return "fake casavi (in memory)"
 
     @contextlib.contextmanager
-    def get_client(self) -> Iterator[FakeCasaviClient]:  # type: ignore[override]
-        yield self.client
+    def get_client(self, on_wait: Callable[[str], None] | None = None) -> Iterator[FakeCasaviClient]:  # type: ignore[override]
+        yield self.client  # never fails, so never waits
