@@ -144,11 +144,11 @@ def run(stores: Sequence[StateStore], filters: Filters, *, as_csv: bool, out: Te
     `--mandant` names a Mandant without a snapshot here (an empty table would look like "no writes")."""
     known = sorted({mandant for store in stores for mandant in store.mandanten()})
     if filters.mandant is not None and filters.mandant not in known:
-        where = stores[0].root if stores else "this state"
+        root = stores[0] if stores else None
+        where = "in the state database (CASAVI_STATE_URL)" if root and root.url else f"in {root.root if root else 'this folder'}"
         print(
-            f"audit: no Mandant {filters.mandant} here: it has no snapshot in the state of any casavi account "
-            f"({where}; Mandanten with an audit trail: {', '.join(known) or 'none yet'}); check --mandant, "
-            "or CASAVI_SNAPSHOT_DB / CASAVI_STATE_URL / --snapshot-dir",
+            f"audit: no Mandant {filters.mandant} here: it has no snapshot {where} (Mandanten with an audit "
+            f"trail: {', '.join(known) or 'none yet'}); check --mandant, or CASAVI_SNAPSHOT_DB / --snapshot-dir",
             file=sys.stderr,
         )
         return 2

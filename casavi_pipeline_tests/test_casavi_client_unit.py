@@ -181,7 +181,7 @@ def test_an_answer_sent_before_casavi_failed_does_not_count_as_answering_again()
         clock=clock, sleep=clock.sleep, on_wait=said.append,
     )  # fmt: skip
     with client:
-        client._waiting("ConnectError talking to casavi")  # another thread's request failed just now
+        client.outage.failing("ConnectError talking to casavi")  # another thread's request failed just now
         client._answered_again(sent=clock() - 1.0)  # an answer to a request sent before that
         assert len(said) == 1 and said[0].startswith("casavi at https://casavi.test fails")
         client._answered_again(sent=clock())

@@ -16,6 +16,7 @@ rents or owns). Buildings and contracts have no reference ID of their own in cas
 
 from __future__ import annotations
 
+import datetime as dt
 import math
 import re
 from collections.abc import Iterator, Mapping
@@ -45,7 +46,7 @@ RETRY_AFTER_HEADER = "Retry-After"
 #: exactly as casavi gave it (casavi's v1 counted pages from 0: a guessed `page=1` would skip a page).
 PAGE_SIZE_PARAM = "pageSize"
 MAX_PAGE_SIZE = 500  # [model] a 400 for the page size means: ask again with casavi's default
-MODIFIED_AFTER_PARAM = "modifiedAfter"  # [read] the parameter; [model] its ISO UTC format
+MODIFIED_AFTER_PARAM = "modifiedAfter"  # [read] the parameter; [model] its ISO UTC format (`utc_stamp`)
 #: [read] Ended contracts are left out of reads without it; [model] that contacts' reads take it too.
 INCLUDE_INACTIVE_CONTRACTS_PARAM = "includeInactiveContracts"
 LIST_KEY = "list"  # [read]
@@ -99,6 +100,14 @@ ERROR_WORDING: dict[int, str] = {
     STATUS_UNKNOWN_REFERENCE: "references an object casavi does not know",
     STATUS_RATE_LIMITED: "too many requests",
 }
+
+
+def utc_stamp(moment: dt.datetime) -> str:
+    """casavi's timestamp form, `YYYY-MM-DDThh:mm:ss.sssZ` [confirmed]; a naive time is refused (server
+    time zone, daylight saving: ambiguous), not guessed."""
+    if moment.tzinfo is None:
+        raise ValueError("modified_after must be timezone-aware")
+    return moment.astimezone(dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def error_wording(status: int | None) -> str:

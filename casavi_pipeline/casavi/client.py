@@ -201,7 +201,7 @@ class CasaviClient:
         call = f"GET {kind.collection_path}"
         params: dict[str, Any] = {api.PAGE_SIZE_PARAM: page_size, **kind.read_params}
         if modified_after is not None:
-            params[api.MODIFIED_AFTER_PARAM] = _utc_stamp(modified_after)
+            params[api.MODIFIED_AFTER_PARAM] = api.utc_stamp(modified_after)
 
         def fetch(url: str, query: dict[str, Any] | None) -> Any:
             response, _ = self._exchange("GET", url, Call.LIST, call=call, params=query)
@@ -246,10 +246,3 @@ class CasaviClient:
         """Send writes with at most `max_concurrency` in flight; yield each result as it completes
         (`concurrency.in_flight`: a rejection is a result, a failure stops new writes and is raised)."""
         return in_flight(self._write, operations, self.max_concurrency)
-
-
-def _utc_stamp(moment: dt.datetime) -> str:
-    """casavi's timestamp form, `YYYY-MM-DDThh:mm:ss.sssZ`."""
-    if moment.tzinfo is None:  # a naive time is ambiguous (server time zone, DST): refuse, don't guess
-        raise ValueError("modified_after must be timezone-aware")
-    return moment.astimezone(dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")

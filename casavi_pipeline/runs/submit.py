@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
+import socket
 import sys
 import time
 from collections.abc import Iterator, Mapping
@@ -166,12 +168,28 @@ def start(instance: dg.DagsterInstance, workspace: BaseWorkspaceRequestContext, 
 
 
 def cancel(instance: dg.DagsterInstance, run_id: str) -> None:
-    """Stop the run as the UI's Terminate does: off the queue if waiting, else its worker interrupted."""
+    """Stop the run as the UI's Terminate does: off the queue if waiting, else its worker interrupted.
+
+    A Ctrl-C in the terminal stops the code server too (one process group), which then cannot pass the
+    request on, and the run's process may not have been in that group: so the worker this host runs is
+    also interrupted directly (its tag names it). An interrupt more is harmless: the sync counts what it
+    did from the audit trail (`sync.run.recorded_totals`).
+    """
     from dagster._core.errors import DagsterUserCodeUnreachableError
 
     run = instance.get_run_by_id(run_id)
-    if run is not None and not run.is_finished:
-        # A code server that is gone cannot pass the request on; Ctrl-C reached its processes anyway
-        # (one process group), and the caller waits a bounded time for the run to end.
-        with contextlib.suppress(DagsterUserCodeUnreachableError):
-            instance.run_coordinator.cancel_run(run_id)
+    if run is None or run.is_finished:
+        return
+    with contextlib.suppress(DagsterUserCodeUnreachableError):
+        instance.run_coordinator.cancel_run(run_id)
+    if (pid := local_worker(run.tags.get(WORKER_TAG))) is not None:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, signal.SIGINT)
+
+
+def local_worker(tag: str | None) -> int | None:
+    """The pid of a run's worker process if it runs on this host now (`runs.launcher.worker_health`)."""
+    if not tag or worker_health(tag).status != WorkerStatus.RUNNING:
+        return None
+    host, pid, _ = tag.split(" ")
+    return int(pid) if host == socket.gethostname() else None

@@ -31,7 +31,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         epilog=(
             "Credentials: POST /v2/authenticate accepts the key and secret in CASAVI_API_KEY and "
             "CASAVI_API_SECRET; with either unset, the fixed local pair "
-            f"{DEFAULT_KEY} / {DEFAULT_SECRET} (a fake for a local process, not a secret). "
+            f"{DEFAULT_KEY!r} / {DEFAULT_SECRET!r} (a fake for a local process, not a secret). "
             "The admin endpoints under /_sandbox/ (state, seed, config, ...) take none."
         ),
     )
