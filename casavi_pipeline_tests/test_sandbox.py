@@ -603,10 +603,12 @@ def test_reads_leave_out_nulls_and_list_the_units_at_each_street(client: httpx.C
         {"street": STREETS[0], api.ADDRESS_UNITS_FIELD: []},
         {"street": STREETS[1], api.ADDRESS_UNITS_FIELD: [UNIT_ID, "0001-100-2"]},
     ]
-    assert set(read) == {"id", "name", "addresses", api.INTERNAL_ID_FIELD, api.MODIFIED_FIELD}
+    assert set(read) == {"id", "name", "addresses", api.INTERNAL_ID_FIELD, api.MODIFIED_FIELD, api.APP_LINK_FIELD}
     assert client.get(ObjectKind.PROPERTY.collection_path).json()[api.LIST_KEY] == [read]
     contact = client.get(ObjectKind.CONTACT.object_path(CONTACT_ID)).json()
-    assert set(contact) == {"id", "lastName", "contracts", api.INTERNAL_ID_FIELD, api.MODIFIED_FIELD}
+    assert set(contact) == {
+        "id", "lastName", "contracts", api.INTERNAL_ID_FIELD, api.MODIFIED_FIELD, api.APP_LINK_FIELD
+    }  # fmt: skip
     assert contact["contracts"] == [  # no endDate: null fields are left out of entries too
         {
             "type": "RENTER",
@@ -703,7 +705,9 @@ def test_unmanaged_fields_knob_adds_fields_the_sync_does_not_manage_to_every_rea
     for kind, before in plain.items():
         read = client.get(kind.object_path(before["id"])).json()
         assert set(read) == set(before) | set(extra)
-        assert {key: value for key, value in read.items() if key not in extra} == before
+        assert {key: value for key, value in read.items() if key not in extra} == {
+            key: value for key, value in before.items() if key not in extra  # appLink: in every read anyway
+        }
         assert isinstance(read["images"], list) and isinstance(read["appLink"], str)
         # the client's reading of it is unchanged: the sync neither sends nor compares these
         assert api.record_from_read(kind, read) == api.record_from_read(kind, before)
@@ -714,6 +718,27 @@ def test_unmanaged_fields_knob_adds_fields_the_sync_does_not_manage_to_every_rea
     assert "images" not in sandbox.state()["units"][UNIT_ID]  # nothing stored
     sandbox.configure(unmanaged_fields=None)
     assert client.get(ObjectKind.UNIT.object_path(UNIT_ID)).json().keys() == plain[ObjectKind.UNIT].keys()
+
+
+def test_every_read_links_to_its_object_unless_the_app_links_knob_is_off(
+    sandbox: SandboxProcess, client: httpx.Client
+) -> None:
+    put_tree(client)
+    for kind, ref in ((ObjectKind.PROPERTY, PROPERTY_ID), (ObjectKind.UNIT, UNIT_ID), (ObjectKind.CONTACT, CONTACT_ID)):
+        read = client.get(kind.object_path(ref)).json()
+        expected = f"{sandbox.base_url}/app/{kind.collection}/{read[api.INTERNAL_ID_FIELD]}"
+        assert read[api.APP_LINK_FIELD] == expected  # built from the host and the object's internal id
+        listed = client.get(kind.collection_path, params=kind.read_params).json()[api.LIST_KEY]
+        assert {obj["id"]: obj[api.APP_LINK_FIELD] for obj in listed}[ref] == expected
+        assert api.record_from_read(kind, read) == api.record_from_read(kind, {**read, api.APP_LINK_FIELD: None})
+    assert api.APP_LINK_FIELD in put(client, ObjectKind.UNIT, unit()).json()  # a PUT's answer is a read
+    assert sandbox.configure(app_links=False)["app_links"] is False
+    for kind in ObjectKind:
+        assert all(api.APP_LINK_FIELD not in obj for obj in client.get(kind.collection_path).json()[api.LIST_KEY])
+    assert api.APP_LINK_FIELD not in client.get(ObjectKind.UNIT.object_path(UNIT_ID)).json()
+    sandbox.reset(objects=False)  # the default again: links
+    assert api.APP_LINK_FIELD in client.get(ObjectKind.UNIT.object_path(UNIT_ID)).json()
+    assert (parse_args([]).app_links, parse_args(["--no-app-links"]).app_links) == (True, False)
 
 
 # --- someone else changes casavi ---------------------------------------------------------------------
@@ -1110,7 +1135,10 @@ def test_the_fake_client_answers_as_the_sandbox_does(client: httpx.Client) -> No
 
 def _without_meta(obj: dict[str, Any]) -> dict[str, Any]:
     return {
-        key: value for key, value in obj.items() if key not in (api.INTERNAL_ID_FIELD, api.MODIFIED_FIELD)
+        key: value
+        for key, value in obj.items()
+        # the sandbox's links name its host, which the fake has not
+        if key not in (api.INTERNAL_ID_FIELD, api.MODIFIED_FIELD, api.APP_LINK_FIELD)
     }
 
 

@@ -67,6 +67,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="every read also carries these fields the sync does not manage, e.g. images,customFields,appLink",
     )
     parser.add_argument(
+        "--app-links",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="every read carries an appLink to the object on this host (--no-app-links: none, as a casavi "
+        "that returns no links)",
+    )
+    parser.add_argument(
         "--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"]
     )
     parser.add_argument(
@@ -91,6 +98,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                 "echo_errors": args.echo_errors,
                 "reject_ids": args.reject_ids,
                 "unmanaged_fields": args.unmanaged_fields,
+                "app_links": args.app_links,
             }
         )
     except ValueError as exc:

@@ -151,7 +151,8 @@ def admin_routes(
             )
         assert edited is not None
         unmanaged = unmanaged_values(controls.knobs.unmanaged_names())
-        return JSONResponse(account.shape(kind, [edited], unmanaged=unmanaged)[0])
+        app_links = str(request.base_url) if controls.knobs.app_links else None  # as the API's reads
+        return JSONResponse(account.shape(kind, [edited], unmanaged=unmanaged, app_links=app_links)[0])
 
     return [
         Route(f"{ADMIN_PREFIX}/health", health, methods=["GET"]),

@@ -129,10 +129,15 @@ class _Handlers:
         return kind
 
     def _shape(
-        self, kind: api.ObjectKind, stored: list[StoredObject], *, inactive_contracts: bool
+        self, request: Request, kind: api.ObjectKind, stored: list[StoredObject], *, inactive_contracts: bool
     ) -> list[dict[str, Any]]:
-        unmanaged = unmanaged_values(self.controls.knobs.unmanaged_names())
-        return self.account.shape(kind, stored, inactive_contracts=inactive_contracts, unmanaged=unmanaged)
+        knobs = self.controls.knobs
+        unmanaged = unmanaged_values(knobs.unmanaged_names())
+        # every read links to the object on the host that served it, unless the `app_links` knob is off
+        app_links = str(request.base_url) if knobs.app_links else None
+        return self.account.shape(
+            kind, stored, inactive_contracts=inactive_contracts, unmanaged=unmanaged, app_links=app_links
+        )
 
     # --- reads -------------------------------------------------------------------------------------
     async def list_objects(self, request: Request) -> Response:
@@ -149,7 +154,7 @@ class _Handlers:
             links_out[api.NEXT_LINK_KEY] = str(
                 request.url.include_query_params(**{AFTER_PARAM: rows[asked.size - 1].internal_id})
             )
-        listed = self._shape(kind, rows[: asked.size], inactive_contracts=asked.inactive_contracts)
+        listed = self._shape(request, kind, rows[: asked.size], inactive_contracts=asked.inactive_contracts)
         return JSONResponse({api.LIST_KEY: listed, api.LINKS_KEY: links_out})
 
     async def one_object(self, request: Request) -> Response:
@@ -165,7 +170,9 @@ class _Handlers:
         stored = self.store.get(kind.collection, ref_id)
         if stored is None:
             raise Problem(api.STATUS_NOT_FOUND, f"no {kind.value} with id {ref_id}")
-        return JSONResponse(self._shape(kind, [stored], inactive_contracts=inactive_contracts(request))[0])
+        return JSONResponse(
+            self._shape(request, kind, [stored], inactive_contracts=inactive_contracts(request))[0]
+        )
 
     # --- writes ------------------------------------------------------------------------------------
     async def _put(self, request: Request, kind: api.ObjectKind, ref_id: str) -> Response:
@@ -195,7 +202,7 @@ class _Handlers:
                 utc_timestamp(time.time()),
             )
         status = api.STATUS_CREATED if created else api.STATUS_UPDATED
-        return JSONResponse(self._shape(kind, [stored], inactive_contracts=True)[0], status_code=status)
+        return JSONResponse(self._shape(request, kind, [stored], inactive_contracts=True)[0], status_code=status)
 
 
 def _same(given: Any, expected: bytes) -> bool:

@@ -62,6 +62,8 @@ class Knobs:
     # "images,customFields,appLink": every read (of every kind) also carries these fields the sync does
     # not manage; each must be one of `api.UNMANAGED_READ_FIELDS` (or match its prefix, `msc*`)
     unmanaged_fields: str | None = None
+    # every read carries an `appLink` to the object (`model.app_link`); off: a casavi that returns no links
+    app_links: bool = True
 
     def updated(self, changes: Mapping[str, Any]) -> Knobs:
         """A copy with the given knobs changed; ValueError names an unknown knob or a bad value."""
@@ -119,8 +121,9 @@ class Knobs:
                 raise ValueError(f"{name} must be a fraction between 0 and 1")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int):
             raise ValueError("seed must be an integer")
-        if not isinstance(self.echo_errors, bool):
-            raise ValueError("echo_errors must be true or false")
+        for name in ("echo_errors", "app_links"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be true or false")
         if self.reject_ids is not None and not isinstance(self.reject_ids, str):
             raise ValueError("reject_ids must be a comma-separated list of reference ids, e.g. '0001-00042'")
         if self.unmanaged_fields is not None:

@@ -20,7 +20,8 @@ of any contact (ended contracts included), a property by its units or by a contr
 A stored object is the body of its last write (every field of the kind, absent ones as null, fields
 outside the model dropped). A read leaves null fields out and adds the read-only fields: `internalId`,
 `modified`, on each property address the ids of the units at that street (`api.ADDRESS_UNITS_FIELD`),
-and, when asked for, fields the sync does not manage (`api.UNMANAGED_READ_FIELDS`). A contact's ended
+the server's `appLink` to the object (`app_link`), and, when asked for, fields the sync does not manage
+(`api.UNMANAGED_READ_FIELDS`). A contact's ended
 contracts (`endDate` before today, UTC) are left out unless the read asks for inactive contracts.
 """
 
@@ -92,6 +93,12 @@ def unmanaged_field_problem(name: str) -> str | None:
     if not any(fnmatch.fnmatchcase(name, pattern) for pattern in api.UNMANAGED_READ_FIELDS):
         return f"{name!r} is not one of api.UNMANAGED_READ_FIELDS {list(api.UNMANAGED_READ_FIELDS)}"
     return None
+
+
+def app_link(base_url: str, kind: Kind, internal_id: int) -> str:
+    """The `appLink` a read carries: a link into the app on the host that served the read, by the object's
+    internal id, as casavi's links open an object (`http://127.0.0.1:8765/app/units/17`)."""
+    return f"{base_url.rstrip('/')}/app/{kind.collection}/{internal_id}"
 
 
 def unmanaged_values(names: Iterable[str]) -> dict[str, Any]:
@@ -300,7 +307,10 @@ class StoredAccount:
         *,
         inactive_contracts: bool = True,
         unmanaged: Mapping[str, Any] | None = None,
+        app_links: str | None = None,
     ) -> list[dict[str, Any]]:
+        """The objects as a read returns them; `app_links`: the base URL each one's `appLink` starts with
+        (None: reads carry none)."""
         units_at = {}
         if kind is Kind.PROPERTY:
             units_at = self.units_at(
@@ -314,7 +324,10 @@ class StoredAccount:
                 modified=obj.modified,
                 units_at=units_at,
                 inactive_contracts=inactive_contracts,
-                unmanaged=unmanaged or {},
+                unmanaged={
+                    **(unmanaged or {}),
+                    **({api.APP_LINK_FIELD: app_link(app_links, kind, obj.internal_id)} if app_links else {}),
+                },
             )
             for obj in stored
         ]

@@ -75,7 +75,7 @@ class SandboxProcess:
     """Starts `python -m casavi_sandbox` on a free port and talks to its admin endpoints.
 
     Knobs (`rate_limit`, `latency_ms`, `error_rate`, `token_ttl`, `drop_rate`, `seed`, `drop_field`,
-    `rename_field`, `echo_errors`, `reject_ids`, `unmanaged_fields`; see `Knobs`) given here or via
+    `rename_field`, `echo_errors`, `reject_ids`, `unmanaged_fields`, `app_links`; see `Knobs`) given here or via
     `configure` are kept and passed again
     on `restart`. The port stays the same across restarts, so clients keep their base URL. Output goes
     to `<db folder>/<db name>.log`; `access_log=True` adds a line per request there (off by default: it
@@ -280,7 +280,8 @@ class SandboxProcess:
         in their messages and put values in a `code` slot (`app.ECHO_CODE_KEY`) of the body and of
         each error; `configure(reject_ids="0001-00042")`: PUTs of that reference id (comma-separate
         several) are answered 400 after the body was read; `configure(unmanaged_fields=
-        "images,customFields,appLink")`: every read carries these fields the sync does not manage.
+        "images,customFields,appLink")`: every read carries these fields the sync does not manage;
+        `configure(app_links=False)`: reads carry no `appLink` (by default each links to the object).
         `None` (or "" / 0) turns a knob off. An unknown knob or a bad value is answered 400
         (`httpx.HTTPStatusError`) and changes nothing.
         """
