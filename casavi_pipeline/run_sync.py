@@ -28,6 +28,7 @@ QUIET = {"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}}
 #: Preview lines of a dry run on the terminal; the run's metadata lists them all.
 PREVIEW_LINES = 20
 SYNC_ASSET = "casavi_sync"
+LINKS_ASSET = "casavi_links"
 CHANGES = ("create", "update", "delete")
 HEADER = ("Mandant", "kind", "created", "updated", "deleted")
 
@@ -43,6 +44,7 @@ class Outcome:
     interrupted: bool = False
     dry_run: bool = False
     preview: list[str] = field(default_factory=list)
+    links: str | None = None  # the links file written for the ERP, one line (`casavi_links`' metadata)
 
 
 def _rows(mandant: str, metadata: dict[str, Any], prefix: str) -> list[tuple[str, ...]]:
@@ -81,6 +83,9 @@ def outcome_of(result: dg.ExecuteInProcessResult, mandant: str) -> Outcome:
                 k: v.value for k, v in event.step_materialization_data.materialization.metadata.items()
             }
             outcome.rows = _rows(mandant, metadata, "confirmed/")
+        if event.asset_key.to_user_string() == LINKS_ASSET:
+            summary = event.step_materialization_data.materialization.metadata.get("summary")
+            outcome.links = str(summary.value) if summary is not None else None
     for event in result.all_events:
         observation = event.asset_observation_data.asset_observation if event.is_asset_observation else None
         if observation is not None and observation.asset_key.to_user_string() == SYNC_ASSET:
@@ -145,6 +150,9 @@ def print_summary(outcomes: Sequence[Outcome]) -> None:
                 print(f"  … {len(outcome.preview) - PREVIEW_LINES} more in run {outcome.run_id}'s metadata")
     else:
         print(f"\n{total} writes confirmed by casavi.")
+    for outcome in outcomes:
+        if outcome.links:
+            print(outcome.links)
     for outcome in outcomes:
         if outcome.reason:
             where = f" (run {outcome.run_id})" if outcome.run_id else ""
