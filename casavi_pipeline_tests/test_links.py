@@ -19,7 +19,7 @@ from casavi_pipeline.casavi.api import ObjectKind
 from casavi_pipeline.casavi.client import CasaviClient
 from casavi_pipeline.links import COLUMNS
 from casavi_pipeline.run_sync import outcome_of, print_summary
-from casavi_pipeline_tests.e2e import MAPPED_ASSETS
+from casavi_pipeline_tests.e2e import BACKENDS, MAPPED_ASSETS
 from casavi_pipeline_tests.erp_fixtures import Append, default_rows, write_export
 from casavi_pipeline_tests.harness import run_from_environment
 from casavi_pipeline_tests.test_operator_path import leaks
@@ -120,6 +120,7 @@ def file_stats(env: dict[str, str]) -> dict[str, tuple[int, int]]:
     return {path.name: (path.stat().st_ino, path.stat().st_mtime_ns) for path in sorted(folder.iterdir())}
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_after_a_first_sync_and_the_next_run_each_mandants_file_lists_every_synced_object_with_its_link(
     links_env, sandbox, capsys
 ):
