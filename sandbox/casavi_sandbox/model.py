@@ -21,8 +21,8 @@ A stored object is the body of its last write (every field of the kind, absent o
 outside the model dropped). A read leaves null fields out and adds the read-only fields: `internalId`,
 `modified`, on each property address the ids of the units at that street (`api.ADDRESS_UNITS_FIELD`),
 the server's `appLink` to the object (`app_link`), and, when asked for, fields the sync does not manage
-(`api.UNMANAGED_READ_FIELDS`). A contact's ended
-contracts (`endDate` before today, UTC) are left out unless the read asks for inactive contracts.
+(`api.UNMANAGED_READ_FIELDS`). A contact's ended contracts (`endDate` before today, UTC) are left out
+unless the read asks for inactive contracts.
 """
 
 from __future__ import annotations
