@@ -41,6 +41,7 @@ QUIET = {"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}}
 #: Preview lines of a dry run on the terminal; the run's metadata lists them all.
 PREVIEW_LINES = 20
 SYNC_ASSET = "casavi_sync"
+LINKS_ASSET = "casavi_links"
 CHANGES = ("create", "update", "delete")
 HEADER = ("Mandant", "kind", "created", "updated", "deleted")
 #: How often the run's new events are read while following it.
@@ -69,6 +70,7 @@ class Outcome:
     #: The sync stopped while writing and did not say what casavi confirmed (the audit trail knows).
     uncounted: bool = False
     warnings: list[str] = field(default_factory=list)  # one line per WARN check that did not pass
+    links: str | None = None  # the links file written for the ERP, one line (`casavi_links`' metadata)
 
     @property
     def total(self) -> int:
@@ -126,6 +128,8 @@ def outcome_of_run(
     for event in events:
         if event.is_step_materialization and event.asset_key == dg.AssetKey(SYNC_ASSET):
             _count(outcome, _values(event.step_materialization_data.materialization.metadata))
+        elif event.is_step_materialization and event.asset_key == dg.AssetKey(LINKS_ASSET):
+            outcome.links = _values(event.step_materialization_data.materialization.metadata).get("summary")
         elif event.is_asset_observation and event.asset_key == dg.AssetKey(SYNC_ASSET):
             _preview(outcome, _values(event.asset_observation_data.asset_observation.metadata))
         elif event.is_step_failure and event.step_key == SYNC_ASSET and event.step_failure_data.user_failure_data:
@@ -278,6 +282,8 @@ def print_summary(outcomes: Sequence[Outcome]) -> None:
         else:
             print(f"{confirmed} writes confirmed by casavi.")
     for outcome in outcomes:
+        if outcome.links:
+            print(outcome.links)
         if outcome.uncounted:
             print(
                 f"Mandant {outcome.mandant}: stopped while writing; what casavi confirmed is recorded: "

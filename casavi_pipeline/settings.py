@@ -145,7 +145,8 @@ def _database_url(value: SecretStr | None, schemes: tuple[str, ...] | None = Non
 
 
 class ErpSettings(_Group):
-    """What to sync: the ERP's export (→ the `erp_export` resource)."""
+    """The ERP's side: what to sync (its export) and where the links back to it go (→ the `erp_export`
+    resource)."""
 
     # The ERP is read from its export folder, or from its database when ERP_SOURCE_URL is set
     # (casavi_pipeline.erp.sources). Declared first: ERP_EXPORT_DIR's rule looks at it.
@@ -173,6 +174,11 @@ class ErpSettings(_Group):
         ge=1,
         le=86_400,
         description="ERP_SOURCE_URL: the longest wait to connect, for a lock, and for one table's query",
+    )
+    links_directory: Path | None = setting(
+        "CASAVI_LINKS_DIR",
+        None,
+        description="folder the ERP imports casavi's links from (a CSV and a Parquet file per Mandant); unset: off",
     )
 
     @field_validator("source_url")
@@ -205,6 +211,17 @@ class ErpSettings(_Group):
         except MappingFileError as exc:
             raise ValueError(str(exc)) from None
         return value.resolve()
+
+    @field_validator("links_directory")
+    @classmethod
+    def _links_directory_usable(cls, value: Path | None) -> Path | None:
+        if value is None or not str(value).strip():
+            return None
+        # Resolved against the directory the code location loads in: runs may start elsewhere.
+        folder = value.resolve()
+        if folder.exists() and not folder.is_dir():
+            raise ValueError(f"CASAVI_LINKS_DIR={str(value)!r} is a file, not a folder; name a folder (it is created)")
+        return folder
 
     @property
     def input(self) -> str:

@@ -205,6 +205,18 @@ def test_a_conforming_account_matches_with_seven_reads_and_no_write():
     assert report.summary.startswith("casavi at https://casavi.test matches casavi_pipeline's model")
 
 
+def test_it_tells_whether_the_account_returns_links_without_calling_their_absence_a_contradiction():
+    line = "links back to the ERP (appLink, CASAVI_LINKS_DIR): "
+    assert line + "returned on property 1 of 1, unit 0 of 1, contact 0 of 1" in text(check(MockCasavi()))
+
+    def without_links(objects: dict[str, list[dict[str, Any]]]) -> None:
+        objects["properties"][0].pop("appLink")
+
+    report = check(MockCasavi(edited(without_links)))
+    assert report.exit_code == conformance.MATCHES, text(report)  # the field is [read]: links stay empty
+    assert line + "casavi returned none; the links file's app_link column would stay empty" in text(report)
+
+
 def test_no_value_of_the_account_reaches_the_report():
     out = text(check(MockCasavi(edited(lambda o: o["units"][0].update(usage="Frau Mustermann's")))))
     for value in (*NAMES_AND_VALUES, "Lieblingsfarbe", "blau", "0001-P1"):

@@ -70,7 +70,7 @@ def test_groups_lineage_and_partitions():
     assert groups == {
         "erp": ERP,
         "casavi": CASAVI,
-        "sync": {"casavi_remote", "casavi_changeset", "casavi_sync"},
+        "sync": {"casavi_remote", "casavi_changeset", "casavi_sync", "casavi_links"},
     }
     parents = {
         key.to_user_string(): {p.to_user_string() for p in graph.get(key).parent_keys}
@@ -92,6 +92,8 @@ def test_groups_lineage_and_partitions():
         "casavi_contacts",
     }
     assert parents["casavi_sync"] == {"casavi_changeset"}
+    # what casavi confirmed, and the ERP numbers the mapping composed each id from
+    assert parents["casavi_links"] == {"casavi_sync", "casavi_properties", "casavi_units", "casavi_contacts"}
     partitions = graph.get(dg.AssetKey("casavi_sync")).partitions_def
     assert partitions.get_partition_keys() == SAMPLE_MANDANTEN.split(",")
 

@@ -110,3 +110,42 @@ def test_a_first_contact_adopts_under_the_separator_the_account_was_filled_with(
     assert filled_with({"-": 0, "_": 12, ".": 3}, "-") == "_"  # filled by another tool: its separator
     assert filled_with({"-": 2, "_": 12}, "-") == "-"  # ours are there: the configured one stays
     assert filled_with({"-": 0, "_": 0}, "-") == "-"  # nothing of the Mandant yet
+
+
+def test_casavi_links_are_kept_beside_the_body_and_never_make_an_object_look_changed(tmp_path):
+    cache = RemoteCache(tmp_path)
+    casavi = Casavi([unit("0001-1-01-1", T0, appLink=" https://app.test/units/7 "), unit("0001-1-01-2", T0)])
+    cache.refresh(casavi, prefixes=PREFIXES, now=T0)
+    import duckdb
+
+    def stored() -> dict:
+        with duckdb.connect(str(cache.path), read_only=True) as con:
+            return dict(con.execute("SELECT ref_id, [content_hash, app_link] FROM objects").fetchall())
+
+    first = stored()
+    assert first["0001-1-01-1"][1] == "https://app.test/units/7" and first["0001-1-01-2"][1] is None
+    casavi.units[1]["appLink"] = "https://app.test/units/8"  # casavi starts to return it
+    cache.mark_written(T0 + dt.timedelta(minutes=1))
+    again = cache.refresh(casavi, prefixes=PREFIXES, now=T0 + dt.timedelta(minutes=2), full=True)
+    assert again.changed["unit"] == 0  # a link is no change of the body
+    assert stored()["0001-1-01-2"] == [first["0001-1-01-2"][0], "https://app.test/units/8"]  # same hash
+
+
+def test_a_listing_kept_before_links_is_listed_in_full_once_so_every_object_gets_its_link(tmp_path):
+    import duckdb
+
+    cache = RemoteCache(tmp_path)
+    casavi = Casavi([unit("0001-1-01-1", T0 - dt.timedelta(days=3), appLink="https://app.test/units/7")])
+    cache.refresh(casavi, prefixes=PREFIXES, now=T0)
+    with duckdb.connect(str(cache.path)) as con:  # as the listing was before links were kept
+        con.execute("ALTER TABLE objects DROP COLUMN app_link")
+        con.execute("DELETE FROM meta WHERE key = 'app_links'")
+    cache.mark_written(T0 + dt.timedelta(minutes=1))
+    report = cache.refresh(casavi, prefixes=PREFIXES, now=T0 + dt.timedelta(minutes=2))
+    assert report.full and casavi.asked[-1] is None  # not only what changed since the last listing
+    assert "without casavi's links (appLink)" in report.why
+    with duckdb.connect(str(cache.path), read_only=True) as con:
+        assert con.execute("SELECT app_link FROM objects").fetchall() == [("https://app.test/units/7",)]
+    cache.mark_written(T0 + dt.timedelta(minutes=3))
+    later = cache.refresh(casavi, prefixes=PREFIXES, now=T0 + dt.timedelta(minutes=4))
+    assert not later.full  # once

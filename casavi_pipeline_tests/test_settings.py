@@ -176,6 +176,16 @@ def test_the_new_settings_are_optional_and_take_their_values(tmp_path):
     assert settings.sync.sync_rule == "last-name"
 
 
+def test_the_links_folder_is_off_unless_set_and_must_be_a_folder(tmp_path, monkeypatch):
+    assert load_settings(_env_file=None, **REQUIRED).erp.links_directory is None  # off
+    monkeypatch.chdir(tmp_path)
+    settings = load_settings(_env_file=None, **REQUIRED, CASAVI_LINKS_DIR="links")
+    assert settings.erp.links_directory == tmp_path / "links"  # absolute: runs may start elsewhere
+    (tmp_path / "a-file").write_text("")
+    with pytest.raises(SettingsError, match=r"CASAVI_LINKS_DIR='a-file' is a file, not a folder"):
+        load_settings(_env_file=None, **REQUIRED, CASAVI_LINKS_DIR="a-file")
+
+
 def shipped_resources(tmp_path: Path, **values: str) -> dict[str, object]:
     """The code location's resources from these settings (and the environment), with a fake casavi."""
     export = write_export(tmp_path / "export", {"0001": default_rows()})

@@ -56,6 +56,11 @@ ID_FIELD = "id"  # [confirmed] the reference id, in every body and path
 INTERNAL_ID_FIELD = "internalId"  # [confirmed] casavi's database id: returned on reads, never sent
 MODIFIED_FIELD = "modified"  # [model] last change (ISO UTC) that modifiedAfter filters on: read-only
 ADDRESS_UNITS_FIELD = "units"  # [read] on each property address in a read: the unit ids there; read-only
+#: [read] The link that opens the object in casavi's app (the spec excerpt lists it on properties, live
+#: clients read it on contacts; not confirmed for every kind). Kept beside the listing as the ERP's way
+#: back to the object (`casavi_pipeline/links.py`), never part of a body: it never causes a write.
+APP_LINK_FIELD = "appLink"
+MAX_APP_LINK_LENGTH = 2048  # the longest link kept (browsers and ERPs handle URLs of a few thousand chars)
 #: [read] Fields a read carries that the sync does not manage: never sent, never compared, never an
 #: "unknown field" in the conformance check (a prefix ends with `*`).
 UNMANAGED_READ_FIELDS: tuple[str, ...] = (
@@ -63,7 +68,7 @@ UNMANAGED_READ_FIELDS: tuple[str, ...] = (
     MODIFIED_FIELD,
     "images",
     "responsibilities",
-    "appLink",
+    APP_LINK_FIELD,
     "customFields",
     "msc*",
 )
@@ -479,6 +484,20 @@ def record_from_read(kind: ObjectKind, obj: Mapping[str, Any]) -> dict[str, Any]
             value = _read_value(rule, value)
         record[rule.name] = value
     return record
+
+
+def app_link_of(obj: Mapping[str, Any]) -> str | None:
+    """casavi's link to the object as a read returns it (`APP_LINK_FIELD`), or None when the read has none.
+
+    Only a non-empty string of at most `MAX_APP_LINK_LENGTH` characters is a link; anything else (a null,
+    a number, an object) counts as none, so a casavi that changes the field's shape empties the column
+    rather than filling it with something an ERP cannot open.
+    """
+    value = obj.get(APP_LINK_FIELD)
+    if not isinstance(value, str):
+        return None
+    value = value.strip()
+    return value if 0 < len(value) <= MAX_APP_LINK_LENGTH else None
 
 
 def _order_key(value: Any) -> tuple[bool, str]:

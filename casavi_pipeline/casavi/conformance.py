@@ -443,6 +443,7 @@ def check_account(client: CasaviClient, *, separator: str, write_test: bool = Fa
             report.kinds.append(_check_kind(client, kind))
         report.contradictions += _check_unit_addresses(report)
         report.contradictions += _check_next_host(client, report)
+        report.notes.append(_app_link_note(report.kinds))
         empty = not any(kind.listed for kind in report.kinds) and not report.all_contradictions
         if empty and not write_test:
             report.cannot_check = NOTHING_TO_COMPARE
@@ -648,6 +649,23 @@ def _check_unit_addresses(report: Report) -> list[Contradiction]:
             )
         ]
     return []
+
+
+def _app_link_note(kinds: Iterable[KindCheck]) -> str:
+    """Whether the account returns casavi's links (`api.APP_LINK_FIELD`), which the links file hands the
+    ERP (CASAVI_LINKS_DIR): counted per kind over the objects read, never shown. Not a contradiction: the
+    field is [read], and without it the file's `app_link` column stays empty, nothing fails."""
+    counted = [
+        (check.kind.value, sum(api.app_link_of(obj) is not None for obj in check.objects), len(check.objects))
+        for check in kinds
+        if check.objects
+    ]
+    head = f"links back to the ERP ({api.APP_LINK_FIELD}, CASAVI_LINKS_DIR): "
+    if not counted:
+        return head + "nothing read to look for them"
+    if not any(with_link for _, with_link, _ in counted):
+        return head + "casavi returned none; the links file's app_link column would stay empty"
+    return head + "returned on " + ", ".join(f"{kind} {n} of {total}" for kind, n, total in counted)
 
 
 # --- the write test ----------------------------------------------------------------------------------

@@ -32,11 +32,15 @@ from casavi_pipeline.casavi.api import ObjectKind
 from casavi_pipeline.erp.contract import MIETER
 from casavi_pipeline.mapping.duck import DuckSession, lists_of
 from casavi_pipeline.mapping.email import first_valid_emails
-from casavi_pipeline.mapping.ids import sql_ref_id
+from casavi_pipeline.mapping.ids import ERP_NUMBERS, sql_object_id, sql_ref_id
 from casavi_pipeline.mapping.real_estate import add_countries, sql_country, sql_street
 from casavi_pipeline.mapping.scope import SyncRule
 
-CONTACT_COLUMNS: tuple[str, ...] = (*api.DOMAIN_COLUMNS[ObjectKind.CONTACT], "erp_key")
+CONTACT_COLUMNS: tuple[str, ...] = (
+    *api.DOMAIN_COLUMNS[ObjectKind.CONTACT],
+    "erp_key",
+    *ERP_NUMBERS[ObjectKind.CONTACT],
+)
 #: ERP `anrede` (compared case-insensitively) → casavi salutation; empty → null.
 SALUTATIONS: dict[str, str] = {
     "herr": api.Salutation.MR.value,
@@ -198,7 +202,7 @@ def map_contacts(
                 FROM person_rows w LEFT JOIN tenant_email t USING (person_nr)
                 WHERE w.rank = 1
             )
-            SELECT {sql_ref_id("w.person_nr")} AS id,
+            SELECT {sql_object_id(ObjectKind.CONTACT, "w")},
                    -- an unknown anrede is passed on unchanged so the payload check reports it
                    CASE WHEN w.anrede IS NULL THEN NULL ELSE COALESCE(s.salutation, w.anrede) END
                        AS salutation,

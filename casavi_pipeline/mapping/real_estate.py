@@ -19,11 +19,16 @@ import pandas as pd
 from casavi_pipeline.casavi import api
 from casavi_pipeline.casavi.api import ObjectKind
 from casavi_pipeline.mapping.duck import DuckSession
-from casavi_pipeline.mapping.ids import sql_erp_key, sql_ref_id
+from casavi_pipeline.mapping.ids import ERP_NUMBERS, sql_erp_key, sql_object_id, sql_ref_id
 
 ADDRESS_COLUMNS: tuple[str, ...] = ("property_id", *(rule.name for rule in api.ADDRESS_RULES), "erp_key")
-PROPERTY_COLUMNS: tuple[str, ...] = (*api.DOMAIN_COLUMNS[ObjectKind.PROPERTY], "erp_key")
-UNIT_COLUMNS: tuple[str, ...] = (*api.DOMAIN_COLUMNS[ObjectKind.UNIT], "erp_key")
+# The ERP numbers travel beside `erp_key`: the links back to the ERP list them (`ids.ERP_NUMBERS`).
+PROPERTY_COLUMNS: tuple[str, ...] = (
+    *api.DOMAIN_COLUMNS[ObjectKind.PROPERTY],
+    "erp_key",
+    *ERP_NUMBERS[ObjectKind.PROPERTY],
+)
+UNIT_COLUMNS: tuple[str, ...] = (*api.DOMAIN_COLUMNS[ObjectKind.UNIT], "erp_key", *ERP_NUMBERS[ObjectKind.UNIT])
 
 DEFAULT_COUNTRY = "DE"
 #: Unit name label per nutzungsart; any other value (SONSTIGE) is an "Einheit".
@@ -108,7 +113,7 @@ def map_properties(
         )  # fmt: skip
         return duck.frame(
             f"""
-            SELECT {sql_ref_id("w.we_nr")} AS id,
+            SELECT {sql_object_id(ObjectKind.PROPERTY, "w")},
                    w.bezeichnung AS name,
                    w.we_nr AS number,
                    w.plz AS postal_code,
@@ -162,7 +167,7 @@ def map_units(
         in_scope = _sql_linked(duck, linked, "v", ("we_nr", "ve_nr"))
         return duck.frame(
             f"""
-            SELECT {sql_ref_id("v.we_nr", "v.geb_nr", "v.ve_nr")} AS id,
+            SELECT {sql_object_id(ObjectKind.UNIT, "v")},
                    {sql_ref_id("v.we_nr")} AS property_id,
                    {sql_street("g")} AS address,
                    COALESCE(l.label, $fallback_label) || ' ' || COALESCE(v.lage, v.ve_nr) AS name,

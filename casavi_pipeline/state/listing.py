@@ -15,6 +15,11 @@ or PostgreSQL's advisory lock, so two Mandant runs never open it at once (the se
 the fresh listing). A listing DuckDB cannot read (a truncated file opens, then fails on a later read) is
 found on open, moved aside with a warning naming where (`RemoteCache.moved_aside`) and rebuilt by a
 full listing: it is a copy of what casavi holds.
+
+Beside each body the listing keeps casavi's link to the object (`api.APP_LINK_FIELD`, column `app_link`):
+the ERP's way back to it (`casavi_pipeline/links.py`). It is not part of the body or its hash, so a link
+never makes an object look changed. A listing kept before links were is listed in full once, so every
+object gets its link, not only those changed since.
 """
 
 from __future__ import annotations
@@ -54,9 +59,12 @@ CREATE TABLE IF NOT EXISTS objects (
     modified VARCHAR,              -- casavi's ISO UTC stamp of the last change
     content_hash VARCHAR NOT NULL, -- the changeset's hash of the normalised body
     payload VARCHAR,               -- the normalised body (for previews of what differs); erasable
+    app_link VARCHAR,              -- casavi's link to the object as read (not hashed); NULL: none returned
     PRIMARY KEY (kind, ref_id)
 );
 CREATE TABLE IF NOT EXISTS meta (key VARCHAR PRIMARY KEY, value VARCHAR);
+-- a listing kept before links were: the column is added, and `_META_LINKS` is missing (a full listing)
+ALTER TABLE objects ADD COLUMN IF NOT EXISTS app_link VARCHAR;
 """
 _META_READ_AT = "read_at"
 _META_FULL_AT = "full_at"
@@ -64,6 +72,7 @@ _META_WRITTEN_AT = "written_at"
 _META_SCOPE = "prefixes"  # the id prefixes the listing kept; another set needs a full listing
 _META_SINCE = "since/"  # + kind: where the next incremental read of that kind starts
 _META_MODEL = "model_revision"  # the casavi model (`api.MODEL_REVISION`) the bodies were normalised with
+_META_LINKS = "app_links"  # set by a full listing that kept links: without it, the next listing is full
 
 
 class ListingClient(Protocol):
@@ -218,6 +227,8 @@ class RemoteCache:
                 why = "the configured Mandanten changed"
             elif now - full_at >= full_every:
                 why = f"the last full listing is {_age(now - full_at)} old (CASAVI_FULL_READ_EVERY_DAYS)"
+            elif meta.get(_META_LINKS) is None:
+                why = f"the listing was kept without casavi's links ({api.APP_LINK_FIELD}): every object's is read once"
             elif full and not fresh(full_at):
                 why = why_full
             else:
@@ -266,6 +277,7 @@ class RemoteCache:
             if need_full:
                 con.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", [_META_FULL_AT, stamp])
                 con.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", [_META_SCOPE, scope])
+                con.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", [_META_LINKS, "1"])
             report.account_objects = con.execute("SELECT count(*) FROM objects").fetchone()[0]  # type: ignore[index]
         report.seconds = time.monotonic() - started
         report.moved_aside = list(self.moved_aside)
@@ -307,6 +319,7 @@ class RemoteCache:
                 continue
             record["_internal_id"] = obj.get(api.INTERNAL_ID_FIELD)
             record["_modified"] = obj.get(api.MODIFIED_FIELD)
+            record["_app_link"] = api.app_link_of(obj)
             batch.append(record)
             if len(batch) >= BATCH_ROWS:
                 changed += self._store(con, kind, batch)
@@ -320,13 +333,14 @@ class RemoteCache:
         if not records:
             return 0
         frame = pd.DataFrame.from_records(
-            records, columns=[*api.DOMAIN_COLUMNS[kind], "_internal_id", "_modified"]
+            records, columns=[*api.DOMAIN_COLUMNS[kind], "_internal_id", "_modified", "_app_link"]
         )
         frame["_internal_id"] = pd.to_numeric(frame["_internal_id"], errors="coerce").astype("Int64")
         frame["_modified"] = frame["_modified"].astype("string")
+        frame["_app_link"] = frame["_app_link"].astype("string")
         con.register("read_batch", frame)
         try:
-            hashed = hashed_payloads_sql(kind, "read_batch", keep=("_internal_id", "_modified"))
+            hashed = hashed_payloads_sql(kind, "read_batch", keep=("_internal_id", "_modified", "_app_link"))
             con.execute(f"CREATE OR REPLACE TEMP TABLE read_hashed AS {hashed}")
             changed = con.execute(
                 "SELECT count(*) FROM read_hashed r WHERE NOT EXISTS (SELECT 1 FROM objects o WHERE "
@@ -334,8 +348,8 @@ class RemoteCache:
                 'AND o.modified IS NOT DISTINCT FROM r."_modified")'
             ).fetchone()[0]  # type: ignore[index]
             con.execute(
-                'INSERT OR REPLACE INTO objects SELECT kind, ref_id, "_internal_id", "_modified", '
-                "content_hash, payload FROM read_hashed"
+                'INSERT OR REPLACE INTO objects BY NAME SELECT kind, ref_id, "_internal_id" AS internal_id, '
+                '"_modified" AS modified, content_hash, payload, "_app_link" AS app_link FROM read_hashed'
             )
             con.execute("INSERT INTO listed SELECT ref_id FROM read_hashed")
         finally:
@@ -376,7 +390,7 @@ class RemoteCache:
         mandant = snapshot.mandant
         with self._open(write=False) as con:
             rows = con.execute(
-                "SELECT kind, ref_id, content_hash, payload, modified FROM objects "
+                "SELECT kind, ref_id, content_hash, payload, modified, app_link FROM objects "
                 "WHERE starts_with(ref_id, ?) AND substr(ref_id, length(?) + 1, 1) IN ?",
                 [mandant, mandant, list(separators)],
             ).df()
@@ -385,7 +399,7 @@ class RemoteCache:
             target.register("listing_slice", rows)
             target.execute("BEGIN TRANSACTION")
             target.execute("DELETE FROM remote")
-            target.execute("INSERT INTO remote SELECT * FROM listing_slice")
+            target.execute("INSERT INTO remote BY NAME SELECT * FROM listing_slice")
             target.execute("COMMIT")
         return len(rows)
 

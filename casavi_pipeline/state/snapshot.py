@@ -4,6 +4,7 @@ Tables
 - `synced`  one row per object casavi confirmed: kind, reference id, content hash, payload (for previews).
 - `pending` the current changeset (written by `changeset.compute_changeset`, consumed by `apply`).
 - `meta`    key/value facts, e.g. the ID separator the snapshot was built with.
+- `remote`  the Mandant's slice of the casavi listing as last read: hashes, bodies, casavi's links.
 - `audit`   one row per write attempt casavi answered (names and statuses only; `state/audit.py`).
 
 Every confirmed write is appended to the snapshot's journal (`state.logs`: durable when appended,
@@ -75,8 +76,11 @@ CREATE TABLE IF NOT EXISTS remote (
     content_hash VARCHAR NOT NULL,
     payload VARCHAR,
     modified VARCHAR,
+    app_link VARCHAR,             -- casavi's link to the object as last read (`casavi_pipeline/links.py`)
     PRIMARY KEY (kind, ref_id)
 );
+-- a snapshot kept before links were: the next read's slice fills the column
+ALTER TABLE remote ADD COLUMN IF NOT EXISTS app_link VARCHAR;
 {audit.SCHEMA}"""
 
 META_SEPARATOR = "id_separator"

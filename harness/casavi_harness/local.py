@@ -112,4 +112,6 @@ def local_environment(
             {"CASAVI_BASE_URL": sandbox.base_url, "CASAVI_API_KEY": key, "CASAVI_API_SECRET": secret}
         )
         environ.setdefault("CASAVI_REQUESTS_PER_MINUTE", LOCAL_REQUESTS_PER_MINUTE)
+        # the links back to the ERP too, so the demo names its files and the UI shows casavi_links' metadata
+        environ.setdefault("CASAVI_LINKS_DIR", str((data_dir / "links").resolve()))
         yield environ
