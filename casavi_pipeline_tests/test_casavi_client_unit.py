@@ -182,9 +182,9 @@ def test_an_answer_sent_before_casavi_failed_does_not_count_as_answering_again()
     )  # fmt: skip
     with client:
         client.outage.failing("ConnectError talking to casavi")  # another thread's request failed just now
-        client._answered_again(sent=clock() - 1.0)  # an answer to a request sent before that
+        client.outage.answered(clock() - 1.0)  # an answer to a request sent before that
         assert len(said) == 1 and said[0].startswith("casavi at https://casavi.test fails")
-        client._answered_again(sent=clock())
+        client.outage.answered(clock())
         assert said[-1] == "casavi at https://casavi.test answers again, after 0 s"
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -13,9 +14,9 @@ from casavi_harness.local import (
     refuse_dotenv_over_sandbox,
     refuse_sample_outside_loopback,
 )
-from casavi_pipeline.state.audit import Attempt
 from casavi_pipeline.state.snapshot import Snapshot
-from casavi_pipeline.sync.run import begin_attempt, confirmed_line, recorded_totals
+from casavi_pipeline.sync.apply import Rejection, SyncReport
+from casavi_pipeline.sync.run import begin_attempt, confirmed_line, end_attempt, recorded_totals
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -103,36 +104,35 @@ def test_with_own_settings_a_dotenv_pointing_dagster_dev_at_production_is_refuse
         assert environ["CASAVI_BASE_URL"] == "http://127.0.0.1:9999"
 
 
-def _answered(snapshot: Snapshot, run_id: str, label: str, status: int, n: int) -> None:
-    kind, change = label.split("/")
-    for i in range(n):
-        snapshot.record_attempt(Attempt(run_id, "0001", kind, f"0001-{label}-{i}", change, status))
-
-
-def test_a_runs_counts_add_up_over_its_attempts_from_the_audit_trail(tmp_path):
-    """A retried sync step reports what the whole run wrote, not only its last attempt; counted from the
-    audit trail (every answered write is a line there before it is confirmed), so an attempt interrupted
-    while it cleans up loses no count."""
+def test_a_runs_counts_add_up_over_its_attempts(tmp_path):
+    """A retried sync step reports what the whole run wrote, not only its last attempt; an attempt's record
+    written twice (an interrupt while it is written) counts once."""
     with Snapshot(tmp_path / "snapshot_0001.duckdb", "0001") as snapshot:
         assert recorded_totals(snapshot, "run-a") is None  # nothing written yet
-        begin_attempt(snapshot, "run-a", planned=120)
-        _answered(snapshot, "run-a", "unit/create", 201, 58)
-        _answered(snapshot, "run-a", "unit/create", 400, 2)
-        begin_attempt(snapshot, "run-a", planned=62)  # the retry starts with what was left
-        _answered(snapshot, "run-a", "unit/create", 201, 42)
-        _answered(snapshot, "run-a", "contact/create", 201, 4)
-        _answered(snapshot, "run-a", "contact/create", 422, 1)
-        totals = recorded_totals(snapshot, "run-a")  # the attempts' lines are not folded yet: they count
-        begin_attempt(snapshot, "run-b", planned=50)
-        _answered(snapshot, "run-b", "unit/create", 201, 42)
-        other = recorded_totals(snapshot, "run-b")
+        first = begin_attempt(snapshot, "run-a", planned=120)
+        end_attempt(snapshot, first, SyncReport("0001", sent=Counter({"unit/create": 60}),
+                                                confirmed=Counter({"unit/create": 58})))  # fmt: skip
+        second = begin_attempt(snapshot, "run-a", planned=62)  # the retry starts with what was left
+        report = SyncReport(
+            "0001",
+            sent=Counter({"unit/create": 42, "contact/create": 5}),
+            confirmed=Counter({"unit/create": 42, "contact/create": 4}),
+            rejections=[Rejection("contact", "create", "0001-7", 400, "casavi refused a field value")],
+        )
+        end_attempt(snapshot, second, report)
+        end_attempt(snapshot, second, report)  # again: an interrupt arrived while it was written
+        totals = recorded_totals(snapshot, "run-a")
+        other = begin_attempt(snapshot, "run-b", planned=50)
+        end_attempt(snapshot, other, report)
+        assert recorded_totals(snapshot, "run-a") is None  # only the newest run's records are kept
+        other_totals = recorded_totals(snapshot, "run-b")
     assert totals["confirmed"] == {"unit/create": 100, "contact/create": 4}
     assert totals["sent"] == {"unit/create": 102, "contact/create": 5}
-    assert totals["rejected"] == {"unit/create": 2, "contact/create": 1}
+    assert totals["rejected"] == {"contact/create": 1}
     assert totals["attempts"] == {"n": 2}
     assert totals["planned"] == {"n": 120}  # the first attempt's
     assert confirmed_line(totals) == "104 of 120 writes confirmed by casavi"
-    assert other["attempts"] == {"n": 1} and other["confirmed"] == {"unit/create": 42}
+    assert other_totals["attempts"] == {"n": 1} and other_totals["confirmed"]["unit/create"] == 42
 
 
 def test_the_sandboxs_help_says_which_credentials_it_accepts(processes):

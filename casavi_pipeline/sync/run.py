@@ -23,7 +23,8 @@ from casavi_pipeline.sync.rejections import RejectionPolicy, RejectionVerdict, a
 
 #: A dry run lists this many deletions by reference id (the mass-deletion guard keeps them few anyway).
 DELETIONS_LISTED = 1_000
-#: Snapshot meta: + run id → its attempts so far and the writes its first set out with (`begin_attempt`).
+#: Snapshot meta: + run id → its attempts so far and the writes its first set out with (`begin_attempt`);
+#: + run id / attempt → what that attempt sent, and casavi confirmed or rejected (`end_attempt`).
 _ATTEMPTS = "run/"
 
 #: Per run: name → label ("unit/create") → count; "attempts" → {"n": attempts}; "planned" → {"n": the
@@ -49,40 +50,57 @@ def refusal(snapshot: Snapshot, guards: GuardPolicy, identity: str) -> GuardResu
     )
 
 
-def begin_attempt(snapshot: Snapshot, run_id: str, *, planned: int) -> None:
+def begin_attempt(snapshot: Snapshot, run_id: str, *, planned: int) -> str:
     """Record that an attempt of the run starts writing, with `planned` writes (the run keeps its first
-    attempt's), before the first write: what it then sends is counted from the audit trail."""
+    attempt's), before its first write; return the attempt's id (for `end_attempt`)."""
     key = f"{_ATTEMPTS}{run_id}"
     previous = json.loads(snapshot.get_meta(key) or "{}")
     started = {"attempts": previous.get("attempts", 0) + 1, "planned": previous.get("planned", planned)}
-    # Only this run's record is ever read again: earlier runs' rows go (one row, not one per run).
-    snapshot.connection.execute("DELETE FROM meta WHERE starts_with(key, ?) AND key <> ?", [_ATTEMPTS, key])
+    # Only this run's records are ever read again: earlier runs' rows go (a few rows, not some per run).
+    snapshot.connection.execute(
+        "DELETE FROM meta WHERE starts_with(key, ?) AND key <> ? AND NOT starts_with(key, ?)",
+        [_ATTEMPTS, key, f"{key}/"],
+    )
     snapshot.set_meta(key, json.dumps(started, sort_keys=True))
+    return f"{key}/{started['attempts']}"
+
+
+def end_attempt(snapshot: Snapshot, attempt: str, report: SyncReport) -> None:
+    """Record what one attempt sent and casavi confirmed or rejected. Writing it again writes the same (an
+    interrupt while it is written: `_even_if_interrupted` writes it once more)."""
+    counts = {"sent": report.sent, "confirmed": report.confirmed, "rejected": report.rejected_counts()}
+    snapshot.set_meta(attempt, json.dumps({name: dict(counter) for name, counter in counts.items()}, sort_keys=True))
 
 
 def recorded_totals(snapshot: Snapshot, run_id: str) -> RunTotals | None:
-    """What the run sent and casavi confirmed or rejected so far, over all its attempts (None: it wrote
-    nothing yet); also after an attempt failed or was interrupted, twice even.
-
-    Counted from the audit trail, where every answered write is a line before it is confirmed (durable
-    when appended), not from a tally kept in memory: an interrupt that arrives while an attempt cleans up
-    (a second Ctrl-C, the code server stopping the run) cannot lose the count.
-    """
-    started = snapshot.get_meta(f"{_ATTEMPTS}{run_id}")
+    """What the run sent and casavi confirmed or rejected so far, summed over its attempts (None: it wrote
+    nothing yet); also after an attempt failed or was interrupted. Read from the snapshot's local file
+    alone: it is there when the state database is gone."""
+    key = f"{_ATTEMPTS}{run_id}"
+    started = snapshot.get_meta(key)
     if started is None:
         return None
-    snapshot.fold()  # the attempts appended but not folded yet count too
     record = json.loads(started)
     totals: RunTotals = {"sent": {}, "confirmed": {}, "rejected": {}}
-    for key, n in snapshot.audit_summary(run_id).items():
-        kind, change, status = key.split("/")
-        label = f"{kind}/{change}"
-        totals["sent"][label] = totals["sent"].get(label, 0) + n
-        outcome = "confirmed" if status.isdigit() and 200 <= int(status) < 300 else "rejected"
-        totals[outcome][label] = totals[outcome].get(label, 0) + n
+    for (value,) in snapshot.connection.execute(
+        "SELECT value FROM meta WHERE starts_with(key, ?) ORDER BY key", [f"{key}/"]
+    ).fetchall():
+        for name, counts in json.loads(value).items():
+            for label, n in counts.items():
+                totals[name][label] = totals[name].get(label, 0) + n
     totals["attempts"] = {"n": record["attempts"]}
     totals["planned"] = {"n": record["planned"]}
     return totals
+
+
+def _even_if_interrupted(action: Callable[[], None]) -> None:
+    """Do `action` (idempotent) to its end even when an interrupt arrives meanwhile — a second Ctrl-C, or the
+    code server stopping the run after the terminal's Ctrl-C reached the run already — then raise it."""
+    try:
+        action()
+    except BaseException:
+        action()
+        raise
 
 
 def confirmed_line(totals: RunTotals) -> str:
@@ -129,8 +147,8 @@ def write_changeset(
 ) -> WriteOutcome:
     """Send the pending changeset (`writes` operations) after the guards passed; count the attempt.
 
-    Whatever stops the writes (casavi down, an interrupt) propagates after what casavi confirmed deleted
-    left the listing; `recorded_totals` counts what the run did from the audit trail.
+    Whatever stops the writes (casavi down, an interrupt) propagates after this attempt's counts were
+    recorded (`recorded_totals` sums the run's) and what casavi confirmed deleted left the listing.
     """
     if snapshot.synced_total() == 0 or guards.allow_separator_change:
         snapshot.set_separator(guards.separator)
@@ -139,7 +157,7 @@ def write_changeset(
         # Marked before the first write (a kill gives no chance after it): a listing older than
         # this misses our writes and must not be reused.
         cache.mark_written()
-    begin_attempt(snapshot, run_id, planned=writes)
+    attempt = begin_attempt(snapshot, run_id, planned=writes)
     report = SyncReport(mandant=snapshot.mandant)
     try:
         apply_changeset(
@@ -152,6 +170,7 @@ def write_changeset(
             run_id=run_id,
         )
     finally:
+        _even_if_interrupted(lambda: end_attempt(snapshot, attempt, report))
         cache.forget(report.deleted)
     totals = recorded_totals(snapshot, run_id)
     assert totals is not None  # `begin_attempt` recorded the run
