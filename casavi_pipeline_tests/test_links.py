@@ -18,7 +18,7 @@ from casavi_pipeline.casavi import api
 from casavi_pipeline.casavi.api import ObjectKind
 from casavi_pipeline.casavi.client import CasaviClient
 from casavi_pipeline.links import COLUMNS
-from casavi_pipeline.run_sync import outcome_of, print_summary
+from casavi_pipeline.run_sync import outcome_of_run, print_summary
 from casavi_pipeline_tests.e2e import BACKENDS, MAPPED_ASSETS
 from casavi_pipeline_tests.erp_fixtures import Append, default_rows, write_export
 from casavi_pipeline_tests.harness import run_from_environment
@@ -156,7 +156,8 @@ def test_after_a_first_sync_and_the_next_run_each_mandants_file_lists_every_sync
     assert reads <= 2 * 4  # per Mandant at most a login and one listing page per kind: nothing for links
 
     # `casavi-pipeline sync` names the file in one line, from the asset's metadata.
-    print_summary([outcome_of(second["0001"], "0001")])
+    with dg.DagsterInstance.get() as instance:  # the env fixture's, which the runs used
+        print_summary([outcome_of_run(instance, second["0001"].run_id, "0001", dry_run=False)])
     printed = capsys.readouterr().out.splitlines()
     named = [line for line in printed if "casavi_links_0001.csv" in line]
     assert named == [

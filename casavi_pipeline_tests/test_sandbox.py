@@ -807,7 +807,7 @@ def test_the_cli_help_names_the_credentials_the_sandbox_accepts() -> None:
     assert shown.returncode == 0, shown.stderr
     text = " ".join(shown.stdout.split())  # argparse wraps lines
     assert "CASAVI_API_KEY and CASAVI_API_SECRET" in text
-    assert f"{DEFAULT_KEY} / {DEFAULT_SECRET}" in text and "--omit-app-link" in text
+    assert f"{DEFAULT_KEY!r} / {DEFAULT_SECRET!r}" in text and "--omit-app-link" in text
 
 
 # --- someone else changes casavi ---------------------------------------------------------------------
@@ -888,11 +888,12 @@ def test_seed_rejects_a_batch_breaking_field_rules_and_stores_none_of_it(sandbox
     assert sandbox.state()["contacts"] == {}
 
 
-def test_seed_and_edit_store_a_usage_casavis_ui_sets_and_the_api_refuses(
+def test_seed_and_edit_store_a_usage_casavis_ui_sets_and_the_api_takes_it_back_only_where_held(
     sandbox: SandboxProcess, client: httpx.Client
 ) -> None:
     """casavi's UI knows a third usage, Stellplatz (parking), and an empty one: an import or a person
-    leaves them in the account, and reads return them; a PUT through the API may not set them."""
+    leaves them in the account, and reads return them; a PUT through the API may not set them, but may
+    carry back the value casavi holds for that very unit ([model])."""
     put_tree(client)
     parking = unit("0001-100-7", usage="PARKING")
     sandbox.seed([(ObjectKind.UNIT, parking), (ObjectKind.UNIT, unit("0001-100-8", usage=""))])
@@ -902,8 +903,9 @@ def test_seed_and_edit_store_a_usage_casavis_ui_sets_and_the_api_refuses(
     }
     assert read == {"0001-100-7": "PARKING", "0001-100-8": ""}
     assert sandbox.edit(ObjectKind.UNIT, UNIT_ID, {"usage": "PARKING"})["usage"] == "PARKING"
-    refused = put(client, ObjectKind.UNIT, parking)
+    refused = put(client, ObjectKind.UNIT, unit("0001-100-8", usage="PARKING"))  # it holds ""
     assert refused.status_code == api.STATUS_INVALID and error_fields(refused) == ["usage"]
+    assert put(client, ObjectKind.UNIT, {**parking, "name": "Stellplatz 7"}).status_code == api.STATUS_UPDATED
     with pytest.raises(httpx.HTTPStatusError):  # the other rules hold for what casavi holds too
         sandbox.seed([(ObjectKind.UNIT, {**parking, "rooms": "2"})])
     assert client.get(ObjectKind.UNIT.object_path("0001-100-7")).json()["usage"] == "PARKING"
