@@ -49,27 +49,61 @@ CHUNK = 32 * 1024 * 1024
 _MARKER = ".generation"
 
 
-def _connect(url: str) -> Any:
-    """A psycopg2 connection in autocommit mode (each log line commits on its own)."""
+def connect(url: str) -> Any:
+    """A psycopg2 connection in autocommit mode (each log line commits on its own).
+
+    Its cursors raise `StateUnavailableError` (one line, no password) when the server goes away under
+    them (stopped, restarted, the network gone), wherever in the state or the request budget that is.
+    """
     import psycopg2
+    import psycopg2.extensions
     from sqlalchemy.engine import make_url
 
     parsed = make_url(url)
+    where = parsed.render_as_string(hide_password=True)
+
+    class Cursor(psycopg2.extensions.cursor):
+        def execute(self, query: Any, vars: Any = None) -> Any:
+            try:
+                return super().execute(query, vars)
+            except (psycopg2.OperationalError, psycopg2.InterfaceError) as exc:
+                if isinstance(exc, psycopg2.InterfaceError) or self.connection.closed:
+                    raise _gone(where, exc) from None
+                raise
+
+    class Connection(psycopg2.extensions.connection):
+        def cursor(self, *args: Any, **kwargs: Any) -> Any:
+            try:
+                return super().cursor(*args, **kwargs)
+            except psycopg2.InterfaceError as exc:  # "connection already closed"
+                raise _gone(where, exc) from None
+
     try:
         con = psycopg2.connect(
             host=parsed.host, port=parsed.port, user=parsed.username, password=parsed.password,
             dbname=parsed.database, application_name="casavi_pipeline", connect_timeout=30,
+            connection_factory=Connection, cursor_factory=Cursor,
             **{k: v for k, v in parsed.query.items() if isinstance(v, str)},
         )  # fmt: skip
     except psycopg2.OperationalError as exc:
-        where = parsed.render_as_string(hide_password=True)
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise StateUnavailableError(
-            f"The state database CASAVI_STATE_URL={where} cannot be reached ({reason}); is PostgreSQL up, "
-            "and are host, port, user and password right? Nothing was sent to casavi."
+            f"The state database CASAVI_STATE_URL={where} cannot be reached ({_first_line(exc)}); is "
+            "PostgreSQL up, and are host, port, user and password right? Nothing was sent to casavi."
         ) from None
     con.autocommit = True
     return con
+
+
+def _first_line(exc: BaseException) -> str:
+    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+
+
+def _gone(where: str, exc: BaseException) -> StateUnavailableError:
+    return StateUnavailableError(
+        f"The state database CASAVI_STATE_URL={where} went away during the run ({_first_line(exc)}); the "
+        "run stopped. What casavi confirmed until then is recorded; once PostgreSQL is back, the next run "
+        "resumes with the rest."
+    )
 
 
 @contextlib.contextmanager
@@ -86,10 +120,10 @@ def _transaction(con: Any) -> Iterator[Any]:
 
 
 class StateUnavailableError(RuntimeError):
-    """The state database cannot be reached; the message names it without its password."""
+    """The state database cannot be reached, or went away; the message names it without its password."""
 
 
-def _lock_key(name: str) -> int:
+def lock_key(name: str) -> int:
     """A stable signed 64-bit advisory-lock key for a state name."""
     return int.from_bytes(hashlib.blake2b(f"casavi_pipeline/{name}".encode(), digest_size=8).digest(), "big", signed=True)
 
@@ -106,7 +140,7 @@ def _digest(path: Path) -> str | None:
 
 def stored_names(url: str) -> list[str]:
     """The names of the state files PostgreSQL holds."""
-    con = _connect(url)
+    con = connect(url)
     try:
         with con.cursor() as cur:
             cur.execute("SELECT name FROM casavi_state_heads ORDER BY name")
@@ -116,13 +150,13 @@ def stored_names(url: str) -> list[str]:
 
 
 def ensure_schema(url: str) -> None:
-    con = _connect(url)
+    con = connect(url)
     try:
         with con.cursor() as cur:
             # Two processes creating the tables at once would race on the catalog: one at a time.
-            cur.execute("SELECT pg_advisory_lock(%s)", [_lock_key("schema")])
+            cur.execute("SELECT pg_advisory_lock(%s)", [lock_key("schema")])
             cur.execute(_SCHEMA)
-            cur.execute("SELECT pg_advisory_unlock(%s)", [_lock_key("schema")])
+            cur.execute("SELECT pg_advisory_unlock(%s)", [lock_key("schema")])
     finally:
         con.close()
 
@@ -142,7 +176,7 @@ class PostgresLog:
 
     def read(self) -> tuple[list[bytes], int]:
         # Also while another process holds the state (the audit trail of a running sync): no lock needed.
-        con = self._home._con or _connect(self._home.url)
+        con = self._home._con or connect(self._home.url)
         try:
             with con.cursor() as cur:
                 cur.execute(
@@ -192,7 +226,7 @@ class PostgresHome:
         return self._logs[stream]
 
     def exists(self) -> bool:
-        con = _connect(self.url)
+        con = connect(self.url)
         try:
             with con.cursor() as cur:
                 cur.execute("SELECT 1 FROM casavi_state_heads WHERE name = %s", [self.name])
@@ -201,12 +235,12 @@ class PostgresHome:
             con.close()
 
     def open(self, *, read_only: bool) -> None:
-        self._con = _connect(self.url)
+        self._con = connect(self.url)
         with self._con.cursor() as cur:
             if self._wait:
-                cur.execute("SELECT pg_advisory_lock(%s)", [_lock_key(self.name)])
+                cur.execute("SELECT pg_advisory_lock(%s)", [lock_key(self.name)])
             else:
-                cur.execute("SELECT pg_try_advisory_lock(%s)", [_lock_key(self.name)])
+                cur.execute("SELECT pg_try_advisory_lock(%s)", [lock_key(self.name)])
                 if not cur.fetchone()[0]:
                     self.close()
                     raise StateBusyError(
@@ -310,7 +344,7 @@ class PostgresHome:
         return aside
 
     def leftovers(self) -> list[str]:
-        con = _connect(self.url)
+        con = connect(self.url)
         try:
             with con.cursor() as cur:
                 cur.execute(
@@ -324,7 +358,7 @@ class PostgresHome:
 
     def erase_leftovers(self) -> int:
         doomed = self.leftovers()
-        con = _connect(self.url)
+        con = connect(self.url)
         try:
             with _transaction(con) as cur:
                 prefix = self.name + MOVED_ASIDE
