@@ -91,7 +91,7 @@ def writes_by_route(sandbox: SandboxProcess) -> dict[str, int]:
     }
 
 
-def big_export(env, contracts: int) -> None:
+def big_rows(contracts: int) -> dict[str, Append]:
     """The defaults plus `contracts` more units, each rented to its own tenant with an email (2 writes each:
     the unit, and the tenant's contact carrying the contract)."""
     units, leases, tenants = [], [], []
@@ -103,10 +103,12 @@ def big_export(env, contracts: int) -> None:
         leases.append({"vertrag_nr": f"3{i:05d}", "we_nr": "001", "ve_nr": ve, "beginn": "2022-01-01"})
         tenants.append({"vertrag_nr": f"3{i:05d}", "person_nr": f"9{i:05d}", "nachname": "Schulze",
                         "email": f"mieter{i}@example.org"})  # fmt: skip
-    export(
-        env,
-        {"verwaltungseinheiten": Append(units), "mietvertraege": Append(leases), "mieter": Append(tenants)},
-    )
+    return {"verwaltungseinheiten": Append(units), "mietvertraege": Append(leases), "mieter": Append(tenants)}
+
+
+def big_export(env, contracts: int) -> None:
+    """The test's Mandant with `big_rows(contracts)`."""
+    export(env, big_rows(contracts))
 
 
 def assert_sandbox_holds(sandbox: SandboxProcess, result: dg.ExecuteInProcessResult) -> None:

@@ -164,7 +164,7 @@ def test_the_database_going_away_mid_run_is_one_line_naming_it(own_postgres):
     fake = FakeTime()
     with pytest.raises(StateUnavailableError) as info, machine(url, fake) as budget:
         send(budget, fake, 3)
-        own_postgres.stop()
+        own_postgres.halt()
         budget.acquire()
     message = str(info.value)
     assert "\n" not in message and "Geheim42" not in message and "went away" in message

@@ -20,6 +20,7 @@ from casavi_pipeline.casavi.errors import (
 )
 from casavi_pipeline.defs.resources import CasaviResource, SyncPolicy
 from casavi_pipeline.state.diff import ChangesetSummary
+from casavi_pipeline.state.postgres import StateUnavailableError
 from casavi_pipeline.state.snapshot import Drift
 from casavi_pipeline.sync.guards import GuardResult
 from casavi_pipeline.sync.progress import Progress, duration
@@ -77,6 +78,20 @@ def casavi_client(casavi: CasaviResource, *, writes: bool = False) -> Iterator[C
             ) from None
         except CasaviModelMismatchError as exc:  # every object of the kind would fail alike: stop
             raise dg.Failure(description=f"casavi at {casavi.target}: {exc}", allow_retries=False) from None
+
+
+@contextmanager
+def state_database_failures() -> Iterator[None]:
+    """The state database (CASAVI_STATE_URL) unreachable, or gone during the step: one line naming it.
+
+    Not retried: without it the step can record neither what casavi confirms nor the account's request
+    budget; what was confirmed before is recorded, and the next run resumes with the rest. Around the
+    whole step body, so that a snapshot failing to save on the way out says the same line.
+    """
+    try:
+        yield
+    except StateUnavailableError as exc:
+        raise dg.Failure(description=str(exc), allow_retries=False) from None
 
 
 def progress(
