@@ -10,6 +10,7 @@
     python -m benchmarks dagster --units 25000           # Dagster run ÷ bare work, unchanged Mandant
     python -m benchmarks state --units 25000             # an unchanged night per state backend (state.py)
     python -m benchmarks rate                            # finding a hidden rate limit, alone and shared (rate.py)
+    python -m benchmarks budget                          # the account's budget: SQLite, PostgreSQL (budget.py)
 
 Each stage is a separate process (`benchmarks.stages`); its peak RSS is read with os.wait4. The
 sandbox runs as a real process on 127.0.0.1. Not a test: it prints figures, it asserts nothing.
@@ -208,5 +209,10 @@ if __name__ == "__main__":
 
         sys.argv = [f"{sys.argv[0]} state", *sys.argv[2:]]
         state.main()
+    elif sys.argv[1:2] == ["budget"]:  # ./run bench budget: where the account's budget keeps up
+        from benchmarks import budget
+
+        sys.argv = [f"{sys.argv[0]} budget", *sys.argv[2:]]
+        budget.main()
     else:
         main()

@@ -171,8 +171,8 @@ def test_a_killed_run_is_failed_by_run_monitoring_and_the_mandants_next_run_succ
 @pytest.mark.slow
 def test_a_run_over_its_maximum_runtime_is_ended_and_the_mandants_next_run_goes(daemon, monkeypatch):
     """A hung run (here: held by the gate) carrying `dagster/max_runtime`, as casavi_sync_job's runs do
-    (CASAVI_MAX_RUNTIME_HOURS), is ended by run monitoring through the shipped launcher and marked failed,
-    which frees its Mandant for the next run."""
+    (CASAVI_MAX_RUNTIME_HOURS), is ended by run monitoring through the shipped launcher (Dagster marks it
+    canceled, saying why), which frees its Mandant for the next run."""
     monkeypatch.setenv("DAGSTER_HOME", daemon["DAGSTER_HOME"])
     (Path(daemon["GATE"]) / "hold").touch()
     launch(daemon, "0002", **{"dagster/max_runtime": "20"})
@@ -186,9 +186,9 @@ def test_a_run_over_its_maximum_runtime_is_ended_and_the_mandants_next_run_goes(
         launch(daemon, "0002")  # the next run of the Mandant waits in the queue meanwhile
         ended = wait_for(lambda: (r := instance.get_run_by_id(hung.run_id)) and r.is_finished and r, 300,
                          "run monitoring to end the run over its maximum runtime")  # fmt: skip
-        assert ended.status == dg.DagsterRunStatus.FAILURE
-        said = [e.message or "" for e in instance.all_logs(hung.run_id, of_type=dg.DagsterEventType.RUN_FAILURE)]
-        assert any("Exceeded maximum runtime of 20 seconds" in m for m in said), said
+        assert ended.status in (dg.DagsterRunStatus.CANCELED, dg.DagsterRunStatus.FAILURE)
+        said = [e.message or "" for e in instance.all_logs(hung.run_id) if e.is_dagster_event]
+        assert any("exceeding maximum runtime of 20 seconds" in m for m in said), said
         (Path(daemon["GATE"]) / "hold").unlink()
         nxt = wait_for(lambda: len(found := runs()) > 1 and found[1].is_finished and found[1], 300,
                        "the Mandant's next run to finish")  # fmt: skip
