@@ -11,6 +11,7 @@
     python -m benchmarks state --units 25000             # an unchanged night per state backend (state.py)
     python -m benchmarks rate                            # finding a hidden rate limit, alone and shared (rate.py)
     python -m benchmarks budget                          # the account's budget: SQLite, PostgreSQL (budget.py)
+    python -m benchmarks queue                           # many Mandanten of one account at once (queue.py)
 
 Each stage is a separate process (`benchmarks.stages`); its peak RSS is read with os.wait4. The
 sandbox runs as a real process on 127.0.0.1. Not a test: it prints figures, it asserts nothing.
@@ -214,5 +215,10 @@ if __name__ == "__main__":
 
         sys.argv = [f"{sys.argv[0]} budget", *sys.argv[2:]]
         budget.main()
+    elif sys.argv[1:2] == ["queue"]:  # ./run bench queue: many Mandanten of one account at once, pool or not
+        from benchmarks import queue
+
+        sys.argv = [f"{sys.argv[0]} queue", *sys.argv[2:]]
+        queue.main()
     else:
         main()
