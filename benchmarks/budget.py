@@ -67,12 +67,12 @@ def pyrates(url: str):
 
     def decide(rate: float) -> float:
         per_window, seconds = window(rate)
-        with lock:
+        with lock:  # as pyrate-limiter's Limiter: a bucket remembers its last verdict for `waiting`
             bucket.rates = [Rate(per_window, round(seconds * 1000))]
-        item = RateItem("casavi", int(time.time() * 1000))
-        if bucket.put(item):
-            return 0.0
-        waiting = bucket.waiting(item)
+            item = RateItem("casavi", int(time.time() * 1000))
+            if bucket.put(item):
+                return 0.0
+            waiting = bucket.waiting(item)
         return waiting / 1000 if waiting and waiting > 0 else CONTENDED_POLL_SECONDS
 
     return decide, pool.close

@@ -192,6 +192,7 @@ class PostgresBudgetStore:
         self._clock = clock
         self._con: Any = None
         self._cur: Any = None
+        self._row: tuple[object, ...] | None = None
         self._table_damaged = False
 
     def _connection(self) -> Any:
@@ -209,18 +210,22 @@ class PostgresBudgetStore:
 
     @contextlib.contextmanager
     def turn(self) -> Iterator[float]:
+        """One transaction: its first round trip begins it, takes the account's lock and reads the state;
+        a turn costs three round trips (this, the grant, the commit), four when the state changes."""
         import psycopg2
 
         from casavi_pipeline.state.postgres import lock_key
 
         with self._connection().cursor() as cur:
-            cur.execute("BEGIN")
             try:
                 cur.execute(
-                    "SELECT pg_advisory_xact_lock(%s), extract(epoch FROM clock_timestamp())::float8",
-                    [lock_key(f"budget/{self.account}")],
+                    "BEGIN; SELECT pg_advisory_xact_lock(%s), extract(epoch FROM clock_timestamp())::float8, "
+                    "b.rate, b.limit_rate, b.paused_until, b.decreased_at "
+                    "FROM (SELECT 1) AS one LEFT JOIN casavi_budget AS b ON b.account = %s",
+                    [lock_key(f"budget/{self.account}"), self.account],
                 )
-                server_now = cur.fetchone()[1]
+                _, server_now, *row = cur.fetchone()
+                self._row = None if row[0] is None else tuple(row)
                 self._cur = cur
                 yield self._clock() if self._clock is not None else server_now
             except (psycopg2.ProgrammingError, psycopg2.DataError) as exc:  # not our schema (a column
@@ -241,11 +246,7 @@ class PostgresBudgetStore:
             cur.execute("ROLLBACK")
 
     def read(self) -> tuple[object, ...] | None:
-        self._cur.execute(
-            "SELECT rate, limit_rate, paused_until, decreased_at FROM casavi_budget WHERE account = %s",
-            [self.account],
-        )
-        row = self._cur.fetchone()
+        row = self._row  # read when the turn began
         if row is not None and not all(value is None or isinstance(value, float) for value in row):
             self._table_damaged = True  # a column's type was changed: every account's row is affected
             raise BudgetDamagedError("table casavi_budget: its columns are not numbers any more")
@@ -262,15 +263,15 @@ class PostgresBudgetStore:
 
     def put(self, now: float, rate: float) -> float:
         per_window, seconds = window(rate)
-        self._cur.execute(
-            "SELECT count(*), min(sent_at) FROM casavi_budget_log WHERE account = %s AND sent_at > %s",
-            [self.account, now - seconds],
+        self._cur.execute(  # one round trip: count the window, and log the request if it has room
+            "WITH window_ AS (SELECT count(*) AS n, min(sent_at) AS first FROM casavi_budget_log "
+            "WHERE account = %(account)s AND sent_at > %(since)s), "
+            "logged AS (INSERT INTO casavi_budget_log SELECT %(account)s, %(now)s FROM window_ WHERE n < %(room)s) "
+            "SELECT n, first FROM window_",
+            {"account": self.account, "since": now - seconds, "now": now, "room": per_window},
         )
         count, first = self._cur.fetchone()
-        if count >= per_window:
-            return max(0.001, first + seconds - now)
-        self._cur.execute("INSERT INTO casavi_budget_log VALUES (%s, %s)", [self.account, now])
-        return 0.0
+        return 0.0 if count < per_window else max(0.001, first + seconds - now)
 
     def sent_rate(self, now: float) -> float | None:
         self._cur.execute(
