@@ -55,8 +55,7 @@ def instance_yaml(variant: str, max_runs: int) -> str:
 
 def exports(root: Path, mandanten: list[str], writes: int, changed: bool) -> None:
     """Every Mandant's export: `writes` objects to send in a first sync; `changed`: one phone number more."""
-    from casavi_pipeline_tests.e2e import big_rows
-    from casavi_pipeline_tests.erp_fixtures import write_export
+    from casavi_pipeline_tests.erp_fixtures import big_rows, write_export
 
     rows = {}
     for mandant in mandanten:
@@ -86,6 +85,7 @@ def night(env: dict[str, str], work: Path, mandanten: list[str], sandbox: Sandbo
             if len(records) >= len(mandanten) and all(r.dagster_run.is_finished for r in records):
                 break
             time.sleep(2)
+        spans = [sync_step_span(instance, r.dagster_run.run_id) for r in records]
     after = sandbox.requests()["statuses"]
     limited = int(after.get("429", 0)) - int(before.get("429", 0))
     total = sum(int(n) for n in after.values()) - sum(int(n) for n in before.values())
@@ -98,10 +98,36 @@ def night(env: dict[str, str], work: Path, mandanten: list[str], sandbox: Sandbo
         "since_submitted_s": max(ends) - submitted,
         "longest_queue_s": max(r.start_time - r.create_timestamp.timestamp() for r in records if r.start_time),
         "longest_run_s": max(r.end_time - r.start_time for r in records if r.start_time and r.end_time),
+        "most_syncs_at_once": most_at_once([span for span in spans if span is not None]),
         "requests": total,
         "rate_limited_429": limited,
         "load": os.getloadavg()[0],
     }
+
+
+def sync_step_span(instance, run_id: str) -> tuple[float, float] | None:
+    """When the run's casavi_sync step started and ended (None: it did not run)."""
+    import dagster as dg
+
+    times = [
+        entry.timestamp
+        for entry in instance.all_logs(run_id)
+        if entry.is_dagster_event
+        and entry.step_key == "casavi_sync"
+        and entry.dagster_event_type
+        in (dg.DagsterEventType.STEP_START, dg.DagsterEventType.STEP_SUCCESS, dg.DagsterEventType.STEP_FAILURE)
+    ]
+    return (min(times), max(times)) if len(times) >= 2 else None
+
+
+def most_at_once(spans: list[tuple[float, float]]) -> int:
+    """The most spans overlapping at one moment."""
+    edges = sorted([(start, 1) for start, _ in spans] + [(end, -1) for _, end in spans])
+    most = current = 0
+    for _, step in edges:
+        current += step
+        most = max(most, current)
+    return most
 
 
 def run_variant(variant: str, args: argparse.Namespace) -> list[dict]:
@@ -149,14 +175,15 @@ def run_variant(variant: str, args: argparse.Namespace) -> list[dict]:
 
 def table(rows: list[dict]) -> str:
     lines = [
-        "| variant | night | runs ok | night wall s | longest in queue s | longest run s | requests | 429 | load |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| variant | night | runs ok | submitted → last run ended, s | first start → last end, s | longest in queue s "
+        "| longest run s | most sync steps at once | requests | 429 | load |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         lines.append(
-            f"| {r['variant']} | {r['night']} | {r['succeeded']}/{r['runs']} | {r['night_s']:.0f} | "
-            f"{r['longest_queue_s']:.0f} | {r['longest_run_s']:.0f} | {r['requests']} | {r['rate_limited_429']} | "
-            f"{r['load']:.1f} |"
+            f"| {r['variant']} | {r['night']} | {r['succeeded']}/{r['runs']} | {r['since_submitted_s']:.0f} | "
+            f"{r['night_s']:.0f} | {r['longest_queue_s']:.0f} | {r['longest_run_s']:.0f} | {r['most_syncs_at_once']} | "
+            f"{r['requests']} | {r['rate_limited_429']} | {r['load']:.1f} |"
         )
     return "\n".join(lines)
 

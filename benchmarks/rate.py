@@ -4,6 +4,7 @@
     python -m benchmarks.rate --case adaptive --limits 5       # one case, one hidden limit
     python -m benchmarks.rate --case two --seconds 90
     python -m benchmarks.rate --case two_machines --case two_machines_today --machine-limits 2,8
+    python -m benchmarks.rate --case two_machines --case two_machines_today --seeded   # the second night
     python -m benchmarks.rate --case burst --burst-limit 8
 
 Each case starts its own sandbox process with a hidden limit (the sandbox's `rate_limit` knob: 429 with
@@ -21,6 +22,10 @@ all answers in that window (target ≤ 2 %).
 | two_fixed80 | two processes of the old client, 80/min each, under the same limit |
 | two_machines | two processes on "two machines": nothing shared but a PostgreSQL server (a throw-away one from `casavi_pipeline_tests/postgres.py`, Debian's postgresql), which holds the account's budget (CASAVI_STATE_URL) |
 | two_machines_today | the same two machines with the client before issue 26 (`PREVIOUS`, loaded from git): each machine its own budget file |
+
+With `--seeded`, the two-machine cases start as a second night does: each budget holds the hidden limit,
+learned (a minute before) alone — the shared one once, each machine's own file each — and the figures
+cover the whole run, the first minute included.
 | burst | one process; after a minute, 90 s of `429, Retry-After: 1` to every request (the sandbox's `refuse_all`), then none; it goes on for 5 minutes (*same run*). Then, on a fresh account, the same minute and burst, the process ends with the burst, and the next run (another Mandant, a new process) runs 5 minutes (*next run*). Figures: seconds from the end of the burst until a 10 s window holds more than 80 % of the hidden limit |
 
 Not a test: it prints a table, it asserts nothing. Results of the last run: `benchmarks/out/rate.json`.
@@ -34,6 +39,7 @@ import importlib.util
 import itertools
 import json
 import os
+import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -46,7 +52,7 @@ from casavi_pipeline.casavi.api import ObjectKind
 from casavi_pipeline.casavi.budget_store import PostgresBudgetStore, SqliteBudgetStore, budget_file
 from casavi_pipeline.casavi.client import CasaviClient, Operation
 from casavi_pipeline.casavi.errors import CasaviError
-from casavi_pipeline.casavi.ratelimit import AccountBudget
+from casavi_pipeline.casavi.ratelimit import AccountBudget, RateState
 from casavi_sandbox import SandboxProcess
 
 REPO = Path(__file__).resolve().parents[1]
@@ -159,7 +165,27 @@ def answered(sandbox: SandboxProcess) -> tuple[int, int]:
     return sum(int(n) for n in statuses.values()) - limited, limited
 
 
-def run_case(case: str, limit_per_s: float, seconds: float, postgres_url: str | None) -> dict:
+def seed(case: str, where: list[str], sandbox: SandboxProcess, per_second: float) -> None:
+    """The budgets as earlier nights left them: each learned `per_second` (a minute ago), alone."""
+    url, key = sandbox.base_url, sandbox.api_key
+    if case == "two_machines":  # one budget in the database: what either machine learned, both know
+        store = PostgresBudgetStore(where[0], account_id(key))
+        with store.turn() as now:
+            store.write(RateState(rate=per_second, limit=per_second, decreased_at=now - 60))
+        store.close()
+        return
+    old_client(PREVIOUS)  # each machine its own file, each with the rate it found alone
+    ratelimit = sys.modules["benchmarks_baseline_ratelimit"]
+    for folder in where:
+        path = ratelimit.budget_path(Path(folder), url, key)
+        ratelimit.AccountBudget(path, ceiling_per_minute=None).close()
+        with contextlib.closing(sqlite3.connect(path)) as conn, conn:
+            conn.execute("UPDATE casavi_rate SET rate = ?, limit_rate = ?, decreased_at = ?",
+                         (per_second, per_second, time.time() - 60))  # fmt: skip
+
+
+def run_case(case: str, limit_per_s: float, seconds: float, postgres_url: str | None, seeded: bool = False) -> dict:
+    """One case; `seeded` (two-machine cases): budgets as earlier nights left them, measured from the start."""
     work = Path(tempfile.mkdtemp(prefix=f"rate-{case}-"))
     mode = {"fixed80": "fixed80", "two_fixed80": "fixed80", "two_machines_today": "previous"}.get(case, "adaptive")
     processes = 2 if case.startswith("two") else 1
@@ -170,11 +196,13 @@ def run_case(case: str, limit_per_s: float, seconds: float, postgres_url: str | 
     else:
         where = [str(work)] * processes
     with SandboxProcess(work / "sandbox.sqlite3", rate_limit=limit_per_s * 60, access_log=False) as sandbox:
+        if seeded:
+            seed(case, where, sandbox, limit_per_s)
         started = time.monotonic()
         workers = [
             start_worker(mode, sandbox, where[n], f"{9001 + n:04d}", seconds + 5) for n in range(processes)
         ]
-        time.sleep(max(0.0, started + WARM_UP_SECONDS - time.monotonic()))
+        time.sleep(max(0.0, started + (0 if seeded else WARM_UP_SECONDS) - time.monotonic()))
         ok_before, limited_before = answered(sandbox)
         at_minute = time.monotonic()
         time.sleep(max(0.0, started + seconds - time.monotonic()))
@@ -183,7 +211,7 @@ def run_case(case: str, limit_per_s: float, seconds: float, postgres_url: str | 
         outputs = [output_of(w) for w in workers]
     ok, limited = ok_after - ok_before, limited_after - limited_before
     row = {
-        "case": case,
+        "case": case + (" (seeded)" if seeded else ""),
         "hidden_limit_per_s": limit_per_s,
         "processes": processes,
         "seconds": seconds,
@@ -254,7 +282,7 @@ def burst_phase(limit_per_s: float, *, next_run: bool) -> dict:
 
 def table(rows: list[dict]) -> str:
     lines = [
-        "| case | hidden limit | processes | of limit (after 1st min) | 429 share | rate found | load | ended |",
+        "| case | hidden limit | processes | of limit (after 1st min; seeded: all) | 429 share | rate found | load | ended |",
         "|---|---:|---:|---:|---:|---|---:|---|",
     ]
     for r in rows:
@@ -305,6 +333,11 @@ def main() -> None:
     parser.add_argument("--two-limit", type=float, default=2.0, help="hidden limit of the two-process cases")
     parser.add_argument("--machine-limits", default="2,8", help="hidden limits of the two-machine cases")
     parser.add_argument("--burst-limit", type=float, default=8.0, help="hidden limit of the burst case")
+    parser.add_argument(
+        "--seeded", action="store_true",
+        help="two-machine cases: each budget as earlier nights left it (the hidden limit learned), measured "
+        "from the first second instead of after the first minute",
+    )  # fmt: skip
     parser.add_argument("--seconds", type=float, default=120.0, help="length of each case (first minute excluded)")
     args = parser.parse_args()
     if args.seconds <= WARM_UP_SECONDS + 10:
@@ -324,7 +357,7 @@ def main() -> None:
                 limits = [float(x) for x in args.limits.split(",")]
             for limit in limits:
                 url = server.url(server.create_database("budget")) if case == "two_machines" else None
-                rows.append(run_case(case, limit, args.seconds, url))
+                rows.append(run_case(case, limit, args.seconds, url, seeded=args.seeded and "machines" in case))
     print(table(rows))
     OUT.mkdir(exist_ok=True)
     (OUT / "rate.json").write_text(json.dumps(rows, indent=1))

@@ -30,13 +30,12 @@ from casavi_pipeline_tests.e2e import (
     assert_created_once,
     assert_sandbox_holds,
     big_export,
-    big_rows,
     expected_state,
     export,
     run_job,
     writes_by_route,
 )
-from casavi_pipeline_tests.erp_fixtures import default_rows, write_export
+from casavi_pipeline_tests.erp_fixtures import big_rows, default_rows, write_export
 from casavi_pipeline_tests.harness import run_from_environment
 from casavi_pipeline_tests.postgres import PostgresServer, pg_bin
 from casavi_sandbox import SandboxProcess

@@ -76,24 +76,18 @@ class RateState:
     @classmethod
     def parsed(cls, row: tuple[object, ...]) -> RateState:
         """The state from a stored row; `ValueError` naming what is wrong when it is not a state."""
-        rate, limit, paused_until, decreased_at = row  # ValueError on another shape
-        values = {
-            "rate": rate,
-            "limit": limit,
-            "paused_until": paused_until,
-            "decreased_at": decreased_at,
-        }
-        numbers: dict[str, float | None] = {}
+        names = ("rate", "limit", "paused_until", "decreased_at")
+        if len(row) != len(names):
+            raise ValueError(f"a row of {len(row)} values")
+        values = dict(zip(names, row, strict=True))
         for name, value in values.items():
             if value is None and name == "limit":
-                numbers[name] = None
                 continue
             if isinstance(value, bool) or not isinstance(value, int | float):
                 raise ValueError(f"{name} is not a number")
-            if not math.isfinite(value) or value < 0 or (name in ("rate", "limit") and value == 0):
+            if not math.isfinite(value) or value < 0 or (value == 0 and name in ("rate", "limit")):
                 raise ValueError(f"{name} is {value!r}")
-            numbers[name] = float(value)
-        return cls(**numbers)  # type: ignore[arg-type]
+        return cls(**{name: None if value is None else float(value) for name, value in values.items()})  # type: ignore[arg-type]
 
 
 @dataclass(frozen=True)
