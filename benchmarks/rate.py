@@ -22,11 +22,12 @@ all answers in that window (target ≤ 2 %).
 | two_fixed80 | two processes of the old client, 80/min each, under the same limit |
 | two_machines | two processes on "two machines": nothing shared but a PostgreSQL server (a throw-away one from `casavi_pipeline_tests/postgres.py`, Debian's postgresql), which holds the account's budget (CASAVI_STATE_URL) |
 | two_machines_today | the same two machines with the client before issue 26 (`PREVIOUS`, loaded from git): each machine its own budget file |
+| burst | one process; after a minute, 90 s of `429, Retry-After: 1` to every request (the sandbox's `refuse_all`), then none; it goes on for 5 minutes (*same run*). Then, on a fresh account, the same minute and burst, the process ends with the burst, and the next run (another Mandant, a new process) runs 5 minutes (*next run*). Figures: seconds from the end of the burst until a 10 s window holds more than 80 % of the hidden limit |
+| burst_today | the same with the client before issue 26 (`PREVIOUS`) |
 
 With `--seeded`, the two-machine cases start as a second night does: each budget holds the hidden limit,
 learned (a minute before) alone — the shared one once, each machine's own file each — and the figures
 cover the whole run, the first minute included.
-| burst | one process; after a minute, 90 s of `429, Retry-After: 1` to every request (the sandbox's `refuse_all`), then none; it goes on for 5 minutes (*same run*). Then, on a fresh account, the same minute and burst, the process ends with the burst, and the next run (another Mandant, a new process) runs 5 minutes (*next run*). Figures: seconds from the end of the burst until a 10 s window holds more than 80 % of the hidden limit |
 
 Not a test: it prints a table, it asserts nothing. Results of the last run: `benchmarks/out/rate.json`.
 """
@@ -61,7 +62,7 @@ OUT = Path(__file__).resolve().parent / "out"
 BASELINE = "c5cd697"
 #: The last commit before issue 26: the adaptive budget, a SQLite file per machine, the limit never decaying.
 PREVIOUS = "dcfbcd7"
-CASES = ("adaptive", "fixed80", "two", "two_fixed80", "two_machines", "two_machines_today", "burst")
+CASES = ("adaptive", "fixed80", "two", "two_fixed80", "two_machines", "two_machines_today", "burst", "burst_today")
 #: The burst case: 429 to everything for this long, after WARM_UP_SECONDS, then this long to recover.
 BURST_SECONDS = 90.0
 RECOVER_SECONDS = 300.0
@@ -244,15 +245,16 @@ def recovered_after(samples: list[tuple[float, int]], since: float, per_second: 
     return None
 
 
-def burst_phase(limit_per_s: float, *, next_run: bool) -> dict:
+def burst_phase(limit_per_s: float, *, next_run: bool, mode: str = "adaptive") -> dict:
     """A minute at the hidden limit, 90 s of 429 to everything, then RECOVER_SECONDS: in the same run, or
-    (`next_run`) in a new process of another Mandant starting as the first one ends with the burst."""
+    (`next_run`) in a new process of another Mandant starting as the first one ends with the burst.
+    `mode` "previous": the client before issue 26."""
     work = Path(tempfile.mkdtemp(prefix="rate-burst-"))
     samples: list[tuple[float, int]] = []
     with SandboxProcess(work / "sandbox.sqlite3", rate_limit=limit_per_s * 60, access_log=False) as sandbox:
         started = time.monotonic()
         burst_at, burst_over = started + WARM_UP_SECONDS, started + WARM_UP_SECONDS + BURST_SECONDS
-        first = start_worker("adaptive", sandbox, str(work), "9001",
+        first = start_worker(mode, sandbox, str(work), "9001",
                              (burst_over - started if next_run else burst_over - started + RECOVER_SECONDS) + 2)  # fmt: skip
         sampled(sandbox, burst_at, samples)
         sandbox.configure(refuse_all=True)
@@ -261,14 +263,14 @@ def burst_phase(limit_per_s: float, *, next_run: bool) -> dict:
         outputs = []
         if next_run:
             outputs.append(output_of(first))  # it ends with the burst; the next run starts at once
-            first = start_worker("adaptive", sandbox, str(work), "9002", RECOVER_SECONDS + 2)
+            first = start_worker(mode, sandbox, str(work), "9002", RECOVER_SECONDS + 2)
         sampled(sandbox, burst_over + RECOVER_SECONDS, samples)
         outputs.append(output_of(first))
     recovered = recovered_after(samples, burst_over, 0.8 * limit_per_s)
     during = [c for t, c in samples if burst_at + 5 <= t <= burst_over]
     row = {
         "case": "burst",
-        "phase": "next run" if next_run else "same run",
+        "phase": ("next run" if next_run else "same run") + (" (before issue 26)" if mode == "previous" else ""),
         "hidden_limit_per_s": limit_per_s,
         "recovered_s": recovered,
         "answered_during_burst": during[-1] - during[0] if during else None,
@@ -346,8 +348,9 @@ def main() -> None:
     rows = []
     with postgres_server(cases) as server:
         for case in cases:
-            if case == "burst":
-                rows += [burst_phase(args.burst_limit, next_run=next_run) for next_run in (False, True)]
+            if case.startswith("burst"):
+                mode = "previous" if case == "burst_today" else "adaptive"
+                rows += [burst_phase(args.burst_limit, next_run=n, mode=mode) for n in (False, True)]
                 continue
             if case.startswith("two_machines"):
                 limits = [float(x) for x in args.machine_limits.split(",")]
