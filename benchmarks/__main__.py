@@ -10,6 +10,8 @@
     python -m benchmarks dagster --units 25000           # Dagster run ÷ bare work, unchanged Mandant
     python -m benchmarks state --units 25000             # an unchanged night per state backend (state.py)
     python -m benchmarks rate                            # finding a hidden rate limit, alone and shared (rate.py)
+    python -m benchmarks budget                          # the account's budget: SQLite, PostgreSQL (budget.py)
+    python -m benchmarks queue                           # many Mandanten of one account at once (queue.py)
 
 Each stage is a separate process (`benchmarks.stages`); its peak RSS is read with os.wait4. The
 sandbox runs as a real process on 127.0.0.1. Not a test: it prints figures, it asserts nothing.
@@ -208,5 +210,15 @@ if __name__ == "__main__":
 
         sys.argv = [f"{sys.argv[0]} state", *sys.argv[2:]]
         state.main()
+    elif sys.argv[1:2] == ["budget"]:  # ./run bench budget: where the account's budget keeps up
+        from benchmarks import budget
+
+        sys.argv = [f"{sys.argv[0]} budget", *sys.argv[2:]]
+        budget.main()
+    elif sys.argv[1:2] == ["queue"]:  # ./run bench queue: many Mandanten of one account at once, pool or not
+        from benchmarks import queue
+
+        sys.argv = [f"{sys.argv[0]} queue", *sys.argv[2:]]
+        queue.main()
     else:
         main()

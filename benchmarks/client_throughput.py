@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 from casavi_pipeline.casavi.api import ObjectKind
+from casavi_pipeline.casavi.budget_store import SqliteBudgetStore
 from casavi_pipeline.casavi.client import CasaviClient, Operation
 from casavi_pipeline.casavi.ratelimit import AccountBudget
 from casavi_sandbox import SandboxProcess
@@ -51,7 +52,7 @@ def main() -> None:
         sandbox.configure(latency_ms=0, rate_limit=args.rate_limit)
         limit_per_s = args.rate_limit / 60
         n = int(limit_per_s * 60)  # one minute of traffic at the limit
-        with AccountBudget(work / "budget.sqlite3", ceiling_per_minute=args.rate_limit) as budget, \
+        with AccountBudget(SqliteBudgetStore(work / "budget.sqlite3"), ceiling_per_minute=args.rate_limit) as budget, \
                 CasaviClient(sandbox.base_url, sandbox.api_key, sandbox.api_secret,
                              max_concurrency=4, budget=budget) as client:  # fmt: skip
             rate = timed(client, n, "paced")

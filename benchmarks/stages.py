@@ -18,8 +18,9 @@ from typing import Any
 
 from casavi_pipeline.casavi import api
 from casavi_pipeline.casavi.api import ObjectKind
+from casavi_pipeline.casavi.budget_store import SqliteBudgetStore, budget_file
 from casavi_pipeline.casavi.client import CasaviClient, Operation
-from casavi_pipeline.casavi.ratelimit import AccountBudget, budget_path
+from casavi_pipeline.casavi.ratelimit import AccountBudget
 from casavi_pipeline.erp.contract import ENTITIES
 from casavi_pipeline.erp.reader import read_entity
 from casavi_pipeline.mapping import map_mandant, quality
@@ -138,7 +139,7 @@ def main(argv: list[str]) -> None:
     if len(argv) > 4:
         url, key, secret, rpm = argv[4], argv[5], argv[6], float(argv[7])
         # with a sandbox rate limit, the client finds it as it would casavi's (ceiling: the same figure)
-        budget = AccountBudget(budget_path(work, url, key), ceiling_per_minute=rpm) if rpm else None
+        budget = AccountBudget(SqliteBudgetStore(budget_file(work, key)), ceiling_per_minute=rpm) if rpm else None
         client = CasaviClient(url, key, secret, budget=budget, max_concurrency=8)
     started = time.perf_counter()
     totals: dict[str, int] = {}

@@ -24,9 +24,10 @@ from pathlib import Path
 
 from casavi_pipeline import audit, run_sync
 from casavi_pipeline.casavi import conformance
+from casavi_pipeline.casavi.budget_store import open_budget
 from casavi_pipeline.casavi.client import CasaviClient
-from casavi_pipeline.casavi.ratelimit import AccountBudget, budget_path
 from casavi_pipeline.settings import Settings, SettingsError, load_settings
+from casavi_pipeline.database import StateUnavailableError
 from casavi_pipeline.state.store import StateStore, known_accounts
 
 #: The check tries a request at most this often: a casavi that is down says so in seconds, not minutes.
@@ -38,11 +39,16 @@ CHECK_MAX_RETRY_SECONDS = 30.0
 def check_casavi_client(settings: Settings) -> Iterator[CasaviClient]:
     """A client for the check, from the sync's own settings, pacing its requests through the account's
     budget like every other process that talks to the account."""
-    casavi = settings.casavi
+    casavi, state = settings.casavi, settings.state
     key = casavi.api_key.get_secret_value()
-    path = budget_path(settings.state.directory, casavi.base_url, key)
     with (
-        AccountBudget(path, ceiling_per_minute=casavi.requests_per_minute or None) as budget,
+        open_budget(
+            state.directory,
+            state.url.get_secret_value() if state.url else None,
+            key,
+            ceiling_per_minute=casavi.requests_per_minute or None,
+            warn=lambda line: print(f"check-casavi: {line}", file=sys.stderr),
+        ) as budget,
         CasaviClient(
             casavi.base_url,
             key,
@@ -61,10 +67,14 @@ def check_casavi(args: argparse.Namespace) -> int:
     except SettingsError as exc:
         print(f"check-casavi: cannot check: {exc}", file=sys.stderr)
         return conformance.CANNOT_CHECK
-    with check_casavi_client(settings) as client:
-        report = conformance.check_account(
-            client, separator=settings.sync.id_separator, write_test=args.write_test
-        )
+    try:
+        with check_casavi_client(settings) as client:
+            report = conformance.check_account(
+                client, separator=settings.sync.id_separator, write_test=args.write_test
+            )
+    except StateUnavailableError as exc:  # the account's request budget lives there
+        print(f"check-casavi: cannot check: {exc}", file=sys.stderr)
+        return conformance.CANNOT_CHECK
     if report.exit_code == conformance.CANNOT_CHECK:
         print(f"check-casavi: {report.summary}", file=sys.stderr)
     else:

@@ -393,6 +393,14 @@ class SyncPolicySettings(_Group):
         le=8760,
         description="a Mandant not synced for longer fails its freshness check",
     )
+    max_runtime_hours: float = setting(
+        "CASAVI_MAX_RUNTIME_HOURS",
+        20.0,
+        ge=0,
+        lt=24,
+        description="run monitoring ends a sync run after this long (below the nightly schedule's 24 h); 0 = never",
+        in_resource=False,  # a tag of the job, set when the code location loads
+    )
 
     @field_validator("id_separator")
     @classmethod

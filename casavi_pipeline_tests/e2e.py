@@ -12,7 +12,7 @@ from casavi_pipeline import account
 from casavi_pipeline.casavi import api
 from casavi_pipeline.casavi.api import ObjectKind
 from casavi_pipeline.state.store import StateStore
-from casavi_pipeline_tests.erp_fixtures import Append, write_export
+from casavi_pipeline_tests.erp_fixtures import big_rows, write_export
 from casavi_pipeline_tests.harness import run_from_environment
 from casavi_sandbox import SandboxProcess
 
@@ -106,21 +106,8 @@ def writes_by_route(sandbox: SandboxProcess) -> dict[str, int]:
 
 
 def big_export(env, contracts: int) -> None:
-    """The defaults plus `contracts` more units, each rented to its own tenant with an email (2 writes each:
-    the unit, and the tenant's contact carrying the contract)."""
-    units, leases, tenants = [], [], []
-    for i in range(contracts):
-        ve = f"{1000 + i:04d}"
-        units.append(
-            {"we_nr": "001", "ve_nr": ve, "geb_nr": "01", "nutzungsart": "WOHNUNG", "lage": f"{i}. OG"}
-        )
-        leases.append({"vertrag_nr": f"3{i:05d}", "we_nr": "001", "ve_nr": ve, "beginn": "2022-01-01"})
-        tenants.append({"vertrag_nr": f"3{i:05d}", "person_nr": f"9{i:05d}", "nachname": "Schulze",
-                        "email": f"mieter{i}@example.org"})  # fmt: skip
-    export(
-        env,
-        {"verwaltungseinheiten": Append(units), "mietvertraege": Append(leases), "mieter": Append(tenants)},
-    )
+    """The test's Mandant with `big_rows(contracts)`."""
+    export(env, big_rows(contracts))
 
 
 def assert_sandbox_holds(sandbox: SandboxProcess, result: dg.ExecuteInProcessResult) -> None:

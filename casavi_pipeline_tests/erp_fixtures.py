@@ -207,3 +207,18 @@ def write_csv(
         for row in rows:
             writer.writerow(["" if row.get(name) is None else str(row.get(name)) for name in header])
     return Path(path)
+
+
+def big_rows(contracts: int) -> dict[str, Append]:
+    """The defaults plus `contracts` more units, each rented to its own tenant with an email (2 writes each:
+    the unit, and the tenant's contact carrying the contract)."""
+    units, leases, tenants = [], [], []
+    for i in range(contracts):
+        ve = f"{1000 + i:04d}"
+        units.append(
+            {"we_nr": "001", "ve_nr": ve, "geb_nr": "01", "nutzungsart": "WOHNUNG", "lage": f"{i}. OG"}
+        )
+        leases.append({"vertrag_nr": f"3{i:05d}", "we_nr": "001", "ve_nr": ve, "beginn": "2022-01-01"})
+        tenants.append({"vertrag_nr": f"3{i:05d}", "person_nr": f"9{i:05d}", "nachname": "Schulze",
+                        "email": f"mieter{i}@example.org"})  # fmt: skip
+    return {"verwaltungseinheiten": Append(units), "mietvertraege": Append(leases), "mieter": Append(tenants)}

@@ -54,11 +54,13 @@ class PostgresServer:
 
     def start(self) -> PostgresServer:
         self._run(self.bin / "initdb", "-D", self.folder / "db", "-U", self.USER, "--auth=trust")
-        self.resume()
-        return self
+        return self.resume()
 
-    def resume(self) -> None:
-        """Start the server on its database (again, after `halt`), on the same port."""
+    def halt(self) -> None:
+        """Stop the server as a crash or an operator would, keeping its data (`resume` starts it again)."""
+        self._run(self.bin / "pg_ctl", "-D", self.folder / "db", "-m", "immediate", "-w", "stop")
+
+    def resume(self) -> PostgresServer:
         options = f"-p {self.port} -k {self.folder} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=200"
         self._run(
             self.bin / "pg_ctl",
@@ -71,10 +73,7 @@ class PostgresServer:
             "-w",
             "start",
         )
-
-    def halt(self) -> None:
-        """Stop the server at once, as a crash would (connections dropped), keeping its data for `resume`."""
-        self._run(self.bin / "pg_ctl", "-D", self.folder / "db", "-m", "immediate", "stop")
+        return self
 
     def stop(self) -> None:
         subprocess.run(

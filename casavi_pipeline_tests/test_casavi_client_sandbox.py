@@ -11,9 +11,10 @@ from pathlib import Path
 import pytest
 
 from casavi_pipeline.casavi.api import ObjectKind
+from casavi_pipeline.casavi.budget_store import SqliteBudgetStore, budget_file
 from casavi_pipeline.casavi.client import CasaviClient, Operation
 from casavi_pipeline.casavi.errors import CasaviAuthError, CasaviUnavailableError
-from casavi_pipeline.casavi.ratelimit import AccountBudget, budget_path
+from casavi_pipeline.casavi.ratelimit import AccountBudget
 from casavi_pipeline_tests.fake_time import FakeTime
 
 pytestmark = pytest.mark.e2e
@@ -155,12 +156,13 @@ import json, sys
 from pathlib import Path
 from casavi_pipeline.casavi.api import ObjectKind
 from casavi_pipeline.casavi.client import CasaviClient, Operation
-from casavi_pipeline.casavi.ratelimit import AccountBudget, budget_path
+from casavi_pipeline.casavi.budget_store import SqliteBudgetStore, budget_file
+from casavi_pipeline.casavi.ratelimit import AccountBudget
 
 url, key, secret, folder, prefix, n = sys.argv[1:]
 bodies = [{"id": f"{prefix}-{i:06d}", "lastName": "Weiß"} for i in range(int(n))]
 with (
-    AccountBudget(budget_path(Path(folder), url, key), ceiling_per_minute=180) as budget,
+    AccountBudget(SqliteBudgetStore(budget_file(Path(folder), key)), ceiling_per_minute=180) as budget,
     CasaviClient(url, key, secret, budget=budget, max_concurrency=4) as client,
 ):
     confirmed = sum(r.ok for r in client.execute(Operation(ObjectKind.CONTACT, "upsert", b["id"], b) for b in bodies))
@@ -172,7 +174,7 @@ def _learned(path: Path, per_minute: float) -> None:
     """A budget file that earlier runs left at `per_minute` (learned on a clock an hour back: no
     request of theirs is still in the window)."""
     clock = FakeTime(start=time.time() - 3600)
-    with AccountBudget(path, ceiling_per_minute=per_minute, clock=clock, sleep=clock.sleep) as budget:
+    with AccountBudget(SqliteBudgetStore(path, clock=clock), ceiling_per_minute=per_minute, sleep=clock.sleep) as budget:
         while budget.rate_per_minute < per_minute:
             grant = budget.acquire()
             budget.answered(grant, call="PUT /v2/contacts/{id}", seconds=0.01, status=201)
@@ -184,7 +186,7 @@ def test_two_processes_sharing_one_budget_stay_under_a_hidden_limit(sandbox, tmp
     refuses nothing; each with a budget of its own they start at 6/s together (4-5 answers of 429 in
     this test, until each has slowed down for itself)."""
     sandbox.configure(rate_limit=210)
-    _learned(budget_path(tmp_path, sandbox.base_url, sandbox.api_key), 180)
+    _learned(budget_file(tmp_path, sandbox.api_key), 180)
     account = [sandbox.base_url, sandbox.api_key, sandbox.api_secret, str(tmp_path)]
     workers = [
         subprocess.Popen([sys.executable, "-c", SHARING_WORKER, *account, prefix, "40"], stdout=subprocess.PIPE)

@@ -16,6 +16,7 @@ import pytest
 
 from casavi_pipeline.casavi import api
 from casavi_pipeline.casavi.api import ObjectKind
+from casavi_pipeline.casavi.budget_store import SqliteBudgetStore
 from casavi_pipeline.casavi.client import CasaviClient, Operation
 from casavi_pipeline.casavi.errors import (
     CasaviAuthError,
@@ -295,7 +296,7 @@ def test_a_casavi_answering_only_429_ends_in_one_line_that_says_it_is_rate_limit
     clock = FakeTime()
     fake = FakeCasavi(*([429] * 10_000), retry_after="7")
     with (
-        AccountBudget(tmp_path / "budget.sqlite3", ceiling_per_minute=600, clock=clock, sleep=clock.sleep) as budget,
+        AccountBudget(SqliteBudgetStore(tmp_path / "budget.sqlite3", clock=clock), ceiling_per_minute=600, sleep=clock.sleep) as budget,
         client_for(fake, budget=budget, clock=clock, sleep=clock.sleep, max_retry_seconds=300) as client,
         pytest.raises(CasaviRateLimitedError) as info,
     ):
@@ -313,7 +314,7 @@ def test_every_request_passes_the_budget_logins_and_retries_included(tmp_path):
     clock = FakeTime()
     fake = FakeCasavi(503, 201)
     with (
-        AccountBudget(tmp_path / "budget.sqlite3", ceiling_per_minute=None, clock=clock, sleep=clock.sleep) as budget,
+        AccountBudget(SqliteBudgetStore(tmp_path / "budget.sqlite3", clock=clock), ceiling_per_minute=None, sleep=clock.sleep) as budget,
         client_for(fake, budget=budget, clock=clock, sleep=clock.sleep) as client,
     ):
         assert client.upsert(ObjectKind.PROPERTY, PAYLOAD).created

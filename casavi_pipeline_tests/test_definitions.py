@@ -108,6 +108,21 @@ def test_partitions_follow_the_mandanten_setting(load_location):
     assert out.stdout.strip() == "['0007', '0420']"
 
 
+@pytest.mark.parametrize(("hours", "tags"), [(None, {"dagster/max_runtime": "72000"}), ("6.5", {"dagster/max_runtime": "23400"}), ("0", {})])
+def test_sync_runs_carry_a_maximum_runtime_below_the_nightly_period(hours, tags, load_location):
+    """Run monitoring ends a hung run before the next night's run of its Mandant is due (24 h later)."""
+    code = (
+        "from casavi_pipeline.definitions import defs; from casavi_pipeline.defs.automation import NIGHTLY_CRON; "
+        "print({k: v for k, v in defs.resolve_job_def('casavi_sync_job').tags.items() if 'max_runtime' in k}, "
+        "NIGHTLY_CRON)"
+    )
+    out = load_location({**REQUIRED, **({"CASAVI_MAX_RUNTIME_HOURS": hours} if hours else {})}, code)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == f"{tags} 0 2 * * *"  # nightly: a day between two runs of a Mandant
+    too_long = load_location({**REQUIRED, "CASAVI_MAX_RUNTIME_HOURS": "24"})
+    assert "CASAVI_MAX_RUNTIME_HOURS: Input should be less than 24" in too_long.stderr
+
+
 def test_without_the_required_settings_the_location_does_not_load_and_says_what_to_set(load_location):
     """No default export and no default casavi: a forgotten ERP_EXPORT_DIR must not sync the sample."""
     out = load_location({})
@@ -171,6 +186,7 @@ def test_the_whole_graph_in_process_with_the_fake_casavi(tmp_path):
     bound = resources(tmp_path, SAMPLE_EXPORT_DIR)
     first = run_mandant("0001", bound)
     assert first.success
+    assert first.dagster_run.tags["dagster/max_runtime"] == "72000"  # the job's tag reaches its runs
     fake = bound["casavi"].client
     held = {kind.value: len(objects) for kind, objects in fake.objects.items()}
     assert held == {"property": 6, "unit": 100, "contact": 186}

@@ -111,11 +111,11 @@ def daemon(tmp_path: Path) -> Iterator[dict[str, str]]:
         log.close()
 
 
-def launch(env: dict[str, str], partition: str) -> None:
+def launch(env: dict[str, str], partition: str, **tags: str) -> None:
     """What the UI's "Materialize" does: submit a run to the queue (the daemon launches it)."""
     done = subprocess.run(
         [sys.executable, "-m", "dagster", "job", "launch", "-w", env["WORKSPACE"], "-j", "held_job",
-         "--tags", json.dumps({"dagster/partition": partition})],
+         "--tags", json.dumps({"dagster/partition": partition, **tags})],
         env=env, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
@@ -167,4 +167,31 @@ def test_a_killed_run_is_failed_by_run_monitoring_and_the_mandants_next_run_succ
         assert any(f"pid {pid} on {host}: the process is gone" in m for m in said), said
 
         nxt = wait_for(lambda: finished(second.run_id), 300, "the Mandant's next run to finish")
+        assert nxt.status == dg.DagsterRunStatus.SUCCESS
+
+
+@pytest.mark.slow
+def test_a_run_over_its_maximum_runtime_is_ended_and_the_mandants_next_run_goes(daemon, monkeypatch):
+    """A hung run (here: held by the gate) carrying `dagster/max_runtime`, as casavi_sync_job's runs do
+    (CASAVI_MAX_RUNTIME_HOURS), is ended by run monitoring through the shipped launcher (Dagster marks it
+    canceled, saying why), which frees its Mandant for the next run."""
+    monkeypatch.setenv("DAGSTER_HOME", daemon["DAGSTER_HOME"])
+    (Path(daemon["GATE"]) / "hold").touch()
+    launch(daemon, "0002", **{"dagster/max_runtime": "20"})
+    with dg.DagsterInstance.get() as instance:
+
+        def runs() -> list[dg.DagsterRun]:
+            return list(reversed(instance.get_runs(filters=dg.RunsFilter(tags={"dagster/partition": "0002"}))))
+
+        hung = wait_for(lambda: (found := runs()) and found[0].status == dg.DagsterRunStatus.STARTED and found[0],
+                        300, "the run to start")  # fmt: skip
+        launch(daemon, "0002")  # the next run of the Mandant waits in the queue meanwhile
+        ended = wait_for(lambda: (r := instance.get_run_by_id(hung.run_id)) and r.is_finished and r, 300,
+                         "run monitoring to end the run over its maximum runtime")  # fmt: skip
+        assert ended.status in (dg.DagsterRunStatus.CANCELED, dg.DagsterRunStatus.FAILURE)
+        said = [e.message or "" for e in instance.all_logs(hung.run_id) if e.is_dagster_event]
+        assert any("exceeding maximum runtime of 20 seconds" in m for m in said), said
+        (Path(daemon["GATE"]) / "hold").unlink()
+        nxt = wait_for(lambda: len(found := runs()) > 1 and found[1].is_finished and found[1], 300,
+                       "the Mandant's next run to finish")  # fmt: skip
         assert nxt.status == dg.DagsterRunStatus.SUCCESS

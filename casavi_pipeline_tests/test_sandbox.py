@@ -553,6 +553,17 @@ def test_the_rate_limits_bucket_refills_with_time() -> None:
     assert [burst.take() for _ in range(11)][-2:] == [0.0, pytest.approx(0.1)]
 
 
+def test_refuse_all_answers_every_request_429_until_switched_off(
+    sandbox: SandboxProcess, client: httpx.Client
+) -> None:
+    sandbox.configure(refuse_all=True)  # no rate limit: a proxy in trouble, not the account's limit
+    refused = [put(client, ObjectKind.CONTACT, body(ObjectKind.CONTACT, id=CONTACT_ID, last_name="M")) for _ in range(3)]
+    assert {(r.status_code, r.headers[api.RETRY_AFTER_HEADER]) for r in refused} == {(api.STATUS_RATE_LIMITED, "1")}
+    assert sandbox.state()[ObjectKind.CONTACT.collection] == {}  # refused before processing
+    sandbox.configure(refuse_all=False)
+    assert put(client, ObjectKind.CONTACT, body(ObjectKind.CONTACT, id=CONTACT_ID, last_name="M")).status_code == 201
+
+
 def test_error_rate_answers_500_before_processing(sandbox: SandboxProcess, client: httpx.Client) -> None:
     sandbox.configure(error_rate=1.0)
     failed = put(client, ObjectKind.CONTACT, body(ObjectKind.CONTACT, id=CONTACT_ID, last_name="M"))

@@ -106,12 +106,14 @@ def test_secrets_reach_the_resources_only_as_env_vars(tmp_path):
         ("state", "account_key"): "CASAVI_API_KEY",  # names the account the state belongs to (hashed)
         ("casavi", "api_key"): "CASAVI_API_KEY",
         ("casavi", "api_secret"): "CASAVI_API_SECRET",
+        ("casavi", "state_url"): "CASAVI_STATE_URL",  # the account's request budget lives with the state
         ("alerts", "smtp_password"): "CASAVI_ALERT_SMTP_PASSWORD",
         ("alerts", "slack_webhook_url"): "CASAVI_ALERT_SLACK_WEBHOOK_URL",
         ("alerts", "teams_webhook_url"): "CASAVI_ALERT_TEAMS_WEBHOOK_URL",
     }
     # An optional secret that is not set stays None (an unset EnvVar would fail the resource).
-    assert build_resources(settings_from({**REQUIRED, "CASAVI_SNAPSHOT_DB": str(tmp_path)}))["snapshots"].url is None
+    unset = build_resources(settings_from({**REQUIRED, "CASAVI_SNAPSHOT_DB": str(tmp_path)}))
+    assert unset["snapshots"].url is None and unset["casavi"].state_url is None
 
 
 @pytest.mark.parametrize(

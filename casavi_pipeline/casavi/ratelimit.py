@@ -3,13 +3,18 @@
 casavi publishes no rate limit (docs/casavi-api.md, "Rate limit"), so the client finds it out:
 
 - **Start cautiously**: at a tenth of the ceiling but at least 1 request/s (so 1/s with the default ceiling
-  or none), or at the rate earlier runs learned (it is kept in the budget's file).
-- **Send faster while casavi answers promptly** (additive increase), counted per answered request that
-  had to wait for the budget (a client that is slower than its budget gains nothing by a higher one):
-  until casavi first pushes back, +0.1 request/s per request (about +10 % a second: 1 → 25 requests/s in
-  half a minute); after that, 2 % of the gap to the rate casavi last refused, plus 0.1 % of that rate,
-  per request: a slow probe, so a limit that was raised is found again, at the price of about one `429`
-  per few hundred requests.
+  or none), or at the rate earlier runs learned (it is kept in the budget).
+- **Send faster while casavi answers promptly**, counted per answered request that had to wait for the
+  budget (a client that is slower than its budget gains nothing by a higher one): while nothing is known
+  near the current rate, +0.1 request/s per request (about +10 % a second: 1 → 25 requests/s in half a
+  minute); below the rate casavi last refused, 2 % of the gap plus that 0.1/s per request, up to it.
+- **Let the remembered limit decay**: the rate casavi last refused is trusted for `TRUST_SECONDS` after
+  that refusal; then it is raised, slowly at first and ever faster (× 2^((t / `PROBE_SECONDS`)²): × 2
+  after another minute, × 16 after two, × 512 after three), and the rate follows it. Near casavi's real
+  limit that is a gentle probe (one round of `429`s every minute and a half or so), so a limit that
+  was raised is found again; after a burst of `429`s that was no limit at all (a proxy refusing
+  everything for a while, say), the rate is back within about four minutes, in this run and the next,
+  instead of staying at the floor for good.
 - **Slow down at once** (multiplicative decrease, × 0.8 of the lower of the allowed rate and the rate
   really sent in the last 10 s) on `429` — and then send nothing, from any process, until casavi's
   `Retry-After` has passed —, on `503`, on a timeout, and when answers get markedly slower than the
@@ -18,28 +23,27 @@ casavi publishes no rate limit (docs/casavi-api.md, "Rate limit"), so the client
 - **Never above the ceiling** `CASAVI_REQUESTS_PER_MINUTE` (`settings.py`: default 600/min, 0 = none),
   never below 6 requests/minute.
 
-The budget is one SQLite file per account (base URL and API key, hashed: the file name carries neither)
-in the state folder: pyrate-limiter's `SQLiteBucket` keeps the log of requests sent (a sliding window,
-under its file lock), and a table beside it holds the adaptive state (rate, the rate casavi last refused,
-pause), so every process and thread of every Mandant's run shares one rate, and the next run starts from
-what this one learned. Nothing a killed process leaves behind blocks anyone: the file lock (`flock`) dies
-with its process, the log's entries leave the window within seconds, and a pause is casavi's own
-`Retry-After`, at most `MAX_PAUSE_SECONDS`.
+Where the budget lives (`budget_store.py`): one per casavi account (`casavi_pipeline.account`), a SQLite
+file in the account's folder, or rows in PostgreSQL when the state lives there (CASAVI_STATE_URL), so
+every process and thread of every Mandant's run, on every machine, shares one rate, and the next run starts
+from what this one learned. `AccountBudget` is the same over both: it asks its `BudgetStore` for an
+exclusive turn (a file lock; a transaction under an advisory lock), reads the shared state, logs a grant.
+Nothing a killed process leaves behind blocks anyone: the lock dies with its process (or connection), the
+log's entries leave the window within seconds, and a pause is casavi's own `Retry-After`, at most
+`MAX_PAUSE_SECONDS`. A budget found damaged is moved aside with one line and learned anew: it holds
+nothing that cannot be relearned.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import sqlite3
+import math
 import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from pathlib import Path
-
-from pyrate_limiter import Rate, RateItem, SQLiteBucket
+from typing import Protocol, TypeVar
 
 #: The longest pause one `Retry-After` imposes on the account (the client clamps to the same bound).
 MAX_PAUSE_SECONDS = 120.0
@@ -47,13 +51,17 @@ MAX_PAUSE_SECONDS = 120.0
 DEFAULT_CEILING_PER_MINUTE = 600.0
 #: How far back the rate really sent is measured when casavi pushes back.
 SENT_WINDOW_SECONDS = 10.0
+#: The rate casavi last refused is taken as its limit this long after the refusal ...
+TRUST_SECONDS = 60.0
+#: ... and then raised × 2^((t / PROBE_SECONDS)²) for t seconds beyond that.
+PROBE_SECONDS = 60.0
 #: A window of the request log holds about this long: a rate of r allows round(r × 0.1) requests per
 #: window, so pacing stays smooth (no burst beyond a tenth of a second's worth) and whole milliseconds
 #: still express the rate within 1 %.
-_WINDOW_SECONDS = 0.1
-_LOG_TABLE = "casavi_requests"
-_STATE_TABLE = "casavi_rate"
-_LEAK_EVERY = 64  # requests between two clean-ups of the log
+WINDOW_SECONDS = 0.1
+LEAK_EVERY = 64  # grants between two clean-ups of the log
+
+_T = TypeVar("_T")
 
 
 @dataclass(frozen=True)
@@ -65,18 +73,35 @@ class RateState:
     paused_until: float = 0.0  # nothing is sent before (casavi's Retry-After)
     decreased_at: float = 0.0  # when the rate was last decreased
 
+    @classmethod
+    def parsed(cls, row: tuple[object, ...]) -> RateState:
+        """The state from a stored row; `ValueError` naming what is wrong when it is not a state."""
+        names = ("rate", "limit", "paused_until", "decreased_at")
+        if len(row) != len(names):
+            raise ValueError(f"a row of {len(row)} values")
+        values = dict(zip(names, row, strict=True))
+        for name, value in values.items():
+            if value is None and name == "limit":
+                continue
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise ValueError(f"{name} is not a number")
+            if not math.isfinite(value) or value < 0 or (value == 0 and name in ("rate", "limit")):
+                raise ValueError(f"{name} is {value!r}")
+        return cls(**{name: None if value is None else float(value) for name, value in values.items()})  # type: ignore[arg-type]
+
 
 @dataclass(frozen=True)
 class AdaptiveRate:
-    """The policy (additive increase, multiplicative decrease): numbers in, numbers out, no I/O."""
+    """The policy (increase while answered promptly, multiplicative decrease): numbers in, numbers out."""
 
     ceiling: float | None = None  # requests per second; None: no ceiling
     start: float = 1.0
     floor: float = 0.1
-    slow_start_step: float = 0.1  # per request, until casavi first pushes back
-    approach: float = 0.02  # share of the gap to the last refused rate closed per request
-    probe: float = 0.001  # share of the last refused rate added per request
+    slow_start_step: float = 0.1  # per request, while nothing is known near the current rate
+    approach: float = 0.02  # share of the gap to the remembered limit closed per request
     decrease: float = 0.8
+    trust_seconds: float = TRUST_SECONDS
+    probe_seconds: float = PROBE_SECONDS
 
     def bounded(self, rate: float) -> float:
         return max(self.floor, min(rate, self.ceiling) if self.ceiling else rate)
@@ -84,14 +109,24 @@ class AdaptiveRate:
     def initial(self) -> RateState:
         return RateState(rate=self.bounded(self.start))
 
-    def increased(self, state: RateState, requests: int = 1) -> RateState:
+    def remembered_limit(self, state: RateState, now: float) -> float | None:
+        """The rate casavi last refused, raised with the time since (None: nothing is known)."""
+        if state.limit is None:
+            return None
+        beyond = max(0.0, now - state.decreased_at - self.trust_seconds) / self.probe_seconds
+        if beyond * beyond > 30:  # × 10⁹: long forgotten (and 2.0 ** a large number overflows)
+            return None
+        return state.limit * 2.0 ** (beyond * beyond)
+
+    def increased(self, state: RateState, requests: int, *, now: float) -> RateState:
         """After `requests` prompt answers to requests that waited for the budget."""
+        limit = self.remembered_limit(state, now)
         rate = state.rate
         for _ in range(requests):
-            if state.limit is None:
+            if limit is None or limit >= 2 * rate:  # nothing known near: climb like a fresh start
                 rate += self.slow_start_step
-            else:
-                rate += self.approach * max(0.0, state.limit - rate) + self.probe * state.limit
+            elif limit > rate:  # close in on the rate casavi last allowed
+                rate += min(limit - rate, self.slow_start_step + self.approach * (limit - rate))
         return dataclasses.replace(state, rate=self.bounded(rate))
 
     def decreased(
@@ -136,76 +171,106 @@ class _Latency:
         return self.samples >= 20 and self.fast > 2 * self.baseline + 0.25
 
 
-def budget_path(directory: Path, base_url: str, api_key: str) -> Path:
-    """The account's budget file: one per casavi (base URL) and API key, neither readable from the name."""
-    account = hashlib.sha256(f"{base_url.rstrip('/')}\n{api_key}".encode()).hexdigest()[:16]
-    return Path(directory) / f"casavi_budget_{account}.sqlite3"
+class BudgetDamagedError(Exception):
+    """The store holds something that is not a budget (a garbled file, a wrong row): `reason` says what."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
 
 
-def learned_rate(path: Path) -> float | None:
-    """The rate (requests/s) the account's budget holds, without taking part in it; None if none yet."""
-    if not path.exists():
-        return None
-    conn = sqlite3.connect(path, timeout=1.0)
-    try:
-        row = conn.execute(f"SELECT rate FROM {_STATE_TABLE}").fetchone()
-    except sqlite3.Error:  # no state yet (or not a budget file): nothing learned
-        return None
-    finally:
-        conn.close()
-    return float(row[0]) if row else None
+class BudgetStore(Protocol):
+    """Where one account's budget lives, shared by every process; see `budget_store.py`.
+
+    Everything but `turn`, `where`, `move_aside` and `close` is called inside `turn()`: one process and
+    thread at a time. Any of them may raise `BudgetDamagedError`.
+    """
+
+    where: str  # how a message names it (a path; a row of the state database), never a secret
+
+    def turn(self) -> AbstractContextManager[float]:
+        """An exclusive turn across processes; yields the clock time of the turn (seconds)."""
+        ...
+
+    def read(self) -> tuple[object, ...] | None:
+        """The stored state row (rate, limit, paused_until, decreased_at); None before the first write."""
+        ...
+
+    def write(self, state: RateState) -> None: ...
+
+    def put(self, now: float, rate: float) -> float:
+        """Log one request at `now` if the last window allows it at `rate` (0.0); else seconds to wait."""
+        ...
+
+    def sent_rate(self, now: float) -> float | None:
+        """Requests per second the account really sent in the last SENT_WINDOW_SECONDS (None: too few)."""
+        ...
+
+    def leak(self, now: float) -> None:
+        """Forget log entries older than SENT_WINDOW_SECONDS."""
+        ...
+
+    def move_aside(self) -> str:
+        """Keep the damaged budget under another name and start an empty one; returns that name."""
+        ...
+
+    def close(self) -> None: ...
+
+
+def window(rate: float) -> tuple[int, float]:
+    """(requests, seconds) of one window of the request log at `rate` requests per second."""
+    per_window = max(1, round(rate * WINDOW_SECONDS))
+    return per_window, max(1, round(per_window * 1000 / rate)) / 1000
 
 
 class AccountBudget:
-    """The request budget of one casavi account, shared through `path` by every process using it.
+    """The request budget of one casavi account, shared through `store` by every process using it.
 
     Thread-safe. `acquire()` before every request; afterwards `answered(...)` or `pushed_back(...)`.
+    `warn` gets the one line saying that a damaged budget was moved aside.
     """
 
     def __init__(
         self,
-        path: Path,
+        store: BudgetStore,
         *,
         ceiling_per_minute: float | None,
-        clock: Callable[[], float] = time.time,
         sleep: Callable[[float], None] = time.sleep,
+        warn: Callable[[str], None] = lambda line: None,
     ) -> None:
         if ceiling_per_minute is not None and not 0 <= ceiling_per_minute < float("inf"):
             raise ValueError("ceiling_per_minute must be a finite number >= 0 (0 or None: no ceiling)")
         ceiling = ceiling_per_minute / 60.0 if ceiling_per_minute else None
         self.policy = AdaptiveRate(ceiling=ceiling, start=max(1.0, ceiling / 10) if ceiling else 1.0)
-        self._clock = clock  # wall time: the processes sharing the file compare their timestamps
+        self._store = store
         self._sleep = sleep
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        self._bucket = SQLiteBucket.init_from_file(
-            [self._window(self.policy.start)], table=_LOG_TABLE, db_path=str(path), use_file_lock=True
-        )
-        self._threads = threading.Lock()  # the threads of this process queue here, not by polling the file
-        self._pending = 0  # prompt answers not yet added to the shared rate (added at the next acquire)
+        self._warn = warn
+        self._threads = threading.Lock()  # the threads of this process queue here, not in the store
+        self._pending = 0  # prompt answers not yet added to the shared rate (added at the next turn)
         self._latency: dict[str, _Latency] = {}
         self._grants = 0
-        with self._locked():
-            conn = self._bucket.conn
-            conn.execute(
-                f"CREATE TABLE IF NOT EXISTS {_STATE_TABLE} (id INTEGER PRIMARY KEY CHECK (id = 1), "
-                "rate REAL NOT NULL, limit_rate REAL, paused_until REAL NOT NULL, decreased_at REAL NOT NULL)"
-            )
-            conn.commit()
-            self._rate = self._read().rate
+        self._closed = False
+        self._rate = self.policy.initial().rate
+        self._rate = self._in_turn(self._read).rate
 
     def __enter__(self) -> AccountBudget:
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+    def __exit__(self, exc_type: type[BaseException] | None, *exc: object) -> None:
+        self.close(hand_over=exc_type is None)
 
-    def close(self) -> None:
-        """Hand what this process learned to the shared state, then let go of the file."""
-        with self._locked():
-            if self._bucket.conn is None:
+    def close(self, *, hand_over: bool = True) -> None:
+        """Hand what this process learned to the shared state (`hand_over`; not when the store may be
+        gone), then let go of the store."""
+        with self._threads:
+            if self._closed:
                 return
-            self._write(self._read())  # adds the pending increases
-        self._bucket.close()
+            self._closed = True
+        try:
+            if self._pending and hand_over:
+                self._in_turn(lambda now: self._write(self._read(now)))  # adds the pending increases
+        finally:
+            self._store.close()
 
     @property
     def rate_per_minute(self) -> float:
@@ -213,70 +278,70 @@ class AccountBudget:
         return self._rate * 60.0
 
     # --- the shared state ----------------------------------------------------------------------------
-    @contextmanager
-    def _locked(self) -> Iterator[None]:
+    def _in_turn(self, step: Callable[[float], _T]) -> _T:
+        """`step(now)` in this thread's exclusive turn on the shared budget; a damaged budget is moved
+        aside (one line) and the step done again on a fresh one."""
         with self._threads:
-            self._bucket.lock.acquire(poll_interval=0.005)  # the file lock: other processes
             try:
-                yield
-            finally:
-                self._bucket.lock.release()
+                with self._store.turn() as now:
+                    return step(now)
+            except BudgetDamagedError as exc:
+                moved_to = self._store.move_aside()
+                self._warn(
+                    f"The casavi request budget ({self._store.where}) was unreadable ({exc.reason}); it was "
+                    f"moved aside to {moved_to} and the rate is learned anew (nothing else is lost)."
+                )
+            with self._store.turn() as now:  # damaged again at once: not the budget's data, raise
+                return step(now)
 
-    def _read(self) -> RateState:
-        row = self._bucket.conn.execute(
-            f"SELECT rate, limit_rate, paused_until, decreased_at FROM {_STATE_TABLE}"
-        ).fetchone()
-        state = self.policy.initial() if row is None else RateState(*row)
-        state = dataclasses.replace(state, rate=self.policy.bounded(state.rate))  # this process's ceiling
+    def _read(self, now: float) -> RateState:
+        row = self._store.read()
+        try:
+            state = self.policy.initial() if row is None else RateState.parsed(row)
+        except ValueError as exc:
+            raise BudgetDamagedError(str(exc)) from None
+        state = dataclasses.replace(
+            state,
+            rate=self.policy.bounded(state.rate),  # this process's ceiling
+            # casavi's longest pause from now: a clock gone wrong (or skewed between machines) blocks no one
+            paused_until=min(state.paused_until, now + MAX_PAUSE_SECONDS),
+        )
         if self._pending:
-            state = self.policy.increased(state, self._pending)
+            state = self.policy.increased(state, self._pending, now=now)
         return state
 
     def _write(self, state: RateState) -> None:
         self._pending = 0
         self._rate = state.rate
-        self._bucket.conn.execute(
-            f"INSERT OR REPLACE INTO {_STATE_TABLE} VALUES (1, ?, ?, ?, ?)",
-            (state.rate, state.limit, state.paused_until, state.decreased_at),
-        )
-        self._bucket.conn.commit()
-
-    def _sent_rate(self, now: float) -> float | None:
-        """Requests per second the account really sent in the last SENT_WINDOW_SECONDS (None: too few)."""
-        count, first = self._bucket.conn.execute(
-            f"SELECT COUNT(*), MIN(item_timestamp) FROM {_LOG_TABLE} WHERE item_timestamp >= ?",
-            (int((now - SENT_WINDOW_SECONDS) * 1000),),
-        ).fetchone()
-        span = now - first / 1000 if first is not None else 0.0
-        return (count - 1) / span if count >= 10 and span >= 1.0 else None
-
-    @staticmethod
-    def _window(rate: float) -> Rate:
-        per_window = max(1, round(rate * _WINDOW_SECONDS))
-        return Rate(per_window, max(1, round(per_window * 1000 / rate)))
+        self._store.write(state)
 
     # --- what the client calls -----------------------------------------------------------------------
     def acquire(self) -> Grant:
         """Wait until the account may send one more request: casavi's pause is over and the rate allows."""
         waited, binding = 0.0, False
+
+        def try_once(now: float) -> Grant | tuple[float, bool]:
+            """A grant, or (seconds to wait, whether the rate rather than casavi's pause holds it back)."""
+            state = self._read(now)
+            if self._pending:
+                self._write(state)
+            self._rate = state.rate
+            if state.paused_until > now:
+                return state.paused_until - now, False
+            wait = self._store.put(now, state.rate)
+            if wait > 0:
+                return wait, True
+            self._grants += 1
+            if self._grants % LEAK_EVERY == 0:  # keep the last SENT_WINDOW_SECONDS
+                self._store.leak(now)
+            return Grant(at=now, waited=waited, binding=binding)
+
         while True:
-            with self._locked():
-                now = self._clock()
-                state = self._read()
-                if self._pending:
-                    self._write(state)
-                self._rate = state.rate
-                wait = state.paused_until - now
-                if wait <= 0:
-                    self._bucket.rates = [self._window(state.rate)]
-                    item = RateItem(_LOG_TABLE, int(now * 1000))
-                    if self._bucket.put(item):
-                        self._grants += 1
-                        if self._grants % _LEAK_EVERY == 0:  # keep the last SENT_WINDOW_SECONDS
-                            self._bucket.leak(int((now - SENT_WINDOW_SECONDS) * 1000))
-                        return Grant(at=now, waited=waited, binding=binding)
-                    wait = max(1, self._bucket.waiting(item)) / 1000
-                    binding = True
+            outcome = self._in_turn(try_once)
+            if isinstance(outcome, Grant):
+                return outcome
+            wait, by_rate = outcome
+            binding = binding or by_rate
             self._sleep(wait)
             waited += wait
 
@@ -293,12 +358,14 @@ class AccountBudget:
 
     def pushed_back(self, grant: Grant, retry_after: float | None = None) -> None:
         """casavi refused (429), was overloaded (503) or too slow: lower the rate; pause for `retry_after`."""
-        with self._locked():
-            now = self._clock()
+
+        def decrease(now: float) -> None:
             state = self.policy.decreased(
-                self._read(), now=now, sent_at=grant.at, sent_rate=self._sent_rate(now)
+                self._read(now), now=now, sent_at=grant.at, sent_rate=self._store.sent_rate(now)
             )
             if retry_after:
                 pause = now + min(retry_after, MAX_PAUSE_SECONDS)
                 state = dataclasses.replace(state, paused_until=max(state.paused_until, pause))
             self._write(state)
+
+        self._in_turn(decrease)

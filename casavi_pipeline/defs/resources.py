@@ -33,8 +33,8 @@ from pydantic.fields import FieldInfo
 
 from casavi_pipeline.account import account_id
 from casavi_pipeline.alerts import AlertChannels, Smtp
+from casavi_pipeline.casavi.budget_store import learned_rate, open_budget
 from casavi_pipeline.casavi.client import CasaviClient
-from casavi_pipeline.casavi.ratelimit import AccountBudget, budget_path, learned_rate
 from casavi_pipeline.erase import VALUES_FOLDER
 from casavi_pipeline.erp.deliveries import Delivery, scan_delivery
 from casavi_pipeline.erp.mapping_file import load_mapping_file
@@ -236,11 +236,17 @@ class CasaviResource(dg.ConfigurableResource):
 class HttpCasaviResource(CasaviResource, _resource_of(CasaviSettings)):
     """casavi's manager API v2 over HTTP (or the local sandbox, which speaks the same API).
 
-    Every client it hands out paces its requests through the account's budget, a file in
-    `state_directory` shared by all processes (see `casavi_pipeline.casavi.ratelimit`).
+    Every client it hands out paces its requests through the account's budget, shared by every process
+    and machine talking to the account (`casavi_pipeline.casavi.ratelimit`): in the state database when
+    `state_url` is set, else a file in the account's folder of `state_directory`.
     """
 
     state_directory: str = Field(description="folder of the account's request budget (CASAVI_SNAPSHOT_DB)")
+    state_url: str | None = Field(
+        default=None,
+        description="the state database, which holds the account's request budget when set "
+        "(dg.EnvVar('CASAVI_STATE_URL'), a secret)",
+    )
     timeout_seconds: float = Field(default=30.0, gt=0)
     max_attempts: int = Field(default=6, ge=1, description="tries per request on 5xx/timeouts")
     max_retry_seconds: float = Field(default=300.0, gt=0, description="retry time per request, 429s included")
@@ -249,11 +255,9 @@ class HttpCasaviResource(CasaviResource, _resource_of(CasaviSettings)):
     def target(self) -> str:
         return casavi_base_url()
 
-    def _budget_path(self) -> Path:
-        return budget_path(Path(self.state_directory), self.target, self.api_key)
-
     def expected_seconds(self, requests: int) -> float | None:
-        rate = learned_rate(self._budget_path())  # requests/s; else the ceiling: the fastest it may go
+        # requests/s the account's budget learned; else the ceiling: the fastest it may go
+        rate = learned_rate(Path(self.state_directory), self.state_url, self.api_key)
         per_minute = rate * 60.0 if rate else self.requests_per_minute
         return requests * 60.0 / per_minute if per_minute else None
 
@@ -261,7 +265,13 @@ class HttpCasaviResource(CasaviResource, _resource_of(CasaviSettings)):
     def get_client(self, on_wait: Callable[[str], None] | None = None) -> Iterator[CasaviClient]:
         base_url = self.target
         with (
-            AccountBudget(self._budget_path(), ceiling_per_minute=self.requests_per_minute or None) as budget,
+            open_budget(
+                Path(self.state_directory),
+                self.state_url,
+                self.api_key,
+                ceiling_per_minute=self.requests_per_minute or None,
+                warn=dg.get_dagster_logger().warning,  # a damaged budget moved aside: the run's log says so
+            ) as budget,
             CasaviClient(
                 base_url,
                 self.api_key,
@@ -295,7 +305,12 @@ def build_resources(settings: Settings) -> dict[str, object]:
         "snapshots": snapshots,
         "sync_policy": SyncPolicy.from_settings(settings.sync),
         "alerting": Alerting.from_settings(settings.alerts),
-        "casavi": HttpCasaviResource.from_settings(settings.casavi, state_directory=snapshots.directory),
+        "casavi": HttpCasaviResource.from_settings(
+            settings.casavi,
+            state_directory=snapshots.directory,
+            # the budget lives where the state lives; the URL may hold a password: read when a run starts
+            state_url=dg.EnvVar(variable_of(StateSettings.model_fields["url"])) if settings.state.url else None,
+        ),
     }
 
 

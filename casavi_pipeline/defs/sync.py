@@ -31,6 +31,7 @@ from casavi_pipeline.defs.sync_reporting import (
     rejections_check,
     remote_metadata,
     say,
+    state_database_failures,
     sync_metadata,
     writing_client,
 )
@@ -90,6 +91,7 @@ def casavi_remote(
 ) -> dg.MaterializeResult:
     mandant = context.partition_key
     with (
+        state_database_failures(),
         open_snapshot(snapshots.store, mandant, context.log) as snapshot,
         casavi_client(casavi, on_wait=say(context)) as client,
     ):
@@ -162,17 +164,19 @@ def casavi_changeset(
         ObjectKind.UNIT: casavi_units,
         ObjectKind.CONTACT: casavi_contacts,
     }
-    with snapshots.open(mandant) as snapshot:
-        if _repairs_drift(context, sync_policy) and snapshot.drift(listed=0).count():
-            context.log.info(f"Mandant {mandant}: repairing drift: casavi's state is taken as synced")
-            snapshot.adopt_remote()
-        summary = compute_changeset(snapshot, frames, identity=_run_identity(context))
-    expected = casavi.expected_seconds(summary.total_writes)
+    with state_database_failures():
+        with snapshots.open(mandant) as snapshot:
+            if _repairs_drift(context, sync_policy) and snapshot.drift(listed=0).count():
+                context.log.info(f"Mandant {mandant}: repairing drift: casavi's state is taken as synced")
+                snapshot.adopt_remote()
+            summary = compute_changeset(snapshot, frames, identity=_run_identity(context))
+        expected = casavi.expected_seconds(summary.total_writes)
+        metadata = changeset_metadata(summary, casavi, sync_policy)
     context.log.info(
         f"Mandant {mandant} (sync rule {sync_policy.sync_rule.value}): {summary.total_writes} writes pending "
         f"({summary.counts()}); at the configured rate limit that takes {duration(expected)}"
     )
-    return dg.MaterializeResult(metadata=changeset_metadata(summary, casavi, sync_policy))
+    return dg.MaterializeResult(metadata=metadata)
 
 
 _GUARDS = {
@@ -201,7 +205,7 @@ _GUARDS = {
 def sync_guards(
     context: dg.AssetCheckExecutionContext, snapshots: SnapshotStore, sync_policy: SyncPolicy
 ) -> Iterator[dg.AssetCheckResult]:
-    with snapshots.open(context.partition_key, read_only=True) as snapshot:
+    with state_database_failures(), snapshots.open(context.partition_key, read_only=True) as snapshot:
         results = evaluate_guards(sync_policy.guards, snapshot)
     for name, spec in _GUARDS.items():
         if spec.key in context.selected_asset_check_keys:
@@ -251,7 +255,7 @@ def casavi_sync(
     snapshots: SnapshotStore,
     sync_policy: SyncPolicy,
 ):
-    with snapshots.open(context.partition_key) as snapshot:
+    with state_database_failures(), snapshots.open(context.partition_key) as snapshot:
         if refused := refusal(snapshot, sync_policy.guards, _run_identity(context)):
             raise dg.Failure(description=refused.reason, metadata=refused.metadata, allow_retries=False)
         snapshot.prune_audit(snapshots.audit_retention_days)

@@ -18,9 +18,9 @@ from casavi_pipeline.casavi.errors import (
     CasaviUnavailableError,
 )
 from casavi_pipeline.casavi.transport import ClientStats
+from casavi_pipeline.database import StateUnavailableError
 from casavi_pipeline.defs.resources import CasaviResource, SyncPolicy
 from casavi_pipeline.state.diff import ChangesetSummary
-from casavi_pipeline.state.postgres import StateUnavailableError
 from casavi_pipeline.state.snapshot import Drift, Snapshot
 from casavi_pipeline.sync.guards import GuardResult
 from casavi_pipeline.sync.progress import Progress, duration
@@ -144,6 +144,20 @@ def _say_retry(context: dg.AssetExecutionContext, failure: dg.Failure, totals: R
         f"Mandant {context.partition_key}: attempt {attempt} of {policy.max_retries + 1} of casavi_sync "
         f"stopped ({reason}); {confirmed_line(totals)} so far; the next attempt starts in about {delay:.0f} s"
     )
+
+
+@contextmanager
+def state_database_failures() -> Iterator[None]:
+    """The state database (CASAVI_STATE_URL) unreachable, or gone during the step: one line naming it.
+
+    Not retried: without it the step can record neither what casavi confirms nor the account's request
+    budget; what was confirmed before is recorded, and the next run resumes with the rest. Around the
+    whole step body, so that a snapshot failing to save on the way out says the same line.
+    """
+    try:
+        yield
+    except StateUnavailableError as exc:
+        raise dg.Failure(description=str(exc), allow_retries=False) from None
 
 
 def progress(

@@ -20,14 +20,13 @@ Needs the `postgres` extra (psycopg2).
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
 import hashlib
 import zlib
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from casavi_pipeline.database import connect, lock_key, transaction
 from casavi_pipeline.state.files import (
     MOVED_ASIDE,
     StateBusyError,
@@ -35,7 +34,6 @@ from casavi_pipeline.state.files import (
     delete_files,
     moved_aside,
 )
-from casavi_pipeline.urls import scrubbed, shown_url
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS casavi_state_heads (
@@ -56,72 +54,6 @@ CHUNK = 32 * 1024 * 1024
 _MARKER = ".generation"
 
 
-def _connect(url: str) -> Any:
-    """A psycopg2 connection in autocommit mode (each log line commits on its own).
-
-    The URL's parts become libpq's parameters as SQLAlchemy makes them (the psycopg2 dialect's own
-    `create_connect_args`), so every form it takes works here too: `user:password@host`, `?password=`,
-    `?host=/run/postgresql` (a socket folder) or several hosts; a parameter in the query wins.
-    """
-    import psycopg2
-    from sqlalchemy.dialects.postgresql.psycopg2 import PGDialect_psycopg2
-    from sqlalchemy.engine import make_url
-
-    _, parameters = PGDialect_psycopg2().create_connect_args(make_url(url))
-    parameters.setdefault("application_name", "casavi_pipeline")
-    parameters.setdefault("connect_timeout", 30)
-    try:
-        con = psycopg2.connect(**parameters)
-    except psycopg2.OperationalError as exc:
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise StateUnavailableError(
-            f"The state database CASAVI_STATE_URL={shown_url(url)} cannot be reached ({scrubbed(reason, url)}); "
-            "is PostgreSQL up, and are host, port, user and password right? Nothing was sent to casavi."
-        ) from None
-    con.autocommit = True
-    return con
-
-
-@contextlib.contextmanager
-def _transaction(con: Any) -> Iterator[Any]:
-    """One transaction on an autocommit connection (psycopg2's `with con` does not make one there)."""
-    with con.cursor() as cur:
-        cur.execute("BEGIN")
-        try:
-            yield cur
-        except BaseException:
-            cur.execute("ROLLBACK")
-            raise
-        cur.execute("COMMIT")
-
-
-class StateUnavailableError(RuntimeError):
-    """The state database cannot be reached; the message names it without its password."""
-
-
-@contextlib.contextmanager
-def _answering(url: str) -> Iterator[None]:
-    """A connection that broke while in use (the server stopped or restarted, the network went) as one
-    line naming the database by host, port and name only; psycopg2's other errors stay bugs."""
-    import psycopg2
-    from sqlalchemy.engine import make_url
-
-    try:
-        yield
-    except (psycopg2.OperationalError, psycopg2.InterfaceError) as exc:
-        parsed = make_url(url)
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise StateUnavailableError(
-            f"The state database of CASAVI_STATE_URL ({parsed.host}:{parsed.port or 5432}/{parsed.database}) "
-            f"stopped answering ({reason}); is PostgreSQL up? What was recorded before is kept: rerun when it is"
-        ) from None
-
-
-def _lock_key(name: str) -> int:
-    """A stable signed 64-bit advisory-lock key for a state name."""
-    return int.from_bytes(hashlib.blake2b(f"casavi_pipeline/{name}".encode(), digest_size=8).digest(), "big", signed=True)
-
-
 def _digest(path: Path) -> str | None:
     if not path.exists():
         return None
@@ -134,7 +66,7 @@ def _digest(path: Path) -> str | None:
 
 def stored_names(url: str) -> list[str]:
     """The names of the state files PostgreSQL holds (moved-aside ones included)."""
-    con = _connect(url)
+    con = connect(url)
     try:
         with con.cursor() as cur:
             cur.execute("SELECT name FROM casavi_state_heads ORDER BY name")
@@ -145,7 +77,7 @@ def stored_names(url: str) -> list[str]:
 
 def all_names(url: str) -> list[str]:
     """Every name the state database holds anything under: stored files and log rows not yet folded."""
-    con = _connect(url)
+    con = connect(url)
     try:
         with con.cursor() as cur:
             cur.execute("SELECT name FROM casavi_state_heads UNION SELECT DISTINCT name FROM casavi_state_log")
@@ -155,13 +87,13 @@ def all_names(url: str) -> list[str]:
 
 
 def ensure_schema(url: str) -> None:
-    con = _connect(url)
+    con = connect(url)
     try:
         with con.cursor() as cur:
             # Two processes creating the tables at once would race on the catalog: one at a time.
-            cur.execute("SELECT pg_advisory_lock(%s)", [_lock_key("schema")])
+            cur.execute("SELECT pg_advisory_lock(%s)", [lock_key("schema")])
             cur.execute(_SCHEMA)
-            cur.execute("SELECT pg_advisory_unlock(%s)", [_lock_key("schema")])
+            cur.execute("SELECT pg_advisory_unlock(%s)", [lock_key("schema")])
     finally:
         con.close()
 
@@ -173,7 +105,7 @@ class PostgresLog:
         self._home, self._stream = home, stream
 
     def append(self, line: str) -> None:
-        with _answering(self._home.url), self._home.connection.cursor() as cur:
+        with self._home.connection.cursor() as cur:
             cur.execute(
                 "INSERT INTO casavi_state_log (name, stream, line) VALUES (%s, %s, %s)",
                 [self._home.name, self._stream, line],
@@ -181,9 +113,9 @@ class PostgresLog:
 
     def read(self) -> tuple[list[bytes], int]:
         # Also while another process holds the state (the audit trail of a running sync): no lock needed.
-        con = self._home._con or _connect(self._home.url)
+        con = self._home._con or connect(self._home.url)
         try:
-            with _answering(self._home.url), con.cursor() as cur:
+            with con.cursor() as cur:
                 cur.execute(
                     "SELECT id, line FROM casavi_state_log WHERE name = %s AND stream = %s ORDER BY id",
                     [self._home.name, self._stream],
@@ -232,7 +164,7 @@ class PostgresHome:
         return self._logs[stream]
 
     def exists(self) -> bool:
-        con = _connect(self.url)
+        con = connect(self.url)
         try:
             with con.cursor() as cur:
                 cur.execute("SELECT 1 FROM casavi_state_heads WHERE name = %s", [self.name])
@@ -241,12 +173,12 @@ class PostgresHome:
             con.close()
 
     def open(self, *, read_only: bool) -> None:
-        self._con = _connect(self.url)
+        self._con = connect(self.url)
         with self._con.cursor() as cur:
             if self._wait:
-                cur.execute("SELECT pg_advisory_lock(%s)", [_lock_key(self.name)])
+                cur.execute("SELECT pg_advisory_lock(%s)", [lock_key(self.name)])
             else:
-                cur.execute("SELECT pg_try_advisory_lock(%s)", [_lock_key(self.name)])
+                cur.execute("SELECT pg_try_advisory_lock(%s)", [lock_key(self.name)])
                 if not cur.fetchone()[0]:
                     self.close()
                     raise StateBusyError(
@@ -307,7 +239,7 @@ class PostgresHome:
         if not changed and not any(mark for _, mark in clears):
             return
         # One transaction: the new generation and the log rows it now holds go together.
-        with _answering(self.url), _transaction(self.connection) as cur:
+        with transaction(self.connection) as cur:
             if changed:
                 self._store(cur)
             for log, mark in clears:
@@ -355,7 +287,7 @@ class PostgresHome:
 
     def _move_aside(self) -> str:
         aside = f"{self.name}{MOVED_ASIDE}{dt.datetime.now(dt.UTC).strftime('%Y%m%dT%H%M%S%fZ')}"
-        with _transaction(self.connection) as cur:
+        with transaction(self.connection) as cur:
             cur.execute("UPDATE casavi_state_chunks SET name = %s WHERE name = %s", [aside, self.name])
             cur.execute("UPDATE casavi_state_heads SET name = %s WHERE name = %s", [aside, self.name])
             cur.execute(
@@ -369,7 +301,7 @@ class PostgresHome:
     def leftovers(self) -> list[str]:
         """What was moved aside: rows in PostgreSQL, and local copies (a machine that once held the state
         in files, or an older version that kept damaged working copies)."""
-        con = _connect(self.url)
+        con = connect(self.url)
         try:
             with con.cursor() as cur:
                 cur.execute(
@@ -385,9 +317,9 @@ class PostgresHome:
     def erase_leftovers(self) -> int:
         doomed = self.leftovers()
         delete_files(moved_aside(self.path), self.path.parent)
-        con = _connect(self.url)
+        con = connect(self.url)
         try:
-            with _transaction(con) as cur:
+            with transaction(con) as cur:
                 prefix = self.name + MOVED_ASIDE
                 for table in ("casavi_state_chunks", "casavi_state_heads", "casavi_state_log"):
                     cur.execute(f"DELETE FROM {table} WHERE starts_with(name, %s)", [prefix])
@@ -406,7 +338,7 @@ _TABLES = ("casavi_state_heads", "casavi_state_chunks", "casavi_state_log")
 
 def count_old_rows(url: str) -> int:
     """Stored files and log rows under names of the layout before accounts were told apart (no `/`)."""
-    con = _connect(url)
+    con = connect(url)
     try:
         with con.cursor() as cur:
             cur.execute(
@@ -420,9 +352,9 @@ def count_old_rows(url: str) -> int:
 
 def prefix_old_rows(url: str, prefix: str) -> None:
     """Put every name of the old layout under `prefix` (an account's), in one transaction."""
-    con = _connect(url)
+    con = connect(url)
     try:
-        with _transaction(con) as cur:
+        with transaction(con) as cur:
             for table in _TABLES:
                 cur.execute(f"UPDATE {table} SET name = %s || name WHERE strpos(name, '/') = 0", [prefix])
     finally:

@@ -49,7 +49,7 @@ from casavi_pipeline.state.files import (
     rewrite_compacted,
 )
 from casavi_pipeline.state.homes import AUDIT, JOURNAL, Home, LocalHome
-from casavi_pipeline.state.postgres import StateUnavailableError
+from casavi_pipeline.database import StateUnavailableError
 
 _SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS synced (

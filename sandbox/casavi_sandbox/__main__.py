@@ -39,6 +39,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--port", type=int, default=8765)
     parser.add_argument("--db", type=Path, default=DEFAULT_DB, help="SQLite file (default: %(default)s)")
     parser.add_argument("--rate-limit", type=float, default=None, help="requests per minute (default: off)")
+    parser.add_argument(
+        "--refuse-all",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="answer every API request 429 with Retry-After: 1 (a proxy refusing everything for a while)",
+    )
     parser.add_argument("--latency-ms", type=float, default=0.0, help="added to every API answer")
     parser.add_argument("--error-rate", type=float, default=0.0, help="fraction of requests answered 500")
     parser.add_argument(
@@ -93,6 +99,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         knobs = Knobs().updated(
             {
                 "rate_limit": args.rate_limit,
+                "refuse_all": args.refuse_all,
                 "latency_ms": args.latency_ms,
                 "error_rate": args.error_rate,
                 "token_ttl": args.token_ttl,

@@ -1,7 +1,7 @@
 """The sandbox's misbehaviour knobs and the ASGI middleware that applies them and counts requests.
 
-Everything under the API prefix passes through `Misbehaviour`: rate limit (429 + Retry-After), added
-latency, injected 500s, dropped connections. The admin endpoints (`/_sandbox/...`) bypass it, so tests
+Everything under the API prefix passes through `Misbehaviour`: rate limit (429 + Retry-After), 429 to
+everything (`refuse_all`), added latency, injected 500s, dropped connections. The admin endpoints (`/_sandbox/...`) bypass it, so tests
 can inspect and reconfigure a misbehaving server. All knobs are off by default. The knobs that change
 what is stored, read or said (`drop_field`, `rename_field`, `echo_errors`, `reject_ids`,
 `unmanaged_fields`, `omit_app_link`) are applied by the API handlers.
@@ -39,6 +39,9 @@ class Knobs:
     """How the sandbox misbehaves; the defaults are a well-behaved casavi."""
 
     rate_limit: float | None = None  # requests per minute over all /v2 calls; None = unlimited
+    # every /v2 request answered 429 with Retry-After: 1, whatever the rate (a proxy or gateway in trouble
+    # refusing everything for a while): what a client must not mistake for the account's limit
+    refuse_all: bool = False
     latency_ms: float = 0.0  # added before every /v2 answer
     error_rate: float = 0.0  # fraction of /v2 requests answered 500 (before they are processed)
     token_ttl: float | None = None  # seconds a new token lives; None = casavi's default (30 days)
@@ -119,7 +122,7 @@ class Knobs:
                 raise ValueError(f"{name} must be a fraction between 0 and 1")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int):
             raise ValueError("seed must be an integer")
-        for name in ("echo_errors", "omit_app_link"):
+        for name in ("echo_errors", "omit_app_link", "refuse_all"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be true or false")
         if self.reject_ids is not None and not isinstance(self.reject_ids, str):
@@ -259,7 +262,7 @@ class Misbehaviour:
         wait = controls.bucket.take() if controls.bucket else 0.0
         if knobs.latency_ms:
             await asyncio.sleep(knobs.latency_ms / 1000.0)
-        if wait:
+        if wait or knobs.refuse_all:
             retry_after = str(max(1, math.ceil(wait)))
             await _answer(
                 send, c.STATUS_RATE_LIMITED, "rate limit exceeded", [(c.RETRY_AFTER_HEADER, retry_after)]

@@ -73,7 +73,7 @@ class PortTakenError(RuntimeError):
 class SandboxProcess:
     """Starts `python -m casavi_sandbox` on a free port and talks to its admin endpoints.
 
-    Knobs (`rate_limit`, `latency_ms`, `error_rate`, `token_ttl`, `drop_rate`, `seed`, `drop_field`,
+    Knobs (`rate_limit`, `refuse_all`, `latency_ms`, `error_rate`, `token_ttl`, `drop_rate`, `seed`, `drop_field`,
     `rename_field`, `echo_errors`, `reject_ids`, `unmanaged_fields`, `omit_app_link`; see `Knobs`) given
     here or via `configure` are kept and passed again on `restart`. The port stays the same across
     restarts, so clients keep their base URL. Output goes
