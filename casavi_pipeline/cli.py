@@ -26,8 +26,8 @@ from casavi_pipeline import audit, run_sync
 from casavi_pipeline.casavi import conformance
 from casavi_pipeline.casavi.budget_store import open_budget
 from casavi_pipeline.casavi.client import CasaviClient
-from casavi_pipeline.settings import Settings, SettingsError, load_settings
 from casavi_pipeline.database import StateUnavailableError
+from casavi_pipeline.settings import Settings, SettingsError, load_settings
 from casavi_pipeline.state.store import StateStore, known_accounts
 
 #: The check tries a request at most this often: a casavi that is down says so in seconds, not minutes.

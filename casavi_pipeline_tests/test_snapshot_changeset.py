@@ -10,10 +10,11 @@ import pandas as pd
 import pytest
 
 from casavi_pipeline import duck_memory
+from casavi_pipeline.aside import quarantine
 from casavi_pipeline.casavi import api
 from casavi_pipeline.casavi.api import ObjectKind
 from casavi_pipeline.state.diff import compute_changeset
-from casavi_pipeline.state.files import StateCorruptError, quarantine
+from casavi_pipeline.state.files import StateCorruptError
 from casavi_pipeline.state.snapshot import Snapshot
 from casavi_pipeline.sync.guards import mass_deletion_guard, separator_guard
 

@@ -10,8 +10,8 @@ import textwrap
 import pytest
 
 from casavi_pipeline.casavi.api import ObjectKind
-from casavi_pipeline.state.files import StateBusyError, StateCorruptError
 from casavi_pipeline.database import StateUnavailableError
+from casavi_pipeline.state.files import StateBusyError, StateCorruptError
 from casavi_pipeline.state.store import StateStore
 from casavi_pipeline_tests.e2e import BACKENDS
 

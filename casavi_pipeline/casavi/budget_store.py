@@ -32,6 +32,7 @@ from typing import Any
 from pyrate_limiter import Rate, RateItem, SQLiteBucket
 
 from casavi_pipeline import account as accounts
+from casavi_pipeline.aside import MOVED_ASIDE, quarantine
 from casavi_pipeline.casavi.ratelimit import (
     SENT_WINDOW_SECONDS,
     AccountBudget,
@@ -39,7 +40,6 @@ from casavi_pipeline.casavi.ratelimit import (
     RateState,
     window,
 )
-from casavi_pipeline.state.files import MOVED_ASIDE, quarantine
 
 #: The budget's file in the account's folder of CASAVI_SNAPSHOT_DB.
 BUDGET_FILE = "casavi_budget.sqlite3"

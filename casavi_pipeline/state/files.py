@@ -10,7 +10,6 @@ moving a healthy file aside would cost a full rebuild from casavi.
 from __future__ import annotations
 
 import contextlib
-import datetime as dt
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -18,6 +17,7 @@ from pathlib import Path
 import duckdb
 
 from casavi_pipeline import duck_memory
+from casavi_pipeline.aside import quarantine
 
 #: What DuckDB 2.0 says about a file that is not (or no longer) a readable database.
 _CORRUPTION_SIGNS = (
@@ -26,8 +26,6 @@ _CORRUPTION_SIGNS = (
     "Corrupt database file",
     "checksum",
 )
-#: The name part of a moved-aside file: `<file>.corrupt-<UTC stamp>[-n]`.
-MOVED_ASIDE = ".corrupt-"
 #: Where a fresh copy is built before it replaces the file (same folder: `os.replace` stays atomic).
 _REWRITE_SUFFIX = ".erase-rewrite"
 
@@ -109,48 +107,6 @@ def moved_aside_error(
 
 def first_line(exc: BaseException) -> str:
     return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-
-
-def quarantine(path: Path, *companions: Path) -> Path:
-    """Move an unreadable file aside, to `<path>.corrupt-<UTC timestamp>`; return the new path.
-
-    Its `.wal` goes first (to `<new path>.wal`, so the moved file opens with it for diagnosis): a WAL
-    left beside a fresh file would be replayed into it. `companions` (a journal, say) go last, each to
-    `<companion>.corrupt-<same stamp>`. Nothing is deleted, and nothing existing is overwritten.
-    """
-    path = Path(path)
-    stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S%fZ")
-    moved_to = path.with_name(f"{path.name}{MOVED_ASIDE}{stamp}")
-    counter = 0
-    while moved_to.exists() or moved_to.with_name(f"{moved_to.name}.wal").exists():
-        counter += 1
-        moved_to = path.with_name(f"{path.name}{MOVED_ASIDE}{stamp}-{counter}")
-    suffix = moved_to.name.removeprefix(path.name)
-    wal = path.with_name(f"{path.name}.wal")
-    if wal.exists():
-        wal.rename(moved_to.with_name(f"{moved_to.name}.wal"))
-    if path.exists():
-        path.rename(moved_to)
-    for companion in companions:
-        if companion.exists():
-            companion.rename(companion.with_name(companion.name + suffix))
-    return moved_to
-
-
-def moved_aside(path: Path) -> list[Path]:
-    """Every file moved aside from `path` (and their WALs): what an erasure must reach too."""
-    path = Path(path)
-    return sorted(path.parent.glob(f"{path.name}{MOVED_ASIDE}*"))
-
-
-def delete_files(paths: Sequence[Path], folder: Path) -> None:
-    """Delete `paths` (an erasure), all or none: each must lie inside `folder`, no link followed out of it."""
-    root = Path(folder).resolve()
-    for path in paths:
-        if path.is_symlink() or not path.resolve().is_relative_to(root):
-            raise ValueError(f"refusing to delete {path}: it resolves outside {folder}")
-    for path in paths:
-        path.unlink(missing_ok=True)
 
 
 def rewrite_compacted(path: Path) -> None:

@@ -22,7 +22,8 @@ import fcntl
 from pathlib import Path
 from typing import Protocol, TextIO
 
-from casavi_pipeline.state.files import StateCorruptError, delete_files, moved_aside
+from casavi_pipeline.aside import delete_files, moved_aside
+from casavi_pipeline.state.files import StateCorruptError
 from casavi_pipeline.state.logs import FileLog, Log
 
 JOURNAL = "journal"

@@ -26,14 +26,9 @@ import zlib
 from pathlib import Path
 from typing import Any
 
+from casavi_pipeline.aside import MOVED_ASIDE, delete_files, moved_aside
 from casavi_pipeline.database import connect, lock_key, transaction
-from casavi_pipeline.state.files import (
-    MOVED_ASIDE,
-    StateBusyError,
-    StateCorruptError,
-    delete_files,
-    moved_aside,
-)
+from casavi_pipeline.state.files import StateBusyError, StateCorruptError
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS casavi_state_heads (

@@ -40,6 +40,7 @@ import pandas as pd
 from casavi_pipeline import duck_memory
 from casavi_pipeline.casavi import api
 from casavi_pipeline.casavi.api import ObjectKind
+from casavi_pipeline.database import StateUnavailableError
 from casavi_pipeline.state import audit
 from casavi_pipeline.state.files import (
     StateCorruptError,
@@ -49,7 +50,6 @@ from casavi_pipeline.state.files import (
     rewrite_compacted,
 )
 from casavi_pipeline.state.homes import AUDIT, JOURNAL, Home, LocalHome
-from casavi_pipeline.database import StateUnavailableError
 
 _SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS synced (
