@@ -42,6 +42,7 @@ SEPARATOR = "-"
 def work(export: Path, work_dir: Path, url: str, key: str, secret: str, mandanten: list[str]) -> None:
     from benchmarks.stages import KINDS
     from casavi_pipeline.casavi.client import CasaviClient
+    from casavi_pipeline.casavi.reader import CasaviReader
     from casavi_pipeline.erp.contract import ENTITIES
     from casavi_pipeline.erp.reader import read_entity
     from casavi_pipeline.mapping import map_mandant
@@ -67,8 +68,9 @@ def work(export: Path, work_dir: Path, url: str, key: str, secret: str, mandante
             never_synced = snap.synced_total() == 0
             client.authenticate()  # as the asset does: every run proves the credentials
             read = cache.refresh(
-                client, prefixes=prefixes, full=never_synced, max_age=dt.timedelta(minutes=10)
-            )
+                CasaviReader(client, prefixes), full=never_synced, why_full="adoption",
+                max_age=dt.timedelta(minutes=10), full_every=dt.timedelta(days=0.75),
+            )  # fmt: skip
             listed = time.perf_counter()
             in_slice = cache.take_slice(snap, ALLOWED_SEPARATORS)
             adopted = sum(snap.adopt_remote().values()) if never_synced and in_slice else 0

@@ -45,6 +45,7 @@ def main(argv: list[str]) -> None:
             import datetime as dt
 
             from casavi_pipeline.casavi.client import CasaviClient
+            from casavi_pipeline.casavi.reader import CasaviReader
             from casavi_pipeline.mapping.ids import ALLOWED_SEPARATORS
             from casavi_pipeline.state.listing import CACHE_FILE, RemoteCache
             from casavi_pipeline.state.snapshot import Snapshot
@@ -55,7 +56,10 @@ def main(argv: list[str]) -> None:
             client = CasaviClient(argv[3], argv[4], argv[5], budget=None)
             client.authenticate()
             prefixes = tuple(f"{mandant}{s}" for s in ALLOWED_SEPARATORS)
-            cache.refresh(client, prefixes=prefixes, max_age=dt.timedelta(0))
+            cache.refresh(
+                CasaviReader(client, prefixes), full=False, why_full="", max_age=dt.timedelta(0),
+                full_every=dt.timedelta(days=0.75),
+            )  # fmt: skip
             with Snapshot(work / "snapshots" / f"snapshot_{mandant}.duckdb", mandant) as snap:
                 cache.take_slice(snap, ALLOWED_SEPARATORS)
             parts["read_s"] = time.perf_counter() - t

@@ -16,14 +16,32 @@ from casavi_harness.accounts import mapped_bodies
 from casavi_pipeline import audit
 from casavi_pipeline.casavi import api
 from casavi_pipeline.casavi.api import ObjectKind
+from casavi_pipeline.casavi.reader import CasaviReader
 from casavi_pipeline.mapping.ids import ALLOWED_SEPARATORS
 from casavi_pipeline.state.diff import changed_fields, compute_changeset, foreign_values
-from casavi_pipeline.state.listing import RemoteCache
+from casavi_pipeline.state.listing import ReadReport, RemoteCache
 from casavi_pipeline.state.snapshot import Snapshot
 from casavi_pipeline_tests.e2e import MANDANT, export, run_job, state_store, writes_by_route
 from casavi_pipeline_tests.erp_fixtures import default_rows
 from casavi_pipeline_tests.harness import check_results
 from casavi_sandbox import SandboxProcess
+
+
+def refresh(
+    cache: RemoteCache,
+    casavi: object,
+    prefixes: tuple[str, ...],
+    *,
+    now: dt.datetime,
+    full: bool = False,
+    max_age: dt.timedelta = dt.timedelta(minutes=10),
+    full_every: dt.timedelta = dt.timedelta(days=7),
+) -> ReadReport:
+    """The listing refreshed through the casavi reader, as `sync.read` does (defaults of the tests)."""
+    return cache.refresh(
+        CasaviReader(casavi, prefixes), full=full, why_full="asked for", max_age=max_age, full_every=full_every, now=now
+    )
+
 
 T0 = dt.datetime(2026, 12, 6, 2, 0, tzinfo=dt.UTC)
 PARKING, EMPTY, PRIVATE, PERSONAL = "0001-1-01-1", "0001-1-01-2", "0001-1-01-3", "0001-1-01-4"
@@ -55,7 +73,7 @@ def mapped(*bodies: dict) -> pd.DataFrame:
 def read_into(snapshot: Snapshot, tmp_path, units: list[dict], *, modified: dt.datetime = T0) -> None:
     """List casavi into the account's listing and take the Mandant's slice, as the read step does."""
     cache = RemoteCache(tmp_path)
-    cache.refresh(Casavi(units, modified=modified), prefixes=("0001-",), full=True, now=modified)
+    refresh(cache, Casavi(units, modified=modified), ("0001-",), full=True, now=modified)
     cache.take_slice(snapshot, ALLOWED_SEPARATORS)
 
 
@@ -106,7 +124,7 @@ def test_a_read_is_compared_as_read_and_only_an_unholdable_one_is_skipped(tmp_pa
         unit_body(PERSONAL, "Frau Müllers Garage"),
         unit_body("0001-1-01-5", area="ca. 50"),  # made by hand: our model cannot hold it
     ]
-    report = RemoteCache(tmp_path).refresh(Casavi(units), prefixes=("0001-",), now=T0)
+    report = refresh(RemoteCache(tmp_path), Casavi(units), ("0001-",), now=T0)
     assert report.listed["unit"] == 5 and report.skipped["unit"] == 1 and report.account_objects == 4
     with Snapshot(tmp_path / "snapshot_0001.duckdb", "0001") as snap:
         RemoteCache(tmp_path).take_slice(snap, ALLOWED_SEPARATORS)

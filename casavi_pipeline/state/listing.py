@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import itertools
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -44,6 +45,8 @@ from casavi_pipeline.state.homes import Home, LocalHome
 from casavi_pipeline.state.snapshot import Snapshot
 
 CACHE_FILE = "casavi_remote.duckdb"
+#: A read record's keys beside its domain fields (`casavi.reader`): casavi's internal id, `modified`, `appLink`.
+_BESIDE = ("_internal_id", "_modified", "_app_link")
 #: Rows normalised in Python before they go to DuckDB in one batch: bounds memory on huge accounts.
 BATCH_ROWS = 50_000
 #: A later incremental read starts this much before the earlier of the newest stamp seen and the start of
@@ -75,10 +78,24 @@ _META_MODEL = "model_revision"  # the casavi model (`api.MODEL_REVISION`) the bo
 _META_LINKS = "app_links"  # set by a full listing that kept links: without it, the next listing is full
 
 
-class ListingClient(Protocol):
-    def list_objects(
-        self, kind: ObjectKind, *, page_size: int = ..., modified_after: dt.datetime | None = ...
-    ) -> Iterator[dict[str, Any]]: ...
+class KindRead(Protocol):
+    """One kind as read from casavi (`casavi.reader.KindRead`): the records that are ours, normalised like
+    the mapping's rows plus casavi's internal id, `modified` stamp and `appLink`, and what was counted."""
+
+    listed: int  # objects casavi returned
+    skipped: int  # ours, but not holdable by our model
+    newest: dt.datetime | None  # the newest `modified` stamp seen
+
+    def __iter__(self) -> Iterator[dict[str, Any]]: ...
+
+
+class Reading(Protocol):
+    """Where the listing's records come from (`casavi.reader.CasaviReader`): the state stores them and
+    talks to nobody itself."""
+
+    prefixes: tuple[str, ...]  # the ids kept: the configured Mandanten with any separator
+
+    def read(self, kind: ObjectKind, since: dt.datetime | None) -> KindRead: ...
 
 
 @dataclass
@@ -188,19 +205,18 @@ class RemoteCache:
 
     def refresh(
         self,
-        client: ListingClient,
+        reading: Reading,
         *,
-        prefixes: tuple[str, ...],
-        full: bool = False,
-        why_full: str = "asked for",
-        max_age: dt.timedelta = dt.timedelta(minutes=10),
-        full_every: dt.timedelta = dt.timedelta(days=7),
+        full: bool,
+        why_full: str,
+        max_age: dt.timedelta,
+        full_every: dt.timedelta,
         now: dt.datetime | None = None,
     ) -> ReadReport:
         """Bring the cache up to date with casavi: reuse, patch incrementally, or list everything.
 
-        Only objects whose reference id starts with one of `prefixes` (the configured Mandanten with any
-        separator) are kept: the others are not ours and are never normalised or stored. `full` asks for
+        `reading` yields the objects whose reference id starts with one of its `prefixes` (the configured
+        Mandanten with any separator): the others are not ours and are never normalised or stored. `full` asks for
         a listing that also sees deletions (a full one within `max_age` is reused), `why_full` says why.
         Otherwise a listing within `max_age` is reused, unless the sync wrote to casavi since
         (`mark_written`), and a full listing runs when the last one is older than `full_every` or the
@@ -208,7 +224,7 @@ class RemoteCache:
         """
         started = time.monotonic()
         now = now or dt.datetime.now(dt.UTC)
-        scope = ",".join(sorted(prefixes))
+        scope = ",".join(sorted(reading.prefixes))
         with self._open() as con:
             meta = dict(con.execute("SELECT key, value FROM meta").fetchall())
             read_at, full_at = _utc(meta.get(_META_READ_AT)), _utc(meta.get(_META_FULL_AT))
@@ -248,9 +264,9 @@ class RemoteCache:
             for kind in api.UPSERT_ORDER:
                 since = None if need_full else _utc(meta.get(_META_SINCE + kind.value))
                 listing_started = dt.datetime.now(dt.UTC)
-                listed, changed, skipped, newest = self._list_kind(con, client, kind, since, prefixes)
-                report.listed[kind.value], report.changed[kind.value] = listed, changed
-                report.skipped[kind.value] = skipped
+                read = reading.read(kind, since)
+                report.changed[kind.value] = self._store_all(con, kind, read)
+                report.listed[kind.value], report.skipped[kind.value] = read.listed, read.skipped
                 if need_full:
                     report.removed[kind.value] = con.execute(
                         "SELECT count(*) FROM objects o WHERE kind = ? AND NOT EXISTS "
@@ -266,7 +282,7 @@ class RemoteCache:
                 # was listed completely (a listing that failed half-way starts again where it started).
                 # Not after the newest stamp seen: an object changed on an earlier page while this listing
                 # ran has an older stamp than one on a later page, and must not be skipped for good.
-                mark = min(filter(None, [newest, listing_started])) - OVERLAP
+                mark = min(filter(None, [read.newest, listing_started])) - OVERLAP
                 if since is not None:
                     mark = max(mark, since)
                 con.execute(
@@ -283,58 +299,21 @@ class RemoteCache:
         report.moved_aside = list(self.moved_aside)
         return report
 
-    def _list_kind(
-        self,
-        con: duckdb.DuckDBPyConnection,
-        client: ListingClient,
-        kind: ObjectKind,
-        since: dt.datetime | None,
-        prefixes: tuple[str, ...],
-    ) -> tuple[int, int, int, dt.datetime | None]:
-        """List one kind (page by page), normalise, hash and upsert what is ours; remember the ids seen.
-
-        Returns (objects listed, of those new or changed, skipped as not matching our model, newest
-        `modified` seen). A read is compared as read: a value casavi holds that we would not send (a
-        unit usage its UI sets, an empty required field) is just a difference. Only a read our model
-        cannot hold at all (a number field that is text, say: `api.unholdable_fields`) is skipped and
-        counted instead of stopping the read: it then counts as missing.
-        """
+    def _store_all(self, con: duckdb.DuckDBPyConnection, kind: ObjectKind, read: KindRead) -> int:
+        """Hash and upsert one kind's records in batches (memory stays flat on huge accounts), remembering
+        the ids seen; return how many were new or changed."""
         con.execute("CREATE OR REPLACE TEMP TABLE listed (ref_id VARCHAR)")
-        batch: list[dict[str, Any]] = []
-        total = changed = skipped = 0
-        newest: dt.datetime | None = None
-        for obj in client.list_objects(kind, page_size=api.MAX_PAGE_SIZE, modified_after=since):
-            total += 1
-            stamp = (
-                _utc(obj.get(api.MODIFIED_FIELD)) if isinstance(obj.get(api.MODIFIED_FIELD), str) else None
-            )
-            if stamp is not None and (newest is None or stamp > newest):
-                newest = stamp
-            reference = obj.get(api.ID_FIELD)
-            if not isinstance(reference, str) or not reference.startswith(prefixes):
-                continue  # not a configured Mandant's (or made by hand without a reference id): not ours
-            record = api.record_from_read(kind, obj)
-            if api.unholdable_fields(api.FIELD_RULES[kind], api.to_payload(kind, record)):
-                skipped += 1
-                continue
-            record["_internal_id"] = obj.get(api.INTERNAL_ID_FIELD)
-            record["_modified"] = obj.get(api.MODIFIED_FIELD)
-            record["_app_link"] = api.app_link_of(obj)
-            batch.append(record)
-            if len(batch) >= BATCH_ROWS:
-                changed += self._store(con, kind, batch)
-                batch = []
-        changed += self._store(con, kind, batch)
-        return total, changed, skipped, newest
+        changed, records = 0, iter(read)
+        while batch := list(itertools.islice(records, BATCH_ROWS)):
+            changed += self._store(con, kind, batch)
+        return changed
 
     @staticmethod
     def _store(con: duckdb.DuckDBPyConnection, kind: ObjectKind, records: list[dict[str, Any]]) -> int:
         """Upsert one batch; return how many of its objects were new or changed."""
         if not records:
             return 0
-        frame = pd.DataFrame.from_records(
-            records, columns=[*api.DOMAIN_COLUMNS[kind], "_internal_id", "_modified", "_app_link"]
-        )
+        frame = pd.DataFrame.from_records(records, columns=[*api.DOMAIN_COLUMNS[kind], *_BESIDE])
         frame["_internal_id"] = pd.to_numeric(frame["_internal_id"], errors="coerce").astype("Int64")
         frame["_modified"] = frame["_modified"].astype("string")
         frame["_app_link"] = frame["_app_link"].astype("string")

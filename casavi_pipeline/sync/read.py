@@ -16,6 +16,7 @@ from typing import Protocol
 from casavi_pipeline import account
 from casavi_pipeline.casavi import api
 from casavi_pipeline.casavi.client import CasaviClient
+from casavi_pipeline.casavi.reader import CasaviReader
 from casavi_pipeline.mapping.ids import ALLOWED_SEPARATORS
 from casavi_pipeline.state.diff import ForeignValues, foreign_values
 from casavi_pipeline.state.files import StateCorruptError
@@ -162,8 +163,7 @@ def read_remote(
     else:
         why_full = "asked for by the run's config (full)"
     listing = cache.refresh(
-        client,
-        prefixes=tuple(f"{m}{s}" for m in mandanten for s in ALLOWED_SEPARATORS),
+        CasaviReader(client, tuple(f"{m}{s}" for m in mandanten for s in ALLOWED_SEPARATORS)),
         full=full or first_contact or repair_drift,
         why_full=why_full,
         max_age=dt.timedelta(0) if repair_drift else max_age,
