@@ -266,7 +266,7 @@ def test_a_table_locked_by_another_session_stops_the_run_in_one_line_and_sigterm
         blocked.send_signal(signal.SIGTERM)
         _, stderr = blocked.communicate(timeout=60)  # a bound: it ends within seconds
         assert blocked.returncode == 130, stderr
-        assert "Stopped: what casavi confirmed is recorded" in stderr and "Traceback" not in stderr
+        assert "Stopped by Ctrl-C or SIGTERM: what casavi confirmed is recorded" in stderr and "Traceback" not in stderr
         # Its query was cancelled on the server, not left waiting for the lock it asked for.
         deadline = time.monotonic() + 30
         while _waiting_for_a_lock(postgres_server, database):

@@ -168,8 +168,8 @@ def test_the_state_database_gone_mid_sync_is_named_and_what_casavi_confirmed_is_
     assert 0 < confirmed <= sandbox.write_count(ok_only=True) and confirmed < planned, stdout
     (reason,) = [line for line in stderr.splitlines() if line.startswith(f"Mandant {MANDANT} did not sync")]
     assert (
-        f"casavi_sync: The state database of CASAVI_STATE_URL ({own_postgres.host}:{own_postgres.port}/{database}) "
-        "stopped answering (" in reason
+        f"casavi_sync: The state database CASAVI_STATE_URL=postgresql://casavi@{own_postgres.host}:"
+        f"{own_postgres.port}/{database} went away during the run (" in reason
     ), reason
     assert reason.endswith(f"({confirmed} of {planned} writes confirmed by casavi; the next run sends the rest.)")
     assert "max_retries" not in stderr and "attempt 1 of 3" not in stderr  # not retried: it could not record
