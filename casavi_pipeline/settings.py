@@ -58,6 +58,15 @@ class SyncRule(StrEnum):
     LAST_NAME = "last-name"  # Aareon Connect's rule since 2024-02-07: tenants by name, only linked objects
 
 
+class Deletions(StrEnum):
+    """What happens to an object that leaves the scope (rule 6 of `docs/export-format.md`):
+    deleting in casavi cannot be undone, so by default a person decides (`state/deletions.py`)."""
+
+    APPROVE = "approve"  # nothing is deleted by a run: it waits as a pending deletion for a person's approval
+    DELETE = "delete"  # the run deletes it (revision 2's behaviour)
+    KEEP = "keep"  # never deleted: left in casavi as it is, counted as no longer synced
+
+
 #: A Mandant number: 1-16 letters or digits (it names files and folders: never a path or a glob). Use fullmatch.
 MANDANT_PATTERN = re.compile(r"[0-9A-Za-z]{1,16}")
 
@@ -297,6 +306,11 @@ class SyncPolicySettings(_Group):
     sync_rule: SyncRule = setting(
         "CASAVI_SYNC_RULE", SyncRule.EMAIL, description="which tenants and objects are synced: email or last-name"
     )
+    deletions: Deletions = setting(
+        "CASAVI_DELETIONS",
+        Deletions.APPROVE,
+        description="what happens to objects that leave the scope: approve, delete or keep",
+    )
     # Guards of the sync (casavi_pipeline.sync.guards)
     max_delete_share: float = setting(
         "CASAVI_MAX_DELETE_SHARE", 0.10, ge=0, le=1, description="mass-deletion guard: share of a kind"
@@ -368,6 +382,14 @@ class SyncPolicySettings(_Group):
         normalized = value.strip().lower() if isinstance(value, str) else value
         if normalized not in tuple(SyncRule):
             raise ValueError(f"CASAVI_SYNC_RULE={value!r} is not allowed; use one of {', '.join(SyncRule)}")
+        return normalized
+
+    @field_validator("deletions", mode="before")
+    @classmethod
+    def _deletions_allowed(cls, value: object) -> object:
+        normalized = value.strip().lower() if isinstance(value, str) else value
+        if normalized not in tuple(Deletions):
+            raise ValueError(f"CASAVI_DELETIONS={value!r} is not allowed; use one of {', '.join(Deletions)}")
         return normalized
 
 
