@@ -3,7 +3,9 @@
 
 It prints what `./run demo` prints (the demo uses the same functions): the sync's progress, per kind what
 casavi confirmed (or, in a dry run, what would be sent, and the preview: which objects and fields would
-change, names only), and one line saying why when the run stopped. The full event log is in the UI.
+change, names only, and what would wait for deletion instead), the line naming the pending deletions, and
+one line saying why when the run stopped (a dry run: that a real run would stop). The full event log is
+in the UI.
 Exit 0: synced; 1: the run failed (the line says why); 2: it could not start (settings); 130: stopped.
 """
 
@@ -43,6 +45,7 @@ class Outcome:
     interrupted: bool = False
     dry_run: bool = False
     preview: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # pending deletions; a dry run's "a real run would stop"
 
 
 def _rows(mandant: str, metadata: dict[str, Any], prefix: str) -> list[tuple[str, ...]]:
@@ -71,8 +74,10 @@ def _interrupted(result: dg.ExecuteInProcessResult) -> bool:
 
 
 def outcome_of(result: dg.ExecuteInProcessResult, mandant: str) -> Outcome:
-    """What the terminal says about a finished run: the sync's counts, a dry run's preview, or why not."""
+    """What the terminal says about a finished run: the sync's counts, a dry run's preview, the pending
+    deletions, or why not."""
     from casavi_pipeline.defs.failures import failure_reason
+    from casavi_pipeline.defs.sync_reporting import PENDING_DELETIONS_CHECK
 
     outcome = Outcome(mandant, run_id=result.run_id, interrupted=_interrupted(result))
     for event in result.get_asset_materialization_events():
@@ -91,7 +96,16 @@ def outcome_of(result: dg.ExecuteInProcessResult, mandant: str) -> Outcome:
                 f"  {r.data.get('change')} {r.data.get('kind')} {r.data.get('ref_id')}"
                 + (f": {r.data['fields']}" if r.data.get("fields") else "")
                 for r in (metadata["preview"].records if "preview" in metadata else [])
+            ] + [
+                f"  {r.data['fate']} {r.data['kind']} {r.data['ref_id']}: {r.data['why']}"
+                + (", new" if r.data.get("new") else "")
+                for r in (metadata["would_wait"].records if "would_wait" in metadata else [])
             ]
+            outcome.notes += [metadata["would_stop"]] if "would_stop" in metadata else []
+    for evaluation in result.get_asset_check_evaluations():
+        pending = evaluation.metadata.get("pending")
+        if evaluation.check_name == PENDING_DELETIONS_CHECK and pending is not None and pending.value:
+            outcome.notes.append(evaluation.description or "")
     if not outcome.interrupted and (not result.success or not outcome.rows):
         outcome.reason = failure_reason(
             result.get_asset_check_evaluations(), result.get_step_failure_events()
@@ -145,6 +159,9 @@ def print_summary(outcomes: Sequence[Outcome]) -> None:
                 print(f"  … {len(outcome.preview) - PREVIEW_LINES} more in run {outcome.run_id}'s metadata")
     else:
         print(f"\n{total} writes confirmed by casavi.")
+    for outcome in outcomes:
+        for note in outcome.notes:
+            print(note)
     for outcome in outcomes:
         if outcome.reason:
             where = f" (run {outcome.run_id})" if outcome.run_id else ""

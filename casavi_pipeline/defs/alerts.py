@@ -12,6 +12,10 @@ A record casavi refuses does not fail the night (`sync/rejections.py`): the run 
 check `casavi_rejections`. One refused on `CASAVI_REJECTION_ESCALATE_NIGHTS` nights will not fix itself,
 so the check names it ESCALATED, and `casavi_escalation_alert` tells a person, once per such run (that is,
 once a night while it lasts), through the same channels.
+
+Objects out of scope wait for a person before casavi deletes them (CASAVI_DELETIONS=approve): the check
+`casavi_pending_deletions` names them on every run, and `casavi_deletions_alert` tells a person once per
+new set, that is for the run that added pending deletions (its metadata `new`), not every night after.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ import dagster as dg
 from casavi_pipeline.alerts import RUN_PATH, Alert
 from casavi_pipeline.defs.failures import check_evaluations_of_run, failure_reason
 from casavi_pipeline.defs.resources import SETTINGS, Alerting
-from casavi_pipeline.defs.sync_reporting import REJECTIONS_CHECK
+from casavi_pipeline.defs.sync_reporting import PENDING_DELETIONS_CHECK, REJECTIONS_CHECK
 from casavi_pipeline.settings import Settings
 
 #: Run tag: the channels that took this run's failure alert.
@@ -32,6 +36,10 @@ FAILURE_ACTION = "fix what it names, then re-run the Mandant (re-execute the run
 ESCALATION_ACTION = (
     "casavi refuses these records night after night: fix them in the ERP "
     "(`casavi-pipeline audit --ref-id ID` shows each one's history)"
+)
+DELETIONS_ACTION = (
+    "check them (`casavi-pipeline deletions --mandant M`), then approve what may go with `--approve ID` "
+    "or the job casavi_approve_deletions; or put them back into the export"
 )
 
 
@@ -119,7 +127,38 @@ def build_escalation_alert_sensor(settings: Settings) -> dg.SensorDefinition:
     return casavi_escalation_alert
 
 
+def _new_pending_deletions(instance: dg.DagsterInstance, run_id: str) -> dg.AssetCheckEvaluation | None:
+    """The run's `casavi_pending_deletions` evaluation if the run added pending deletions."""
+    for evaluation in check_evaluations_of_run(instance, run_id):
+        new = evaluation.metadata.get("new")
+        if evaluation.check_name == PENDING_DELETIONS_CHECK and new is not None and new.value:
+            return evaluation
+    return None
+
+
+def build_deletions_alert_sensor(settings: Settings) -> dg.SensorDefinition:
+    @dg.run_status_sensor(
+        run_status=dg.DagsterRunStatus.SUCCESS,
+        name="casavi_deletions_alert",
+        default_status=_default_status(settings),
+        description="Sends one alert for a successful Mandant run that added pending deletions (objects out of "
+        "scope that wait for a person's approval before casavi deletes them): once per new set, not nightly.",
+    )
+    def casavi_deletions_alert(context: dg.RunStatusSensorContext, alerting: Alerting):
+        if not alerting.channels.configured:
+            return _NO_CHANNEL
+        evaluation = _new_pending_deletions(context.instance, context.dagster_run.run_id)
+        if evaluation is None:
+            return dg.SkipReason(f"run {context.dagster_run.run_id}: no new pending deletion")
+        reason = f"check {PENDING_DELETIONS_CHECK}: {(evaluation.description or '').strip().splitlines()[0]}"
+        _send_for_run(context, alerting, reason, DELETIONS_ACTION)
+        return None
+
+    return casavi_deletions_alert
+
+
 casavi_failure_alert = build_failure_alert_sensor(SETTINGS)
 casavi_escalation_alert = build_escalation_alert_sensor(SETTINGS)
+casavi_deletions_alert = build_deletions_alert_sensor(SETTINGS)
 
-defs = dg.Definitions(sensors=[casavi_failure_alert, casavi_escalation_alert])
+defs = dg.Definitions(sensors=[casavi_failure_alert, casavi_escalation_alert, casavi_deletions_alert])
