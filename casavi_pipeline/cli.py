@@ -168,7 +168,7 @@ def _deletions_footer(mandant: str, rows: list[PendingDeletion], setting: Deleti
     approved = sum(row.approved_at is not None and row.held_by is None for row in rows)
     waiting = sum(row.waits_for_a_person for row in rows)
     return (
-        f"{waiting} wait for approval, {approved} approved: the next run of Mandant {mandant} deletes those "
+        f"{waiting} wait for a person, {approved} approved: the next run of Mandant {mandant} deletes those "
         f"approved (CASAVI_DELETIONS={setting.value}). Approve: casavi-pipeline deletions --mandant {mandant} "
         "--approve ID [ID ...] (or --approve-all)."
     )

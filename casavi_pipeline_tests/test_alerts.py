@@ -21,8 +21,10 @@ from dagster._core.events.log import EventLogEntry
 
 from casavi_pipeline.defs.alerts import (
     ALERTED_TAG,
+    DELETIONS_ACTION,
     ESCALATION_ACTION,
     FAILURE_ACTION,
+    build_deletions_alert_sensor,
     build_escalation_alert_sensor,
     build_failure_alert_sensor,
 )
@@ -183,6 +185,35 @@ def test_records_refused_night_after_night_are_escalated_in_one_alert_per_night(
     assert first_line.startswith("casavi sync of Mandant 0001: check casavi_rejections: ")
     assert "ESCALATED: 0001-00042" in first_line and first_line.endswith(ESCALATION_ACTION)
     assert "0351" not in inbox[0].as_string()
+
+
+def test_new_pending_deletions_are_told_once_not_every_night_they_wait(env, sandbox, smtp, monkeypatch):
+    """CASAVI_DELETIONS=approve: a contact left without synced contracts waits for a person in casavi; the
+    run that lists it alerts once, naming the id; the nights it keeps waiting do not."""
+    port, inbox = smtp
+    with_email(env, monkeypatch, port)
+
+    def evaluate(run_id: str):
+        return evaluate_run_sensor(env, build_deletions_alert_sensor, run_id, dg.DagsterEventType.RUN_SUCCESS)
+
+    export(env)
+    first = run_job(env)
+    assert first.success and isinstance(evaluate(first.run_id), dg.SkipReason)
+    rows = default_rows()
+    rows["mieter"][2]["email"] = "info-at-baeckerei"  # the bakery's only contract leaves the scope
+    export(env, rows)
+    night = run_job(env)
+    assert night.success
+    evaluate(night.run_id)
+    assert len(inbox) == 1
+    first_line = inbox[0].get_body().get_content().splitlines()[0]
+    assert first_line.startswith("casavi sync of Mandant 0001: check casavi_pending_deletions: Mandant 0001: ")
+    assert "contact 0001-00044 (out of the sync rule)" in first_line and first_line.endswith(DELETIONS_ACTION)
+    body = inbox[0].get_body().get_content()
+    assert "Bäckerei" not in body and "baeckerei" not in body  # ids only, never a person's data
+    waiting = run_job(env)  # the next night: still waiting, nothing new
+    assert waiting.success and isinstance(evaluate(waiting.run_id), dg.SkipReason)
+    assert len(inbox) == 1
 
 
 @pytest.fixture

@@ -34,7 +34,7 @@ REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 MANDANT = "0001"
 RUN_TIMEOUT = 300  # seconds: a bound, not an expectation
-REASONS = {"guard": "the sync would delete", "secret": "refused the credentials"}
+REASONS = {"guard": "would leave the sync", "secret": "refused the credentials"}
 LOCATION = {"repositoryLocationName": "casavi_pipeline", "repositoryName": "__repository__"}
 
 LAUNCH = """
