@@ -14,6 +14,7 @@ the message envelope, which both the Workflows webhooks and the older connector 
 
 from __future__ import annotations
 
+import email.policy
 import smtplib
 import ssl
 from collections.abc import Sequence
@@ -102,7 +103,9 @@ class AlertChannels:
     def _email(self, alert: Alert) -> None:
         smtp = self.smtp
         assert smtp is not None
-        message = EmailMessage()
+        # Not folded below RFC 5322's 998: Python folds a long subject next to an encoded word (the "—")
+        # with a space too many, so the subject would no longer be the alert's first line.
+        message = EmailMessage(policy=email.policy.default.clone(max_line_length=998))
         message["From"] = smtp.sender
         message["To"] = ", ".join(smtp.recipients)
         message["Subject"] = alert.first_line
