@@ -63,7 +63,7 @@ class Mandant:
             guard = evaluate_guards(self.guards, snap).mass_deletion
             merged = report = None
             if guard.passed:
-                merged = deletions.merge(snap, snap.changeset_kinds())
+                merged = deletions.merge(snap, snap.changeset_kinds(), run_id="test")
                 report = apply_changeset(snap, self.casavi)
             return Night(summary, guard, merged, report, deletions.pending(snap))
 
@@ -243,7 +243,7 @@ def test_approving_an_unknown_id_approves_nothing_and_an_id_of_two_kinds_needs_i
         assert all(p.approved_at is None for p in deletions.pending(snap))
         assert snap.connection.execute("SELECT count(*) FROM audit WHERE change = 'approve'").fetchone() == (0,)
         # a property and a contact may share an id (we_nr 00050, person_nr 00050)
-        snap.connection.execute("INSERT INTO deletions VALUES ('property', ?, 'removed from the export', now(), NULL, NULL)", [OWNER])  # fmt: skip
+        snap.connection.execute("INSERT INTO deletions VALUES ('property', ?, 'removed from the export', now(), 'test', NULL, NULL)", [OWNER])  # fmt: skip
         with pytest.raises(UnknownDeletionError, match=f"say which: contact:{OWNER} or property:{OWNER}"):
             deletions.approve(snap, [OWNER], by="erika", run_id="test")
         (approved,) = deletions.approve(snap, [f"property:{OWNER}"], by="erika", run_id="test")

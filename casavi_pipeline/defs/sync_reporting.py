@@ -21,7 +21,7 @@ from casavi_pipeline.casavi.errors import (
 from casavi_pipeline.defs.resources import CasaviResource, SyncPolicy
 from casavi_pipeline.settings import Deletions
 from casavi_pipeline.state import deletions
-from casavi_pipeline.state.deletions import Merged, PendingDeletion
+from casavi_pipeline.state.deletions import PendingDeletion
 from casavi_pipeline.state.diff import ChangesetSummary
 from casavi_pipeline.state.snapshot import Drift
 from casavi_pipeline.sync.guards import GuardResult
@@ -195,12 +195,13 @@ def pending_deletions_table(rows: list[PendingDeletion]) -> dg.MetadataValue:
 
 
 def pending_deletions_check(
-    mandant: str, rows: list[PendingDeletion], merged: Merged | None, setting: Deletions
+    mandant: str, rows: list[PendingDeletion], run_id: str | None, setting: Deletions
 ) -> dg.AssetCheckResult:
     """WARN naming the objects that wait for a person before casavi deletes them (ids only), and how to
-    approve; passed when none waits. `merged` is what this run added (None: a dry run, which adds nothing).
-    Under CASAVI_DELETIONS=keep nothing waits: it counts what casavi keeps unsynced."""
-    new = len(merged.new) if merged else 0
+    approve; passed when none waits. `new`: those the run `run_id` listed first, in any of its attempts
+    (None: a dry run, which lists nothing). Under CASAVI_DELETIONS=keep nothing waits: it counts what
+    casavi keeps unsynced."""
+    new = sum(row.since_run == run_id for row in rows) if run_id else 0
     waiting = [row for row in rows if row.waits_for_a_person]
     metadata: dict[str, object] = {
         "setting": setting.value,
@@ -266,7 +267,7 @@ def report_pending_deletions(
 ) -> dg.AssetCheckResult:
     """The sync's lines about what left the scope (what waits, what came back), and its check result."""
     mandant = context.partition_key
-    check = pending_deletions_check(mandant, outcome.pending, outcome.merged, setting)
+    check = pending_deletions_check(mandant, outcome.pending, context.run.run_id, setting)
     (context.log.info if check.passed else context.log.warning)(check.description or "")
     for kind, ref_id in outcome.merged.returned:
         context.log.info(
@@ -305,7 +306,6 @@ def sync_metadata(outcome: WriteOutcome, stats: ClientStats) -> dict[str, object
         "confirmed": outcome.confirmed,
         "rejected": outcome.rejected,
         "pending_deletions": len(outcome.pending),
-        "pending_deletions/new": len(outcome.merged.new),
         "attempts": totals["attempts"]["n"],
         "requests": stats.requests,
         "duration_s": round(report.seconds, 2),

@@ -209,10 +209,10 @@ class Merged:
     returned: list[tuple[str, str]]  # approved, but back in scope: synced, not deleted; approval dropped
 
 
-def merge(snapshot: Snapshot, kinds: Sequence[str]) -> Merged:
+def merge(snapshot: Snapshot, kinds: Sequence[str], run_id: str) -> Merged:
     """Take the changeset's `leaving` into the pending deletions (a sync that passed the guards does it,
-    before it writes): new ones listed from now, ended ones (back in scope, or gone from casavi) removed.
-    Only `kinds` (those the changeset covered) are touched."""
+    before it writes): new ones listed from now by the run `run_id`, ended ones (back in scope, or gone
+    from casavi) removed. Only `kinds` (those the changeset covered) are touched."""
     con = snapshot.connection
     now = dt.datetime.now(dt.UTC)
     gone = "list_contains($kinds, d.kind) AND NOT EXISTS (SELECT 1 FROM leaving l WHERE l.kind = d.kind AND l.ref_id = d.ref_id)"
@@ -234,7 +234,9 @@ def merge(snapshot: Snapshot, kinds: Sequence[str]) -> Merged:
         )
         staying = [str(fate) for fate in STAYING]
         new = con.execute(f"SELECT l.kind, l.ref_id {fresh} ORDER BY ALL", [staying]).fetchall()
-        con.execute(f"INSERT INTO deletions SELECT l.kind, l.ref_id, l.why, ?, NULL, NULL {fresh}", [now, staying])
+        con.execute(
+            f"INSERT INTO deletions SELECT l.kind, l.ref_id, l.why, ?, ?, NULL, NULL {fresh}", [now, run_id, staying]
+        )
         con.execute("COMMIT")
     except BaseException:
         con.execute("ROLLBACK")
@@ -247,6 +249,7 @@ class PendingDeletion:
     kind: str
     ref_id: str
     since: dt.datetime
+    since_run: str  # the run that first listed it
     why: str
     approved_at: dt.datetime | None
     approved_by: str | None
@@ -282,7 +285,7 @@ def pending(snapshot: Snapshot) -> list[PendingDeletion]:
         return []
     rows = con.execute(
         f"""
-        SELECT d.kind, d.ref_id, d.since, d.why, d.approved_at, d.approved_by, l.held_by
+        SELECT d.kind, d.ref_id, d.since, d.since_run, d.why, d.approved_at, d.approved_by, l.held_by
         FROM deletions d LEFT JOIN leaving l ON l.kind = d.kind AND l.ref_id = d.ref_id AND l.fate = ?
         ORDER BY list_position({_delete_order()}, d.kind), d.ref_id
         """,

@@ -83,7 +83,8 @@ CREATE TABLE IF NOT EXISTS deletions (
     kind VARCHAR NOT NULL,
     ref_id VARCHAR NOT NULL,
     why VARCHAR NOT NULL,
-    since TIMESTAMPTZ NOT NULL,   -- the run that first listed it
+    since TIMESTAMPTZ NOT NULL,   -- when a run first listed it
+    since_run VARCHAR NOT NULL,   -- that run (its id): the alert tells of a run that listed new ones
     approved_at TIMESTAMPTZ,
     approved_by VARCHAR,          -- an OS or Dagster user name (never tenant data)
     PRIMARY KEY (kind, ref_id)

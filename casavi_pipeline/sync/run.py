@@ -127,7 +127,7 @@ def write_changeset(
     if snapshot.synced_total() == 0 or guards.allow_separator_change:
         snapshot.set_separator(guards.separator)
     record_sync_rule(guards, snapshot)
-    merged = deletions.merge(snapshot, snapshot.changeset_kinds())
+    merged = deletions.merge(snapshot, snapshot.changeset_kinds(), run_id)
     if writes:
         # Marked before the first write (a kill gives no chance after it): a listing older than
         # this misses our writes and must not be reused.
