@@ -165,6 +165,8 @@ def _deletions_footer(mandant: str, rows: list[PendingDeletion], setting: Deleti
         return (
             f"{len(rows)} objects out of scope are kept in casavi, no longer synced (CASAVI_DELETIONS=keep)."
         )
+    if setting is Deletions.DELETE:
+        return f"CASAVI_DELETIONS=delete: the next run of Mandant {mandant} deletes what is out of scope, approved or not."
     approved = sum(row.approved_at is not None and row.held_by is None for row in rows)
     waiting = sum(row.waits_for_a_person for row in rows)
     return (
