@@ -84,7 +84,7 @@ def bench_scale(
     export = work / "export"
     numbers = [f"{i:04d}" for i in range(1, mandanten + 1)]
     _, wall, rss = run_measured(
-        [sys.executable, "-m", "casavi_sandbox.sample", "--out", str(export), "--units", str(units),
+        [sys.executable, "-m", "casavi_harness.sample", "--out", str(export), "--units", str(units),
          "--mandanten", ",".join(numbers)]
     )  # fmt: skip
     rows.append({"scale": label, "stage": "generate", "seconds": wall, "rss": rss})

@@ -1,7 +1,7 @@
 """Adopting a filled casavi account: `python -m benchmarks.adopt --units 100000`.
 
-Generates an export (`casavi_sandbox.sample`), seeds a fresh sandbox with exactly what it maps to
-(`SandboxProcess.seed` of `casavi_sandbox.accounts.mapped_bodies`: casavi already holds everything, as after
+Generates an export (`casavi_harness.sample`), seeds a fresh sandbox with exactly what it maps to
+(`SandboxProcess.seed` of `casavi_harness.accounts.mapped_bodies`: casavi already holds everything, as after
 an import), then runs in ONE child process, Mandant after Mandant, what the first nightly run does:
 
 - map:  read the seven ERP files + `map_mandant`
@@ -45,7 +45,8 @@ def work(export: Path, work_dir: Path, url: str, key: str, secret: str, mandante
     from casavi_pipeline.erp.contract import ENTITIES
     from casavi_pipeline.erp.reader import read_entity
     from casavi_pipeline.mapping import map_mandant
-    from casavi_pipeline.settings import ALLOWED_SEPARATORS
+    from casavi_pipeline.mapping.ids import ALLOWED_SEPARATORS
+    from casavi_pipeline.mapping.scope import SyncRule
     from casavi_pipeline.state.diff import compute_changeset
     from casavi_pipeline.state.listing import RemoteCache
     from casavi_pipeline.state.snapshot import Snapshot
@@ -59,7 +60,7 @@ def work(export: Path, work_dir: Path, url: str, key: str, secret: str, mandante
         client = CasaviClient(url, key, secret, budget=None, max_concurrency=8)
         started = time.perf_counter()
         erp = {e.name: read_entity(export, mandant, e).frame for e in ENTITIES}
-        out = map_mandant(erp, mandant=mandant, separator=SEPARATOR)
+        out = map_mandant(erp, mandant=mandant, separator=SEPARATOR, rule=SyncRule.EMAIL)
         frames = {kind: out[name] for name, kind in KINDS.items()}
         mapped = time.perf_counter()
         with Snapshot(work_dir / "snapshots" / f"snapshot_{mandant}.duckdb", mandant) as snap:
@@ -90,8 +91,8 @@ def put_sample(export: Path, url: str, key: str, secret: str, mandant: str, coun
     """PUT the first `count` mapped objects (upsert order) again: the naive first sync's throughput."""
     import itertools
 
+    from casavi_harness.accounts import mapped_bodies
     from casavi_pipeline.casavi.client import CasaviClient, Operation
-    from casavi_sandbox.accounts import mapped_bodies
 
     ops = [
         Operation(kind, "upsert", body["id"], body)
@@ -151,11 +152,11 @@ def main() -> None:
     export = work_dir / "export"
     numbers = [f"{i:04d}" for i in range(1, args.mandanten + 1)]
     _, gen_s, _ = measured([
-        sys.executable, "-m", "casavi_sandbox.sample", "--out", str(export), "--units", str(args.units),
+        sys.executable, "-m", "casavi_harness.sample", "--out", str(export), "--units", str(args.units),
         "--mandanten", ",".join(numbers),
     ])  # fmt: skip
 
-    from casavi_sandbox.accounts import mapped_bodies
+    from casavi_harness.accounts import mapped_bodies
 
     with SandboxProcess(work_dir / "sandbox.sqlite3", access_log=False) as sandbox:
         started = time.perf_counter()

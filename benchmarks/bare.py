@@ -45,7 +45,7 @@ def main(argv: list[str]) -> None:
             import datetime as dt
 
             from casavi_pipeline.casavi.client import CasaviClient
-            from casavi_pipeline.settings import ALLOWED_SEPARATORS
+            from casavi_pipeline.mapping.ids import ALLOWED_SEPARATORS
             from casavi_pipeline.state.listing import CACHE_FILE, RemoteCache
             from casavi_pipeline.state.snapshot import Snapshot
 

@@ -23,6 +23,8 @@ and the processes it waited for).
 from __future__ import annotations
 
 import argparse
+import importlib
+import importlib.util
 import json
 import os
 import shutil
@@ -30,6 +32,8 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+from casavi_pipeline import account
 
 MANDANT = "0001"
 
@@ -102,10 +106,12 @@ def main() -> None:
         from casavi_pipeline.casavi.sandbox import SandboxProcess  # type: ignore[no-redef]
 
         new = False
+    # where the measured tree keeps the harness: its own package since the sandbox became independent
+    harness = "casavi_harness" if importlib.util.find_spec("casavi_harness") else "casavi_sandbox"
     export = args.export.resolve() if args.export else work / "export"
     env = {**os.environ, "PATH": f"{py}:{os.environ['PATH']}", "PYTHONPATH": str(tree)}
     if not args.export:
-        generator = "casavi_sandbox.sample" if new else "casavi_pipeline.sample"
+        generator = f"{harness}.sample" if new else "casavi_pipeline.sample"
         measured(
             [sys.executable, "-m", generator, "--out", str(export), "--units", str(args.units),
              "--mandanten", MANDANT],
@@ -118,8 +124,7 @@ def main() -> None:
     rows = []
     with SandboxProcess(work / "sandbox.sqlite3", access_log=False) as sandbox:
         if new:
-            from casavi_sandbox.accounts import mapped_bodies
-
+            mapped_bodies = importlib.import_module(f"{harness}.accounts").mapped_bodies
             sandbox.seed(mapped_bodies(export, MANDANT))
         env |= {
             "DAGSTER_HOME": str(home), "ERP_EXPORT_DIR": str(export), "CASAVI_MANDANTEN": MANDANT,
@@ -154,7 +159,7 @@ def main() -> None:
             "-m",
             "benchmarks.bare",
             str(export),
-            str(snapshots / f"snapshot_{MANDANT}.duckdb"),
+            str(account.folder(snapshots, account.account_id(sandbox.api_key)) / f"snapshot_{MANDANT}.duckdb"),
             MANDANT,
         ]
         if new:

@@ -25,7 +25,7 @@ from casavi_pipeline.erp.reader import read_entity
 from casavi_pipeline.mapping import map_mandant, quality
 from casavi_pipeline.mapping.people import conflicting_persons
 from casavi_pipeline.mapping.schemas import contract_problems, payload_problems
-from casavi_pipeline.settings import SyncRule
+from casavi_pipeline.mapping.scope import SyncRule
 from casavi_pipeline.state.diff import compute_changeset
 from casavi_pipeline.state.snapshot import Snapshot
 from casavi_pipeline.sync.apply import apply_changeset
@@ -58,7 +58,7 @@ def map_and_check(work: Path, mandant: str) -> dict:
     erp = _load(work / f"erp_{mandant}.pkl")
     ids = {"mandant": mandant, "separator": SEPARATOR}
     people = (erp["mieter"], erp["mietvertraege"], erp["eigentuemer"], erp["eigentuemervertraege"])
-    out = map_mandant(erp, **ids)
+    out = map_mandant(erp, **ids, rule=SyncRule.EMAIL)
     outcomes = [quality.unique_ids(name, out[name], SEPARATOR) for name in KINDS]
     outcomes += [
         quality.unique_streets(out["addresses"]),

@@ -82,9 +82,9 @@ def main() -> None:
     parser.add_argument("--units", type=int, default=25_000)
     parser.add_argument("--export", type=Path, help="reuse this export (one Mandant 0001) instead of generating")
     args = parser.parse_args()
+    from casavi_harness.accounts import mapped_bodies
     from casavi_pipeline_tests.postgres import MISSING, PostgresServer, pg_bin
     from casavi_sandbox import SandboxProcess
-    from casavi_sandbox.accounts import mapped_bodies
 
     bin_dir = pg_bin()
     if bin_dir is None:
@@ -97,7 +97,7 @@ def main() -> None:
     export = args.export.resolve() if args.export else work / "export"
     if not args.export:
         measured(
-            [sys.executable, "-m", "casavi_sandbox.sample", "--out", str(export), "--units", str(args.units),
+            [sys.executable, "-m", "casavi_harness.sample", "--out", str(export), "--units", str(args.units),
              "--mandanten", MANDANT],
             env, TREE,
         )  # fmt: skip

@@ -10,21 +10,37 @@ sent must not turn a finished night into a failed one.
 Plain webhooks, not `dagster-slack`/`dagster-msteams`: those need a bot token and SDK client, while an
 incoming webhook URL is what a data team can create in a minute. The Teams body is an Adaptive Card in
 the message envelope, which both the Workflows webhooks and the older connector webhooks accept.
+
+Each channel has a total deadline (:data:`CHANNEL_DEADLINE_SECONDS`) and the channels are sent at once, so
+one slow channel delays none of the others. A client's own timeouts bound each read, not the request: a
+webhook answering a byte every few seconds would hold a blocking call for minutes (and, in a sensor, past
+Dagster's tick timeout, so the tick's work was repeated a minute later). Here every channel is a
+coroutine (httpx's async client, aiosmtplib) cancelled at its deadline: its connection is closed, and no
+thread is left waiting on it.
 """
 
 from __future__ import annotations
 
+import asyncio
 import email.policy
-import smtplib
 import ssl
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Collection, Sequence
 from dataclasses import dataclass
 from email.message import EmailMessage
 
+import aiosmtplib
 import httpx
 
 #: Dagster's UI path of a run, below the UI's base URL.
 RUN_PATH = "/runs/{run_id}"
+#: SMTP over TLS from the first byte (SMTPS); other ports upgrade with STARTTLS.
+SMTPS_PORT = 465
+#: How long one channel may take, all of it (connect, TLS, login, send, answer). Dagster gives a sensor
+#: tick 60 s and a run failure sensor handles up to 5 runs per tick: with the channels sent at once, a
+#: tick of 5 failed runs takes at most 40 s. Slack, Teams and an SMTP relay answer in about a second.
+CHANNEL_DEADLINE_SECONDS = 8.0
+#: The channels, in the order `AlertChannels.configured_channels` names them.
+CHANNELS = ("email", "slack", "teams")
 
 
 @dataclass(frozen=True)
@@ -69,38 +85,68 @@ class Smtp:
 
 @dataclass(frozen=True)
 class AlertChannels:
-    """Where alerts go; every channel optional. `send` returns what failed, one line per channel."""
+    """Where alerts go; every channel optional. `send` sends to them and says which took the alert."""
 
     smtp: Smtp | None = None
     slack_webhook_url: str | None = None
     teams_webhook_url: str | None = None
     ui_url: str | None = None
-    timeout_seconds: float = 10.0
+    deadline_seconds: float = CHANNEL_DEADLINE_SECONDS
+
+    @property
+    def configured_channels(self) -> tuple[str, ...]:
+        settings = {"email": self.smtp, "slack": self.slack_webhook_url, "teams": self.teams_webhook_url}
+        return tuple(name for name in CHANNELS if settings[name])
 
     @property
     def configured(self) -> bool:
-        return bool(self.smtp or self.slack_webhook_url or self.teams_webhook_url)
+        return bool(self.configured_channels)
 
-    def send(self, alert: Alert) -> tuple[list[str], list[str]]:
-        """Send to every configured channel: (the channels that took it, one warning per failed one)."""
-        sent, warnings = [], []
-        senders = {
-            "email": (self.smtp, self._email),
-            "slack": (self.slack_webhook_url, self._slack),
-            "teams": (self.teams_webhook_url, self._teams),
+    def send(
+        self,
+        alert: Alert,
+        *,
+        skip: Collection[str] = (),
+        on_sent: Callable[[str], None] | None = None,
+    ) -> tuple[list[str], list[str]]:
+        """Send to every configured channel not in `skip`, all at once, each within `deadline_seconds`.
+
+        `on_sent(channel)` is called as each channel takes the alert, so that a caller cut off later
+        (a sensor tick timed out) has recorded the channels that are done. Returns (the channels that
+        took it, in the order they did; one warning line per channel that did not)."""
+        channels = [name for name in self.configured_channels if name not in skip]
+        return asyncio.run(self._send_all(alert, channels, on_sent or (lambda _name: None)))
+
+    async def _send_all(
+        self, alert: Alert, channels: Sequence[str], on_sent: Callable[[str], None]
+    ) -> tuple[list[str], list[str]]:
+        senders: dict[str, Callable[[Alert], Awaitable[None]]] = {
+            "email": self._email,
+            "slack": self._slack,
+            "teams": self._teams,
         }
-        for name, (setting, send) in senders.items():
-            if not setting:
-                continue
+
+        async def one(name: str) -> tuple[str, str | None]:
             try:
-                send(alert)
-            except (OSError, smtplib.SMTPException, httpx.HTTPError) as exc:
-                warnings.append(f"alert for Mandant {alert.mandant} not sent by {name}: {_describe(exc)}")
-            else:
+                async with asyncio.timeout(self.deadline_seconds):
+                    await senders[name](alert)
+            except TimeoutError:
+                return name, f"no answer within {self.deadline_seconds:g} s"
+            except (OSError, aiosmtplib.SMTPException, httpx.HTTPError) as exc:
+                return name, _describe(exc)
+            return name, None
+
+        sent, warnings = [], []
+        for finished in asyncio.as_completed([one(name) for name in channels]):
+            name, error = await finished
+            if error is None:
                 sent.append(name)
+                on_sent(name)
+            else:
+                warnings.append(f"alert for Mandant {alert.mandant} not sent by {name}: {error}")
         return sent, warnings
 
-    def _email(self, alert: Alert) -> None:
+    async def _email(self, alert: Alert) -> None:
         smtp = self.smtp
         assert smtp is not None
         # Not folded below RFC 5322's 998: Python folds a long subject next to an encoded word (the "—")
@@ -110,31 +156,32 @@ class AlertChannels:
         message["To"] = ", ".join(smtp.recipients)
         message["Subject"] = alert.first_line
         message.set_content(alert.text(self.ui_url) + "\n")
-        context = ssl.create_default_context()
-        # Port 465 speaks TLS from the first byte (SMTPS); other ports upgrade with STARTTLS if asked.
-        if smtp.port == 465:
-            server: smtplib.SMTP = smtplib.SMTP_SSL(
-                smtp.host, smtp.port, timeout=self.timeout_seconds, context=context
-            )
-        else:
-            server = smtplib.SMTP(smtp.host, smtp.port, timeout=self.timeout_seconds)
-        with server:
-            if smtp.starttls and smtp.port != 465:
-                server.starttls(context=context)
-            if smtp.user:
-                server.login(smtp.user, smtp.password or "")
-            server.send_message(message)
+        # Port 465 speaks TLS from the first byte (SMTPS); other ports upgrade with STARTTLS if asked
+        # (and not at all otherwise: aiosmtplib's default would upgrade whenever the server offers it).
+        smtps = smtp.port == SMTPS_PORT
+        await aiosmtplib.send(
+            message,
+            hostname=smtp.host,
+            port=smtp.port,
+            use_tls=smtps,
+            start_tls=smtp.starttls and not smtps,
+            tls_context=ssl.create_default_context(),
+            username=smtp.user or None,
+            password=(smtp.password or "") if smtp.user else None,
+            timeout=self.deadline_seconds,
+        )
 
-    def _slack(self, alert: Alert) -> None:
+    async def _slack(self, alert: Alert) -> None:
         assert self.slack_webhook_url is not None
-        self._post(self.slack_webhook_url, slack_body(alert, self.ui_url))
+        await self._post(self.slack_webhook_url, slack_body(alert, self.ui_url))
 
-    def _teams(self, alert: Alert) -> None:
+    async def _teams(self, alert: Alert) -> None:
         assert self.teams_webhook_url is not None
-        self._post(self.teams_webhook_url, teams_body(alert, self.ui_url))
+        await self._post(self.teams_webhook_url, teams_body(alert, self.ui_url))
 
-    def _post(self, url: str, body: dict) -> None:
-        response = httpx.post(url, json=body, timeout=self.timeout_seconds)
+    async def _post(self, url: str, body: dict) -> None:
+        async with httpx.AsyncClient(timeout=self.deadline_seconds) as client:
+            response = await client.post(url, json=body)
         if response.is_error:
             # Not raise_for_status(): its message names the URL, which is the webhook's secret.
             raise _WebhookRefused(f"HTTP {response.status_code}")
@@ -148,8 +195,10 @@ def _describe(exc: BaseException) -> str:
     """The kind of failure, without the exception's text: it may carry a URL (with its token)."""
     if isinstance(exc, _WebhookRefused):
         return f"the webhook answered {exc}"
-    if isinstance(exc, smtplib.SMTPResponseException):
-        return f"the SMTP server answered {exc.smtp_code}"
+    if isinstance(exc, aiosmtplib.SMTPResponseException):
+        return f"the SMTP server answered {exc.code}"
+    if isinstance(exc, aiosmtplib.SMTPConnectError):
+        return "SMTP server not reachable"
     return type(exc).__name__
 
 

@@ -5,7 +5,8 @@ reference id), create / update / delete, casavi's HTTP status, for an update the
 changed and for a refusal the names of the fields casavi named. So is every deletion a person approved
 (`casavi-pipeline deletions`): change `approve`, and in `by` who approved (an OS or Dagster user name).
 Never a value: the trail holds no personal data. Rows are kept CASAVI_AUDIT_RETENTION_DAYS (default 400)
-in each Mandant's snapshot, wherever the state lives (CASAVI_SNAPSHOT_DB, or PostgreSQL with
+in each Mandant's snapshot of each casavi account (a CSV's last column, and the table's when there are
+several, names the account), wherever the state lives (CASAVI_SNAPSHOT_DB, or PostgreSQL with
 CASAVI_STATE_URL; see `casavi_pipeline.state.audit`).
 
 Snapshots are opened read-only for the few milliseconds of the query. A Mandant whose snapshot a running
@@ -18,6 +19,7 @@ import contextlib
 import csv
 import datetime as dt
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TextIO
 
@@ -63,27 +65,30 @@ def parse_time(text: str) -> dt.datetime:
     return value if value.tzinfo else value.replace(tzinfo=dt.UTC)
 
 
-def query(store: StateStore, filters: Filters) -> tuple[pd.DataFrame, list[str]]:
-    """The rows matching `filters`, oldest first, and the Mandanten whose folded rows could not be read."""
-    mandanten = store.mandanten()
-    if filters.mandant is not None:
-        mandanten = [m for m in mandanten if m == filters.mandant]
+def query(stores: Sequence[StateStore], filters: Filters) -> tuple[pd.DataFrame, list[str]]:
+    """The rows matching `filters` in the state of every casavi account (`stores`), oldest first, each with
+    its account (`account`; empty for state kept before accounts were told apart), and the Mandanten whose
+    folded rows could not be read."""
     where, params = filters.sql()
     frames, busy = [], []
-    for mandant in mandanten:
-        try:
-            snapshot = store.open(mandant, read_only=True)
-        except StateBusyError:
-            busy.append(mandant)  # a running sync holds it: only its rows not yet folded in are shown
-            unfolded, _ = audit.read_lines(store.snapshot_home(mandant).log(AUDIT).read()[0])
-            frames.append(_matching(unfolded, None, where, params))
-            continue
-        with snapshot:
-            # The rows a sync appended and has not folded yet (running, or killed) count too; a fold
-            # replayed after a crash may have left a row in both places.
-            unfolded, _ = audit.read_lines(snapshot.home.log(AUDIT).read()[0])
-            frames.append(_matching(unfolded, snapshot.connection, where, params))
-    rows = pd.concat(frames, ignore_index=True) if frames else audit.as_frame([])
+    for store in stores:
+        for mandant in store.mandanten():
+            if filters.mandant not in (None, mandant):
+                continue
+            try:
+                snapshot = store.open(mandant, read_only=True)
+            except StateBusyError:
+                busy.append(mandant)  # a running sync holds it: only its rows not yet folded in are shown
+                unfolded, _ = audit.read_lines(store.snapshot_home(mandant).log(AUDIT).read()[0])
+                frames.append(_matching(unfolded, None, where, params).assign(account=store.account or ""))
+                continue
+            with snapshot:
+                # The rows a sync appended and has not folded yet (running, or killed) count too; a fold
+                # replayed after a crash may have left a row in both places.
+                unfolded, _ = audit.read_lines(snapshot.home.log(AUDIT).read()[0])
+                rows = _matching(unfolded, snapshot.connection, where, params)
+                frames.append(rows.assign(account=store.account or ""))
+    rows = pd.concat(frames, ignore_index=True) if frames else audit.as_frame([]).assign(account="")
     return rows.sort_values(["answered_at", "mandant", "ref_id"], kind="stable", ignore_index=True), busy
 
 
@@ -112,19 +117,23 @@ def _matching(
             target.unregister("unfolded")
 
 
-def _cells(row: pd.Series, *, short: bool) -> list[str]:
+def _cells(row: pd.Series, *, short: bool, account: bool) -> list[str]:
     when = row["answered_at"].tz_convert("UTC").strftime("%Y-%m-%dT%H:%M:%SZ")
     run = row["run_id"][:SHORT_RUN] if short else row["run_id"]
     status = "" if pd.isna(row["status"]) else str(int(row["status"]))
     actor = "" if pd.isna(row["actor"]) else row["actor"]
-    return [when, row["mandant"], run, row["kind"], row["ref_id"], row["change"], status,
-            ", ".join(row["fields"]), ", ".join(row["refused"]), actor]  # fmt: skip
+    cells = [when, row["mandant"], run, row["kind"], row["ref_id"], row["change"], status,
+             ", ".join(row["fields"]), ", ".join(row["refused"]), actor]  # fmt: skip
+    return [*cells, row["account"]] if account else cells
 
 
 def write_table(rows: pd.DataFrame, out: TextIO) -> None:
-    """An aligned plain-text table (the run id shortened as the Dagster UI shows it)."""
-    lines = [list(TABLE_COLUMNS), *(_cells(row, short=True) for _, row in rows.iterrows())]
-    widths = [max(len(line[i]) for line in lines) for i in range(len(TABLE_COLUMNS))]
+    """An aligned plain-text table (the run id shortened as the Dagster UI shows it); the casavi account
+    in a last column when the trail holds more than one."""
+    account = rows["account"].nunique() > 1
+    header = [*TABLE_COLUMNS, "account"] if account else list(TABLE_COLUMNS)
+    lines = [header, *(_cells(row, short=True, account=account) for _, row in rows.iterrows())]
+    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
     for line in lines:
         out.write(
             "  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=True)).rstrip() + "\n"
@@ -133,14 +142,25 @@ def write_table(rows: pd.DataFrame, out: TextIO) -> None:
 
 def write_csv(rows: pd.DataFrame, out: TextIO) -> None:
     writer = csv.writer(out, lineterminator="\n")
-    writer.writerow(["time", "mandant", "run_id", *TABLE_COLUMNS[3:]])
+    writer.writerow(["time", "mandant", "run_id", *TABLE_COLUMNS[3:], "account"])
     for _, row in rows.iterrows():
-        writer.writerow(_cells(row, short=False))
+        writer.writerow(_cells(row, short=False, account=True))
 
 
-def run(store: StateStore, filters: Filters, *, as_csv: bool, out: TextIO = sys.stdout) -> int:
-    """Print the matching rows; 0, or 1 when a Mandant's snapshot was busy (named on stderr)."""
-    rows, busy = query(store, filters)
+def run(stores: Sequence[StateStore], filters: Filters, *, as_csv: bool, out: TextIO = sys.stdout) -> int:
+    """Print the matching rows; 0, or 1 when a Mandant's snapshot was busy (named on stderr), or 2 when
+    `--mandant` names a Mandant without a snapshot here (an empty table would look like "no writes")."""
+    known = sorted({mandant for store in stores for mandant in store.mandanten()})
+    if filters.mandant is not None and filters.mandant not in known:
+        root = stores[0] if stores else None
+        where = "in the state database (CASAVI_STATE_URL)" if root and root.url else f"in {root.root if root else 'this folder'}"
+        print(
+            f"audit: no Mandant {filters.mandant} here: it has no snapshot {where} (Mandanten with an audit "
+            f"trail: {', '.join(known) or 'none yet'}); check --mandant, or CASAVI_SNAPSHOT_DB / --snapshot-dir",
+            file=sys.stderr,
+        )
+        return 2
+    rows, busy = query(stores, filters)
     (write_csv if as_csv else write_table)(rows, out)
     for mandant in busy:
         print(

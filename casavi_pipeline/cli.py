@@ -2,7 +2,8 @@
 
     casavi-pipeline check-casavi [--write-test]
         compare the casavi account of the settings with casavi_pipeline's model of its API
-        (exit 0 it matches, 1 it contradicts the model, 2 it cannot be checked)
+        (exit 0 it matches, 1 it contradicts the model, 2 it cannot be checked: settings, network,
+        credentials, or an empty account, which compares nothing without --write-test)
     casavi-pipeline sync --mandant M [--dry-run]
         run the main job for one Mandant in the Dagster instance ($DAGSTER_HOME) and print a short
         summary: progress, per kind what casavi confirmed, a dry run's preview, or why it stopped
@@ -26,14 +27,15 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 from casavi_pipeline import audit, run_sync
+from casavi_pipeline.account import account_id
 from casavi_pipeline.casavi import conformance
 from casavi_pipeline.casavi.client import CasaviClient
 from casavi_pipeline.casavi.ratelimit import AccountBudget, budget_path
-from casavi_pipeline.settings import Deletions, Settings, SettingsError, StateSettings, load_settings
+from casavi_pipeline.settings import Settings, SettingsError, load_settings
 from casavi_pipeline.state import deletions
-from casavi_pipeline.state.deletions import PendingDeletion, UnknownDeletionError
+from casavi_pipeline.state.deletions import Deletions, PendingDeletion, UnknownDeletionError
 from casavi_pipeline.state.files import StateBusyError, StateCorruptError
-from casavi_pipeline.state.store import StateStore
+from casavi_pipeline.state.store import StateStore, known_accounts
 
 #: The check tries a request at most this often: a casavi that is down says so in seconds, not minutes.
 CHECK_MAX_ATTEMPTS = 3
@@ -91,13 +93,23 @@ def audit_trail(args: argparse.Namespace) -> int:
     except (SettingsError, ValueError) as exc:
         print(f"audit: {exc}", file=sys.stderr)
         return 2
-    store = StateStore(Path(args.snapshot_dir)) if state is None else _state_store(state)
-    return audit.run(store, filters, as_csv=args.csv)
+    directory, url = (
+        (Path(args.snapshot_dir), None)
+        if state is None
+        else (state.directory, state.url.get_secret_value() if state.url else None)
+    )
+    stores = [StateStore(directory, url, account=account) for account in known_accounts(directory, url)]
+    return audit.run(stores, filters, as_csv=args.csv)
 
 
-def _state_store(state: StateSettings) -> StateStore:
-    """Where the settings keep the sync's state (the commands that read it build it here)."""
-    return StateStore(state.directory, state.url.get_secret_value() if state.url else None)
+def _account_store(settings: Settings) -> StateStore:
+    """The state of the casavi account the settings name (their API key, hashed), where they keep it."""
+    state = settings.state
+    return StateStore(
+        state.directory,
+        state.url.get_secret_value() if state.url else None,
+        account=account_id(settings.casavi.api_key.get_secret_value()),
+    )
 
 
 def _os_user() -> str:
@@ -133,7 +145,7 @@ def pending_deletions(args: argparse.Namespace) -> int:
         print(f"deletions: Mandant {args.mandant} is not in CASAVI_MANDANTEN ({', '.join(settings.mandanten)})",
               file=sys.stderr)  # fmt: skip
         return 2
-    store = _state_store(settings.state)
+    store = _account_store(settings)
     approving = args.approve_all or bool(args.approve)
     try:
         if approving and store.snapshot_home(args.mandant).exists():

@@ -10,6 +10,16 @@ from pathlib import Path
 
 import dagster as dg
 
+from casavi_pipeline.settings import SettingsError
+
+try:
+    # The settings first, before Dagster's component loader imports the modules that use them: a bad or
+    # missing setting then stops the load with its one line and this one frame (README, Settings), not
+    # with the line three times in the loader's nested stack traces.
+    import casavi_pipeline.defs.resources
+except SettingsError as exc:
+    raise SettingsError(str(exc)) from None
+
 import casavi_pipeline.defs
 from casavi_pipeline.defs.failures import with_failure_reason
 

@@ -6,12 +6,14 @@ when CASAVI_STATE_URL is set, in its PostgreSQL database (README, "Where persona
 
 - the run values: the ERP and casavi frames between steps (`values/<run id>/<asset>/<M>`, kept only
   while a run may need them: `casavi_pipeline/runs/values.py`), M's of every run deleted here;
-- the Mandant's snapshot: the bodies last written or read per object, set to NULL here (ids and hashes
-  stay: all the sync needs to know what casavi holds) and the pending changeset deleted;
+- the Mandant's snapshot, of every casavi account whose state is kept here (a test account and production,
+  say): the bodies last written or read per object, set to NULL here (ids and hashes stay: all the sync
+  needs to know what casavi holds) and the pending changeset deleted;
 - the account-wide listing of casavi: the bodies of the objects with M's prefix, set to NULL here;
-- files moved aside as unreadable, of the Mandant's snapshot and of the listing (`*.corrupt-*`, their
-  `.wal` and journals; in PostgreSQL the rows under such names), deleted here: diagnostics of a damaged
-  file, which after an erasure request must go (a moved-aside listing holds every Mandant's bodies).
+- copies moved aside as unreadable, of the Mandant's snapshot and of the listing (`*.corrupt-*`, their
+  `.wal` and journals, local files also when the state is in PostgreSQL; there the rows under such names),
+  deleted here: diagnostics of a damaged file, which after an erasure request must go (a moved-aside
+  listing holds every Mandant's bodies).
 
 The snapshot's audit trail (`state/audit.py`: reference ids, statuses, field names) holds no personal
 data and is kept as it is; the rewrite copies it over.
@@ -31,9 +33,11 @@ import shutil
 import sys
 from pathlib import Path
 
-from casavi_pipeline.settings import ALLOWED_SEPARATORS, MANDANT_PATTERN, SettingsError, load_settings
+from casavi_pipeline.erp.contract import MANDANT_PATTERN
+from casavi_pipeline.mapping.ids import ALLOWED_SEPARATORS
+from casavi_pipeline.settings import SettingsError, load_settings
 from casavi_pipeline.state.files import StateBusyError
-from casavi_pipeline.state.store import StateStore
+from casavi_pipeline.state.store import StateStore, known_accounts
 
 #: Folder (inside CASAVI_SNAPSHOT_DB) of the asset values the IO manager keeps (`defs.resources`).
 VALUES_FOLDER = "values"
@@ -59,7 +63,14 @@ def erase(snapshot_dir: Path, mandant: str, state_url: str | None = None) -> lis
             path.unlink()
     done.append(f"run values: {len(doomed)} files deleted under {values}")
     # Every separator: an account adopted with another separator may hold the Mandant's ids under it.
-    done += StateStore(snapshot_dir, state_url).erase(mandant, [f"{mandant}{s}" for s in ALLOWED_SEPARATORS])
+    prefixes = [f"{mandant}{s}" for s in ALLOWED_SEPARATORS]
+    # Every casavi account's state (a test account and production, say), and any kept from before accounts
+    # were told apart: the Mandant's people may be in each.
+    held = known_accounts(snapshot_dir, state_url)
+    for account in held:
+        done += StateStore(snapshot_dir, state_url, account=account).erase(mandant, prefixes)
+    if not held:
+        done.append("state: none kept here for any casavi account")
     return done
 
 

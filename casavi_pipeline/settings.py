@@ -17,7 +17,7 @@ whatever code uses it.
 
 There are no defaults for *what* to sync and *where to*: a deployment that forgot `ERP_EXPORT_DIR`
 must fail at load time, not sync the bundled fake sample into a real casavi. The sample and the local
-sandbox are defaults of the demo and the tests only (`casavi_sandbox`). Secrets (`SecretStr`: the casavi
+sandbox are defaults of the demo and the tests only (`casavi_harness`). Secrets (`SecretStr`: the casavi
 credentials, the SMTP password, webhook URLs, database URLs that may carry a password) are checked here;
 their values reach the resources only through `dagster.EnvVar`, so they never land in run config, the UI
 or the event log. Where the casavi credentials go is not run config either: the casavi resource takes
@@ -30,7 +30,6 @@ from __future__ import annotations
 import ipaddress
 import re
 from dataclasses import dataclass
-from enum import StrEnum
 from pathlib import Path
 from typing import Any, NoReturn
 from urllib.parse import urlsplit
@@ -38,39 +37,27 @@ from urllib.parse import urlsplit
 from pydantic import Field, SecretStr, ValidationError, ValidationInfo, field_validator, model_validator
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, SettingsConfigDict
-from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError
 
+from casavi_pipeline.alerts import SMTPS_PORT
 from casavi_pipeline.casavi.ratelimit import DEFAULT_CEILING_PER_MINUTE
+from casavi_pipeline.erp.contract import MANDANT_PATTERN
 from casavi_pipeline.erp.mapping_file import MappingFileError, load_mapping_file
+from casavi_pipeline.mapping.ids import ALLOWED_SEPARATORS
+from casavi_pipeline.mapping.scope import SyncRule
+from casavi_pipeline.state.deletions import Deletions
+from casavi_pipeline.urls import UNPARSABLE, shown_url
 
 #: Local run state (snapshots) lives here unless configured otherwise (relative to the working directory).
 DEFAULT_SNAPSHOT_DIR = Path("data") / "snapshots"
 
-ALLOWED_SEPARATORS = ("-", "_", ".", "/", "|")
 ALLOWED_ENCODINGS = ("utf-8", "cp1252")
 
 
-class SyncRule(StrEnum):
-    """Which tenants, and with them which objects, are synced (rule 2 of `docs/export-format.md`)."""
-
-    EMAIL = "email"  # tenants with a valid email; all real estate and all owners
-    LAST_NAME = "last-name"  # Aareon Connect's rule since 2024-02-07: tenants by name, only linked objects
 
 
-class Deletions(StrEnum):
-    """What happens to an object that leaves the scope (rule 6 of `docs/export-format.md`):
-    deleting in casavi cannot be undone, so by default a person decides (`state/deletions.py`)."""
 
-    APPROVE = "approve"  # nothing is deleted by a run: it waits as a pending deletion for a person's approval
-    DELETE = "delete"  # the run deletes it (revision 2's behaviour)
-    KEEP = "keep"  # never deleted: left in casavi as it is, counted as no longer synced
-
-
-#: A Mandant number: 1-16 letters or digits (it names files and folders: never a path or a glob). Use fullmatch.
-MANDANT_PATTERN = re.compile(r"[0-9A-Za-z]{1,16}")
-
-
+#: A host name, IPv4 or IPv6 address (CASAVI_ALERT_SMTP_HOST): letters, digits, `.`, `-`, `:` and nothing else.
+_HOST_NAME = re.compile(r"[A-Za-z0-9.-]+|\[?[0-9A-Fa-f:.]+\]?")
 #: Schemes of CASAVI_STATE_URL (SQLAlchemy URLs of PostgreSQL).
 STATE_URL_SCHEMES = ("postgresql", "postgresql+psycopg2")
 #: The key of a setting's field that marks it as no field of its group's resource (see `setting`).
@@ -83,11 +70,17 @@ class SettingsError(ValueError):
 
 def setting(variable: str, default: Any = ..., *, description: str, in_resource: bool = True, **bounds: Any) -> Any:
     """The one declaration of a setting: its environment variable, default (none: required), bounds
-    (pydantic's ge, le, gt, allow_inf_nan) and meaning (shown in the Dagster UI beside the resource's field).
+    (pydantic's ge, gt, le, lt) and meaning (shown in the Dagster UI beside the resource's field).
 
-    `in_resource=False`: the setting is used when the code location loads or read from the run's
-    environment, never a field of the group's resource (whose config a run could change).
+    A number of days, seconds or a share has sane limits on both sides: a float setting must declare an
+    upper bound, and never takes inf or nan (`1e308` requests per minute or `inf` days are a typo, not
+    a wish). `in_resource=False`: the setting is used when the code location loads or read from the
+    run's environment, never a field of the group's resource (whose config a run could change).
     """
+    if isinstance(default, float):
+        if not ({"ge", "gt"} & bounds.keys() and {"le", "lt"} & bounds.keys()):
+            raise TypeError(f"the float setting {variable} needs a lower and an upper bound")
+        bounds["allow_inf_nan"] = False
     extra = {NOT_IN_RESOURCE: True} if not in_resource else None
     return Field(default, validation_alias=variable, description=description, json_schema_extra=extra, **bounds)
 
@@ -109,9 +102,11 @@ class _Group(BaseSettings):
 
 
 def _checked_base_url(value: str) -> str:
-    """CASAVI_BASE_URL's rule: an https URL (plain http only to this machine) without user or password.
+    """CASAVI_BASE_URL's rule: an https URL (plain http only to this machine) without user or password,
+    query or fragment.
 
-    A URL carrying `user:password@` is refused without quoting it: the message must not spread the password.
+    A URL carrying `user:password@` (or a query, which might hold a token) is refused without quoting it:
+    the message must not spread the secret; the others are shown as every URL is (`shown_url`).
     """
     parts = urlsplit(value.strip())
     if parts.username is not None or parts.password is not None:
@@ -119,15 +114,20 @@ def _checked_base_url(value: str) -> str:
             "CASAVI_BASE_URL carries a user name or password (user:password@host); give only the casavi "
             "host root, e.g. https://api.mycasavi.com (the credentials are CASAVI_API_KEY and CASAVI_API_SECRET)"
         )
+    if parts.query or parts.fragment:
+        raise ValueError(
+            "CASAVI_BASE_URL carries a query or fragment (?… or #…); give only the casavi host root, "
+            "e.g. https://api.mycasavi.com"
+        )
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ValueError(
-            f"CASAVI_BASE_URL={value!r} is not an http(s) URL; use the casavi host root, "
+            f"CASAVI_BASE_URL ({shown_url(value)}) is not an http(s) URL; use the casavi host root, "
             "e.g. https://api.mycasavi.com"
         )
     if parts.scheme == "http" and not is_loopback(value):
         raise ValueError(
-            f"CASAVI_BASE_URL={value!r} uses plain http to a remote host; the API key would travel "
-            "unencrypted: use https"
+            f"CASAVI_BASE_URL ({shown_url(value)}) uses plain http to a remote host; the API key would "
+            "travel unencrypted: use https"
         )
     return value.strip().rstrip("/")
 
@@ -138,7 +138,7 @@ def _database_url(value: SecretStr | None, schemes: tuple[str, ...] | None = Non
         return None
     url = value.get_secret_value().strip()
     scheme = urlsplit(url).scheme
-    if not scheme or "://" not in url:
+    if not scheme or "://" not in url or shown_url(url) == UNPARSABLE:
         raise ValueError("is not an SQLAlchemy URL (dialect://user:password@host/database)")
     if schemes is not None and scheme not in schemes:
         raise ValueError(f"is not a PostgreSQL URL; use {' or '.join(s + '://…' for s in schemes)}")
@@ -168,6 +168,13 @@ class ErpSettings(_Group):
     mapping_file: Path | None = setting(
         "ERP_MAPPING_FILE", None, description="a YAML file mapping the ERP's columns and codes to the export contract"
     )
+    query_timeout_seconds: float = setting(
+        "ERP_QUERY_TIMEOUT_SECONDS",
+        300.0,
+        ge=1,
+        le=86_400,
+        description="ERP_SOURCE_URL: the longest wait to connect, for a lock, and for one table's query",
+    )
 
     @field_validator("source_url")
     @classmethod
@@ -175,13 +182,11 @@ class ErpSettings(_Group):
         # The message never quotes the URL: it may carry the database password.
         if value is None or not value.get_secret_value().strip():
             return None
-        try:
-            make_url(value.get_secret_value().strip())
-        except ArgumentError:
+        if shown_url(value.get_secret_value()) == UNPARSABLE:
             raise ValueError(
                 "ERP_SOURCE_URL is not a database URL; write it as dialect+driver://user:password@host:port/database, "
                 "e.g. postgresql://erp_reader:secret@erp-db/erp (docs/erp-sources.md)"
-            ) from None
+            )
         return SecretStr(value.get_secret_value().strip())
 
     @field_validator("directory")
@@ -204,9 +209,9 @@ class ErpSettings(_Group):
 
     @property
     def input(self) -> str:
-        """Where the ERP is read from, for messages (a database URL without its password)."""
+        """Where the ERP is read from, for messages (a database URL as `shown_url` shows it)."""
         if self.source_url is not None:
-            return make_url(self.source_url.get_secret_value()).render_as_string(hide_password=True)
+            return shown_url(self.source_url.get_secret_value())
         return str(self.directory)
 
     @field_validator("mandanten_csv")
@@ -255,7 +260,7 @@ class StateSettings(_Group):
         "CASAVI_STATE_URL", None, description="SQLAlchemy URL of a PostgreSQL database for the run state"
     )
     audit_retention_days: float = setting(
-        "CASAVI_AUDIT_RETENTION_DAYS", 400.0, gt=0, description="audit rows older than this are dropped"
+        "CASAVI_AUDIT_RETENTION_DAYS", 400.0, ge=1, le=36_500, description="audit rows older than this are dropped"
     )
 
     @field_validator("directory")
@@ -291,7 +296,7 @@ class CasaviSettings(CasaviTarget):
         "CASAVI_REQUESTS_PER_MINUTE",
         DEFAULT_CEILING_PER_MINUTE,
         ge=0,
-        allow_inf_nan=False,
+        le=100_000,
         description="ceiling of the client's adaptive rate (casavi_pipeline.casavi.ratelimit), 0 = none",
     )
     max_concurrency: int = setting(
@@ -336,17 +341,21 @@ class SyncPolicySettings(_Group):
         "CASAVI_VERIFY_WRITES", True, description="read back the first write per kind"
     )
     read_max_age_minutes: float = setting(
-        "CASAVI_READ_MAX_AGE_MINUTES", 10.0, ge=0, description="reuse a listing of casavi this fresh"
+        "CASAVI_READ_MAX_AGE_MINUTES", 10.0, ge=0, le=1440, description="reuse a listing of casavi this fresh"
     )
     full_read_every_days: float = setting(
-        "CASAVI_FULL_READ_EVERY_DAYS", 0.75, gt=0, description="list the whole account at least this often"
+        "CASAVI_FULL_READ_EVERY_DAYS",
+        0.75,
+        ge=0.01,
+        le=31,
+        description="list the whole account at least this often",
     )
     # Data quality: warn when more than this share of a Mandant's tenants has no valid email
     email_drop_warn_share: float = setting(
         "CASAVI_EMAIL_DROP_WARN_SHARE", 0.25, ge=0, le=1, description="email_rule_dropped warns above this share"
     )
     progress_seconds: float = setting(
-        "CASAVI_PROGRESS_SECONDS", 30.0, gt=0, description="how often a long sync reports its progress"
+        "CASAVI_PROGRESS_SECONDS", 30.0, ge=1, le=3600, description="how often a long sync reports its progress"
     )
     # Records casavi rejects (casavi_pipeline.sync.rejections)
     max_rejected_share: float = setting(
@@ -360,10 +369,18 @@ class SyncPolicySettings(_Group):
     )
     # Automation and freshness
     delivery_settle_seconds: float = setting(
-        "CASAVI_DELIVERY_SETTLE_SECONDS", 60.0, ge=0, description="a delivery is unchanged this long before a run"
+        "CASAVI_DELIVERY_SETTLE_SECONDS",
+        60.0,
+        ge=0,
+        le=86_400,
+        description="a delivery is unchanged this long before a run",
     )
     freshness_hours: float = setting(
-        "CASAVI_FRESHNESS_HOURS", 26.0, gt=0, description="a Mandant not synced for longer fails its freshness check"
+        "CASAVI_FRESHNESS_HOURS",
+        26.0,
+        ge=1,
+        le=8760,
+        description="a Mandant not synced for longer fails its freshness check",
     )
 
     @field_validator("id_separator")
@@ -426,10 +443,24 @@ class AlertSettings(_Group):
             return None
         if urlsplit(value.strip()).scheme not in ("http", "https"):
             raise ValueError(
-                f"CASAVI_ALERT_UI_URL={value!r} is not an http(s) URL; use the Dagster UI's address, "
-                "e.g. https://dagster.example.org"
+                f"CASAVI_ALERT_UI_URL ({shown_url(value)}) is not an http(s) URL; use the Dagster UI's "
+                "address, e.g. https://dagster.example.org"
             )
         return value.strip().rstrip("/")
+
+    @field_validator("smtp_host")
+    @classmethod
+    def _smtp_host_valid(cls, value: str | None) -> str | None:
+        # Only a host: a URL here (smtp://user:password@host) would carry the login; never quoted.
+        if value is None or not value.strip():
+            return None
+        if not _HOST_NAME.fullmatch(value.strip()):
+            raise ValueError(
+                "CASAVI_ALERT_SMTP_HOST is not a host name or address; give only the server, e.g. "
+                "smtp.example.org (its port is CASAVI_ALERT_SMTP_PORT, the login CASAVI_ALERT_SMTP_USER "
+                "and CASAVI_ALERT_SMTP_PASSWORD)"
+            )
+        return value.strip()
 
     @field_validator("slack_webhook_url", "teams_webhook_url")
     @classmethod
@@ -451,6 +482,20 @@ class AlertSettings(_Group):
             )
         if self.smtp_password and not self.smtp_user:
             raise ValueError("CASAVI_ALERT_SMTP_PASSWORD is set without CASAVI_ALERT_SMTP_USER")
+        # Like a webhook (https unless on this machine): a login travels encrypted or not at all. Port
+        # 465 speaks TLS from the first byte (casavi_pipeline.alerts), so STARTTLS does not apply there.
+        if (
+            self.smtp_host
+            and self.smtp_user
+            and not self.smtp_starttls
+            and self.smtp_port != SMTPS_PORT
+            and not is_local_host(self.smtp_host)
+        ):
+            raise ValueError(
+                "CASAVI_ALERT_SMTP_STARTTLS=false with CASAVI_ALERT_SMTP_USER would send the SMTP password "
+                "unencrypted to CASAVI_ALERT_SMTP_HOST, which is not this machine; keep STARTTLS on (the "
+                f"default) or use CASAVI_ALERT_SMTP_PORT={SMTPS_PORT} (TLS from the start)"
+            )
         return self
 
     @property
@@ -474,6 +519,12 @@ class Settings:
         """The Mandanten numbers to sync, as strings with their leading zeros."""
         return self.erp.mandanten
 
+    @property
+    def endpoints(self) -> str:
+        """Where the sync reads and writes, for the terminal: `casavi https://…; ERP postgresql://…` (URLs
+        as `shown_url` shows them)."""
+        return f"casavi {shown_url(self.casavi.base_url)}; ERP {self.erp.input}"
+
 
 #: The groups in the order of `Settings`' fields.
 GROUPS: dict[str, type[_Group]] = {
@@ -492,7 +543,12 @@ def declared_variables() -> list[str]:
 
 def is_loopback(url: str) -> bool:
     """Does the URL point at this machine (127.0.0.0/8, ::1 or localhost)?"""
-    host = urlsplit(url).hostname or ""
+    return is_local_host(urlsplit(url).hostname or "")
+
+
+def is_local_host(host: str) -> bool:
+    """Is the host name or address this machine (127.0.0.0/8, ::1 or localhost)?"""
+    host = host.strip("[]")
     if host == "localhost":
         return True
     try:

@@ -8,8 +8,10 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
+from casavi_pipeline import account
 from casavi_pipeline.casavi import api
 from casavi_pipeline.casavi.api import ObjectKind
+from casavi_pipeline.state.store import StateStore
 from casavi_pipeline_tests.erp_fixtures import Append, write_export
 from casavi_pipeline_tests.harness import run_from_environment
 from casavi_sandbox import SandboxProcess
@@ -62,6 +64,18 @@ def env(tmp_path, sandbox: SandboxProcess, monkeypatch, backend: str, request: p
     Path(values["DAGSTER_HOME"]).mkdir()
     shutil.copy(REPO / "dagster.yaml", Path(values["DAGSTER_HOME"]) / "dagster.yaml")
     return values
+
+
+def state_folder(env) -> Path:
+    """Where the test's casavi account keeps its state: `CASAVI_SNAPSHOT_DB/account-<id of its API key>`."""
+    return account.folder(Path(env["CASAVI_SNAPSHOT_DB"]), account.account_id(env["CASAVI_API_KEY"]))
+
+
+def state_store(env) -> StateStore:
+    """The test's casavi account's state, on the test's backend."""
+    return StateStore(
+        Path(env["CASAVI_SNAPSHOT_DB"]), env.get("CASAVI_STATE_URL"), account=account.account_id(env["CASAVI_API_KEY"])
+    )
 
 
 def export(env, rows=None) -> Path:

@@ -54,6 +54,11 @@ class PostgresServer:
 
     def start(self) -> PostgresServer:
         self._run(self.bin / "initdb", "-D", self.folder / "db", "-U", self.USER, "--auth=trust")
+        self.resume()
+        return self
+
+    def resume(self) -> None:
+        """Start the server on its database (again, after `halt`), on the same port."""
         options = f"-p {self.port} -k {self.folder} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=200"
         self._run(
             self.bin / "pg_ctl",
@@ -66,7 +71,10 @@ class PostgresServer:
             "-w",
             "start",
         )
-        return self
+
+    def halt(self) -> None:
+        """Stop the server at once, as a crash would (connections dropped), keeping its data for `resume`."""
+        self._run(self.bin / "pg_ctl", "-D", self.folder / "db", "-m", "immediate", "stop")
 
     def stop(self) -> None:
         subprocess.run(

@@ -5,13 +5,13 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
+from casavi_harness.fake import FakeCasaviClient
 from casavi_pipeline.casavi import api
 from casavi_pipeline.casavi.api import ObjectKind
 from casavi_pipeline.casavi.errors import CasaviUnavailableError
 from casavi_pipeline.state.diff import compute_changeset
 from casavi_pipeline.state.snapshot import Snapshot
 from casavi_pipeline.sync.apply import apply_changeset
-from casavi_sandbox.fake import FakeCasaviClient
 
 
 def frames(units: int) -> dict[ObjectKind, pd.DataFrame]:

@@ -29,6 +29,8 @@ from casavi_pipeline_tests.e2e import (
     assert_sandbox_holds,
     export,
     run_job,
+    state_folder,
+    state_store,
     writes_by_route,
 )
 from casavi_pipeline_tests.erp_fixtures import default_rows
@@ -41,7 +43,7 @@ DRY_RUN = {"ops": {"casavi_sync": {"config": {"dry_run": True}}}}
 
 
 def snapshot_path(env) -> Path:
-    return Path(env["CASAVI_SNAPSHOT_DB"]) / f"snapshot_{MANDANT}.duckdb"
+    return state_folder(env) / f"snapshot_{MANDANT}.duckdb"
 
 
 def trail(env, *args: str) -> subprocess.CompletedProcess:
@@ -55,9 +57,7 @@ def trail(env, *args: str) -> subprocess.CompletedProcess:
 
 
 def all_rows(env):
-    rows, busy = audit_cli.query(
-        StateStore(Path(env["CASAVI_SNAPSHOT_DB"]), env.get("CASAVI_STATE_URL")), audit_cli.Filters()
-    )
+    rows, busy = audit_cli.query([state_store(env)], audit_cli.Filters())
     assert busy == []
     return rows
 
@@ -252,7 +252,7 @@ def test_a_replayed_fold_adds_no_row_twice_and_a_torn_line_is_dropped(tmp_path):
     path.with_suffix(".audit").write_bytes(lines + b'["abc", "2026-')
     with Snapshot(path, "0009") as snapshot:
         assert snapshot.dropped_audit_lines == 1
-    rows, busy = audit_cli.query(StateStore(tmp_path), audit_cli.Filters())
+    rows, busy = audit_cli.query([StateStore(tmp_path, account=None)], audit_cli.Filters())
     assert (len(rows), busy) == (2, [])
     assert not path.with_suffix(".audit").exists()
 

@@ -1,4 +1,4 @@
-"""Schedule, delivery sensor and failure reporting, with Dagster's test helpers."""
+"""Schedule and delivery sensor, with Dagster's test helpers; the one-line failure reason."""
 
 from __future__ import annotations
 

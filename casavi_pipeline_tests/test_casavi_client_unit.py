@@ -16,7 +16,7 @@ import pytest
 
 from casavi_pipeline.casavi import api
 from casavi_pipeline.casavi.api import ObjectKind
-from casavi_pipeline.casavi.client import MAX_RETRY_AFTER_SECONDS, CasaviClient, Operation
+from casavi_pipeline.casavi.client import CasaviClient, Operation
 from casavi_pipeline.casavi.errors import (
     CasaviAuthError,
     CasaviError,
@@ -25,6 +25,7 @@ from casavi_pipeline.casavi.errors import (
     CasaviUnavailableError,
 )
 from casavi_pipeline.casavi.ratelimit import AccountBudget
+from casavi_pipeline.casavi.retry import MAX_RETRY_AFTER_SECONDS, WAIT_LINE_SECONDS
 from casavi_pipeline_tests.fake_time import FakeTime
 
 FUTURE = (dt.datetime.now(dt.UTC) + dt.timedelta(days=30)).isoformat().replace("+00:00", "Z")
@@ -96,12 +97,16 @@ def test_a_second_401_is_an_auth_error():
         client.upsert(ObjectKind.PROPERTY, PAYLOAD)
 
 
-def test_token_is_renewed_before_it_expires():
-    soon = (dt.datetime.now(dt.UTC) + dt.timedelta(seconds=1)).isoformat().replace("+00:00", "Z")
-    fake = FakeCasavi(200, 200, expires=soon)
-    with client_for(fake) as client:
+def test_token_is_renewed_before_it_expires_on_the_injected_clock():
+    wall = FakeTime(start=dt.datetime(2026, 12, 24, tzinfo=dt.UTC).timestamp())
+    expires = dt.datetime(2026, 12, 24, 1, tzinfo=dt.UTC).isoformat().replace("+00:00", "Z")  # in one hour
+    fake = FakeCasavi(200, 200, 200, expires=expires)
+    with client_for(fake, now=wall) as client:
         client.upsert(ObjectKind.PROPERTY, PAYLOAD)
-        time.sleep(1.0)
+        wall.advance(3600 - 300 - 1)  # just over 5 minutes before it expires: still valid
+        client.upsert(ObjectKind.PROPERTY, PAYLOAD)
+        assert fake.tokens == 1
+        wall.advance(2)  # within its last 5 minutes: renewed before casavi would refuse it
         client.upsert(ObjectKind.PROPERTY, PAYLOAD)
     assert fake.tokens == 2
 
@@ -129,6 +134,58 @@ def test_5xx_and_transport_errors_are_retried():
     with client_for(flaky) as client:
         assert client.upsert(ObjectKind.PROPERTY, PAYLOAD).created
         assert (client.stats.retries, client.stats.transport_errors, client.stats.server_errors) == (2, 1, 1)
+
+
+def test_a_failing_casavi_is_told_when_the_wait_starts_while_it_lasts_and_when_it_answers_again():
+    """No minutes of silence before "gave up": one line when requests start waiting (and how long they
+    try), one every WAIT_LINE_SECONDS while casavi keeps failing, one when it answers again."""
+    clock = FakeTime()
+    answers = iter(["drop", *[503] * 8, 201, 201])
+
+    def failing(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/v2/authenticate":
+            return httpx.Response(200, json={"token": "t", "expiresAt": FUTURE})
+        clock.advance(5.0)  # each failing answer takes a while
+        answer = next(answers)
+        if answer == "drop":
+            raise httpx.ConnectError("connection refused")
+        return httpx.Response(answer)
+
+    said: list[str] = []
+    client = CasaviClient(
+        "https://casavi.test", "the-key", "the-secret", budget=None, transport=httpx.MockTransport(failing),
+        backoff_seconds=0.5, max_attempts=20, clock=clock, sleep=clock.sleep, on_wait=said.append,
+    )  # fmt: skip
+    with client:
+        assert client.upsert(ObjectKind.PROPERTY, PAYLOAD).created
+        assert client.upsert(ObjectKind.PROPERTY, {**PAYLOAD, "id": "0001-2"}).created
+    assert said[0] == (
+        "casavi at https://casavi.test fails (ConnectError talking to casavi): waiting for it; each request is "
+        "tried 20 times within 300 s before the sync gives up"
+    )
+    still = [line for line in said[1:-1] if line.startswith("still waiting for casavi at https://casavi.test")]
+    assert still and len(still) == len(said) - 2  # nothing else in between
+    assert "(503 server error) for " in still[-1]
+    waited = clock.now - 1_800_000_000.0
+    assert len(still) <= waited / WAIT_LINE_SECONDS  # at most one per WAIT_LINE_SECONDS
+    assert said[-1].startswith("casavi at https://casavi.test answers again, after ")
+    assert sum(line.startswith("casavi at https://casavi.test answers again") for line in said) == 1
+
+
+def test_an_answer_sent_before_casavi_failed_does_not_count_as_answering_again():
+    """Requests in flight when casavi went away still get their answers: those say nothing about now."""
+    clock = FakeTime()
+    said: list[str] = []
+    client = CasaviClient(
+        "https://casavi.test", "k", "s", budget=None, transport=httpx.MockTransport(FakeCasavi()),
+        clock=clock, sleep=clock.sleep, on_wait=said.append,
+    )  # fmt: skip
+    with client:
+        client.outage.failing("ConnectError talking to casavi")  # another thread's request failed just now
+        client._answered_again(sent=clock() - 1.0)  # an answer to a request sent before that
+        assert len(said) == 1 and said[0].startswith("casavi at https://casavi.test fails")
+        client._answered_again(sent=clock())
+        assert said[-1] == "casavi at https://casavi.test answers again, after 0 s"
 
 
 def test_exhausted_retries_raise_unavailable_naming_call_and_id():

@@ -23,14 +23,14 @@ import dagster as dg
 import httpx
 import pytest
 
+from casavi_harness.accounts import mapped_bodies
+from casavi_harness.local import SAMPLE_EXPORT_DIR, SAMPLE_MANDANTEN
 from casavi_pipeline.casavi import api, conformance
 from casavi_pipeline.casavi.api import ObjectKind
 from casavi_pipeline.casavi.client import CasaviClient, Operation
 from casavi_pipeline.casavi.errors import CasaviModelMismatchError
 from casavi_pipeline_tests.harness import reason_of_run, run_from_environment
 from casavi_sandbox import SandboxProcess
-from casavi_sandbox.accounts import mapped_bodies
-from casavi_sandbox.local import SAMPLE_EXPORT_DIR, SAMPLE_MANDANTEN
 
 CLI = Path(sys.executable).with_name("casavi-pipeline")
 NAMES_AND_VALUES = ("Lindenstraße", "Erika", "Mustermann", "erika@example.org", "+49 30 123", "Haus am See")
@@ -110,10 +110,12 @@ class MockCasavi:
         self.objects = {c: {o["id"]: o for o in objs} for c, objs in (objects or account()).items()}
         self.behaviour = behaviour
         self.calls: list[tuple[str, str]] = []
+        self.hosts: set[str] = set()  # every host a request went to
 
     def __call__(self, request: httpx.Request) -> httpx.Response:
         raw_path = request.url.raw_path.decode().split("?")[0]
         self.calls.append((request.method, raw_path))
+        self.hosts.add(request.url.host)
         if raw_path == api.AUTH_PATH:
             if json.loads(request.content)[api.AUTH_SECRET_FIELD] != "s":
                 return httpx.Response(401, json={"message": "bad credentials"})
@@ -128,7 +130,8 @@ class MockCasavi:
             assert request.method == "GET"
             size = int(request.url.params[api.PAGE_SIZE_PARAM])
             page = list(stored.values())[:size]
-            links = {"next": f"{collection}?cursor=2"} if len(stored) > size else {}
+            origin = self.behaviour.get("next_origin", "")  # e.g. another host casavi serves the account on
+            links = {"next": f"{origin}/v2/{collection}?cursor=2"} if len(stored) > size else {}
             return httpx.Response(200, json={"list": page, "_links": links})
         if request.method in self.behaviour.get("not_allowed", ()):
             return httpx.Response(405)
@@ -139,6 +142,10 @@ class MockCasavi:
             found = stored.get(ref_id)
             return httpx.Response(200, json=found) if found else httpx.Response(404, json={})
         if request.method == "DELETE":
+            if "delete_status" in self.behaviour:
+                return httpx.Response(self.behaviour["delete_status"], json={"message": "no"})
+            if self.behaviour.get("archive_on_delete") and ref_id in stored:  # answered as deleted, kept
+                return httpx.Response(204)
             return httpx.Response(204 if stored.pop(ref_id, None) else 404)
         body = json.loads(request.content)
         for dropped in self.behaviour.get("drop_on_write", ()):
@@ -237,9 +244,28 @@ def test_enum_values_outside_ours_name_the_enum_and_show_only_codes():
         objects["contacts"][0]["salutation"] = "Herr Dr. Mustermann"
 
     report = check(MockCasavi(edited(change)))
-    assert sorted(contradicted(report)) == ["ContractType", "Salutation", "Usage"]
+    # a usage outside ours is one casavi's UI sets (Stellplatz): a note; the others contradict the model
+    assert sorted(contradicted(report)) == ["ContractType", "Salutation"]
     out = text(report)
     assert "MIXED_USE (1)" in out and "SUBTENANT (1)" in out and "Mustermann" not in out
+    assert 'NOTE Usage: field "usage" has values casavi\'s UI sets beyond ours: MIXED_USE (1)' in out
+
+
+def test_a_usage_casavi_s_ui_sets_is_a_note_naming_the_value_and_the_check_still_matches():
+    def change(objects):
+        parking, empty = ({**objects["units"][0], "id": f"0001-1-{n}"} for n in (2, 3))
+        objects["units"] += [{**parking, "usage": "PARKING"}, {**empty, "usage": ""}]
+
+    report = check(MockCasavi(edited(change)))
+    assert report.exit_code == conformance.MATCHES, text(report)
+    notes = [line for line in text(report).splitlines() if line.startswith("NOTE ")]
+    assert notes == [
+        'NOTE Usage: field "usage" has values casavi\'s UI sets beyond ours: PARKING (1); the sync keeps '
+        "them as casavi holds them",
+        'NOTE Usage: field "usage" is empty on 1 of 3; the sync fills it with the ERP\'s value',
+    ]
+    only_parking = check(MockCasavi(edited(lambda o: o["units"][0].update(usage="PARKING"))))
+    assert "(none of ours among 1: if casavi names ours otherwise, change Usage)" in text(only_parking)
 
 
 def test_address_and_contract_shapes():
@@ -260,12 +286,20 @@ def test_address_and_contract_shapes():
     assert "12345" not in text(report) and "01.01.2020" not in text(report)
 
 
-def test_an_empty_account_has_nothing_to_compare():
+def test_an_empty_account_compared_nothing_and_says_to_run_the_write_test_on_a_test_account():
     report = check(MockCasavi({"properties": [], "units": [], "contacts": []}))
-    assert report.exit_code == conformance.MATCHES
+    assert report.exit_code == conformance.CANNOT_CHECK  # not "matches": nothing was compared
     assert report.requests == 4  # the login and three listings; nothing to read by id
-    for collection in ("properties", "units", "contacts"):
-        assert f"nothing to compare (the account has no {collection})" in text(report)
+    assert report.summary == (
+        "cannot check casavi at https://casavi.test: the account holds no property, unit or contact, so "
+        "nothing was compared: run `casavi-pipeline check-casavi --write-test` (in Dagster: "
+        "casavi_conformance with write_test) against a casavi test account (4 requests, 0 writes)"
+    )
+    written = check(MockCasavi({"properties": [], "units": [], "contacts": []}), write_test=True)
+    assert written.exit_code == conformance.MATCHES, text(written)
+    assert "the account holds nothing to compare: only the write test's objects were" in text(written)
+    # one kind holding something is a comparison
+    assert check(MockCasavi({**account(), "contacts": []})).exit_code == conformance.MATCHES
 
 
 def test_a_missing_collection_is_a_contradiction_naming_it():
@@ -283,6 +317,40 @@ def test_the_first_page_only_and_its_envelope():
     assert report.requests == 7  # the next link is not followed
     assert "unit: 500 objects on the first page (pageSize=500, a next link)" in text(report)
     assert "paging envelope: list, _links; _links: next (next on units: not followed)" in text(report)
+    assert "next link: on casavi.test, the configured host" in text(report)
+
+
+def test_without_a_next_link_a_page_of_one_shows_its_host():
+    objects = account()
+    objects["units"] = [{**objects["units"][0], "id": f"0001-1-{i}"} for i in range(2)]
+    mock = MockCasavi(objects)
+    report = check(mock)
+    assert report.exit_code == conformance.MATCHES, text(report)
+    assert report.requests == 8  # one more: the units' first page of one object
+    assert mock.calls[-1] == ("GET", "/v2/units")
+    assert "next link: on casavi.test, the configured host" in text(report)
+    assert "next link: none seen (no kind holds two objects)" in text(check(MockCasavi()))
+
+
+def test_a_next_link_on_another_host_names_the_base_url_to_set_and_is_never_followed():
+    objects = account()
+    objects["units"] = [{**objects["units"][0], "id": f"0001-1-{i}"} for i in range(2)]
+    mock = MockCasavi(objects, next_origin="https://api-v2.casavi.test")
+    report = check(mock)
+    assert report.exit_code == conformance.CONTRADICTS
+    assert contradicted(report) == ["CASAVI_BASE_URL"]
+    assert report.summary == (
+        "casavi at https://casavi.test contradicts casavi_pipeline's model (8 requests, 0 writes): "
+        "CASAVI_BASE_URL: casavi's next-page link points at https://api-v2.casavi.test, not at "
+        "https://casavi.test: set CASAVI_BASE_URL=https://api-v2.casavi.test (the sync sends its token only "
+        "to the configured host, and stops at a link elsewhere)"
+    )
+    assert mock.hosts == {"casavi.test"}  # the token went nowhere else
+    # a first page that already carries such a link: reported the same, no listing error
+    objects["units"] = [{**objects["units"][0], "id": f"0001-1-{i}"} for i in range(api.MAX_PAGE_SIZE + 1)]
+    full = check(MockCasavi(objects, next_origin="https://api-v2.casavi.test:8443"))
+    assert contradicted(full) == ["CASAVI_BASE_URL"] and full.requests == 7
+    assert "set CASAVI_BASE_URL=https://api-v2.casavi.test:8443 " in full.summary
 
 
 def test_a_full_page_without_a_next_link_is_a_contradiction():
@@ -326,11 +394,30 @@ def test_the_write_test_writes_reads_back_and_deletes_in_order():
         "PUT /v2/contacts/{id} → 201",
         "GET /v2/contacts/{id} → 200",
         "DELETE /v2/contacts/{id} → 204",
+        "GET /v2/contacts/{id} → 404",
         "DELETE /v2/units/{id} → 204",
+        "GET /v2/units/{id} → 404",
         "DELETE /v2/properties/{id} → 204",
+        "GET /v2/properties/{id} → 404",
     ]
     assert not any(ref.startswith(prefix) for objs in mock.objects.values() for ref in objs)
     assert report.writes == 7
+    assert "DELETE answers: contact 204, gone when read back; unit 204, gone when read back; property 204, " \
+        "gone when read back" in text(report)  # fmt: skip
+
+
+def test_the_write_test_records_a_delete_casavi_refuses_or_only_archives():
+    forbidden = check(MockCasavi(delete_status=403), write_test=True)
+    assert forbidden.exit_code == conformance.CONTRADICTS and forbidden.cannot_check is None
+    assert "DELETE answers: contact 403 (this API key may not delete); unit 403 (this API key may not " \
+        "delete); property 403 (this API key may not delete)" in text(forbidden)  # fmt: skip
+    assert len(forbidden.left_behind) == 3
+    conflict = check(MockCasavi(delete_status=409), write_test=True)
+    assert "DELETE answers: contact 409; unit 409; property 409" in text(conflict)
+    archived = check(MockCasavi(archive_on_delete=True), write_test=True)
+    assert "STATUS_DELETED" in contradicted(archived)
+    assert "contact 204, still read by id" in text(archived)
+    assert "GET /v2/contacts/{id} → 200 (expected 404)" in text(archived)
 
 
 def test_the_write_test_names_a_field_casavi_does_not_keep():
@@ -461,11 +548,13 @@ def assert_read_only(sandbox: SandboxProcess) -> int:
 def test_the_sample_account_matches_read_only_and_no_personal_value_is_printed(sandbox, tmp_path):
     bodies = sample_bodies()
     sandbox.seed(bodies)
-    sandbox.configure(unmanaged_fields="images,responsibilities,appLink,customFields,mscObjectNumber")
+    # every read carries appLink already; these are the other fields the sync does not manage
+    sandbox.configure(unmanaged_fields="images,responsibilities,customFields,mscObjectNumber")
     done = run_cli(settings_for(sandbox.base_url, sandbox.api_key, sandbox.api_secret), cwd=tmp_path)
     assert done.returncode == 0, done.stdout + done.stderr
-    assert assert_read_only(sandbox) == 7
+    assert assert_read_only(sandbox) == 8  # 7, and a page of one object: no first page had a next link
     out = done.stdout + done.stderr
+    assert "next link: on 127.0.0.1, the configured host" in out
     assert "fields casavi returned that the model does not know: -" in out
     assert out.count("one read by id: 200, the same fields as listed") == 3  # property, unit, contact
     leaked = sorted(value for value in personal_values(bodies) if value in out)
@@ -511,6 +600,24 @@ def test_the_write_test_names_a_field_casavi_loses(sandbox, tmp_path):
     )
     assert done.returncode == 1, done.stdout + done.stderr
     assert 'CONTRACT_RULES field "number": written, read back without it' in done.stdout
+    assert not any(sandbox.state().values())
+
+
+def test_an_empty_account_exits_2_in_one_line_and_its_write_test_compares(sandbox, tmp_path):
+    env = settings_for(sandbox.base_url, sandbox.api_key, sandbox.api_secret)
+    done = run_cli(env, cwd=tmp_path)
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert done.stdout == "" and done.stderr.count("\n") == 1
+    assert "nothing was compared: run `casavi-pipeline check-casavi --write-test`" in done.stderr
+    assert assert_read_only(sandbox) == 4
+    written = run_cli(env, "--write-test", cwd=tmp_path)
+    assert written.returncode == 0, written.stdout + written.stderr
+    assert "the account holds nothing to compare: only the write test's objects were" in written.stdout
+    deletes = [line for line in written.stdout.splitlines() if line.startswith("DELETE answers: ")]
+    assert deletes == [
+        "DELETE answers: contact 204, gone when read back; unit 204, gone when read back; property 204, "
+        "gone when read back"
+    ]
     assert not any(sandbox.state().values())
 
 
@@ -566,7 +673,7 @@ def scripted() -> Iterator[tuple[str, MockCasavi]]:
         thread.join(timeout=10)
 
 
-def test_enum_values_outside_ours_exit_1_naming_each_enum(scripted, tmp_path):
+def test_enum_values_outside_ours_exit_1_naming_each_enum_but_a_usage_is_a_note(scripted, tmp_path):
     # the sandbox validates every write and seed with the adapter's enums: a scripted casavi serves them
     base_url, mock = scripted
     mock.objects["units"]["0001-1-1"]["usage"] = "MIXED_USE"
@@ -574,11 +681,27 @@ def test_enum_values_outside_ours_exit_1_naming_each_enum(scripted, tmp_path):
     done = run_cli(settings_for(base_url), cwd=tmp_path)
     assert done.returncode == 1, done.stdout + done.stderr
     assert [line.split(":")[0] for line in done.stdout.splitlines() if line.startswith("CONTRADICTION")] == [
-        "CONTRADICTION Usage",
         "CONTRADICTION ContractType",
+    ]
+    assert [line.split(":")[0] for line in done.stdout.splitlines() if line.startswith("NOTE")] == [
+        "NOTE Usage"
     ]
     assert "MIXED_USE (1)" in done.stdout and "Erika" not in done.stdout
     assert {method for method, _ in mock.calls} == {"POST", "GET"} and len(mock.calls) == 7
+
+
+def test_a_next_link_on_another_host_is_one_line_naming_the_base_url_to_set(scripted, tmp_path):
+    base_url, mock = scripted
+    mock.objects["units"]["0001-1-2"] = {**mock.objects["units"]["0001-1-1"], "id": "0001-1-2"}
+    mock.behaviour["next_origin"] = "https://api-v2.mycasavi.test"
+    done = run_cli(settings_for(base_url), cwd=tmp_path)
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert [line for line in done.stdout.splitlines() if line.startswith("CONTRADICTION")] == [
+        "CONTRADICTION CASAVI_BASE_URL: casavi's next-page link points at https://api-v2.mycasavi.test, not "
+        f"at {base_url}: set CASAVI_BASE_URL=https://api-v2.mycasavi.test (the sync sends its token only to "
+        "the configured host, and stops at a link elsewhere)"
+    ]
+    assert done.stderr == "" and len(mock.calls) == 8
 
 
 def test_a_sync_meeting_a_405_says_in_one_line_to_run_check_casavi(scripted, tmp_path, monkeypatch):

@@ -2,20 +2,27 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
+from collections.abc import Callable
+from pathlib import Path
 
 import dagster as dg
 import pytest
 
+from casavi_harness.fake import FakeCasaviResource
+from casavi_harness.local import SAMPLE_EXPORT_DIR, SAMPLE_MANDANTEN
+from casavi_pipeline import account
 from casavi_pipeline.casavi.api import ObjectKind
 from casavi_pipeline.defs.resources import ErpExport, SnapshotStore, SyncPolicy, build_resources
-from casavi_pipeline.settings import SettingsError, SyncRule
+from casavi_pipeline.mapping.scope import SyncRule
+from casavi_pipeline.settings import SettingsError
 from casavi_pipeline_tests.erp_fixtures import default_rows, write_export
 from casavi_pipeline_tests.harness import check_results, run_mandant, settings_from
-from casavi_sandbox.fake import FakeCasaviResource
-from casavi_sandbox.local import SAMPLE_EXPORT_DIR, SAMPLE_MANDANTEN
+from casavi_pipeline_tests.processes import Processes, starts_processes
 
+REPO = Path(__file__).resolve().parents[1]
 ERP = {"wirtschaftseinheiten", "gebaeude", "verwaltungseinheiten", "mietvertraege", "mieter",
        "eigentuemervertraege", "eigentuemer"}  # fmt: skip
 CASAVI = {"casavi_addresses", "casavi_properties", "casavi_units", "casavi_contacts", "casavi_contracts",
@@ -29,20 +36,26 @@ REQUIRED = {
 }
 
 
-def load_location(
-    env: dict[str, str], code: str = "import casavi_pipeline.definitions"
-) -> subprocess.CompletedProcess:
+
+def state_of(tmp_path: Path) -> Path:
+    """The folder of the fake casavi account's state (`resources` binds the key "fake-account")."""
+    return account.folder(tmp_path / "snapshots", account.account_id("fake-account"))
+
+@pytest.fixture
+@starts_processes
+def load_location(processes: Processes) -> Callable[..., subprocess.CompletedProcess]:
     """Load the code location in a fresh interpreter with exactly this environment (and no .env)."""
-    return subprocess.run(
-        [sys.executable, "-c", code], env={"PATH": "", "HOME": "/tmp", **env}, capture_output=True,
-        text=True, cwd="/", timeout=120,
-    )  # fmt: skip
+
+    def load(env: dict[str, str], code: str = "import casavi_pipeline.definitions") -> subprocess.CompletedProcess:
+        return processes.run([sys.executable, "-c", code], env={"PATH": "", "HOME": "/tmp", **env}, cwd="/")
+
+    return load
 
 
 def resources(tmp_path, export_dir, **policy) -> dict[str, object]:
     return {
         "erp_export": ErpExport(directory=str(export_dir)),
-        "snapshots": SnapshotStore(directory=str(tmp_path / "snapshots")),
+        "snapshots": SnapshotStore(directory=str(tmp_path / "snapshots"), account_key="fake-account"),
         "sync_policy": SyncPolicy(**policy),
         "casavi": FakeCasaviResource(),
     }
@@ -85,7 +98,7 @@ def test_groups_lineage_and_partitions():
     assert partitions.get_partition_keys() == SAMPLE_MANDANTEN.split(",")
 
 
-def test_partitions_follow_the_mandanten_setting():
+def test_partitions_follow_the_mandanten_setting(load_location):
     code = (
         "from casavi_pipeline.definitions import defs; "
         "print(defs.resolve_job_def('casavi_sync_job').partitions_def.get_partition_keys())"
@@ -95,7 +108,7 @@ def test_partitions_follow_the_mandanten_setting():
     assert out.stdout.strip() == "['0007', '0420']"
 
 
-def test_without_the_required_settings_the_location_does_not_load_and_says_what_to_set():
+def test_without_the_required_settings_the_location_does_not_load_and_says_what_to_set(load_location):
     """No default export and no default casavi: a forgotten ERP_EXPORT_DIR must not sync the sample."""
     out = load_location({})
     assert out.returncode != 0
@@ -105,6 +118,19 @@ def test_without_the_required_settings_the_location_does_not_load_and_says_what_
         "is not set; CASAVI_API_KEY is not set; CASAVI_API_SECRET is not set." in out.stderr
     )
     assert load_location(REQUIRED).returncode == 0
+
+
+def test_dg_check_defs_without_the_settings_says_the_one_line_once(tmp_path, processes):
+    """What `./run dg check defs` prints around it is Dagster's (its log prefix, one frame, the hidden
+    system frames); the line itself comes once, not three times in three stack traces."""
+    environment = {"PATH": os.environ["PATH"], "HOME": str(tmp_path), "DAGSTER_HOME": str(tmp_path / "home")}
+    out = processes.run([str(REPO / "run"), "dg", "check", "defs"], env=environment, cwd=REPO, stdin=subprocess.DEVNULL)
+    printed = out.stdout + out.stderr
+    assert out.returncode != 0
+    assert printed.count("casavi_pipeline settings: ERP_EXPORT_DIR is not set") == 1, printed
+    assert "CASAVI_API_SECRET is not set. Set them in the environment or in .env" in printed
+    assert len(printed.splitlines()) <= 15, printed
+    assert "resources.py" not in printed and "settings.py" not in printed  # no frames of ours but the one
 
 
 @pytest.mark.parametrize(
@@ -122,17 +148,18 @@ def test_without_the_required_settings_the_location_does_not_load_and_says_what_
         ("CASAVI_BASE_URL", "api.mycasavi.com", "is not an http(s) URL"),
     ],
 )
-def test_an_invalid_setting_fails_at_load_time_naming_the_variable(variable, value, message):
-    out = load_location({**REQUIRED, variable: value})
-    assert out.returncode != 0
-    assert message in out.stderr
+def test_an_invalid_setting_is_refused_naming_the_variable(variable, value, message):
+    """What the code location loads with (a fresh interpreter loading it without settings: above)."""
+    with pytest.raises(SettingsError) as refused:
+        settings_from({**REQUIRED, variable: value})
+    assert message in str(refused.value) and "\n" not in str(refused.value)
 
 
-def test_the_deployed_package_imports_nothing_of_the_harness():
+def test_the_deployed_package_imports_nothing_of_the_harness(load_location):
     code = (
         "import sys, casavi_pipeline.definitions; "
         "print(sorted(m for m in sys.modules if m.split('.')[0] in "
-        "('casavi_sandbox', 'starlette', 'uvicorn', 'faker')))"
+        "('casavi_sandbox', 'casavi_harness', 'starlette', 'uvicorn', 'faker')))"
     )
     out = load_location(REQUIRED, code)
     assert out.returncode == 0, out.stderr[-2000:]
@@ -228,13 +255,13 @@ def test_erasing_a_mandants_personal_data_keeps_what_the_sync_needs(tmp_path):
     assert run_mandant("0001", bound).success  # its read at the start fills the casavi listing
     values = tmp_path / "snapshots" / "values"
     assert list(values.glob("*/*/0001"))  # <run id>/<asset>/<Mandant>: execute_in_process keeps them
-    snapshot_file = tmp_path / "snapshots" / "snapshot_0001.duckdb"
-    cache_file = tmp_path / "snapshots" / "casavi_remote.duckdb"
+    snapshot_file = state_of(tmp_path) / "snapshot_0001.duckdb"
+    cache_file = state_of(tmp_path) / "casavi_remote.duckdb"
     # A tenant of the sample export (mieter.csv, Mandant 0001), synced to casavi.
     person = (b"Schaaf", b"darko.schaaf@gmail.com")
     for path in (snapshot_file, cache_file):
         assert all(value in path.read_bytes() for value in person), path
-    moved_aside = [tmp_path / "snapshots" / "snapshot_0001.duckdb.corrupt-20250101T000000000000Z"]
+    moved_aside = [state_of(tmp_path) / "snapshot_0001.duckdb.corrupt-20250101T000000000000Z"]
     moved_aside.append(moved_aside[0].with_name(moved_aside[0].name + ".wal"))
     for path in moved_aside:
         path.write_bytes(snapshot_file.read_bytes())
@@ -246,7 +273,7 @@ def test_erasing_a_mandants_personal_data_keeps_what_the_sync_needs(tmp_path):
     for path in (snapshot_file, cache_file):
         assert not any(value in path.read_bytes() for value in person), path
         assert not path.with_name(path.name + ".wal").exists()
-    with Snapshot(tmp_path / "snapshots" / "snapshot_0001.duckdb", "0001") as snapshot:
+    with Snapshot(state_of(tmp_path) / "snapshot_0001.duckdb", "0001") as snapshot:
         con = snapshot.connection
         assert con.execute("SELECT count(*) FROM synced WHERE payload IS NOT NULL").fetchone()[0] == 0
         assert con.execute("SELECT count(*) FROM remote WHERE payload IS NOT NULL").fetchone()[0] == 0
@@ -352,7 +379,7 @@ def test_a_torn_journal_line_heals_and_the_run_says_so(tmp_path):
 
     bound = resources(tmp_path, SAMPLE_EXPORT_DIR)
     assert run_mandant("0001", bound).success
-    journal = tmp_path / "snapshots" / "snapshot_0001.journal"
+    journal = state_of(tmp_path) / "snapshot_0001.journal"
     journal.write_bytes(b'["upsert", "contact", "0001-')  # a line torn by a crash
     with dg.DagsterInstance.ephemeral() as instance:
         result = run_mandant("0001", bound, instance=instance)

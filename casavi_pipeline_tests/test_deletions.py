@@ -13,19 +13,19 @@ from dataclasses import dataclass
 
 import pytest
 
+from casavi_harness.fake import FakeCasaviClient
 from casavi_pipeline.casavi.api import ObjectKind
 from casavi_pipeline.erp.contract import ENTITIES
 from casavi_pipeline.erp.reader import read_entity
 from casavi_pipeline.mapping import map_mandant
-from casavi_pipeline.settings import Deletions, SyncRule
+from casavi_pipeline.mapping.scope import SyncRule
 from casavi_pipeline.state import deletions
-from casavi_pipeline.state.deletions import UnknownDeletionError
+from casavi_pipeline.state.deletions import Deletions, UnknownDeletionError
 from casavi_pipeline.state.diff import ChangesetSummary, compute_changeset
 from casavi_pipeline.state.snapshot import Snapshot
 from casavi_pipeline.sync.apply import SyncReport, apply_changeset
 from casavi_pipeline.sync.guards import GuardPolicy, GuardResult, evaluate_guards
 from casavi_pipeline_tests.erp_fixtures import default_rows, write_export
-from casavi_sandbox.fake import FakeCasaviClient
 
 M = "0001"
 UNIT_3 = "0001-001-02-0003"

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from casavi_sandbox.local import SAMPLE_EXPORT_DIR
+from casavi_harness.local import SAMPLE_EXPORT_DIR
 
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
@@ -23,7 +23,7 @@ def _uv() -> Path:
     return found[-1]
 
 
-def test_a_deployment_installs_and_loads_without_the_harness(tmp_path):
+def test_a_deployment_installs_and_loads_without_the_harness(tmp_path, processes):
     uv, venv = _uv(), tmp_path / "venv"
     env = {**os.environ, "UV_PYTHON_DOWNLOADS": "never"}
     subprocess.run([uv, "venv", "-q", venv, "--python", sys.executable], check=True, env=env, timeout=120)
@@ -34,17 +34,18 @@ def test_a_deployment_installs_and_loads_without_the_harness(tmp_path):
     source.mkdir()
     for name in ("pyproject.toml", "README.md"):
         shutil.copy(REPO / name, source / name)
-    # (sandbox/ too: the uv workspace names it, though the package built here never includes it)
-    for folder in ("casavi_pipeline", "sandbox"):
+    # (sandbox/ and harness/ too: the uv workspace names them, though the package built here never
+    # includes them)
+    for folder in ("casavi_pipeline", "sandbox", "harness"):
         shutil.copytree(REPO / folder, source / folder, ignore=shutil.ignore_patterns("__pycache__", "build"))
     subprocess.run([uv, "pip", "install", "-q", "--python", python, source], check=True, env=env, timeout=600)
     installed = subprocess.run(
         [uv, "pip", "freeze", "--python", python], capture_output=True, text=True, check=True, env=env
     ).stdout.lower()
     assert "casavi-pipeline" in installed
-    assert "casavi-sandbox" not in installed and "faker" not in installed
+    assert not any(name in installed for name in ("casavi-sandbox", "casavi-harness", "faker"))
     # starlette and uvicorn come only with dagster-webserver (the UI), never as our own requirements;
-    # the harness only with the extras (`sandbox`, `dev`).
+    # the sandbox and the harness only with the extras (`sandbox`, `harness`, `dev`).
     requires = subprocess.run(
         [python, "-c", "import importlib.metadata as m; print('\\n'.join(m.requires('casavi_pipeline')))"],
         capture_output=True,
@@ -53,7 +54,7 @@ def test_a_deployment_installs_and_loads_without_the_harness(tmp_path):
     ).stdout.lower()
     runtime = [line for line in requires.splitlines() if "extra ==" not in line]
     assert runtime and not any(
-        n in line for line in runtime for n in ("starlette", "uvicorn", "faker", "sandbox")
+        n in line for line in runtime for n in ("starlette", "uvicorn", "faker", "sandbox", "harness")
     )
 
     settings = {

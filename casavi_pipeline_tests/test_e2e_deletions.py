@@ -22,8 +22,7 @@ import pytest
 from casavi_pipeline.defs.deletions import APPROVE_JOB_NAME, USER_TAG
 from casavi_pipeline.defs.failures import FAILURE_REASON_TAG
 from casavi_pipeline.defs.resources import build_resources
-from casavi_pipeline.state.store import StateStore
-from casavi_pipeline_tests.e2e import BACKENDS, MANDANT, export, run_job, writes_by_route
+from casavi_pipeline_tests.e2e import BACKENDS, MANDANT, export, run_job, state_store, writes_by_route
 from casavi_pipeline_tests.erp_fixtures import default_rows
 from casavi_pipeline_tests.harness import check_results, definitions_with, settings_from
 
@@ -242,7 +241,7 @@ def test_approving_from_the_dagster_ui_and_what_refuses_it_in_one_line(env, sand
     )
 
     # A sync holding the snapshot: the UI and the command line both refuse, in one line.
-    with held_by_another_process(StateStore(tmp_path / "snapshots").snapshot_path(MANDANT)):
+    with held_by_another_process(state_store(env).snapshot_path(MANDANT)):
         busy = approve_in_the_ui(env, {"approve_all": True})
         busy_cli = cli("deletions", "--mandant", MANDANT, "--approve-all")
     assert not busy.success

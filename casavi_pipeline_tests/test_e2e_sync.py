@@ -73,7 +73,7 @@ def test_dagsters_own_cli_runs_the_whole_graph_against_casavi_from_the_environme
 def test_demo_prints_what_casavi_confirmed_per_kind_and_not_the_event_log(env, sandbox):
     """README: the main job's summary (created/updated/deleted per Mandant and kind), then 0 writes."""
     export(env)
-    demo = [sys.executable, "-m", "casavi_sandbox.demo", "--mandant", MANDANT]
+    demo = [sys.executable, "-m", "casavi_harness.demo", "--mandant", MANDANT]
     first = subprocess.run(demo, capture_output=True, text=True, timeout=300)
     assert first.returncode == 0, first.stderr[-3000:]
     rows = {
@@ -203,7 +203,7 @@ def test_killed_sync_resumes_without_duplicate_creates(env, sandbox, tmp_path):
     sandbox.configure(latency_ms=15)
     # The demo entry point with CASAVI_BASE_URL set: the main job in one process, against our sandbox.
     cli = subprocess.Popen(
-        [sys.executable, "-m", "casavi_sandbox.demo", "--mandant", MANDANT],
+        [sys.executable, "-m", "casavi_harness.demo", "--mandant", MANDANT],
         env={**os.environ, "CASAVI_MAX_CONCURRENCY": "2"},
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
     )  # fmt: skip

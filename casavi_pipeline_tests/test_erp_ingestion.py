@@ -286,3 +286,31 @@ def test_an_unclosed_quote_in_a_big_file_is_still_reported_as_an_unclosed_quote(
     _write_raw(tmp_path, "wirtschaftseinheiten", f'we_nr;bezeichnung\n001;"Haus A\n{rows}')
     message = error_of(tmp_path, "wirtschaftseinheiten")
     assert "row 1 (line 2)" in message and "never closed" in message and "longer than" not in message
+
+
+def _contracts_with_bad_dates(root, count: int) -> None:
+    """`count` contracts whose start date is no real date: one problem each."""
+    rows = "".join(f"2{i:05d};001;0001;2024-02-30;\n" for i in range(count))
+    _write_raw(root, "mietvertraege", f"{_CONTRACTS_HEADER}{rows}")
+
+
+def test_a_few_problems_are_all_named_in_the_first_line(tmp_path):
+    """The first line is what the run's reason, its tag, the CLI and the alerts show."""
+    _contracts_with_bad_dates(tmp_path, 5)
+    message = error_of(tmp_path, "mietvertraege")
+    first, *rest = message.splitlines()
+    assert rest == []
+    assert "breaks the ERP export contract in 5 place(s)" in first
+    assert [f"vertrag_nr=2{i:05d}" in first for i in range(5)] == [True] * 5
+
+
+def test_many_problems_name_five_in_the_first_line_and_say_where_the_rest_are(tmp_path):
+    _contracts_with_bad_dates(tmp_path, 23)
+    first, *rest = error_of(tmp_path, "mietvertraege").splitlines()
+    assert "breaks the ERP export contract in 23 place(s)" in first
+    assert [f"vertrag_nr=2{i:05d}" in first for i in range(6)] == [True] * 5 + [False]
+    assert first.endswith(
+        "; and 18 more (the next 15 in the full error: the erp_export step of the run in the Dagster UI)"
+    )
+    assert [line.split(":")[0] for line in rest[:1]] == ["  - row 6 (line 7), vertrag_nr=200005"]
+    assert len(rest) == 16 and rest[-1] == "  ... and 3 more problem(s) of the same file"

@@ -1,19 +1,27 @@
 """The ERP sources: the database source (real PostgreSQL) and the mapping file give the same frames as the
-CSV export, and break the same way, without a person's value or the database password in a message."""
+CSV export, and break the same way, without a person's value or the database password in a message; the
+database is only read (one statement per query, a read-only session) and never waited on without bound."""
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
+import json
+from collections.abc import Iterator
 from pathlib import Path
 
 import pandas as pd
+import psycopg2
 import pytest
 from pandas.testing import assert_frame_equal
 
+from casavi_harness.local import SAMPLE_EXPORT_DIR, SAMPLE_MANDANTEN
 from casavi_pipeline.erp.contract import ENTITIES, ENTITIES_BY_NAME, Entity
 from casavi_pipeline.erp.errors import ErpExportError
 from casavi_pipeline.erp.mapping_file import (
+    EntityMapping,
+    MappingFile,
     MappingFileError,
     floor,
     load_mapping_file,
@@ -25,9 +33,12 @@ from casavi_pipeline.erp.sources import CsvSource, SqlSource
 from casavi_pipeline.settings import SettingsError, load_settings
 from casavi_pipeline_tests.erp_database import load_into_database, write_foreign_export
 from casavi_pipeline_tests.postgres import _free_port
-from casavi_sandbox.local import SAMPLE_EXPORT_DIR, SAMPLE_MANDANTEN
 
 MANDANTEN = SAMPLE_MANDANTEN.split(",")
+
+
+def sql_source(url: str, mapping: MappingFile | None = None, timeout_seconds: float = 60) -> SqlSource:
+    return SqlSource(url, mapping, timeout_seconds=timeout_seconds)
 
 
 def _sorted(frame: pd.DataFrame, entity: Entity) -> pd.DataFrame:
@@ -50,10 +61,10 @@ def erp_database(postgres_server) -> str:
 def test_the_database_source_reads_the_same_frames_as_the_csv_export(erp_database):
     csv_frames = _csv_frames()
     for mandant in MANDANTEN:
-        tables = list(SqlSource(erp_database).read(mandant))
+        tables = list(sql_source(erp_database).read(mandant))
         for entity, table in zip(ENTITIES, tables, strict=True):
             assert_frame_equal(table.frame, _sorted(csv_frames[(mandant, entity.name)], entity))
-            assert table.origin.startswith(f"table/view {entity.name} of postgresql://casavi@")
+            assert table.origin == f"table/view {entity.name} (ERP_SOURCE_URL)"  # metadata: no URL
 
 
 def test_the_mapping_file_reads_the_erps_own_tables_and_columns(erp_database, tmp_path):
@@ -63,7 +74,7 @@ def test_the_mapping_file_reads_the_erps_own_tables_and_columns(erp_database, tm
         lines += [f"{entity.name}:", f"  source: erp_{entity.name}", "  columns:"]
         lines += [f"    c_{name}: {name}" for name in entity.column_names]
     (tmp_path / "mapping.yaml").write_text("\n".join(lines), encoding="utf-8")
-    source = SqlSource(erp_database, load_mapping_file(tmp_path / "mapping.yaml"))
+    source = sql_source(erp_database, load_mapping_file(tmp_path / "mapping.yaml"))
     csv_frames = _csv_frames()
     for entity, table in zip(ENTITIES, source.read("0420"), strict=True):
         assert_frame_equal(table.frame, _sorted(csv_frames[("0420", entity.name)], entity))
@@ -77,7 +88,7 @@ def test_the_database_source_reads_in_a_read_only_transaction(erp_database, post
         "    SELECT * FROM wirtschaftseinheiten WHERE mandant_nr = :mandant\n",
         encoding="utf-8",
     )
-    source = SqlSource(erp_database, load_mapping_file(tmp_path / "mapping.yaml"))
+    source = sql_source(erp_database, load_mapping_file(tmp_path / "mapping.yaml"))
     with pytest.raises(ErpExportError, match="read-only transaction") as caught:
         list(source.read("0001"))
     assert str(caught.value).startswith(
@@ -87,27 +98,150 @@ def test_the_database_source_reads_in_a_read_only_transaction(erp_database, post
 
 
 def test_a_missing_view_says_what_to_create(erp_database):
-    source = SqlSource(erp_database.replace("casavi@", "casavi:topsecret@"))
+    source = sql_source(erp_database.replace("casavi@", "casavi:topsecret@"))
     with pytest.raises(ErpExportError) as caught:
         list(source.read("0001", [dataclasses.replace(ENTITIES_BY_NAME["mieter"], name="mieter_x")]))
     message = str(caught.value)
-    assert "table/view mieter_x of postgresql://casavi:***@" in message
+    assert "table/view mieter_x of postgresql://casavi@127.0.0.1:" in message
     assert "create it (with a column mandant_nr) or name the ERP's own in ERP_MAPPING_FILE" in message
     assert "topsecret" not in message and "\n" not in message
 
 
 def test_a_closed_port_is_one_line_without_the_password():
     port = _free_port()
-    source = SqlSource(f"postgresql://erp_reader:S3cr3t-Pw@127.0.0.1:{port}/erp")
+    source = sql_source(f"postgresql://erp_reader:S3cr3t-Pw@127.0.0.1:{port}/erp")
     with pytest.raises(ErpExportError) as caught:
         next(source.read("0001"))
     message = str(caught.value)
     assert message.startswith(
-        f"cannot connect to the ERP database postgresql://erp_reader:***@127.0.0.1:{port}/erp"
+        f"cannot connect to the ERP database postgresql://erp_reader@127.0.0.1:{port}/erp"
     )
     assert "check ERP_SOURCE_URL" in message
     assert "S3cr3t-Pw" not in message and "\n" not in message
     assert caught.value.__cause__ is None and caught.value.__suppress_context__
+
+
+# Only read: one statement per query, and a session that stays read-only whatever the query does.
+
+_CANARY_QUERY = (
+    "SELECT * FROM wirtschaftseinheiten WHERE mandant_nr = :mandant; COMMIT; INSERT INTO canary VALUES (1); "
+    "SELECT * FROM wirtschaftseinheiten WHERE mandant_nr = :mandant"
+)
+
+
+@pytest.mark.parametrize(
+    ("query", "statements"),
+    [
+        (_CANARY_QUERY, 4),
+        ("SELECT * FROM mieter WHERE mandant_nr = :mandant;\nDELETE FROM mieter", 2),
+        ("SELECT * FROM mieter WHERE mandant_nr = :mandant; /* ; */ SET default_transaction_read_only = off", 2),
+    ],
+)
+def test_a_query_of_more_than_one_statement_is_refused_when_the_mapping_file_loads(tmp_path, query, statements):
+    path = tmp_path / "mapping.yaml"
+    path.write_text(f"mieter:\n  source: {json.dumps(query)}\n", encoding="utf-8")
+    with pytest.raises(MappingFileError) as caught:
+        load_mapping_file(path)
+    assert str(caught.value) == (
+        f"ERP_MAPPING_FILE {path}: mieter.source holds {statements} SQL statements (a `;` outside quotes and "
+        "comments ends one); give one SELECT (or WITH ... SELECT): the ERP is only read"
+    )
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        "SELECT 'a;b' AS bezeichnung, * FROM mieter WHERE mandant_nr = :mandant",  # in quotes
+        "SELECT * FROM mieter WHERE mandant_nr = :mandant -- the Mandant; and nothing else",  # in a comment
+        "SELECT * FROM mieter WHERE mandant_nr = :mandant /* ; */;",  # a closing `;`
+        "SELECT $$x;y$$ AS a, * FROM mieter WHERE mandant_nr = :mandant",  # in PostgreSQL's dollar quotes
+    ],
+)
+def test_a_semicolon_that_ends_no_statement_is_no_second_statement(tmp_path, query):
+    path = tmp_path / "mapping.yaml"
+    path.write_text(f"mieter:\n  source: {json.dumps(query)}\n", encoding="utf-8")
+    assert load_mapping_file(path).entities["mieter"].source == query
+
+
+def test_the_whole_session_is_read_only_so_a_commit_inside_a_query_cannot_write(erp_database, postgres_server):
+    """The second line of defence: a query past the load's check (built here without it) that ends the
+    read-only transaction with COMMIT finds the next transaction read-only too."""
+    database = erp_database.rsplit("/", 1)[1]
+    postgres_server.psql(database, "CREATE TABLE IF NOT EXISTS canary (n int)")
+    unchecked = MappingFile.model_construct(
+        entities={
+            "wirtschaftseinheiten": EntityMapping.model_construct(
+                source=_CANARY_QUERY, columns={}, normalize={}, values={}
+            )
+        }
+    )
+    with pytest.raises(ErpExportError, match="cannot execute INSERT in a read-only transaction") as caught:
+        list(sql_source(erp_database, unchecked).read("0001"))
+    assert "\n" not in str(caught.value)
+    assert postgres_server.psql(database, "SELECT count(*) FROM canary") == "0"
+
+
+# Never waited on without bound: a lock, a slow query, a user without the right to read.
+
+
+@contextlib.contextmanager
+def _locked(url: str, table: str) -> Iterator[None]:
+    """Another session holding an exclusive lock on `table` (an ERP batch job), until the block ends."""
+    holder = psycopg2.connect(url)
+    try:
+        with holder.cursor() as cursor:
+            cursor.execute(f"LOCK TABLE {table} IN ACCESS EXCLUSIVE MODE")  # held until the rollback
+        yield
+    finally:
+        holder.rollback()
+        holder.close()
+
+
+def test_a_table_locked_by_another_session_fails_in_one_line_naming_it_and_the_setting(erp_database):
+    with _locked(erp_database, "erp_mieter"), pytest.raises(ErpExportError) as caught:
+        list(sql_source(erp_database, timeout_seconds=1).read("0001"))
+    message = str(caught.value)
+    assert message.startswith("reading mieter from table/view mieter of postgresql://casavi@127.0.0.1:")
+    assert "waited longer than ERP_QUERY_TIMEOUT_SECONDS (1 s) for a lock another session holds" in message
+    assert "\n" not in message
+
+
+def test_the_urls_own_libpq_options_stay_and_the_bounds_come_last():
+    source = sql_source("postgresql://erp@erp-db/erp?options=-c%20search_path%3Derp", timeout_seconds=2.5)
+    assert source._connect_args() == {
+        "connect_timeout": 3,
+        "options": "-c search_path=erp -c default_transaction_read_only=on -c lock_timeout=2500 "
+        "-c statement_timeout=3500",
+    }
+    assert sql_source("mssql+pyodbc://erp@DOMUS_DSN")._connect_args() == {}  # libpq's only
+
+
+def test_a_query_slower_than_the_bound_is_cancelled_in_one_line(erp_database, tmp_path):
+    (tmp_path / "mapping.yaml").write_text(
+        "gebaeude:\n  source: SELECT *, pg_sleep(30) FROM gebaeude WHERE mandant_nr = :mandant\n",
+        encoding="utf-8",
+    )
+    source = sql_source(erp_database, load_mapping_file(tmp_path / "mapping.yaml"), timeout_seconds=1)
+    with pytest.raises(ErpExportError) as caught:
+        list(source.read("0001"))
+    message = str(caught.value)
+    assert message.startswith("reading gebaeude from the query of gebaeude (ERP_MAPPING_FILE) on postgresql://")
+    assert "took longer than ERP_QUERY_TIMEOUT_SECONDS (1 s) and was cancelled" in message
+    assert "\n" not in message
+
+
+def test_a_table_the_user_may_not_read_says_to_grant_select(erp_database, postgres_server):
+    database = erp_database.rsplit("/", 1)[1]
+    readable = ", ".join(e.name for e in ENTITIES if e.name != "mieter")
+    postgres_server.psql(database, f"CREATE ROLE erp_reader LOGIN; GRANT SELECT ON {readable} TO erp_reader")
+    reader = erp_database.replace("casavi@", "erp_reader:Geheim42@")
+    with pytest.raises(ErpExportError) as caught:
+        list(sql_source(reader).read("0001"))
+    assert str(caught.value) == (
+        f"reading mieter from table/view mieter of {reader.replace(':Geheim42', '')} was refused "
+        "(InsufficientPrivilege: permission denied for view mieter); let the pipeline's database user read "
+        "it: GRANT SELECT ON mieter TO erp_reader"
+    )
 
 
 # Bad rows: the same problems, located by key, from the database as from the CSV file.
@@ -160,7 +294,7 @@ def test_a_bad_row_is_located_by_key_like_in_the_csv_export(
         database, f"CREATE TABLE {entity.name} ({columns}); INSERT INTO {entity.name} VALUES {values}"
     )
     with pytest.raises(ErpExportError) as from_sql:
-        list(SqlSource(postgres_server.url(database)).read("0001", [entity]))
+        list(sql_source(postgres_server.url(database)).read("0001", [entity]))
 
     sql_problems = from_sql.value.problems
     csv_problems = [_problem_without_row(p) for p in from_csv.value.problems]
@@ -266,7 +400,7 @@ def test_the_settings_check_the_mapping_file_and_the_source_url_at_load(tmp_path
         load_settings(**required, ERP_SOURCE_URL="erp:secret@db")
     assert "secret@db" not in str(caught.value)
     settings = load_settings(**required, ERP_SOURCE_URL="postgresql://erp:secret@db/erp")
-    assert settings.erp.input == "postgresql://erp:***@db/erp" and "secret@db" not in repr(settings)
+    assert settings.erp.input == "postgresql://erp@db/erp" and "secret@db" not in repr(settings)
 
 
 @pytest.mark.parametrize(

@@ -18,7 +18,7 @@ from casavi_pipeline.mapping.duck import DuckSession
 from casavi_pipeline.mapping.email import first_valid_email, is_valid_email
 from casavi_pipeline.mapping.people import conflicting_persons
 from casavi_pipeline.mapping.schemas import contract_problems, payload_problems
-from casavi_pipeline.settings import SyncRule
+from casavi_pipeline.mapping.scope import SyncRule
 from casavi_pipeline_tests.erp_fixtures import Append, default_rows, write_export
 
 M = "0001"
@@ -119,6 +119,15 @@ def test_contract_whose_tenants_all_lack_email_is_not_synced(tmp_path):
         ("name@bücher.de", "name@bücher.de"),
         ("jürgen@example.de", "jürgen@example.de"),
         ("bad; Jürgen.Weiß@straße.example", "Jürgen.Weiß@straße.example"),
+        # invisible characters are whitespace: inside an address they make another address than the one shown
+        ("max@exam\u200bple.org", None),  # zero-width space
+        ("max@example\u2060.org", None),  # word joiner
+        ("ma\u00adx@example.org", None),  # soft hyphen
+        ("max@exam\ufeffple.org", None),  # byte order mark
+        ("max@example\u00a0.org", None),  # no-break space
+        ("max@ex\u202eample.org", None),  # right-to-left override
+        ("max\x01@example.org", None),  # a control character
+        ("max@exam\u200bple.org; max@example.org", "max@example.org"),
         ("", None),
         (None, None),
     ],
@@ -127,6 +136,19 @@ def test_email_rule(value, expected):
     assert first_valid_email(value) == expected
     if value and ";" not in value and "," not in value:
         assert is_valid_email(value.strip()) is (expected is not None)
+
+
+@pytest.mark.parametrize("invisible", ["\u200b", "\ufeff", "\u00a0", "\u200b \u2060"])
+def test_invisible_characters_at_either_end_are_trimmed_like_spaces(invisible):
+    assert first_valid_email(f"{invisible}max@example.org{invisible}") == "max@example.org"
+
+
+def test_a_tenant_whose_email_hides_a_zero_width_space_is_not_synced_under_the_email_rule(tmp_path):
+    rows = default_rows()
+    rows["mieter"][0]["email"] = "j.mueller@exam\u200bple.com"
+    out = mapped(erp(tmp_path, rows))
+    assert "0001-00042" not in set(out["contacts"]["id"])
+    assert "\u200b" not in "".join(out["contacts"]["email"].dropna())
 
 
 def test_a_tenant_with_a_non_ascii_email_is_synced_online_and_passes_casavis_rules(tmp_path):
@@ -253,8 +275,10 @@ def test_two_buildings_with_one_street_in_an_economic_unit_block_naming_both(tmp
     out = mapped(erp(tmp_path, rows))
     outcome = quality.unique_streets(out["addresses"])
     assert not outcome.passed and outcome.severity is quality.Severity.ERROR
-    assert outcome.details == ("0001-001: we_nr=001 geb_nr=01 and we_nr=001 geb_nr=03",)
-    assert "Müllerstraße" not in outcome.reason + " ".join(outcome.details)
+    # named by both buildings and the street they share (the company's address, what to fix)
+    expected = "0001-001: we_nr=001 geb_nr=01 and we_nr=001 geb_nr=03 share the street 'Müllerstraße 12'"
+    assert outcome.details == (expected,)
+    assert expected in outcome.reason and "\n" not in outcome.reason
     # casavi would refuse the property too (streets are unique within a property)
     assert {p.field for p in payload_problems(api.ObjectKind.PROPERTY, out["properties"])} == {"addresses"}
     # the same street in another economic unit is no collision

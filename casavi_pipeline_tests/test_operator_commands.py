@@ -2,28 +2,26 @@
 
 from __future__ import annotations
 
-import subprocess
-from collections import Counter
 from pathlib import Path
 
 import pytest
 
-from casavi_pipeline.state.snapshot import Snapshot
-from casavi_pipeline.sync.apply import Rejection, SyncReport
-from casavi_pipeline.sync.run import run_totals
-from casavi_sandbox.local import (
+from casavi_harness.local import (
     SAMPLE_EXPORT_DIR,
     LocalSetupError,
     local_environment,
     refuse_dotenv_over_sandbox,
     refuse_sample_outside_loopback,
 )
+from casavi_pipeline.state.audit import Attempt
+from casavi_pipeline.state.snapshot import Snapshot
+from casavi_pipeline.sync.run import begin_attempt, confirmed_line, recorded_totals
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-def test_run_help_lists_the_commands_and_an_unknown_one_exits_2():
-    shown = subprocess.run([REPO / "run", "help"], capture_output=True, text=True, timeout=60)
+def test_run_help_lists_the_commands_and_an_unknown_one_exits_2(processes):
+    shown = processes.run([REPO / "run", "help"], timeout=60)
     assert shown.returncode == 0
     for command in (
         "demo",
@@ -35,10 +33,13 @@ def test_run_help_lists_the_commands_and_an_unknown_one_exits_2():
         "dagster",
         "dg",
         "erase-personal-data",
+        "casavi-pipeline",
     ):
         assert f"./run {command}" in shown.stdout
+    for operator_command in ("sync --mandant M", "audit", "check-casavi"):  # casavi-pipeline's
+        assert f"\n                  {operator_command}" in shown.stdout
     assert "set -euo" not in shown.stdout and "usage()" not in shown.stdout  # text, not script code
-    unknown = subprocess.run([REPO / "run", "foo"], capture_output=True, text=True, timeout=60)
+    unknown = processes.run([REPO / "run", "foo"], timeout=60)
     assert unknown.returncode == 2
     assert unknown.stderr.startswith("./run: unknown command 'foo'")
 
@@ -47,6 +48,7 @@ def test_run_help_lists_the_commands_and_an_unknown_one_exits_2():
     ("url", "refused"),
     [
         ("https://api.mycasavi.com", True),
+        ("https://sync:Geheim42@api.mycasavi.com/?token=Geheim42", True),
         ("http://10.0.0.5:8765", True),
         ("http://127.0.0.1:8765", False),
         ("http://localhost:8765", False),
@@ -56,8 +58,9 @@ def test_run_help_lists_the_commands_and_an_unknown_one_exits_2():
 def test_the_bundled_sample_only_goes_to_a_casavi_on_this_machine(url, refused):
     environ = {"CASAVI_BASE_URL": url, "ERP_EXPORT_DIR": str(SAMPLE_EXPORT_DIR)}
     if refused:
-        with pytest.raises(LocalSetupError, match="refusing to sync the bundled sample export"):
+        with pytest.raises(LocalSetupError, match="refusing to sync the bundled sample export") as caught:
             refuse_sample_outside_loopback(environ)
+        assert "Geheim42" not in str(caught.value)
     else:
         refuse_sample_outside_loopback(environ)
     # A real export may go anywhere the user points it.
@@ -100,21 +103,40 @@ def test_with_own_settings_a_dotenv_pointing_dagster_dev_at_production_is_refuse
         assert environ["CASAVI_BASE_URL"] == "http://127.0.0.1:9999"
 
 
-def test_a_runs_counts_add_up_over_its_attempts(tmp_path):
-    """A retried sync step reports what the whole run wrote, not only its last attempt."""
+def _answered(snapshot: Snapshot, run_id: str, label: str, status: int, n: int) -> None:
+    kind, change = label.split("/")
+    for i in range(n):
+        snapshot.record_attempt(Attempt(run_id, "0001", kind, f"0001-{label}-{i}", change, status))
+
+
+def test_a_runs_counts_add_up_over_its_attempts_from_the_audit_trail(tmp_path):
+    """A retried sync step reports what the whole run wrote, not only its last attempt; counted from the
+    audit trail (every answered write is a line there before it is confirmed), so an attempt interrupted
+    while it cleans up loses no count."""
     with Snapshot(tmp_path / "snapshot_0001.duckdb", "0001") as snapshot:
-        first = SyncReport("0001", sent=Counter({"unit/create": 60}), confirmed=Counter({"unit/create": 58}))
-        second = SyncReport(
-            "0001",
-            sent=Counter({"unit/create": 42, "contact/create": 5}),
-            confirmed=Counter({"unit/create": 42, "contact/create": 4}),
-            rejections=[Rejection("contact", "create", "0001-7", 400, "casavi refused a field value")],
-        )
-        run_totals(snapshot, "run-a", first)
-        totals = run_totals(snapshot, "run-a", second)
-        other = run_totals(snapshot, "run-b", second)
+        assert recorded_totals(snapshot, "run-a") is None  # nothing written yet
+        begin_attempt(snapshot, "run-a", planned=120)
+        _answered(snapshot, "run-a", "unit/create", 201, 58)
+        _answered(snapshot, "run-a", "unit/create", 400, 2)
+        begin_attempt(snapshot, "run-a", planned=62)  # the retry starts with what was left
+        _answered(snapshot, "run-a", "unit/create", 201, 42)
+        _answered(snapshot, "run-a", "contact/create", 201, 4)
+        _answered(snapshot, "run-a", "contact/create", 422, 1)
+        totals = recorded_totals(snapshot, "run-a")  # the attempts' lines are not folded yet: they count
+        begin_attempt(snapshot, "run-b", planned=50)
+        _answered(snapshot, "run-b", "unit/create", 201, 42)
+        other = recorded_totals(snapshot, "run-b")
     assert totals["confirmed"] == {"unit/create": 100, "contact/create": 4}
     assert totals["sent"] == {"unit/create": 102, "contact/create": 5}
-    assert totals["rejected"] == {"contact/create": 1}
+    assert totals["rejected"] == {"unit/create": 2, "contact/create": 1}
     assert totals["attempts"] == {"n": 2}
-    assert other["attempts"] == {"n": 1} and other["confirmed"]["unit/create"] == 42
+    assert totals["planned"] == {"n": 120}  # the first attempt's
+    assert confirmed_line(totals) == "104 of 120 writes confirmed by casavi"
+    assert other["attempts"] == {"n": 1} and other["confirmed"] == {"unit/create": 42}
+
+
+def test_the_sandboxs_help_says_which_credentials_it_accepts(processes):
+    shown = processes.run([REPO / "run", "sandbox", "--help"], timeout=120)
+    assert shown.returncode == 0
+    text = " ".join(shown.stdout.split())
+    assert "CASAVI_API_KEY and CASAVI_API_SECRET" in text and "'sandbox-key' / 'sandbox-secret'" in text

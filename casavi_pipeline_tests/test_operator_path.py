@@ -33,6 +33,7 @@ from casavi_pipeline_tests.e2e import (
     big_export,
     export,
     run_job,
+    state_folder,
 )
 from casavi_pipeline_tests.erp_fixtures import default_rows, write_export
 
@@ -52,9 +53,9 @@ def tracebacks(output: str) -> int:
 def demo(
     *args: str, env: Mapping[str, str] | None = None, timeout: float = DEMO_TIMEOUT
 ) -> subprocess.CompletedProcess[str]:
-    """`python -m casavi_sandbox.demo` with this process's environment (the `env` fixture set it)."""
+    """`python -m casavi_harness.demo` with this process's environment (the `env` fixture set it)."""
     return subprocess.run(
-        [sys.executable, "-m", "casavi_sandbox.demo", *args],
+        [sys.executable, "-m", "casavi_harness.demo", *args],
         capture_output=True,
         text=True,
         timeout=timeout,
@@ -189,7 +190,7 @@ def test_an_echoing_casavi_leaks_no_personal_data_into_events_tags_logs_files_or
     snapshot_dir = Path(env["CASAVI_SNAPSHOT_DB"])
     values = snapshot_dir / "values"
     assert any(leaks(path.read_bytes(), person) for path in files_under(values))  # the search finds it
-    snapshot = snapshot_dir / f"snapshot_{MANDANT}.duckdb"
+    snapshot = state_folder(env) / f"snapshot_{MANDANT}.duckdb"
     others = [
         p
         for p in files_under(snapshot_dir)
@@ -318,7 +319,18 @@ def step_retries(instance: dg.DagsterInstance) -> list[str]:
     ]
 
 
-def test_sigterm_stops_the_demo_cleanly_and_the_next_run_converges(env, sandbox, monkeypatch, tmp_path):
+def _sigterm_to_the_process(pid: int) -> None:
+    os.kill(pid, signal.SIGTERM)  # the demo process only, as `kill <pid>` or a service manager sends it
+
+
+def _ctrl_c_in_a_terminal(pid: int) -> None:
+    os.killpg(pid, signal.SIGINT)  # the whole foreground process group: the run's processes get it too
+
+
+@pytest.mark.parametrize("stop", [_sigterm_to_the_process, _ctrl_c_in_a_terminal], ids=["sigterm", "ctrl-c"])
+def test_sigterm_stops_the_demo_cleanly_and_the_next_run_converges(
+    env, sandbox, monkeypatch, tmp_path, stop
+):
     big_export(env, contracts=230)  # about 460 writes for Mandant 0001
     write_export(Path(env["ERP_EXPORT_DIR"]), {"0002": {}})  # a second Mandant, after 0001
     monkeypatch.setenv("CASAVI_MANDANTEN", f"{MANDANT},0002")
@@ -326,7 +338,7 @@ def test_sigterm_stops_the_demo_cleanly_and_the_next_run_converges(env, sandbox,
     out_path, err_path = tmp_path / "demo.out", tmp_path / "demo.err"
     with out_path.open("w") as out_file, err_path.open("w") as err_file:
         cli = subprocess.Popen(
-            [sys.executable, "-m", "casavi_sandbox.demo"],
+            [sys.executable, "-m", "casavi_harness.demo"],
             env={**os.environ, "CASAVI_MAX_CONCURRENCY": "2"},
             stdout=out_file,
             stderr=err_file,
@@ -340,14 +352,14 @@ def test_sigterm_stops_the_demo_cleanly_and_the_next_run_converges(env, sandbox,
         assert cli.poll() is None, "the demo ended before the signal"
         at_signal = sandbox.write_count()
         assert at_signal >= 50
-        os.kill(cli.pid, signal.SIGTERM)  # the demo process only, as `kill <pid>` would
+        stop(cli.pid)
         deadline = time.monotonic() + 60
         with dg.DagsterInstance.get() as instance:
             while cli.poll() is None and time.monotonic() < deadline:
                 retried = step_retries(instance)
                 assert not retried, f"the interrupt became a retry of {retried}; the demo would go on syncing"
                 time.sleep(0.2)
-        assert cli.poll() is not None, "the demo did not end within 60 s of SIGTERM"
+        assert cli.poll() is not None, "the demo did not end within 60 s of the signal"
     finally:
         if cli.poll() is None:
             os.killpg(cli.pid, signal.SIGKILL)
@@ -375,7 +387,7 @@ def test_the_demo_prints_progress_of_a_long_sync(env, sandbox, monkeypatch, tmp_
     """A 10 000-unit export (10 Mandanten): the demo says written / total, rate and time left as it goes."""
     export_dir = tmp_path / "export10k"
     subprocess.run(
-        [sys.executable, "-m", "casavi_sandbox.sample", "--out", str(export_dir), "--units", "10000",
+        [sys.executable, "-m", "casavi_harness.sample", "--out", str(export_dir), "--units", "10000",
          "--mandanten", "10"],
         check=True, capture_output=True, timeout=120,
     )  # fmt: skip

@@ -9,8 +9,8 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
+from casavi_harness.local import SAMPLE_EXPORT_DIR
 from casavi_pipeline.defs.resources import ErpExport
-from casavi_sandbox.local import SAMPLE_EXPORT_DIR
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow

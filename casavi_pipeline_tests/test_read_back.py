@@ -12,12 +12,12 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
+from casavi_harness.accounts import mapped_bodies
 from casavi_pipeline.casavi.api import ObjectKind
-from casavi_pipeline_tests.e2e import BACKENDS, MANDANT, export, run_job, writes_by_route
+from casavi_pipeline_tests.e2e import BACKENDS, MANDANT, export, run_job, state_folder, writes_by_route
 from casavi_pipeline_tests.erp_fixtures import default_rows
 from casavi_pipeline_tests.harness import check_results, run_mandant
 from casavi_sandbox import SandboxProcess
-from casavi_sandbox.accounts import mapped_bodies
 
 pytestmark = pytest.mark.e2e
 
@@ -148,7 +148,7 @@ def test_a_lost_snapshot_is_rebuilt_from_casavi_without_writes(env, sandbox):
 def test_a_truncated_snapshot_is_moved_aside_and_rebuilt_without_writes(env, sandbox):
     export(env)
     assert run_job(env).success
-    snapshot = Path(env["CASAVI_SNAPSHOT_DB"]) / f"snapshot_{MANDANT}.duckdb"
+    snapshot = state_folder(env) / f"snapshot_{MANDANT}.duckdb"
     data = snapshot.read_bytes()
     snapshot.write_bytes(data[: len(data) // 2])
     sandbox.reset(objects=False)
@@ -169,7 +169,7 @@ def test_a_truncated_listing_is_moved_aside_with_a_warning_and_rebuilt_without_w
     aside (kept, named in a warning), rebuilt by a full listing; every Mandant's run goes on."""
     export(env)
     assert run_job(env).success
-    listing = Path(env["CASAVI_SNAPSHOT_DB"]) / "casavi_remote.duckdb"
+    listing = state_folder(env) / "casavi_remote.duckdb"
     data = listing.read_bytes()
     listing.write_bytes(data[: len(data) // 2])
     if env.get("CASAVI_STATE_URL"):  # PostgreSQL holds the listing: damage its stored copy the same way
@@ -178,8 +178,8 @@ def test_a_truncated_listing_is_moved_aside_with_a_warning_and_rebuilt_without_w
 
         with psycopg2.connect(server_url) as con, con.cursor() as cur:
             cur.execute(
-                "UPDATE casavi_state_chunks SET data = %s WHERE name = 'casavi_remote.duckdb'",
-                [zlib.compress(data[: len(data) // 2])],
+                "UPDATE casavi_state_chunks SET data = %s WHERE name = %s",
+                [zlib.compress(data[: len(data) // 2]), f"{state_folder(env).name}/casavi_remote.duckdb"],
             )
     sandbox.reset(objects=False)
 
@@ -211,16 +211,16 @@ def test_a_casavi_that_drops_a_field_stops_that_kind_after_one_write(env, sandbo
 
 def test_fake_casavi_resource_adopts_too(tmp_path):
     """The in-process layer: the fake casavi filled beforehand is adopted, nothing sent."""
+    from casavi_harness.fake import FakeCasaviResource
+    from casavi_harness.local import SAMPLE_EXPORT_DIR
     from casavi_pipeline.defs.resources import ErpExport, SnapshotStore, SyncPolicy
-    from casavi_sandbox.fake import FakeCasaviResource
-    from casavi_sandbox.local import SAMPLE_EXPORT_DIR
 
     casavi = FakeCasaviResource()
     for kind, body in mapped_bodies(SAMPLE_EXPORT_DIR, "0001"):
         casavi.client.seed(kind, body)
     bound = {
         "erp_export": ErpExport(directory=str(SAMPLE_EXPORT_DIR)),
-        "snapshots": SnapshotStore(directory=str(tmp_path)),
+        "snapshots": SnapshotStore(directory=str(tmp_path), account_key="fake-account"),
         "sync_policy": SyncPolicy(),
         "casavi": casavi,
     }
@@ -269,7 +269,7 @@ def test_state_kept_under_casavi_model_revision_1_is_rebuilt_from_casavi_with_a_
 
     export(env)
     assert run_job(env).success
-    folder = Path(env["CASAVI_SNAPSHOT_DB"])
+    folder = state_folder(env)
     with duckdb.connect(str(folder / f"snapshot_{MANDANT}.duckdb")) as con:
         con.execute("DELETE FROM meta WHERE key = 'model_revision'")
         con.execute("UPDATE synced SET content_hash = md5(content_hash)")  # bodies of another model

@@ -24,6 +24,7 @@ import pytest
 from dagster._core.launcher import WorkerStatus
 
 from casavi_pipeline.runs.launcher import WORKER_TAG, run_worker_tags, worker_health
+from casavi_pipeline_tests.processes import starts_processes
 
 REPO = Path(__file__).resolve().parents[1]
 T = TypeVar("T")
@@ -42,13 +43,13 @@ def wait_for(find: Callable[[], T | None], seconds: float, what: str) -> T:
 # --- the health check itself --------------------------------------------------------------------------
 
 
-def test_worker_health_running_gone_reused_and_elsewhere():
+def test_worker_health_running_gone_reused_and_elsewhere(processes):
     assert worker_health(run_worker_tags()[WORKER_TAG]).status == WorkerStatus.RUNNING
     host, pid, started = run_worker_tags()[WORKER_TAG].split(" ")
     reused = f"{host} {pid} {float(started) - 60:.2f}"  # this pid, but an earlier process's start time
     assert worker_health(reused).status == WorkerStatus.FAILED
 
-    child = subprocess.Popen(  # a run worker: it says where it lives, then works
+    child = processes.start(  # a run worker: it says where it lives, then works
         [sys.executable, "-c", "from casavi_pipeline.runs.launcher import WORKER_TAG, run_worker_tags; "
          "print(run_worker_tags()[WORKER_TAG], flush=True); import time; time.sleep(600)"],
         stdout=subprocess.PIPE, text=True,
@@ -76,6 +77,7 @@ def test_worker_health_running_gone_reused_and_elsewhere():
 
 
 @pytest.fixture
+@starts_processes
 def daemon(tmp_path: Path) -> Iterator[dict[str, str]]:
     """`dagster-daemon run` on a fresh instance with the shipped dagster.yaml and the tiny location."""
     home = tmp_path / "dagster_home"

@@ -9,16 +9,17 @@ import re
 import pandas as pd
 import pytest
 
+from casavi_harness.local import SAMPLE_EXPORT_DIR, SAMPLE_MANDANTEN
+from casavi_harness.sample.__main__ import SAMPLE_ARGS, main, parse_mandanten
+from casavi_harness.sample.generator import AS_OF, generate
 from casavi_pipeline.casavi.api import ContractType, ObjectKind
 from casavi_pipeline.erp.contract import ENTITIES, ENTITIES_BY_NAME, FOREIGN_KEYS
 from casavi_pipeline.erp.reader import read_entity
 from casavi_pipeline.mapping import map_mandant, quality
 from casavi_pipeline.mapping.email import first_valid_email
+from casavi_pipeline.mapping.ids import ALLOWED_SEPARATORS
 from casavi_pipeline.mapping.schemas import contract_problems, payload_problems
-from casavi_pipeline.settings import ALLOWED_SEPARATORS
-from casavi_sandbox.local import SAMPLE_EXPORT_DIR, SAMPLE_MANDANTEN
-from casavi_sandbox.sample.__main__ import SAMPLE_ARGS, main, parse_mandanten
-from casavi_sandbox.sample.generator import AS_OF, generate
+from casavi_pipeline.mapping.scope import SyncRule
 
 MANDANTEN = ["0001", "0420"]
 UNITS = 600  # 300 per Mandant
@@ -108,7 +109,7 @@ def test_contract_dates_are_ordered(erp):
 @pytest.mark.parametrize("separator", ALLOWED_SEPARATORS)
 def test_every_blocking_check_passes_with_every_separator(erp, separator):
     for mandant, frames in erp.items():
-        casavi = map_mandant(frames, mandant=mandant, separator=separator)
+        casavi = map_mandant(frames, mandant=mandant, separator=separator, rule=SyncRule.EMAIL)
         for noun, kind in KINDS.items():
             assert quality.unique_ids(noun, casavi[noun], separator).passed
             assert payload_problems(kind, casavi[noun]) == []
@@ -259,7 +260,7 @@ def test_command_line_writes_one_folder_per_mandant(tmp_path, capsys):
 
 
 def test_committed_sample_is_what_the_documented_command_generates(tmp_path):
-    documented = "python -m casavi_sandbox.sample " + " ".join(SAMPLE_ARGS)
+    documented = "python -m casavi_harness.sample " + " ".join(SAMPLE_ARGS)
     assert documented in (SAMPLE_EXPORT_DIR / "README.md").read_text(encoding="utf-8")
     assert SAMPLE_ARGS[SAMPLE_ARGS.index("--mandanten") + 1] == SAMPLE_MANDANTEN
     args = [*SAMPLE_ARGS]

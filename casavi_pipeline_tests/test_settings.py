@@ -10,6 +10,7 @@ import dagster as dg
 import pydantic
 import pytest
 
+from casavi_harness.fake import FakeCasaviResource
 from casavi_pipeline.casavi.api import ObjectKind
 from casavi_pipeline.defs.resources import (
     Alerting,
@@ -25,11 +26,11 @@ from casavi_pipeline.settings import (
     declared_variables,
     in_resource,
     load_settings,
+    setting,
     variable_of,
 )
 from casavi_pipeline_tests.erp_fixtures import default_rows, write_export
 from casavi_pipeline_tests.harness import REQUIRED, run_mandant, settings_from
-from casavi_sandbox.fake import FakeCasaviResource
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 RESOURCES = {
@@ -102,6 +103,7 @@ def test_secrets_reach_the_resources_only_as_env_vars(tmp_path):
     assert secret_fields == {
         ("erp", "source_url"): "ERP_SOURCE_URL",
         ("state", "url"): "CASAVI_STATE_URL",
+        ("state", "account_key"): "CASAVI_API_KEY",  # names the account the state belongs to (hashed)
         ("casavi", "api_key"): "CASAVI_API_KEY",
         ("casavi", "api_secret"): "CASAVI_API_SECRET",
         ("alerts", "smtp_password"): "CASAVI_ALERT_SMTP_PASSWORD",
@@ -125,6 +127,37 @@ def test_the_new_settings_are_checked_without_quoting_a_url(variable, value, mes
     with pytest.raises(SettingsError) as info:
         load_settings(_env_file=None, **REQUIRED, **{variable: value})
     assert message in str(info.value) and "Geheim42" not in str(info.value)
+
+
+def test_every_float_setting_declares_finite_bounds_on_both_sides():
+    floats = {
+        variable_of(field): {type(m).__name__: m for m in field.metadata}
+        for group in GROUPS.values()
+        for field in group.model_fields.values()
+        if field.annotation is float
+    }
+    assert len(floats) >= 11 and "ERP_QUERY_TIMEOUT_SECONDS" in floats
+    for variable, bounds in floats.items():
+        assert bounds.keys() & {"Ge", "Gt"} and bounds.keys() & {"Le", "Lt"}, variable
+        assert bounds["AllowInfNan"].allow_inf_nan is False, variable
+    with pytest.raises(TypeError, match="the float setting X_SECONDS needs a lower and an upper bound"):
+        setting("X_SECONDS", 1.0, ge=0, description="a number without an upper bound")
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "message"),
+    [
+        ("CASAVI_REQUESTS_PER_MINUTE", "1e308", "CASAVI_REQUESTS_PER_MINUTE: Input should be less than or equal to 100000"),
+        ("CASAVI_AUDIT_RETENTION_DAYS", "1e-9", "CASAVI_AUDIT_RETENTION_DAYS: Input should be greater than or equal to 1"),
+        ("CASAVI_FULL_READ_EVERY_DAYS", "inf", "CASAVI_FULL_READ_EVERY_DAYS: Input should be a finite number"),
+        ("CASAVI_FRESHNESS_HOURS", "nan", "CASAVI_FRESHNESS_HOURS: Input should be a finite number"),
+        ("ERP_QUERY_TIMEOUT_SECONDS", "0", "ERP_QUERY_TIMEOUT_SECONDS: Input should be greater than or equal to 1"),
+    ],
+)
+def test_a_number_outside_its_bounds_is_refused_naming_the_variable(variable, value, message):
+    with pytest.raises(SettingsError) as info:
+        load_settings(_env_file=None, **{**REQUIRED, variable: value})
+    assert message in str(info.value)
 
 
 def test_the_new_settings_are_optional_and_take_their_values(tmp_path):

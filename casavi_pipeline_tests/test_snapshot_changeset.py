@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 
 import duckdb
 import pandas as pd
@@ -11,9 +12,9 @@ import pytest
 from casavi_pipeline import duck_memory
 from casavi_pipeline.casavi import api
 from casavi_pipeline.casavi.api import ObjectKind
-from casavi_pipeline.settings import Deletions
+from casavi_pipeline.state.deletions import Deletions
 from casavi_pipeline.state.diff import compute_changeset
-from casavi_pipeline.state.files import StateBusyError, StateCorruptError, quarantine
+from casavi_pipeline.state.files import StateCorruptError, quarantine
 from casavi_pipeline.state.snapshot import Snapshot
 from casavi_pipeline.sync.guards import mass_deletion_guard, separator_guard
 
@@ -133,22 +134,16 @@ def test_journal_left_by_a_killed_run_is_replayed_on_open(snapshot_path):
     assert not snapshot_path.with_suffix(".journal").exists()
 
 
-def test_second_writer_gets_a_clear_busy_error(snapshot_path):
+def test_second_writer_gets_a_clear_busy_error(snapshot_path, processes):
+    second = (
+        "from casavi_pipeline.state.files import StateBusyError\n"
+        "from casavi_pipeline.state.snapshot import Snapshot\n"
+        f"try:\n    Snapshot({str(snapshot_path)!r}, '0001').close()\n    print('opened')\n"
+        "except StateBusyError as exc:\n    print(exc)\n"
+    )
     with Snapshot(snapshot_path, "0001"):
-        import multiprocessing
-
-        ctx = multiprocessing.get_context("spawn")
-        with ctx.Pool(1) as pool:
-            message = pool.apply(_open_and_report, (str(snapshot_path),))
+        message = processes.run([sys.executable, "-c", second]).stdout
     assert "in use by another process" in message and "0001" in message
-
-
-def _open_and_report(path: str) -> str:
-    try:
-        Snapshot(path, "0001").close()
-    except StateBusyError as exc:
-        return str(exc)
-    return "opened"
 
 
 def test_duplicate_reference_ids_are_refused(snapshot_path):

@@ -99,7 +99,7 @@ def test_a_run_killed_on_one_machine_is_resumed_by_the_other(machines, sandbox):
     big_export(env, contracts=230)  # about 460 writes
     sandbox.configure(latency_ms=15)
     cli = subprocess.Popen(
-        [sys.executable, "-m", "casavi_sandbox.demo", "--mandant", MANDANT],
+        [sys.executable, "-m", "casavi_harness.demo", "--mandant", MANDANT],
         env={**os.environ, "CASAVI_MAX_CONCURRENCY": "2"},
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
     )  # fmt: skip
@@ -120,4 +120,4 @@ def test_a_run_killed_on_one_machine_is_resumed_by_the_other(machines, sandbox):
     routes = sandbox.requests()["routes"]
     resent = sum(by_status.get("200", 0) for route, by_status in routes.items() if route.startswith("PUT"))
     assert resent <= 2  # only writes in flight at the kill (answer lost) may be sent again
-    assert not any(Path(env["CASAVI_SNAPSHOT_DB"]).parent.glob("machine_b/state/*.journal"))
+    assert not any(Path(env["CASAVI_SNAPSHOT_DB"]).parent.glob("machine_b/state/**/*.journal"))

@@ -17,7 +17,7 @@ import httpx
 import pytest
 from dagster_graphql import DagsterGraphQLClient
 
-from casavi_sandbox.local import SAMPLE_EXPORT_DIR
+from casavi_harness.local import SAMPLE_EXPORT_DIR
 from casavi_sandbox.process import free_port
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -1,6 +1,6 @@
 """The Dagster UI in a real browser, as a new data engineer meets it after the quick start.
 
-`./run dev`'s program (`python -m casavi_sandbox.dev`: the casavi sandbox beside `dagster dev`) runs on
+`./run dev`'s program (`python -m casavi_harness.dev`: the casavi sandbox beside `dagster dev`) runs on
 free loopback ports with the shipped dagster.yaml and a copy of the bundled sample export. Headless
 Chromium from Debian's packages (/usr/bin/chromium), driven by Playwright, then:
 
@@ -34,7 +34,7 @@ import httpx
 import pytest
 from playwright.sync_api import sync_playwright
 
-from casavi_sandbox.local import SAMPLE_EXPORT_DIR, SAMPLE_MANDANTEN
+from casavi_harness.local import SAMPLE_EXPORT_DIR, SAMPLE_MANDANTEN
 from casavi_sandbox.process import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -115,7 +115,7 @@ def dev_ui(tmp_path_factory) -> Iterator[DevUI]:
     log_path = tmp / "dev.log"
     log = log_path.open("wb")
     process = subprocess.Popen(
-        [sys.executable, "-m", "casavi_sandbox.dev", "--port", str(port), "--sandbox-port", str(sandbox_port),
+        [sys.executable, "-m", "casavi_harness.dev", "--port", str(port), "--sandbox-port", str(sandbox_port),
          "--data-dir", str(data)],
         cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
     )  # fmt: skip

@@ -16,6 +16,7 @@ rents or owns). Buildings and contracts have no reference ID of their own in cas
 
 from __future__ import annotations
 
+import datetime as dt
 import math
 import re
 from collections.abc import Iterator, Mapping
@@ -45,7 +46,7 @@ RETRY_AFTER_HEADER = "Retry-After"
 #: exactly as casavi gave it (casavi's v1 counted pages from 0: a guessed `page=1` would skip a page).
 PAGE_SIZE_PARAM = "pageSize"
 MAX_PAGE_SIZE = 500  # [model] a 400 for the page size means: ask again with casavi's default
-MODIFIED_AFTER_PARAM = "modifiedAfter"  # [read] the parameter; [model] its ISO UTC format
+MODIFIED_AFTER_PARAM = "modifiedAfter"  # [read] the parameter; [model] its ISO UTC format (`utc_stamp`)
 #: [read] Ended contracts are left out of reads without it; [model] that contacts' reads take it too.
 INCLUDE_INACTIVE_CONTRACTS_PARAM = "includeInactiveContracts"
 LIST_KEY = "list"  # [read]
@@ -99,6 +100,14 @@ ERROR_WORDING: dict[int, str] = {
     STATUS_UNKNOWN_REFERENCE: "references an object casavi does not know",
     STATUS_RATE_LIMITED: "too many requests",
 }
+
+
+def utc_stamp(moment: dt.datetime) -> str:
+    """casavi's timestamp form, `YYYY-MM-DDThh:mm:ss.sssZ` [confirmed]; a naive time is refused (server
+    time zone, daylight saving: ambiguous), not guessed."""
+    if moment.tzinfo is None:
+        raise ValueError("modified_after must be timezone-aware")
+    return moment.astimezone(dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def error_wording(status: int | None) -> str:
@@ -192,6 +201,12 @@ class FieldRule:
     An `object_list` field embeds objects without an id of their own (a property's addresses, a
     contact's contracts): `items` are their fields, `order` the domain fields a body orders them by,
     `unique` the domain fields whose values must be unique within one list.
+
+    `keep_foreign` (an `enum` field): casavi may hold values outside `enum` that a person set in casavi's
+    UI. Such a *foreign* value (`is_foreign`) is casavi's to keep: a read carrying it is compared as read,
+    the changeset sends it back as casavi holds it instead of the ERP's value (`state.diff`), the run
+    reports it, and `check-casavi` notes it instead of calling it a contradiction. An empty value ("" or
+    none) is not foreign: the ERP's value fills it.
     """
 
     name: str  # domain name used throughout the project
@@ -206,6 +221,7 @@ class FieldRule:
     items: tuple[FieldRule, ...] = ()
     order: tuple[str, ...] = ()
     unique: tuple[str, ...] = ()
+    keep_foreign: bool = False
 
 
 def _s(name: str, casavi: str, **kw: Any) -> FieldRule:
@@ -259,7 +275,10 @@ FIELD_RULES: dict[ObjectKind, tuple[FieldRule, ...]] = {
         _s("address", "address", **_REQUIRED_ID, max_length=255),  # [read] a street of the property
         _s("name", "name", required=True, nullable=False, min_length=1, max_length=255),  # [read: UI]
         _s("number", "number", max_length=64),  # [read: UI]
-        _s("usage", "usage", enum=tuple(Usage)),  # [model: values]
+        # [model: values] casavi's help centre ("Verbrauchsdaten – Voraussetzungen") shows a third usage
+        # in its UI, Stellplatz (parking), and an empty one: a person's choice our ERP mapping cannot
+        # express, so it is kept as casavi holds it ([model]: the API's name for it is unknown).
+        _s("usage", "usage", enum=tuple(Usage), keep_foreign=True),
         FieldRule("area", "area", "number", minimum=0),  # [model]
         FieldRule("rooms", "rooms", "number", minimum=0),  # [model]
     ),
@@ -295,6 +314,32 @@ DOMAIN_COLUMNS: dict[ObjectKind, tuple[str, ...]] = {
 def rule_of(kind: ObjectKind, name: str) -> FieldRule:
     """The rule of one field of a kind, by domain name."""
     return next(rule for rule in FIELD_RULES[kind] if rule.name == name)
+
+
+#: The fields of each kind whose foreign values casavi keeps (`FieldRule.keep_foreign`).
+KEEP_FOREIGN_RULES: dict[ObjectKind, tuple[FieldRule, ...]] = {
+    kind: tuple(rule for rule in rules if rule.keep_foreign) for kind, rules in FIELD_RULES.items()
+}
+
+#: An enum value is shown (in the run's output, `check-casavi`) only in this shape: a code such as
+#: `PARKING`. Anything else (a name, a sentence typed into a field) is only counted: it may be personal.
+CODE_SHAPE = re.compile(r"[A-Z][A-Z0-9_]{0,31}")
+
+
+def looks_like_code(value: object) -> bool:
+    """Whether a value may be shown: shaped like an enum code (`CODE_SHAPE`)."""
+    return isinstance(value, str) and CODE_SHAPE.fullmatch(value) is not None
+
+
+def is_foreign(rule: FieldRule, value: object) -> bool:
+    """A value casavi holds for a `keep_foreign` field that is outside ours and not empty."""
+    return (
+        rule.keep_foreign
+        and rule.enum is not None
+        and isinstance(value, str)
+        and value != ""
+        and value not in rule.enum
+    )
 
 
 def _all_rules() -> Iterator[FieldRule]:
@@ -505,7 +550,11 @@ def _check_list(rule: FieldRule, value: Any, name: str) -> list[FieldError]:
 
 
 def validate_payload(kind: ObjectKind, payload: Mapping[str, Any]) -> list[FieldError]:
-    """The 400-rules of casavi for one PUT body (casavi field names). Empty list = acceptable."""
+    """The 400-rules of casavi for one PUT body (casavi field names). Empty list = acceptable.
+
+    What casavi *holds* may be wider (a `keep_foreign` field set in its UI: `unholdable_fields` is what
+    a read must pass); whether a PUT takes such a value back is [model]: assumed not.
+    """
     errors = _check_fields(FIELD_RULES[kind], payload, "")
     if kind is ObjectKind.CONTACT:
         if not (payload.get("lastName") or payload.get("companyName")):
@@ -518,6 +567,25 @@ def validate_payload(kind: ObjectKind, payload: Mapping[str, Any]) -> list[Field
             if isinstance(start, str) and isinstance(end, str) and end < start:
                 errors.append(FieldError(f"contracts[{i}].endDate", "must not be before startDate"))
     return errors
+
+
+def _holds(rule: FieldRule, value: Any) -> bool:
+    if value is None:
+        return True
+    if rule.type in ("string", "date"):  # held as text; a date that is no date is just a difference
+        return isinstance(value, str)
+    if rule.type == "number":
+        return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+    return isinstance(value, list) and all(
+        isinstance(entry, Mapping) and not unholdable_fields(rule.items, entry) for entry in value
+    )
+
+
+def unholdable_fields(rules: tuple[FieldRule, ...], body: Mapping[str, Any]) -> list[str]:
+    """The fields of a read (casavi names) our model cannot hold at all: a number field that is text, a
+    list that is not a list of objects. Everything else is compared as read: values outside our enums,
+    lengths and empty required fields are casavi's to decide, and only differ from what we send."""
+    return [rule.casavi for rule in rules if not _holds(rule, body.get(rule.casavi))]
 
 
 # --- the same conversion, vectorised in DuckDB (the changeset hashes millions of rows) --------------

@@ -6,19 +6,29 @@ module reads what the account holds and compares it with the adapter's constants
 names the constant to change.
 
 Read-only (safe on a production account): log in, read the first page of each kind and one object of
-each kind by id (7 requests, no writes), and report per kind the fields we send that casavi returned,
-the ones it never returned, the fields it returned that the model does not know, enum values outside
-ours, the shapes of a property's addresses (`street`, `units`) and of a contact's contracts, and the
-paging envelope. By field names and counts only: the objects hold names, emails and phone numbers, so
-no value is ever reported, except an enum value shaped like a code (`MIXED_USE`).
+each kind by id (7 requests, no writes; an 8th, a page of one object, when no first page carried a next
+link), and report per kind the fields we send that casavi returned, the ones it never returned, the
+fields it returned that the model does not know, enum values outside ours, the shapes of a property's
+addresses (`street`, `units`) and of a contact's contracts, the paging envelope, and the host of the
+first `_links.next` (casavi may serve an account under another host: then it suggests the
+`CASAVI_BASE_URL` to set; the link is never followed, so the token never goes there). By field names
+and counts only: the objects hold names, emails and phone numbers, so no value is ever reported, except
+an enum value shaped like a code (`PARKING`, `api.CODE_SHAPE`).
+
+An enum value outside ours is a contradiction (the enum is wrong: the sync would send ours over it),
+except for a field whose values casavi's own UI sets beyond ours (`api.FieldRule.keep_foreign`: a
+unit's usage Stellplatz, or none): that is a NOTE, since the sync keeps such a value as casavi holds it.
 
 With the write test (a casavi **test** account only): create a property, a unit and a contact with one
 contract under the reserved reference-id prefix `casavi-pipeline-check` + separator, read each back,
-compare it with what was sent, delete them again (contact → unit → property), and report each step's
-status code. With the separator `/`, the ids carry it, so the write test also shows whether a `/`
+compare it with what was sent, delete them again (contact → unit → property), read each deleted one
+back (gone, or still there: archived?), and report each step's status code, and in one line what
+`DELETE` answered per kind (a deletion in casavi is final; what its API answers is [model]). With the separator `/`, the ids carry it, so the write test also shows whether a `/`
 survives percent-encoding (`%2F`) in a path.
 
-`Report.exit_code`: 0 the account matches the model, 1 it contradicts it, 2 it could not be checked.
+`Report.exit_code`: 0 the account matches the model, 1 it contradicts it, 2 it could not be checked —
+also when the account holds nothing to compare (no property, unit or contact) and the write test was not
+asked for: an empty account proves nothing, so 0 would wrongly let a go-live script pass.
 """
 
 from __future__ import annotations
@@ -31,6 +41,8 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
+import httpx
+
 from casavi_pipeline.casavi import api
 from casavi_pipeline.casavi.api import FieldRule, ObjectKind
 from casavi_pipeline.casavi.client import CasaviClient, WriteResult
@@ -40,13 +52,12 @@ from casavi_pipeline.casavi.errors import (
     CasaviModelMismatchError,
     CasaviUnavailableError,
 )
+from casavi_pipeline.casavi.paging import on_origin
 from casavi_pipeline.dates import is_iso_date
 
 MATCHES, CONTRADICTS, CANNOT_CHECK = 0, 1, 2
 #: The write test's reference ids are this, the separator and the kind (`casavi-pipeline-check-unit`).
 RESERVED_PREFIX = "casavi-pipeline-check"
-#: An enum value is shown only in this shape; anything else (a name, a sentence) is only counted.
-CODE_SHAPE = re.compile(r"[A-Z][A-Z_]{0,39}")
 #: A field name casavi returned is shown only in this shape; anything else is only counted (a key could
 #: be a value: an email used as a map key).
 FIELD_NAME_SHAPE = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
@@ -135,6 +146,10 @@ class _Level:
     required_empty: Counter[str] = field(default_factory=Counter)  # required, but null or absent
     wrong_type: Counter[str] = field(default_factory=Counter)
     outside: dict[str, Counter[str]] = field(default_factory=dict)  # field → code ("" unshaped) → count
+    #: the same for `keep_foreign` fields, whose values outside ours casavi's UI sets: notes, kept by the sync
+    foreign: dict[str, Counter[str]] = field(default_factory=dict)
+    empty: Counter[str] = field(default_factory=Counter)  # `keep_foreign` fields holding "" (filled by the sync)
+    ours_seen: Counter[str] = field(default_factory=Counter)  # `keep_foreign` fields holding one of ours
     children: dict[str, _Level] = field(default_factory=dict)  # the embedded lists' entries
 
     def __post_init__(self) -> None:
@@ -171,9 +186,14 @@ class _Level:
                     self.required_empty[rule.casavi] += 1
             elif not _has_type(rule, value):
                 self.wrong_type[rule.casavi] += 1
+            elif rule.keep_foreign and value == "":
+                self.empty[rule.casavi] += 1
             elif rule.enum is not None and value not in rule.enum:
-                shown = value if CODE_SHAPE.fullmatch(value) else ""
-                self.outside.setdefault(rule.casavi, Counter())[shown] += 1
+                shown = value if api.looks_like_code(value) else ""
+                held = self.foreign if rule.keep_foreign else self.outside
+                held.setdefault(rule.casavi, Counter())[shown] += 1
+            elif rule.keep_foreign:
+                self.ours_seen[rule.casavi] += 1
             elif rule.type == "object_list":
                 for entry in value:
                     self.children[rule.casavi].add(entry)
@@ -225,6 +245,31 @@ class _Level:
             found += child.contradictions()
         return found
 
+    def notes(self) -> list[str]:
+        """Values of `keep_foreign` fields outside ours or empty: casavi's UI sets them, the sync keeps them."""
+        found = []
+        for rule in self.rules:
+            name, foreign, empty = rule.casavi, self.foreign.get(rule.casavi), self.empty[rule.casavi]
+            if foreign:
+                found.append(
+                    f'{_enum_name(rule)}: field "{name}" has values casavi\'s UI sets beyond ours: '
+                    f"{_outside(foreign)}; the sync keeps them as casavi holds them"
+                    + (
+                        ""
+                        if self.ours_seen[name]
+                        else f" (none of ours among {self.objects}: if casavi names ours otherwise, change "
+                        f"{_enum_name(rule)})"
+                    )
+                )
+            if empty:
+                found.append(
+                    f'{_enum_name(rule)}: field "{name}" is empty on {empty} of {self.objects}; the sync fills '
+                    "it with the ERP's value"
+                )
+        for child in self.children.values():
+            found += child.notes()
+        return found
+
     def lines(self, indent: str = "  ") -> list[str]:
         n = self.objects
         returned = {
@@ -244,7 +289,9 @@ class _Level:
             lines.append(f"{indent}required, but null or absent: {_names(self.required_empty, n)}")
         if self.wrong_type:
             lines.append(f"{indent}not of the model's type: {_names(self.wrong_type, n)}")
-        outside = "; ".join(f"{name}: {_outside(counts)}" for name, counts in self.outside.items())
+        outside = "; ".join(
+            f"{name}: {_outside(counts)}" for name, counts in (*self.outside.items(), *self.foreign.items())
+        )
         lines.append(f"{indent}enum values outside ours: {outside or '-'}")
         for name, child in self.children.items():
             if child.objects:
@@ -273,6 +320,7 @@ class KindCheck:
     envelope: tuple[str, ...] = ()
     links: tuple[str, ...] = ()
     has_next: bool = False
+    next_url: str | None = None  # the first page's `_links.next`, resolved; never followed
     read_by_id: str = "not read"  # "200", "404", or why not
     objects: list[dict[str, Any]] = field(default_factory=list, repr=False)  # held in memory only
     contradictions: list[Contradiction] = field(default_factory=list)
@@ -311,6 +359,7 @@ class Report:
     contradictions: list[Contradiction] = field(default_factory=list)  # besides the kinds' own
     notes: list[str] = field(default_factory=list)
     steps: list[Step] | None = None  # the write test's, when it ran
+    deletes: list[str] = field(default_factory=list)  # the write test's: what DELETE answered, per kind
     left_behind: list[str] = field(default_factory=list)  # reference ids the write test could not delete
     cannot_check: str | None = None  # why nothing could be compared, and what to do
     requests: int = 0
@@ -352,6 +401,9 @@ class Report:
         if self.steps is not None:
             lines.append("write test:")
             lines += [f"  {step}" for step in self.steps]
+        if self.deletes:
+            lines.append(f"DELETE answers: {'; '.join(self.deletes)}")
+        lines += [f"NOTE {note}" for kind in self.kinds for note in kind.level.notes()]
         lines += [f"CONTRADICTION {c}" for c in self.all_contradictions]
         lines += [f"LEFT BEHIND {ref}: delete it in casavi" for ref in self.left_behind]
         lines.append(self.summary)
@@ -390,6 +442,12 @@ def check_account(client: CasaviClient, *, separator: str, write_test: bool = Fa
         for kind in api.UPSERT_ORDER:
             report.kinds.append(_check_kind(client, kind))
         report.contradictions += _check_unit_addresses(report)
+        report.contradictions += _check_next_host(client, report)
+        empty = not any(kind.listed for kind in report.kinds) and not report.all_contradictions
+        if empty and not write_test:
+            report.cannot_check = NOTHING_TO_COMPARE
+        elif empty:
+            report.notes.append("the account holds nothing to compare: only the write test's objects were")
         if write_test:
             _write_test(client, separator, report)
     except CasaviAuthError as exc:
@@ -411,6 +469,53 @@ def check_account(client: CasaviClient, *, separator: str, write_test: bool = Fa
     return report
 
 
+#: Why an empty account cannot be checked, and what to do (`Report.cannot_check`).
+NOTHING_TO_COMPARE = (
+    "the account holds no property, unit or contact, so nothing was compared: run `casavi-pipeline "
+    "check-casavi --write-test` (in Dagster: casavi_conformance with write_test) against a casavi test account"
+)
+
+
+def _check_next_host(client: CasaviClient, report: Report) -> list[Contradiction]:
+    """The host of the first `_links.next` (a page of one object when no first page had one): casavi
+    may serve an account under another host (a vendor links `api-v2.mycasavi.com`). The sync sends its
+    token only to the configured host and stops at a link elsewhere, so that host is the one to set."""
+    link = next((kind.next_url for kind in report.kinds if kind.next_url), None)
+    probe = next((kind.kind for kind in report.kinds if kind.listed >= 2), None)
+    if link is None and probe is not None:
+        link = _first_next_link(client, probe)
+    if link is None:
+        report.notes.append("next link: none seen (no kind holds two objects); its host is not checked")
+        return []
+    target = httpx.URL(link)
+    origin = f"{target.scheme}://{target.netloc.decode()}"
+    if on_origin(link, httpx.URL(client.base_url)):
+        report.notes.append(f"next link: on {target.host}, the configured host")
+        return []
+    report.notes.append(f"next link: on {target.host}, not the configured host (not followed)")
+    return [
+        Contradiction(
+            "CASAVI_BASE_URL",
+            f"casavi's next-page link points at {origin}, not at {client.base_url}: set "
+            f"CASAVI_BASE_URL={origin} (the sync sends its token only to the configured host, and stops "
+            "at a link elsewhere)",
+        )
+    ]
+
+
+def _first_next_link(client: CasaviClient, kind: ObjectKind) -> str | None:
+    """The `_links.next` of a first page of one object (the link is not followed)."""
+    pages = client.list_pages(kind, page_size=1)
+    try:
+        return next(pages).next_url
+    except (CasaviAuthError, CasaviUnavailableError):
+        raise
+    except (CasaviError, StopIteration):  # the kind's own listing reported what casavi answered
+        return None
+    finally:
+        pages.close()
+
+
 def _check_kind(client: CasaviClient, kind: ObjectKind) -> KindCheck:
     check = KindCheck(kind, _Level(f"FIELD_RULES[{kind.value}]", api.FIELD_RULES[kind]))
     pages = client.list_pages(kind, page_size=check.page_size)
@@ -424,7 +529,7 @@ def _check_kind(client: CasaviClient, kind: ObjectKind) -> KindCheck:
     finally:
         pages.close()  # the first page only: the next link is not followed
     check.listed, check.envelope, check.links = len(page.objects), page.envelope, page.links
-    check.has_next = page.next_url is not None
+    check.has_next, check.next_url = page.next_url is not None, page.next_url
     if check.listed > check.page_size:
         check.contradictions.append(
             Contradiction(
@@ -634,12 +739,24 @@ def _clean_up(client: CasaviClient, records: Mapping[ObjectKind, Mapping[str, An
     failure: CasaviError | None = None
     for kind in api.DELETE_ORDER:
         ref_id = records[kind]["id"]
+        answer = "no answer"
         try:
             result = _write_step(report, kind, "DELETE", lambda k=kind, r=ref_id: client.delete(k, r))
-        except (CasaviAuthError, CasaviUnavailableError) as exc:
+        except CasaviAuthError as exc:
+            result = None
+            if exc.status == api.STATUS_FORBIDDEN:  # this key may not delete: recorded, not fatal
+                answer = f"{exc.status} (this API key may not delete)"
+            else:
+                failure = failure or exc
+        except CasaviUnavailableError as exc:
             failure, result = failure or exc, None
         if result is None or not result.ok:
             report.left_behind.append(ref_id)
+        if result is not None:
+            answer = str(result.status)
+            if result.ok and result.status != api.STATUS_NOT_FOUND:
+                answer += _read_back_deleted(client, kind, ref_id, report)
+        report.deletes.append(f"{kind.value} {answer}")
         if result is not None and result.status == api.STATUS_CONFLICT:
             report.contradictions.append(
                 Contradiction(
@@ -648,6 +765,30 @@ def _clean_up(client: CasaviClient, records: Mapping[ObjectKind, Mapping[str, An
             )
     if failure is not None:
         raise failure
+
+
+def _read_back_deleted(client: CasaviClient, kind: ObjectKind, ref_id: str, report: Report) -> str:
+    """Read a test object casavi confirmed deleted: gone (404), or still there (archived, not deleted?)."""
+    assert report.steps is not None
+    call = f"GET {kind.collection_path}/{{id}}"
+    try:
+        read = client.get_object(kind, ref_id)
+    except (CasaviAuthError, CasaviUnavailableError):
+        raise
+    except CasaviError as exc:
+        report.steps.append(Step(call, exc.status, (api.STATUS_NOT_FOUND,)))
+        return f", then {exc.status} reading it"
+    report.steps.append(Step(call, api.STATUS_NOT_FOUND if read is None else 200, (api.STATUS_NOT_FOUND,)))
+    if read is None:
+        return ", gone when read back"
+    report.left_behind.append(ref_id)
+    report.contradictions.append(
+        Contradiction(
+            "STATUS_DELETED",
+            f"the test {kind.value} casavi confirmed deleted is still read by id (archived, not deleted?)",
+        )
+    )
+    return ", still read by id"
 
 
 def _unexpected(report: Report, kind: ObjectKind, call: str, exc: CasaviError) -> None:

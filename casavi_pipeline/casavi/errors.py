@@ -1,4 +1,4 @@
-"""Errors of the casavi client.
+"""Errors of the casavi client, and the one place that reads an error out of casavi's answer.
 
 They end up in Dagster's run log and in the rejections table, so they carry only what cannot hold
 personal data or secrets: the call (method + path template), the reference id, the HTTP status, the
@@ -11,7 +11,11 @@ holding `SCHULZ`) would leak it: no shape of a free-text slot proves it holds no
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Self
+from typing import Any, Self, TypeVar
+
+import httpx
+
+from casavi_pipeline.casavi import api
 
 
 class CasaviError(Exception):
@@ -74,3 +78,52 @@ class CasaviUnavailableError(CasaviError):
 
 class CasaviRateLimitedError(CasaviUnavailableError):
     """casavi answered a request with nothing but 429 for the whole retry time, although the client slowed down."""
+
+
+#: What a call answered 404/405 where our model expects neither says (every object would fail alike).
+MODEL_MISMATCH_WORDING = (
+    "casavi's API differs from casavi_pipeline's model at this call: run `casavi-pipeline check-casavi`"
+)
+_NOT_JSON = object()
+_E = TypeVar("_E", bound=CasaviError)
+
+
+def _json_or_not(response: httpx.Response) -> Any:
+    # Returns a sentinel rather than raising: a JSONDecodeError keeps the whole body (`.doc`), and an
+    # exception raised while handling it would carry it along as `__context__`.
+    try:
+        return response.json()
+    except ValueError:
+        return _NOT_JSON
+
+
+def error_from(
+    response: httpx.Response, cls: type[_E], *, call: str, ref_id: str | None, message: str | None = None
+) -> _E:
+    """The client's error for an answer: our wording, plus only our model's field names from the body.
+
+    casavi's `message` texts are dropped on purpose: a server or proxy echoing the payload would put
+    personal data into the run log and the rejections table.
+    """
+    fields: list[str] = []
+    body = _json_or_not(response)
+    if isinstance(body, dict):
+        details = body.get(api.ERROR_DETAILS_KEY)
+        for detail in details if isinstance(details, list) else []:
+            if not isinstance(detail, dict):
+                continue
+            name = detail.get(api.ERROR_FIELD_KEY)
+            if api.is_known_field_path(name) and name not in fields:
+                fields.append(name)
+    status = response.status_code
+    return cls(message or api.error_wording(status), call=call, ref_id=ref_id, status=status, fields=fields)
+
+
+def json_body(response: httpx.Response, *, call: str, ref_id: str | None = None) -> Any:
+    """The answer's JSON; an answer that is not JSON is an error that carries none of the body."""
+    body = _json_or_not(response)
+    if body is _NOT_JSON:
+        raise CasaviError(
+            "casavi answered with a body that is not JSON", call=call, ref_id=ref_id, status=response.status_code
+        )
+    return body

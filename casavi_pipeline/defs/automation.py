@@ -1,15 +1,15 @@
-"""Running unattended: a nightly schedule, a sensor for new ERP deliveries, and failure reporting.
+"""Running unattended: a nightly schedule and a sensor for new ERP deliveries.
 
-All three are off by default (switch them on in the UI under Automation), so a fresh deployment never
-writes to casavi before someone decided it should. Runs whose process was killed are ended by the
-daemon's run monitoring (casavi_pipeline/runs/launcher.py), not by a sensor.
+Both are off by default (switch them on in the UI under Automation), so a fresh deployment never
+writes to casavi before someone decided it should. A failed run is told by `casavi_failure_alert`
+(defs/alerts.py); runs whose process was killed are ended by the daemon's run monitoring
+(casavi_pipeline/runs/launcher.py), not by a sensor.
 """
 
 import json
 
 import dagster as dg
 
-from casavi_pipeline.defs.failures import check_evaluations_of_run, failure_reason
 from casavi_pipeline.defs.jobs import casavi_sync_job
 from casavi_pipeline.defs.partitions import mandant_partitions
 from casavi_pipeline.defs.resources import ErpExport, SyncPolicy
@@ -71,21 +71,7 @@ def casavi_export_delivery_sensor(
     return dg.SensorResult(run_requests=requests, cursor=json.dumps(seen, sort_keys=True))
 
 
-@dg.run_failure_sensor(
-    monitored_jobs=[casavi_sync_job],
-    default_status=dg.DefaultSensorStatus.STOPPED,
-    description="Logs one line per failed casavi run: Mandant, run id and why (reference ids and counts only).",
-)
-def casavi_run_failure_report(context: dg.RunFailureSensorContext) -> None:
-    run = context.dagster_run
-    mandant = run.tags.get("dagster/partition", "?")
-    reason = failure_reason(
-        check_evaluations_of_run(context.instance, run.run_id), context.get_step_failure_events()
-    )
-    context.log.error(f"casavi sync of Mandant {mandant} failed (run {run.run_id}): {reason}")
-
-
 defs = dg.Definitions(
     schedules=[casavi_nightly_sync],
-    sensors=[casavi_export_delivery_sensor, casavi_run_failure_report],
+    sensors=[casavi_export_delivery_sensor],
 )

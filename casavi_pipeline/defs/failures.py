@@ -6,26 +6,21 @@ under a generic `DagsterAssetCheckFailedError` or a step failure with a stack tr
 reason again from public APIs (check evaluations, step failure events) so every place that tells a person
 why a run stopped tells the same line (`failure_reason`).
 
-Two mechanisms put the line into the run (ERROR "casavi_pipeline stopped: …" and the tag
-`casavi/failure_reason`), so that it does not depend on which job ran or how it was started:
+The line goes into the run (the tag `casavi/failure_reason`, and an ERROR line "casavi_pipeline stopped:
+…" in its log) by **the failure hook on every asset and check** (`with_failure_reason`, applied to the
+whole code location in `definitions.py`). Hooks attached to assets go with them into every job that runs
+them, also Dagster's implicit `__ASSET_JOB` (*Materialize all* in the UI, `dg launch --assets`, `dagster
+asset materialize`) and `casavi_sync_job` (launchpad, schedule, sensor, `casavi-pipeline sync`). It runs
+inside the failing step, so it needs no daemon: the line is there when the run ends.
 
-- **The failure hook on every asset and check** (`with_failure_reason`, applied to the whole code location
-  in `definitions.py`). Hooks attached to assets go with them into every job that runs them, also
-  Dagster's implicit `__ASSET_JOB` (*Materialize all* in the UI, `dg launch --assets`, `dagster asset
-  materialize`), `casavi_sync_job` (launchpad, schedule, sensor), and in-process runs (`execute_in_process`,
-  `materialize`: the tests, the demo, `casavi-pipeline sync`). It runs inside the failing step, so it needs
-  no daemon: the line is there when the run ends.
-- **The run-failure sensor `casavi_failure_reason`** (on by default, every job of every code location)
-  covers what no step hook sees: a run that failed outside its steps (killed and marked failed, failed to
-  start, a run worker that crashed). It writes the tag and the ERROR line to any failed run that lacks
-  them. It needs the daemon (`dagster dev`, `dagster-daemon`) and sees only runs that failed while it was
-  on: a run started from the CLI without a daemon relies on the hook alone.
+A run that failed outside its steps (killed and marked failed by run monitoring, failed to start, a run
+worker that crashed) has no hook that saw it; Dagster's own RUN_FAILURE event in its log says why, and
+the run failure sensor `casavi_failure_alert` (defs/alerts.py) puts that line into the tag
+(`reason_of_failed_run`) before it alerts with it.
 """
 
 from __future__ import annotations
 
-import logging
-import time
 from collections.abc import Iterable
 
 import dagster as dg
@@ -55,10 +50,19 @@ def failure_reason(
             return f"{event.step_key}: {_first_line(user.description)}"
         if data and data.error:
             error = data.error
-            # Dagster's wrapper ("Error occurred while executing op …") names no reason; what it wraps does.
-            while error.cls_name == "DagsterExecutionStepExecutionError" and error.cause is not None:
+            # Dagster's wrappers name no reason ("Error occurred while executing op …", "Exceeded
+            # max_retries of 2" after the last retry): what they wrap does.
+            while error.cause is not None and (
+                error.cls_name == "DagsterExecutionStepExecutionError"
+                or error.message.startswith("Exceeded max_retries")
+            ):
                 error = error.cause
-            return f"{event.step_key}: {_first_line(error.message)}"
+            message = error.message
+            # An exception's message starts with its qualified class name ("pkg.mod.SomeError: …").
+            named, _, rest = message.partition(": ")
+            if rest and named.rsplit(".", 1)[-1] == error.cls_name and "." in named:
+                message = rest
+            return f"{event.step_key}: {_first_line(message)}"
     if isinstance(exception, dg.Failure) and exception.description:
         return _first_line(exception.description)
     if exception is not None:
@@ -84,9 +88,29 @@ def step_failures_of_run(instance: dg.DagsterInstance, run_id: str) -> list[dg.D
     return [r.event_log_entry.dagster_event for r in records if r.event_log_entry.dagster_event]
 
 
+def reason_of_failed_run(instance: dg.DagsterInstance, run: dg.DagsterRun, failure_message: str | None) -> str:
+    """Why `run` failed: the line its failing step's hook recorded, else (it failed outside its steps)
+    the line found again from its events or Dagster's `failure_message`, recorded now in its tag."""
+    step_failures = step_failures_of_run(instance, run.run_id)
+    recorded = run.tags.get(FAILURE_REASON_TAG)
+    # Only a failed step's hook writes the tag; one present without a failed step was inherited (a
+    # re-execution carries its parent's tags) and says why the parent stopped.
+    if recorded and step_failures:
+        return recorded
+    reason = failure_reason(check_evaluations_of_run(instance, run.run_id), step_failures)
+    if reason == NO_REASON and failure_message:
+        reason = _first_line(failure_message)
+    instance.add_run_tags(run.run_id, {FAILURE_REASON_TAG: reason[:_MAX_TAG_LENGTH]})
+    return reason
+
+
+#: How the run's ERROR line naming the reason begins (`stopped_line`).
+STOPPED = "casavi_pipeline stopped: "
+
+
 def stopped_line(reason: str) -> str:
     """The run log's ERROR line naming the reason (the same in every way a run is started)."""
-    return f"casavi_pipeline stopped: {reason}"
+    return f"{STOPPED}{reason}"
 
 
 @dg.failure_hook(name="casavi_failure_reason")
@@ -120,39 +144,3 @@ def with_failure_reason(defs: dg.Definitions) -> dg.Definitions:
         metadata=defs.metadata,
         component_tree=defs.component_tree,
     )
-
-
-@dg.run_failure_sensor(
-    name="casavi_failure_reason",
-    monitor_all_code_locations=True,
-    default_status=dg.DefaultSensorStatus.RUNNING,
-    minimum_interval_seconds=5,
-    description="Writes why a run stopped (tag casavi/failure_reason and an ERROR line in its log) into "
-    "every failed run that lacks it: one that failed outside its steps, where no step's hook ran.",
-)
-def casavi_failure_reason(context: dg.RunFailureSensorContext) -> None:
-    run = context.dagster_run
-    if FAILURE_REASON_TAG in run.tags:  # the failing step's hook already said it
-        return
-    instance = context.instance
-    reason = failure_reason(
-        check_evaluations_of_run(instance, run.run_id),
-        step_failures_of_run(instance, run.run_id),
-    )
-    if reason == NO_REASON and context.failure_event.message:
-        reason = _first_line(context.failure_event.message)
-    instance.add_run_tags(run.run_id, {FAILURE_REASON_TAG: reason[:_MAX_TAG_LENGTH]})
-    instance.handle_new_event(
-        dg.EventLogEntry(
-            error_info=None,
-            level=logging.ERROR,
-            user_message=stopped_line(reason),
-            run_id=run.run_id,
-            timestamp=time.time(),
-            job_name=run.job_name,
-        )
-    )
-    context.log.info(f"run {run.run_id}: {reason}")
-
-
-defs = dg.Definitions(sensors=[casavi_failure_reason])

@@ -149,7 +149,7 @@ CHECKS = [
             "casavi_addresses",
             "unique_streets_within_property",
             "No two buildings of one economic unit have the same street and house number: casavi identifies "
-            "a building by its street within the property. Names both buildings.",
+            "a building by its street within the property. Names both buildings and their street.",
         ),
         lambda f, _policy, _mandant: _result(quality.unique_streets(f["casavi_addresses"])),
     ),
@@ -259,7 +259,10 @@ def casavi_quality(
     for check in CHECKS:
         if check.spec.key in context.selected_asset_check_keys:
             result = check.run(frames, sync_policy, context.partition_key)
-            yield result._replace(asset_key=check.spec.asset_key, check_name=check.spec.name)
+            yield dg.AssetCheckResult(  # the result, as this spec's in a multi-check step
+                asset_key=check.spec.asset_key, check_name=check.spec.name, passed=result.passed,
+                severity=result.severity, description=result.description, metadata=result.metadata,
+            )  # fmt: skip
 
 
 @dg.asset_check(

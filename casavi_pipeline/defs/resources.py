@@ -13,7 +13,7 @@ are bound through `dg.EnvVar`, so they are read from the environment when a run 
 in run config, the UI or the event log.
 
 The casavi resource is an abstract `ConfigurableResource` with a real (httpx) implementation here and a
-fake in the test harness (`casavi_sandbox.fake`). Where its credentials go is no run config at all: the
+fake in the test harness (`casavi_harness.fake`). Where its credentials go is no run config at all: the
 resource reads `CASAVI_BASE_URL` from the run's environment too (validated by the settings' rule), so a
 run launched with edited config cannot redirect them.
 """
@@ -23,7 +23,7 @@ from __future__ import annotations
 import contextlib
 import types
 import typing
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Annotated, Any, Self
 
@@ -31,6 +31,7 @@ import dagster as dg
 from pydantic import BaseModel, Field, SecretStr, create_model
 from pydantic.fields import FieldInfo
 
+from casavi_pipeline.account import account_id
 from casavi_pipeline.alerts import AlertChannels, Smtp
 from casavi_pipeline.casavi.client import CasaviClient
 from casavi_pipeline.casavi.ratelimit import AccountBudget, budget_path, learned_rate
@@ -55,11 +56,14 @@ from casavi_pipeline.settings import (
 from casavi_pipeline.state.listing import RemoteCache
 from casavi_pipeline.state.snapshot import Snapshot
 from casavi_pipeline.state.store import StateStore
+from casavi_pipeline.state.upgrade import old_budget_name
 from casavi_pipeline.sync.guards import GuardPolicy
 from casavi_pipeline.sync.rejections import RejectionPolicy
 
 #: The settings of this code location, read once when it loads (a bad setting fails the load in one line).
 SETTINGS: Settings = load_settings()
+#: The variable of the casavi API key: the secret that also names the account the state belongs to.
+CASAVI_API_KEY = variable_of(CasaviSettings.model_fields["api_key"])
 
 
 def _is_secret(field: FieldInfo) -> bool:
@@ -119,7 +123,7 @@ class ErpExport(_resource_of(ErpSettings)):
     def source(self) -> ErpSource:
         mapping = load_mapping_file(Path(self.mapping_file)) if self.mapping_file else None
         if self.source_url:
-            return SqlSource(self.source_url, mapping)
+            return SqlSource(self.source_url, mapping, timeout_seconds=self.query_timeout_seconds)
         return CsvSource(Path(self.directory or "."), self.encoding, mapping)
 
     def delivery(self, mandant: str) -> Delivery | None:
@@ -130,11 +134,22 @@ class ErpExport(_resource_of(ErpSettings)):
 class SnapshotStore(_resource_of(StateSettings)):
     """Where the sync's state lives (`casavi_pipeline.state.store`): one snapshot per Mandant, so
     Mandanten run in parallel, and one listing of casavi shared by all of them; local files, or
-    PostgreSQL when CASAVI_STATE_URL is set."""
+    PostgreSQL when CASAVI_STATE_URL is set. All of it belongs to the casavi account of `account_key`
+    (hashed: `casavi_pipeline.account`); another account's state is never opened."""
+
+    account_key: str = Field(
+        description="CASAVI_API_KEY (dg.EnvVar, a secret): names the casavi account the state belongs to; "
+        "only its hash is kept"
+    )
 
     @property
     def store(self) -> StateStore:
-        return StateStore(Path(self.directory), self.url)
+        return StateStore(
+            Path(self.directory),
+            self.url,
+            account=account_id(self.account_key),
+            old_budget=old_budget_name(casavi_base_url(), self.account_key),
+        )
 
     def open(self, mandant: str, *, read_only: bool = False) -> Snapshot:
         return self.store.open(mandant, read_only=read_only)
@@ -204,7 +219,8 @@ class CasaviResource(dg.ConfigurableResource):
     """Hands out a casavi client for the duration of one step."""
 
     @contextlib.contextmanager
-    def get_client(self) -> Iterator[CasaviClient]:
+    def get_client(self, on_wait: Callable[[str], None] | None = None) -> Iterator[CasaviClient]:
+        """A client for one step; `on_wait` hears when it waits for a failing casavi (`CasaviClient`)."""
         raise NotImplementedError
         yield  # pragma: no cover
 
@@ -243,7 +259,7 @@ class HttpCasaviResource(CasaviResource, _resource_of(CasaviSettings)):
         return requests * 60.0 / per_minute if per_minute else None
 
     @contextlib.contextmanager
-    def get_client(self) -> Iterator[CasaviClient]:
+    def get_client(self, on_wait: Callable[[str], None] | None = None) -> Iterator[CasaviClient]:
         base_url = self.target
         with (
             AccountBudget(self._budget_path(), ceiling_per_minute=self.requests_per_minute or None) as budget,
@@ -256,6 +272,7 @@ class HttpCasaviResource(CasaviResource, _resource_of(CasaviSettings)):
                 max_concurrency=self.max_concurrency,
                 max_attempts=self.max_attempts,
                 max_retry_seconds=self.max_retry_seconds,
+                on_wait=on_wait,
             ) as client,
         ):
             yield client
@@ -263,7 +280,7 @@ class HttpCasaviResource(CasaviResource, _resource_of(CasaviSettings)):
 
 def snapshot_store(settings: Settings) -> SnapshotStore:
     """Where the sync's state (and the run values) live."""
-    return SnapshotStore.from_settings(settings.state)
+    return SnapshotStore.from_settings(settings.state, account_key=dg.EnvVar(CASAVI_API_KEY))
 
 
 def build_resources(settings: Settings) -> dict[str, object]:

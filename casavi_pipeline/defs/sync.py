@@ -37,7 +37,9 @@ from casavi_pipeline.defs.sync_reporting import (
     rejections_check,
     remote_metadata,
     report_pending_deletions,
+    say,
     sync_metadata,
+    writing_client,
 )
 from casavi_pipeline.state import deletions
 from casavi_pipeline.state.diff import ChangesetSummary, compute_changeset, summarize
@@ -49,6 +51,16 @@ from casavi_pipeline.sync.run import preview_dry_run, refusal, stale, write_chan
 
 #: The run tag a dry run sets: shown at the top of the run page, beside the green "Success".
 DRY_RUN_TAG = "casavi/dry_run"
+
+
+def _repairs_drift(context: dg.AssetExecutionContext, policy: SyncPolicy) -> bool:
+    """Does this run repair drift? `casavi_changeset`'s `repair_drift` config, else CASAVI_REPAIR_DRIFT.
+
+    Read from the run's config by the read step too: a run that repairs reads the account in full first.
+    """
+    ops = (context.run.run_config or {}).get("ops", {})
+    configured = ((ops.get("casavi_changeset") or {}).get("config") or {}).get("repair_drift")
+    return policy.repair_drift if configured is None else bool(configured)
 
 
 def _run_identity(context: dg.AssetExecutionContext) -> str:
@@ -67,7 +79,8 @@ class ReadConfig(dg.Config):
     full: bool = Field(
         default=False,
         description="List the whole account now (sees objects deleted in casavi). Otherwise the read is "
-        "incremental (modifiedAfter), and full at least every CASAVI_FULL_READ_EVERY_DAYS.",
+        "incremental (modifiedAfter), and full at least every CASAVI_FULL_READ_EVERY_DAYS, and whenever the "
+        "run repairs drift (casavi_changeset's repair_drift, or CASAVI_REPAIR_DRIFT).",
     )
 
 
@@ -90,7 +103,10 @@ def casavi_remote(
     sync_policy: SyncPolicy,
 ) -> dg.MaterializeResult:
     mandant = context.partition_key
-    with open_snapshot(snapshots.store, mandant, context.log) as snapshot, casavi_client(casavi) as client:
+    with (
+        open_snapshot(snapshots.store, mandant, context.log) as snapshot,
+        casavi_client(casavi, on_wait=say(context)) as client,
+    ):
         read = read_remote(
             snapshot,
             snapshots.remote_cache(),
@@ -98,6 +114,7 @@ def casavi_remote(
             mandanten=mandant_partitions.get_partition_keys(),
             separator=sync_policy.id_separator,
             full=config.full,
+            repair_drift=_repairs_drift(context, sync_policy),
             max_age=dt.timedelta(minutes=sync_policy.read_max_age_minutes),
             full_every=dt.timedelta(days=sync_policy.full_read_every_days),
             log=context.log,
@@ -162,8 +179,7 @@ def casavi_changeset(
         ObjectKind.CONTACT: casavi_contacts,
     }
     with snapshots.open(mandant) as snapshot:
-        repair_drift = sync_policy.repair_drift if config.repair_drift is None else config.repair_drift
-        if repair_drift and snapshot.drift(listed=0).count():
+        if _repairs_drift(context, sync_policy) and snapshot.drift(listed=0).count():
             context.log.info(f"Mandant {mandant}: repairing drift: casavi's state is taken as synced")
             snapshot.adopt_remote()
         summary = compute_changeset(
@@ -288,7 +304,7 @@ def casavi_sync(
             stop = next(iter(evaluate_guards(sync_policy.guards, snapshot).failures), None)
             yield from _preview(context, snapshot, summary, casavi, sync_policy, stop)
             return
-        with casavi_client(casavi, writes=True) as client:
+        with writing_client(context, casavi, snapshot) as client:
             outcome = write_changeset(
                 snapshot,
                 snapshots.remote_cache(),

@@ -5,30 +5,30 @@ from the assets so their bodies read as the steps they take.
 Reference ids, kinds, counts and field names only: never a value of a record (personal data).
 """
 
-import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import dagster as dg
 
-from casavi_pipeline.casavi.client import CasaviClient, ClientStats
+from casavi_pipeline.casavi.client import CasaviClient
 from casavi_pipeline.casavi.errors import (
     CasaviAuthError,
     CasaviModelMismatchError,
     CasaviRateLimitedError,
     CasaviUnavailableError,
 )
+from casavi_pipeline.casavi.transport import ClientStats
 from casavi_pipeline.defs.resources import CasaviResource, SyncPolicy
-from casavi_pipeline.settings import Deletions
 from casavi_pipeline.state import deletions
-from casavi_pipeline.state.deletions import PendingDeletion
+from casavi_pipeline.state.deletions import Deletions, PendingDeletion
 from casavi_pipeline.state.diff import ChangesetSummary
-from casavi_pipeline.state.snapshot import Drift
+from casavi_pipeline.state.postgres import StateUnavailableError
+from casavi_pipeline.state.snapshot import Drift, Snapshot
 from casavi_pipeline.sync.guards import GuardResult
 from casavi_pipeline.sync.progress import Progress, duration
 from casavi_pipeline.sync.read import RemoteRead
 from casavi_pipeline.sync.rejections import RejectionVerdict
-from casavi_pipeline.sync.run import DryRun, WriteOutcome
+from casavi_pipeline.sync.run import DryRun, RunTotals, WriteOutcome, confirmed_line, recorded_totals
 
 #: How a sync stopped by a person (Ctrl-C, SIGTERM, terminate) describes itself; the demo looks for it.
 INTERRUPTED = "sync stopped by an interrupt"
@@ -49,14 +49,23 @@ DRIFT_LABELS = {
 }
 
 
+def say(context: dg.AssetExecutionContext) -> Callable[[str], None]:
+    """A line into the run's events: the UI's event log, Dagster's console logger (`dg launch`), and the
+    terminal of `casavi-pipeline sync` and the demo, which follow the run (`run_sync.Follower`)."""
+    return context.log.info
+
+
 @contextmanager
-def casavi_client(casavi: CasaviResource, *, writes: bool = False) -> Iterator[CasaviClient]:
+def casavi_client(
+    casavi: CasaviResource, *, writes: bool = False, on_wait: Callable[[str], None] | None = None
+) -> Iterator[CasaviClient]:
     """A client whose expected failures become one-line `dg.Failure`s naming casavi's URL.
 
     With `writes`, an interrupt (Ctrl-C, SIGTERM, a terminate from the UI) is a person stopping the run:
     the retry policy must not start the writes again. What casavi confirmed is in the snapshot.
+    `on_wait` hears when the client waits for a failing casavi, and when it answers again.
     """
-    with casavi.get_client() as client:
+    with casavi.get_client(on_wait) as client:
         try:
             yield client
         except (KeyboardInterrupt, dg.DagsterExecutionInterruptedError):
@@ -87,20 +96,72 @@ def casavi_client(casavi: CasaviResource, *, writes: bool = False) -> Iterator[C
             raise dg.Failure(description=f"casavi at {casavi.target}: {exc}", allow_retries=False) from None
 
 
+@contextmanager
+def stopped_with_counts(context: dg.AssetExecutionContext, snapshot: Snapshot) -> Iterator[None]:
+    """A sync stopped half-way (casavi gone, an interrupt, the state database gone) fails with what casavi
+    confirmed in the run so far in its metadata (`totals_metadata`: every attempt, from the snapshot, where
+    `write_changeset` recorded them before the error left it), so every summary can count it. An attempt
+    the retry policy repeats says so, with when: the wait is no silence. The state database gone is named
+    in one line and not retried: another attempt could not record anything either.
+    """
+    try:
+        yield
+    except dg.Failure as failure:
+        totals = recorded_totals(snapshot, context.run.run_id)
+        if totals is None:  # stopped before anything was sent
+            raise
+        _say_retry(context, failure, totals)
+        raise dg.Failure(
+            description=failure.description,
+            metadata={**failure.metadata, **totals_metadata(totals)},
+            allow_retries=failure.allow_retries,
+        ) from None
+    except StateUnavailableError as exc:
+        totals = recorded_totals(snapshot, context.run.run_id)
+        confirmed = f"{confirmed_line(totals)}; the next run sends the rest" if totals else "nothing confirmed yet"
+        raise dg.Failure(
+            description=f"{exc} ({confirmed}.)",
+            metadata=totals_metadata(totals) if totals else {},
+            allow_retries=False,
+        ) from None
+
+
+@contextmanager
+def writing_client(
+    context: dg.AssetExecutionContext, casavi: CasaviResource, snapshot: Snapshot
+) -> Iterator[CasaviClient]:
+    """The sync's client: its expected failures one line (`casavi_client`), its waits for casavi said, and
+    a stop half-way counted (`stopped_with_counts`)."""
+    with (
+        stopped_with_counts(context, snapshot),
+        casavi_client(casavi, writes=True, on_wait=say(context)) as client,
+    ):
+        yield client
+
+
+def _say_retry(context: dg.AssetExecutionContext, failure: dg.Failure, totals: RunTotals) -> None:
+    policy = context.op_def.retry_policy
+    if not failure.allow_retries or policy is None or context.retry_number >= policy.max_retries:
+        return
+    attempt = context.retry_number + 1
+    # Dagster adds jitter to this when it waits; without it, the wait it is about.
+    delay = dg.RetryPolicy(delay=policy.delay, backoff=policy.backoff).calculate_delay(attempt)
+    reason = (failure.description or "it failed").splitlines()[0].split(". ")[0]  # its first sentence
+    say(context)(
+        f"Mandant {context.partition_key}: attempt {attempt} of {policy.max_retries + 1} of casavi_sync "
+        f"stopped ({reason}); {confirmed_line(totals)} so far; the next attempt starts in about {delay:.0f} s"
+    )
+
+
 def progress(
     context: dg.AssetExecutionContext, casavi: CasaviResource, client: CasaviClient, total: int, every: float
 ) -> Progress:
-    """The sync's progress lines, into the run's events and onto the terminal of the CLI or the demo."""
-
-    def emit(line: str) -> None:
-        context.log.info(line)
-        print(line, file=sys.stderr, flush=True)  # compute logs too
-
+    """The sync's progress lines, into the run's events (`say`)."""
     return Progress(
         context.partition_key,
         total,
         every=every,
-        emit=emit,
+        emit=say(context),
         expected_seconds=casavi.expected_seconds,
         stats=client.stats,
     )
@@ -109,6 +170,7 @@ def progress(
 def remote_metadata(read: RemoteRead, stats: ClientStats) -> dict[str, object]:
     listing = read.listing
     return {
+        "listing": read.how,
         "full_listing": listing.full,
         "reused_listing": listing.reused,
         "account_objects": listing.account_objects,
@@ -121,6 +183,8 @@ def remote_metadata(read: RemoteRead, stats: ClientStats) -> dict[str, object]:
         **{f"listed/{kind}": n for kind, n in sorted(listing.listed.items())},
         **{f"changed/{kind}": n for kind, n in sorted(listing.changed.items())},
         **{f"skipped/{kind}": n for kind, n in sorted(listing.skipped.items()) if n},
+        "outside_model": read.foreign.count,
+        **({"first_outside_model": dg.MetadataValue.json(read.foreign.lines())} if read.foreign.count else {}),
     }
 
 
@@ -300,19 +364,30 @@ def dry_run_metadata(preview: DryRun, changeset: dict[str, object]) -> dict[str,
     }
 
 
-def sync_metadata(outcome: WriteOutcome, stats: ClientStats) -> dict[str, object]:
-    report, totals = outcome.report, outcome.totals
+def totals_metadata(totals: RunTotals) -> dict[str, object]:
+    """What the run sent and casavi confirmed or rejected so far, per kind and change (`sent/unit/create`),
+    summed over its attempts, and the writes it set out with (`planned`): on the sync's materialization,
+    and on its failure when it stopped half-way. `casavi-pipeline sync` and the demo count from these."""
     metadata: dict[str, object] = {
-        "confirmed": outcome.confirmed,
-        "rejected": outcome.rejected,
-        "pending_deletions": len(outcome.pending),
+        "confirmed": sum(totals["confirmed"].values()),
+        "rejected": sum(totals["rejected"].values()),
+        "planned": totals["planned"]["n"],
         "attempts": totals["attempts"]["n"],
+    }
+    for name in ("sent", "confirmed", "rejected"):
+        metadata.update({f"{name}/{k}": v for k, v in sorted(totals[name].items())})
+    return metadata
+
+
+def sync_metadata(outcome: WriteOutcome, stats: ClientStats) -> dict[str, object]:
+    report = outcome.report
+    metadata: dict[str, object] = {
+        **totals_metadata(outcome.totals),
+        "pending_deletions": len(outcome.pending),
         "requests": stats.requests,
         "duration_s": round(report.seconds, 2),
         "verified_kinds": ", ".join(report.verified) or "-",
     }
-    for name in ("sent", "confirmed", "rejected"):
-        metadata.update({f"{name}/{k}": v for k, v in sorted(totals[name].items())})
     if report.rejections:
         listed = report.rejections[:REJECTIONS_LISTED]
         metadata["rejections"] = dg.MetadataValue.md(

@@ -6,8 +6,13 @@ written down once.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from enum import StrEnum
+
+#: A Mandant number: 1-16 letters or digits (it names the export's folders and the state's files: never a
+#: path or a glob). Use fullmatch.
+MANDANT_PATTERN = re.compile(r"[0-9A-Za-z]{1,16}")
 
 
 class ColumnType(StrEnum):

@@ -9,15 +9,17 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-#: How many problems one message lists; the rest are counted, so a broken file stays readable.
-MAX_LISTED_PROBLEMS = 10
+#: How many problems the first line names: every one when there are this few, else these and where the rest are.
+FIRST_LINE_PROBLEMS = 5
+#: How many problems one message lists in all; the rest are counted, so a broken file stays readable.
+MAX_LISTED_PROBLEMS = 20
 
 
 class ErpExportError(ValueError):
     """An ERP export file (or folder, or database table/view) breaks the contract in `docs/export-format.md`.
 
-    `path` is the file or folder at fault (for a database: the table/view and the URL without password); `problems` lists every problem found (the message shows the
-    first `MAX_LISTED_PROBLEMS`).
+    `path` is the file or folder at fault (for a database: the table/view and the URL as shown); `problems`
+    lists every problem found (the message shows the first `MAX_LISTED_PROBLEMS`).
     """
 
     def __init__(self, path: Path | str, summary: str, problems: Sequence[str] = ()) -> None:
@@ -27,17 +29,25 @@ class ErpExportError(ValueError):
 
 
 def _format(summary: str, problems: list[str]) -> str:
-    """The summary with the first problem on its line, the others one a line below it.
+    """The summary with up to `FIRST_LINE_PROBLEMS` problems on its line, any further ones below it.
 
     The first line alone must say what is wrong and where (file or table, row, key, column): a run's
-    failure reason, its tag and the alerts show only that line.
+    failure reason, its tag, the CLI and the alerts show only that line. So it names every problem when
+    they are few, and otherwise says how many more there are and where they are listed.
     """
     if not problems:
         return summary
-    listed = problems[:MAX_LISTED_PROBLEMS]
-    lines = [f"{summary} {listed[0]}", *(f"  - {p}" for p in listed[1:])]
-    if len(problems) > len(listed):
-        lines.append(f"  ... and {len(problems) - len(listed)} more problem(s) of the same file")
+    first = "; ".join(problems[:FIRST_LINE_PROBLEMS])
+    rest = problems[FIRST_LINE_PROBLEMS:MAX_LISTED_PROBLEMS]
+    if len(problems) > FIRST_LINE_PROBLEMS:
+        listed = f"the next {len(rest)}" if len(problems) > MAX_LISTED_PROBLEMS else "all of them"
+        first += (
+            f"; and {len(problems) - FIRST_LINE_PROBLEMS} more ({listed} in the full error: the erp_export "
+            "step of the run in the Dagster UI)"
+        )
+    lines = [f"{summary} {first}", *(f"  - {p}" for p in rest)]
+    if len(problems) > MAX_LISTED_PROBLEMS:
+        lines.append(f"  ... and {len(problems) - MAX_LISTED_PROBLEMS} more problem(s) of the same file")
     return "\n".join(lines)
 
 

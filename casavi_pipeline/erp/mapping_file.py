@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
+import sqlparse
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -64,6 +65,14 @@ class EntityMapping(BaseModel):
             raise ValueError(
                 "is neither a table/view name (letters, digits, _; optionally schema.name) nor a query "
                 "starting with SELECT or WITH"
+            )
+        statements = _statements(value)
+        if len(statements) > 1:
+            # A second statement is never a read: `...; COMMIT; INSERT ...` would end the read-only
+            # transaction and write. Refused here, when the code location loads, not when a run meets it.
+            raise ValueError(
+                f"holds {len(statements)} SQL statements (a `;` outside quotes and comments ends one); give "
+                "one SELECT (or WITH ... SELECT): the ERP is only read"
             )
         if not _MANDANT_PARAMETER.search(value):
             raise ValueError("is a query without the parameter :mandant; select the Mandant's rows with it")
@@ -113,6 +122,16 @@ class EntityMapping(BaseModel):
                     [(codes.get(v, v) or None) if v is not None else None for v in columns[column]]
                 )
         return columns
+
+
+def _statements(sql: str) -> list[str]:
+    """The SQL statements of `sql` (sqlparse: `;` inside quotes, dollar quotes or comments ends none);
+    a piece that is only comments or an empty `;` is none."""
+    return [
+        part
+        for part in sqlparse.split(sql)
+        if sqlparse.format(part, strip_comments=True).strip().strip(";").strip()
+    ]
 
 
 def _text_array(values: list[str | None]) -> np.ndarray:

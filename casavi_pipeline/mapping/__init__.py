@@ -8,16 +8,15 @@ from casavi_pipeline.casavi.api import ObjectKind
 from casavi_pipeline.mapping.contracts import map_contracts
 from casavi_pipeline.mapping.people import linked_units, map_contacts
 from casavi_pipeline.mapping.real_estate import map_addresses, map_properties, map_units
-from casavi_pipeline.mapping.scope import left_out
-from casavi_pipeline.settings import SyncRule
+from casavi_pipeline.mapping.scope import SyncRule, left_out
 
 
 def map_mandant(
-    erp: dict[str, pd.DataFrame], *, mandant: str, separator: str, rule: SyncRule = SyncRule.EMAIL
+    erp: dict[str, pd.DataFrame], *, mandant: str, separator: str, rule: SyncRule
 ) -> dict[str, pd.DataFrame]:
     """All casavi frames of one Mandant from its seven ERP frames (the casavi assets' one step, and the
-    benchmarks' bare work), under the sync rule (default: CASAVI_SYNC_RULE's), and `left_out`: the ids of
-    the export's records that the rule leaves out."""
+    benchmarks' bare work), under the sync rule (CASAVI_SYNC_RULE), and `left_out`: the ids of the
+    export's records that the rule leaves out."""
     ids = {"mandant": mandant, "separator": separator, "rule": rule}
     people = (erp["mieter"], erp["mietvertraege"], erp["eigentuemer"], erp["eigentuemervertraege"])
     places = {"mandant": mandant, "separator": separator}

@@ -17,7 +17,7 @@ from casavi_pipeline.casavi import api
 from casavi_pipeline.casavi.api import ObjectKind
 from casavi_pipeline.mapping.ids import sql_ref_id
 from casavi_pipeline.mapping.people import open_person_session
-from casavi_pipeline.settings import SyncRule
+from casavi_pipeline.mapping.scope import SyncRule
 
 #: One row per synced (contract, person): the contact it belongs to, the entry's fields, the ERP key.
 CONTRACT_COLUMNS: tuple[str, ...] = (

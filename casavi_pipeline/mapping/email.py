@@ -8,6 +8,12 @@ labels in the middle of the domain; a stricter rule would silently drop tenants 
 Nor does it restrict the alphabet: `jürgen@example.de` and `name@bücher.de` (internationalised addresses)
 are valid and reach casavi as written; casavi's model asks only for a valid address.
 
+"Whitespace" is every character a person cannot see: Unicode's spaces and separators, control
+characters, and the invisible format characters (zero-width space U+200B, zero-width joiner, soft
+hyphen, byte order mark, direction marks, ...). An ERP or a copy from a web page leaves them behind;
+inside an address (`max@exam\u200bple.de`) they make it another address than the one shown, which no
+mail server delivers, so such an address is invalid. At either end they are trimmed like a space.
+
 ERPs often keep several addresses in one field: the value is split at `;` and `,`, and the first part
 that is valid on its own is used, e.g. `"bad; good@x.de"` → `good@x.de`.
 """
@@ -15,16 +21,37 @@ that is valid on its own is used, e.g. `"bad; good@x.de"` → `good@x.de`.
 from __future__ import annotations
 
 import re
+import unicodedata
 from collections.abc import Iterable
 
 # local part: no @, no whitespace, non-empty; domain: no @/whitespace, a dot inside, no dot at either end
-_VALID_EMAIL = re.compile(r"[^@\s]+@[^@\s.][^@\s]*\.[^@\s]*[^@\s.]")
+# (ASCII control characters count as whitespace; other invisible characters: `_invisible`)
+_VALID_EMAIL = re.compile(r"[^@\s\x00-\x1f\x7f]+@[^@\s\x00-\x1f\x7f.][^@\s\x00-\x1f\x7f]*\.[^@\s\x00-\x1f\x7f]*[^@\s\x00-\x1f\x7f.]")
 _LIST_SEPARATORS = re.compile(r"[;,]")
+#: Unicode categories a person cannot see: control, format (U+200B, U+00AD, U+FEFF, ...), separators.
+_INVISIBLE_CATEGORIES = frozenset({"Cc", "Cf", "Zs", "Zl", "Zp"})
+
+
+def _invisible(character: str) -> bool:
+    return unicodedata.category(character) in _INVISIBLE_CATEGORIES
 
 
 def is_valid_email(candidate: str | None) -> bool:
     """Whether one address (already trimmed) passes the pragmatic rule."""
-    return isinstance(candidate, str) and _VALID_EMAIL.fullmatch(candidate) is not None
+    if not isinstance(candidate, str) or _VALID_EMAIL.fullmatch(candidate) is None:
+        return False
+    # ASCII is settled by the pattern; only other characters need their Unicode category looked up.
+    return candidate.isascii() or not any(_invisible(c) for c in candidate if not c.isascii())
+
+
+def _trimmed(text: str) -> str:
+    """`text` without whitespace at either end, invisible characters counted as whitespace."""
+    start, end = 0, len(text)
+    while start < end and _invisible(text[start]):  # Zs and Cc hold the space, tab and line breaks
+        start += 1
+    while end > start and _invisible(text[end - 1]):
+        end -= 1
+    return text[start:end]
 
 
 def first_valid_email(value: str | None) -> str | None:
@@ -32,7 +59,7 @@ def first_valid_email(value: str | None) -> str | None:
     if not isinstance(value, str):
         return None
     for part in _LIST_SEPARATORS.split(value):
-        candidate = part.strip()
+        candidate = _trimmed(part)
         if is_valid_email(candidate):
             return candidate
     return None

@@ -7,6 +7,9 @@ their own in casavi (revision 2): they are a property's address and a contact's 
 
 from __future__ import annotations
 
+#: The separators a composite reference id may use (`CASAVI_ID_SEPARATOR`): Aareon Connect's choices.
+ALLOWED_SEPARATORS = ("-", "_", ".", "/", "|")
+
 
 def sql_ref_id(*parts: str) -> str:
     """The DuckDB expression composing `$mandant`, then `parts` (SQL expressions), joined by `$sep`.

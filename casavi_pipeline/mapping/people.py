@@ -34,7 +34,7 @@ from casavi_pipeline.mapping.duck import DuckSession, lists_of
 from casavi_pipeline.mapping.email import first_valid_emails
 from casavi_pipeline.mapping.ids import sql_ref_id
 from casavi_pipeline.mapping.real_estate import add_countries, sql_country, sql_street
-from casavi_pipeline.settings import SyncRule
+from casavi_pipeline.mapping.scope import SyncRule
 
 CONTACT_COLUMNS: tuple[str, ...] = (*api.DOMAIN_COLUMNS[ObjectKind.CONTACT], "erp_key")
 #: ERP `anrede` (compared case-insensitively) → casavi salutation; empty → null.

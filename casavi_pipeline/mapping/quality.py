@@ -2,7 +2,8 @@
 
 Each check returns a `CheckOutcome`: passed, severity, counts, the offending reference IDs or ERP keys
 (at most `MAX_LISTED`) and a one-line reason that says what to fix. Outcomes never carry names,
-emails or other field values: only reference IDs, ERP key numbers and counts.
+emails or other values of people: only reference IDs, ERP key numbers, counts and, where it is what a
+person must fix, a building's street (the housing company's address).
 """
 
 from __future__ import annotations
@@ -15,8 +16,9 @@ import pandas as pd
 
 from casavi_pipeline.erp.contract import ENTITIES_BY_NAME, FOREIGN_KEYS
 from casavi_pipeline.mapping.email import is_valid_email
+from casavi_pipeline.mapping.ids import ALLOWED_SEPARATORS
 from casavi_pipeline.mapping.people import VALID_EMAIL_COLUMN, tenant_rows_synced, with_valid_email
-from casavi_pipeline.settings import ALLOWED_SEPARATORS, SyncRule
+from casavi_pipeline.mapping.scope import SyncRule
 
 MAX_LISTED = 50
 
@@ -100,8 +102,12 @@ def unique_streets(addresses: pd.DataFrame) -> CheckOutcome:
     groups = duplicated.groupby(["property_id", "street"], sort=True)["erp_key"].agg(
         lambda keys: " and ".join(sorted(keys))
     )
-    # Named by property id and the buildings' ERP keys: the street itself stays out of the message.
-    details = [f"{property_id}: {keys}" for (property_id, _), keys in groups.items()]
+    # Named by property id, the buildings' ERP keys and the street they share: a street is the housing
+    # company's address (its building), not a person's, and it is what a person fixes in gebaeude.csv.
+    details = [
+        f"{property_id}: {keys} share the street {street!r}" if street else f"{property_id}: {keys} have no street"
+        for (property_id, street), keys in groups.items()
+    ]
     return _outcome(
         details,
         Severity.ERROR,

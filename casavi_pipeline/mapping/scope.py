@@ -1,19 +1,30 @@
-"""What the sync rule leaves out of the export: the reference ids the export composes, whatever the rule,
-that the mapping does not send (rule 6 of `docs/export-format.md`).
+"""What is in scope: the sync rule (rule 2 of `docs/export-format.md`), the one piece of domain vocabulary
+the mapping, the guards and the settings share. Where it is applied: `mapping/people.py` (`person_rows`).
 
-A synced object that leaves casavi's scope either went from the export or is still there but out of the
-sync rule (a tenant who lost their email; under `last-name` a vacant unit, its owner, a property with
-nothing rented). The changeset tells the two apart by these ids (`state/deletions.py`): a person deciding
-about a pending deletion needs to know which it is.
+And what the sync rule leaves out of the export (`left_out`): the reference ids the export composes,
+whatever the rule, that the mapping does not send (rule 6). A synced object that leaves casavi's scope
+either went from the export or is still there but out of the sync rule (a tenant who lost their email;
+under `last-name` a vacant unit, its owner, a property with nothing rented). The changeset tells the two
+apart by these ids (`state/deletions.py`): a person deciding about a pending deletion needs to know which.
 """
 
 from __future__ import annotations
+
+from enum import StrEnum
 
 import pandas as pd
 
 from casavi_pipeline.casavi.api import ObjectKind
 from casavi_pipeline.mapping.duck import DuckSession
 from casavi_pipeline.mapping.ids import sql_ref_id
+
+
+class SyncRule(StrEnum):
+    """Which tenants, and with them which objects, are synced."""
+
+    EMAIL = "email"  # tenants with a valid email; all real estate and all owners
+    LAST_NAME = "last-name"  # Aareon Connect's rule since 2024-02-07: tenants by name, only linked objects
+
 
 #: Per kind, the ERP entities whose records compose its ids, and the id's parts (as `mapping` composes them).
 _COMPOSED: dict[ObjectKind, list[tuple[str, tuple[str, ...]]]] = {

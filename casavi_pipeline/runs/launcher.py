@@ -8,8 +8,7 @@ monitoring (`run_monitoring:` in dagster.yaml) checks every STARTED run, however
 schedule, sensor, CLI), and marks a dead one failed, which frees the slot.
 
 Where a run's worker lives is recorded by the worker itself (:func:`record_run_worker`, called by the
-code location's executor before the first step, `runs/values.py`; `run_sync` passes :func:`run_worker_tags`
-at creation, since `execute_in_process` uses Dagster's own executor): host, pid and the process's start
+code location's executor before the first step, `runs/values.py`): host, pid and the process's start
 time, so a later process that reuses the pid is not taken for it. A run on another host is UNKNOWN, never
 FAILED: its processes cannot be seen from here.
 """
@@ -46,7 +45,7 @@ def _start_time(pid: int) -> str | None:
 
 
 def run_worker_tags() -> dict[str, str]:
-    """The tag saying that this process executes the run (e.g. `execute_in_process(tags=...)`)."""
+    """The tag saying that this process executes the run."""
     return {WORKER_TAG: f"{socket.gethostname()} {os.getpid()} {_start_time(os.getpid())}"}
 
 

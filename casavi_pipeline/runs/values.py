@@ -8,7 +8,7 @@ snapshots, at `<CASAVI_SNAPSHOT_DB>/values/<run id>/<asset>/<Mandant>`, never in
 - a re-execution from failure reads its parent run's values (`upstream_output.run_id`), so a failed
   or canceled run's values are kept for :data:`KEEP_ENDED_RUN_SECONDS`, then removed;
 - a run whose steps all succeeded removes its own values as its last act (:func:`run_values_executor`;
-  `run_sync` does the same after `execute_in_process`), and every run first removes what ended runs
+  every way of starting a run executes it with this executor), and every run first removes what ended runs
   left behind (:func:`remove_ended_run_values`): a killed run's, a failed run's past the bound;
 - `./run erase-personal-data M` removes Mandant M's values of every run (`casavi_pipeline.erase`).
 """

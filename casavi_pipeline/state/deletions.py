@@ -49,9 +49,17 @@ import pandas as pd
 
 from casavi_pipeline.casavi import api
 from casavi_pipeline.casavi.api import ObjectKind
-from casavi_pipeline.settings import Deletions
 from casavi_pipeline.state import audit
 from casavi_pipeline.state.snapshot import Snapshot
+
+
+class Deletions(StrEnum):
+    """CASAVI_DELETIONS: what happens to an object that leaves the scope (the module's docstring)."""
+
+    APPROVE = "approve"  # nothing is deleted by a run: it waits as a pending deletion for a person's approval
+    DELETE = "delete"  # the run deletes it (revision 2's behaviour)
+    KEEP = "keep"  # never deleted: left in casavi as it is, counted as no longer synced
+
 
 WHY_REMOVED = "removed from the export"
 WHY_RULE = "out of the sync rule"

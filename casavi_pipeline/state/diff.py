@@ -8,6 +8,13 @@ waiting for a person's approval, or kept), and only those to delete now are dele
 the snapshot's `pending` table, where `apply` picks it up, so a retried or resumed sync continues with
 what is left rather than recomputing.
 
+A value casavi holds that our model cannot express, set there by a person (a unit's usage Stellplatz:
+`api.FieldRule.keep_foreign`), is casavi's: the desired body carries it as casavi's read has it
+(`remote`), so an account holding it is adopted with no write, and a later PUT of that object (a new
+name, say) does not overwrite it with the ERP's value. `foreign_values` reports them; one SQL condition
+(`_held_sql`) decides for both. What casavi's read shows it already holds exactly as desired is taken as
+synced rather than sent again (`take_what_casavi_holds`).
+
 A building whose street changes is the one write that cannot be one PUT: casavi identifies a building by
 its street, and refuses a property that drops a street its units still name (our model), while the units
 can only move to a street the property already has. Such a property is sent twice: first with the old
@@ -28,9 +35,8 @@ import pandas as pd
 
 from casavi_pipeline.casavi import api
 from casavi_pipeline.casavi.api import ObjectKind
-from casavi_pipeline.settings import Deletions
 from casavi_pipeline.state import deletions as leaving
-from casavi_pipeline.state.deletions import Fate
+from casavi_pipeline.state.deletions import Deletions, Fate
 from casavi_pipeline.state.hashing import hashed_payloads_sql
 from casavi_pipeline.state.snapshot import META_CHANGESET, Snapshot
 
@@ -106,7 +112,7 @@ def compute_changeset(
     for kind, frame in frames.items():
         view = f"mapped_{kind.value}"
         con.register(view, frame)
-        selects.append(hashed_payloads_sql(kind, view))
+        selects.append(hashed_payloads_sql(kind, _keeping_foreign(kind, view)))
     con.execute("BEGIN TRANSACTION")
     try:
         con.execute("CREATE OR REPLACE TEMP TABLE desired AS " + " UNION ALL ".join(selects))
@@ -121,6 +127,7 @@ def compute_changeset(
             )
         leaving.decide(con, deletions, list(frames), left_out)
         keep_streets(con)
+        take_what_casavi_holds(con)  # after the desired bodies are final (`keep_streets`)
         con.execute("DELETE FROM pending")
         # Upserts in dependency order, deletes in reverse (the order apply sends them in).
         con.execute(
@@ -160,6 +167,103 @@ def compute_changeset(
         for kind in frames:
             con.unregister(f"mapped_{kind.value}")
     return summarize(snapshot, kinds=list(frames), preview_rows=preview_rows)
+
+
+def take_what_casavi_holds(con: duckdb.DuckDBPyConnection) -> int:
+    """Record as synced what casavi's read (`remote`) shows it already holds exactly as desired; return
+    how many. A read is casavi's confirmation as much as a write's answer, and sending the same body
+    again is a write for nothing: e.g. a unit we wrote as PRIVATE that a person then made a Stellplatz,
+    whose desired body now keeps that (casavi's API may not even take it back).
+
+    Only for objects casavi changed after we last confirmed them (its `modified` stamp): a read older than
+    our last write (a changeset recomputed without a new read) must not undo what that write recorded.
+    Without a stamp, or for an object we never wrote, the changeset writes as before."""
+    rows = con.execute(
+        """
+        INSERT OR REPLACE INTO synced
+        SELECT d.kind, d.ref_id, d.content_hash, d.payload, now()
+        FROM desired d
+        JOIN remote r ON r.kind = d.kind AND r.ref_id = d.ref_id AND r.content_hash = d.content_hash
+        JOIN synced s ON s.kind = d.kind AND s.ref_id = d.ref_id
+        WHERE s.content_hash <> d.content_hash AND TRY_CAST(r.modified AS TIMESTAMPTZ) > s.synced_at
+        """
+    ).fetchall()
+    return rows[0][0] if rows else 0
+
+
+def _sql_text(value: str) -> str:
+    return "'" + value.replace("'", "''") + "'"
+
+
+def _held_sql(kind: ObjectKind) -> str | None:
+    """(ref_id, one column per `keep_foreign` field: casavi's value where it is foreign, else NULL) for
+    the objects of `kind` in the snapshot's `remote` slice; None when the kind keeps no field."""
+    rules = api.KEEP_FOREIGN_RULES[kind]
+    if not rules:
+        return None
+    read = ", ".join(
+        f"json_extract_string(payload, {_sql_text('$.' + rule.casavi)}) AS \"{rule.name}\"" for rule in rules
+    )
+    # `api.is_foreign`, in SQL: not null, not empty, not one of ours
+    held = ", ".join(
+        f'CASE WHEN "{rule.name}" <> \'\' AND "{rule.name}" NOT IN '
+        f"({', '.join(_sql_text(v) for v in rule.enum or ())}) THEN \"{rule.name}\" END AS \"{rule.name}\""
+        for rule in rules
+    )
+    return (
+        f"SELECT ref_id, {held} FROM (SELECT ref_id, {read} FROM remote "
+        f"WHERE kind = {_sql_text(kind.value)} AND payload IS NOT NULL)"
+    )
+
+
+def _keeping_foreign(kind: ObjectKind, view: str) -> str:
+    """The mapped frame `view`, with casavi's foreign values in place of the ERP's (a subquery)."""
+    held = _held_sql(kind)
+    if held is None:
+        return view
+    kept = ", ".join(
+        f'coalesce(h."{rule.name}", m."{rule.name}") AS "{rule.name}"' for rule in api.KEEP_FOREIGN_RULES[kind]
+    )
+    return f"(SELECT m.* REPLACE ({kept}) FROM {view} m LEFT JOIN ({held}) h ON h.ref_id = m.id)"
+
+
+@dataclass(frozen=True)
+class ForeignValues:
+    """Values casavi holds outside our model that the changeset keeps: how many, and the first few as
+    (kind, reference id, casavi field, value)."""
+
+    count: int
+    first: list[tuple[str, str, str, str]]
+
+    def lines(self) -> list[str]:
+        """One line per value listed; a value is named only if it looks like a code (`api.CODE_SHAPE`)."""
+        lines = [
+            f"{kind} {ref_id}: {name} "
+            + (f"{value!r} is" if api.looks_like_code(value) else "holds a value")
+            + " outside casavi_pipeline's model; kept as casavi holds it"
+            for kind, ref_id, name, value in self.first
+        ]
+        if self.count > len(self.first):
+            lines.append(f"… and {self.count - len(self.first)} more values outside the model, kept likewise")
+        return lines
+
+
+def foreign_values(snapshot: Snapshot, *, listed: int = 10) -> ForeignValues:
+    """The foreign values (`api.FieldRule.keep_foreign`) in the snapshot's `remote` slice."""
+    parts = []
+    for kind in api.UPSERT_ORDER:
+        held = _held_sql(kind)
+        for rule in api.KEEP_FOREIGN_RULES[kind]:
+            parts.append(
+                f"SELECT {_sql_text(kind.value)} AS kind, ref_id, {_sql_text(rule.casavi)} AS field, "
+                f'"{rule.name}" AS value FROM ({held}) WHERE "{rule.name}" IS NOT NULL'
+            )
+    if not parts:
+        return ForeignValues(0, [])
+    query = " UNION ALL ".join(parts)
+    (count,) = snapshot.connection.execute(f"SELECT count(*) FROM ({query})").fetchone()  # type: ignore[misc]
+    first = snapshot.connection.execute(f"{query} ORDER BY kind, ref_id, field LIMIT ?", [listed]).fetchall()
+    return ForeignValues(count, [tuple(row) for row in first])  # type: ignore[misc]
 
 
 _ADDRESSES = api.rule_of(ObjectKind.PROPERTY, "addresses").casavi

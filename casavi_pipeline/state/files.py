@@ -143,6 +143,16 @@ def moved_aside(path: Path) -> list[Path]:
     return sorted(path.parent.glob(f"{path.name}{MOVED_ASIDE}*"))
 
 
+def delete_files(paths: Sequence[Path], folder: Path) -> None:
+    """Delete `paths` (an erasure), all or none: each must lie inside `folder`, no link followed out of it."""
+    root = Path(folder).resolve()
+    for path in paths:
+        if path.is_symlink() or not path.resolve().is_relative_to(root):
+            raise ValueError(f"refusing to delete {path}: it resolves outside {folder}")
+    for path in paths:
+        path.unlink(missing_ok=True)
+
+
 def rewrite_compacted(path: Path) -> None:
     """Replace the DuckDB file at `path` by a fresh copy of its contents, so freed blocks are gone.
 

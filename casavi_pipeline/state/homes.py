@@ -22,7 +22,7 @@ import fcntl
 from pathlib import Path
 from typing import Protocol, TextIO
 
-from casavi_pipeline.state.files import StateCorruptError, moved_aside
+from casavi_pipeline.state.files import StateCorruptError, delete_files, moved_aside
 from casavi_pipeline.state.logs import FileLog, Log
 
 JOURNAL = "journal"
@@ -47,8 +47,9 @@ class Home(Protocol):
     def saved(self, clears: list[tuple[Log, int]]) -> None:
         """The local file changed and was checkpointed: make it durable, then clear the logs to their marks."""
 
-    def moved_aside(self, error: StateCorruptError) -> None:
-        """The local file was unreadable and moved aside: move the home's copy aside too."""
+    def moved_aside(self, error: StateCorruptError) -> bool:
+        """The local file was unreadable and moved aside. True: the home fetched an intact copy again (open
+        the file again); False: the state starts afresh (the home's own copy is moved aside too)."""
 
     def leftovers(self) -> list[str]:
         """Everything moved aside from this state (what an erasure must reach), for messages."""
@@ -96,8 +97,8 @@ class LocalHome:
             if mark:
                 log.clear(mark)
 
-    def moved_aside(self, error: StateCorruptError) -> None:
-        pass  # the local file was the state, and `quarantine` moved it
+    def moved_aside(self, error: StateCorruptError) -> bool:
+        return False  # the local file was the state, and `quarantine` moved it
 
     def leftovers(self) -> list[str]:
         return [str(path) for path in self._leftover_paths()]
@@ -107,12 +108,7 @@ class LocalHome:
 
     def erase_leftovers(self) -> int:
         doomed = self._leftover_paths()
-        root = self.path.parent.resolve()
-        for path in doomed:
-            if path.is_symlink() or not path.resolve().is_relative_to(root):
-                raise ValueError(f"refusing to delete {path}: it resolves outside {self.path.parent}")
-        for path in doomed:
-            path.unlink()
+        delete_files(doomed, self.path.parent)
         return len(doomed)
 
     def close(self) -> None:

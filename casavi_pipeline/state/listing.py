@@ -84,7 +84,20 @@ class ReadReport:
     removed: dict[str, int] = field(default_factory=dict)  # kind → gone from a full listing
     account_objects: int = 0
     seconds: float = 0.0
+    why: str = ""  # why this kind of listing: the reason for a full one, the age of a reused one
     moved_aside: list[str] = field(default_factory=list)  # unreadable listings moved aside (and rebuilt)
+
+
+def _age(delta: dt.timedelta) -> str:
+    """A duration as a person says it: 40 s, 12 min, 5.5 h, 3.0 days."""
+    seconds = max(delta.total_seconds(), 0.0)
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min"
+    if seconds < 172_800:
+        return f"{seconds / 3600:.1f} h"
+    return f"{seconds / 86_400:.1f} days"
 
 
 def _utc(stamp: str | None) -> dt.datetime | None:
@@ -118,12 +131,7 @@ class RemoteCache:
             self.moved_aside.append(str(exc.moved_to))
             self.home.open(read_only=False)
         try:
-            try:
-                con = open_duckdb(self.path, "casavi listing")
-            except StateCorruptError as exc:
-                self.home.moved_aside(exc)
-                self.moved_aside.append(str(exc.moved_to))  # the next refresh lists everything anew
-                con = duckdb.connect(str(self.path), config=duck_memory.config())
+            con = self._open_file()
             try:
                 con.execute(_SCHEMA)
                 self._forget_older_model(con)
@@ -138,6 +146,23 @@ class RemoteCache:
                 self.home.saved([])
         finally:
             self.home.close()
+
+    def _open_file(self) -> duckdb.DuckDBPyConnection:
+        """The local file, read through once. A damaged working copy is fetched again from the home (the
+        state is intact there); a damaged state is moved aside and the listing starts empty (the next
+        refresh lists everything anew)."""
+        try:
+            return open_duckdb(self.path, "casavi listing")
+        except StateCorruptError as exc:
+            damaged = exc
+            if self.home.moved_aside(exc):
+                try:
+                    return open_duckdb(self.path, "casavi listing")
+                except StateCorruptError as again:  # fetched just now: the stored copy itself is damaged
+                    self.home.moved_aside(again)
+                    damaged = again
+        self.moved_aside.append(str(damaged.moved_to))
+        return duckdb.connect(str(self.path), config=duck_memory.config())
 
     @staticmethod
     def _forget_older_model(con: duckdb.DuckDBPyConnection) -> None:
@@ -158,6 +183,7 @@ class RemoteCache:
         *,
         prefixes: tuple[str, ...],
         full: bool = False,
+        why_full: str = "asked for",
         max_age: dt.timedelta = dt.timedelta(minutes=10),
         full_every: dt.timedelta = dt.timedelta(days=7),
         now: dt.datetime | None = None,
@@ -166,9 +192,10 @@ class RemoteCache:
 
         Only objects whose reference id starts with one of `prefixes` (the configured Mandanten with any
         separator) are kept: the others are not ours and are never normalised or stored. `full` asks for
-        a listing that also sees deletions (a full one within `max_age` is reused). Otherwise a listing
-        within `max_age` is reused, unless the sync wrote to casavi since (`mark_written`), and a full
-        listing runs when the last one is older than `full_every` or the prefixes changed.
+        a listing that also sees deletions (a full one within `max_age` is reused), `why_full` says why.
+        Otherwise a listing within `max_age` is reused, unless the sync wrote to casavi since
+        (`mark_written`), and a full listing runs when the last one is older than `full_every` or the
+        prefixes changed. The report says which kind of listing ran and why.
         """
         started = time.monotonic()
         now = now or dt.datetime.now(dt.UTC)
@@ -185,16 +212,28 @@ class RemoteCache:
                     and (written_at is None or stamp >= written_at)
                 )
 
-            need_full = (
-                full_at is None
-                or now - full_at >= full_every
-                or meta.get(_META_SCOPE) != scope
-                or (full and not fresh(full_at))
-            )
+            if full_at is None:
+                why = "the account's first listing here"
+            elif meta.get(_META_SCOPE) != scope:
+                why = "the configured Mandanten changed"
+            elif now - full_at >= full_every:
+                why = f"the last full listing is {_age(now - full_at)} old (CASAVI_FULL_READ_EVERY_DAYS)"
+            elif full and not fresh(full_at):
+                why = why_full
+            else:
+                why = None
+            need_full = why is not None
             if not need_full and fresh(read_at):
                 total = con.execute("SELECT count(*) FROM objects").fetchone()[0]  # type: ignore[index]
-                return ReadReport(full=False, reused=True, account_objects=total, moved_aside=list(self.moved_aside))
-            report = ReadReport(full=need_full, reused=False)
+                return ReadReport(
+                    full=False, reused=True, account_objects=total, moved_aside=list(self.moved_aside),
+                    why=f"listed {_age(now - read_at)} ago (CASAVI_READ_MAX_AGE_MINUTES) and nothing written since",
+                )  # fmt: skip
+            report = ReadReport(
+                full=need_full,
+                reused=False,
+                why=why or f"changes since the last listing; full every {_age(full_every)} (CASAVI_FULL_READ_EVERY_DAYS)",
+            )
             for kind in api.UPSERT_ORDER:
                 since = None if need_full else _utc(meta.get(_META_SINCE + kind.value))
                 listing_started = dt.datetime.now(dt.UTC)
@@ -243,8 +282,10 @@ class RemoteCache:
         """List one kind (page by page), normalise, hash and upsert what is ours; remember the ids seen.
 
         Returns (objects listed, of those new or changed, skipped as not matching our model, newest
-        `modified` seen). A read our model cannot hold (a hand-made object with a number field that is
-        text, say) is skipped and counted instead of stopping the read: it then counts as missing.
+        `modified` seen). A read is compared as read: a value casavi holds that we would not send (a
+        unit usage its UI sets, an empty required field) is just a difference. Only a read our model
+        cannot hold at all (a number field that is text, say: `api.unholdable_fields`) is skipped and
+        counted instead of stopping the read: it then counts as missing.
         """
         con.execute("CREATE OR REPLACE TEMP TABLE listed (ref_id VARCHAR)")
         batch: list[dict[str, Any]] = []
@@ -261,7 +302,7 @@ class RemoteCache:
             if not isinstance(reference, str) or not reference.startswith(prefixes):
                 continue  # not a configured Mandant's (or made by hand without a reference id): not ours
             record = api.record_from_read(kind, obj)
-            if api.validate_payload(kind, api.to_payload(kind, record)):
+            if api.unholdable_fields(api.FIELD_RULES[kind], api.to_payload(kind, record)):
                 skipped += 1
                 continue
             record["_internal_id"] = obj.get(api.INTERNAL_ID_FIELD)

@@ -28,7 +28,14 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from casavi_pipeline.state.files import MOVED_ASIDE, StateBusyError, StateCorruptError
+from casavi_pipeline.state.files import (
+    MOVED_ASIDE,
+    StateBusyError,
+    StateCorruptError,
+    delete_files,
+    moved_aside,
+)
+from casavi_pipeline.urls import scrubbed, shown_url
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS casavi_state_heads (
@@ -50,23 +57,26 @@ _MARKER = ".generation"
 
 
 def _connect(url: str) -> Any:
-    """A psycopg2 connection in autocommit mode (each log line commits on its own)."""
+    """A psycopg2 connection in autocommit mode (each log line commits on its own).
+
+    The URL's parts become libpq's parameters as SQLAlchemy makes them (the psycopg2 dialect's own
+    `create_connect_args`), so every form it takes works here too: `user:password@host`, `?password=`,
+    `?host=/run/postgresql` (a socket folder) or several hosts; a parameter in the query wins.
+    """
     import psycopg2
+    from sqlalchemy.dialects.postgresql.psycopg2 import PGDialect_psycopg2
     from sqlalchemy.engine import make_url
 
-    parsed = make_url(url)
+    _, parameters = PGDialect_psycopg2().create_connect_args(make_url(url))
+    parameters.setdefault("application_name", "casavi_pipeline")
+    parameters.setdefault("connect_timeout", 30)
     try:
-        con = psycopg2.connect(
-            host=parsed.host, port=parsed.port, user=parsed.username, password=parsed.password,
-            dbname=parsed.database, application_name="casavi_pipeline", connect_timeout=30,
-            **{k: v for k, v in parsed.query.items() if isinstance(v, str)},
-        )  # fmt: skip
+        con = psycopg2.connect(**parameters)
     except psycopg2.OperationalError as exc:
-        where = parsed.render_as_string(hide_password=True)
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise StateUnavailableError(
-            f"The state database CASAVI_STATE_URL={where} cannot be reached ({reason}); is PostgreSQL up, "
-            "and are host, port, user and password right? Nothing was sent to casavi."
+            f"The state database CASAVI_STATE_URL={shown_url(url)} cannot be reached ({scrubbed(reason, url)}); "
+            "is PostgreSQL up, and are host, port, user and password right? Nothing was sent to casavi."
         ) from None
     con.autocommit = True
     return con
@@ -89,6 +99,24 @@ class StateUnavailableError(RuntimeError):
     """The state database cannot be reached; the message names it without its password."""
 
 
+@contextlib.contextmanager
+def _answering(url: str) -> Iterator[None]:
+    """A connection that broke while in use (the server stopped or restarted, the network went) as one
+    line naming the database by host, port and name only; psycopg2's other errors stay bugs."""
+    import psycopg2
+    from sqlalchemy.engine import make_url
+
+    try:
+        yield
+    except (psycopg2.OperationalError, psycopg2.InterfaceError) as exc:
+        parsed = make_url(url)
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise StateUnavailableError(
+            f"The state database of CASAVI_STATE_URL ({parsed.host}:{parsed.port or 5432}/{parsed.database}) "
+            f"stopped answering ({reason}); is PostgreSQL up? What was recorded before is kept: rerun when it is"
+        ) from None
+
+
 def _lock_key(name: str) -> int:
     """A stable signed 64-bit advisory-lock key for a state name."""
     return int.from_bytes(hashlib.blake2b(f"casavi_pipeline/{name}".encode(), digest_size=8).digest(), "big", signed=True)
@@ -105,12 +133,23 @@ def _digest(path: Path) -> str | None:
 
 
 def stored_names(url: str) -> list[str]:
-    """The names of the state files PostgreSQL holds."""
+    """The names of the state files PostgreSQL holds (moved-aside ones included)."""
     con = _connect(url)
     try:
         with con.cursor() as cur:
             cur.execute("SELECT name FROM casavi_state_heads ORDER BY name")
             return [name for (name,) in cur.fetchall()]
+    finally:
+        con.close()
+
+
+def all_names(url: str) -> list[str]:
+    """Every name the state database holds anything under: stored files and log rows not yet folded."""
+    con = _connect(url)
+    try:
+        with con.cursor() as cur:
+            cur.execute("SELECT name FROM casavi_state_heads UNION SELECT DISTINCT name FROM casavi_state_log")
+            return sorted(name for (name,) in cur.fetchall())
     finally:
         con.close()
 
@@ -134,7 +173,7 @@ class PostgresLog:
         self._home, self._stream = home, stream
 
     def append(self, line: str) -> None:
-        with self._home.connection.cursor() as cur:
+        with _answering(self._home.url), self._home.connection.cursor() as cur:
             cur.execute(
                 "INSERT INTO casavi_state_log (name, stream, line) VALUES (%s, %s, %s)",
                 [self._home.name, self._stream, line],
@@ -144,7 +183,7 @@ class PostgresLog:
         # Also while another process holds the state (the audit trail of a running sync): no lock needed.
         con = self._home._con or _connect(self._home.url)
         try:
-            with con.cursor() as cur:
+            with _answering(self._home.url), con.cursor() as cur:
                 cur.execute(
                     "SELECT id, line FROM casavi_state_log WHERE name = %s AND stream = %s ORDER BY id",
                     [self._home.name, self._stream],
@@ -180,6 +219,7 @@ class PostgresHome:
         self._con: Any = None
         self._digest: str | None = None
         self._generation = 0
+        self._fetched = False  # this open fetched the local file from PostgreSQL
         self._logs = {stream: PostgresLog(self, stream) for stream in ("journal", "audit")}
 
     @property
@@ -216,15 +256,19 @@ class PostgresHome:
             cur.execute("SELECT generation FROM casavi_state_heads WHERE name = %s", [self.name])
             row = cur.fetchone()
         self._generation = row[0] if row else 0
+        self._fetched = False
+        self._fetch_if_stale()
+
+    def _fetch_if_stale(self, *, again: bool = False) -> None:
         try:
-            self._fetch_if_stale()
+            self._fetch(again=again)
         except zlib.error as exc:  # the stored copy is damaged: like a file DuckDB cannot read
             self.path.with_name(self.path.name + ".fetching").unlink(missing_ok=True)
             aside = self._move_aside()
             self.close()
             raise StateCorruptError(self.path, self.what, Path(f"{aside} in the state database"), str(exc)) from None
 
-    def _fetch_if_stale(self) -> None:
+    def _fetch(self, *, again: bool) -> None:
         """Make the local file the stored generation; `_digest` is then what PostgreSQL holds (None: the
         local file is not in PostgreSQL yet and the next `saved` stores it)."""
         marker = self.path.with_name(self.path.name + _MARKER)
@@ -237,7 +281,8 @@ class PostgresHome:
                 self._drop_local()
             self._digest = None
             return
-        if local != str(self._generation) or not self.path.exists():
+        if again or local != str(self._generation) or not self.path.exists():
+            self._fetched = True
             self._drop_local()
             self.path.parent.mkdir(parents=True, exist_ok=True)
             partial = self.path.with_name(self.path.name + ".fetching")
@@ -262,7 +307,7 @@ class PostgresHome:
         if not changed and not any(mark for _, mark in clears):
             return
         # One transaction: the new generation and the log rows it now holds go together.
-        with _transaction(self.connection) as cur:
+        with _answering(self.url), _transaction(self.connection) as cur:
             if changed:
                 self._store(cur)
             for log, mark in clears:
@@ -292,9 +337,21 @@ class PostgresHome:
         cur.execute("DELETE FROM casavi_state_chunks WHERE name = %s AND generation < %s", [self.name, generation])
         self._generation = generation
 
-    def moved_aside(self, error: StateCorruptError) -> None:
-        """The local file was unreadable: keep PostgreSQL's copy under a moved-aside name, start afresh."""
+    def moved_aside(self, error: StateCorruptError) -> bool:
+        """The local file was unreadable (and moved aside to `error.moved_to`).
+
+        A working copy that this open did not fetch was damaged here, not in PostgreSQL: it is deleted (it
+        holds personal data, and PostgreSQL holds the state) and the stored generation fetched again; True
+        says "open it again". A copy just fetched that DuckDB cannot read is PostgreSQL's own copy damaged:
+        that one is kept under a moved-aside name and the state starts afresh (False).
+        """
+        if self._generation and not self._fetched:
+            for path in (error.moved_to, error.moved_to.with_name(error.moved_to.name + ".wal")):
+                path.unlink(missing_ok=True)
+            self._fetch_if_stale(again=True)
+            return True
         self._move_aside()
+        return False
 
     def _move_aside(self) -> str:
         aside = f"{self.name}{MOVED_ASIDE}{dt.datetime.now(dt.UTC).strftime('%Y%m%dT%H%M%S%fZ')}"
@@ -310,6 +367,8 @@ class PostgresHome:
         return aside
 
     def leftovers(self) -> list[str]:
+        """What was moved aside: rows in PostgreSQL, and local copies (a machine that once held the state
+        in files, or an older version that kept damaged working copies)."""
         con = _connect(self.url)
         try:
             with con.cursor() as cur:
@@ -318,12 +377,14 @@ class PostgresHome:
                     "SELECT DISTINCT name FROM casavi_state_log WHERE starts_with(name, %s) ORDER BY 1",
                     [self.name + MOVED_ASIDE] * 2,
                 )
-                return [f"state database: {name}" for (name,) in cur.fetchall()]
+                stored = [f"state database: {name}" for (name,) in cur.fetchall()]
         finally:
             con.close()
+        return stored + [str(path) for path in moved_aside(self.path)]
 
     def erase_leftovers(self) -> int:
         doomed = self.leftovers()
+        delete_files(moved_aside(self.path), self.path.parent)
         con = _connect(self.url)
         try:
             with _transaction(con) as cur:
@@ -338,3 +399,31 @@ class PostgresHome:
         if self._con is not None:
             self._con.close()  # releases the advisory lock
             self._con = None
+
+
+_TABLES = ("casavi_state_heads", "casavi_state_chunks", "casavi_state_log")
+
+
+def count_old_rows(url: str) -> int:
+    """Stored files and log rows under names of the layout before accounts were told apart (no `/`)."""
+    con = _connect(url)
+    try:
+        with con.cursor() as cur:
+            cur.execute(
+                "SELECT (SELECT count(*) FROM casavi_state_heads WHERE strpos(name, '/') = 0) + "
+                "(SELECT count(*) FROM casavi_state_log WHERE strpos(name, '/') = 0)"
+            )
+            return int(cur.fetchone()[0])
+    finally:
+        con.close()
+
+
+def prefix_old_rows(url: str, prefix: str) -> None:
+    """Put every name of the old layout under `prefix` (an account's), in one transaction."""
+    con = _connect(url)
+    try:
+        with _transaction(con) as cur:
+            for table in _TABLES:
+                cur.execute(f"UPDATE {table} SET name = %s || name WHERE strpos(name, '/') = 0", [prefix])
+    finally:
+        con.close()

@@ -52,6 +52,7 @@ from casavi_pipeline.state.files import (
     rewrite_compacted,
 )
 from casavi_pipeline.state.homes import AUDIT, JOURNAL, Home, LocalHome
+from casavi_pipeline.state.postgres import StateUnavailableError
 
 _SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS synced (
@@ -106,6 +107,8 @@ META_MODEL = "model_revision"
 #: When casavi's state was first taken as synced (a snapshot without it has never met casavi).
 META_ADOPTED = "adopted_at"
 META_MANDANT = "mandant"
+#: The casavi account (`casavi_pipeline.account`) the snapshot's state is of.
+META_ACCOUNT = "account"
 #: The pending changeset's identity (the run that computed it) and how many objects it wanted per kind.
 META_CHANGESET = "changeset"
 
@@ -201,31 +204,21 @@ class Snapshot:
             self._con.execute(_SCHEMA)
             return
         self.home.open(read_only=read_only)
-        companions = getattr(self.home, "companions", ())
+        #: The local working copy was unreadable and fetched again from where the state is kept (nothing lost).
+        self.refetched = False
         try:
-            self._con = open_duckdb(
-                self.path,
-                what,
-                read_only=read_only,
-                busy_hint="Another run of this Mandant is probably still going; wait for it, or stop it, then rerun.",
-                companions=companions,
-            )
-            if not read_only:
+            try:
+                self._open_file(what, read_only)
+            except StateCorruptError as exc:
+                if not self.home.moved_aside(exc):
+                    raise
+                self.refetched = True
                 try:
-                    self._con.execute(_SCHEMA)
-                    self.rebuilt_for_model = self._forget_older_model()
-                    self.fold()
-                    self.set_meta(META_MANDANT, mandant)
-                except duckdb.Error as exc:
-                    # Index and meta blocks are read only when first used: a damage found by the first
-                    # writes on open is still the file's, not the run's.
-                    if not is_corruption(exc):
-                        raise
-                    with contextlib.suppress(duckdb.Error):
-                        self._con.close()
-                    raise moved_aside_error(self.path, what, exc, companions) from exc
-        except StateCorruptError as exc:
-            self.home.moved_aside(exc)
+                    self._open_file(what, read_only)
+                except StateCorruptError as again:  # fetched just now: the stored copy itself is damaged
+                    self.home.moved_aside(again)
+                    raise
+        except StateCorruptError:
             self.home.close()
             raise
         except BaseException:
@@ -234,6 +227,32 @@ class Snapshot:
                     self._con.close()
             self.home.close()
             raise
+
+    def _open_file(self, what: str, read_only: bool) -> None:
+        """Open the local file (read through once) and, for writing, fold what a crash left."""
+        companions = getattr(self.home, "companions", ())
+        self._con = open_duckdb(
+            self.path,
+            what,
+            read_only=read_only,
+            busy_hint="Another run of this Mandant is probably still going; wait for it, or stop it, then rerun.",
+            companions=companions,
+        )
+        if read_only:
+            return
+        try:
+            self._con.execute(_SCHEMA)
+            self.rebuilt_for_model = self._forget_older_model()
+            self.fold()
+            self.set_meta(META_MANDANT, self.mandant)
+        except duckdb.Error as exc:
+            # Index and meta blocks are read only when first used: a damage found by the first
+            # writes on open is still the file's, not the run's.
+            if not is_corruption(exc):
+                raise
+            with contextlib.suppress(duckdb.Error):
+                self._con.close()
+            raise moved_aside_error(self.path, what, exc, companions) from exc
 
     def _forget_older_model(self) -> str | None:
         """Empty a snapshot made under an earlier casavi model (`api.MODEL_REVISION`); return its revision.
@@ -268,7 +287,14 @@ class Snapshot:
     def __exit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
-        self.close()
+        if exc is None:
+            self.close()
+            return
+        # Leaving on an error: the state database gone too must not hide the error that ended the work
+        # (it is usually the same one, told with its context). What the logs hold is durable and folded
+        # by the next open.
+        with contextlib.suppress(StateUnavailableError):
+            self.close()
 
     def close(self) -> None:
         try:

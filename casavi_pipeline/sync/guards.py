@@ -20,7 +20,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from casavi_pipeline.settings import Deletions, SyncRule
+from casavi_pipeline.mapping.scope import SyncRule
+from casavi_pipeline.state.deletions import Deletions
 from casavi_pipeline.state.diff import ChangesetSummary, summarize
 from casavi_pipeline.state.snapshot import Snapshot
 

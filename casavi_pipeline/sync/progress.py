@@ -7,11 +7,19 @@ terminal) is the caller's choice: `Progress` only decides when a line is due and
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Callable
 
-from casavi_pipeline.casavi.client import ClientStats
+from casavi_pipeline.casavi.transport import ClientStats
 from casavi_pipeline.sync.apply import SyncReport
+
+#: The start of every progress line (`Progress`): how a command following a run's events picks them out.
+_PROGRESS_LINE = re.compile(r"Mandant [^:]+: \d+/\d+ writes \(")
+
+
+def is_progress_line(line: str) -> bool:
+    return bool(_PROGRESS_LINE.match(line))
 
 
 def duration(seconds: float | None) -> str:

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from casavi_pipeline.casavi import api
-from casavi_pipeline.settings import SyncRule
+from casavi_pipeline.mapping.scope import SyncRule
 from casavi_pipeline.state import deletions
 from casavi_pipeline.state.deletions import Merged, PendingDeletion
 from casavi_pipeline.state.diff import ChangesetSummary
@@ -28,10 +28,11 @@ from casavi_pipeline.sync.rejections import RejectionPolicy, RejectionVerdict, a
 
 #: A dry run lists this many deletions by reference id (the mass-deletion guard keeps them few anyway).
 DELETIONS_LISTED = 1_000
-#: Snapshot meta: + run id → the counts of that run's attempts so far (`run_totals`).
+#: Snapshot meta: + run id → its attempts so far and the writes its first set out with (`begin_attempt`).
 _ATTEMPTS = "run/"
 
-#: Per run: name → label ("unit/create") → count; "attempts" → {"n": attempts}.
+#: Per run: name → label ("unit/create") → count; "attempts" → {"n": attempts}; "planned" → {"n": the
+#: writes pending when its first attempt started}.
 RunTotals = dict[str, dict[str, int]]
 
 
@@ -59,25 +60,45 @@ def stale(snapshot: Snapshot, identity: str) -> GuardResult | None:
     )
 
 
-def run_totals(snapshot: Snapshot, run_id: str, report: SyncReport) -> RunTotals:
-    """This attempt's counts added to the earlier attempts' of the same run (kept in the snapshot)."""
+def begin_attempt(snapshot: Snapshot, run_id: str, *, planned: int) -> None:
+    """Record that an attempt of the run starts writing, with `planned` writes (the run keeps its first
+    attempt's), before the first write: what it then sends is counted from the audit trail."""
     key = f"{_ATTEMPTS}{run_id}"
     previous = json.loads(snapshot.get_meta(key) or "{}")
-    totals: RunTotals = {}
-    for name, counter in (
-        ("sent", report.sent),
-        ("confirmed", report.confirmed),
-        ("rejected", report.rejected_counts()),
-    ):
-        merged = dict(previous.get(name, {}))
-        for label, n in counter.items():
-            merged[label] = merged.get(label, 0) + n
-        totals[name] = merged
-    totals["attempts"] = {"n": previous.get("attempts", {}).get("n", 0) + 1}
-    # Only this run's totals are ever read again: earlier runs' rows go (one row, not one per run).
+    started = {"attempts": previous.get("attempts", 0) + 1, "planned": previous.get("planned", planned)}
+    # Only this run's record is ever read again: earlier runs' rows go (one row, not one per run).
     snapshot.connection.execute("DELETE FROM meta WHERE starts_with(key, ?) AND key <> ?", [_ATTEMPTS, key])
-    snapshot.set_meta(key, json.dumps(totals, sort_keys=True))
+    snapshot.set_meta(key, json.dumps(started, sort_keys=True))
+
+
+def recorded_totals(snapshot: Snapshot, run_id: str) -> RunTotals | None:
+    """What the run sent and casavi confirmed or rejected so far, over all its attempts (None: it wrote
+    nothing yet); also after an attempt failed or was interrupted, twice even.
+
+    Counted from the audit trail, where every answered write is a line before it is confirmed (durable
+    when appended), not from a tally kept in memory: an interrupt that arrives while an attempt cleans up
+    (a second Ctrl-C, the code server stopping the run) cannot lose the count.
+    """
+    started = snapshot.get_meta(f"{_ATTEMPTS}{run_id}")
+    if started is None:
+        return None
+    snapshot.fold()  # the attempts appended but not folded yet count too
+    record = json.loads(started)
+    totals: RunTotals = {"sent": {}, "confirmed": {}, "rejected": {}}
+    for key, n in snapshot.audit_summary(run_id).items():
+        kind, change, status = key.split("/")
+        label = f"{kind}/{change}"
+        totals["sent"][label] = totals["sent"].get(label, 0) + n
+        outcome = "confirmed" if status.isdigit() and 200 <= int(status) < 300 else "rejected"
+        totals[outcome][label] = totals[outcome].get(label, 0) + n
+    totals["attempts"] = {"n": record["attempts"]}
+    totals["planned"] = {"n": record["planned"]}
     return totals
+
+
+def confirmed_line(totals: RunTotals) -> str:
+    """What casavi confirmed of a run that stopped half-way, for the lines that tell it."""
+    return f"{sum(totals['confirmed'].values())} of {totals['planned']['n']} writes confirmed by casavi"
 
 
 @dataclass(frozen=True)
@@ -121,8 +142,8 @@ def write_changeset(
 ) -> WriteOutcome:
     """Send the pending changeset (`writes` operations) after the guards passed; count the attempt.
 
-    Whatever stops the writes (casavi down, an interrupt) propagates after this attempt's counts joined
-    the run's and what casavi confirmed deleted left the listing.
+    Whatever stops the writes (casavi down, an interrupt) propagates after what casavi confirmed deleted
+    left the listing; `recorded_totals` counts what the run did from the audit trail.
     """
     if snapshot.synced_total() == 0 or guards.allow_separator_change:
         snapshot.set_separator(guards.separator)
@@ -132,6 +153,7 @@ def write_changeset(
         # Marked before the first write (a kill gives no chance after it): a listing older than
         # this misses our writes and must not be reused.
         cache.mark_written()
+    begin_attempt(snapshot, run_id, planned=writes)
     report = SyncReport(mandant=snapshot.mandant)
     try:
         apply_changeset(
@@ -144,9 +166,9 @@ def write_changeset(
             run_id=run_id,
         )
     finally:
-        totals = run_totals(snapshot, run_id, report)
         cache.forget(report.deleted)
-    # `apply_changeset` folded the audit file: the run's rows (every attempt) are in the table.
+    totals = recorded_totals(snapshot, run_id)
+    assert totals is not None  # `begin_attempt` recorded the run
     audit = snapshot.audit_summary(run_id)
     nights = snapshot.nights_refused([(r.kind, r.ref_id) for r in report.rejections])
     return WriteOutcome(

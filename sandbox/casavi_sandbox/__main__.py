@@ -28,6 +28,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m casavi_sandbox",
         description="A local stand-in for the casavi API v2, with knobs to make it misbehave.",
+        epilog=(
+            "Credentials: POST /v2/authenticate accepts the key and secret in CASAVI_API_KEY and "
+            "CASAVI_API_SECRET; with either unset, the fixed local pair "
+            f"{DEFAULT_KEY!r} / {DEFAULT_SECRET!r} (a fake for a local process, not a secret). "
+            "The admin endpoints under /_sandbox/ (state, seed, config, ...) take none."
+        ),
     )
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8765)
@@ -64,7 +70,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--unmanaged-fields",
         default=None,
-        help="every read also carries these fields the sync does not manage, e.g. images,customFields,appLink",
+        help="every read also carries these fields the sync does not manage, e.g. images,customFields",
+    )
+    parser.add_argument(
+        "--omit-app-link",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="reads carry no appLink (a casavi that returns none; by default every object read has one)",
     )
     parser.add_argument(
         "--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"]
@@ -91,6 +103,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                 "echo_errors": args.echo_errors,
                 "reject_ids": args.reject_ids,
                 "unmanaged_fields": args.unmanaged_fields,
+                "omit_app_link": args.omit_app_link,
             }
         )
     except ValueError as exc:

@@ -17,10 +17,12 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from casavi_pipeline.casavi import api
+from casavi_sandbox import contract as c
 from casavi_sandbox.chaos import Controls
-from casavi_sandbox.model import StoredAccount, kind_named, links, unmanaged_values, utc_timestamp
+from casavi_sandbox.contract import FieldError, Kind, kind_named, utc_timestamp
+from casavi_sandbox.model import StoredAccount, links
 from casavi_sandbox.store import SandboxStore
+from casavi_sandbox.wire import read_options
 
 ADMIN_PREFIX = "/_sandbox"
 #: Field errors reported for a rejected seed batch at most (the rest are counted, not listed).
@@ -36,7 +38,7 @@ def admin_routes(
 
     async def state(_request: Request) -> Response:
         stored = store.dump()
-        return JSONResponse({kind.collection: stored.get(kind.collection, {}) for kind in api.ObjectKind})
+        return JSONResponse({kind.collection: stored.get(kind.collection, {}) for kind in Kind})
 
     async def requests(_request: Request) -> Response:
         return JSONResponse(controls.counter.snapshot())
@@ -62,9 +64,11 @@ def admin_routes(
         return JSONResponse(dataclasses.asdict(controls.knobs))
 
     async def seed(request: Request) -> Response:
-        """Objects as an import (Aareon Connect, Excel) writes them: `[{"kind", "body"}, ...]` or
-        `{"objects": [...]}`. Each body must pass the adapter's field rules (else 400, nothing stored);
-        references are recorded but not required to resolve. Stored as given, one transaction."""
+        """Objects as an import (Aareon Connect, Excel) or casavi's UI leaves them: `[{"kind", "body"}, ...]`
+        or `{"objects": [...]}`. Each body must pass the rules of what casavi holds (`contract.problems`
+        with `held`: a unit's usage may be one the API does not take, e.g. the UI's Stellplatz; else 400,
+        nothing stored); references are recorded but not required to resolve. Stored as given, one
+        transaction."""
         started = time.perf_counter()
         try:
             raw = json.loads(await request.body())
@@ -74,7 +78,7 @@ def admin_routes(
         if not isinstance(items, list):
             return _bad_request('the body must be a list of {"kind", "body"} objects, or {"objects": [...]}')
         objects: dict[tuple[str, str], dict[str, Any]] = {}  # a repeated id: the last one wins
-        kinds: dict[tuple[str, str], api.ObjectKind] = {}
+        kinds: dict[tuple[str, str], Kind] = {}
         errors: list[dict[str, Any]] = []
         invalid = 0
         for index, item in enumerate(items):
@@ -86,15 +90,15 @@ def admin_routes(
                 ]
                 continue
             assert kind is not None and body is not None
-            key = (kind.collection, body[api.ID_FIELD])
+            key = (kind.collection, body[c.ID_FIELD])
             objects[key], kinds[key] = body, kind
         if invalid:
             return JSONResponse(
                 {
-                    api.ERROR_MESSAGE_KEY: f"{invalid} of {len(items)} objects are invalid; nothing stored",
-                    api.ERROR_DETAILS_KEY: errors,
+                    c.ERROR_MESSAGE_KEY: f"{invalid} of {len(items)} objects are invalid; nothing stored",
+                    c.ERROR_DETAILS_KEY: errors,
                 },
-                status_code=api.STATUS_INVALID,
+                status_code=c.STATUS_INVALID,
             )
         references = [
             (collection, ref_id, target_collection, target)
@@ -125,33 +129,32 @@ def admin_routes(
             # no 409 check: what references the object now dangles, as after a deletion in the UI
             if not store.delete(kind.collection, ref_id):
                 return _not_found(kind, ref_id)
-            return Response(status_code=api.STATUS_DELETED)
+            return Response(status_code=c.STATUS_DELETED)
         try:
             changes = await _optional_json(request)
         except ValueError as exc:
             return _bad_request(str(exc))
-        if changes.get(api.ID_FIELD, ref_id) != ref_id:
+        if changes.get(c.ID_FIELD, ref_id) != ref_id:
             return _bad_request("changing an object's reference id is not supported")
         with store.atomic():
             stored = store.get(kind.collection, ref_id)
             if stored is None:
                 return _not_found(kind, ref_id)
             payload = {**stored.payload, **changes}
-            problems = api.validate_payload(kind, payload)
+            problems = c.problems(kind, payload, held=True)
             if problems:
                 return JSONResponse(
                     {
-                        api.ERROR_MESSAGE_KEY: f"the edit makes an invalid {kind.value}",
-                        api.ERROR_DETAILS_KEY: [_field_error(problem) for problem in problems],
+                        c.ERROR_MESSAGE_KEY: f"the edit makes an invalid {kind.value}",
+                        c.ERROR_DETAILS_KEY: [_field_error(problem) for problem in problems],
                     },
-                    status_code=api.STATUS_INVALID,
+                    status_code=c.STATUS_INVALID,
                 )
             edited = store.replace(
                 kind.collection, ref_id, payload, links(kind, payload), utc_timestamp(time.time())
             )
         assert edited is not None
-        unmanaged = unmanaged_values(controls.knobs.unmanaged_names())
-        return JSONResponse(account.shape(kind, [edited], unmanaged=unmanaged)[0])
+        return JSONResponse(account.shape(kind, [edited], **read_options(request, controls.knobs))[0])
 
     return [
         Route(f"{ADMIN_PREFIX}/health", health, methods=["GET"]),
@@ -166,7 +169,7 @@ def admin_routes(
     ]
 
 
-def _seed_item(item: Any) -> tuple[list[dict[str, str]], api.ObjectKind | None, dict[str, Any] | None]:
+def _seed_item(item: Any) -> tuple[list[dict[str, str]], Kind | None, dict[str, Any] | None]:
     """(problems, kind, body) of one seed entry; problems are `{"field", "message"}` dicts."""
     if not isinstance(item, dict):
         return [{"field": "", "message": 'must be an object {"kind", "body"}'}], None, None
@@ -177,12 +180,12 @@ def _seed_item(item: Any) -> tuple[list[dict[str, str]], api.ObjectKind | None, 
     body = item.get("body")
     if not isinstance(body, dict):
         return [{"field": "body", "message": "must be an object"}], kind, None
-    problems = [_field_error(problem) for problem in api.validate_payload(kind, body)]
+    problems = [_field_error(problem) for problem in c.problems(kind, body, held=True)]
     return problems, kind, body
 
 
-def _field_error(error: api.FieldError) -> dict[str, str]:
-    return {api.ERROR_FIELD_KEY: error.field, api.ERROR_MESSAGE_KEY: error.message}
+def _field_error(error: FieldError) -> dict[str, str]:
+    return {c.ERROR_FIELD_KEY: error.field, c.ERROR_MESSAGE_KEY: error.message}
 
 
 async def _optional_json(request: Request) -> dict[str, Any]:
@@ -197,8 +200,10 @@ async def _optional_json(request: Request) -> dict[str, Any]:
 
 
 def _bad_request(message: str) -> Response:
-    return JSONResponse({api.ERROR_MESSAGE_KEY: message}, status_code=api.STATUS_INVALID)
+    return JSONResponse({c.ERROR_MESSAGE_KEY: message}, status_code=c.STATUS_INVALID)
 
 
-def _not_found(kind: api.ObjectKind, ref_id: str) -> Response:
-    return JSONResponse({api.ERROR_MESSAGE_KEY: f"no {kind.value} with id {ref_id}"}, status_code=404)
+def _not_found(kind: Kind, ref_id: str) -> Response:
+    return JSONResponse(
+        {c.ERROR_MESSAGE_KEY: f"no {kind.value} with id {ref_id}"}, status_code=c.STATUS_NOT_FOUND
+    )

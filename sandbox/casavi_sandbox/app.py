@@ -1,15 +1,17 @@
 """The casavi API v2 as the sandbox serves it: authentication, paged reads, PUT/DELETE by reference ID.
 
-Every casavi path, field name, status code and validation rule comes from `casavi_pipeline.casavi.api`,
-and the rules of what a write is refused with and what a read returns are `model.py`'s, shared with
-the fake client, so sandbox, fake and client implement one model (revision 2 of `docs/casavi-api.md`).
+Every casavi path, field name, status code and validation rule comes from the sandbox's own reading of
+`docs/casavi-api.md` (`contract.py`), and the rules of what a write is refused with and what a read
+returns are `model.py`'s (shared with the harness's fake client). Nothing comes from casavi_pipeline:
+the sandbox judges what the pipeline sends instead of agreeing with it by construction.
 The collections are properties, units and contacts; any other path under `/v2/` is a 404.
 
 Listing: the first request takes `pageSize` (default `wire.DEFAULT_PAGE_SIZE`, at most
-`api.MAX_PAGE_SIZE`, else 400) and `modifiedAfter`; `_links.next` is the same absolute URL with the
+`contract.MAX_PAGE_SIZE`, else 400) and `modifiedAfter`; `_links.next` is the same absolute URL with the
 sandbox's own continuation added (the internal id the page ended with: keyset paging, so the 850th page
 costs what the first does and a deletion in between skips nothing). Contacts' ended contracts are
 left out of reads without `includeInactiveContracts=true`; a PUT answers with the object as stored.
+Every object read carries its `appLink` to `<the host the client called>/app/...` (see `model.py`).
 """
 
 from __future__ import annotations
@@ -28,26 +30,25 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from casavi_pipeline.casavi import api
+from casavi_sandbox import contract as c
 from casavi_sandbox.admin import admin_routes
 from casavi_sandbox.chaos import ASGIApp, Controls, Misbehaviour
-from casavi_sandbox.model import (
-    KINDS_BY_COLLECTION,
-    Problem,
-    StoredAccount,
-    check_delete,
-    check_put,
-    links,
-    unmanaged_values,
-    utc_timestamp,
-)
+from casavi_sandbox.contract import FieldError, Kind, utc_timestamp
+from casavi_sandbox.model import Problem, StoredAccount, check_delete, check_put, links
 from casavi_sandbox.store import SandboxStore, StoredObject
-from casavi_sandbox.wire import AFTER_PARAM, inactive_contracts, json_object, listing, problem_response
+from casavi_sandbox.wire import (
+    AFTER_PARAM,
+    inactive_contracts,
+    json_object,
+    listing,
+    problem_response,
+    read_options,
+)
 
 #: casavi's tokens last about a month when no token TTL knob is set.
 DEFAULT_TOKEN_TTL_SECONDS = 30 * 24 * 3600
 #: The answers to PUTs that `echo_errors` makes chatty: a refused body.
-_ECHOED_STATUSES = frozenset({api.STATUS_INVALID, api.STATUS_CONFLICT, api.STATUS_UNKNOWN_REFERENCE})
+_ECHOED_STATUSES = frozenset({c.STATUS_INVALID, c.STATUS_CONFLICT, c.STATUS_UNKNOWN_REFERENCE})
 #: Where `echo_errors` puts submitted values as if they were machine codes: a slot casavi's model does
 #: not have, which a server or proxy might add (tests prove that the client passes none of it on).
 ECHO_CODE_KEY = "code"
@@ -64,10 +65,10 @@ def create_app(
     """
     handlers = _Handlers(store, controls, api_key, api_secret)
     routes = [
-        Route(api.AUTH_PATH, handlers.authenticate, methods=["POST"]),
-        Route(api.API_PREFIX + "/{collection}", handlers.list_objects, methods=["GET"]),
+        Route(c.AUTH_PATH, handlers.authenticate, methods=["POST"]),
+        Route(c.API_PREFIX + "/{collection}", handlers.list_objects, methods=["GET"]),
         Route(
-            api.API_PREFIX + "/{collection}/{ref_id:path}",  # `path`: reference IDs may hold `/`
+            c.API_PREFIX + "/{collection}/{ref_id:path}",  # `path`: reference IDs may hold `/`
             handlers.one_object,
             methods=["GET", "PUT", "DELETE"],
         ),
@@ -102,37 +103,41 @@ class _Handlers:
     async def authenticate(self, request: Request) -> Response:
         body = await json_object(request)
         if not (
-            _same(body.get(api.AUTH_KEY_FIELD), self._key)
-            and _same(body.get(api.AUTH_SECRET_FIELD), self._secret)
+            _same(body.get(c.AUTH_KEY_FIELD), self._key)
+            and _same(body.get(c.AUTH_SECRET_FIELD), self._secret)
         ):
-            raise Problem(api.STATUS_UNAUTHORIZED, "wrong key or secret")
+            raise Problem(c.STATUS_UNAUTHORIZED, "wrong key or secret")
         expires_at = time.time() + (self.controls.knobs.token_ttl or DEFAULT_TOKEN_TTL_SECONDS)
         token = secrets.token_urlsafe(32)
         self.store.add_token(token, expires_at)
-        return JSONResponse({api.AUTH_TOKEN_FIELD: token, api.AUTH_EXPIRES_FIELD: utc_timestamp(expires_at)})
+        return JSONResponse({c.AUTH_TOKEN_FIELD: token, c.AUTH_EXPIRES_FIELD: utc_timestamp(expires_at)})
 
     def _require_token(self, request: Request) -> None:
-        token = request.headers.get(api.TOKEN_HEADER)
+        token = request.headers.get(c.TOKEN_HEADER)
         if not token:
-            raise Problem(api.STATUS_UNAUTHORIZED, f"missing {api.TOKEN_HEADER} header")
+            raise Problem(c.STATUS_UNAUTHORIZED, f"missing {c.TOKEN_HEADER} header")
         expires_at = self.store.token_expiry(token)
         if expires_at is None:
-            raise Problem(api.STATUS_UNAUTHORIZED, "unknown token")
+            raise Problem(c.STATUS_UNAUTHORIZED, "unknown token")
         if expires_at <= time.time():
-            raise Problem(api.STATUS_UNAUTHORIZED, "token expired")
+            raise Problem(c.STATUS_UNAUTHORIZED, "token expired")
 
-    def _kind(self, request: Request) -> api.ObjectKind:
+    def _kind(self, request: Request) -> Kind:
         self._require_token(request)
-        kind = KINDS_BY_COLLECTION.get(request.path_params["collection"])
+        kind = c.KINDS_BY_COLLECTION.get(request.path_params["collection"])
         if kind is None:
-            raise Problem(api.STATUS_NOT_FOUND, "unknown collection")
+            raise Problem(c.STATUS_NOT_FOUND, "unknown collection")
         return kind
 
     def _shape(
-        self, kind: api.ObjectKind, stored: list[StoredObject], *, inactive_contracts: bool
+        self, request: Request, kind: Kind, stored: list[StoredObject], *, inactive_contracts: bool
     ) -> list[dict[str, Any]]:
-        unmanaged = unmanaged_values(self.controls.knobs.unmanaged_names())
-        return self.account.shape(kind, stored, inactive_contracts=inactive_contracts, unmanaged=unmanaged)
+        return self.account.shape(
+            kind,
+            stored,
+            inactive_contracts=inactive_contracts,
+            **read_options(request, self.controls.knobs),
+        )
 
     # --- reads -------------------------------------------------------------------------------------
     async def list_objects(self, request: Request) -> Response:
@@ -146,11 +151,11 @@ class _Handlers:
         )
         links_out = {}
         if len(rows) > asked.size:  # one row more than a page: there is a next page
-            links_out[api.NEXT_LINK_KEY] = str(
+            links_out[c.NEXT_LINK_KEY] = str(
                 request.url.include_query_params(**{AFTER_PARAM: rows[asked.size - 1].internal_id})
             )
-        listed = self._shape(kind, rows[: asked.size], inactive_contracts=asked.inactive_contracts)
-        return JSONResponse({api.LIST_KEY: listed, api.LINKS_KEY: links_out})
+        listed = self._shape(request, kind, rows[: asked.size], inactive_contracts=asked.inactive_contracts)
+        return JSONResponse({c.LIST_KEY: listed, c.LINKS_KEY: links_out})
 
     async def one_object(self, request: Request) -> Response:
         kind = self._kind(request)
@@ -161,14 +166,15 @@ class _Handlers:
             with self.store.atomic():
                 check_delete(kind, ref_id, self.account)
                 self.store.delete(kind.collection, ref_id)
-            return Response(status_code=api.STATUS_DELETED)
+            return Response(status_code=c.STATUS_DELETED)
         stored = self.store.get(kind.collection, ref_id)
         if stored is None:
-            raise Problem(api.STATUS_NOT_FOUND, f"no {kind.value} with id {ref_id}")
-        return JSONResponse(self._shape(kind, [stored], inactive_contracts=inactive_contracts(request))[0])
+            raise Problem(c.STATUS_NOT_FOUND, f"no {kind.value} with id {ref_id}")
+        shaped = self._shape(request, kind, [stored], inactive_contracts=inactive_contracts(request))
+        return JSONResponse(shaped[0])
 
     # --- writes ------------------------------------------------------------------------------------
-    async def _put(self, request: Request, kind: api.ObjectKind, ref_id: str) -> Response:
+    async def _put(self, request: Request, kind: Kind, ref_id: str) -> Response:
         try:
             return await self._store_put(request, kind, ref_id)
         except Problem as problem:
@@ -176,14 +182,14 @@ class _Handlers:
                 return _echoed(problem, await request.body())
             raise
 
-    async def _store_put(self, request: Request, kind: api.ObjectKind, ref_id: str) -> Response:
+    async def _store_put(self, request: Request, kind: Kind, ref_id: str) -> Response:
         body = await json_object(request)
         if ref_id in self.controls.knobs.rejected_ids():
             # the `reject_ids` knob: casavi's validation refuses a value of this object
             raise Problem(
-                api.STATUS_INVALID,
+                c.STATUS_INVALID,
                 f"invalid {kind.value}",
-                [api.FieldError(name, "was rejected by casavi's validation") for name in body],
+                [FieldError(name, "was rejected by casavi's validation") for name in body],
             )
         with self.store.atomic():  # the objects checked are the ones in place when it is written
             payload = check_put(kind, ref_id, body, self.account)
@@ -194,8 +200,10 @@ class _Handlers:
                 links(kind, payload),
                 utc_timestamp(time.time()),
             )
-        status = api.STATUS_CREATED if created else api.STATUS_UPDATED
-        return JSONResponse(self._shape(kind, [stored], inactive_contracts=True)[0], status_code=status)
+        status = c.STATUS_CREATED if created else c.STATUS_OK
+        return JSONResponse(
+            self._shape(request, kind, [stored], inactive_contracts=True)[0], status_code=status
+        )
 
 
 def _same(given: Any, expected: bytes) -> bool:
@@ -234,24 +242,21 @@ def _echoed(problem: Problem, raw_body: bytes) -> Response:
     except ValueError:
         submitted = None
     body_text = raw_body.decode("utf-8", errors="replace")
-    answer: dict[str, Any] = {api.ERROR_MESSAGE_KEY: f"{problem.message}: rejected request body {body_text}"}
+    answer: dict[str, Any] = {c.ERROR_MESSAGE_KEY: f"{problem.message}: rejected request body {body_text}"}
     codes = []
     if problem.errors is not None:
         details = []
         for error in problem.errors:
             value = _value_at(submitted, error.field)
-            detail = {
-                api.ERROR_FIELD_KEY: error.field,
-                api.ERROR_MESSAGE_KEY: f"{error.field} {error.message}",
-            }
+            detail = {c.ERROR_FIELD_KEY: error.field, c.ERROR_MESSAGE_KEY: f"{error.field} {error.message}"}
             if value is not _ABSENT:
                 shown = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
-                detail[api.ERROR_MESSAGE_KEY] = f"{error.field} '{shown}' {error.message}"
+                detail[c.ERROR_MESSAGE_KEY] = f"{error.field} '{shown}' {error.message}"
                 if code := _as_code(value):
                     detail[ECHO_CODE_KEY] = code
                     codes.append(code)
             details.append(detail)
-        answer[api.ERROR_DETAILS_KEY] = details
+        answer[c.ERROR_DETAILS_KEY] = details
     if codes:
         answer[ECHO_CODE_KEY] = codes[0]
     return JSONResponse(answer, status_code=problem.status)

@@ -4,7 +4,7 @@ Everything under the API prefix passes through `Misbehaviour`: rate limit (429 +
 latency, injected 500s, dropped connections. The admin endpoints (`/_sandbox/...`) bypass it, so tests
 can inspect and reconfigure a misbehaving server. All knobs are off by default. The knobs that change
 what is stored, read or said (`drop_field`, `rename_field`, `echo_errors`, `reject_ids`,
-`unmanaged_fields`) are applied by the API handlers.
+`unmanaged_fields`, `omit_app_link`) are applied by the API handlers.
 """
 
 from __future__ import annotations
@@ -20,7 +20,8 @@ from collections.abc import Awaitable, Callable, Mapping, MutableMapping, Sequen
 from dataclasses import dataclass
 from typing import Any
 
-from casavi_pipeline.casavi import api
+from casavi_sandbox import contract as c
+from casavi_sandbox.contract import Kind
 from casavi_sandbox.model import unmanaged_field_problem
 
 Scope = MutableMapping[str, Any]
@@ -31,10 +32,6 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 #: The status recorded for a request whose connection was dropped instead of answered.
 DROPPED = "dropped"
-_STATUS_SERVER_ERROR = 500  # plain HTTP: casavi's contract only says "5xx is transient"
-_COLLECTIONS = frozenset(kind.collection for kind in api.ObjectKind)
-_KINDS = {kind.collection: kind for kind in api.ObjectKind}
-_KINDS_BY_VALUE = {kind.value: kind for kind in api.ObjectKind}
 
 
 @dataclass(frozen=True)
@@ -59,9 +56,12 @@ class Knobs:
     # "0001-00042,0001-00043": PUTs of these reference ids are answered 400 after the body was read, as
     # a casavi validation rejecting a value would (with echo_errors, the answer quotes the body)
     reject_ids: str | None = None
-    # "images,customFields,appLink": every read (of every kind) also carries these fields the sync does
-    # not manage; each must be one of `api.UNMANAGED_READ_FIELDS` (or match its prefix, `msc*`)
+    # "images,customFields": every read (of every kind) also carries these fields the sync does not
+    # manage; each must be one of `contract.UNMANAGED_READ_FIELDS` (or match its prefix, `msc*`), other
+    # than appLink, which every read carries already
     unmanaged_fields: str | None = None
+    # reads carry no appLink (a casavi that returns none)
+    omit_app_link: bool = False
 
     def updated(self, changes: Mapping[str, Any]) -> Knobs:
         """A copy with the given knobs changed; ValueError names an unknown knob or a bad value."""
@@ -91,7 +91,7 @@ class Knobs:
         names = [name.strip() for name in (self.unmanaged_fields or "").split(",")]
         return list(dict.fromkeys(name for name in names if name))
 
-    def field_changes(self, kind: api.ObjectKind) -> list[tuple[tuple[str, ...], str | None]]:
+    def field_changes(self, kind: Kind) -> list[tuple[tuple[str, ...], str | None]]:
         """How API writes of `kind` break its write model: (field path, new name, or None to drop it).
         A path is a field (`rooms`), or a list field and a field of its entries (`contracts`, `number`)."""
         changes: list[tuple[tuple[str, ...], str | None]] = []
@@ -119,8 +119,9 @@ class Knobs:
                 raise ValueError(f"{name} must be a fraction between 0 and 1")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int):
             raise ValueError("seed must be an integer")
-        if not isinstance(self.echo_errors, bool):
-            raise ValueError("echo_errors must be true or false")
+        for name in ("echo_errors", "omit_app_link"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be true or false")
         if self.reject_ids is not None and not isinstance(self.reject_ids, str):
             raise ValueError("reject_ids must be a comma-separated list of reference ids, e.g. '0001-00042'")
         if self.unmanaged_fields is not None:
@@ -146,15 +147,18 @@ def _field_knob(name: str, value: Any) -> tuple[str, tuple[str, ...]]:
     if not isinstance(value, str) or "." not in value:
         raise ValueError(f"{name} must look like 'units.rooms' (collection.field), not {value!r}")
     collection, *path = value.split(".")
-    kind = _KINDS.get(collection) or _KINDS_BY_VALUE.get(collection)
-    if kind is None:
-        raise ValueError(f"{name}: unknown collection {collection!r}; known: {sorted(_KINDS)}")
-    rules = {rule.casavi: rule for rule in api.FIELD_RULES[kind]}
+    try:
+        kind = c.kind_named(collection)
+    except ValueError:
+        raise ValueError(
+            f"{name}: unknown collection {collection!r}; known: {sorted(c.KINDS_BY_COLLECTION)}"
+        ) from None
+    rules = {rule.name: rule for rule in c.FIELDS[kind]}
     rule = rules.get(path[0])
     if rule is None or len(path) > 2:
         raise ValueError(f"{name}: {kind.collection} has no field {'.'.join(path)!r}; known: {list(rules)}")
     if len(path) == 2:
-        items = [item.casavi for item in rule.items]
+        items = [item.name for item in rule.items]
         if path[1] not in items:
             raise ValueError(
                 f"{name}: {kind.collection}.{path[0]} entries have no field {path[1]!r}; known: {items}"
@@ -169,15 +173,16 @@ def _is_number(value: Any) -> bool:
 class TokenBucket:
     """`per_minute` requests a minute, with a burst of one second's worth (at least one request)."""
 
-    def __init__(self, per_minute: float) -> None:
+    def __init__(self, per_minute: float, clock: Callable[[], float] = time.monotonic) -> None:
         self._rate = per_minute / 60.0
         self._capacity = max(1.0, self._rate)
         self._tokens = self._capacity
-        self._updated = time.monotonic()
+        self._clock = clock  # a test's own clock: refilling is tested without waiting
+        self._updated = clock()
 
     def take(self) -> float:
         """Take one token: 0.0 if allowed, else the seconds until one is available."""
-        now = time.monotonic()
+        now = self._clock()
         self._tokens = min(self._capacity, self._tokens + (now - self._updated) * self._rate)
         self._updated = now
         if self._tokens >= 1.0:
@@ -209,12 +214,12 @@ class RequestCounter:
 
 def route_template(method: str, path: str) -> str:
     """'PUT /v2/units/0001-12%2F3' → 'PUT /v2/units/{id}': counts must not grow with every id."""
-    if path == api.AUTH_PATH:
-        return f"{method} {api.AUTH_PATH}"
-    collection, has_id, _ = path.removeprefix(api.API_PREFIX + "/").partition("/")
-    if collection not in _COLLECTIONS:
-        return f"{method} {api.API_PREFIX}/*"
-    return f"{method} {api.API_PREFIX}/{collection}" + ("/{id}" if has_id else "")
+    if path == c.AUTH_PATH:
+        return f"{method} {c.AUTH_PATH}"
+    collection, has_id, _ = path.removeprefix(c.API_PREFIX + "/").partition("/")
+    if collection not in c.KINDS_BY_COLLECTION:
+        return f"{method} {c.API_PREFIX}/*"
+    return f"{method} {c.API_PREFIX}/{collection}" + ("/{id}" if has_id else "")
 
 
 class Controls:
@@ -246,7 +251,7 @@ class Misbehaviour:
         self.controls = controls
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or not scope["path"].startswith(api.API_PREFIX + "/"):
+        if scope["type"] != "http" or not scope["path"].startswith(c.API_PREFIX + "/"):
             await self.app(scope, receive, send)
             return
         controls, knobs = self.controls, self.controls.knobs
@@ -257,13 +262,13 @@ class Misbehaviour:
         if wait:
             retry_after = str(max(1, math.ceil(wait)))
             await _answer(
-                send, api.STATUS_RATE_LIMITED, "rate limit exceeded", [(api.RETRY_AFTER_HEADER, retry_after)]
+                send, c.STATUS_RATE_LIMITED, "rate limit exceeded", [(c.RETRY_AFTER_HEADER, retry_after)]
             )
-            controls.counter.record(route, api.STATUS_RATE_LIMITED)
+            controls.counter.record(route, c.STATUS_RATE_LIMITED)
             return
         if knobs.error_rate and controls.random.random() < knobs.error_rate:
-            await _answer(send, _STATUS_SERVER_ERROR, "injected server error")
-            controls.counter.record(route, _STATUS_SERVER_ERROR)
+            await _answer(send, c.STATUS_SERVER_ERROR, "injected server error")
+            controls.counter.record(route, c.STATUS_SERVER_ERROR)
             return
         drop = bool(knobs.drop_rate) and controls.random.random() < knobs.drop_rate
         statuses: list[int] = []
@@ -281,12 +286,12 @@ class Misbehaviour:
 
         await self.app(scope, receive, answer_or_drop)
         controls.counter.record(
-            route, DROPPED if drop else (statuses[0] if statuses else _STATUS_SERVER_ERROR)
+            route, DROPPED if drop else (statuses[0] if statuses else c.STATUS_SERVER_ERROR)
         )
 
 
 async def _answer(send: Send, status: int, message: str, headers: Sequence[tuple[str, str]] = ()) -> None:
-    body = json.dumps({api.ERROR_MESSAGE_KEY: message}).encode()
+    body = json.dumps({c.ERROR_MESSAGE_KEY: message}).encode()
     raw_headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
     raw_headers += [(name.lower().encode(), value.encode()) for name, value in headers]
     await send({"type": "http.response.start", "status": status, "headers": raw_headers})

@@ -1,17 +1,16 @@
-"""casavi's object model as the sandbox and the fake client apply it: what a PUT or DELETE is refused
-with, what a write stores and what a read returns. One implementation of each rule, over any `Account`
-(the sandbox's SQLite store, the fake's dicts), so the server and the fake cannot drift apart.
+"""casavi's object model as the sandbox applies it: what a PUT or DELETE is refused with, what a write
+stores and what a read returns. One implementation of each rule, over any `Account` (the sandbox's
+SQLite store, or the harness's in-memory fake), with the field rules of `contract.py`.
 
-Every casavi name and field rule comes from the adapter `casavi_pipeline.casavi.api` (revision 2 of
-`docs/casavi-api.md`). A PUT is refused, checked in this order:
+A PUT is refused, checked in this order:
 
-- `400` the body breaks a field rule (`api.validate_payload`) or its `id` is not the path's;
-- `422` a reference does not resolve (`api.REFERENCES`: a unit's `propertyId`, a contract's
+- `400` the body breaks a field rule (`contract.problems`) or its `id` is not the path's;
+- `422` a reference does not resolve (`contract.REFERENCES`: a unit's `propertyId`, a contract's
   `propertyId` and `unitId`), a unit's `address` is not one of its property's `addresses[].street`, or a
   contract's `unitId` is a unit of another property than its `propertyId`;
-- `409` a property PUT leaves out a street that units of the property still name as their `address`.
-  409, not 422: the body itself is sound and names nothing unknown; it conflicts with objects that
-  depend on it, as a DELETE of a still-referenced object does (rename a street by first adding the
+- `409` a property PUT leaves out a street that units of the property still name as their `address`
+  ([model]). 409, not 422: the body itself is sound and names nothing unknown; it conflicts with objects
+  that depend on it, as a DELETE of a still-referenced object does (rename a street by first adding the
   new one, moving the units, then dropping the old one).
 
 A DELETE is `404` for an unknown id and `409` while the object is referenced: a unit by any contract
@@ -19,9 +18,11 @@ of any contact (ended contracts included), a property by its units or by a contr
 
 A stored object is the body of its last write (every field of the kind, absent ones as null, fields
 outside the model dropped). A read leaves null fields out and adds the read-only fields: `internalId`,
-`modified`, on each property address the ids of the units at that street (`api.ADDRESS_UNITS_FIELD`),
-and, when asked for, fields the sync does not manage (`api.UNMANAGED_READ_FIELDS`). A contact's ended
-contracts (`endDate` before today, UTC) are left out unless the read asks for inactive contracts.
+`modified`, on each property address the ids of the units at that street, the object's `appLink`
+([model] `<host>/app/<collection>/<internalId>`: the host the client called, so the link opens on the
+machine that answered; left out when asked to), and, when asked for, other fields the sync does not
+manage (`contract.UNMANAGED_READ_FIELDS`). A contact's ended contracts (`endDate` before today, UTC) are
+left out unless the read asks for inactive contracts.
 """
 
 from __future__ import annotations
@@ -31,66 +32,43 @@ import fnmatch
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any, Protocol
 
-from casavi_pipeline.casavi import api
+from casavi_sandbox import contract as c
+from casavi_sandbox.contract import FieldError, Kind
 from casavi_sandbox.store import SandboxStore, StoredObject
 
-Kind = api.ObjectKind
-KINDS_BY_COLLECTION = {kind.collection: kind for kind in Kind}
-#: Domain field names → casavi's, per kind (the adapter owns the mapping).
-_CASAVI = {kind: {rule.name: rule.casavi for rule in rules} for kind, rules in api.FIELD_RULES.items()}
-_ID = api.ID_FIELD
-_UNIT_PROPERTY = _CASAVI[Kind.UNIT]["property_id"]
-_UNIT_ADDRESS = _CASAVI[Kind.UNIT]["address"]
-_ADDRESSES = _CASAVI[Kind.PROPERTY]["addresses"]
-_STREET = next(rule.casavi for rule in api.ADDRESS_RULES if rule.name == "street")
-_CONTRACTS = _CASAVI[Kind.CONTACT]["contracts"]
-_CONTRACT = {rule.name: rule.casavi for rule in api.CONTRACT_RULES}
 #: The reads' values of the unmanaged fields the `unmanaged_fields` knob adds (casavi's shapes as the
 #: live clients show them); a name only matched by a prefix (`msc…`) reads as a plain string.
 _UNMANAGED_VALUES: dict[str, Any] = {
     "images": [{"id": 1, "url": "https://files.sandbox.invalid/images/1.jpg"}],
     "responsibilities": [{"role": "PROPERTY_MANAGER", "userId": 7}],
-    "appLink": "https://app.sandbox.invalid/object",
     "customFields": [{"key": "baujahr", "value": "1965"}],
 }
-_ALWAYS_READ = frozenset({api.INTERNAL_ID_FIELD, api.MODIFIED_FIELD})
+#: Fields every read has already, so the `unmanaged_fields` knob cannot add them.
+_ALWAYS_READ = {
+    c.INTERNAL_ID_FIELD: "is in every read already",
+    c.MODIFIED_FIELD: "is in every read already",
+    c.APP_LINK_FIELD: "is in every read already (the omit_app_link knob leaves it out)",
+}
 
 
 class Problem(Exception):
-    """A refusal in casavi's terms: status, prose, and the offending fields (`api.FieldError`)."""
+    """A refusal in casavi's terms: status, prose, and the offending fields."""
 
-    def __init__(self, status: int, message: str, errors: Iterable[api.FieldError] | None = None) -> None:
+    def __init__(self, status: int, message: str, errors: Iterable[FieldError] | None = None) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
         self.errors = list(errors) if errors is not None else None
 
 
-def utc_timestamp(unix_time: float) -> str:
-    """ISO 8601 UTC with milliseconds, casavi's format (`YYYY-MM-DDThh:mm:ss.sssZ`); sorts as text."""
-    moment = dt.datetime.fromtimestamp(unix_time, dt.UTC)
-    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
-
-
-def kind_named(name: str) -> Kind:
-    """An object kind by its value (`unit`) or its collection (`units`); ValueError if neither."""
-    kind = KINDS_BY_COLLECTION.get(name)
-    if kind is None:
-        try:
-            kind = Kind(name)
-        except ValueError:
-            known = sorted([*KINDS_BY_COLLECTION, *(k.value for k in Kind)])
-            raise ValueError(f"unknown kind {name!r}; known: {known}") from None
-    return kind
-
-
 def unmanaged_field_problem(name: str) -> str | None:
     """Why `name` cannot be an unmanaged read field (None if it can): it must be one of
-    `api.UNMANAGED_READ_FIELDS` (or match one of its prefixes), other than those every read has."""
+    `contract.UNMANAGED_READ_FIELDS` (or match one of its prefixes), other than those every read has."""
     if name in _ALWAYS_READ:
-        return f"{name} is in every read already"
-    if not any(fnmatch.fnmatchcase(name, pattern) for pattern in api.UNMANAGED_READ_FIELDS):
-        return f"{name!r} is not one of api.UNMANAGED_READ_FIELDS {list(api.UNMANAGED_READ_FIELDS)}"
+        return f"{name} {_ALWAYS_READ[name]}"
+    if not any(fnmatch.fnmatchcase(name, pattern) for pattern in c.UNMANAGED_READ_FIELDS):
+        known = [field for field in c.UNMANAGED_READ_FIELDS if field not in _ALWAYS_READ]
+        return f"{name!r} is not a field casavi's reads carry unmanaged; known: {known}"
     return None
 
 
@@ -99,50 +77,34 @@ def unmanaged_values(names: Iterable[str]) -> dict[str, Any]:
     return {name: _UNMANAGED_VALUES.get(name, "sandbox") for name in names}
 
 
-# --- what a write stores -----------------------------------------------------------------------------
-def stored_shape(kind: Kind, body: Mapping[str, Any]) -> dict[str, Any]:
-    """PUT replaces the object: every field of the kind, absent ones as null, unknown ones dropped, in
-    embedded entries too (so a read-only `units` sent on an address is not stored)."""
-    payload: dict[str, Any] = {}
-    for rule in api.FIELD_RULES[kind]:
-        value = body.get(rule.casavi)
-        if rule.type == "object_list" and isinstance(value, list):
-            value = [{item.casavi: entry.get(item.casavi) for item in rule.items} for entry in value]
-        payload[rule.casavi] = value
-    return payload
+def app_link(app_root: str, kind: Kind, internal_id: int) -> str:
+    """The link that opens an object in casavi's app ([model], see the module's docstring)."""
+    return f"{app_root.rstrip('/')}{c.APP_LINK_PATH}/{kind.collection}/{internal_id}"
 
 
-def reference_targets(kind: Kind, payload: Mapping[str, Any]) -> Iterator[tuple[str, Kind, str]]:
-    """(field path, target kind, target id) of every reference in a body (`api.REFERENCES`), an
-    embedded one named by its entry (`contracts[1].unitId`). Absent or non-string targets are skipped:
-    an imported object may lack them."""
-    for reference in api.REFERENCES:
-        if reference.kind is not kind:
-            continue
-        if "." not in reference.field:
-            name = _CASAVI[kind][reference.field]
-            for target in api.referenced_ids(reference, payload):
-                yield name, reference.target, target
-            continue
-        list_name, item_name = reference.field.split(".", 1)
-        list_rule = api.rule_of(kind, list_name)
-        item = next(rule.casavi for rule in list_rule.items if rule.name == item_name)
-        entries = payload.get(list_rule.casavi)
-        for i, entry in enumerate(entries if isinstance(entries, list) else []):
-            for target in api.referenced_ids(reference, {list_rule.casavi: [entry]}):
-                yield f"{list_rule.casavi}[{i}].{item}", reference.target, target
+# --- what a write is refused with ----------------------------------------------------------------------
+def reference_targets(kind: Kind, body: Mapping[str, Any]) -> Iterator[tuple[str, Kind, str]]:
+    """(field path, target kind, target id) of every reference in a body, in `contract.REFERENCES` order."""
+    for reference in c.REFERENCES:
+        if reference.kind is kind:
+            for path, target in c.referenced(reference, body):
+                yield path, reference.target, target
 
 
-def links(kind: Kind, payload: Mapping[str, Any]) -> list[tuple[str, str]]:
+def links(kind: Kind, body: Mapping[str, Any]) -> list[tuple[str, str]]:
     """(target collection, target id) of every reference a body holds: what keeps its targets from
     being deleted (409)."""
-    found = {
-        (reference.target.collection, target)
-        for reference in api.REFERENCES
-        if reference.kind is kind
-        for target in api.referenced_ids(reference, payload)
-    }
-    return sorted(found)
+    return sorted({(target.collection, ref) for _, target, ref in reference_targets(kind, body) if ref})
+
+
+def _taken_back(kind: Kind, ref_id: str, body: Mapping[str, Any], error: FieldError, account: Account) -> bool:
+    """[model] casavi takes back on a PUT a value outside the API's rules that it holds itself for that
+    very object (a usage set in its UI, such as Stellplatz): a generated API accepts on write what it
+    returns on read (`docs/casavi-api.md`, revision 2). Any other value outside the rules is a 400."""
+    if error.field not in c.WIDER_WHEN_HELD.get(kind, ()):
+        return False
+    held = account.payload(kind, ref_id)
+    return held is not None and held.get(error.field) == body.get(error.field)
 
 
 class Account(Protocol):
@@ -160,23 +122,23 @@ class Account(Protocol):
 
 def check_put(kind: Kind, ref_id: str, body: Mapping[str, Any], account: Account) -> dict[str, Any]:
     """The payload to store for a PUT of `body` at `ref_id`; `Problem` 400, 422 or 409 if refused."""
-    errors: list[api.FieldError] = []
-    if isinstance(body.get(_ID), str) and body[_ID] != ref_id:
-        errors.append(api.FieldError(_ID, "must equal the id in the path"))
-    errors += api.validate_payload(kind, body)
+    errors: list[FieldError] = []
+    if isinstance(body.get(c.ID_FIELD), str) and body[c.ID_FIELD] != ref_id:
+        errors.append(FieldError(c.ID_FIELD, "must equal the id in the path"))
+    errors += [e for e in c.problems(kind, body) if not _taken_back(kind, ref_id, body, e, account)]
     if errors:
-        raise Problem(api.STATUS_INVALID, f"invalid {kind.value}", errors)
-    payload = stored_shape(kind, body)
+        raise Problem(c.STATUS_INVALID, f"invalid {kind.value}", errors)
+    payload = c.stored_shape(kind, body)
     unknown = [
-        api.FieldError(field, f"unknown {target.value} {target_id}")
+        FieldError(field, f"unknown {target.value} {target_id}")
         for field, target, target_id in reference_targets(kind, payload)
         if account.payload(target, target_id) is None
     ]
     unknown += _outside_the_property(kind, payload, account)
     if unknown:
-        raise Problem(api.STATUS_UNKNOWN_REFERENCE, f"{kind.value} references unknown objects", unknown)
+        raise Problem(c.STATUS_UNKNOWN_REFERENCE, f"{kind.value} references unknown objects", unknown)
     if kind is Kind.PROPERTY:
-        kept = {address.get(_STREET) for address in payload[_ADDRESSES] or []}
+        kept = {address.get("street") for address in payload["addresses"] or []}
         orphans = [
             unit
             for (_, street), units in account.units_at([ref_id]).items()
@@ -185,43 +147,38 @@ def check_put(kind: Kind, ref_id: str, body: Mapping[str, Any], account: Account
         ]
         if orphans:
             raise Problem(
-                api.STATUS_CONFLICT,
+                c.STATUS_CONFLICT,
                 f"{len(orphans)} units of property {ref_id} are at a street the body leaves out",
-                [api.FieldError(_ADDRESSES, "leaves out a street that units still use")],
+                [FieldError("addresses", "leaves out a street that units still use")],
             )
     return payload
 
 
-def _outside_the_property(kind: Kind, payload: Mapping[str, Any], account: Account) -> list[api.FieldError]:
+def _outside_the_property(kind: Kind, payload: Mapping[str, Any], account: Account) -> list[FieldError]:
     """422s of a unit naming a street its property has not, or of a contract whose unit belongs to
     another property (each only where both objects exist: a missing one is reported already)."""
     errors = []
     if kind is Kind.UNIT:
-        parent = account.payload(Kind.PROPERTY, payload[_UNIT_PROPERTY])
+        parent = account.payload(Kind.PROPERTY, payload["propertyId"])
         if parent is not None:
             streets = {
-                address.get(_STREET)
-                for address in parent.get(_ADDRESSES) or []
+                address.get("street")
+                for address in parent.get("addresses") or []
                 if isinstance(address, Mapping)
             }
-            if payload[_UNIT_ADDRESS] not in streets:
-                errors.append(
-                    api.FieldError(_UNIT_ADDRESS, f"is not a street of property {payload[_UNIT_PROPERTY]}")
-                )
+            if payload["address"] not in streets:
+                errors.append(FieldError("address", f"is not a street of property {payload['propertyId']}"))
     if kind is Kind.CONTACT:
-        for i, contract in enumerate(payload[_CONTRACTS] or []):
-            property_id, unit_id = contract[_CONTRACT["property_id"]], contract[_CONTRACT["unit_id"]]
+        for i, contract in enumerate(payload["contracts"] or []):
+            property_id, unit_id = contract["propertyId"], contract["unitId"]
             unit = account.payload(Kind.UNIT, unit_id)
             if (
                 unit is not None
                 and account.payload(Kind.PROPERTY, property_id) is not None
-                and unit.get(_UNIT_PROPERTY) != property_id
+                and unit.get("propertyId") != property_id
             ):
                 errors.append(
-                    api.FieldError(
-                        f"{_CONTRACTS}[{i}].{_CONTRACT['unit_id']}",
-                        f"is not a unit of property {property_id}",
-                    )
+                    FieldError(f"contracts[{i}].unitId", f"is not a unit of property {property_id}")
                 )
     return errors
 
@@ -229,11 +186,11 @@ def _outside_the_property(kind: Kind, payload: Mapping[str, Any], account: Accou
 def check_delete(kind: Kind, ref_id: str, account: Account) -> None:
     """`Problem` 404 for an unknown object, 409 for one that is still referenced."""
     if account.payload(kind, ref_id) is None:
-        raise Problem(api.STATUS_NOT_FOUND, f"no {kind.value} with id {ref_id}")
+        raise Problem(c.STATUS_NOT_FOUND, f"no {kind.value} with id {ref_id}")
     referrers = account.referrers(kind, ref_id)
     if referrers:
         held_by = ", ".join(f"{count} {collection}" for collection, count in sorted(referrers.items()))
-        raise Problem(api.STATUS_CONFLICT, f"{kind.value} {ref_id} is still referenced by {held_by}", [])
+        raise Problem(c.STATUS_CONFLICT, f"{kind.value} {ref_id} is still referenced by {held_by}", [])
 
 
 # --- what a read returns -----------------------------------------------------------------------------
@@ -247,7 +204,7 @@ def without_nulls(value: Any) -> Any:
 
 
 def _ended(contract: Any, today: str) -> bool:
-    end = contract.get(_CONTRACT["end_date"]) if isinstance(contract, Mapping) else None
+    end = contract.get("endDate") if isinstance(contract, Mapping) else None
     return isinstance(end, str) and end < today
 
 
@@ -260,19 +217,24 @@ def read_shape(
     units_at: Mapping[tuple[str, str], list[str]],
     inactive_contracts: bool,
     unmanaged: Mapping[str, Any],
+    app_root: str | None,
 ) -> dict[str, Any]:
     """The object as a read returns it (see the module's docstring). `units_at` needs the entries of
-    this property's streets (`Account.units_at`); `unmanaged` are the extra fields to show."""
+    this property's streets (`Account.units_at`); `unmanaged` are the extra fields to show; `app_root`
+    the host its `appLink` points to (None: no appLink)."""
     shaped = without_nulls(dict(payload))
-    if kind is Kind.PROPERTY and isinstance(shaped.get(_ADDRESSES), list):
-        for address in shaped[_ADDRESSES]:
+    if kind is Kind.PROPERTY and isinstance(shaped.get("addresses"), list):
+        for address in shaped["addresses"]:
             if isinstance(address, dict):
-                key = (payload.get(_ID), address.get(_STREET))
-                address[api.ADDRESS_UNITS_FIELD] = list(units_at.get(key, ()))  # type: ignore[arg-type]
-    if kind is Kind.CONTACT and not inactive_contracts and isinstance(shaped.get(_CONTRACTS), list):
+                key = (payload.get(c.ID_FIELD), address.get("street"))
+                address[c.ADDRESS_UNITS_FIELD] = list(units_at.get(key, ()))  # type: ignore[arg-type]
+    if kind is Kind.CONTACT and not inactive_contracts and isinstance(shaped.get("contracts"), list):
         today = dt.datetime.now(dt.UTC).date().isoformat()
-        shaped[_CONTRACTS] = [entry for entry in shaped[_CONTRACTS] if not _ended(entry, today)]
-    return {**shaped, **unmanaged, api.INTERNAL_ID_FIELD: internal_id, api.MODIFIED_FIELD: modified}
+        shaped["contracts"] = [entry for entry in shaped["contracts"] if not _ended(entry, today)]
+    read = {**shaped, **unmanaged, c.INTERNAL_ID_FIELD: internal_id, c.MODIFIED_FIELD: modified}
+    if app_root is not None:
+        read[c.APP_LINK_FIELD] = app_link(app_root, kind, internal_id)
+    return read
 
 
 class StoredAccount:
@@ -281,14 +243,14 @@ class StoredAccount:
 
     def __init__(self, store: SandboxStore) -> None:
         self.store = store
-        store.index_field(_UNIT_PROPERTY)
+        store.index_field("propertyId")
 
     def payload(self, kind: Kind, ref_id: str) -> Mapping[str, Any] | None:
         stored = self.store.get(kind.collection, ref_id)
         return stored.payload if stored is not None else None
 
     def units_at(self, property_ids: Sequence[str]) -> dict[tuple[str, str], list[str]]:
-        return self.store.grouped_by(Kind.UNIT.collection, _UNIT_PROPERTY, property_ids, also=_UNIT_ADDRESS)
+        return self.store.grouped_by(Kind.UNIT.collection, "propertyId", property_ids, also="address")
 
     def referrers(self, kind: Kind, ref_id: str) -> dict[str, int]:
         return self.store.referrers(kind.collection, ref_id)
@@ -300,11 +262,12 @@ class StoredAccount:
         *,
         inactive_contracts: bool = True,
         unmanaged: Mapping[str, Any] | None = None,
+        app_root: str | None = None,
     ) -> list[dict[str, Any]]:
         units_at = {}
         if kind is Kind.PROPERTY:
             units_at = self.units_at(
-                [obj.payload[_ID] for obj in stored if isinstance(obj.payload.get(_ID), str)]
+                [obj.payload[c.ID_FIELD] for obj in stored if isinstance(obj.payload.get(c.ID_FIELD), str)]
             )
         return [
             read_shape(
@@ -315,6 +278,7 @@ class StoredAccount:
                 units_at=units_at,
                 inactive_contracts=inactive_contracts,
                 unmanaged=unmanaged or {},
+                app_root=app_root,
             )
             for obj in stored
         ]

@@ -24,7 +24,6 @@ from urllib.parse import quote
 
 import httpx
 
-from casavi_pipeline.casavi import api
 from casavi_sandbox.admin import ADMIN_PREFIX
 from casavi_sandbox.chaos import DROPPED, Knobs
 
@@ -75,9 +74,9 @@ class SandboxProcess:
     """Starts `python -m casavi_sandbox` on a free port and talks to its admin endpoints.
 
     Knobs (`rate_limit`, `latency_ms`, `error_rate`, `token_ttl`, `drop_rate`, `seed`, `drop_field`,
-    `rename_field`, `echo_errors`, `reject_ids`, `unmanaged_fields`; see `Knobs`) given here or via
-    `configure` are kept and passed again
-    on `restart`. The port stays the same across restarts, so clients keep their base URL. Output goes
+    `rename_field`, `echo_errors`, `reject_ids`, `unmanaged_fields`, `omit_app_link`; see `Knobs`) given
+    here or via `configure` are kept and passed again on `restart`. The port stays the same across
+    restarts, so clients keep their base URL. Output goes
     to `<db folder>/<db name>.log`; `access_log=True` adds a line per request there (off by default: it
     costs the benchmarks about 15 % of the sandbox's CPU).
 
@@ -280,7 +279,8 @@ class SandboxProcess:
         in their messages and put values in a `code` slot (`app.ECHO_CODE_KEY`) of the body and of
         each error; `configure(reject_ids="0001-00042")`: PUTs of that reference id (comma-separate
         several) are answered 400 after the body was read; `configure(unmanaged_fields=
-        "images,customFields,appLink")`: every read carries these fields the sync does not manage.
+        "images,customFields")`: every read carries these fields the sync does not manage;
+        `configure(omit_app_link=True)`: reads carry no `appLink` (by default every object read has one).
         `None` (or "" / 0) turns a knob off. An unknown knob or a bad value is answered 400
         (`httpx.HTTPStatusError`) and changes nothing.
         """
@@ -298,15 +298,17 @@ class SandboxProcess:
     # --- someone else changes casavi (not counted in `requests()`) ----------------------------------
     def seed(
         self,
-        objects: Iterable[tuple[api.ObjectKind | str, Mapping[str, Any]] | Mapping[str, Any]],
+        objects: Iterable[tuple[str, Mapping[str, Any]] | Mapping[str, Any]],
         *,
         batch_size: int = SEED_BATCH,
     ) -> dict[str, int]:
         """Store objects as an import into casavi would (Aareon Connect, an Excel upload).
 
-        `objects` are `(kind, body)` pairs or `{"kind": ..., "body": ...}` dicts; `kind` is an
-        `api.ObjectKind`, its value (`"unit"`) or its collection (`"units"`), `body` uses casavi's
-        field names. Each body must pass the adapter's field rules (`api.validate_payload`), but its
+        `objects` are `(kind, body)` pairs or `{"kind": ..., "body": ...}` dicts; `kind` is a kind's
+        name (`"unit"`, or a `StrEnum` whose value it is) or its collection (`"units"`), `body` uses
+        casavi's field names. Each body must pass the field rules of what casavi holds (the sandbox's
+        `contract.problems(held=True)`: the API's rules, except that a unit's `usage` may be any string,
+        as casavi's UI sets it, e.g. `"PARKING"` or `""`), but its
         references need not resolve (imports can be messy); they are recorded, so the API's 409s
         protect seeded objects as well. Bodies are stored as given (fields outside the model kept,
         absent ones absent), replacing an object with the same id; every one gets a new `modified`.
@@ -357,14 +359,15 @@ class SandboxProcess:
         response.raise_for_status()
         return response.json()
 
-    def edit(self, kind: api.ObjectKind | str, ref_id: str, changes: Mapping[str, Any]) -> dict[str, Any]:
+    def edit(self, kind: str, ref_id: str, changes: Mapping[str, Any]) -> dict[str, Any]:
         """Change some fields of one object as a person in casavi's UI would; returns the object as
         the API now reads it. `changes` use casavi's field names (a null clears a field); the result
-        must still pass the adapter's field rules (else `httpx.HTTPStatusError` 400); `modified` is
-        bumped even when nothing changed. 404 for an unknown object; the reference id cannot change."""
+        must still pass the rules of what casavi holds (as for `seed`; else `httpx.HTTPStatusError`
+        400); `modified` is bumped even when nothing changed. 404 for an unknown object; the reference id
+        cannot change."""
         return self._call("PATCH", _object_path(kind, ref_id), dict(changes))
 
-    def delete_as_user(self, kind: api.ObjectKind | str, ref_id: str) -> bool:
+    def delete_as_user(self, kind: str, ref_id: str) -> bool:
         """Delete one object as a person in casavi's UI would: no 409 check, so objects referencing it
         are left dangling. Returns False if there was no such object."""
         response = self._admin.delete(f"{ADMIN_PREFIX}/{_object_path(kind, ref_id)}")
@@ -374,7 +377,7 @@ class SandboxProcess:
         return True
 
 
-def _object_path(kind: api.ObjectKind | str, ref_id: str) -> str:
+def _object_path(kind: str, ref_id: str) -> str:
     return f"objects/{kind}/{quote(ref_id, safe='')}"
 
 

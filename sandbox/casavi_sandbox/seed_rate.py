@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from casavi_pipeline.casavi import api
+from casavi_sandbox.contract import Kind
 from casavi_sandbox.process import SEED_BATCH, SandboxProcess
 
 UNITS_PER_PROPERTY = 40
@@ -26,14 +26,14 @@ def _street(n: int) -> str:
     return f"Lindenstraße {n}"
 
 
-def mandant(units: int, prefix: str = "0420") -> Iterator[tuple[api.ObjectKind, dict[str, Any]]]:
+def mandant(units: int, prefix: str = "0420") -> Iterator[tuple[Kind, dict[str, Any]]]:
     """Properties, then units, then contacts with their contracts of one synthetic Mandant, as casavi
     bodies (revision 2: addresses by street, contracts inside the contacts)."""
     properties = -(-units // UNITS_PER_PROPERTY)
     for p in range(properties):
         addresses = [{"street": _street(n)} for n in range(1, STREETS_PER_PROPERTY + 1)]
         yield (
-            api.ObjectKind.PROPERTY,
+            Kind.PROPERTY,
             {
                 "id": f"{prefix}-{p}",
                 "name": f"Objekt {p}",
@@ -47,7 +47,7 @@ def mandant(units: int, prefix: str = "0420") -> Iterator[tuple[api.ObjectKind, 
     for u in range(units):
         p = u // UNITS_PER_PROPERTY
         yield (
-            api.ObjectKind.UNIT,
+            Kind.UNIT,
             {
                 "id": f"{prefix}-{p}-{u}",
                 "propertyId": f"{prefix}-{p}",
@@ -62,7 +62,7 @@ def mandant(units: int, prefix: str = "0420") -> Iterator[tuple[api.ObjectKind, 
     for u in range(units):
         for c, contracts in enumerate(_contracts_of(u, prefix)):
             yield (
-                api.ObjectKind.CONTACT,
+                Kind.CONTACT,
                 {
                     "id": f"{prefix}-k{u}-{c}",
                     "lastName": f"Muster {u}",

@@ -17,9 +17,10 @@ import sys
 import warnings
 from pathlib import Path
 
-from casavi_pipeline.run_sync import Outcome, print_summary, sync_mandant
-from casavi_pipeline.settings import SettingsError
-from casavi_sandbox.local import SANDBOX_PORT, LocalSetupError, local_environment
+from casavi_harness.local import SANDBOX_PORT, LocalSetupError, local_environment
+from casavi_pipeline.run_sync import NotStarted, Outcome, print_summary, sync_mandant
+from casavi_pipeline.runs.submit import LocationLoadError
+from casavi_pipeline.settings import SettingsError, load_settings
 from casavi_sandbox.process import PortTakenError
 
 
@@ -42,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     except (LocalSetupError, PortTakenError) as exc:
         print(f"demo: {exc}", file=sys.stderr)
         return 2
-    except SettingsError as exc:
+    except (SettingsError, LocationLoadError) as exc:
         print(f"demo: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
@@ -51,23 +52,22 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run(only: list[str] | None) -> int:
-    # Imported only now: the code location reads its settings when it loads.
     import dagster as dg
 
-    from casavi_pipeline.definitions import defs
-    from casavi_pipeline.defs.jobs import SYNC_JOB_NAME
-    from casavi_pipeline.defs.resources import SETTINGS
+    from casavi_pipeline.runs.submit import code_location
 
-    print(f"casavi {SETTINGS.casavi.base_url}; ERP {SETTINGS.erp.input}", flush=True)
-    job = defs.resolve_job_def(SYNC_JOB_NAME)
+    settings = load_settings()
+    print(settings.endpoints, flush=True)
     outcomes: list[Outcome] = []
-    with dg.DagsterInstance.get() as instance:
-        for mandant in only or SETTINGS.mandanten:
+    with dg.DagsterInstance.get() as instance, code_location(instance) as workspace:
+        for mandant in only or settings.mandanten:
             print(f"Mandant {mandant}: syncing", flush=True)
             try:
-                outcome = sync_mandant(job, instance, mandant)
+                outcome = sync_mandant(instance, workspace, mandant)
             except KeyboardInterrupt:
                 outcome = Outcome(mandant, interrupted=True)
+            except NotStarted as exc:
+                outcome = Outcome(mandant, reason=str(exc))
             outcomes.append(outcome)
             if outcome.interrupted:  # stopped by a person: no next Mandant either
                 break

@@ -1,9 +1,10 @@
 """An in-memory casavi with the client's interface, for unit tests of the sync without HTTP, and the
 Dagster resource that hands it out (the fake beside `casavi_pipeline`'s real `HttpCasaviResource`).
 
-It applies the sandbox's model (`model.py`: the same functions, not a copy): PUT refused with 400, 422
-or 409, DELETE with 404 or 409, reads with `internalId`, `modified`, the `units` of each property
-address and `modifiedAfter`. Its reads are those of a client that sends each kind's `read_params`
+It applies the sandbox's model of casavi (`casavi_sandbox.model`: the same functions, not a copy, with
+the sandbox's own field rules, not the adapter's): PUT refused with 400, 422 or 409, DELETE with 404 or
+409, reads with `internalId`, `modified`, `appLink` (to `APP_ROOT`), the `units` of each property
+address and `modifiedAfter`. So an in-process run meets the same independent judge as an end-to-end one. Its reads are those of a client that sends each kind's `read_params`
 (contacts: `includeInactiveContracts=true`), so a contact's ended contracts are in them. A refusal is
 reported as the HTTP client reports it: our wording for the status, and only field names.
 End-to-end tests use the sandbox process instead.
@@ -16,20 +17,24 @@ import datetime as dt
 import itertools
 import time
 import uuid
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 from pydantic import Field
 
 from casavi_pipeline.casavi import api
 from casavi_pipeline.casavi.api import ObjectKind
-from casavi_pipeline.casavi.client import ClientStats, Operation, WriteResult
+from casavi_pipeline.casavi.client import Operation, WriteResult
 from casavi_pipeline.casavi.errors import CasaviRejectedError, CasaviUnavailableError
+from casavi_pipeline.casavi.transport import ClientStats
 from casavi_pipeline.defs.resources import CasaviResource
-from casavi_sandbox.model import Problem, check_delete, check_put, links, read_shape, utc_timestamp
+from casavi_sandbox.contract import Kind, utc_timestamp
+from casavi_sandbox.model import Problem, check_delete, check_put, links, read_shape
 
-_UNIT_PROPERTY = next(r.casavi for r in api.FIELD_RULES[ObjectKind.UNIT] if r.name == "property_id")
-_UNIT_ADDRESS = next(r.casavi for r in api.FIELD_RULES[ObjectKind.UNIT] if r.name == "address")
+_UNIT_PROPERTY = api.rule_of(ObjectKind.UNIT, "property_id").casavi
+_UNIT_ADDRESS = api.rule_of(ObjectKind.UNIT, "address").casavi
+#: The host the fake's `appLink`s point to (nothing answers there).
+APP_ROOT = "https://fake-casavi.invalid"
 #: `includeInactiveContracts` as the client's reads of each kind send it.
 _INACTIVE_CONTRACTS = {
     kind: kind.read_params.get(api.INCLUDE_INACTIVE_CONTRACTS_PARAM) == "true" for kind in ObjectKind
@@ -62,9 +67,9 @@ class FakeCasaviClient:
         self.objects[kind][ref_id] = body
         self._meta[kind, ref_id] = (next(self._internal_ids), utc_timestamp(time.time()))
 
-    # --- the model's view of the account (`model.Account`) -------------------------------------------
-    def payload(self, kind: ObjectKind, ref_id: str) -> Mapping[str, Any] | None:
-        return self.objects[kind].get(ref_id)
+    # --- the model's view of the account (`casavi_sandbox.model.Account`, in the sandbox's kinds) ------
+    def payload(self, kind: Kind, ref_id: str) -> Mapping[str, Any] | None:
+        return self.objects[ObjectKind(kind.value)].get(ref_id)
 
     def units_at(self, property_ids: Sequence[str]) -> dict[tuple[str, str], list[str]]:
         wanted = set(property_ids)
@@ -74,11 +79,11 @@ class FakeCasaviClient:
                 found.setdefault((unit[_UNIT_PROPERTY], unit.get(_UNIT_ADDRESS)), []).append(ref_id)
         return found
 
-    def referrers(self, kind: ObjectKind, ref_id: str) -> dict[str, int]:
+    def referrers(self, kind: Kind, ref_id: str) -> dict[str, int]:
         counts: dict[str, int] = {}
         for source in ObjectKind:
             for obj in self.objects[source].values():
-                if (kind.collection, ref_id) in links(source, obj):
+                if (kind.collection, ref_id) in links(Kind(source.value), obj):
                     counts[source.collection] = counts.get(source.collection, 0) + 1
         return counts
 
@@ -87,13 +92,14 @@ class FakeCasaviClient:
         payload = self.objects[kind][ref_id]
         internal_id, modified = self._meta[kind, ref_id]
         return read_shape(
-            kind,
+            Kind(kind.value),
             payload,
             internal_id=internal_id,
             modified=modified,
             units_at=self.units_at([ref_id]) if kind is ObjectKind.PROPERTY else {},
             inactive_contracts=_INACTIVE_CONTRACTS[kind],
             unmanaged={},
+            app_root=APP_ROOT,
         )
 
     def list_objects(
@@ -137,10 +143,10 @@ class FakeCasaviClient:
             if op.ref_id in self.reject_ids:
                 raise Problem(api.STATUS_INVALID, "rejected by the fake", [])
             if op.action == "delete":
-                check_delete(op.kind, op.ref_id, self)
+                check_delete(Kind(op.kind.value), op.ref_id, self)
                 del store[op.ref_id], self._meta[op.kind, op.ref_id]
                 return WriteResult(op, ok=True, status=api.STATUS_DELETED)
-            payload = check_put(op.kind, op.ref_id, op.payload or {}, self)
+            payload = check_put(Kind(op.kind.value), op.ref_id, op.payload or {}, self)
         except Problem as problem:
             if op.action == "delete" and problem.status == api.STATUS_NOT_FOUND:
                 return WriteResult(op, ok=True, status=api.STATUS_NOT_FOUND)  # as the client counts it
@@ -183,5 +189,5 @@ class FakeCasaviResource(CasaviResource):
         return "fake casavi (in memory)"
 
     @contextlib.contextmanager
-    def get_client(self) -> Iterator[FakeCasaviClient]:  # type: ignore[override]
-        yield self.client
+    def get_client(self, on_wait: Callable[[str], None] | None = None) -> Iterator[FakeCasaviClient]:  # type: ignore[override]
+        yield self.client  # never fails, so never waits

@@ -16,6 +16,7 @@ from casavi_pipeline.casavi.api import ObjectKind
 from casavi_pipeline.erp.contract import ENTITIES
 from casavi_pipeline.erp.reader import read_entity
 from casavi_pipeline.mapping import map_mandant
+from casavi_pipeline.mapping.scope import SyncRule
 
 
 def mapped_bodies(
@@ -25,7 +26,7 @@ def mapped_bodies(
     their addresses, units, contacts with their contracts): the mapping's frame of each kind is named
     by the kind's collection."""
     erp = {entity.name: read_entity(Path(export_dir), mandant, entity, encoding).frame for entity in ENTITIES}
-    frames = map_mandant(erp, mandant=mandant, separator=separator)
+    frames = map_mandant(erp, mandant=mandant, separator=separator, rule=SyncRule.EMAIL)
     for kind in api.UPSERT_ORDER:
         for record in frames[kind.collection].to_dict("records"):
             yield kind, api.to_payload(kind, record)

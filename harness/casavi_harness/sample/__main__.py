@@ -1,4 +1,4 @@
-"""`python -m casavi_sandbox.sample --out DIR --units N --mandanten K`: write a generated ERP export."""
+"""`python -m casavi_harness.sample --out DIR --units N --mandanten K`: write a generated ERP export."""
 
 from __future__ import annotations
 
@@ -8,12 +8,12 @@ import sys
 import time
 from pathlib import Path
 
-from casavi_sandbox.sample.generator import generate, mandant_numbers
+from casavi_harness.sample.generator import generate, mandant_numbers
 
-#: The command that regenerates the committed sample (`sandbox/casavi_sandbox/sample_export`), seed 42 (default).
+#: The command that regenerates the committed sample (`harness/casavi_harness/sample_export`), seed 42 (default).
 SAMPLE_ARGS = [
     "--out",
-    "sandbox/casavi_sandbox/sample_export",
+    "harness/casavi_harness/sample_export",
     "--units",
     "300",
     "--mandanten",
@@ -42,7 +42,7 @@ def _non_negative(value: str) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m casavi_sandbox.sample", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m casavi_harness.sample", description=__doc__)
     parser.add_argument(
         "--out", type=Path, required=True, help="export folder to write (one sub-folder per Mandant)"
     )

@@ -11,8 +11,8 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from casavi_sandbox.sample.people import as_text, pick
-from casavi_sandbox.sample.pools import Pools
+from casavi_harness.sample.people import as_text, pick
+from casavi_harness.sample.pools import Pools
 
 #: Nutzungsart shares of a German residential portfolio: mostly flats, some shops, parking, other.
 NUTZUNGSARTEN = np.array(["WOHNUNG", "GEWERBE", "STELLPLATZ", "GARAGE", "SONSTIGE"], dtype=object)

@@ -21,6 +21,7 @@ from pathlib import Path
 from dotenv import dotenv_values
 
 from casavi_pipeline.settings import is_loopback
+from casavi_pipeline.urls import shown_url
 from casavi_sandbox.process import SandboxProcess
 
 #: The small generated export committed with the harness.
@@ -51,7 +52,7 @@ def refuse_sample_outside_loopback(environ: Mapping[str, str]) -> None:
     url = environ.get("CASAVI_BASE_URL")
     if url and uses_sample(environ) and not is_loopback(url):
         raise LocalSetupError(
-            f"refusing to sync the bundled sample export (generated people) to {url}: the sample is for "
+            f"refusing to sync the bundled sample export (generated people) to {shown_url(url)}: the sample is for "
             "the local sandbox only. Set ERP_EXPORT_DIR to your ERP export, or unset CASAVI_BASE_URL."
         )
 

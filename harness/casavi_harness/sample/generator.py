@@ -21,10 +21,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from casavi_harness.sample.estate import Estate, build_estate, numbers, width_for
+from casavi_harness.sample.people import add_contact_details, names, new_phone_numbers, random_addresses
+from casavi_harness.sample.pools import Pools
 from casavi_pipeline.erp.contract import ENTITIES
-from casavi_sandbox.sample.estate import Estate, build_estate, numbers, width_for
-from casavi_sandbox.sample.people import add_contact_details, names, new_phone_numbers, random_addresses
-from casavi_sandbox.sample.pools import Pools
 
 #: The day the export is "taken": fixed, so the output does not depend on when it is generated.
 AS_OF = np.datetime64("2026-11-01")

@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from casavi_sandbox.sample.pools import Pools
+from casavi_harness.sample.pools import Pools
 
 #: Share of persons per email case; together ~10 % have no or only an invalid address.
 EMPTY_EMAIL, INVALID_EMAIL, INVALID_THEN_VALID, TWO_VALID = 0.055, 0.05, 0.015, 0.02

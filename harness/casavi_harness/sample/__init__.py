@@ -1,0 +1,1 @@
+"""The sample ERP export generator: `python -m casavi_harness.sample --help`."""

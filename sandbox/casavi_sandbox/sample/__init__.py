@@ -1,1 +1,0 @@
-"""The sample ERP export generator: `python -m casavi_sandbox.sample --help`."""
