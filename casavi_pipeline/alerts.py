@@ -149,9 +149,7 @@ class AlertChannels:
     async def _email(self, alert: Alert) -> None:
         smtp = self.smtp
         assert smtp is not None
-        # Not folded below RFC 5322's 998: Python folds a long subject next to an encoded word (the "—")
-        # with a space too many, so the subject would no longer be the alert's first line.
-        message = EmailMessage(policy=email.policy.default.clone(max_line_length=998))
+        message = EmailMessage()
         message["From"] = smtp.sender
         message["To"] = ", ".join(smtp.recipients)
         message["Subject"] = alert.first_line
@@ -160,7 +158,12 @@ class AlertChannels:
         # (and not at all otherwise: aiosmtplib's default would upgrade whenever the server offers it).
         smtps = smtp.port == SMTPS_PORT
         await aiosmtplib.send(
-            message,
+            # Flattened here, not by aiosmtplib: its policy folds a long subject next to an encoded word
+            # (the "—") with a space too many, and the subject is then no longer the alert's first line.
+            # Unfolded below RFC 5322's 998 characters a line, it is.
+            message.as_bytes(policy=email.policy.SMTP.clone(max_line_length=998)),
+            sender=smtp.sender,
+            recipients=list(smtp.recipients),
             hostname=smtp.host,
             port=smtp.port,
             use_tls=smtps,
