@@ -22,6 +22,7 @@ thread is left waiting on it.
 from __future__ import annotations
 
 import asyncio
+import email.policy
 import ssl
 from collections.abc import Awaitable, Callable, Collection, Sequence
 from dataclasses import dataclass
@@ -157,7 +158,12 @@ class AlertChannels:
         # (and not at all otherwise: aiosmtplib's default would upgrade whenever the server offers it).
         smtps = smtp.port == SMTPS_PORT
         await aiosmtplib.send(
-            message,
+            # Flattened here, not by aiosmtplib: its policy folds a long subject next to an encoded word
+            # (the "—") with a space too many, and the subject is then no longer the alert's first line.
+            # Unfolded below RFC 5322's 998 characters a line, it is.
+            message.as_bytes(policy=email.policy.SMTP.clone(max_line_length=998)),
+            sender=smtp.sender,
+            recipients=list(smtp.recipients),
             hostname=smtp.host,
             port=smtp.port,
             use_tls=smtps,

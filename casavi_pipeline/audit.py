@@ -2,10 +2,12 @@
 
 Every write attempt casavi answered is a row: when (UTC), the run, the Mandant, the object (kind and
 reference id), create / update / delete, casavi's HTTP status, for an update the names of the fields that
-changed and for a refusal the names of the fields casavi named. Never a value: the trail holds no
-personal data. Rows are kept CASAVI_AUDIT_RETENTION_DAYS (default 400) in each Mandant's snapshot of each
-casavi account (a CSV's last column, and the table's when there are several, names the account), wherever
-the state lives (CASAVI_SNAPSHOT_DB, or PostgreSQL with CASAVI_STATE_URL; see `casavi_pipeline.state.audit`).
+changed and for a refusal the names of the fields casavi named. So is every deletion a person approved
+(`casavi-pipeline deletions`): change `approve`, and in `by` who approved (an OS or Dagster user name).
+Never a value: the trail holds no personal data. Rows are kept CASAVI_AUDIT_RETENTION_DAYS (default 400)
+in each Mandant's snapshot of each casavi account (a CSV's last column, and the table's when there are
+several, names the account), wherever the state lives (CASAVI_SNAPSHOT_DB, or PostgreSQL with
+CASAVI_STATE_URL; see `casavi_pipeline.state.audit`).
 
 Snapshots are opened read-only for the few milliseconds of the query. A Mandant whose snapshot a running
 sync holds shows only that sync's rows not yet folded in (it is named on stderr; exit code 1).
@@ -29,7 +31,7 @@ from casavi_pipeline.state.files import StateBusyError
 from casavi_pipeline.state.homes import AUDIT
 from casavi_pipeline.state.store import StateStore
 
-TABLE_COLUMNS = ("time", "mandant", "run", "kind", "ref_id", "change", "status", "fields", "refused")
+TABLE_COLUMNS = ("time", "mandant", "run", "kind", "ref_id", "change", "status", "fields", "refused", "by")
 #: The run id as Dagster's UI shows it: its first 8 characters (`--run` accepts such a prefix).
 SHORT_RUN = 8
 
@@ -99,9 +101,14 @@ def _matching(
         if con is None:
             target.execute(audit.SCHEMA)
         target.register("unfolded", unfolded)
+        # A trail begun before approvals existed, not yet opened by a sync, has no `actor` column.
+        has_actor = target.execute(
+            "SELECT count(*) FROM information_schema.columns WHERE table_name = 'audit' AND column_name = 'actor'"
+        ).fetchone()[0]  # type: ignore[index]
+        folded = "audit" if has_actor else "(SELECT *, NULL::VARCHAR AS actor FROM audit)"
         try:
             return target.execute(
-                "SELECT * FROM (SELECT * FROM audit UNION ALL "
+                f"SELECT * FROM (SELECT * FROM {folded} UNION ALL "
                 "SELECT * FROM unfolded WHERE entry NOT IN (SELECT entry FROM audit)) "
                 f"WHERE {where}",
                 params,
@@ -114,8 +121,9 @@ def _cells(row: pd.Series, *, short: bool, account: bool) -> list[str]:
     when = row["answered_at"].tz_convert("UTC").strftime("%Y-%m-%dT%H:%M:%SZ")
     run = row["run_id"][:SHORT_RUN] if short else row["run_id"]
     status = "" if pd.isna(row["status"]) else str(int(row["status"]))
+    actor = "" if pd.isna(row["actor"]) else row["actor"]
     cells = [when, row["mandant"], run, row["kind"], row["ref_id"], row["change"], status,
-             ", ".join(row["fields"]), ", ".join(row["refused"])]  # fmt: skip
+             ", ".join(row["fields"]), ", ".join(row["refused"]), actor]  # fmt: skip
     return [*cells, row["account"]] if account else cells
 
 

@@ -10,8 +10,9 @@ It prints what `./run demo` prints (the demo uses the same functions): the run's
 (how casavi was read, what is pending, the sync's progress and its waits for a failing casavi, and every
 warning), per kind what casavi confirmed — also of a run stopped half-way (casavi gone, Ctrl-C, the state
 database gone: "95 of 277 writes confirmed by casavi; the next run sends the rest") — or, in a dry run,
-what would be sent and the preview (which objects and fields would change, names only), one line per
-warning check that did not pass, and one line saying why when the run stopped. All of it is read from the
+what would be sent and the preview (which objects and fields would change, names only, and what would
+wait for deletion instead), one line per warning check that did not pass (the pending deletions; in a dry
+run a guard that would stop a real run), and one line saying why when the run stopped. All of it is read from the
 run's events in the instance (`outcome_of_run`). The full event log is in the UI.
 Exit 0: synced; 1: the run failed (the line says why); 2: it could not start (settings, `DAGSTER_HOME`
 unset or without its dagster.yaml, the code location, the Mandant busy); 130: stopped.
@@ -165,6 +166,10 @@ def _preview(outcome: Outcome, metadata: dict[str, Any]) -> None:
         f"  {r.data.get('change')} {r.data.get('kind')} {r.data.get('ref_id')}"
         + (f": {r.data['fields']}" if r.data.get("fields") else "")
         for r in (metadata["preview"].records if "preview" in metadata else [])
+    ] + [  # what would stay in casavi out of scope instead of being deleted (CASAVI_DELETIONS)
+        f"  {r.data['fate']} {r.data['kind']} {r.data['ref_id']}: {r.data['why']}"
+        + (", new" if r.data.get("new") else "")
+        for r in (metadata["would_wait"].records if "would_wait" in metadata else [])
     ]
 
 

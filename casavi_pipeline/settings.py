@@ -44,6 +44,7 @@ from casavi_pipeline.erp.contract import MANDANT_PATTERN
 from casavi_pipeline.erp.mapping_file import MappingFileError, load_mapping_file
 from casavi_pipeline.mapping.ids import ALLOWED_SEPARATORS
 from casavi_pipeline.mapping.scope import SyncRule
+from casavi_pipeline.state.deletions import Deletions
 from casavi_pipeline.urls import UNPARSABLE, shown_url
 
 #: Local run state (snapshots) lives here unless configured otherwise (relative to the working directory).
@@ -327,6 +328,11 @@ class SyncPolicySettings(_Group):
     sync_rule: SyncRule = setting(
         "CASAVI_SYNC_RULE", SyncRule.EMAIL, description="which tenants and objects are synced: email or last-name"
     )
+    deletions: Deletions = setting(
+        "CASAVI_DELETIONS",
+        Deletions.APPROVE,
+        description="what happens to objects that leave the scope: approve, delete or keep",
+    )
     # Guards of the sync (casavi_pipeline.sync.guards)
     max_delete_share: float = setting(
         "CASAVI_MAX_DELETE_SHARE", 0.10, ge=0, le=1, description="mass-deletion guard: share of a kind"
@@ -418,6 +424,14 @@ class SyncPolicySettings(_Group):
         normalized = value.strip().lower() if isinstance(value, str) else value
         if normalized not in tuple(SyncRule):
             raise ValueError(f"CASAVI_SYNC_RULE={value!r} is not allowed; use one of {', '.join(SyncRule)}")
+        return normalized
+
+    @field_validator("deletions", mode="before")
+    @classmethod
+    def _deletions_allowed(cls, value: object) -> object:
+        normalized = value.strip().lower() if isinstance(value, str) else value
+        if normalized not in tuple(Deletions):
+            raise ValueError(f"CASAVI_DELETIONS={value!r} is not allowed; use one of {', '.join(Deletions)}")
         return normalized
 
 

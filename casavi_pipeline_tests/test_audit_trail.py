@@ -110,6 +110,7 @@ def test_every_write_is_a_row_and_audit_answers_what_happened_to_a_contact(env, 
         "status",
         "fields",
         "refused",
+        "by",
     ]
     assert created.split()[1:7] == [MANDANT, first.run_id[:8], "contact", "0001-00042", "create", "201"]
     assert updated.split()[1:] == [
@@ -211,6 +212,7 @@ def test_rejections_above_the_threshold_fail_the_run_with_one_line(env, sandbox,
 
 
 def test_a_dry_run_lists_deletions_by_reference_id_and_tags_the_run(env, sandbox):
+    env["CASAVI_DELETIONS"] = "delete"  # under the default it would wait: `would_wait` (test_e2e_deletions)
     export(env)
     assert run_job(env).success
     rows = default_rows()

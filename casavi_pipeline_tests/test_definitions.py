@@ -25,7 +25,8 @@ from casavi_pipeline_tests.processes import Processes, starts_processes
 REPO = Path(__file__).resolve().parents[1]
 ERP = {"wirtschaftseinheiten", "gebaeude", "verwaltungseinheiten", "mietvertraege", "mieter",
        "eigentuemervertraege", "eigentuemer"}  # fmt: skip
-CASAVI = {"casavi_addresses", "casavi_properties", "casavi_units", "casavi_contacts", "casavi_contracts"}
+CASAVI = {"casavi_addresses", "casavi_properties", "casavi_units", "casavi_contacts", "casavi_contracts",
+          "casavi_left_out"}  # fmt: skip
 REQUIRED = {
     "ERP_EXPORT_DIR": str(SAMPLE_EXPORT_DIR),
     "CASAVI_MANDANTEN": "0001",
@@ -90,6 +91,7 @@ def test_groups_lineage_and_partitions():
         "casavi_properties",
         "casavi_units",
         "casavi_contacts",
+        "casavi_left_out",  # tells "out of the sync rule" from "removed from the export"
     }
     assert parents["casavi_sync"] == {"casavi_changeset"}
     # what casavi confirmed, and the ERP numbers the mapping composed each id from
@@ -201,7 +203,7 @@ def test_on_the_sample_every_check_passes_and_a_dry_run_writes_nothing(tmp_path)
     result = run_mandant("0001", bound, run_config={"ops": {"casavi_sync": {"config": {"dry_run": True}}}})
     assert result.success
     checks = check_results(result)
-    assert len(checks) == 18  # casavi_rejections passes in a dry run: nothing was sent
+    assert len(checks) == 19  # casavi_rejections passes in a dry run: nothing was sent
     failed = {n: c.severity for n, c in checks.items() if not c.passed}
     assert failed == {}  # a first run on the sample shows no failed check
     # The sample holds persons with differing rows on purpose: counted, listed, passing (under the share).
@@ -348,8 +350,8 @@ def test_switching_the_sync_rule_to_last_name_goes_through_the_mass_deletion_gua
     checks = check_results(result)
     guard = checks["mass_deletion_guard_check"]
     assert not guard.passed
-    assert guard.description.startswith("Mandant 0001 (sync rule last-name): the sync would delete")
-    assert "11 of 13 units (85%)" in guard.description and "1 of 3 contacts (33%)" in guard.description
+    assert guard.description.startswith("Mandant 0001 (sync rule last-name): 11 of 13 units (85%); 1 of 3 ")
+    assert "1 of 3 contacts (33%) would leave the sync" in guard.description
     assert "CASAVI_SYNC_RULE changed from email to last-name since the last sync" in guard.description
     assert guard.metadata["sync_rule"].value == "last-name"
     assert checks["tenants_have_valid_email"].description.startswith("sync rule last-name: all 2 rental")
@@ -369,10 +371,23 @@ def test_switching_the_sync_rule_to_last_name_goes_through_the_mass_deletion_gua
         if e.asset_key.to_user_string() == "casavi_units"
     )
     assert (units["sync_rule"].value, units["left_out_by_sync_rule"].value) == ("last-name", 11)
-    assert sorted(held[ObjectKind.UNIT]) == ["0001-001-01-0001", "0001-001-01-0002"]
-    # the owner of only a vacant unit left; Dr. Weiß (a last name, no email) came, reached by post
-    assert sorted(held[ObjectKind.CONTACT]) == ["0001-00042", "0001-00043", "0001-00044"]
+    # Under the default CASAVI_DELETIONS=approve the vacant units and the owner of only a vacant unit stay
+    # in casavi, waiting for a person: still in the export, they are out of the sync rule.
+    assert len(held[ObjectKind.UNIT]) == 13
+    pending = check_results(allowed)["casavi_pending_deletions"]
+    assert pending.metadata["waiting"].value == 12
+    assert "contact 0001-00050 (out of the sync rule)" in pending.description
+    assert "unit 0001-001-02-0100 (out of the sync rule)" in pending.description
+    # Dr. Weiß (a last name, no email) came, reached by post
+    assert sorted(held[ObjectKind.CONTACT]) == ["0001-00042", "0001-00043", "0001-00044", "0001-00050"]
     assert held[ObjectKind.CONTACT]["0001-00043"]["preferredWayOfContact"] == "POSTAL"
+
+    deleting = run_mandant(
+        "0001", bound(CASAVI_SYNC_RULE="last-name", CASAVI_DELETIONS="delete", CASAVI_ALLOW_MASS_DELETE="true")
+    )
+    assert deleting.success
+    assert sorted(held[ObjectKind.UNIT]) == ["0001-001-01-0001", "0001-001-01-0002"]
+    assert sorted(held[ObjectKind.CONTACT]) == ["0001-00042", "0001-00043", "0001-00044"]
 
 
 def test_a_torn_journal_line_heals_and_the_run_says_so(tmp_path):

@@ -131,7 +131,9 @@ def test_removed_contract_is_one_update_of_its_contact(env, sandbox):
     assert_sandbox_holds(sandbox, result)
 
 
-def test_tenant_losing_their_email_and_so_their_only_contract_is_deleted(env, sandbox):
+def test_tenant_losing_their_email_and_so_their_only_contract_is_deleted_under_delete(env, sandbox):
+    """CASAVI_DELETIONS=delete (revision 2's behaviour); the default, approve, is test_e2e_deletions.py."""
+    env["CASAVI_DELETIONS"] = "delete"
     export(env)
     assert run_job(env).success
     rows = default_rows()
@@ -229,6 +231,7 @@ def test_changed_separator_is_stopped_unless_a_migration_is_allowed(env, sandbox
     assert run_job(env).success
     before = sandbox.state()
     env["CASAVI_ID_SEPARATOR"] = "_"
+    env["CASAVI_DELETIONS"] = "delete"  # the old ids go in the same run (under approve they would wait)
     sandbox.reset(objects=False)
 
     blocked = run_job(env)

@@ -77,13 +77,12 @@ def test_adoption_sends_exactly_the_differences_and_never_touches_other_prefixes
 
     result = run_job(env)
     assert result.success
-    assert writes_by_route(sandbox) == {
-        "PUT /v2/units/{id}": 1,
-        "PUT /v2/contacts/{id}": 3,
-        "DELETE /v2/contacts/{id}": 1,
-    }
+    # The unknown one with our prefix leaves the scope: under the default it waits for a person.
+    assert writes_by_route(sandbox) == {"PUT /v2/units/{id}": 1, "PUT /v2/contacts/{id}": 3}
+    pending = check_results(result)["casavi_pending_deletions"]
+    assert "contact 0001-99999 (removed from the export)" in pending.description
     held = sandbox.state()
-    assert "0001-99999" not in held["contacts"]
+    assert "0001-99999" in held["contacts"]
     assert all(f"0002-{n}" in held["contacts"] for n in range(5))
     for ref in [*edited, *missing]:
         kind, body = by_id[ref]
@@ -231,6 +230,7 @@ def test_fake_casavi_resource_adopts_too(tmp_path):
 
 
 def test_our_own_deletes_are_no_drift_on_the_next_incremental_night(env, sandbox):
+    env["CASAVI_DELETIONS"] = "delete"
     export(env)
     assert run_job(env).success
     rows = default_rows()
@@ -252,6 +252,7 @@ def test_a_separator_migration_with_drift_repair_replaces_the_ids_and_duplicates
     env["CASAVI_ID_SEPARATOR"] = "_"
     env["CASAVI_ALLOW_SEPARATOR_CHANGE"] = "true"
     env["CASAVI_DELETE_GUARD_MIN_COUNT"] = "100"
+    env["CASAVI_DELETIONS"] = "delete"  # the old ids go in the same run (under approve they would wait)
     repair = {"ops": {"casavi_changeset": {"config": {"repair_drift": True}}}}
     assert run_job(env, run_config=repair).success
     held = sandbox.state()

@@ -13,6 +13,7 @@ from casavi_pipeline import duck_memory
 from casavi_pipeline.aside import quarantine
 from casavi_pipeline.casavi import api
 from casavi_pipeline.casavi.api import ObjectKind
+from casavi_pipeline.state.deletions import Deletions
 from casavi_pipeline.state.diff import compute_changeset
 from casavi_pipeline.state.files import StateCorruptError
 from casavi_pipeline.state.snapshot import Snapshot
@@ -93,13 +94,23 @@ def test_unchanged_rerun_has_no_writes_and_a_change_is_one_update(snapshot_path)
     ]
 
 
-def test_removed_object_is_a_delete_and_unmapped_kinds_are_untouched(snapshot_path):
+@pytest.mark.parametrize("deletions", list(Deletions))
+def test_removed_object_leaves_as_the_setting_says_and_unmapped_kinds_are_untouched(snapshot_path, deletions):
     with Snapshot(snapshot_path, "0001") as snap:
         compute_changeset(snap, {ObjectKind.PROPERTY: _properties(("0001-1", "A"), ("0001-2", "B"))})
         _confirm_all(snap)
-        summary = compute_changeset(snap, {ObjectKind.PROPERTY: _properties(("0001-1", "A"))})
-        assert [op.ref_id for op in snap.pending_ops(ObjectKind.PROPERTY, "delete")] == ["0001-2"]
-        assert summary.kinds[ObjectKind.PROPERTY].delete == 1
+        summary = compute_changeset(
+            snap, {ObjectKind.PROPERTY: _properties(("0001-1", "A"))}, deletions=deletions
+        )
+        deleted = [op.ref_id for op in snap.pending_ops(ObjectKind.PROPERTY, "delete")]
+        changes = summary.kinds[ObjectKind.PROPERTY]
+        # delete: sent now; approve: waits for a person; keep: stays for good. Counted by the guard alike.
+        assert (deleted, changes.delete, changes.waiting, changes.kept) == {
+            Deletions.DELETE: (["0001-2"], 1, 0, 0),
+            Deletions.APPROVE: ([], 0, 1, 0),
+            Deletions.KEEP: ([], 0, 0, 1),
+        }[deletions]
+        assert changes.guarded == 1
         # No unit frame given: the synced units (none here) are not read as "delete all units".
         assert ObjectKind.UNIT not in summary.kinds
 
@@ -162,7 +173,7 @@ def test_mass_deletion_guard(snapshot_path, synced, deleted, share, min_count, p
         summary = compute_changeset(snap, {ObjectKind.PROPERTY: _properties(*kept)})
     result = mass_deletion_guard(summary, max_share=share, min_count=min_count)
     assert result.passed is passed
-    assert result.metadata["property/delete"] == deleted
+    assert result.metadata["property/leaving"] == deleted
     if not passed:
         assert f"{deleted} of {synced} properties" in result.reason
         assert "truncated" in result.reason and "CASAVI_ALLOW_MASS_DELETE" in result.reason

@@ -225,12 +225,21 @@ def test_a_dry_run_tells_its_true_numbers_and_a_failed_one_never_says_writes_con
     assert more == [str(int(pending) - 20)], dry.stdout  # it said "4 more" when 245 were pending
     assert "writes confirmed" not in dry.stdout
 
-    export(env, {"mietvertraege": [], "mieter": []})  # cut short: the mass-deletion guard stops the run
+    export(env, {"mietvertraege": [], "mieter": []})  # cut short: a real run would stop at the guard...
+    guarded = sync(tmp_path, "--dry-run")
+    assert guarded.returncode == 0, guarded.stdout + guarded.stderr  # ...a dry run shows what would wait
+    assert "(dry run: a real run would stop here)" in guarded.stdout
+    assert "  wait contact 0001-00042: removed from the export, new" in guarded.stdout
+    assert "writes confirmed" not in guarded.stdout + guarded.stderr
+
+    rows = default_rows()  # two buildings at one street: a blocking check stops the dry run too
+    rows["gebaeude"].append({**rows["gebaeude"][0], "geb_nr": "03"})
+    export(env, rows)
     failed = sync(tmp_path, "--dry-run")
     assert failed.returncode == 1, failed.stdout + failed.stderr
     assert "Dry run: nothing was written to casavi." in failed.stdout
     assert "writes confirmed" not in failed.stdout + failed.stderr
-    assert "check mass_deletion_guard_check failed" in failed.stderr
+    assert "check unique_streets_within_property failed" in failed.stderr
     assert sandbox.write_count() == before
 
 

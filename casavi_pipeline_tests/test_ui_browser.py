@@ -61,7 +61,7 @@ if CHROMIUM is None:
 
 MANDANT = "0001"
 RUN_TIMEOUT_MS = 180_000
-GUARD_PHRASES = ("the sync would delete", "Is the export truncated?")
+GUARD_PHRASES = ("would leave the sync", "Is the export truncated?")
 FAILURE_REASON_TAG = "casavi/failure_reason"
 
 RUN_QUERY = """

@@ -1,5 +1,6 @@
 """`casavi_failure_alert`: one alert per failed Mandant night, through the configured channels;
-`casavi_escalation_alert`: one per night that succeeded while casavi kept refusing records.
+`casavi_escalation_alert`: one per night that succeeded while casavi kept refusing records;
+`casavi_deletions_alert`: one per run that listed new pending deletions.
 
 **Which runs they see.** A run status sensor of Dagster 1.13 sees only runs whose origin names its own
 code location, unless it monitors all code locations. Runs started in the process of a CLI — `dg launch`,
@@ -22,7 +23,10 @@ the reason of every failed run, and alerts once a channel is configured, without
 **A night that succeeded.** A record casavi refuses does not fail the night (`sync/rejections.py`): the
 run succeeds with the WARN check `casavi_rejections`. One refused on `CASAVI_REJECTION_ESCALATE_NIGHTS`
 nights will not fix itself, so the check names it ESCALATED, and `casavi_escalation_alert` tells a person,
-once per such run (that is, once a night while it lasts), through the same channels.
+once per such run (that is, once a night while it lasts), through the same channels. Objects out of scope
+wait for a person before casavi deletes them (CASAVI_DELETIONS=approve): the check
+`casavi_pending_deletions` names them on every run, and `casavi_deletions_alert` tells a person once per
+new set: for the run that listed new ones (the check's metadata `new`), not every night they keep waiting.
 """
 
 from __future__ import annotations
@@ -32,7 +36,7 @@ import dagster as dg
 from casavi_pipeline.alerts import RUN_PATH, Alert
 from casavi_pipeline.defs.failures import check_evaluations_of_run, reason_of_failed_run
 from casavi_pipeline.defs.resources import SETTINGS, Alerting
-from casavi_pipeline.defs.sync_reporting import REJECTIONS_CHECK
+from casavi_pipeline.defs.sync_reporting import PENDING_DELETIONS_CHECK, REJECTIONS_CHECK
 from casavi_pipeline.settings import Settings
 
 #: Run tag: the channels that took this run's alert, comma-separated.
@@ -45,6 +49,10 @@ FAILURE_ACTION = "fix what it names, then re-run the Mandant (re-execute the run
 ESCALATION_ACTION = (
     "casavi refuses these records night after night: fix them in the ERP "
     "(`casavi-pipeline audit --ref-id ID` shows each one's history)"
+)
+DELETIONS_ACTION = (
+    "check them (`casavi-pipeline deletions --mandant M`), then approve what may go with `--approve ID` "
+    "or the job casavi_approve_deletions; or put them back into the export"
 )
 
 
@@ -145,6 +153,40 @@ def build_escalation_alert_sensor(settings: Settings) -> dg.SensorDefinition:
     return casavi_escalation_alert
 
 
-casavi_escalation_alert = build_escalation_alert_sensor(SETTINGS)
+def _new_pending_deletions(instance: dg.DagsterInstance, run_id: str) -> dg.AssetCheckEvaluation | None:
+    """The run's `casavi_pending_deletions` evaluation if the run listed new pending deletions."""
+    for evaluation in check_evaluations_of_run(instance, run_id):
+        new = evaluation.metadata.get("new")
+        if evaluation.check_name == PENDING_DELETIONS_CHECK and new is not None and new.value:
+            return evaluation
+    return None
 
-defs = dg.Definitions(sensors=[casavi_failure_alert, casavi_escalation_alert])
+
+def build_deletions_alert_sensor(settings: Settings) -> dg.SensorDefinition:
+    @dg.run_status_sensor(
+        run_status=dg.DagsterRunStatus.SUCCESS,
+        name="casavi_deletions_alert",
+        monitor_all_code_locations=True,
+        default_status=(
+            dg.DefaultSensorStatus.RUNNING if settings.alerts.configured else dg.DefaultSensorStatus.STOPPED
+        ),
+        description="Sends one alert for a successful Mandant run that listed new pending deletions (objects "
+        "out of scope that wait for a person's approval before casavi deletes them): once per new set, "
+        "not every night they keep waiting (email, Slack, Teams).",
+    )
+    def casavi_deletions_alert(context: dg.RunStatusSensorContext, alerting: Alerting) -> None:
+        if not alerting.channels.configured or not of_this_code_location(context):
+            return
+        evaluation = _new_pending_deletions(context.instance, context.dagster_run.run_id)
+        if evaluation is None:
+            return
+        reason = f"check {PENDING_DELETIONS_CHECK}: {(evaluation.description or '').strip().splitlines()[0]}"
+        _send_for_run(context, alerting, reason, DELETIONS_ACTION)
+
+    return casavi_deletions_alert
+
+
+casavi_escalation_alert = build_escalation_alert_sensor(SETTINGS)
+casavi_deletions_alert = build_deletions_alert_sensor(SETTINGS)
+
+defs = dg.Definitions(sensors=[casavi_failure_alert, casavi_escalation_alert, casavi_deletions_alert])

@@ -6,7 +6,8 @@ Thin wiring over `casavi_pipeline.mapping`; the lineage reads like the mapping t
 contract → contact, ...). Addresses and contracts have no reference id in casavi: they are parts of
 their property and contact, and their assets are the flat rows those embed. Under the sync rule
 `last-name` (`CASAVI_SYNC_RULE`) properties and units follow the synced contracts: they read the
-tenants, owners and their contracts to send only what a synced contract links.
+tenants, owners and their contracts to send only what a synced contract links. `casavi_left_out` is what
+the rule leaves out of the export: the changeset tells by it why an object leaves casavi's scope.
 """
 
 import dagster as dg
@@ -66,6 +67,20 @@ _OUTS = {
         "contracts (conflicting rows: the contract with the latest beginn wins).",
         {*_PEOPLE, "casavi_contracts"},
     ),
+    "casavi_left_out": (
+        "The reference ids (kind, ref_id) the export's records compose that CASAVI_SYNC_RULE leaves out: a "
+        "tenant without a valid email; under last-name vacant units, their owners and properties. An object "
+        "among them that leaves casavi's scope is 'out of the sync rule', any other 'removed from the export'.",
+        {
+            "wirtschaftseinheiten",
+            "verwaltungseinheiten",
+            "mieter",
+            "eigentuemer",
+            "casavi_properties",
+            "casavi_units",
+            "casavi_contacts",
+        },
+    ),
 }
 
 
@@ -105,6 +120,7 @@ def casavi_mapping(
     yield _scoped("casavi_units", frames["units"], verwaltungseinheiten, sync_policy)
     yield _result("casavi_contracts", frames["contracts"], "contact_id")
     yield _result("casavi_contacts", frames["contacts"])
+    yield _result("casavi_left_out", frames["left_out"], "ref_id")
 
 
 casavi_assets = [casavi_mapping]

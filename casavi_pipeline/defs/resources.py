@@ -172,6 +172,7 @@ class SyncPolicy(_resource_of(SyncPolicySettings)):
         return GuardPolicy(
             separator=self.id_separator,
             sync_rule=self.sync_rule,
+            deletions=self.deletions,
             max_delete_share=self.max_delete_share,
             delete_guard_min_count=self.delete_guard_min_count,
             allow_mass_delete=self.allow_mass_delete,

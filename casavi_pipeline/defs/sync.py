@@ -7,6 +7,9 @@ thousands of payloads, which the sync reads page by page.
 
     casavi_remote ─┐                   (casavi as it is: listed, normalised, hashed; adopt a filled account)
     casavi_* ──────┴─► casavi_changeset ─► casavi_sync
+                                           └ casavi_pending_deletions: what waits for a person (WARN)
+
+The approval of pending deletions from the UI is the job in `deletions.py`.
 """
 
 import datetime as dt
@@ -21,26 +24,31 @@ from casavi_pipeline.defs.partitions import mandant_partitions
 from casavi_pipeline.defs.resources import CasaviResource, SnapshotStore, SyncPolicy
 from casavi_pipeline.defs.sync_reporting import (
     DRIFT_LISTED,
+    PENDING_DELETIONS_CHECK,
     REJECTIONS_CHECK,
     casavi_client,
     changeset_metadata,
     drift_check_result,
     dry_run_metadata,
     guard_check_result,
+    held_lines,
+    pending_deletions_check,
     progress,
     rejections_check,
     remote_metadata,
+    report_pending_deletions,
     say,
     state_database_failures,
     sync_metadata,
     writing_client,
 )
+from casavi_pipeline.state import deletions
 from casavi_pipeline.state.diff import ChangesetSummary, compute_changeset, summarize
 from casavi_pipeline.state.snapshot import Snapshot
-from casavi_pipeline.sync.guards import evaluate_guards
+from casavi_pipeline.sync.guards import GuardResult, evaluate_guards
 from casavi_pipeline.sync.progress import duration
 from casavi_pipeline.sync.read import open_snapshot, read_remote
-from casavi_pipeline.sync.run import preview_dry_run, refusal, write_changeset
+from casavi_pipeline.sync.run import preview_dry_run, refusal, stale, write_changeset
 
 #: The run tag a dry run sets: shown at the top of the run page, beside the green "Success".
 DRY_RUN_TAG = "casavi/dry_run"
@@ -59,6 +67,12 @@ def _repairs_drift(context: dg.AssetExecutionContext, policy: SyncPolicy) -> boo
 def _run_identity(context: dg.AssetExecutionContext) -> str:
     """The changeset's identity: the run that computed it, or the run a re-execution started from."""
     return context.run.root_run_id or context.run.run_id
+
+
+def _dry_run(context: dg.AssetCheckExecutionContext, sync_policy: SyncPolicy) -> bool:
+    """Is this run a dry run: casavi_sync's `dry_run` in the run's config, else CASAVI_DRY_RUN."""
+    configured = context.run.run_config.get("ops", {}).get("casavi_sync", {}).get("config", {}).get("dry_run")
+    return sync_policy.dry_run if configured is None else configured
 
 
 # --- remote state ---------------------------------------------------------------------------------
@@ -146,7 +160,8 @@ class ChangesetConfig(dg.Config):
     group_name="sync",
     kinds={"duckdb"},
     description="What must change in casavi: creates, updates and deletes per object kind, diffed in DuckDB "
-    "against the snapshot of what casavi holds. Stored as the pending changeset of the Mandant's snapshot.",
+    "against the snapshot of what casavi holds. Objects that leave the scope are deleted, wait for a person's "
+    "approval or are kept, as CASAVI_DELETIONS says. Stored as the pending changeset of the Mandant's snapshot.",
 )
 def casavi_changeset(
     context: dg.AssetExecutionContext,
@@ -157,6 +172,7 @@ def casavi_changeset(
     casavi_properties,
     casavi_units,
     casavi_contacts,
+    casavi_left_out,
 ) -> dg.MaterializeResult:
     mandant = context.partition_key
     frames = {
@@ -169,13 +185,23 @@ def casavi_changeset(
             if _repairs_drift(context, sync_policy) and snapshot.drift(listed=0).count():
                 context.log.info(f"Mandant {mandant}: repairing drift: casavi's state is taken as synced")
                 snapshot.adopt_remote()
-            summary = compute_changeset(snapshot, frames, identity=_run_identity(context))
+            summary = compute_changeset(
+                snapshot,
+                frames,
+                identity=_run_identity(context),
+                deletions=sync_policy.deletions,
+                left_out=casavi_left_out,
+            )
+            held = held_lines(mandant, deletions.pending(snapshot))
         expected = casavi.expected_seconds(summary.total_writes)
         metadata = changeset_metadata(summary, casavi, sync_policy)
     context.log.info(
-        f"Mandant {mandant} (sync rule {sync_policy.sync_rule.value}): {summary.total_writes} writes pending "
-        f"({summary.counts()}); at the configured rate limit that takes {duration(expected)}"
+        f"Mandant {mandant} (sync rule {sync_policy.sync_rule.value}, CASAVI_DELETIONS="
+        f"{sync_policy.deletions.value}): {summary.total_writes} writes pending ({summary.counts()}); at the "
+        f"configured rate limit that takes {duration(expected)}"
     )
+    for line in held:
+        context.log.warning(line)
     return dg.MaterializeResult(metadata=metadata)
 
 
@@ -194,8 +220,10 @@ _GUARDS = {
         asset="casavi_changeset",
         blocking=True,
         partitions_def=mandant_partitions,
-        description="Stops the sync when it would delete more than CASAVI_MAX_DELETE_SHARE of a kind's synced "
-        "(or adopted) objects, or all of them (a truncated export looks exactly like that).",
+        description="Stops the sync when more than CASAVI_MAX_DELETE_SHARE of a kind's synced (or adopted) "
+        "objects, or all of them, would leave the sync — deleted, left waiting for deletion or kept, whatever "
+        "CASAVI_DELETIONS says — or, for contacts, lose a contract (a truncated export looks exactly like "
+        "that). In a dry run it warns instead: the preview says a real run would stop here.",
     ),
 }
 
@@ -207,9 +235,10 @@ def sync_guards(
 ) -> Iterator[dg.AssetCheckResult]:
     with state_database_failures(), snapshots.open(context.partition_key, read_only=True) as snapshot:
         results = evaluate_guards(sync_policy.guards, snapshot)
+    dry_run = _dry_run(context, sync_policy)
     for name, spec in _GUARDS.items():
         if spec.key in context.selected_asset_check_keys:
-            yield guard_check_result(getattr(results, name), spec)
+            yield guard_check_result(getattr(results, name), spec, dry_run=dry_run)
 
 
 # --- sync -----------------------------------------------------------------------------------------
@@ -235,7 +264,15 @@ class SyncConfig(dg.Config):
             "field names casavi named, sent again on the next run; escalated after "
             "CASAVI_REJECTION_ESCALATE_NIGHTS nights. Fails (and the run with it) above "
             "CASAVI_MAX_REJECTED_SHARE and CASAVI_REJECTED_MIN_COUNT.",
-        )
+        ),
+        dg.AssetCheckSpec(
+            PENDING_DELETIONS_CHECK,
+            asset="casavi_sync",
+            partitions_def=mandant_partitions,
+            description="WARN naming the objects out of scope that wait for a person before casavi deletes them "
+            "(CASAVI_DELETIONS=approve): kind, reference id, since when, why. Approve with `casavi-pipeline "
+            "deletions --mandant M --approve ID` or the job casavi_approve_deletions; the next run deletes them.",
+        ),
     ],
     output_required=False,  # a dry run observes, it does not materialize
     # Transient trouble (casavi down, timeouts after the client's own retries) is retried; each attempt
@@ -246,7 +283,8 @@ class SyncConfig(dg.Config):
     ),
     description="Writes the pending changeset to casavi (upserts in dependency order, deletes in reverse) "
     "and advances the snapshot with every confirmed write, so an interrupted run resumes where it stopped. "
-    "The first write of each kind is read back to verify casavi stores what we send.",
+    "The first write of each kind is read back to verify casavi stores what we send. What leaves the scope "
+    "without being deleted is listed as pending deletions of the Mandant.",
 )
 def casavi_sync(
     context: dg.AssetExecutionContext,
@@ -256,12 +294,19 @@ def casavi_sync(
     sync_policy: SyncPolicy,
 ):
     with state_database_failures(), snapshots.open(context.partition_key) as snapshot:
-        if refused := refusal(snapshot, sync_policy.guards, _run_identity(context)):
+        dry_run = sync_policy.dry_run if config.dry_run is None else config.dry_run
+        refused = (
+            stale(snapshot, _run_identity(context))
+            if dry_run
+            else refusal(snapshot, sync_policy.guards, _run_identity(context))
+        )
+        if refused:
             raise dg.Failure(description=refused.reason, metadata=refused.metadata, allow_retries=False)
         snapshot.prune_audit(snapshots.audit_retention_days)
         summary = summarize(snapshot)
-        if sync_policy.dry_run if config.dry_run is None else config.dry_run:
-            yield from _dry_run(context, snapshot, summary, casavi, sync_policy)
+        if dry_run:
+            stop = next(iter(evaluate_guards(sync_policy.guards, snapshot).failures), None)
+            yield from _preview(context, snapshot, summary, casavi, sync_policy, stop)
             return
         with writing_client(context, casavi, snapshot) as client:
             outcome = write_changeset(
@@ -279,6 +324,7 @@ def casavi_sync(
             )
             metadata = sync_metadata(outcome, client.stats)
     context.log.info(outcome.summary)
+    pending = report_pending_deletions(context, outcome, sync_policy.deletions)
     if outcome.report.mismatches:
         raise dg.Failure(
             description=outcome.report.mismatches[0].reason, metadata=metadata, allow_retries=False
@@ -288,29 +334,33 @@ def casavi_sync(
         raise dg.Failure(description=outcome.verdict.description, metadata=metadata, allow_retries=False)
     if outcome.report.rejections:
         context.log.warning(f"Mandant {context.partition_key}: {outcome.verdict.description}")
-    yield dg.MaterializeResult(metadata=metadata, check_results=[rejections_check(outcome.verdict)])
+    yield dg.MaterializeResult(metadata=metadata, check_results=[rejections_check(outcome.verdict), pending])
 
 
-def _dry_run(
+def _preview(
     context: dg.AssetExecutionContext,
     snapshot: Snapshot,
     summary: ChangesetSummary,
     casavi: CasaviResource,
     policy: SyncPolicy,
+    stop: GuardResult | None,
 ) -> Iterator[dg.AssetObservation | dg.AssetCheckResult]:
-    """Show what a sync would write, deletions by reference id, and mark the run as a dry run."""
+    """A dry run: what a sync would write, deletions by reference id, what would wait for deletion, and
+    (`stop`) the guard that would stop a real run; the run is tagged as a dry run."""
     context.instance.add_run_tags(context.run.run_id, {DRY_RUN_TAG: "true"})
-    preview = preview_dry_run(snapshot, summary, policy.sync_rule)
-    context.log.info(preview.line)
+    preview = preview_dry_run(snapshot, summary, policy.sync_rule, stop)
+    context.log.info(preview.line)  # (a guard that would stop a real run warns in its check, in one line)
     yield dg.AssetObservation(
         asset_key=context.asset_key,
         partition=context.partition_key,
-        description=f"{preview.line}: nothing was written to casavi",
+        description=f"{preview.line}: nothing was written to casavi"
+        + (f". {preview.stop}" if preview.stop else ""),
         metadata=dry_run_metadata(preview, changeset_metadata(summary, casavi, policy)),
     )
     yield dg.AssetCheckResult(
         check_name=REJECTIONS_CHECK, passed=True, description="dry run: nothing was sent, nothing rejected"
     )
+    yield pending_deletions_check(context.partition_key, deletions.pending(snapshot), None, policy.deletions)
 
 
 defs = dg.Definitions(

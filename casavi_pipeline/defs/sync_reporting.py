@@ -20,6 +20,8 @@ from casavi_pipeline.casavi.errors import (
 from casavi_pipeline.casavi.transport import ClientStats
 from casavi_pipeline.database import StateUnavailableError
 from casavi_pipeline.defs.resources import CasaviResource, SyncPolicy
+from casavi_pipeline.state import deletions
+from casavi_pipeline.state.deletions import Deletions, PendingDeletion
 from casavi_pipeline.state.diff import ChangesetSummary
 from casavi_pipeline.state.snapshot import Drift, Snapshot
 from casavi_pipeline.sync.guards import GuardResult
@@ -33,6 +35,11 @@ INTERRUPTED = "sync stopped by an interrupt"
 #: The check on casavi_sync that lists what casavi refused (the alerts escalate on it).
 REJECTIONS_CHECK = "casavi_rejections"
 REJECTIONS_LISTED = 50
+#: The check on casavi_sync naming the deletions that wait for a person (the deletions alert reads it).
+PENDING_DELETIONS_CHECK = "casavi_pending_deletions"
+#: Pending deletions named in the check's description (its table lists up to PENDING_TABLE_ROWS).
+PENDING_NAMED = 10
+PENDING_TABLE_ROWS = 1_000
 DRIFT_LISTED = 10
 #: What each kind of drift is called in the check's description.
 DRIFT_LABELS = {
@@ -218,14 +225,93 @@ def drift_check_result(drift: Drift) -> dg.AssetCheckResult:
     )
 
 
-def guard_check_result(result: GuardResult, spec: dg.AssetCheckSpec) -> dg.AssetCheckResult:
+def guard_check_result(result: GuardResult, spec: dg.AssetCheckSpec, *, dry_run: bool) -> dg.AssetCheckResult:
+    """ERROR when a guard fails (it blocks the sync); in a dry run a WARN, so the preview still shows
+    what the run would do (the preview says that a real run would stop here)."""
+    reason = (
+        f"{result.reason} (dry run: a real run would stop here)"
+        if dry_run and not result.passed
+        else result.reason
+    )
     return dg.AssetCheckResult(
         asset_key=spec.asset_key,
         check_name=spec.name,
         passed=result.passed,
-        severity=dg.AssetCheckSeverity.ERROR,
-        description=result.reason,
-        metadata={"reason": result.reason, **result.metadata},
+        severity=dg.AssetCheckSeverity.WARN if dry_run else dg.AssetCheckSeverity.ERROR,
+        description=reason,
+        metadata={"reason": reason, **result.metadata},
+    )
+
+
+def held_lines(mandant: str, rows: list[PendingDeletion]) -> list[str]:
+    """One line per approved deletion that is not sent because an unapproved object still references it."""
+    return [
+        f"Mandant {mandant}: {row.kind} {row.ref_id} is approved for deletion but kept waiting: {row.held_by} "
+        f"(waiting for deletion, not approved) still references it, and casavi refuses to delete what is "
+        f"referenced (409). Approve {row.held_by} too, or put it back into the export."
+        for row in rows
+        if row.held_by
+    ]
+
+
+def _approval(row: PendingDeletion) -> str:
+    if row.approved_at is None:
+        return "no"
+    when = f"{row.approved_by}, {deletions.minute(row.approved_at)}"
+    return f"yes ({when}), held by {row.held_by}" if row.held_by else f"yes ({when})"
+
+
+def pending_deletions_table(rows: list[PendingDeletion]) -> dg.MetadataValue:
+    """The pending deletions as a table: reference ids, times, reasons and user names only."""
+    records = [
+        dg.TableRecord({"kind": r.kind, "ref_id": r.ref_id, "since": deletions.minute(r.since), "why": r.why,
+                        "approved": _approval(r)})
+        for r in rows[:PENDING_TABLE_ROWS]
+    ]  # fmt: skip
+    columns = [dg.TableColumn(name) for name in ("kind", "ref_id", "since", "why", "approved")]
+    return dg.MetadataValue.table(records, schema=dg.TableSchema(columns=columns))
+
+
+def pending_deletions_check(
+    mandant: str, rows: list[PendingDeletion], run_id: str | None, setting: Deletions
+) -> dg.AssetCheckResult:
+    """WARN naming the objects that wait for a person before casavi deletes them (ids only), and how to
+    approve; passed when none waits. `new`: those the run `run_id` listed first, in any of its attempts
+    (None: a dry run, which lists nothing). Under CASAVI_DELETIONS=keep nothing waits: it counts what
+    casavi keeps unsynced."""
+    new = sum(row.since_run == run_id for row in rows) if run_id else 0
+    waiting = [row for row in rows if row.waits_for_a_person]
+    metadata: dict[str, object] = {
+        "setting": setting.value,
+        "pending": len(rows),
+        "waiting": len(waiting),
+        "approved": sum(row.approved_at is not None for row in rows),
+        "new": new,  # the deletions alert tells a person when a run adds some
+        "pending_set": deletions.set_hash(rows),
+        "deletions": pending_deletions_table(rows),
+    }
+    passing = {
+        Deletions.KEEP: f"{len(rows)} objects out of scope are kept in casavi, no longer synced (CASAVI_DELETIONS=keep)",
+        Deletions.DELETE: "CASAVI_DELETIONS=delete: the run deletes what leaves the scope, nothing waits",
+        Deletions.APPROVE: "no deletion waits for a person",
+    }
+    if setting is not Deletions.APPROVE or not waiting:
+        return dg.AssetCheckResult(
+            check_name=PENDING_DELETIONS_CHECK, passed=True, description=passing[setting], metadata=metadata
+        )
+    named = ", ".join(f"{row.kind} {row.ref_id} ({row.why})" for row in waiting[:PENDING_NAMED])
+    more = f" and {len(waiting) - PENDING_NAMED} more" if len(waiting) > PENDING_NAMED else ""
+    description = (
+        f"Mandant {mandant}: {len(waiting)} objects wait for a person before casavi deletes them ({new} new "
+        f"in this run): {named}{more}. casavi keeps them as they are until then. Check them, then approve: "
+        f"casavi-pipeline deletions --mandant {mandant} --approve ID (or the job casavi_approve_deletions)"
+    )
+    return dg.AssetCheckResult(
+        check_name=PENDING_DELETIONS_CHECK,
+        passed=False,
+        severity=dg.AssetCheckSeverity.WARN,
+        description=description,
+        metadata=metadata,
     )
 
 
@@ -254,7 +340,23 @@ def changeset_metadata(
     }
 
 
+def report_pending_deletions(
+    context: dg.AssetExecutionContext, outcome: WriteOutcome, setting: Deletions
+) -> dg.AssetCheckResult:
+    """The sync's lines about what left the scope (what waits, what came back), and its check result."""
+    mandant = context.partition_key
+    check = pending_deletions_check(mandant, outcome.pending, context.run.run_id, setting)
+    (context.log.info if check.passed else context.log.warning)(check.description or "")
+    for kind, ref_id in outcome.merged.returned:
+        context.log.info(
+            f"Mandant {mandant}: {kind} {ref_id} was approved for deletion but is back in scope: synced, "
+            "not deleted; its approval was dropped"
+        )
+    return check
+
+
 def dry_run_metadata(preview: DryRun, changeset: dict[str, object]) -> dict[str, object]:
+    would_wait = [dg.TableRecord({**row, "new": bool(row["new"])}) for row in preview.waiting]
     return {
         "dry_run": True,
         **changeset,
@@ -262,6 +364,17 @@ def dry_run_metadata(preview: DryRun, changeset: dict[str, object]) -> dict[str,
             [dg.TableRecord(d) for d in preview.deletions],
             schema=dg.TableSchema(columns=[dg.TableColumn("kind"), dg.TableColumn("ref_id")]),
         ),
+        # what a real run would leave in casavi out of scope: pending deletions (new: listed first now)
+        "would_wait": dg.MetadataValue.table(
+            would_wait,
+            schema=dg.TableSchema(
+                columns=[
+                    *(dg.TableColumn(n) for n in ("kind", "ref_id", "why", "fate")),
+                    dg.TableColumn("new", "bool"),
+                ]
+            ),
+        ),
+        **({"would_stop": preview.stop} if preview.stop else {}),
     }
 
 
@@ -284,6 +397,7 @@ def sync_metadata(outcome: WriteOutcome, stats: ClientStats) -> dict[str, object
     report = outcome.report
     metadata: dict[str, object] = {
         **totals_metadata(outcome.totals),
+        "pending_deletions": len(outcome.pending),
         "requests": stats.requests,
         "duration_s": round(report.seconds, 2),
         "verified_kinds": ", ".join(report.verified) or "-",

@@ -1,4 +1,5 @@
-"""The audit trail: one row per write attempt casavi answered, kept in the Mandant's snapshot.
+"""The audit trail: one row per write attempt casavi answered, kept in the Mandant's snapshot, and one
+per deletion a person approved (`state/deletions.py`: change `approve`, no status, the user who approved).
 
 A row says when, in which run, for which Mandant, which object (kind, reference id), what was attempted
 (create, update or delete), what casavi answered (the HTTP status), for an update the names of the fields
@@ -34,8 +35,10 @@ CREATE TABLE IF NOT EXISTS audit (
     change VARCHAR NOT NULL,      -- 'create', 'update' or 'delete'
     status INTEGER,               -- casavi's HTTP status (NULL: no answer)
     fields VARCHAR[] NOT NULL,    -- an update: the casavi field names that changed (names, never values)
-    refused VARCHAR[] NOT NULL    -- a refusal: the field names casavi named
+    refused VARCHAR[] NOT NULL,   -- a refusal: the field names casavi named
+    actor VARCHAR                 -- an approval: who approved (an OS or Dagster user name); NULL for writes
 );
+ALTER TABLE audit ADD COLUMN IF NOT EXISTS actor VARCHAR;  -- a trail begun before approvals existed
 """
 
 #: The columns of a row, in the order of a line of the audit file.
@@ -52,6 +55,8 @@ COLUMNS = (
     "refused",
 )
 CHANGES = ("create", "update", "delete")
+#: The change of an approval's row (`record_approvals`); approvals are no lines of the log.
+APPROVE = "approve"
 
 
 @dataclass(frozen=True)
@@ -117,10 +122,27 @@ def read_lines(lines: Iterable[bytes]) -> tuple[pd.DataFrame, int]:
 
 
 def as_frame(rows: Sequence[tuple]) -> pd.DataFrame:
+    """Rows of log lines as a frame of the table's columns (a write attempt has no actor)."""
     frame = pd.DataFrame(list(rows), columns=list(COLUMNS))
     frame["answered_at"] = pd.to_datetime(frame["answered_at"], utc=True)
     frame["status"] = frame["status"].astype("Int64")
+    frame["actor"] = pd.Series([None] * len(frame), dtype="object")
     return frame
+
+
+def record_approvals(
+    con: duckdb.DuckDBPyConnection, mandant: str, approved: Iterable[tuple[str, str]], *, by: str, run_id: str
+) -> None:
+    """One row per approved deletion (kind, ref_id), in the caller's transaction: straight into the table
+    (an approval is made while no sync holds the snapshot, so there is no log to fold)."""
+    now = dt.datetime.now(dt.UTC)
+    rows = [(secrets.token_hex(8), now, run_id, mandant, kind, ref_id, APPROVE, None, [], [], by)
+            for kind, ref_id in approved]  # fmt: skip
+    if rows:
+        names = [*COLUMNS, "actor"]
+        con.executemany(
+            f"INSERT INTO audit ({', '.join(names)}) VALUES ({', '.join(['?'] * len(names))})", rows
+        )
 
 
 def fold(con: duckdb.DuckDBPyConnection, lines: Iterable[bytes]) -> int:
@@ -135,7 +157,7 @@ def fold(con: duckdb.DuckDBPyConnection, lines: Iterable[bytes]) -> int:
     try:
         # Only rows at or after the batch's first are compared: DuckDB skips older row groups.
         con.execute(
-            f"INSERT INTO audit SELECT {', '.join(COLUMNS)} FROM audit_lines l "
+            f"INSERT INTO audit ({', '.join(COLUMNS)}) SELECT {', '.join(COLUMNS)} FROM audit_lines l "
             "WHERE NOT EXISTS (SELECT 1 FROM audit a WHERE a.answered_at >= (SELECT min(answered_at) FROM audit_lines) "
             "AND a.entry = l.entry)"
         )

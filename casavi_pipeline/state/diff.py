@@ -2,9 +2,11 @@
 
 Computed in DuckDB SQL: the mapped frames become (kind, ref_id, hash, payload) rows, built and hashed by
 `api.payload_json_sql`, so the hash is of the exact body that will be sent. Against the snapshot's
-`synced` table: new reference ids are creates, differing hashes updates, synced ids no longer mapped
-deletes. The result replaces the snapshot's `pending` table, where `apply` picks it up, so a retried or
-resumed sync continues with what is left rather than recomputing.
+`synced` table: new reference ids are creates, differing hashes updates. Synced ids no longer mapped leave
+the scope: what becomes of them is CASAVI_DELETIONS (`state/deletions.py`: deleted now, or left in casavi
+waiting for a person's approval, or kept), and only those to delete now are deletes. The result replaces
+the snapshot's `pending` table, where `apply` picks it up, so a retried or resumed sync continues with
+what is left rather than recomputing.
 
 A value casavi holds that our model cannot express, set there by a person (a unit's usage Stellplatz:
 `api.FieldRule.keep_foreign`), is casavi's: the desired body carries it as casavi's read has it
@@ -17,7 +19,9 @@ A building whose street changes is the one write that cannot be one PUT: casavi 
 its street, and refuses a property that drops a street its units still name (our model), while the units
 can only move to a street the property already has. Such a property is sent twice: first with the old
 and the new streets (so the units can move), and once more, *settled*, with only the new ones after the
-units moved or were deleted (`stage_street_moves`).
+units moved or were deleted (`stage_street_moves`). A unit that leaves the scope but stays in casavi
+(waiting for deletion, or kept) still names its street, so its property keeps that street
+(`keep_streets`).
 """
 
 from __future__ import annotations
@@ -31,6 +35,8 @@ import pandas as pd
 
 from casavi_pipeline.casavi import api
 from casavi_pipeline.casavi.api import ObjectKind
+from casavi_pipeline.state import deletions as leaving
+from casavi_pipeline.state.deletions import Deletions, Fate
 from casavi_pipeline.state.hashing import hashed_payloads_sql
 from casavi_pipeline.state.snapshot import META_CHANGESET, Snapshot
 
@@ -47,10 +53,19 @@ class KindChanges:
     delete: int
     unchanged: int
     settle: int = 0  # second PUTs of properties that drop a street (`stage_street_moves`)
+    waiting: int = 0  # out of scope, left in casavi waiting for deletion (CASAVI_DELETIONS=approve)
+    kept: int = 0  # out of scope, left in casavi for good (CASAVI_DELETIONS=keep)
+    leaving_new: int = 0  # out of scope and not waiting from an earlier run, or deleted unapproved
+    losing_contracts: int = 0  # contacts a PUT strips of at least one contract
 
     @property
     def writes(self) -> int:
         return self.create + self.update + self.delete + self.settle
+
+    @property
+    def guarded(self) -> int:
+        """What the mass-deletion guard counts of this kind (`sync.guards`)."""
+        return self.leaving_new + self.losing_contracts
 
 
 @dataclass(frozen=True)
@@ -70,8 +85,8 @@ class ChangesetSummary:
         return {
             f"{kind.value}/{change}": getattr(changes, change)
             for kind, changes in self.kinds.items()
-            for change in (*CHANGES, "unchanged", "settle")
-            if change != "settle" or changes.settle
+            for change in (*CHANGES, "unchanged", "settle", "waiting", "kept")
+            if change not in ("settle", "waiting", "kept") or getattr(changes, change)
         }
 
 
@@ -81,12 +96,16 @@ def compute_changeset(
     *,
     identity: str | None = None,
     preview_rows: int = 10,
+    deletions: Deletions = Deletions.APPROVE,
+    left_out: pd.DataFrame | None = None,
 ) -> ChangesetSummary:
     """Diff the mapped objects against the snapshot and store the result as the pending changeset.
 
     `frames` holds one mapped frame per object kind (domain columns, one row per reference id). A kind
     missing from `frames` is left untouched rather than read as "delete everything". `identity` (the
     computing run's) is stored with it: the sync sends only a changeset that carries its own run's.
+    `deletions` is CASAVI_DELETIONS; `left_out` (kind, ref_id) the ids the export composes that the sync
+    rule leaves out, which tells "out of the sync rule" from "removed from the export".
     """
     con = snapshot.connection
     selects = []
@@ -94,7 +113,6 @@ def compute_changeset(
         view = f"mapped_{kind.value}"
         con.register(view, frame)
         selects.append(hashed_payloads_sql(kind, _keeping_foreign(kind, view)))
-    kinds_sql = ", ".join(f"'{k.value}'" for k in frames)
     con.execute("BEGIN TRANSACTION")
     try:
         con.execute("CREATE OR REPLACE TEMP TABLE desired AS " + " UNION ALL ".join(selects))
@@ -107,7 +125,9 @@ def compute_changeset(
                 f"Mandant {snapshot.mandant}: the mapping produced duplicate reference ids ({listed}); "
                 "the unique-ID check should have stopped this run — choose another CASAVI_ID_SEPARATOR."
             )
-        take_what_casavi_holds(con)
+        leaving.decide(con, deletions, list(frames), left_out)
+        keep_streets(con)
+        take_what_casavi_holds(con)  # after the desired bodies are final (`keep_streets`)
         con.execute("DELETE FROM pending")
         # Upserts in dependency order, deletes in reverse (the order apply sends them in).
         con.execute(
@@ -123,16 +143,21 @@ def compute_changeset(
                 FROM desired d LEFT JOIN synced s ON s.kind = d.kind AND s.ref_id = d.ref_id
                 WHERE s.ref_id IS NULL OR s.content_hash <> d.content_hash
                 UNION ALL
-                SELECT s.kind, 'delete', 'delete', s.ref_id, NULL, NULL,
-                       10 + list_position({_order_list(api.DELETE_ORDER)}, s.kind)
-                FROM synced s ANTI JOIN desired d ON d.kind = s.kind AND d.ref_id = s.ref_id
-                WHERE s.kind IN ({kinds_sql})
+                SELECT kind, 'delete', 'delete', ref_id, NULL, NULL,
+                       10 + list_position({_order_list(api.DELETE_ORDER)}, kind)
+                FROM leaving WHERE fate = '{Fate.DELETE}'
             )
             """
         )
         stage_street_moves(con)
         desired = dict(con.execute("SELECT kind, count(*) FROM desired GROUP BY kind").fetchall())
-        snapshot.set_meta(META_CHANGESET, json.dumps({"id": identity, "desired": desired}, sort_keys=True))
+        changeset = {
+            "id": identity,
+            "desired": desired,
+            "kinds": [kind.value for kind in frames],
+            "losing_contracts": losing_contracts(con),
+        }
+        snapshot.set_meta(META_CHANGESET, json.dumps(changeset, sort_keys=True))
         con.execute("DROP TABLE desired")
         con.execute("COMMIT")
     except Exception:
@@ -241,8 +266,55 @@ def foreign_values(snapshot: Snapshot, *, listed: int = 10) -> ForeignValues:
     return ForeignValues(count, [tuple(row) for row in first])  # type: ignore[misc]
 
 
+_ADDRESSES = api.rule_of(ObjectKind.PROPERTY, "addresses").casavi
+_UNIT_PROPERTY = api.rule_of(ObjectKind.UNIT, "property_id").casavi
+_UNIT_ADDRESS = api.rule_of(ObjectKind.UNIT, "address").casavi
+
+
 def _streets(body: dict) -> set[str]:
-    return {a.get("street") for a in body.get("addresses") or [] if isinstance(a, dict)} - {None}
+    return {a.get("street") for a in body.get(_ADDRESSES) or [] if isinstance(a, dict)} - {None}
+
+
+def _with_streets(con: duckdb.DuckDBPyConnection, body: dict, streets: set[str]) -> tuple[str, str]:
+    """(payload, hash) of a property body with exactly these streets, ordered as the mapping orders them."""
+    record = api.record_from_read(ObjectKind.PROPERTY, {**body, _ADDRESSES: [{"street": s} for s in streets]})
+    con.register("street_move", pd.DataFrame([record], columns=list(api.DOMAIN_COLUMNS[ObjectKind.PROPERTY])))
+    try:
+        [(_, _, payload, content_hash)] = con.execute(
+            hashed_payloads_sql(ObjectKind.PROPERTY, "street_move")
+        ).fetchall()
+    finally:
+        con.unregister("street_move")
+    return payload, content_hash
+
+
+def keep_streets(con: duckdb.DuckDBPyConnection) -> int:
+    """Each property the mapping still wants (temp table `desired`) keeps the streets of its units that
+    leave the scope but stay in casavi: casavi refuses a property dropping a street a unit names, and the
+    unit is not written. Returns how many properties keep a street the mapping dropped."""
+    kept: dict[str, set[str]] = {}
+    for _, _, unit in leaving.staying_bodies(con, [ObjectKind.UNIT.value]):
+        property_id, street = unit.get(_UNIT_PROPERTY), unit.get(_UNIT_ADDRESS)
+        if isinstance(property_id, str) and isinstance(street, str):
+            kept.setdefault(property_id, set()).add(street)
+    if not kept:
+        return 0
+    rows = con.execute(
+        "SELECT ref_id, payload FROM desired WHERE kind = ? AND list_contains(?, ref_id)",
+        [ObjectKind.PROPERTY.value, list(kept)],
+    ).fetchall()
+    changed = 0
+    for ref_id, wanted in rows:
+        body = json.loads(wanted)
+        if kept[ref_id] <= _streets(body):
+            continue
+        payload, content_hash = _with_streets(con, body, _streets(body) | kept[ref_id])
+        con.execute(
+            "UPDATE desired SET payload = ?, content_hash = ? WHERE kind = ? AND ref_id = ?",
+            [payload, content_hash, ObjectKind.PROPERTY.value, ref_id],
+        )
+        changed += 1
+    return changed
 
 
 def stage_street_moves(con: duckdb.DuckDBPyConnection) -> int:
@@ -250,11 +322,13 @@ def stage_street_moves(con: duckdb.DuckDBPyConnection) -> int:
 
     The pending update becomes the property with its old *and* new streets; a `settle` operation with the
     body the mapping wants follows the units (apply sends it after the unit deletes). The old streets come
-    from what we confirmed, else from casavi's read (`remote`). Returns how many properties were split.
+    from what we confirmed, else from casavi's read (`remote`). When the first PUT would send exactly what
+    casavi holds (the update only drops streets), only the settling one is left. Returns how many
+    properties were split.
     """
     rows = con.execute(
         """
-        SELECT p.seq, p.payload, coalesce(s.payload, r.payload)
+        SELECT p.seq, p.payload, coalesce(s.payload, r.payload), s.content_hash
         FROM pending p
         LEFT JOIN synced s ON s.kind = p.kind AND s.ref_id = p.ref_id
         LEFT JOIN remote r ON r.kind = p.kind AND r.ref_id = p.ref_id
@@ -264,31 +338,51 @@ def stage_street_moves(con: duckdb.DuckDBPyConnection) -> int:
     ).fetchall()
     next_seq = con.execute("SELECT coalesce(max(seq), 0) + 1 FROM pending").fetchall()[0][0]
     split = 0
-    for seq, wanted, held in rows:
+    for seq, wanted, held, held_hash in rows:
         body = json.loads(wanted)
         old, new = _streets(json.loads(held)) if held else set(), _streets(body)
         if not old - new:
             continue
-        addresses = api.rule_of(ObjectKind.PROPERTY, "addresses").casavi
-        both = {**body, addresses: [{"street": street} for street in old | new]}
-        record = api.record_from_read(ObjectKind.PROPERTY, both)  # streets ordered as the mapping orders them
-        con.register(
-            "street_move", pd.DataFrame([record], columns=list(api.DOMAIN_COLUMNS[ObjectKind.PROPERTY]))
-        )
-        [(_, _, payload, content_hash)] = con.execute(
-            hashed_payloads_sql(ObjectKind.PROPERTY, "street_move")
-        ).fetchall()
-        con.unregister("street_move")
+        payload, content_hash = _with_streets(con, body, old | new)
         con.execute(
             "INSERT INTO pending SELECT ?, kind, 'settle', 'settle', ref_id, content_hash, payload "
             "FROM pending WHERE seq = ?",
             [next_seq + split, seq],
         )
-        con.execute(
-            "UPDATE pending SET payload = ?, content_hash = ? WHERE seq = ?", [payload, content_hash, seq]
-        )
+        if content_hash == held_hash:
+            con.execute("DELETE FROM pending WHERE seq = ?", [seq])
+        else:
+            con.execute(
+                "UPDATE pending SET payload = ?, content_hash = ? WHERE seq = ?", [payload, content_hash, seq]
+            )
         split += 1
     return split
+
+
+def _contract_keys(payload_sql: str) -> str:
+    """The SQL list of a contact body's contracts as 'unitId|type|number' (what tells one contract from
+    another; dates may change without a contract going)."""
+    rule = api.rule_of(ObjectKind.CONTACT, "contracts")
+    items = {item.name: item.casavi for item in rule.items}
+    unit, kind, number = items["unit_id"], items["contract_type"], items["number"]
+    shape = json.dumps([{unit: "VARCHAR", kind: "VARCHAR", number: "VARCHAR"}])
+    return (
+        f"coalesce(list_transform(from_json(json_extract({payload_sql}, '$.{rule.casavi}'), '{shape}'), "
+        f"""lambda c: concat_ws('|', c."{unit}", c."{kind}", coalesce(c."{number}", ''))), [])"""
+    )
+
+
+def losing_contracts(con: duckdb.DuckDBPyConnection) -> int:
+    """Contacts a pending PUT strips of a contract they hold in casavi (as last confirmed): a truncated
+    contract file looks like this before it looks like deletions (the mass-deletion guard counts them)."""
+    return con.execute(
+        f"""
+        SELECT count(*) FROM pending p JOIN synced s ON s.kind = p.kind AND s.ref_id = p.ref_id
+        WHERE p.kind = ? AND p.action = 'upsert' AND p.change = 'update' AND s.payload IS NOT NULL
+          AND NOT list_has_all({_contract_keys("p.payload")}, {_contract_keys("s.payload")})
+        """,
+        [ObjectKind.CONTACT.value],
+    ).fetchone()[0]  # type: ignore[index]
 
 
 def changed_fields(new_payload: str | None, old_payload: str | None) -> str:
@@ -315,14 +409,18 @@ def summarize(
     kinds = kinds or list(api.UPSERT_ORDER)
     pending = snapshot.pending_counts()
     synced = snapshot.synced_counts()
-    desired: dict[str, int] = json.loads(snapshot.get_meta(META_CHANGESET) or "{}").get("desired", {})
+    changeset = json.loads(snapshot.get_meta(META_CHANGESET) or "{}")
+    desired: dict[str, int] = changeset.get("desired", {})
+    fates = leaving.fate_counts(con)
+    guarded = leaving.guard_counts(con)
     result = {}
     for kind in kinds:
         create = pending.get((kind.value, "create"), 0)
         update = pending.get((kind.value, "update"), 0)
         delete = pending.get((kind.value, "delete"), 0)
         n_synced = synced.get(kind.value, 0)
-        n_desired = desired.get(kind.value, n_synced + create - delete)
+        covered = kind.value in changeset.get("kinds", desired)
+        n_desired = desired.get(kind.value, 0) if covered else n_synced + create - delete
         result[kind] = KindChanges(
             kind=kind,
             desired=n_desired,
@@ -332,6 +430,10 @@ def summarize(
             delete=delete,
             unchanged=n_desired - create - update,
             settle=pending.get((kind.value, "settle"), 0),
+            waiting=fates.get((kind.value, Fate.WAIT), 0) + fates.get((kind.value, Fate.BLOCKED), 0),
+            kept=fates.get((kind.value, Fate.KEEP), 0),
+            leaving_new=guarded.get(kind.value, 0),
+            losing_contracts=changeset.get("losing_contracts", 0) if kind is ObjectKind.CONTACT else 0,
         )
     preview = con.execute(
         """

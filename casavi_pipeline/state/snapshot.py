@@ -3,6 +3,10 @@
 Tables
 - `synced`  one row per object casavi confirmed: kind, reference id, content hash, payload (for previews).
 - `pending` the current changeset (written by `changeset.compute_changeset`, consumed by `apply`).
+- `leaving` the current changeset's objects that leave the scope, each with its fate under
+            CASAVI_DELETIONS (written with `pending`; `state/deletions.py`).
+- `deletions` the pending deletions: objects out of scope that casavi still holds, since when, why, and
+            who approved their deletion (kept across runs: the Mandant's state, not the run's).
 - `meta`    key/value facts, e.g. the ID separator the snapshot was built with.
 - `remote`  the Mandant's slice of the casavi listing as last read: hashes, bodies, casavi's links.
 - `audit`   one row per write attempt casavi answered (names and statuses only; `state/audit.py`).
@@ -68,6 +72,24 @@ CREATE TABLE IF NOT EXISTS pending (
     ref_id VARCHAR NOT NULL,
     content_hash VARCHAR,
     payload VARCHAR
+);
+CREATE TABLE IF NOT EXISTS leaving (
+    kind VARCHAR NOT NULL,
+    ref_id VARCHAR NOT NULL,
+    why VARCHAR NOT NULL,         -- 'removed from the export' or 'out of the sync rule'
+    fate VARCHAR NOT NULL,        -- 'delete', 'wait', 'blocked' (approved, still referenced) or 'keep'
+    held_by VARCHAR,              -- blocked: the waiting object that references it ("contact 0001-00050")
+    PRIMARY KEY (kind, ref_id)
+);
+CREATE TABLE IF NOT EXISTS deletions (
+    kind VARCHAR NOT NULL,
+    ref_id VARCHAR NOT NULL,
+    why VARCHAR NOT NULL,
+    since TIMESTAMPTZ NOT NULL,   -- when a run first listed it
+    since_run VARCHAR NOT NULL,   -- that run (its id): the alert tells of a run that listed new ones
+    approved_at TIMESTAMPTZ,
+    approved_by VARCHAR,          -- an OS or Dagster user name (never tenant data)
+    PRIMARY KEY (kind, ref_id)
 );
 CREATE TABLE IF NOT EXISTS meta (key VARCHAR PRIMARY KEY, value VARCHAR);
 CREATE TABLE IF NOT EXISTS remote (
@@ -254,7 +276,8 @@ class Snapshot:
         lines, mark = self._journal.read()
         rebuilt = older if held or lines else None
         with self._transaction():
-            for table in ("synced", "pending", "remote"):
+            # The pending deletions stay: reference ids outlive a model revision, and so do approvals.
+            for table in ("synced", "pending", "leaving", "remote"):
                 self._con.execute(f"DELETE FROM {table}")
             self._con.execute("DELETE FROM meta WHERE key = ?", [META_ADOPTED])  # the separator stays guarded
             self.set_meta(META_MODEL, api.MODEL_REVISION)
@@ -374,7 +397,7 @@ class Snapshot:
             "remote": con.execute("SELECT count(*) FROM remote WHERE payload IS NOT NULL").fetchone()[0],  # type: ignore[index]
         }
         con.execute("UPDATE synced SET payload = NULL")
-        con.execute("DELETE FROM pending")
+        con.execute("DELETE FROM pending")  # (`leaving` and `deletions` hold ids only: they stay)
         con.execute("UPDATE remote SET payload = NULL")
         # NULL leaves the old bytes in freed blocks: rewrite the file (this process keeps the home's lock).
         con.execute("CHECKPOINT").fetchall()
@@ -404,6 +427,11 @@ class Snapshot:
     def changeset_identity(self) -> str | None:
         """The identity the pending changeset was computed with (`diff.compute_changeset`), if any."""
         return json.loads(self.get_meta(META_CHANGESET) or "{}").get("id")
+
+    def changeset_kinds(self) -> list[str]:
+        """The kinds the pending changeset covered (a kind it did not cover was left untouched)."""
+        changeset = json.loads(self.get_meta(META_CHANGESET) or "{}")
+        return list(changeset.get("kinds", changeset.get("desired", {})))
 
     def pending_total(self) -> int:
         return self._con.execute("SELECT count(*) FROM pending").fetchone()[0]  # type: ignore[index]
@@ -516,10 +544,11 @@ class Snapshot:
             """,
             [now],
         )
-        con.execute(
-            "DELETE FROM synced s USING latest j "
-            "WHERE j.action = 'delete' AND s.kind = j.kind AND s.ref_id = j.ref_id"
-        )
+        for table in ("synced", "deletions"):  # a confirmed delete ends its pending deletion too
+            con.execute(
+                f"DELETE FROM {table} s USING latest j "
+                "WHERE j.action = 'delete' AND s.kind = j.kind AND s.ref_id = j.ref_id"
+            )
         # A confirmed upsert settles the pending PUT with that body: a property that drops a street
         # has two (`changeset.stage_street_moves`), and confirming the first must leave the second.
         con.execute(

@@ -8,6 +8,11 @@ sync itself, so materializing the sync alone cannot bypass them.
 Switching `CASAVI_SYNC_RULE` changes the scope (under `last-name` vacant units, their owners and
 properties with nothing rented leave casavi): it passes the mass-deletion guard like any other change,
 and the guard's message names the rule in force and, when it changed since the last sync, the switch.
+
+The mass-deletion guard judges what leaves the scope, whatever CASAVI_DELETIONS does with it (deleted,
+left waiting for a person, kept): a truncated export is a mistake even when nothing is deleted yet, for
+the pending deletions it would list are one careless `--approve-all` away from casavi, and contacts
+would still lose their contracts (`mass_deletion_guard` says what it counts).
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from casavi_pipeline.mapping.scope import SyncRule
+from casavi_pipeline.state.deletions import Deletions
 from casavi_pipeline.state.diff import ChangesetSummary, summarize
 from casavi_pipeline.state.snapshot import Snapshot
 
@@ -29,6 +35,7 @@ class GuardPolicy:
 
     separator: str
     sync_rule: SyncRule = SyncRule.EMAIL
+    deletions: Deletions = Deletions.APPROVE
     max_delete_share: float = 0.10
     delete_guard_min_count: int = 0
     allow_mass_delete: bool = False
@@ -65,6 +72,14 @@ def separator_guard(
     )
 
 
+#: What becomes of what the guard counts, per CASAVI_DELETIONS (for its message).
+_FATE = {
+    Deletions.DELETE: "CASAVI_DELETIONS=delete: the sync would delete them",
+    Deletions.APPROVE: "CASAVI_DELETIONS=approve: they would wait for deletion",
+    Deletions.KEEP: "CASAVI_DELETIONS=keep: they would stay in casavi, no longer synced",
+}
+
+
 def mass_deletion_guard(
     summary: ChangesetSummary,
     *,
@@ -72,23 +87,43 @@ def mass_deletion_guard(
     min_count: int = 0,
     allow: bool = False,
     sync_rule: SyncRule = SyncRule.EMAIL,
+    deletions: Deletions = Deletions.APPROVE,
     previous_rule: str | None = None,
 ) -> GuardResult:
     """Stop when a kind would lose more than `max_share` of its synced objects, or all of them.
+
+    Counted per kind, whatever CASAVI_DELETIONS says (`KindChanges.guarded`):
+    - objects that leave the scope in this changeset and were not already waiting for deletion from an
+      earlier run. A pending deletion is counted on the night it first appears, not on every night after:
+      it changes nothing in casavi while it waits, and a guard that trips every night until someone
+      approves would be switched off. A run the guard stops lists nothing as pending, so the same objects
+      count again the next night, until the export is fixed or the run allowed;
+    - deletions no person approved (under `delete`, every deletion; approved ones were decided by id);
+    - for contacts, those a PUT would strip of a contract (a truncated contract file does that first).
 
     Deleting at most `min_count` objects of a kind never counts as mass deletion by share. The reason
     names the sync rule in force, and the switch when `previous_rule` (the last sync's) differs.
     """
     tripped = []
-    meta: dict[str, Any] = {"max_delete_share": max_share, "sync_rule": sync_rule.value}
+    meta: dict[str, Any] = {
+        "max_delete_share": max_share,
+        "sync_rule": sync_rule.value,
+        "deletions": deletions.value,
+    }
     for kind, changes in summary.kinds.items():
-        meta[f"{kind.value}/delete"] = changes.delete
+        meta[f"{kind.value}/leaving"] = changes.leaving_new
+        if changes.losing_contracts:
+            meta[f"{kind.value}/losing_contracts"] = changes.losing_contracts
         meta[f"{kind.value}/synced"] = changes.synced
-        if changes.delete == 0:
+        counted = changes.guarded
+        if counted == 0:
             continue
-        share = changes.delete / changes.synced if changes.synced else 1.0
-        if changes.delete == changes.synced or (share > max_share and changes.delete > min_count):
-            tripped.append(f"{changes.delete} of {changes.synced} {kind.collection} ({share:.0%})")
+        share = counted / changes.synced if changes.synced else 1.0
+        if counted >= changes.synced or (share > max_share and counted > min_count):
+            losing = (
+                f"; {changes.losing_contracts} of them losing contracts" if changes.losing_contracts else ""
+            )
+            tripped.append(f"{counted} of {changes.synced} {kind.collection} ({share:.0%}{losing})")
     rule = f"sync rule {sync_rule.value}"
     if not tripped:
         return GuardResult(True, f"no mass deletion ({rule})", meta)
@@ -101,11 +136,11 @@ def mass_deletion_guard(
             "changes what is in scope. If that is intended"
         )
     else:
-        cause = "Is the export truncated? Check the export; if the deletions are intended"
+        cause = "Is the export truncated? Check the export; if it is intended"
     return GuardResult(
         False,
-        f"Mandant {summary.mandant} ({rule}): the sync would delete {what}, more than the allowed "
-        f"{max_share:.0%}. {cause}, rerun with CASAVI_ALLOW_MASS_DELETE=true or raise "
+        f"Mandant {summary.mandant} ({rule}): {what} would leave the sync ({_FATE[deletions]}), more than "
+        f"the allowed {max_share:.0%}. {cause}, rerun with CASAVI_ALLOW_MASS_DELETE=true or raise "
         "CASAVI_MAX_DELETE_SHARE.",
         meta,
     )
@@ -139,6 +174,7 @@ def evaluate_guards(policy: GuardPolicy, snapshot: Snapshot) -> GuardResults:
         # A separator migration deletes every old id by design; the explicit setting covers it.
         allow=policy.allow_mass_delete or migrating,
         sync_rule=policy.sync_rule,
+        deletions=policy.deletions,
         previous_rule=snapshot.get_meta(META_SYNC_RULE),
     )
     return GuardResults(separator=separator, mass_deletion=deletion)

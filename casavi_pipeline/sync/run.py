@@ -2,7 +2,10 @@
 
 A run's sync step may be retried (casavi down, a timeout) and each attempt resumes with what is still
 pending; what the run did is the sum of its attempts, kept in the snapshot's `meta` so a retried step
-reports the whole run. A dry run writes nothing and previews the changeset instead.
+reports the whole run. A sync that passed the guards takes its changeset's objects out of scope into the
+Mandant's pending deletions before it writes (`state/deletions.py`). A dry run writes nothing, lists
+nothing as pending and previews the changeset instead, also past a failing guard (saying that a real
+run would stop there).
 """
 
 from __future__ import annotations
@@ -14,6 +17,8 @@ from dataclasses import dataclass
 
 from casavi_pipeline.casavi import api
 from casavi_pipeline.mapping.scope import SyncRule
+from casavi_pipeline.state import deletions
+from casavi_pipeline.state.deletions import Merged, PendingDeletion
 from casavi_pipeline.state.diff import ChangesetSummary
 from casavi_pipeline.state.listing import RemoteCache
 from casavi_pipeline.state.snapshot import Snapshot
@@ -36,10 +41,16 @@ def refusal(snapshot: Snapshot, guards: GuardPolicy, identity: str) -> GuardResu
     """Why nothing may be written: a guard failed, or the pending changeset is not of the run `identity`.
 
     The guards run as blocking checks too; repeating them here means materializing the sync alone cannot
-    bypass them. A changeset of another run may be stale: the ERP or casavi changed since.
+    bypass them.
     """
     if failed := evaluate_guards(guards, snapshot).failures:
         return failed[0]
+    return stale(snapshot, identity)
+
+
+def stale(snapshot: Snapshot, identity: str) -> GuardResult | None:
+    """Why the pending changeset may not be used by the run `identity`: it is another run's, and may be
+    stale (the ERP or casavi changed since)."""
     if snapshot.changeset_identity() == identity:
         return None
     return GuardResult(
@@ -116,6 +127,8 @@ class WriteOutcome:
     totals: RunTotals  # the run: every attempt so far, this one included
     audit: dict[str, int]  # the run's rows of the audit trail per kind, change and status
     verdict: RejectionVerdict
+    merged: Merged  # what this attempt changed in the pending deletions
+    pending: list[PendingDeletion]  # the pending deletions after it
 
     @property
     def confirmed(self) -> int:
@@ -153,6 +166,7 @@ def write_changeset(
     if snapshot.synced_total() == 0 or guards.allow_separator_change:
         snapshot.set_separator(guards.separator)
     record_sync_rule(guards, snapshot)
+    merged = deletions.merge(snapshot, snapshot.changeset_kinds(), run_id)
     if writes:
         # Marked before the first write (a kill gives no chance after it): a listing older than
         # this misses our writes and must not be reused.
@@ -177,30 +191,51 @@ def write_changeset(
     audit = snapshot.audit_summary(run_id)
     nights = snapshot.nights_refused([(r.kind, r.ref_id) for r in report.rejections])
     return WriteOutcome(
-        report, totals, audit, assess(report.rejections, report.total_sent, nights, rejections)
+        report,
+        totals,
+        audit,
+        assess(report.rejections, report.total_sent, nights, rejections),
+        merged,
+        deletions.pending(snapshot),  # after the fold: a confirmed delete ended its row
     )
 
 
 @dataclass(frozen=True)
 class DryRun:
-    line: str  # one line: the writes not sent and the first deletions by reference id
+    line: str  # one line: the writes not sent, the first deletions and pending deletions by reference id
     deletions: list[dict[str, str]]  # kind, ref_id: the first `DELETIONS_LISTED` deletions
+    waiting: list[dict[str, object]]  # kind, ref_id, why, fate, new: what would stay in casavi out of scope
+    stop: str | None = None  # one line, when a guard would stop a real run
 
 
-def preview_dry_run(snapshot: Snapshot, summary: ChangesetSummary, sync_rule: SyncRule) -> DryRun:
-    """What a sync would write, deletions by reference id: a person checks them before a real run."""
-    deletions = [
+def _ids(rows: list[dict], total: int) -> str:
+    first = ", ".join(str(row["ref_id"]) for row in rows[:10])
+    return f" ({first}{', …' if total > 10 else ''})" if total else ""
+
+
+def preview_dry_run(
+    snapshot: Snapshot, summary: ChangesetSummary, sync_rule: SyncRule, stop: GuardResult | None = None
+) -> DryRun:
+    """What a sync would write, deletions by reference id, and what would wait for deletion (or be kept)
+    instead: a person checks them before a real run. `stop` is the guard that would stop a real run."""
+    listed = [
         {"kind": op.kind.value, "ref_id": op.ref_id}
         for op in itertools.islice(
             itertools.chain.from_iterable(snapshot.pending_ops(kind, "delete") for kind in api.DELETE_ORDER),
             DELETIONS_LISTED,
         )
     ]
+    waiting, new_total = deletions.would_wait(snapshot.connection, DELETIONS_LISTED)
     deletes = sum(changes.delete for changes in summary.kinds.values())
-    first = ", ".join(d["ref_id"] for d in deletions[:10])
+    staying = sum(changes.waiting + changes.kept for changes in summary.kinds.values())
+    new = [row for row in waiting if row["new"]]
     line = (
         f"DRY RUN for Mandant {snapshot.mandant} (sync rule {sync_rule.value}): {summary.total_writes} writes "
-        f"not sent, {deletes} of them deletions"
-        + (f" ({first}{', …' if deletes > 10 else ''})" if deletes else "")
+        f"not sent, {deletes} of them deletions{_ids(listed, deletes)}"
     )
-    return DryRun(line, deletions)
+    if staying:
+        line += (
+            f"; {staying} out of scope would stay in casavi, {new_total} of them new{_ids(new, new_total)}"
+        )
+    reason = f"Mandant {snapshot.mandant}: a real run would stop here: {stop.reason}" if stop else None
+    return DryRun(line, listed, waiting, reason)
