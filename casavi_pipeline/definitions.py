@@ -14,7 +14,7 @@ from casavi_pipeline.settings import SettingsError
 
 try:
     # The settings first, before Dagster's component loader imports the modules that use them: a bad or
-    # missing setting then stops the load with its one line and this one frame (README, Settings), not
+    # missing setting then stops the load with its one line and this one frame (docs/settings.md), not
     # with the line three times in the loader's nested stack traces.
     import casavi_pipeline.defs.resources
 except SettingsError as exc:
@@ -25,7 +25,7 @@ from casavi_pipeline.defs.failures import with_failure_reason
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
-# dg's autoloading calls Dagster's own preview loaders: nothing of ours to act on (README says so once).
+# dg's autoloading calls Dagster's own preview loaders: nothing of ours to act on (docs/operating.md says so once).
 warnings.filterwarnings(
     "ignore", message="Function `load_definitions_from_module", category=dg.PreviewWarning
 )

@@ -12,7 +12,7 @@ Each setting is declared once, with `setting(...)`: its variable, default, bound
 settings come in groups, one per concern and per Dagster resource (`ErpSettings` → `ErpExport`,
 `StateSettings` → `SnapshotStore`, `CasaviSettings` → the casavi resource, `SyncPolicySettings` →
 `SyncPolicy`, `AlertSettings` → `Alerting`): each resource's config fields are generated from its group,
-so a new setting is one line here, one row in README's Settings table (a test compares both), and
+so a new setting is one line here, one row in the Settings table of docs/settings.md (a test compares both), and
 whatever code uses it.
 
 There are no defaults for *what* to sync and *where to*: a deployment that forgot `ERP_EXPORT_DIR`
@@ -598,7 +598,7 @@ def _raise(problems: list[str]) -> NoReturn:
     error quotes the input, which may be a secret."""
     raise SettingsError(
         f"casavi_pipeline settings: {'; '.join(problems)}. Set them in the environment or in .env "
-        "(README, section Settings)."
+        "(docs/settings.md)."
     )
 
 

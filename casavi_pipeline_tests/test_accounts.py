@@ -18,7 +18,7 @@ import pytest
 
 from casavi_pipeline import account
 from casavi_pipeline.casavi.api import ObjectKind
-from casavi_pipeline.erase import erase
+from casavi_pipeline.cli.erase import erase
 from casavi_pipeline.state.upgrade import old_budget_name
 from casavi_pipeline_tests.e2e import (
     BACKENDS,

@@ -17,9 +17,9 @@ import dagster as dg
 import duckdb
 import pytest
 
-from casavi_pipeline import audit as audit_cli
+from casavi_pipeline.cli import audit as audit_cli
+from casavi_pipeline.cli.erase import erase
 from casavi_pipeline.defs.failures import FAILURE_REASON_TAG
-from casavi_pipeline.erase import erase
 from casavi_pipeline.state.audit import Attempt
 from casavi_pipeline.state.snapshot import Snapshot
 from casavi_pipeline.state.store import StateStore

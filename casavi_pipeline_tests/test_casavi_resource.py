@@ -131,7 +131,7 @@ def test_the_progress_line_and_the_metadata_carry_the_rate_found_the_429s_and_th
         "; rate 287/min, 3× 429, 41 s waited for the budget (summed over concurrent requests)"
     )
     # Into the run's events only: Dagster's console logger shows it once (`dg launch`), and
-    # `casavi-pipeline sync` follows the run's events (`run_sync.Follower`).
+    # `casavi-pipeline sync` follows the run's events (`cli.sync.Follower`).
     assert capsys.readouterr().err == ""
     assert client.stats.rate_figures() == {
         "rate_found_per_min": 287.4,

@@ -263,7 +263,7 @@ def test_a_failing_blocking_check_stops_the_sync_of_that_mandant(tmp_path):
 
 def test_erasing_a_mandants_personal_data_keeps_what_the_sync_needs(tmp_path):
     """`./run erase-personal-data M`: run values gone, bodies erased; the next run still sends nothing."""
-    from casavi_pipeline.erase import erase
+    from casavi_pipeline.cli.erase import erase
     from casavi_pipeline.runs.values import RunValuesIOManager
     from casavi_pipeline.state.snapshot import Snapshot
 
@@ -303,7 +303,7 @@ def test_erasing_a_mandants_personal_data_keeps_what_the_sync_needs(tmp_path):
 
 @pytest.mark.parametrize("mandant", ["*", "..", "../..", "0001/..", "", "0001\n"])
 def test_erase_refuses_anything_but_a_mandant_number_before_touching_a_file(tmp_path, mandant):
-    from casavi_pipeline.erase import EraseError, erase
+    from casavi_pipeline.cli.erase import EraseError, erase
 
     kept = tmp_path / "snapshots" / "values" / "casavi_sync" / "0001"
     kept.parent.mkdir(parents=True)

@@ -219,7 +219,7 @@ def test_a_mapping_files_second_statement_never_reaches_the_erp_database(env, po
     assert refused.stderr.strip() == (
         f"sync: casavi_pipeline settings: ERP_MAPPING_FILE {mapping}: mieter.source holds 4 SQL statements (a "
         "`;` outside quotes and comments ends one); give one SELECT (or WITH ... SELECT): the ERP is only "
-        "read. Set them in the environment or in .env (README, section Settings)."
+        "read. Set them in the environment or in .env (docs/settings.md)."
     )
     assert postgres_server.psql(database, "SELECT count(*) FROM canary") == "0"
 

@@ -13,10 +13,10 @@ import pandas as pd
 import pytest
 
 from casavi_harness.accounts import mapped_bodies
-from casavi_pipeline import audit
 from casavi_pipeline.casavi import api
 from casavi_pipeline.casavi.api import ObjectKind
 from casavi_pipeline.casavi.reader import CasaviReader
+from casavi_pipeline.cli import audit
 from casavi_pipeline.mapping.ids import ALLOWED_SEPARATORS
 from casavi_pipeline.state.diff import changed_fields, compute_changeset, foreign_values
 from casavi_pipeline.state.listing import ReadReport, RemoteCache

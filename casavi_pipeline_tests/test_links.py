@@ -17,8 +17,8 @@ import pytest
 from casavi_pipeline.casavi import api
 from casavi_pipeline.casavi.api import ObjectKind
 from casavi_pipeline.casavi.client import CasaviClient
+from casavi_pipeline.cli.sync import outcome_of_run, print_summary
 from casavi_pipeline.links import COLUMNS
-from casavi_pipeline.run_sync import outcome_of_run, print_summary
 from casavi_pipeline_tests.e2e import BACKENDS, MAPPED_ASSETS
 from casavi_pipeline_tests.erp_fixtures import Append, default_rows, write_export
 from casavi_pipeline_tests.harness import run_from_environment

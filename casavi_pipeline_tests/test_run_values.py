@@ -15,8 +15,8 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
+from casavi_pipeline.cli.erase import erase
 from casavi_pipeline.defs.failures import FAILURE_REASON_TAG
-from casavi_pipeline.erase import erase
 from casavi_pipeline.runs.instance_home import prepare
 from casavi_pipeline.runs.values import RunValuesIOManager, run_values_executor
 from casavi_pipeline_tests.e2e import MANDANT, REPO, assert_sandbox_holds, big_export, run_job

@@ -32,7 +32,7 @@ from casavi_pipeline.settings import (
 from casavi_pipeline_tests.erp_fixtures import default_rows, write_export
 from casavi_pipeline_tests.harness import REQUIRED, run_mandant, settings_from
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+SETTINGS_DOC = Path(__file__).resolve().parents[1] / "docs" / "settings.md"
 RESOURCES = {
     "erp": ErpExport,
     "state": SnapshotStore,
@@ -42,9 +42,9 @@ RESOURCES = {
 }
 
 
-def readme_rows() -> dict[str, str]:
-    """README's Settings table: variable → its default cell (a row may name several variables)."""
-    section = README.read_text(encoding="utf-8").split("\n## Settings\n", 1)[1].split("\n## ", 1)[0]
+def settings_rows() -> dict[str, str]:
+    """The Settings table of docs/settings.md: variable → its default cell (a row may name several)."""
+    section = SETTINGS_DOC.read_text(encoding="utf-8").split("# Settings\n", 1)[1].split("\n## ", 1)[0]
     rows: dict[str, str] = {}
     for line in section.splitlines():
         cells = [cell.strip() for cell in line.strip("|").split(" | ")]
@@ -54,12 +54,12 @@ def readme_rows() -> dict[str, str]:
     return rows
 
 
-def test_every_declared_setting_has_a_readme_row_and_every_row_a_declaration():
-    rows = readme_rows()
+def test_every_declared_setting_has_a_row_in_the_settings_doc_and_every_row_a_declaration():
+    rows = settings_rows()
     declared = declared_variables()
     assert len(declared) == len(set(declared)), "a variable is declared twice"
-    assert sorted(set(declared) - rows.keys()) == [], "declared but not in README's Settings table"
-    assert sorted(rows.keys() - set(declared)) == [], "in README's Settings table but not declared"
+    assert sorted(set(declared) - rows.keys()) == [], "declared but not in the Settings table of docs/settings.md"
+    assert sorted(rows.keys() - set(declared)) == [], "in the Settings table of docs/settings.md but not declared"
     required = {variable_of(f) for group in GROUPS.values() for f in group.model_fields.values() if f.is_required()}
     assert {v for v, default in rows.items() if "required" in default} == required
 

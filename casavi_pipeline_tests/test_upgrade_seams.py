@@ -8,7 +8,7 @@ it. Everything else the project uses is Dagster's public API (`import dagster as
   and submitting a run from a command without a webserver (`runs/submit.py`, what `dagster job launch`
   does); `dagster dev` without two start notices (`casavi_harness/dagster_dev.py`);
 - preview/beta: partitioned asset checks (`defs/`), autoloading `defs/` (`definitions.py`);
-- relied-on behaviour of public API: the event log read by the CLI (`run_sync.py`), the retry policy's
+- relied-on behaviour of public API: the event log read by the CLI (`cli/sync.py`), the retry policy's
   delay (`defs/sync_reporting.py`), sensors over every code location (`defs/alerts.py`).
 """
 
@@ -77,7 +77,7 @@ def test_the_preview_apis_the_definitions_use():
 
 
 def test_the_public_behaviour_the_commands_rely_on():
-    """run_sync.py follows a run through its event log; sync_reporting.py says when a retry starts."""
+    """cli/sync.py follows a run through its event log; sync_reporting.py says when a retry starts."""
     assert {"run_id", "cursor", "limit", "of_type"} <= _parameters(dg.DagsterInstance.get_records_for_run)
     assert {"step_key", "level", "user_message", "dagster_event"} <= set(dg.EventLogEntry._fields)
     policy = dg.RetryPolicy(delay=30, backoff=dg.Backoff.EXPONENTIAL)  # casavi_sync's, without its jitter

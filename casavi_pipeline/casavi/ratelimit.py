@@ -47,7 +47,7 @@ from typing import Protocol, TypeVar
 
 #: The longest pause one `Retry-After` imposes on the account (the client clamps to the same bound).
 MAX_PAUSE_SECONDS = 120.0
-#: CASAVI_REQUESTS_PER_MINUTE by default: the most the client sends, whatever casavi would allow (README).
+#: CASAVI_REQUESTS_PER_MINUTE by default: the most the client sends, whatever casavi would allow (docs/settings.md).
 DEFAULT_CEILING_PER_MINUTE = 600.0
 #: How far back the rate really sent is measured when casavi pushes back.
 SENT_WINDOW_SECONDS = 10.0

@@ -35,11 +35,10 @@ from casavi_pipeline.account import account_id
 from casavi_pipeline.alerts import AlertChannels, Smtp
 from casavi_pipeline.casavi.budget_store import learned_rate, open_budget
 from casavi_pipeline.casavi.client import CasaviClient
-from casavi_pipeline.erase import VALUES_FOLDER
 from casavi_pipeline.erp.deliveries import Delivery, scan_delivery
 from casavi_pipeline.erp.mapping_file import load_mapping_file
 from casavi_pipeline.erp.sources import CsvSource, ErpSource, SqlSource
-from casavi_pipeline.runs.values import RunValuesIOManager, run_values_executor
+from casavi_pipeline.runs.values import VALUES_FOLDER, RunValuesIOManager, run_values_executor
 from casavi_pipeline.settings import (
     AlertSettings,
     CasaviSettings,

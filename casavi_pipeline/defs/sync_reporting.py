@@ -51,7 +51,7 @@ DRIFT_LABELS = {
 
 def say(context: dg.AssetExecutionContext) -> Callable[[str], None]:
     """A line into the run's events: the UI's event log, Dagster's console logger (`dg launch`), and the
-    terminal of `casavi-pipeline sync` and the demo, which follow the run (`run_sync.Follower`)."""
+    terminal of `casavi-pipeline sync` and the demo, which follow the run (`cli.sync.Follower`)."""
     return context.log.info
 
 

@@ -77,7 +77,7 @@ def code_location(instance: dg.DagsterInstance) -> Iterator[BaseWorkspaceRequest
 def _output_to_devnull() -> Iterator[None]:
     """Processes started inside write their stdout and stderr to /dev/null.
 
-    The command's terminal shows the run as the command tells it (`run_sync.follow`: progress from the
+    The command's terminal shows the run as the command tells it (`cli.sync.Follower`: the lines of the
     run's events). What the code server and the run worker it starts would print there — the server's
     own lines, the run's stderr, Dagster's helper processes' tracebacks when Ctrl-C reaches the whole
     process group — is not for it: the run's events and compute logs keep what matters.

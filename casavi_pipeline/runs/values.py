@@ -10,7 +10,7 @@ snapshots, at `<CASAVI_SNAPSHOT_DB>/values/<run id>/<asset>/<Mandant>`, never in
 - a run whose steps all succeeded removes its own values as its last act (:func:`run_values_executor`;
   every way of starting a run executes it with this executor), and every run first removes what ended runs
   left behind (:func:`remove_ended_run_values`): a killed run's, a failed run's past the bound;
-- `./run erase-personal-data M` removes Mandant M's values of every run (`casavi_pipeline.erase`).
+- `./run erase-personal-data M` removes Mandant M's values of every run (`casavi_pipeline.cli.erase`).
 """
 
 from __future__ import annotations
@@ -29,6 +29,8 @@ from dagster._core.launcher import WorkerStatus
 
 from casavi_pipeline.runs.launcher import WORKER_TAG, record_run_worker, worker_health
 
+#: Folder (inside CASAVI_SNAPSHOT_DB) of the run values: `<folder>/<run id>/<asset>/<Mandant>`.
+VALUES_FOLDER = "values"
 #: How long the values of a failed or canceled run are kept for a re-execution from failure.
 KEEP_ENDED_RUN_SECONDS = 7 * 24 * 3600
 

@@ -4,7 +4,7 @@ per deletion a person approved (`state/deletions.py`: change `approve`, no statu
 A row says when, in which run, for which Mandant, which object (kind, reference id), what was attempted
 (create, update or delete), what casavi answered (the HTTP status), for an update the names of the fields
 that changed, and for a refusal the names of the fields casavi named. Never a value: the trail holds no
-personal data, so erasing a Mandant's personal data (`casavi_pipeline.erase`) leaves it as it is.
+personal data, so erasing a Mandant's personal data (`casavi_pipeline.cli.erase`) leaves it as it is.
 
 Written like the snapshot's journal, for the same reason (`state.logs`): each attempt is one ASCII JSON
 line appended to the snapshot's audit log *before* the write is confirmed in the journal, so a write is

@@ -4,7 +4,7 @@ Without `CASAVI_BASE_URL` in the environment it starts the local casavi sandbox 
 `data/`, so a second demo run finds what the first wrote and sends nothing) with a fresh random key and
 secret for this run, and syncs the bundled sample export. Runs go through the real Dagster instance in
 `$DAGSTER_HOME`, so they show in `./run dev` afterwards; what it prints is `casavi-pipeline sync`'s summary
-(`casavi_pipeline.run_sync`). With `CASAVI_BASE_URL` set it syncs to that
+(`casavi_pipeline.cli.sync`). With `CASAVI_BASE_URL` set it syncs to that
 casavi with the settings from the environment — never the bundled sample to a casavi off this machine.
 """
 
@@ -18,7 +18,7 @@ import warnings
 from pathlib import Path
 
 from casavi_harness.local import SANDBOX_PORT, LocalSetupError, local_environment
-from casavi_pipeline.run_sync import NotStarted, Outcome, print_summary, sync_mandant
+from casavi_pipeline.cli.sync import NotStarted, Outcome, print_summary, sync_mandant
 from casavi_pipeline.runs.submit import LocationLoadError
 from casavi_pipeline.settings import SettingsError, load_settings
 from casavi_sandbox.process import PortTakenError

@@ -1,8 +1,8 @@
-"""`./run erase-personal-data M`: erase what casavi_pipeline keeps about Mandant M's people on this machine.
+"""`casavi-pipeline erase-personal-data M` (`./run erase-personal-data M`): erase what casavi_pipeline keeps about Mandant M's people on this machine.
 
 A housing company must answer erasure requests (GDPR art. 17). casavi_pipeline keeps personal data
 (names, emails, phones, postal addresses) in these places of its own, under CASAVI_SNAPSHOT_DB and,
-when CASAVI_STATE_URL is set, in its PostgreSQL database (README, "Where personal data lives"):
+when CASAVI_STATE_URL is set, in its PostgreSQL database (docs/operating.md, "Where personal data lives"):
 
 - the run values: the ERP and casavi frames between steps (`values/<run id>/<asset>/<M>`, kept only
   while a run may need them: `casavi_pipeline/runs/values.py`), M's of every run deleted here;
@@ -35,12 +35,10 @@ from pathlib import Path
 
 from casavi_pipeline.erp.contract import MANDANT_PATTERN
 from casavi_pipeline.mapping.ids import ALLOWED_SEPARATORS
+from casavi_pipeline.runs.values import VALUES_FOLDER
 from casavi_pipeline.settings import SettingsError, load_settings
 from casavi_pipeline.state.files import StateBusyError
 from casavi_pipeline.state.store import StateStore, known_accounts
-
-#: Folder (inside CASAVI_SNAPSHOT_DB) of the asset values the IO manager keeps (`defs.resources`).
-VALUES_FOLDER = "values"
 
 
 class EraseError(ValueError):
@@ -82,16 +80,8 @@ def _refuse_outside(paths: list[Path], folder: Path) -> None:
             raise EraseError(f"refusing to delete {path}: it resolves outside {folder}")
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="./run erase-personal-data", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
-    parser.add_argument("mandant", help="the Mandant number, e.g. 0001")
-    parser.add_argument(
-        "--snapshot-dir",
-        type=Path,
-        help="default: CASAVI_SNAPSHOT_DB from the settings (environment or .env)",
-    )
-    args = parser.parse_args(argv)
+def erase_personal_data(args: argparse.Namespace) -> int:
+    """`casavi-pipeline erase-personal-data M`: see the module's docstring."""
     try:
         state = load_settings().state if args.snapshot_dir is None else None
     except SettingsError as exc:
@@ -111,5 +101,17 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+def add(commands: argparse._SubParsersAction) -> None:
+    command = commands.add_parser(
+        "erase-personal-data",
+        help="erase what casavi_pipeline keeps about one Mandant's people (an erasure request)",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    command.add_argument("mandant", help="the Mandant number, e.g. 0001")
+    command.add_argument(
+        "--snapshot-dir",
+        type=Path,
+        help="default: CASAVI_SNAPSHOT_DB from the settings (environment or .env)",
+    )
+    command.set_defaults(command=erase_personal_data)

@@ -338,3 +338,17 @@ def sync(args: argparse.Namespace) -> int:
         print("Stopped by Ctrl-C or SIGTERM: what casavi confirmed is recorded.", file=sys.stderr)
         return 130
     return 1 if outcome.reason else 0
+
+
+def add(commands: argparse._SubParsersAction) -> None:
+    sync = commands.add_parser(
+        "sync",
+        help="run the main job for one Mandant and print a short summary",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sync.add_argument("--mandant", required=True, help="the Mandant (one of CASAVI_MANDANTEN)")
+    sync.add_argument(
+        "--dry-run", action="store_true", help="compute and preview the changeset, write nothing to casavi"
+    )
+    sync.set_defaults(command=sync)

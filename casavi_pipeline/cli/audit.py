@@ -15,21 +15,24 @@ sync holds shows only that sync's rows not yet folded in (it is named on stderr;
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import csv
 import datetime as dt
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TextIO
 
 import duckdb
 import pandas as pd
 
+from casavi_pipeline.settings import SettingsError, load_settings
 from casavi_pipeline.state import audit
 from casavi_pipeline.state.files import StateBusyError
 from casavi_pipeline.state.homes import AUDIT
-from casavi_pipeline.state.store import StateStore
+from casavi_pipeline.state.store import StateStore, known_accounts
 
 TABLE_COLUMNS = ("time", "mandant", "run", "kind", "ref_id", "change", "status", "fields", "refused", "by")
 #: The run id as Dagster's UI shows it: its first 8 characters (`--run` accepts such a prefix).
@@ -169,3 +172,46 @@ def run(stores: Sequence[StateStore], filters: Filters, *, as_csv: bool, out: Te
             file=sys.stderr,
         )
     return 1 if busy else 0
+
+
+def audit_trail(args: argparse.Namespace) -> int:
+    try:
+        state = load_settings().state if args.snapshot_dir is None else None
+        filters = Filters(
+            mandant=args.mandant,
+            ref_id=args.ref_id,
+            run=args.run,
+            since=parse_time(args.since) if args.since else None,
+            until=parse_time(args.until) if args.until else None,
+        )
+    except (SettingsError, ValueError) as exc:
+        print(f"audit: {exc}", file=sys.stderr)
+        return 2
+    directory, url = (
+        (Path(args.snapshot_dir), None)
+        if state is None
+        else (state.directory, state.url.get_secret_value() if state.url else None)
+    )
+    stores = [StateStore(directory, url, account=account) for account in known_accounts(directory, url)]
+    return run(stores, filters, as_csv=args.csv)
+
+
+def add(commands: argparse._SubParsersAction) -> None:
+    trail = commands.add_parser(
+        "audit",
+        help="what the sync wrote to casavi, write by write (the audit trail)",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    trail.add_argument("--mandant", help="only this Mandant, e.g. 0001")
+    trail.add_argument("--ref-id", help="only this object, by reference id, e.g. 0001-00042")
+    trail.add_argument("--run", help="only this run (its id, or the first characters as the UI shows them)")
+    trail.add_argument("--since", help="from this UTC time on (ISO: 2025-01-31 or 2025-01-31T02:00)")
+    trail.add_argument("--until", help="before this UTC time (ISO)")
+    trail.add_argument("--csv", action="store_true", help="CSV with full run ids instead of a table")
+    trail.add_argument(
+        "--snapshot-dir",
+        type=Path,
+        help="default: CASAVI_SNAPSHOT_DB from the settings (environment or .env)",
+    )
+    trail.set_defaults(command=audit_trail)
