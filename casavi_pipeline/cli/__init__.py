@@ -22,7 +22,6 @@ reads them (docs/settings.md). In the repository, `./run check-casavi` runs the 
 from __future__ import annotations
 
 import argparse
-import sys
 from collections.abc import Callable, Sequence
 
 from casavi_pipeline.cli import audit, check, deletions, erase, sync
@@ -43,6 +42,3 @@ def main(argv: Sequence[str] | None = None) -> int:
     command: Callable[[argparse.Namespace], int] = args.command
     return command(args)
 
-
-if __name__ == "__main__":
-    sys.exit(main())
