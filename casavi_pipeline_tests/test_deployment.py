@@ -70,7 +70,7 @@ def test_a_deployment_installs_and_loads_without_the_harness(tmp_path, processes
         capture_output=True, text=True, cwd=tmp_path, timeout=120,
     )  # fmt: skip
     assert loaded.returncode == 0, loaded.stderr[-2000:]
-    assert int(loaded.stdout.strip()) == 16  # 7 ERP, 5 casavi, remote, changeset, sync, links
+    assert int(loaded.stdout.strip()) == 17  # 7 ERP, 5 casavi, remote, changeset, left out, sync, links
     # the operator's command, installed as a console script
     check = subprocess.run(
         [venv / "bin" / "casavi-pipeline", "check-casavi"], env={"PATH": "", "HOME": str(tmp_path), **settings,

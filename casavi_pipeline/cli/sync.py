@@ -341,14 +341,14 @@ def sync(args: argparse.Namespace) -> int:
 
 
 def add(commands: argparse._SubParsersAction) -> None:
-    sync = commands.add_parser(
+    parser = commands.add_parser(
         "sync",
         help="run the main job for one Mandant and print a short summary",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    sync.add_argument("--mandant", required=True, help="the Mandant (one of CASAVI_MANDANTEN)")
-    sync.add_argument(
+    parser.add_argument("--mandant", required=True, help="the Mandant (one of CASAVI_MANDANTEN)")
+    parser.add_argument(
         "--dry-run", action="store_true", help="compute and preview the changeset, write nothing to casavi"
     )
-    sync.set_defaults(command=sync)
+    parser.set_defaults(command=sync)
