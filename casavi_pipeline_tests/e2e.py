@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 import dagster as dg
@@ -122,3 +123,18 @@ def assert_created_once(sandbox: SandboxProcess) -> None:
     routes = sandbox.requests()["routes"]
     created = sum(by_status.get("201", 0) for by_status in routes.values())
     assert created == sum(len(objects) for objects in sandbox.state().values())
+
+
+def contents_under(root: Path) -> Iterator[tuple[Path, bytes]]:
+    """Every file's bytes. A SQLite database's -wal/-shm sidecar goes away when its last connection closes
+    (a run's processes end while we read) and its pages move into the database: read that one again."""
+    for path in sorted(root.rglob("*")):
+        if not path.is_file():
+            continue
+        try:
+            yield path, path.read_bytes()
+        except FileNotFoundError:
+            database = path.with_name(path.name.rsplit("-", 1)[0])
+            if not path.name.endswith(("-wal", "-shm")) or not database.is_file():
+                raise
+            yield database, database.read_bytes()

@@ -28,6 +28,7 @@ from casavi_pipeline.erp.contract import ENTITIES
 from casavi_pipeline_tests.e2e import (
     MANDANT,
     assert_sandbox_holds,
+    contents_under,
     expected_state,
     export,
     run_job,
@@ -67,11 +68,7 @@ def _files_holding(folder: Path, needle: str) -> list[Path]:
     """Every file below `folder` (SQLite databases and their journals included) holding `needle`,
     as written or URL-encoded."""
     forms = {needle.encode(), quote(needle, safe="").encode()}
-    return [
-        path
-        for path in folder.rglob("*")
-        if path.is_file() and any(form in path.read_bytes() for form in forms)
-    ]
+    return [path for path, content in contents_under(folder) if any(form in content for form in forms)]
 
 
 def _sources(result: dg.ExecuteInProcessResult) -> set[str]:
