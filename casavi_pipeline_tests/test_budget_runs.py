@@ -40,8 +40,12 @@ def damage(env: dict[str, str], backend: str, how: str, postgres_server) -> None
         return
     assert not folder.joinpath(BUDGET_FILE).exists()  # with the state in PostgreSQL, the budget is there too
     database = env["CASAVI_STATE_URL"].rsplit("/", 1)[1]
+    # The account's row exists only once the budget learned something (a prompt answer to a request that
+    # waited for the budget; whether one waited depends on timing): garble it whether it is there or not.
+    key = account.account_id(env["CASAVI_API_KEY"])
     statement = (
-        "UPDATE casavi_budget SET rate = 'Infinity'"
+        "INSERT INTO casavi_budget (account, rate, limit_rate, paused_until, decreased_at) "
+        f"VALUES ('{key}', 'Infinity', NULL, 0, 0) ON CONFLICT (account) DO UPDATE SET rate = 'Infinity'"
         if how == "garbled"
         else "ALTER TABLE casavi_budget DROP COLUMN decreased_at"
     )
