@@ -287,10 +287,10 @@ time.sleep(600)
 """
 
 
-def test_a_killed_process_leaves_nothing_that_blocks_the_others(tmp_path):
+def test_a_killed_process_leaves_nothing_that_blocks_the_others(processes, tmp_path):
     path = tmp_path / "b.sqlite3"
     AccountBudget(SqliteBudgetStore(path), ceiling_per_minute=None).close()
-    holder = subprocess.Popen([sys.executable, "-c", HOLD_THE_BUDGET, str(path)], stdout=subprocess.PIPE)
+    holder = processes.start([sys.executable, "-c", HOLD_THE_BUDGET, str(path)], stdout=subprocess.PIPE)
     try:
         assert holder.stdout is not None and holder.stdout.readline() == b"holding\n"
     finally:

@@ -30,6 +30,7 @@ from casavi_pipeline.casavi.api import ObjectKind
 from casavi_pipeline.casavi.client import CasaviClient, Operation
 from casavi_pipeline.casavi.errors import CasaviModelMismatchError
 from casavi_pipeline_tests.harness import reason_of_run, run_from_environment
+from casavi_pipeline_tests.processes import Processes
 from casavi_sandbox import SandboxProcess
 
 CLI = Path(sys.executable).with_name("casavi-pipeline")
@@ -490,11 +491,13 @@ def test_a_listing_or_delete_answered_405_is_a_model_mismatch():
 
 
 # --- the command, as an operator runs it -------------------------------------------------------------------
-def run_cli(env: dict[str, str], *args: str, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [CLI, "check-casavi", *args], env={"PATH": os.environ["PATH"], "HOME": str(cwd), **env},
-        capture_output=True, text=True, cwd=cwd, timeout=120,
-    )  # fmt: skip
+def run_cli(processes: Processes, env: dict[str, str], *args: str, cwd: Path) -> subprocess.CompletedProcess:
+    return processes.run(
+        [CLI, "check-casavi", *args],
+        env={"PATH": os.environ["PATH"], "HOME": str(cwd), **env},
+        cwd=cwd,
+        timeout=120,
+    )
 
 
 def settings_for(base_url: str, key: str = "k", secret: str = "s") -> dict[str, str]:
@@ -508,8 +511,8 @@ def settings_for(base_url: str, key: str = "k", secret: str = "s") -> dict[str, 
     }
 
 
-def test_missing_settings_cannot_check_in_one_line(tmp_path):
-    done = run_cli({}, cwd=tmp_path)
+def test_missing_settings_cannot_check_in_one_line(processes, tmp_path):
+    done = run_cli(processes, {}, cwd=tmp_path)
     assert done.returncode == 2
     assert done.stdout == ""
     assert done.stderr.count("\n") == 1
@@ -517,18 +520,18 @@ def test_missing_settings_cannot_check_in_one_line(tmp_path):
     assert "CASAVI_API_KEY is not set" in done.stderr
 
 
-def test_an_unreachable_casavi_cannot_check_in_one_line(tmp_path):
-    done = run_cli(settings_for("http://127.0.0.1:9"), cwd=tmp_path)
+def test_an_unreachable_casavi_cannot_check_in_one_line(processes, tmp_path):
+    done = run_cli(processes, settings_for("http://127.0.0.1:9"), cwd=tmp_path)
     assert done.returncode == 2, done.stderr
     assert done.stdout == "" and done.stderr.count("\n") == 1
     assert "cannot check casavi at http://127.0.0.1:9: casavi cannot be reached" in done.stderr
     assert "is CASAVI_BASE_URL right" in done.stderr
 
 
-def test_the_command_line_knows_its_commands():
-    done = subprocess.run([CLI, "--help"], capture_output=True, text=True, timeout=60)
+def test_the_command_line_knows_its_commands(processes):
+    done = processes.run([CLI, "--help"])
     assert done.returncode == 0 and "check-casavi" in done.stdout
-    assert subprocess.run([CLI], capture_output=True, text=True, timeout=60).returncode == 2
+    assert processes.run([CLI]).returncode == 2
 
 
 # --- the command against the sandbox, a real casavi process -----------------------------------------------
@@ -557,12 +560,14 @@ def assert_read_only(sandbox: SandboxProcess) -> int:
     return counted["total"]
 
 
-def test_the_sample_account_matches_read_only_and_no_personal_value_is_printed(sandbox, tmp_path):
+def test_the_sample_account_matches_read_only_and_no_personal_value_is_printed(processes, sandbox, tmp_path):
     bodies = sample_bodies()
     sandbox.seed(bodies)
     # every read carries appLink already; these are the other fields the sync does not manage
     sandbox.configure(unmanaged_fields="images,responsibilities,customFields,mscObjectNumber")
-    done = run_cli(settings_for(sandbox.base_url, sandbox.api_key, sandbox.api_secret), cwd=tmp_path)
+    done = run_cli(
+        processes, settings_for(sandbox.base_url, sandbox.api_key, sandbox.api_secret), cwd=tmp_path
+    )
     assert done.returncode == 0, done.stdout + done.stderr
     assert assert_read_only(sandbox) == 8  # 7, and a page of one object: no first page had a next link
     out = done.stdout + done.stderr
@@ -574,13 +579,15 @@ def test_the_sample_account_matches_read_only_and_no_personal_value_is_printed(s
     assert done.stdout.splitlines()[-1].startswith(f"casavi at {sandbox.base_url} matches")
 
 
-def test_a_field_renamed_by_casavi_exits_1_naming_the_rule(sandbox, tmp_path):
+def test_a_field_renamed_by_casavi_exits_1_naming_the_rule(processes, sandbox, tmp_path):
     sandbox.configure(rename_field="units.rooms=roomCount")
     with make_client(base_url=sandbox.base_url, key=sandbox.api_key, secret=sandbox.api_secret) as client:
         for kind, body in sample_bodies():
             assert client.upsert(kind, body).ok
     sandbox.reset(objects=False, knobs=False)  # count only the check's requests
-    done = run_cli(settings_for(sandbox.base_url, sandbox.api_key, sandbox.api_secret), cwd=tmp_path)
+    done = run_cli(
+        processes, settings_for(sandbox.base_url, sandbox.api_key, sandbox.api_secret), cwd=tmp_path
+    )
     assert done.returncode == 1, done.stdout + done.stderr
     assert_read_only(sandbox)
     lines = [line for line in done.stdout.splitlines() if line.startswith("CONTRADICTION")]
@@ -590,7 +597,7 @@ def test_a_field_renamed_by_casavi_exits_1_naming_the_rule(sandbox, tmp_path):
     ]
 
 
-def test_the_write_test_leaves_nothing_behind(sandbox, tmp_path):
+def test_the_write_test_leaves_nothing_behind(processes, sandbox, tmp_path):
     sandbox.seed(sample_bodies())
     before = sandbox.state()
     for separator in ("-", "/"):
@@ -598,31 +605,34 @@ def test_the_write_test_leaves_nothing_behind(sandbox, tmp_path):
             **settings_for(sandbox.base_url, sandbox.api_key, sandbox.api_secret),
             "CASAVI_ID_SEPARATOR": separator,
         }
-        done = run_cli(env, "--write-test", cwd=tmp_path)
+        done = run_cli(processes, env, "--write-test", cwd=tmp_path)
         assert done.returncode == 0, done.stdout + done.stderr
         assert "write test:" in done.stdout and "(expected" not in done.stdout
         assert sandbox.state() == before
     assert "separator '/': a reference id with '/' (%2F in the path) survives" in done.stdout
 
 
-def test_the_write_test_names_a_field_casavi_loses(sandbox, tmp_path):
+def test_the_write_test_names_a_field_casavi_loses(processes, sandbox, tmp_path):
     sandbox.configure(drop_field="contacts.contracts.number")
     done = run_cli(
-        settings_for(sandbox.base_url, sandbox.api_key, sandbox.api_secret), "--write-test", cwd=tmp_path
+        processes,
+        settings_for(sandbox.base_url, sandbox.api_key, sandbox.api_secret),
+        "--write-test",
+        cwd=tmp_path,
     )
     assert done.returncode == 1, done.stdout + done.stderr
     assert 'CONTRACT_RULES field "number": written, read back without it' in done.stdout
     assert not any(sandbox.state().values())
 
 
-def test_an_empty_account_exits_2_in_one_line_and_its_write_test_compares(sandbox, tmp_path):
+def test_an_empty_account_exits_2_in_one_line_and_its_write_test_compares(processes, sandbox, tmp_path):
     env = settings_for(sandbox.base_url, sandbox.api_key, sandbox.api_secret)
-    done = run_cli(env, cwd=tmp_path)
+    done = run_cli(processes, env, cwd=tmp_path)
     assert done.returncode == 2, done.stdout + done.stderr
     assert done.stdout == "" and done.stderr.count("\n") == 1
     assert "nothing was compared: run `casavi-pipeline check-casavi --write-test`" in done.stderr
     assert assert_read_only(sandbox) == 4
-    written = run_cli(env, "--write-test", cwd=tmp_path)
+    written = run_cli(processes, env, "--write-test", cwd=tmp_path)
     assert written.returncode == 0, written.stdout + written.stderr
     assert "the account holds nothing to compare: only the write test's objects were" in written.stdout
     deletes = [line for line in written.stdout.splitlines() if line.startswith("DELETE answers: ")]
@@ -633,8 +643,8 @@ def test_an_empty_account_exits_2_in_one_line_and_its_write_test_compares(sandbo
     assert not any(sandbox.state().values())
 
 
-def test_a_wrong_secret_exits_2_in_one_line_after_one_login(sandbox, tmp_path):
-    done = run_cli(settings_for(sandbox.base_url, sandbox.api_key, "wrong"), cwd=tmp_path)
+def test_a_wrong_secret_exits_2_in_one_line_after_one_login(processes, sandbox, tmp_path):
+    done = run_cli(processes, settings_for(sandbox.base_url, sandbox.api_key, "wrong"), cwd=tmp_path)
     assert done.returncode == 2
     assert done.stdout == "" and done.stderr.count("\n") == 1
     assert (
@@ -685,12 +695,14 @@ def scripted() -> Iterator[tuple[str, MockCasavi]]:
         thread.join(timeout=10)
 
 
-def test_enum_values_outside_ours_exit_1_naming_each_enum_but_a_usage_is_a_note(scripted, tmp_path):
+def test_enum_values_outside_ours_exit_1_naming_each_enum_but_a_usage_is_a_note(
+    processes, scripted, tmp_path
+):
     # the sandbox validates every write and seed with the adapter's enums: a scripted casavi serves them
     base_url, mock = scripted
     mock.objects["units"]["0001-1-1"]["usage"] = "MIXED_USE"
     mock.objects["contacts"]["0001-P1"]["contracts"][0]["type"] = "Untermieter Erika"
-    done = run_cli(settings_for(base_url), cwd=tmp_path)
+    done = run_cli(processes, settings_for(base_url), cwd=tmp_path)
     assert done.returncode == 1, done.stdout + done.stderr
     assert [line.split(":")[0] for line in done.stdout.splitlines() if line.startswith("CONTRADICTION")] == [
         "CONTRADICTION ContractType",
@@ -702,11 +714,11 @@ def test_enum_values_outside_ours_exit_1_naming_each_enum_but_a_usage_is_a_note(
     assert {method for method, _ in mock.calls} == {"POST", "GET"} and len(mock.calls) == 7
 
 
-def test_a_next_link_on_another_host_is_one_line_naming_the_base_url_to_set(scripted, tmp_path):
+def test_a_next_link_on_another_host_is_one_line_naming_the_base_url_to_set(processes, scripted, tmp_path):
     base_url, mock = scripted
     mock.objects["units"]["0001-1-2"] = {**mock.objects["units"]["0001-1-1"], "id": "0001-1-2"}
     mock.behaviour["next_origin"] = "https://api-v2.mycasavi.test"
-    done = run_cli(settings_for(base_url), cwd=tmp_path)
+    done = run_cli(processes, settings_for(base_url), cwd=tmp_path)
     assert done.returncode == 1, done.stdout + done.stderr
     assert [line for line in done.stdout.splitlines() if line.startswith("CONTRADICTION")] == [
         "CONTRADICTION CASAVI_BASE_URL: casavi's next-page link points at https://api-v2.mycasavi.test, not "
