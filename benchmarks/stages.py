@@ -23,6 +23,7 @@ from casavi_pipeline.casavi.client import CasaviClient, Operation
 from casavi_pipeline.casavi.ratelimit import AccountBudget
 from casavi_pipeline.erp.contract import ENTITIES
 from casavi_pipeline.erp.reader import read_entity
+from casavi_pipeline.links import write_links
 from casavi_pipeline.mapping import map_mandant, quality
 from casavi_pipeline.mapping.people import conflicting_persons
 from casavi_pipeline.mapping.schemas import contract_problems, payload_problems
@@ -102,6 +103,14 @@ def confirm_all(work: Path, mandant: str) -> dict:
     return {"confirmed": confirmed}
 
 
+def links(work: Path, mandant: str) -> dict:
+    """The Mandant's links files (CSV and Parquet) from its snapshot and mapped frames, as `casavi_links`
+    writes them; without a listing in this benchmark the link column is empty (the rows are the work)."""
+    with Snapshot(work / "snapshots" / f"snapshot_{mandant}.duckdb", mandant) as snap:
+        written = write_links(snap, _frames(work, mandant), work / "links")
+    return {"link_rows": written.rows, "files_replaced": len(written.replaced)}
+
+
 def change_one_percent(work: Path, mandant: str) -> dict:
     """1 % of contacts get a new phone number (as if the ERP changed them)."""
     path = work / f"casavi_{mandant}.pkl"
@@ -152,6 +161,8 @@ def main(argv: list[str]) -> None:
             result = changeset(work, mandant)
         elif stage == "confirm_all":
             result = confirm_all(work, mandant)
+        elif stage == "links":
+            result = links(work, mandant)
         elif stage == "change_1pct":
             result = change_one_percent(work, mandant)
         elif stage in ("sync_first", "sync_unchanged", "sync_1pct"):
