@@ -102,12 +102,22 @@ def asset_graph_screenshot(page: Page, base_url: str, out: Path) -> Path:
     page.goto(f"{base_url}/asset-groups")
     page.get_by_role("button", name="Materialize all").wait_for()
     page.get_by_role("button", name="Hide navigation").click()
-    _graph_settings(page, "Expand all groups")
-    _graph_settings(page, "vertical orientation")
-    # Neither re-fits the graph (it may be off screen now); a reload lays it out anew and fits it.
-    page.reload()
     graph = page.locator("svg[class*=svgContainer]")
-    graph.filter(has_text="gebaeude").filter(has_text="casavi_sync").wait_for()  # groups expanded
+    laid_out = graph.filter(has_text="sync")  # the group "sync" collapsed, or its asset casavi_sync
+    expanded = graph.filter(has_text="gebaeude").filter(has_text="casavi_sync")
+    laid_out.wait_for()  # "Expand all groups" expands the groups the graph shows when it is picked
+    _graph_settings(page, "vertical orientation")
+    for attempt in range(3):
+        _graph_settings(page, "Expand all groups")
+        # Neither setting re-fits the graph (it may be off screen now); a reload lays it out anew and fits it.
+        page.reload()
+        laid_out.wait_for()
+        try:
+            expanded.wait_for(timeout=10_000)  # drawn with the layout: seconds, not minutes
+            break
+        except PlaywrightTimeoutError:  # on a starved machine the pick may have missed the groups: again
+            if attempt == 2:
+                raise
     # The sidebar's toggle sits right of the "Jump to…" box.
     page.get_by_role("combobox", name="Jump to…").locator("xpath=following::button[1]").click()
     page.wait_for_timeout(500)
