@@ -283,7 +283,8 @@ def print_summary(outcomes: Sequence[Outcome]) -> None:
         confirmed = sum(outcome.total for outcome in synced)
         if any(outcome.reason or outcome.interrupted for outcome in synced if outcome.planned is not None):
             planned = sum(outcome.planned or outcome.total for outcome in synced)
-            print(f"{confirmed} of {planned} writes confirmed by casavi; the next run sends the rest.")
+            rest = "the next run sends the rest" if confirmed < planned else "none was left to send"
+            print(f"{confirmed} of {planned} writes confirmed by casavi; {rest}.")
         else:
             print(f"{confirmed} writes confirmed by casavi.")
     for outcome in outcomes:
