@@ -9,7 +9,8 @@ import getpass
 import sys
 
 from casavi_pipeline.account import account_id
-from casavi_pipeline.settings import Settings, SettingsError, load_settings
+from casavi_pipeline.cli.mandant import settings_for
+from casavi_pipeline.settings import Settings
 from casavi_pipeline.state import deletions
 from casavi_pipeline.state.deletions import Deletions, PendingDeletion, UnknownDeletionError
 from casavi_pipeline.state.files import StateBusyError, StateCorruptError
@@ -50,14 +51,8 @@ def _deletions_table(rows: list[PendingDeletion]) -> list[str]:
 
 def pending_deletions(args: argparse.Namespace) -> int:
     """`casavi-pipeline deletions`: list the Mandant's pending deletions, or approve some or all of them."""
-    try:
-        settings = load_settings()
-    except SettingsError as exc:
-        print(f"deletions: {exc}", file=sys.stderr)
-        return 2
-    if args.mandant not in settings.mandanten:
-        print(f"deletions: Mandant {args.mandant} is not in CASAVI_MANDANTEN ({', '.join(settings.mandanten)})",
-              file=sys.stderr)  # fmt: skip
+    settings = settings_for("deletions", args.mandant)
+    if settings is None:
         return 2
     store = _account_store(settings)
     approving = args.approve_all or bool(args.approve)

@@ -30,8 +30,9 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from casavi_pipeline.casavi import api
+from casavi_pipeline.cli.mandant import settings_for
 from casavi_pipeline.runs.instance_home import instance_problem
-from casavi_pipeline.settings import SettingsError, load_settings
+from casavi_pipeline.settings import load_settings
 
 if TYPE_CHECKING:  # Dagster is imported only when a run starts
     import dagster as dg
@@ -309,14 +310,8 @@ def sync(args: argparse.Namespace) -> int:
     if problem := instance_problem():
         print(f"sync: {problem}", file=sys.stderr)
         return 2
-    try:
-        settings = load_settings()  # the code server checks them again when it loads the code location
-    except SettingsError as exc:
-        print(f"sync: {exc}", file=sys.stderr)
-        return 2
-    if args.mandant not in settings.mandanten:
-        print(f"sync: Mandant {args.mandant} is not in CASAVI_MANDANTEN ({', '.join(settings.mandanten)})",
-              file=sys.stderr)  # fmt: skip
+    settings = settings_for("sync", args.mandant)  # the code server checks them again when it loads
+    if settings is None:
         return 2
     # SIGTERM (a deploy, `kill`) stops the sync like Ctrl-C: confirmed writes are kept.
     signal.signal(signal.SIGTERM, signal.default_int_handler)
