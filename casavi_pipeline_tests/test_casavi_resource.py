@@ -13,7 +13,7 @@ import pytest
 from casavi_pipeline.casavi.errors import CasaviRateLimitedError
 from casavi_pipeline.casavi.transport import ClientStats
 from casavi_pipeline.defs.resources import CasaviResource, HttpCasaviResource
-from casavi_pipeline.defs.sync_reporting import INTERRUPTED, casavi_client, progress
+from casavi_pipeline.defs.sync_reporting import INTERRUPTED, casavi_client, interrupts_stop_the_step, progress
 from casavi_pipeline.settings import SettingsError, load_settings
 from casavi_pipeline_tests.harness import REQUIRED
 
@@ -119,6 +119,25 @@ def test_an_interrupted_write_fails_without_retry_and_an_interrupted_read_stays_
     assert info.value.allow_retries is False and (info.value.description or "").startswith(INTERRUPTED)
     with pytest.raises(KeyboardInterrupt), casavi_client(_Casavi()):
         raise KeyboardInterrupt
+
+
+def test_an_interrupted_duckdb_query_stops_the_step_and_any_other_runtime_error_stays_itself():
+    with pytest.raises(dg.Failure) as info, interrupts_stop_the_step():
+        raise RuntimeError("Query interrupted")  # DuckDB's words for a signal's handler that raised
+    assert info.value.allow_retries is False and (info.value.description or "").startswith(INTERRUPTED)
+    with pytest.raises(RuntimeError, match="something else"), interrupts_stop_the_step():
+        raise RuntimeError("something else")
+
+
+def test_an_interrupt_during_a_failure_keeps_its_words_and_counts_but_is_not_retried():
+    unavailable = dg.Failure(description="casavi at http://x is unavailable", metadata={"confirmed": 7})
+    with pytest.raises(dg.Failure) as info, interrupts_stop_the_step():
+        try:
+            raise unavailable
+        finally:
+            raise KeyboardInterrupt  # as a held interrupt is delivered by the state's cleanup
+    assert info.value.description == unavailable.description
+    assert info.value.metadata == unavailable.metadata and info.value.allow_retries is False
 
 
 def test_the_progress_line_and_the_metadata_carry_the_rate_found_the_429s_and_the_wait(capsys):

@@ -311,9 +311,10 @@ def test_a_control_character_in_an_erp_number_is_a_clear_ingestion_error(env, sa
 
 # --- g. SIGTERM ---------------------------------------------------------------------------------------
 def step_retries(instance: dg.DagsterInstance) -> list[str]:
-    """The steps of any run on this instance that asked for a retry."""
+    """The steps of any run on this instance that asked for a retry, each with the error that asked."""
     return [
-        record.event_log_entry.dagster_event.step_key
+        f"{record.event_log_entry.dagster_event.step_key}: "
+        f"{record.event_log_entry.dagster_event.step_retry_data.error.to_string()}"
         for run in instance.get_runs()
         for record in instance.get_records_for_run(
             run.run_id, of_type=dg.DagsterEventType.STEP_UP_FOR_RETRY

@@ -32,6 +32,7 @@ from casavi_pipeline.defs.sync_reporting import (
     dry_run_metadata,
     guard_check_result,
     held_lines,
+    interrupts_stop_the_step,
     pending_deletions_check,
     progress,
     rejections_check,
@@ -293,7 +294,11 @@ def casavi_sync(
     snapshots: SnapshotStore,
     sync_policy: SyncPolicy,
 ):
-    with state_database_failures(), snapshots.open(context.partition_key) as snapshot:
+    with (
+        interrupts_stop_the_step(),
+        state_database_failures(),
+        snapshots.open(context.partition_key) as snapshot,
+    ):
         dry_run = sync_policy.dry_run if config.dry_run is None else config.dry_run
         refused = (
             stale(snapshot, _run_identity(context))

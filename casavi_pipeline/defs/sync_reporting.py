@@ -5,6 +5,7 @@ from the assets so their bodies read as the steps they take.
 Reference ids, kinds, counts and field names only: never a value of a record (personal data).
 """
 
+import contextlib
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
@@ -20,6 +21,7 @@ from casavi_pipeline.casavi.errors import (
 from casavi_pipeline.casavi.transport import ClientStats
 from casavi_pipeline.database import StateUnavailableError
 from casavi_pipeline.defs.resources import CasaviResource, SyncPolicy
+from casavi_pipeline.interrupts import interrupted_query
 from casavi_pipeline.state import deletions
 from casavi_pipeline.state.deletions import Deletions, PendingDeletion
 from casavi_pipeline.state.diff import ChangesetSummary
@@ -61,21 +63,14 @@ def casavi_client(
 ) -> Iterator[CasaviClient]:
     """A client whose expected failures become one-line `dg.Failure`s naming casavi's URL.
 
-    With `writes`, an interrupt (Ctrl-C, SIGTERM, a terminate from the UI) is a person stopping the run:
-    the retry policy must not start the writes again. What casavi confirmed is in the snapshot.
+    With `writes`, an interrupt is a person stopping the run (`interrupts_stop_the_step`): the retry
+    policy must not start the writes again. What casavi confirmed is in the snapshot.
     `on_wait` hears when the client waits for a failing casavi, and when it answers again.
     """
     with casavi.get_client(on_wait) as client:
         try:
-            yield client
-        except (KeyboardInterrupt, dg.DagsterExecutionInterruptedError):
-            if not writes:
-                raise
-            raise dg.Failure(
-                description=f"{INTERRUPTED}: what casavi confirmed is recorded; the next run sends the rest.",
-                metadata={"interrupted": True},
-                allow_retries=False,
-            ) from None
+            with interrupts_stop_the_step() if writes else contextlib.nullcontext():
+                yield client
         except CasaviAuthError as exc:
             raise dg.Failure(
                 description=f"casavi at {casavi.target} refused the credentials ({exc.status}): set valid "
@@ -94,6 +89,27 @@ def casavi_client(
             ) from None
         except CasaviModelMismatchError as exc:  # every object of the kind would fail alike: stop
             raise dg.Failure(description=f"casavi at {casavi.target}: {exc}", allow_retries=False) from None
+
+
+@contextmanager
+def interrupts_stop_the_step() -> Iterator[None]:
+    """An interrupt (Ctrl-C, SIGTERM, a terminate from the UI) is a person stopping the run: a Failure the
+    retry policy leaves alone (Dagster retries a step it interrupted, and an interrupted DuckDB query is an
+    ordinary RuntimeError to it: `casavi_pipeline.interrupts`). An interrupt that arrives while the step
+    fails already (the state's cleanup delivers one it held) keeps that failure's words and counts.
+    """
+    try:
+        yield
+    except (KeyboardInterrupt, dg.DagsterExecutionInterruptedError, RuntimeError) as exc:
+        if isinstance(exc, RuntimeError) and not interrupted_query(exc):
+            raise
+        failing = exc.__context__
+        if isinstance(failing, dg.Failure):
+            description, metadata = failing.description, failing.metadata
+        else:
+            description = f"{INTERRUPTED}: what casavi confirmed is recorded; the next run sends the rest."
+            metadata = {"interrupted": True}
+        raise dg.Failure(description=description, metadata=metadata, allow_retries=False) from None
 
 
 @contextmanager

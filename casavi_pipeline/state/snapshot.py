@@ -45,6 +45,7 @@ from casavi_pipeline import duck_memory
 from casavi_pipeline.casavi import api
 from casavi_pipeline.casavi.api import ObjectKind
 from casavi_pipeline.database import StateUnavailableError
+from casavi_pipeline.interrupts import held
 from casavi_pipeline.state import audit
 from casavi_pipeline.state.files import (
     StateCorruptError,
@@ -301,12 +302,13 @@ class Snapshot:
             self.close()
 
     def close(self) -> None:
-        try:
-            if not self._read_only:
-                self.fold()
-        finally:
-            self._con.close()
-            self.home.close()
+        with held():  # the last fold and the save, whole (`casavi_pipeline.interrupts`)
+            try:
+                if not self._read_only:
+                    self.fold()
+            finally:
+                self._con.close()
+                self.home.close()
 
     @property
     def connection(self) -> duckdb.DuckDBPyConnection:
@@ -482,7 +484,12 @@ class Snapshot:
             self.fold()
 
     def fold(self) -> None:
-        """Apply the logs to `synced`, `pending` and `audit` in one transaction, save, then clear the logs."""
+        """Apply the logs to `synced`, `pending` and `audit` in one transaction, save, then clear the logs;
+        an interrupt meanwhile waits until it is done (`casavi_pipeline.interrupts`)."""
+        with held():
+            self._fold()
+
+    def _fold(self) -> None:
         audit_lines, audit_mark = self._audit.read()
         journal_lines, journal_mark = self._journal.read()
         self._unfolded = 0
@@ -517,9 +524,7 @@ class Snapshot:
             "kind VARCHAR NOT NULL, ref_id VARCHAR NOT NULL, content_hash VARCHAR)"
         )
         con.register("journal_entries", journal)
-        con.execute(
-            "INSERT INTO journal SELECT seq, action, kind, ref_id, content_hash FROM journal_entries"
-        )
+        con.execute("INSERT INTO journal SELECT seq, action, kind, ref_id, content_hash FROM journal_entries")
         con.unregister("journal_entries")
         # The last entry of an object decides: an upsert after a delete (or the reverse) in one
         # journal ends as what casavi did last.

@@ -16,6 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from casavi_pipeline.casavi import api
+from casavi_pipeline.interrupts import held
 from casavi_pipeline.mapping.scope import SyncRule
 from casavi_pipeline.state import deletions
 from casavi_pipeline.state.deletions import Merged, PendingDeletion
@@ -77,8 +78,7 @@ def begin_attempt(snapshot: Snapshot, run_id: str, *, planned: int) -> str:
 
 
 def end_attempt(snapshot: Snapshot, attempt: str, report: SyncReport) -> None:
-    """Record what one attempt sent and casavi confirmed or rejected. Writing it again writes the same (an
-    interrupt while it is written: `_even_if_interrupted` writes it once more)."""
+    """Record what one attempt sent and casavi confirmed or rejected."""
     counts = {"sent": report.sent, "confirmed": report.confirmed, "rejected": report.rejected_counts()}
     snapshot.set_meta(attempt, json.dumps({name: dict(counter) for name, counter in counts.items()}, sort_keys=True))
 
@@ -102,16 +102,6 @@ def recorded_totals(snapshot: Snapshot, run_id: str) -> RunTotals | None:
     totals["attempts"] = {"n": record["attempts"]}
     totals["planned"] = {"n": record["planned"]}
     return totals
-
-
-def _even_if_interrupted(action: Callable[[], None]) -> None:
-    """Do `action` (idempotent) to its end even when an interrupt arrives meanwhile — a second Ctrl-C, or the
-    code server stopping the run after the terminal's Ctrl-C reached the run already — then raise it."""
-    try:
-        action()
-    except BaseException:
-        action()
-        raise
 
 
 def confirmed_line(totals: RunTotals) -> str:
@@ -184,8 +174,9 @@ def write_changeset(
             run_id=run_id,
         )
     finally:
-        _even_if_interrupted(lambda: end_attempt(snapshot, attempt, report))
-        cache.forget(report.deleted)
+        with held():  # whole also when a second interrupt arrives (`casavi_pipeline.interrupts`)
+            end_attempt(snapshot, attempt, report)
+            cache.forget(report.deleted)
     totals = recorded_totals(snapshot, run_id)
     assert totals is not None  # `begin_attempt` recorded the run
     audit = snapshot.audit_summary(run_id)
