@@ -7,7 +7,9 @@ ordinary error, which a retry policy would start again. Two consequences, one mo
 
 - What the state writes in one piece (a fold of the logs, the counts of an attempt, the snapshot's save)
   runs `held()`: an interrupt arriving meanwhile waits until the piece is done, then goes on. Held, never
-  dropped: a second Ctrl-C during the cleanup after the first is as welcome as the first.
+  dropped: a second Ctrl-C during the cleanup after the first is as welcome as the first. The operator's
+  command reads the run's events `held()` too, so its Ctrl-C lands between two reads, never in a
+  finalizer of Dagster's storage that would swallow it and print a traceback.
 - `interrupted_query(exc)` tells DuckDB's form of an interrupt from an error, so the step can treat it as
   the person stopping the run it is.
 """

@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 from casavi_pipeline.casavi import api
 from casavi_pipeline.cli.mandant import settings_for
+from casavi_pipeline.interrupts import held
 from casavi_pipeline.runs.instance_home import instance_problem
 from casavi_pipeline.settings import load_settings
 
@@ -184,9 +185,12 @@ class Follower:
 
     def until_ended(self, *, deadline: float | None = None) -> dg.DagsterRun:
         while True:
-            run = self.instance.get_run_by_id(self.run_id)  # before its events: once ended, all are stored
-            assert run is not None, self.run_id
-            self._read()
+            # A Ctrl-C lands between two reads, in the sleep: inside Dagster's storage it could end up in a
+            # finalizer, which swallows it and prints a traceback (`casavi_pipeline.interrupts`).
+            with held():
+                run = self.instance.get_run_by_id(self.run_id)  # before its events: once ended, all are stored
+                assert run is not None, self.run_id
+                self._read()
             if run.is_finished:
                 return run
             if deadline is not None and time.monotonic() > deadline:
