@@ -39,9 +39,8 @@ def held() -> Iterator[None]:
         return
     arrived: list[int] = []
     before = {signum: signal.getsignal(signum) for signum in STOP_SIGNALS}
-    replaced = [
-        signum for signum, handler in before.items() if handler is not None
-    ]  # None: set outside Python
+    # A handler of None was set outside Python: it cannot be put back, so it is left alone.
+    replaced = [signum for signum, handler in before.items() if handler is not None]
     for signum in replaced:
         signal.signal(signum, lambda signum, _frame: arrived.append(signum))
     _holding.active = True
