@@ -24,7 +24,8 @@ from contextlib import contextmanager
 #: The signals that stop a run: a terminal's Ctrl-C, and `kill`, a service manager or Dagster's terminate.
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
-_holding = threading.local()
+#: Whether a `held()` block is running (only the main thread enters one).
+_holding = False
 
 
 @contextmanager
@@ -34,7 +35,8 @@ def held() -> Iterator[None]:
     A no-op outside the main thread (where no handler runs, so nothing interrupts the block) and inside
     another `held()` (the outermost one delivers).
     """
-    if threading.current_thread() is not threading.main_thread() or getattr(_holding, "active", False):
+    global _holding
+    if threading.current_thread() is not threading.main_thread() or _holding:
         yield
         return
     arrived: list[int] = []
@@ -43,11 +45,11 @@ def held() -> Iterator[None]:
     replaced = [signum for signum, handler in before.items() if handler is not None]
     for signum in replaced:
         signal.signal(signum, lambda signum, _frame: arrived.append(signum))
-    _holding.active = True
+    _holding = True
     try:
         yield
     finally:
-        _holding.active = False
+        _holding = False
         for signum in replaced:
             signal.signal(signum, before[signum])
         for signum in dict.fromkeys(arrived):

@@ -5,9 +5,8 @@ from the assets so their bodies read as the steps they take.
 Reference ids, kinds, counts and field names only: never a value of a record (personal data).
 """
 
-import contextlib
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 
 import dagster as dg
 
@@ -69,7 +68,7 @@ def casavi_client(
     """
     with casavi.get_client(on_wait) as client:
         try:
-            with interrupts_stop_the_step() if writes else contextlib.nullcontext():
+            with interrupts_stop_the_step() if writes else nullcontext():
                 yield client
         except CasaviAuthError as exc:
             raise dg.Failure(
